@@ -1,0 +1,1 @@
+//! Compute kernels: exact integer GEMMs with a fused fixed-to-float epilogue, and f32 GEMM.

@@ -1,0 +1,1 @@
+//! Layers and models: explicit forward/backward functions over flat buffers.

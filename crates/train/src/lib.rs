@@ -1,0 +1,1 @@
+//! Training: optimisers, schedules, SWA, the training loop, checkpoints and metrics.
