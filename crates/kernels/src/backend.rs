@@ -1,0 +1,79 @@
+//! The backend trait the layers call for every GEMM.
+//!
+//! A layer never calls a kernel directly: it hands quantised operands (mantissas + block
+//! scales) or float operands to a `GemmBackend`. The CPU backend runs the kernels of this
+//! crate; `lowprec-hw` provides a cycle-counting FPGA simulator; a GPU backend can implement the
+//! same three methods later without touching the layers. Every backend must follow the
+//! semantics in [`crate::types`] so that results are bit-identical across backends.
+
+use crate::types::{GemmSpec, MatMut, MatRef, QMatRef};
+use crate::KernelError;
+
+pub trait GemmBackend: Send + Sync {
+    /// Short name used in logs and metrics (`cpu`, `fpga-sim:zcu111-32x32`, ...).
+    fn name(&self) -> String;
+
+    /// Quantised GEMM with 8-bit mantissas: `C (+)= tofloat(A * B, scales)`.
+    fn gemm_q8(
+        &self,
+        a: QMatRef<'_, i8>,
+        b: QMatRef<'_, i8>,
+        spec: GemmSpec,
+        c: MatMut<'_, f32>,
+    ) -> Result<(), KernelError>;
+
+    /// Quantised GEMM with 9..16-bit mantissas stored as i16.
+    fn gemm_q16(
+        &self,
+        a: QMatRef<'_, i16>,
+        b: QMatRef<'_, i16>,
+        spec: GemmSpec,
+        c: MatMut<'_, f32>,
+    ) -> Result<(), KernelError>;
+
+    /// Float GEMM: `C (+)= A * B` in f32 (the fp32 baseline and float-only layers).
+    fn gemm_f32(
+        &self,
+        a: MatRef<'_, f32>,
+        b: MatRef<'_, f32>,
+        accumulate: bool,
+        c: MatMut<'_, f32>,
+    ) -> Result<(), KernelError>;
+}
+
+/// The CPU backend: the fastest kernels this machine supports, chosen at run time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl GemmBackend for CpuBackend {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+    fn gemm_q8(
+        &self,
+        a: QMatRef<'_, i8>,
+        b: QMatRef<'_, i8>,
+        spec: GemmSpec,
+        c: MatMut<'_, f32>,
+    ) -> Result<(), KernelError> {
+        crate::gemm_q8(a, b, spec, c)
+    }
+    fn gemm_q16(
+        &self,
+        a: QMatRef<'_, i16>,
+        b: QMatRef<'_, i16>,
+        spec: GemmSpec,
+        c: MatMut<'_, f32>,
+    ) -> Result<(), KernelError> {
+        crate::gemm_q16(a, b, spec, c)
+    }
+    fn gemm_f32(
+        &self,
+        a: MatRef<'_, f32>,
+        b: MatRef<'_, f32>,
+        accumulate: bool,
+        c: MatMut<'_, f32>,
+    ) -> Result<(), KernelError> {
+        crate::gemm_f32(a, b, accumulate, c)
+    }
+}

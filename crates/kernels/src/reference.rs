@@ -1,0 +1,149 @@
+//! Plain scalar references: obviously correct, slow, and the yardstick every fast kernel and
+//! every backend is tested against bit for bit.
+
+use crate::types::{k_chunks, k_safe, segment_count, GemmSpec, MatMut, MatRef, QMatRef};
+use crate::KernelError;
+
+/// Checks shapes, scales and the declared magnitude bound; shared by every implementation.
+pub fn validate_q<T: Copy + Into<i32>>(
+    a: &QMatRef<'_, T>,
+    b: &QMatRef<'_, T>,
+    spec: &GemmSpec,
+    c: &MatMut<'_, f32>,
+) -> Result<(), KernelError> {
+    let (m, k, n) = (a.mat.rows, a.mat.cols, b.mat.cols);
+    if b.mat.rows != k {
+        return Err(KernelError::Shape(format!(
+            "A is {m}x{k} but B is {}x{n}: inner dimensions differ",
+            b.mat.rows
+        )));
+    }
+    if c.rows != m || c.cols != n || c.ld < n || (m > 0 && c.data.len() < (m - 1) * c.ld + n) {
+        return Err(KernelError::Shape(format!(
+            "C is {}x{} (ld {}, {} elements) but A*B is {m}x{n}",
+            c.rows,
+            c.cols,
+            c.ld,
+            c.data.len()
+        )));
+    }
+    if spec.segment == 0 {
+        return Err(KernelError::Shape("segment length must be >= 1".into()));
+    }
+    a.mat.check("A")?;
+    b.mat.check("B")?;
+    let segs = segment_count(k, spec.segment);
+    a.scales.check("A scales", segs, m)?;
+    b.scales.check("B scales", segs, n)?;
+    for (name, q) in [("A", a), ("B", b)] {
+        for r in 0..q.mat.rows {
+            for cc in 0..q.mat.cols {
+                let v: i32 = q.mat.at(r, cc).into();
+                if v.unsigned_abs() > q.max_abs {
+                    return Err(KernelError::Range(format!(
+                        "{name}[{r},{cc}] = {v} exceeds the declared bound {}",
+                        q.max_abs
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn gemm_q_ref<T: Copy + Into<i32>>(
+    a: QMatRef<'_, T>,
+    b: QMatRef<'_, T>,
+    spec: GemmSpec,
+    c: MatMut<'_, f32>,
+) -> Result<(), KernelError> {
+    validate_q(&a, &b, &spec, &c)?;
+    let (m, k, n) = (a.mat.rows, a.mat.cols, b.mat.cols);
+    let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc_f = if spec.accumulate {
+                c.data[i * c.ld + j]
+            } else {
+                0.0f32
+            };
+            for &(s, k0, k1) in &chunks {
+                let mut acc: i32 = 0;
+                for kk in k0..k1 {
+                    let p = a.mat.at(i, kk).into() * b.mat.at(kk, j).into();
+                    acc = acc.checked_add(p).expect("k_safe bound violated");
+                }
+                acc_f += ((acc as f32) * a.scales.get(s, i)) * b.scales.get(s, j);
+            }
+            c.data[i * c.ld + j] = acc_f;
+        }
+    }
+    Ok(())
+}
+
+/// Reference for [`crate::gemm_q8`]: 8-bit mantissas, i32 chunks, f32 epilogue.
+pub fn gemm_q8_ref(
+    a: QMatRef<'_, i8>,
+    b: QMatRef<'_, i8>,
+    spec: GemmSpec,
+    c: MatMut<'_, f32>,
+) -> Result<(), KernelError> {
+    gemm_q_ref(a, b, spec, c)
+}
+
+/// Reference for [`crate::gemm_q16`]: 9..16-bit mantissas stored as i16.
+pub fn gemm_q16_ref(
+    a: QMatRef<'_, i16>,
+    b: QMatRef<'_, i16>,
+    spec: GemmSpec,
+    c: MatMut<'_, f32>,
+) -> Result<(), KernelError> {
+    gemm_q_ref(a, b, spec, c)
+}
+
+/// Reference for [`crate::gemm_i8_i32`]: plain exact integer product, C = A * B in i32.
+pub fn gemm_i8_i32_ref(
+    a: MatRef<'_, i8>,
+    b: MatRef<'_, i8>,
+    c: MatMut<'_, i32>,
+) -> Result<(), KernelError> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || c.rows != m || c.cols != n {
+        return Err(KernelError::Shape(format!(
+            "A {m}x{k}, B {}x{n}, C {}x{}",
+            b.rows, c.rows, c.cols
+        )));
+    }
+    if k > k_safe(128, 128) {
+        return Err(KernelError::Range(format!(
+            "K = {k} may overflow i32 (largest safe K for any i8 operands is {})",
+            k_safe(128, 128)
+        )));
+    }
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0i32;
+            for kk in 0..k {
+                acc += a.at(i, kk) as i32 * b.at(kk, j) as i32;
+            }
+            c.data[i * c.ld + j] = acc;
+        }
+    }
+    Ok(())
+}
+
+/// f64 reference for f32 GEMM tests: C = A * B accumulated in f64.
+pub fn gemm_f64_ref(a: MatRef<'_, f32>, b: MatRef<'_, f32>) -> Vec<f64> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let mut c = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0f64;
+            for kk in 0..k {
+                acc += a.at(i, kk) as f64 * b.at(kk, j) as f64;
+            }
+            c[i * n + j] = acc;
+        }
+    }
+    c
+}
