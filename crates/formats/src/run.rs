@@ -1,0 +1,313 @@
+//! Run kernels: quantise one contiguous run of elements that share a scale.
+//!
+//! [`quantize_run`] picks the AVX2 kernel at run time when the CPU has it and otherwise the
+//! portable kernel; both follow [`crate::scalar::round_scaled_f32`] and are tested bit for bit
+//! against [`crate::scalar::quantize_scalar_ref`].
+
+use crate::format::Rounding;
+use crate::rng::{hash_lo, StreamKey};
+use crate::scalar::{round_scaled_f32, ScaledInt};
+
+/// Where a run's results go.
+pub enum OutRun<'a> {
+    /// Mantissas as i8 (wl <= 8).
+    I8(&'a mut [i8]),
+    /// Mantissas as i16 (wl <= 16).
+    I16(&'a mut [i16]),
+    /// Mantissas as i32 (fixed point up to 24 bits).
+    I32(&'a mut [i32]),
+    /// Dequantised values `q * 2^-k` ("fake quantisation").
+    F32(&'a mut [f32]),
+}
+
+impl OutRun<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            OutRun::I8(o) => o.len(),
+            OutRun::I16(o) => o.len(),
+            OutRun::I32(o) => o.len(),
+            OutRun::F32(o) => o.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Element types a run can be quantised into.
+pub trait RunSink: Sized + Send {
+    fn wrap(s: &mut [Self]) -> OutRun<'_>;
+}
+impl RunSink for i8 {
+    fn wrap(s: &mut [i8]) -> OutRun<'_> {
+        OutRun::I8(s)
+    }
+}
+impl RunSink for i16 {
+    fn wrap(s: &mut [i16]) -> OutRun<'_> {
+        OutRun::I16(s)
+    }
+}
+impl RunSink for i32 {
+    fn wrap(s: &mut [i32]) -> OutRun<'_> {
+        OutRun::I32(s)
+    }
+}
+impl RunSink for f32 {
+    fn wrap(s: &mut [f32]) -> OutRun<'_> {
+        OutRun::F32(s)
+    }
+}
+
+/// Which implementation [`quantize_run`] uses on this CPU.
+pub fn kernel_name() -> &'static str {
+    if has_avx2() {
+        "avx2"
+    } else {
+        "generic"
+    }
+}
+
+#[inline]
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Quantises `x` (elements `base..base + x.len()` of a tensor) into `out` under `p`.
+/// `key` is required for stochastic rounding.
+pub fn quantize_run(x: &[f32], out: OutRun<'_>, p: &ScaledInt, key: StreamKey, base: u64) {
+    assert_eq!(x.len(), out.len(), "run output length");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA presence checked above (FMA ships with every AVX2 CPU we
+        // target; the kernel only uses AVX/AVX2 instructions).
+        unsafe { avx2::quantize_run_avx2(x, out, p, key, base) };
+        return;
+    }
+    quantize_run_generic(x, out, p, key, base)
+}
+
+/// The portable kernel (element by element, the f32 formulation).
+pub fn quantize_run_generic(x: &[f32], mut out: OutRun<'_>, p: &ScaledInt, key: StreamKey, base: u64) {
+    let f = p.factors();
+    let ulp = p.ulp();
+    let sr = p.rounding == Rounding::Stochastic;
+    let mut keys = key.round_keys((base >> 32) as u32);
+    let mut cur_hi = base >> 32;
+    for (i, &v) in x.iter().enumerate() {
+        let idx = base + i as u64;
+        let r = if sr {
+            if idx >> 32 != cur_hi {
+                cur_hi = idx >> 32;
+                keys = key.round_keys(cur_hi as u32);
+            }
+            hash_lo(keys.0, keys.1, idx as u32) >> 8
+        } else {
+            0
+        };
+        let q = round_scaled_f32(v, p, f, r);
+        match &mut out {
+            OutRun::I8(o) => o[i] = q as i8,
+            OutRun::I16(o) => o[i] = q as i16,
+            OutRun::I32(o) => o[i] = q as i32,
+            OutRun::F32(o) => o[i] = q * ulp,
+        }
+    }
+}
+
+/// Largest `|x|` as raw bits (`0x7f80_0000` and above means Inf or NaN is present).
+pub fn max_abs_bits(x: &[f32]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 checked above.
+        return unsafe { avx2::max_abs_bits_avx2(x) };
+    }
+    max_abs_bits_generic(x)
+}
+
+pub fn max_abs_bits_generic(x: &[f32]) -> u32 {
+    x.iter().map(|v| v.to_bits() & 0x7fff_ffff).max().unwrap_or(0)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn max_abs_bits_avx2(x: &[f32]) -> u32 {
+        let mask = _mm256_set1_epi32(0x7fff_ffff);
+        let mut m0 = _mm256_setzero_si256();
+        let mut m1 = _mm256_setzero_si256();
+        let chunks = x.len() / 16;
+        let p = x.as_ptr();
+        for c in 0..chunks {
+            let a = _mm256_loadu_si256(p.add(c * 16) as *const __m256i);
+            let b = _mm256_loadu_si256(p.add(c * 16 + 8) as *const __m256i);
+            m0 = _mm256_max_epu32(m0, _mm256_and_si256(a, mask));
+            m1 = _mm256_max_epu32(m1, _mm256_and_si256(b, mask));
+        }
+        let m = _mm256_max_epu32(m0, m1);
+        let mut lanes = [0u32; 8];
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, m);
+        let mut best = lanes.into_iter().max().unwrap_or(0);
+        for v in &x[chunks * 16..] {
+            best = best.max(v.to_bits() & 0x7fff_ffff);
+        }
+        best
+    }
+
+    #[inline(always)]
+    unsafe fn fmix32_v(mut h: __m256i) -> __m256i {
+        h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
+        h = _mm256_mullo_epi32(h, _mm256_set1_epi32(0x85EB_CA6Bu32 as i32));
+        h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 13));
+        h = _mm256_mullo_epi32(h, _mm256_set1_epi32(0xC2B2_AE35u32 as i32));
+        _mm256_xor_si256(h, _mm256_srli_epi32(h, 16))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_run_avx2(
+        x: &[f32],
+        mut out: OutRun<'_>,
+        p: &ScaledInt,
+        key: StreamKey,
+        base: u64,
+    ) {
+        let n = x.len();
+        // Keep the high word of the element index constant inside one SIMD loop.
+        let first_wrap = (((base >> 32) + 1) << 32).saturating_sub(base) as usize;
+        if first_wrap < n {
+            let (xa, xb) = x.split_at(first_wrap);
+            let (oa, ob) = split_out(out, first_wrap);
+            quantize_run_avx2(xa, oa, p, key, base);
+            quantize_run_avx2(xb, ob, p, key, base + first_wrap as u64);
+            return;
+        }
+        let (f0, f1) = p.factors();
+        let vf0 = _mm256_set1_ps(f0);
+        let vf1 = _mm256_set1_ps(f1);
+        let vlo = _mm256_set1_ps(p.lo as f32);
+        let vhi = _mm256_set1_ps(p.hi as f32);
+        let vulp = _mm256_set1_ps(p.ulp());
+        let absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let signmask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+        let one = _mm256_set1_ps(1.0);
+        let half = _mm256_set1_ps(0.5);
+        let zero = _mm256_setzero_ps();
+        let inv24 = _mm256_set1_ps(1.0 / 16_777_216.0);
+        let (k1, k2) = key.round_keys((base >> 32) as u32);
+        let vk1 = _mm256_set1_epi32(k1 as i32);
+        let vk2 = _mm256_set1_epi32(k2 as i32);
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let rounding = p.rounding;
+        let chunks = n / 8;
+        let xp = x.as_ptr();
+        for c in 0..chunks {
+            let xv = _mm256_loadu_ps(xp.add(c * 8));
+            let y = _mm256_mul_ps(_mm256_mul_ps(xv, vf0), vf1);
+            let q = match rounding {
+                Rounding::NearestEven => {
+                    _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+                }
+                Rounding::TowardZero => _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC),
+                Rounding::NearestAway | Rounding::Stochastic => {
+                    let a = _mm256_and_ps(y, absmask);
+                    let fa = _mm256_floor_ps(a);
+                    let fr = _mm256_sub_ps(a, fa);
+                    let sign = _mm256_and_ps(y, signmask);
+                    let bump = if rounding == Rounding::NearestAway {
+                        _mm256_cmp_ps(fr, half, _CMP_GE_OQ)
+                    } else {
+                        let lo = (base as u32).wrapping_add((c * 8) as u32);
+                        let idx = _mm256_add_epi32(_mm256_set1_epi32(lo as i32), lane);
+                        let h = fmix32_v(_mm256_xor_si256(idx, vk1));
+                        let h = fmix32_v(_mm256_add_epi32(h, vk2));
+                        let r = _mm256_srli_epi32(h, 8);
+                        let u = _mm256_mul_ps(_mm256_cvtepi32_ps(r), inv24);
+                        let pos_bump = _mm256_cmp_ps(fr, _mm256_sub_ps(one, u), _CMP_GE_OQ);
+                        let r_zero = _mm256_castsi256_ps(_mm256_cmpeq_epi32(r, _mm256_setzero_si256()));
+                        let x_nonzero = _mm256_cmp_ps(xv, zero, _CMP_NEQ_OQ);
+                        let neg_bump = _mm256_or_ps(
+                            _mm256_cmp_ps(fr, u, _CMP_GT_OQ),
+                            _mm256_and_ps(r_zero, x_nonzero),
+                        );
+                        let is_neg = _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_castps_si256(y), 31));
+                        _mm256_blendv_ps(pos_bump, neg_bump, is_neg)
+                    };
+                    let m = _mm256_add_ps(fa, _mm256_and_ps(bump, one));
+                    _mm256_or_ps(m, sign)
+                }
+            };
+            let q = _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(q, vlo), vhi), zero);
+            let off = c * 8;
+            match &mut out {
+                OutRun::F32(o) => _mm256_storeu_ps(o.as_mut_ptr().add(off), _mm256_mul_ps(q, vulp)),
+                OutRun::I32(o) => {
+                    _mm256_storeu_si256(o.as_mut_ptr().add(off) as *mut __m256i, _mm256_cvtps_epi32(q))
+                }
+                OutRun::I16(o) => {
+                    let v = _mm256_cvtps_epi32(q);
+                    let p16 = _mm256_packs_epi32(v, v);
+                    let p16 = _mm256_permute4x64_epi64(p16, 0b10_00);
+                    _mm_storeu_si128(o.as_mut_ptr().add(off) as *mut __m128i, _mm256_castsi256_si128(p16));
+                }
+                OutRun::I8(o) => {
+                    let v = _mm256_cvtps_epi32(q);
+                    let p16 = _mm256_packs_epi32(v, v);
+                    let p8 = _mm256_packs_epi16(p16, p16);
+                    let lo = _mm256_castsi256_si128(p8);
+                    let hi = _mm256_extracti128_si256(p8, 1);
+                    let both = _mm_unpacklo_epi32(lo, hi);
+                    _mm_storel_epi64(o.as_mut_ptr().add(off) as *mut __m128i, both);
+                }
+            }
+        }
+        let done = chunks * 8;
+        if done < n {
+            let (_, tail) = split_out(out, done);
+            quantize_run_generic(&x[done..], tail, p, key, base + done as u64);
+        }
+    }
+
+    fn split_out(out: OutRun<'_>, at: usize) -> (OutRun<'_>, OutRun<'_>) {
+        match out {
+            OutRun::I8(o) => {
+                let (a, b) = o.split_at_mut(at);
+                (OutRun::I8(a), OutRun::I8(b))
+            }
+            OutRun::I16(o) => {
+                let (a, b) = o.split_at_mut(at);
+                (OutRun::I16(a), OutRun::I16(b))
+            }
+            OutRun::I32(o) => {
+                let (a, b) = o.split_at_mut(at);
+                (OutRun::I32(a), OutRun::I32(b))
+            }
+            OutRun::F32(o) => {
+                let (a, b) = o.split_at_mut(at);
+                (OutRun::F32(a), OutRun::F32(b))
+            }
+        }
+    }
+}
+
+/// Runs the AVX2 kernel directly (tests compare it with the generic one); `None` when the CPU
+/// lacks AVX2.
+pub fn quantize_run_avx2_checked(x: &[f32], out: OutRun<'_>, p: &ScaledInt, key: StreamKey, base: u64) -> Option<()> {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 checked.
+        unsafe { avx2::quantize_run_avx2(x, out, p, key, base) };
+        return Some(());
+    }
+    let _ = (x, out, p, key, base);
+    None
+}
