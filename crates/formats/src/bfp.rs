@@ -45,7 +45,12 @@ pub fn shared_exponent(fmt: &BfpFormat, max_bits: u32) -> i32 {
 #[inline]
 pub fn block_params(fmt: &BfpFormat, e: i32) -> ScaledInt {
     let (lo, hi) = fmt.mantissa_range();
-    ScaledInt { k: fmt.wl as i32 - 2 - e, lo, hi, rounding: fmt.rounding }
+    ScaledInt {
+        k: fmt.wl as i32 - 2 - e,
+        lo,
+        hi,
+        rounding: fmt.rounding,
+    }
 }
 
 fn first_non_finite(x: &[f32], runs: &[Run]) -> Option<usize> {
@@ -62,11 +67,19 @@ pub fn block_exponents(
     tensor: &str,
 ) -> Result<Vec<i8>, QuantError> {
     check_len(x.len(), layout, tensor)?;
-    let runs: Vec<Run> = if x.len() >= PAR_THRESHOLD { layout.runs_split(PAR_CHUNK) } else { layout.runs().to_vec() };
-    let maxes: Vec<u32> = if x.len() >= PAR_THRESHOLD {
-        runs.par_iter().map(|r| max_abs_bits(&x[r.start..r.start + r.len])).collect()
+    let runs: Vec<Run> = if x.len() >= PAR_THRESHOLD {
+        layout.runs_split(PAR_CHUNK)
     } else {
-        runs.iter().map(|r| max_abs_bits(&x[r.start..r.start + r.len])).collect()
+        layout.runs().to_vec()
+    };
+    let maxes: Vec<u32> = if x.len() >= PAR_THRESHOLD {
+        runs.par_iter()
+            .map(|r| max_abs_bits(&x[r.start..r.start + r.len]))
+            .collect()
+    } else {
+        runs.iter()
+            .map(|r| max_abs_bits(&x[r.start..r.start + r.len]))
+            .collect()
     };
     let mut block_max = vec![0u32; layout.num_blocks];
     for (r, &m) in runs.iter().zip(&maxes) {
@@ -74,9 +87,16 @@ pub fn block_exponents(
     }
     if block_max.iter().any(|&m| m >= 0x7f80_0000) {
         let i = first_non_finite(x, &runs).unwrap_or(0);
-        return Err(QuantError::NonFinite { tensor: tensor.to_string(), index: i, value: x[i] });
+        return Err(QuantError::NonFinite {
+            tensor: tensor.to_string(),
+            index: i,
+            value: x[i],
+        });
     }
-    Ok(block_max.iter().map(|&m| shared_exponent(fmt, m) as i8).collect())
+    Ok(block_max
+        .iter()
+        .map(|&m| shared_exponent(fmt, m) as i8)
+        .collect())
 }
 
 fn check_len(n: usize, layout: &BlockLayout, tensor: &str) -> Result<(), QuantError> {
@@ -100,7 +120,11 @@ fn quantize_runs<T: RunSink>(
     key: StreamKey,
 ) {
     let par = x.len() >= PAR_THRESHOLD;
-    let runs: Vec<Run> = if par { layout.runs_split(PAR_CHUNK) } else { layout.runs().to_vec() };
+    let runs: Vec<Run> = if par {
+        layout.runs_split(PAR_CHUNK)
+    } else {
+        layout.runs().to_vec()
+    };
     // Runs are contiguous and ordered, so the output splits into matching slices.
     let mut pieces: Vec<(Run, &mut [T])> = Vec::with_capacity(runs.len());
     let mut rest = out;
@@ -116,7 +140,13 @@ fn quantize_runs<T: RunSink>(
     }
     let work = |(r, piece): (Run, &mut [T])| {
         let p = block_params(fmt, exps[r.block] as i32);
-        quantize_run(&x[r.start..r.start + r.len], T::wrap(piece), &p, key, r.start as u64);
+        quantize_run(
+            &x[r.start..r.start + r.len],
+            T::wrap(piece),
+            &p,
+            key,
+            r.start as u64,
+        );
     };
     if par {
         pieces.into_par_iter().for_each(work);
@@ -173,7 +203,10 @@ impl BfpTensor {
     }
     /// The scale `2^(e - (wl - 2))` of every block.
     pub fn scales(&self) -> Vec<f32> {
-        self.exponents.iter().map(|&e| self.format.scale(e as i32)).collect()
+        self.exponents
+            .iter()
+            .map(|&e| self.format.scale(e as i32))
+            .collect()
     }
     /// Storage in bytes: mantissas plus one byte per exponent.
     pub fn storage_bytes(&self) -> usize {
@@ -214,7 +247,12 @@ pub fn quantize_bfp(
         quantize_runs(x, &mut m, &layout, fmt, &exponents, key);
         Mantissas::I16(m)
     };
-    Ok(BfpTensor { format: *fmt, layout, mantissas, exponents })
+    Ok(BfpTensor {
+        format: *fmt,
+        layout,
+        mantissas,
+        exponents,
+    })
 }
 
 /// Quantises into caller-owned buffers (no allocation in the training loop): 8-bit mantissas
@@ -229,7 +267,9 @@ pub fn quantize_bfp_i8_into(
     scales: &mut Vec<f32>,
 ) -> Result<(), QuantError> {
     if !fmt.fits_i8() {
-        return Err(QuantError::Shape(format!("{tensor}: {fmt} needs 16-bit mantissas")));
+        return Err(QuantError::Shape(format!(
+            "{tensor}: {fmt} needs 16-bit mantissas"
+        )));
     }
     check_len(mant.len(), layout, tensor)?;
     let exps = block_exponents(x, layout, fmt, tensor)?;
@@ -288,7 +328,11 @@ pub fn quantize_bfp_ref(
     for r in layout.runs() {
         for i in r.start..r.start + r.len {
             if !x[i].is_finite() {
-                return Err(QuantError::NonFinite { tensor: "x".into(), index: i, value: x[i] });
+                return Err(QuantError::NonFinite {
+                    tensor: "x".into(),
+                    index: i,
+                    value: x[i],
+                });
             }
             maxv[r.block] = maxv[r.block].max(x[i].abs());
         }
@@ -312,7 +356,11 @@ pub fn quantize_bfp_ref(
     for r in layout.runs() {
         let p = block_params(fmt, exps[r.block]);
         for i in r.start..r.start + r.len {
-            let u = if fmt.rounding.is_stochastic() { crate::rng::uniform24(key, i as u64) } else { 0 };
+            let u = if fmt.rounding.is_stochastic() {
+                crate::rng::uniform24(key, i as u64)
+            } else {
+                0
+            };
             q[i] = crate::scalar::quantize_scalar_ref(x[i], &p, u);
         }
     }

@@ -29,7 +29,10 @@ pub struct FormatError {
 }
 
 fn err(input: &str, reason: impl Into<String>) -> FormatError {
-    FormatError { input: input.to_string(), reason: reason.into() }
+    FormatError {
+        input: input.to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// How a scaled value is turned into an integer.
@@ -104,7 +107,10 @@ impl FromStr for Block {
             _ => {}
         }
         if let Some(d) = s.strip_prefix("axis") {
-            return d.parse().map(Block::Axis).map_err(|_| err(s, "axis<d> needs a number"));
+            return d
+                .parse()
+                .map(Block::Axis)
+                .map_err(|_| err(s, "axis<d> needs a number"));
         }
         if let Some(k) = s.strip_prefix("tile") {
             let k: usize = k.parse().map_err(|_| err(s, "tile<k> needs a number"))?;
@@ -113,7 +119,10 @@ impl FromStr for Block {
             }
             return Ok(Block::Tile(k));
         }
-        Err(err(s, "unknown block (tensor, axis<d>, example, channel, tile<k>)"))
+        Err(err(
+            s,
+            "unknown block (tensor, axis<d>, example, channel, tile<k>)",
+        ))
     }
 }
 
@@ -184,14 +193,23 @@ fn default_rounding() -> Rounding {
 impl BfpFormat {
     /// `wl`-bit BFP with the given block and rounding, 8 exponent bits, symmetric clamp.
     pub fn new(wl: u32, block: Block, rounding: Rounding) -> Result<Self, FormatError> {
-        let f = BfpFormat { wl, exp_bits: 8, block, rounding, clamp: Clamp::Symmetric };
+        let f = BfpFormat {
+            wl,
+            exp_bits: 8,
+            block,
+            rounding,
+            clamp: Clamp::Symmetric,
+        };
         f.validate()?;
         Ok(f)
     }
 
     pub fn validate(&self) -> Result<(), FormatError> {
         if !(2..=16).contains(&self.wl) {
-            return Err(err(&self.to_string(), "word length must be 2..=16 bits (including sign)"));
+            return Err(err(
+                &self.to_string(),
+                "word length must be 2..=16 bits (including sign)",
+            ));
         }
         if !(1..=8).contains(&self.exp_bits) {
             return Err(err(&self.to_string(), "exponent bits must be 1..=8"));
@@ -240,7 +258,10 @@ pub(crate) fn int_range(wl: u32, clamp: Clamp) -> (i32, i32) {
 
 /// `2^k` as f32 for `k` in `[-149, 127]` (subnormals included), exactly.
 pub fn pow2(k: i32) -> f32 {
-    assert!((-149..=127).contains(&k), "2^{k} is not representable in f32");
+    assert!(
+        (-149..=127).contains(&k),
+        "2^{k} is not representable in f32"
+    );
     if k >= -126 {
         f32::from_bits(((k + 127) as u32) << 23)
     } else {
@@ -262,11 +283,17 @@ pub struct FixedFormat {
 impl FixedFormat {
     pub fn validate(&self) -> Result<(), FormatError> {
         if !(2..=24).contains(&self.wl) {
-            return Err(err(&self.to_string(), "fixed-point word length must be 2..=24"));
+            return Err(err(
+                &self.to_string(),
+                "fixed-point word length must be 2..=24",
+            ));
         }
         // The step 2^-fl and the largest value (2^(wl-1)) * 2^-fl must be f32-representable.
         if self.fl > 149 || (self.wl as i32 - 1 - self.fl) > 127 {
-            return Err(err(&self.to_string(), "fractional bits out of the f32 range"));
+            return Err(err(
+                &self.to_string(),
+                "fractional bits out of the f32 range",
+            ));
         }
         Ok(())
     }
@@ -290,18 +317,37 @@ pub struct FloatFormat {
 }
 
 impl FloatFormat {
-    pub const FP16: FloatFormat =
-        FloatFormat { exp_bits: 5, man_bits: 10, finite_only: false, rounding: Rounding::NearestEven };
-    pub const BF16: FloatFormat =
-        FloatFormat { exp_bits: 8, man_bits: 7, finite_only: false, rounding: Rounding::NearestEven };
-    pub const FP8_E4M3: FloatFormat =
-        FloatFormat { exp_bits: 4, man_bits: 3, finite_only: true, rounding: Rounding::NearestEven };
-    pub const FP8_E5M2: FloatFormat =
-        FloatFormat { exp_bits: 5, man_bits: 2, finite_only: false, rounding: Rounding::NearestEven };
+    pub const FP16: FloatFormat = FloatFormat {
+        exp_bits: 5,
+        man_bits: 10,
+        finite_only: false,
+        rounding: Rounding::NearestEven,
+    };
+    pub const BF16: FloatFormat = FloatFormat {
+        exp_bits: 8,
+        man_bits: 7,
+        finite_only: false,
+        rounding: Rounding::NearestEven,
+    };
+    pub const FP8_E4M3: FloatFormat = FloatFormat {
+        exp_bits: 4,
+        man_bits: 3,
+        finite_only: true,
+        rounding: Rounding::NearestEven,
+    };
+    pub const FP8_E5M2: FloatFormat = FloatFormat {
+        exp_bits: 5,
+        man_bits: 2,
+        finite_only: false,
+        rounding: Rounding::NearestEven,
+    };
 
     pub fn validate(&self) -> Result<(), FormatError> {
         if !(2..=8).contains(&self.exp_bits) || !(1..=23).contains(&self.man_bits) {
-            return Err(err(&self.to_string(), "small floats need 2..=8 exponent and 1..=23 mantissa bits"));
+            return Err(err(
+                &self.to_string(),
+                "small floats need 2..=8 exponent and 1..=23 mantissa bits",
+            ));
         }
         Ok(())
     }
@@ -325,7 +371,11 @@ impl FloatFormat {
     pub fn max_finite(&self) -> f32 {
         let m = self.man_bits as i32;
         // IEEE: (2 - 2^-m) 2^emax; finite-only: the all-ones mantissa of the top code is NaN.
-        let frac_units = if self.finite_only { (1i64 << (m + 1)) - 2 } else { (1i64 << (m + 1)) - 1 };
+        let frac_units = if self.finite_only {
+            (1i64 << (m + 1)) - 2
+        } else {
+            (1i64 << (m + 1)) - 1
+        };
         (frac_units as f64 * 2f64.powi(self.emax() - m)) as f32
     }
 }
@@ -416,7 +466,9 @@ impl FromStr for NumberFormat {
             return Ok(NumberFormat::F32);
         }
         if let Some(wl) = head.strip_prefix("bfp") {
-            let wl: u32 = wl.parse().map_err(|_| err(input, "bfp<wl> needs a word length, e.g. bfp8"))?;
+            let wl: u32 = wl
+                .parse()
+                .map_err(|_| err(input, "bfp<wl> needs a word length, e.g. bfp8"))?;
             let mut f = BfpFormat {
                 wl,
                 exp_bits: 8,
@@ -430,7 +482,10 @@ impl FromStr for NumberFormat {
                     f.clamp = Clamp::Asymmetric;
                 } else if p == "sym" || p == "symmetric" {
                     f.clamp = Clamp::Symmetric;
-                } else if let Some(eb) = p.strip_prefix('e').filter(|x| x.chars().all(|c| c.is_ascii_digit()) && !x.is_empty()) {
+                } else if let Some(eb) = p
+                    .strip_prefix('e')
+                    .filter(|x| x.chars().all(|c| c.is_ascii_digit()) && !x.is_empty())
+                {
                     f.exp_bits = eb.parse().map_err(|_| err(input, "bad exponent bits"))?;
                 } else if let Ok(b) = p.parse::<Block>() {
                     if seen_block {
@@ -445,17 +500,31 @@ impl FromStr for NumberFormat {
                     seen_round = true;
                     f.rounding = r;
                 } else {
-                    return Err(err(input, format!("unknown option `{p}` (block, rounding, e<bits>, asym)")));
+                    return Err(err(
+                        input,
+                        format!("unknown option `{p}` (block, rounding, e<bits>, asym)"),
+                    ));
                 }
             }
             f.validate().map_err(wrap)?;
             return Ok(NumberFormat::Bfp(f));
         }
         if let Some(wl) = head.strip_prefix("fixed") {
-            let wl: u32 = wl.parse().map_err(|_| err(input, "fixed<wl>:<fl> needs a word length"))?;
-            let fl = rest.first().ok_or_else(|| err(input, "fixed<wl>:<fl> needs fractional bits"))?;
-            let fl: i32 = fl.parse().map_err(|_| err(input, "fractional bits must be an integer"))?;
-            let mut f = FixedFormat { wl, fl, rounding: Rounding::Stochastic, clamp: Clamp::Symmetric };
+            let wl: u32 = wl
+                .parse()
+                .map_err(|_| err(input, "fixed<wl>:<fl> needs a word length"))?;
+            let fl = rest
+                .first()
+                .ok_or_else(|| err(input, "fixed<wl>:<fl> needs fractional bits"))?;
+            let fl: i32 = fl
+                .parse()
+                .map_err(|_| err(input, "fractional bits must be an integer"))?;
+            let mut f = FixedFormat {
+                wl,
+                fl,
+                rounding: Rounding::Stochastic,
+                clamp: Clamp::Symmetric,
+            };
             for p in &rest[1..] {
                 match *p {
                     "asym" | "asymmetric" => f.clamp = Clamp::Asymmetric,
@@ -477,10 +546,17 @@ impl FromStr for NumberFormat {
             Some(f) => Some(f),
             None => match head.strip_prefix("float") {
                 Some(em) => {
-                    let (e, m) = em.split_once('m').ok_or_else(|| err(input, "float<E>m<M>, e.g. float4m3"))?;
+                    let (e, m) = em
+                        .split_once('m')
+                        .ok_or_else(|| err(input, "float<E>m<M>, e.g. float4m3"))?;
                     let e: u32 = e.parse().map_err(|_| err(input, "bad exponent bits"))?;
                     let m: u32 = m.parse().map_err(|_| err(input, "bad mantissa bits"))?;
-                    Some(FloatFormat { exp_bits: e, man_bits: m, finite_only: false, rounding: Rounding::NearestEven })
+                    Some(FloatFormat {
+                        exp_bits: e,
+                        man_bits: m,
+                        finite_only: false,
+                        rounding: Rounding::NearestEven,
+                    })
                 }
                 None => None,
             },

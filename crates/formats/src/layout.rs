@@ -33,7 +33,11 @@ impl BlockLayout {
             Block::Tensor => {
                 num_blocks = 1;
                 if n > 0 {
-                    runs.push(Run { start: 0, len: n, block: 0 });
+                    runs.push(Run {
+                        start: 0,
+                        len: n,
+                        block: 0,
+                    });
                 }
             }
             Block::Axis(d) => {
@@ -49,7 +53,11 @@ impl BlockLayout {
                 if inner > 0 {
                     for o in 0..outer {
                         for i in 0..dim {
-                            runs.push(Run { start: (o * dim + i) * inner, len: inner, block: i });
+                            runs.push(Run {
+                                start: (o * dim + i) * inner,
+                                len: inner,
+                                block: i,
+                            });
                         }
                     }
                 }
@@ -59,18 +67,27 @@ impl BlockLayout {
                     return Err(QuantError::Shape("tile size must be >= 1".into()));
                 }
                 let last = shape.last().copied().unwrap_or(1);
-                let rows = if last == 0 { 0 } else { n / last };
+                let rows = n.checked_div(last).unwrap_or(0);
                 let tiles = last.div_ceil(k);
                 num_blocks = rows * tiles;
                 for r in 0..rows {
                     for t in 0..tiles {
                         let s = t * k;
-                        runs.push(Run { start: r * last + s, len: k.min(last - s), block: r * tiles + t });
+                        runs.push(Run {
+                            start: r * last + s,
+                            len: k.min(last - s),
+                            block: r * tiles + t,
+                        });
                     }
                 }
             }
         }
-        Ok(BlockLayout { shape: shape.to_vec(), block, num_blocks, runs })
+        Ok(BlockLayout {
+            shape: shape.to_vec(),
+            block,
+            num_blocks,
+            runs,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -94,7 +111,11 @@ impl BlockLayout {
             let mut s = 0;
             while s < r.len {
                 let l = max_len.min(r.len - s);
-                out.push(Run { start: r.start + s, len: l, block: r.block });
+                out.push(Run {
+                    start: r.start + s,
+                    len: l,
+                    block: r.block,
+                });
                 s += l;
             }
         }
@@ -104,6 +125,9 @@ impl BlockLayout {
     /// The block of element `index` (slow: for tests and error messages).
     pub fn block_of(&self, index: usize) -> Option<usize> {
         let i = self.runs.partition_point(|r| r.start + r.len <= index);
-        self.runs.get(i).filter(|r| r.start <= index).map(|r| r.block)
+        self.runs
+            .get(i)
+            .filter(|r| r.start <= index)
+            .map(|r| r.block)
     }
 }

@@ -19,7 +19,9 @@ pub use bfp::{
     block_exponents, fake_quantize_bfp, quantize_bfp, quantize_bfp_i16_into, quantize_bfp_i8_into,
     quantize_bfp_ref, BfpTensor, Mantissas,
 };
-pub use format::{BfpFormat, Block, Clamp, FixedFormat, FloatFormat, FormatError, NumberFormat, Rounding};
+pub use format::{
+    BfpFormat, Block, Clamp, FixedFormat, FloatFormat, FormatError, NumberFormat, Rounding,
+};
 pub use layout::BlockLayout;
 pub use rng::StreamKey;
 
@@ -28,7 +30,11 @@ pub use rng::StreamKey;
 pub enum QuantError {
     /// A NaN or Inf in the input: `tensor` names it, `index` is the first offending element.
     #[error("non-finite value {value} in {tensor} at element {index}")]
-    NonFinite { tensor: String, index: usize, value: f32 },
+    NonFinite {
+        tensor: String,
+        index: usize,
+        value: f32,
+    },
     #[error("shape error: {0}")]
     Shape(String),
     #[error(transparent)]
@@ -49,7 +55,11 @@ pub fn fake_quantize(
         NumberFormat::F32 => {
             peer::check_shape(x, shape, tensor)?;
             if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-                return Err(QuantError::NonFinite { tensor: tensor.into(), index: i, value: x[i] });
+                return Err(QuantError::NonFinite {
+                    tensor: tensor.into(),
+                    index: i,
+                    value: x[i],
+                });
             }
             out.copy_from_slice(x);
             Ok(())

@@ -16,14 +16,23 @@ const CHUNK: usize = 1 << 14;
 
 fn check_finite(x: &[f32], tensor: &str) -> Result<(), QuantError> {
     match x.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(QuantError::NonFinite { tensor: tensor.to_string(), index: i, value: x[i] }),
+        Some(i) => Err(QuantError::NonFinite {
+            tensor: tensor.to_string(),
+            index: i,
+            value: x[i],
+        }),
         None => Ok(()),
     }
 }
 
 fn fixed_params(fmt: &FixedFormat) -> ScaledInt {
     let (lo, hi) = fmt.mantissa_range();
-    ScaledInt { k: fmt.fl, lo, hi, rounding: fmt.rounding }
+    ScaledInt {
+        k: fmt.fl,
+        lo,
+        hi,
+        rounding: fmt.rounding,
+    }
 }
 
 /// Fixed point, fake-quantised: `out = clamp(R(x * 2^fl)) * 2^-fl`.
@@ -36,25 +45,36 @@ pub fn fake_quantize_fixed(
 ) -> Result<(), QuantError> {
     fmt.validate().map_err(QuantError::Format)?;
     if out.len() != x.len() {
-        return Err(QuantError::Shape(format!("{tensor}: output has {} elements, input {}", out.len(), x.len())));
+        return Err(QuantError::Shape(format!(
+            "{tensor}: output has {} elements, input {}",
+            out.len(),
+            x.len()
+        )));
     }
     check_finite(x, tensor)?;
     let p = fixed_params(fmt);
-    x.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (xs, os))| {
-        quantize_run(xs, OutRun::F32(os), &p, key, (c * CHUNK) as u64)
-    });
+    x.par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(c, (xs, os))| quantize_run(xs, OutRun::F32(os), &p, key, (c * CHUNK) as u64));
     Ok(())
 }
 
 /// Fixed point as integers `q` (value `q * 2^-fl`).
-pub fn quantize_fixed(x: &[f32], fmt: &FixedFormat, key: StreamKey, tensor: &str) -> Result<Vec<i32>, QuantError> {
+pub fn quantize_fixed(
+    x: &[f32],
+    fmt: &FixedFormat,
+    key: StreamKey,
+    tensor: &str,
+) -> Result<Vec<i32>, QuantError> {
     fmt.validate().map_err(QuantError::Format)?;
     check_finite(x, tensor)?;
     let p = fixed_params(fmt);
     let mut q = vec![0i32; x.len()];
-    x.par_chunks(CHUNK).zip(q.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (xs, os))| {
-        quantize_run(xs, OutRun::I32(os), &p, key, (c * CHUNK) as u64)
-    });
+    x.par_chunks(CHUNK)
+        .zip(q.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(c, (xs, os))| quantize_run(xs, OutRun::I32(os), &p, key, (c * CHUNK) as u64));
     Ok(q)
 }
 
@@ -64,7 +84,11 @@ pub fn quantize_fixed_ref(x: &[f32], fmt: &FixedFormat, key: StreamKey) -> Vec<i
     x.iter()
         .enumerate()
         .map(|(i, &v)| {
-            let u = if fmt.rounding.is_stochastic() { uniform24(key, i as u64) } else { 0 };
+            let u = if fmt.rounding.is_stochastic() {
+                uniform24(key, i as u64)
+            } else {
+                0
+            };
             quantize_scalar_ref(v, &p, u)
         })
         .collect()
@@ -74,11 +98,20 @@ pub fn quantize_fixed_ref(x: &[f32], fmt: &FixedFormat, key: StreamKey) -> Vec<i
 #[inline]
 fn float_params(fmt: &FloatFormat, bits: u32) -> ScaledInt {
     let m = fmt.man_bits as i32;
-    let e = if bits & 0x7fff_ffff == 0 { fmt.emin() } else { floor_log2_bits(bits).max(fmt.emin()) };
+    let e = if bits & 0x7fff_ffff == 0 {
+        fmt.emin()
+    } else {
+        floor_log2_bits(bits).max(fmt.emin())
+    };
     // Mantissa integers span [2^m, 2^(m+1)) in a binade; rounding may reach 2^(m+1), the next
     // binade's first value, which is representable too. Saturation is applied to the value.
-    let lim = (1i32 << (m + 1)) as i32;
-    ScaledInt { k: m - e, lo: -lim, hi: lim, rounding: fmt.rounding }
+    let lim = 1i32 << (m + 1);
+    ScaledInt {
+        k: m - e,
+        lo: -lim,
+        hi: lim,
+        rounding: fmt.rounding,
+    }
 }
 
 /// Small float, fake-quantised (values saturate at +-max_finite; subnormals kept).
@@ -91,19 +124,30 @@ pub fn fake_quantize_float(
 ) -> Result<(), QuantError> {
     fmt.validate().map_err(QuantError::Format)?;
     if out.len() != x.len() {
-        return Err(QuantError::Shape(format!("{tensor}: output has {} elements, input {}", out.len(), x.len())));
+        return Err(QuantError::Shape(format!(
+            "{tensor}: output has {} elements, input {}",
+            out.len(),
+            x.len()
+        )));
     }
     check_finite(x, tensor)?;
     let maxf = fmt.max_finite();
     let sr = fmt.rounding == Rounding::Stochastic;
-    x.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (xs, os))| {
-        for (j, (&v, o)) in xs.iter().zip(os.iter_mut()).enumerate() {
-            let p = float_params(fmt, v.to_bits());
-            let r = if sr { uniform24(key, (c * CHUNK + j) as u64) } else { 0 };
-            let q = round_scaled_f32(v, &p, p.factors(), r);
-            *o = (q * p.ulp()).clamp(-maxf, maxf);
-        }
-    });
+    x.par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(c, (xs, os))| {
+            for (j, (&v, o)) in xs.iter().zip(os.iter_mut()).enumerate() {
+                let p = float_params(fmt, v.to_bits());
+                let r = if sr {
+                    uniform24(key, (c * CHUNK + j) as u64)
+                } else {
+                    0
+                };
+                let q = round_scaled_f32(v, &p, p.factors(), r);
+                *o = (q * p.ulp()).clamp(-maxf, maxf);
+            }
+        });
     Ok(())
 }
 
@@ -114,7 +158,11 @@ pub fn quantize_float_ref(x: &[f32], fmt: &FloatFormat, key: StreamKey) -> Vec<f
         .enumerate()
         .map(|(i, &v)| {
             let p = float_params(fmt, v.to_bits());
-            let u = if fmt.rounding.is_stochastic() { uniform24(key, i as u64) } else { 0 };
+            let u = if fmt.rounding.is_stochastic() {
+                uniform24(key, i as u64)
+            } else {
+                0
+            };
             let q = quantize_scalar_ref(v, &p, u) as f64;
             ((q * 2f64.powi(-p.k)).clamp(-maxf, maxf) as f32) + 0.0
         })
@@ -138,7 +186,10 @@ pub fn float_representable(v: f32, fmt: &FloatFormat) -> bool {
 pub fn check_shape(x: &[f32], shape: &[usize], tensor: &str) -> Result<(), QuantError> {
     let l = BlockLayout::new(shape, crate::format::Block::Tensor)?;
     if l.len() != x.len() {
-        return Err(QuantError::Shape(format!("{tensor}: {} elements but shape {shape:?}", x.len())));
+        return Err(QuantError::Shape(format!(
+            "{tensor}: {} elements but shape {shape:?}",
+            x.len()
+        )));
     }
     Ok(())
 }

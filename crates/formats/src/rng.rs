@@ -39,7 +39,9 @@ impl StreamKey {
     /// Key for `(seed, stream)`. Compose `stream` from whatever identifies the tensor (layer,
     /// tensor kind, step) with [`StreamKey::child`] or [`stream_id`].
     pub fn new(seed: u64, stream: u64) -> Self {
-        StreamKey(splitmix64(seed ^ splitmix64(stream.wrapping_add(0x632B_E59B_D9B4_E019))))
+        StreamKey(splitmix64(
+            seed ^ splitmix64(stream.wrapping_add(0x632B_E59B_D9B4_E019)),
+        ))
     }
 
     /// A derived key for a sub-stream (e.g. one step of a layer's activation stream).
@@ -50,14 +52,20 @@ impl StreamKey {
     /// The two 32-bit round keys used for elements whose index has high word `hi`.
     #[inline]
     pub fn round_keys(self, hi: u32) -> (u32, u32) {
-        let k = if hi == 0 { self.0 } else { splitmix64(self.0 ^ (hi as u64)) };
+        let k = if hi == 0 {
+            self.0
+        } else {
+            splitmix64(self.0 ^ (hi as u64))
+        };
         (k as u32, (k >> 32) as u32)
     }
 }
 
 /// Combines small identifiers into one stream id (order matters).
 pub fn stream_id(parts: &[u64]) -> u64 {
-    parts.iter().fold(0x243F_6A88_85A3_08D3u64, |acc, &p| splitmix64(acc ^ p))
+    parts
+        .iter()
+        .fold(0x243F_6A88_85A3_08D3u64, |acc, &p| splitmix64(acc ^ p))
 }
 
 /// 32 scrambled bits for element `lo` under round keys `(k1, k2)`.

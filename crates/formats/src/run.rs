@@ -95,7 +95,13 @@ pub fn quantize_run(x: &[f32], out: OutRun<'_>, p: &ScaledInt, key: StreamKey, b
 }
 
 /// The portable kernel (element by element, the f32 formulation).
-pub fn quantize_run_generic(x: &[f32], mut out: OutRun<'_>, p: &ScaledInt, key: StreamKey, base: u64) {
+pub fn quantize_run_generic(
+    x: &[f32],
+    mut out: OutRun<'_>,
+    p: &ScaledInt,
+    key: StreamKey,
+    base: u64,
+) {
     let f = p.factors();
     let ulp = p.ulp();
     let sr = p.rounding == Rounding::Stochastic;
@@ -133,7 +139,10 @@ pub fn max_abs_bits(x: &[f32]) -> u32 {
 }
 
 pub fn max_abs_bits_generic(x: &[f32]) -> u32 {
-    x.iter().map(|v| v.to_bits() & 0x7fff_ffff).max().unwrap_or(0)
+    x.iter()
+        .map(|v| v.to_bits() & 0x7fff_ffff)
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -233,13 +242,15 @@ mod avx2 {
                         let r = _mm256_srli_epi32(h, 8);
                         let u = _mm256_mul_ps(_mm256_cvtepi32_ps(r), inv24);
                         let pos_bump = _mm256_cmp_ps(fr, _mm256_sub_ps(one, u), _CMP_GE_OQ);
-                        let r_zero = _mm256_castsi256_ps(_mm256_cmpeq_epi32(r, _mm256_setzero_si256()));
+                        let r_zero =
+                            _mm256_castsi256_ps(_mm256_cmpeq_epi32(r, _mm256_setzero_si256()));
                         let x_nonzero = _mm256_cmp_ps(xv, zero, _CMP_NEQ_OQ);
                         let neg_bump = _mm256_or_ps(
                             _mm256_cmp_ps(fr, u, _CMP_GT_OQ),
                             _mm256_and_ps(r_zero, x_nonzero),
                         );
-                        let is_neg = _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_castps_si256(y), 31));
+                        let is_neg =
+                            _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_castps_si256(y), 31));
                         _mm256_blendv_ps(pos_bump, neg_bump, is_neg)
                     };
                     let m = _mm256_add_ps(fa, _mm256_and_ps(bump, one));
@@ -250,14 +261,18 @@ mod avx2 {
             let off = c * 8;
             match &mut out {
                 OutRun::F32(o) => _mm256_storeu_ps(o.as_mut_ptr().add(off), _mm256_mul_ps(q, vulp)),
-                OutRun::I32(o) => {
-                    _mm256_storeu_si256(o.as_mut_ptr().add(off) as *mut __m256i, _mm256_cvtps_epi32(q))
-                }
+                OutRun::I32(o) => _mm256_storeu_si256(
+                    o.as_mut_ptr().add(off) as *mut __m256i,
+                    _mm256_cvtps_epi32(q),
+                ),
                 OutRun::I16(o) => {
                     let v = _mm256_cvtps_epi32(q);
                     let p16 = _mm256_packs_epi32(v, v);
                     let p16 = _mm256_permute4x64_epi64(p16, 0b10_00);
-                    _mm_storeu_si128(o.as_mut_ptr().add(off) as *mut __m128i, _mm256_castsi256_si128(p16));
+                    _mm_storeu_si128(
+                        o.as_mut_ptr().add(off) as *mut __m128i,
+                        _mm256_castsi256_si128(p16),
+                    );
                 }
                 OutRun::I8(o) => {
                     let v = _mm256_cvtps_epi32(q);
@@ -301,7 +316,13 @@ mod avx2 {
 
 /// Runs the AVX2 kernel directly (tests compare it with the generic one); `None` when the CPU
 /// lacks AVX2.
-pub fn quantize_run_avx2_checked(x: &[f32], out: OutRun<'_>, p: &ScaledInt, key: StreamKey, base: u64) -> Option<()> {
+pub fn quantize_run_avx2_checked(
+    x: &[f32],
+    out: OutRun<'_>,
+    p: &ScaledInt,
+    key: StreamKey,
+    base: u64,
+) -> Option<()> {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 checked.

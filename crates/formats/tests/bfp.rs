@@ -7,8 +7,12 @@ use lowprec_formats::run::{quantize_run_avx2_checked, quantize_run_generic, OutR
 use lowprec_formats::scalar::{quantize_scalar_ref, ScaledInt};
 use lowprec_formats::*;
 
-const ROUNDINGS: [Rounding; 4] =
-    [Rounding::NearestEven, Rounding::NearestAway, Rounding::TowardZero, Rounding::Stochastic];
+const ROUNDINGS: [Rounding; 4] = [
+    Rounding::NearestEven,
+    Rounding::NearestAway,
+    Rounding::TowardZero,
+    Rounding::Stochastic,
+];
 
 fn fmt(wl: u32, block: Block, rounding: Rounding) -> BfpFormat {
     BfpFormat::new(wl, block, rounding).unwrap()
@@ -37,20 +41,45 @@ fn floor_log2_is_exact_at_powers_of_two_and_subnormals() {
 #[test]
 fn fast_quantiser_matches_reference_on_awkward_inputs() {
     let mut rng = TestRng::fresh("fast_vs_ref");
-    let shapes: Vec<Vec<usize>> = vec![vec![1], vec![7], vec![33], vec![1000], vec![3, 7], vec![5, 33, 7], vec![2, 3, 1, 40], vec![0], vec![4, 0, 3]];
+    let shapes: Vec<Vec<usize>> = vec![
+        vec![1],
+        vec![7],
+        vec![33],
+        vec![1000],
+        vec![3, 7],
+        vec![5, 33, 7],
+        vec![2, 3, 1, 40],
+        vec![0],
+        vec![4, 0, 3],
+    ];
     for shape in &shapes {
         for rounding in ROUNDINGS {
             for wl in [2, 3, 4, 6, 8, 9, 12, 16] {
                 let nd = shape.len();
-                let mut blocks = vec![Block::Tensor, Block::Tile(1), Block::Tile(16), Block::Tile(5)];
+                let mut blocks = vec![
+                    Block::Tensor,
+                    Block::Tile(1),
+                    Block::Tile(16),
+                    Block::Tile(5),
+                ];
                 for d in 0..nd {
                     blocks.push(Block::Axis(d));
                 }
                 for block in blocks {
                     for (exp_bits, clamp) in [(8, Clamp::Symmetric), (5, Clamp::Asymmetric)] {
-                        let f = BfpFormat { wl, exp_bits, block, rounding, clamp };
+                        let f = BfpFormat {
+                            wl,
+                            exp_bits,
+                            block,
+                            rounding,
+                            clamp,
+                        };
                         let n: usize = shape.iter().product();
-                        let x = if rng.below(2) == 0 { rng.vec_awkward(n) } else { rng.vec_normalish(n, 3.0) };
+                        let x = if rng.below(2) == 0 {
+                            rng.vec_awkward(n)
+                        } else {
+                            rng.vec_normalish(n, 3.0)
+                        };
                         let key = StreamKey::new(rng.next_u64(), 7);
                         let t = quantize_bfp(&x, shape, &f, key, "x").unwrap();
                         let (q_ref, e_ref) = quantize_bfp_ref(&x, shape, &f, key).unwrap();
@@ -79,13 +108,33 @@ fn simd_run_kernel_matches_generic_and_reference_bit_for_bit() {
     for &n in &[1usize, 7, 8, 9, 33, 1000, 4099] {
         for rounding in ROUNDINGS {
             for k in [-127, -20, -1, 0, 1, 6, 14, 30, 126, 127, 128, 141] {
-                let (lo, hi) = if rng.below(2) == 0 { (-127, 127) } else { (-128, 127) };
-                let p = ScaledInt { k, lo, hi, rounding };
+                let (lo, hi) = if rng.below(2) == 0 {
+                    (-127, 127)
+                } else {
+                    (-128, 127)
+                };
+                let p = ScaledInt {
+                    k,
+                    lo,
+                    hi,
+                    rounding,
+                };
                 // inputs near the scale of 2^-k so the rounding matters
                 let x: Vec<f32> = (0..n)
                     .map(|_| {
                         let v = rng.awkward_f32();
-                        if rng.below(3) == 0 { v } else { (v.clamp(-1e30, 1e30) * 1e-30).max(-1.0) * 0.0 + ((rng.uniform() as f32 * 2.0 - 1.0) * 200.0 * if k > 127 { pow2(-127) * pow2(127 - k) } else { pow2(-k) }) }
+                        if rng.below(3) == 0 {
+                            v
+                        } else {
+                            (v.clamp(-1e30, 1e30) * 1e-30).max(-1.0) * 0.0
+                                + ((rng.uniform() as f32 * 2.0 - 1.0)
+                                    * 200.0
+                                    * if k > 127 {
+                                        pow2(-127) * pow2(127 - k)
+                                    } else {
+                                        pow2(-k)
+                                    })
+                        }
                     })
                     .collect();
                 // bases near a 2^32 boundary exercise the generator's high word
@@ -98,7 +147,10 @@ fn simd_run_kernel_matches_generic_and_reference_bit_for_bit() {
                         .enumerate()
                         .map(|(i, &v)| quantize_scalar_ref(v, &p, rng_draw(key, base + i as u64)))
                         .collect();
-                    assert_eq!(g, r, "generic vs reference k={k} {rounding} n={n} base={base}");
+                    assert_eq!(
+                        g, r,
+                        "generic vs reference k={k} {rounding} n={n} base={base}"
+                    );
                     let mut s = vec![0i32; n];
                     if quantize_run_avx2_checked(&x, OutRun::I32(&mut s), &p, key, base).is_some() {
                         assert_eq!(s, g, "avx2 vs generic k={k} {rounding} n={n} base={base}");
@@ -130,14 +182,28 @@ fn rng_draw(key: StreamKey, i: u64) -> u32 {
 #[test]
 fn negative_subnormal_scaled_value_with_zero_draw_rounds_to_minus_one() {
     // y = x * 2^k underflows to a subnormal (or zero) in f32; floor(y + 0) is still -1.
-    let p = ScaledInt { k: -121, lo: -127, hi: 127, rounding: Rounding::Stochastic };
+    let p = ScaledInt {
+        k: -121,
+        lo: -127,
+        hi: 127,
+        rounding: Rounding::Stochastic,
+    };
     for x in [-f32::from_bits(1), -1e-30f32, -3.0e-38] {
         assert_eq!(quantize_scalar_ref(x, &p, 0), -1);
         assert_eq!(quantize_scalar_ref(x, &p, 1), 0);
-        assert_eq!(lowprec_formats::scalar::round_scaled_f32(x, &p, p.factors(), 0), -1.0);
-        assert_eq!(lowprec_formats::scalar::round_scaled_f32(x, &p, p.factors(), 1), 0.0);
+        assert_eq!(
+            lowprec_formats::scalar::round_scaled_f32(x, &p, p.factors(), 0),
+            -1.0
+        );
+        assert_eq!(
+            lowprec_formats::scalar::round_scaled_f32(x, &p, p.factors(), 1),
+            0.0
+        );
     }
-    assert_eq!(lowprec_formats::scalar::round_scaled_f32(-0.0, &p, p.factors(), 0).to_bits(), 0);
+    assert_eq!(
+        lowprec_formats::scalar::round_scaled_f32(-0.0, &p, p.factors(), 0).to_bits(),
+        0
+    );
 }
 
 #[test]
@@ -147,10 +213,19 @@ fn same_bits_at_one_and_two_threads() {
     let n: usize = shape.iter().product();
     let x = rng.vec_normalish(n, 5.0);
     let key = StreamKey::new(42, 3);
-    for block in [Block::Tensor, Block::Axis(0), Block::Axis(1), Block::Tile(32)] {
+    for block in [
+        Block::Tensor,
+        Block::Axis(0),
+        Block::Axis(1),
+        Block::Tile(32),
+    ] {
         let f = fmt(8, block, Rounding::Stochastic);
         let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| quantize_bfp(&x, &shape, &f, key, "x").unwrap())
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| quantize_bfp(&x, &shape, &f, key, "x").unwrap())
         };
         assert_eq!(run(1), run(2), "{block}");
         assert_eq!(run(1), run(3), "{block}");
@@ -163,27 +238,53 @@ fn non_finite_values_are_errors_naming_the_tensor_and_element() {
     x[37] = f32::NAN;
     let f = fmt(8, Block::Tensor, Rounding::NearestEven);
     let e = quantize_bfp(&x, &[100], &f, StreamKey::new(0, 0), "activations of fc1").unwrap_err();
-    assert!(matches!(&e, QuantError::NonFinite { tensor, index: 37, value } if tensor == "activations of fc1" && value.is_nan()), "{e}");
-    assert!(e.to_string().contains("activations of fc1") && e.to_string().contains("37"), "{e}");
+    assert!(
+        matches!(&e, QuantError::NonFinite { tensor, index: 37, value } if tensor == "activations of fc1" && value.is_nan()),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("activations of fc1") && e.to_string().contains("37"),
+        "{e}"
+    );
     x[37] = 1.0;
     x[99] = f32::NEG_INFINITY;
-    let e = quantize_bfp(&x, &[10, 10], &fmt(8, Block::Axis(0), Rounding::Stochastic), StreamKey::new(0, 0), "w").unwrap_err();
+    let e = quantize_bfp(
+        &x,
+        &[10, 10],
+        &fmt(8, Block::Axis(0), Rounding::Stochastic),
+        StreamKey::new(0, 0),
+        "w",
+    )
+    .unwrap_err();
     assert!(matches!(e, QuantError::NonFinite { index: 99, .. }), "{e}");
     // large tensors take the parallel path
     let mut big = vec![0.5f32; 100_000];
     big[77_777] = f32::INFINITY;
     big[88_888] = f32::NAN;
     let e = quantize_bfp(&big, &[100_000], &f, StreamKey::new(0, 0), "big").unwrap_err();
-    assert!(matches!(e, QuantError::NonFinite { index: 77_777, .. }), "{e}");
+    assert!(
+        matches!(e, QuantError::NonFinite { index: 77_777, .. }),
+        "{e}"
+    );
 }
 
 #[test]
 fn all_zero_blocks_quantise_to_zero() {
     let x = vec![0.0f32, -0.0, 0.0, 0.0, 1.0, -2.0, 0.5, 0.25];
     for rounding in ROUNDINGS {
-        let t = quantize_bfp(&x, &[2, 4], &fmt(8, Block::Axis(0), rounding), StreamKey::new(1, 1), "x").unwrap();
+        let t = quantize_bfp(
+            &x,
+            &[2, 4],
+            &fmt(8, Block::Axis(0), rounding),
+            StreamKey::new(1, 1),
+            "x",
+        )
+        .unwrap();
         assert_eq!(&mantissas_i32(&t)[..4], &[0, 0, 0, 0]);
-        assert_eq!(t.exponents[0], -128, "all-zero block takes the smallest exponent");
+        assert_eq!(
+            t.exponents[0], -128,
+            "all-zero block takes the smallest exponent"
+        );
         assert!(t.dequantize()[..4].iter().all(|v| v.to_bits() == 0));
     }
 }
@@ -191,14 +292,34 @@ fn all_zero_blocks_quantise_to_zero() {
 #[test]
 fn exponent_saturates_at_the_exponent_bits() {
     // 5 exponent bits: e in [-16, 15].
-    let f = BfpFormat { wl: 8, exp_bits: 5, block: Block::Tensor, rounding: Rounding::NearestEven, clamp: Clamp::Symmetric };
+    let f = BfpFormat {
+        wl: 8,
+        exp_bits: 5,
+        block: Block::Tensor,
+        rounding: Rounding::NearestEven,
+        clamp: Clamp::Symmetric,
+    };
     // Overflow: 2^20 needs e = 20 > 15; the exponent saturates and mantissas clamp at 127.
-    let t = quantize_bfp(&[1048576.0, -3.0e6, 1.0], &[3], &f, StreamKey::new(0, 0), "x").unwrap();
+    let t = quantize_bfp(
+        &[1048576.0, -3.0e6, 1.0],
+        &[3],
+        &f,
+        StreamKey::new(0, 0),
+        "x",
+    )
+    .unwrap();
     assert_eq!(t.exponents, vec![15]);
     assert_eq!(mantissas_i32(&t), vec![127, -127, 0]);
     assert_eq!(t.dequantize()[0], 127.0 * 2f32.powi(15 - 6));
     // Underflow: 2^-30 needs e = -30 < -16; values are quantised on the e = -16 grid.
-    let t = quantize_bfp(&[2f32.powi(-20), 2f32.powi(-30)], &[2], &f, StreamKey::new(0, 0), "x").unwrap();
+    let t = quantize_bfp(
+        &[2f32.powi(-20), 2f32.powi(-30)],
+        &[2],
+        &f,
+        StreamKey::new(0, 0),
+        "x",
+    )
+    .unwrap();
     assert_eq!(t.exponents, vec![-16]);
     assert_eq!(mantissas_i32(&t), vec![4, 0]); // 2^-20 / 2^(-16-6) = 4
 }
@@ -206,10 +327,24 @@ fn exponent_saturates_at_the_exponent_bits() {
 #[test]
 fn packed_storage_costs_one_byte_per_element() {
     let x = vec![0.3f32; 4096];
-    let t = quantize_bfp(&x, &[32, 128], &fmt(8, Block::Axis(0), Rounding::Stochastic), StreamKey::new(0, 0), "x").unwrap();
+    let t = quantize_bfp(
+        &x,
+        &[32, 128],
+        &fmt(8, Block::Axis(0), Rounding::Stochastic),
+        StreamKey::new(0, 0),
+        "x",
+    )
+    .unwrap();
     assert!(matches!(t.mantissas, Mantissas::I8(_)));
     assert_eq!(t.storage_bytes(), 4096 + 32);
-    let t = quantize_bfp(&x, &[32, 128], &fmt(12, Block::Tensor, Rounding::Stochastic), StreamKey::new(0, 0), "x").unwrap();
+    let t = quantize_bfp(
+        &x,
+        &[32, 128],
+        &fmt(12, Block::Tensor, Rounding::Stochastic),
+        StreamKey::new(0, 0),
+        "x",
+    )
+    .unwrap();
     assert!(matches!(t.mantissas, Mantissas::I16(_)));
     assert_eq!(t.storage_bytes(), 2 * 4096 + 1);
 }
@@ -221,7 +356,13 @@ fn exhaustive_small_formats_round_trip_every_representable_value() {
     for wl in 2..=6u32 {
         for clamp in [Clamp::Symmetric, Clamp::Asymmetric] {
             for rounding in ROUNDINGS {
-                let f = BfpFormat { wl, exp_bits: 8, block: Block::Tensor, rounding, clamp };
+                let f = BfpFormat {
+                    wl,
+                    exp_bits: 8,
+                    block: Block::Tensor,
+                    rounding,
+                    clamp,
+                };
                 let (lo, hi) = f.mantissa_range();
                 for e in [-128, -20, 0, 5, 100, 127] {
                     let s = f.scale(e);
@@ -230,7 +371,11 @@ fn exhaustive_small_formats_round_trip_every_representable_value() {
                     // With the asymmetric clamp, -2^(wl-1) * ulp has magnitude 2^(e+1): it is
                     // reachable by rounding inside a block of exponent e but cannot be the
                     // block's maximum, so it is left out of this round trip.
-                    let lo = if clamp == Clamp::Asymmetric { lo + 1 } else { lo };
+                    let lo = if clamp == Clamp::Asymmetric {
+                        lo + 1
+                    } else {
+                        lo
+                    };
                     x.extend((lo..=hi).map(|q| q as f32 * s));
                     let t = quantize_bfp(&x, &[x.len()], &f, StreamKey::new(9, 9), "x").unwrap();
                     assert_eq!(t.exponents[0] as i32, e);
@@ -244,7 +389,12 @@ fn exhaustive_small_formats_round_trip_every_representable_value() {
 #[test]
 fn stochastic_rounding_uses_at_least_24_random_bits() {
     // A value 2^-20 ulp above an integer must sometimes round up (needs > 20 random bits).
-    let p = ScaledInt { k: 0, lo: -1000, hi: 1000, rounding: Rounding::Stochastic };
+    let p = ScaledInt {
+        k: 0,
+        lo: -1000,
+        hi: 1000,
+        rounding: Rounding::Stochastic,
+    };
     let x = 3.0f32 + 2f32.powi(-20);
     let mut ups = 0;
     let n = 1u64 << 24;

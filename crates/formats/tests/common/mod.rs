@@ -13,7 +13,10 @@ impl TestRng {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| {
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
             });
         eprintln!("{name}: LOWPREC_TEST_SEED={seed}");
         TestRng(seed)
@@ -30,7 +33,11 @@ impl TestRng {
     }
     /// Values spanning many binades, with zeros, exact powers of two, ties and subnormals.
     pub fn awkward_f32(&mut self) -> f32 {
-        let sign = if self.next_u64() & 1 == 1 { -1.0f32 } else { 1.0 };
+        let sign = if self.next_u64() & 1 == 1 {
+            -1.0f32
+        } else {
+            1.0
+        };
         match self.below(10) {
             0 => 0.0 * sign,
             1 => sign * 2f32.powi(self.below(40) as i32 - 20),
@@ -45,6 +52,8 @@ impl TestRng {
     }
     /// Values of one scale (normal training-like data).
     pub fn vec_normalish(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| ((self.uniform() * 2.0 - 1.0) as f32) * scale).collect()
+        (0..n)
+            .map(|_| ((self.uniform() * 2.0 - 1.0) as f32) * scale)
+            .collect()
     }
 }
