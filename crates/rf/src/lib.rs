@@ -1,1 +1,94 @@
-//! RF anomaly detection: FM I/Q generator, SigMF files, windowing and the online detector.
+//! RF anomaly detection, signal side: this crate owns the complex-baseband FM generator with
+//! injected anomalies (band-pass noise, linear chirp, complex sine) driven by a counter-based
+//! RNG, SigMF (`cf32_le`) recordings and raw/streamed cf32 input with validation, sliding
+//! I/Q windows with normalisation and per-window labels from annotations, detector-independent
+//! metrics (percentile thresholds, precision/recall/F1), a linear (PCA) reference detector,
+//! and the standard train/test recording pair for the experiment of 002 Section V. The
+//! auto-encoder detector itself (which needs the nn/train crates) will live here too.
+
+pub mod baseline;
+pub mod metrics;
+pub mod pair;
+pub mod rng;
+pub mod sigmf;
+pub mod signal;
+pub mod window;
+
+pub use metrics::{select_threshold, Confusion, ThresholdRule};
+pub use pair::{standard_pair, StandardPair, StandardPairConfig};
+pub use sigmf::{
+    read_recording, write_sigmf, NonFinitePolicy, ReadOptions, Recording, SampleStream, SigMfMeta,
+};
+pub use signal::{Anomaly, AnomalyKind, FmConfig, Generator, Message, SignalSpec, Tone};
+pub use window::{LabelRange, Normaliser, WindowConfig, WindowStream, Windows};
+
+use std::path::PathBuf;
+
+/// One complex baseband sample: in-phase and quadrature parts, as stored in `cf32_le`
+/// (I then Q, each a little-endian IEEE-754 f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Iq {
+    pub i: f32,
+    pub q: f32,
+}
+
+/// Bytes per `cf32_le` sample.
+pub const CF32_BYTES: usize = 8;
+
+/// Errors of this crate. Each names what was wrong and where (file, sample index, field).
+#[derive(Debug, thiserror::Error)]
+pub enum RfError {
+    #[error("invalid signal configuration: {0}")]
+    Config(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{data}: missing SigMF metadata file {meta} (read a raw cf32 file as raw instead)")]
+    MissingMeta { data: PathBuf, meta: PathBuf },
+    #[error("{path}: bad SigMF metadata: {msg}")]
+    Meta { path: PathBuf, msg: String },
+    #[error(
+        "{source_name}: {bytes} bytes is not a whole number of cf32_le samples (8 bytes each): \
+         {rem} trailing bytes after sample {samples} (truncated file?)"
+    )]
+    PartialSample {
+        source_name: String,
+        bytes: u64,
+        rem: u64,
+        samples: u64,
+    },
+    #[error("{source_name}: non-finite {component} value {value} at sample {index}")]
+    NonFinite {
+        source_name: String,
+        index: u64,
+        component: &'static str,
+        value: f32,
+    },
+    #[error(
+        "{source_name}: data holds {actual} samples but the metadata says {expected} \
+         (truncated or wrong data file?)"
+    )]
+    LengthMismatch {
+        source_name: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "{source_name}: data does not match core:sha512 in the metadata (corrupted, truncated \
+         or modified)"
+    )]
+    Checksum { source_name: String },
+}
+
+impl RfError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> RfError {
+        RfError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,801 @@
+//! SigMF recordings (`.sigmf-meta` JSON + `.sigmf-data` samples) and raw `cf32_le` streams.
+//!
+//! Writing: the data file is streamed through a temporary file in the destination directory,
+//! hashed (SHA-512, stored as `core:sha512`) and renamed into place; the metadata follows the
+//! same way. A reader therefore never sees a half-written file under the final name.
+//!
+//! Reading validates, and reports with the file and sample index:
+//! * a missing `.sigmf-meta` next to a `.sigmf-data` ([`RfError::MissingMeta`]);
+//! * malformed JSON, a missing required field, a `core:datatype` other than `cf32_le`, more
+//!   than one channel, a non-positive sample rate ([`RfError::Meta`]);
+//! * a byte count that is not a multiple of 8 ([`RfError::PartialSample`]; a truncated file
+//!   usually ends mid-sample);
+//! * fewer or more samples than `lowprec:sample_count` ([`RfError::LengthMismatch`]), data not
+//!   matching `core:sha512` ([`RfError::Checksum`]), annotations reaching past the data;
+//! * NaN or infinite values: an error by default ([`NonFinitePolicy::Error`]); with
+//!   [`NonFinitePolicy::Zero`] the whole sample is replaced by `0 + 0j` and counted, which keeps
+//!   every later sample at its index (so annotations still line up). Samples are never
+//!   dropped.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha512};
+
+use crate::signal::Generator;
+use crate::window::LabelRange;
+use crate::{Iq, RfError, CF32_BYTES};
+
+/// The SigMF version written.
+pub const SIGMF_VERSION: &str = "1.2.0";
+/// The only datatype this crate reads or writes.
+pub const DATATYPE: &str = "cf32_le";
+
+/// A declared SigMF extension namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Extension {
+    pub name: String,
+    pub version: String,
+    pub optional: bool,
+}
+
+/// The `global` object. Unknown fields are kept in `other` and written back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Global {
+    #[serde(rename = "core:datatype")]
+    pub datatype: String,
+    #[serde(
+        rename = "core:sample_rate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sample_rate: Option<f64>,
+    #[serde(rename = "core:version")]
+    pub version: String,
+    #[serde(
+        rename = "core:num_channels",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub num_channels: Option<u64>,
+    #[serde(
+        rename = "core:sha512",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sha512: Option<String>,
+    #[serde(
+        rename = "core:description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: Option<String>,
+    #[serde(
+        rename = "core:recorder",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub recorder: Option<String>,
+    #[serde(
+        rename = "core:extensions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub extensions: Option<Vec<Extension>>,
+    /// Number of samples in the data file (lowprec extension; lets a reader detect truncation
+    /// without hashing).
+    #[serde(
+        rename = "lowprec:sample_count",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sample_count: Option<u64>,
+    /// The [`crate::SignalSpec`] that generated the data, as JSON (lowprec extension).
+    #[serde(
+        rename = "lowprec:generator",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub generator: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One `captures` segment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Capture {
+    #[serde(rename = "core:sample_start")]
+    pub sample_start: u64,
+    #[serde(
+        rename = "core:frequency",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub frequency: Option<f64>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One `annotations` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Annotation {
+    #[serde(rename = "core:sample_start")]
+    pub sample_start: u64,
+    #[serde(
+        rename = "core:sample_count",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sample_count: Option<u64>,
+    #[serde(
+        rename = "core:label",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub label: Option<String>,
+    #[serde(
+        rename = "core:freq_lower_edge",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub freq_lower_edge: Option<f64>,
+    #[serde(
+        rename = "core:freq_upper_edge",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub freq_upper_edge: Option<f64>,
+    #[serde(
+        rename = "core:generator",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub generator: Option<String>,
+    #[serde(
+        rename = "core:comment",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub comment: Option<String>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A whole `.sigmf-meta` document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SigMfMeta {
+    pub global: Global,
+    #[serde(default)]
+    pub captures: Vec<Capture>,
+    #[serde(default)]
+    pub annotations: Vec<Annotation>,
+}
+
+impl SigMfMeta {
+    /// Minimal metadata for `cf32_le` data at `sample_rate` Hz, one capture at sample 0.
+    pub fn new(sample_rate: f64) -> SigMfMeta {
+        SigMfMeta {
+            global: Global {
+                datatype: DATATYPE.into(),
+                sample_rate: Some(sample_rate),
+                version: SIGMF_VERSION.into(),
+                num_channels: Some(1),
+                sha512: None,
+                description: None,
+                recorder: None,
+                extensions: None,
+                sample_count: None,
+                generator: None,
+                other: Default::default(),
+            },
+            captures: vec![Capture {
+                sample_start: 0,
+                frequency: None,
+                other: Default::default(),
+            }],
+            annotations: Vec::new(),
+        }
+    }
+
+    /// Metadata describing a generated recording: the spec under `lowprec:generator` and one
+    /// annotation per anomaly (label = type, frequency edges, power in the comment).
+    pub fn for_generator(generator: &Generator, description: Option<String>) -> SigMfMeta {
+        let spec = generator.spec();
+        let mut meta = SigMfMeta::new(spec.fm.sample_rate_hz);
+        meta.global.description = description;
+        meta.global.recorder = Some(format!("lowprec-rf {}", env!("CARGO_PKG_VERSION")));
+        meta.global.extensions = Some(vec![Extension {
+            name: "lowprec".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            optional: true,
+        }]);
+        meta.global.generator = serde_json::to_value(spec).ok();
+        meta.annotations = spec
+            .anomalies
+            .iter()
+            .map(|a| {
+                let (lo, hi) = a.kind.freq_edges();
+                Annotation {
+                    sample_start: a.start,
+                    sample_count: Some(a.count),
+                    label: Some(a.kind.label().into()),
+                    freq_lower_edge: Some(lo),
+                    freq_upper_edge: Some(hi),
+                    generator: Some("lowprec-rf".into()),
+                    comment: Some(format!(
+                        "{} anomaly, {} dB re signal",
+                        a.kind.label(),
+                        a.power_db
+                    )),
+                    other: Default::default(),
+                }
+            })
+            .collect();
+        meta
+    }
+
+    /// Parses and validates a metadata document (`path` is only used in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<SigMfMeta, RfError> {
+        let meta: SigMfMeta = serde_json::from_str(text).map_err(|e| RfError::Meta {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
+        meta.validate(path)?;
+        Ok(meta)
+    }
+
+    /// Checks what this reader depends on.
+    pub fn validate(&self, path: &Path) -> Result<(), RfError> {
+        let bad = |msg: String| {
+            Err(RfError::Meta {
+                path: path.into(),
+                msg,
+            })
+        };
+        let g = &self.global;
+        if g.datatype != DATATYPE {
+            return bad(format!(
+                "core:datatype is {:?}; only {DATATYPE:?} (complex f32 little-endian) is supported",
+                g.datatype
+            ));
+        }
+        if g.version.trim().is_empty() {
+            return bad("core:version is empty".into());
+        }
+        if let Some(fs) = g.sample_rate {
+            if !(fs.is_finite() && fs > 0.0) {
+                return bad(format!(
+                    "core:sample_rate must be a positive number, got {fs}"
+                ));
+            }
+        }
+        if let Some(ch) = g.num_channels {
+            if ch != 1 {
+                return bad(format!(
+                    "core:num_channels is {ch}; only single-channel data is supported"
+                ));
+            }
+        }
+        if let Some(h) = &g.sha512 {
+            if h.len() != 128 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!("core:sha512 is not 128 hex digits: {h:?}"));
+            }
+        }
+        for (k, a) in self.annotations.iter().enumerate() {
+            if let Some(c) = a.sample_count {
+                if a.sample_start.checked_add(c).is_none() {
+                    return bad(format!(
+                        "annotation {k}: sample_start + sample_count overflows"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks annotations and captures against the number of samples actually present.
+    pub fn check_against_length(&self, path: &Path, samples: u64) -> Result<(), RfError> {
+        for (k, a) in self.annotations.iter().enumerate() {
+            let end = a.sample_start.saturating_add(a.sample_count.unwrap_or(0));
+            if a.sample_start > samples || end > samples {
+                return Err(RfError::Meta {
+                    path: path.into(),
+                    msg: format!(
+                        "annotation {k} ({}) covers samples [{}, {end}) but the data holds only \
+                         {samples} samples (truncated data?)",
+                        a.label.as_deref().unwrap_or("unlabelled"),
+                        a.sample_start
+                    ),
+                });
+            }
+        }
+        for (k, c) in self.captures.iter().enumerate() {
+            if c.sample_start > samples {
+                return Err(RfError::Meta {
+                    path: path.into(),
+                    msg: format!(
+                        "capture {k} starts at sample {} but the data holds only {samples} samples",
+                        c.sample_start
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The annotations as label ranges for windowing. Annotations without a
+    /// `core:sample_count` are rejected (their extent is unknown).
+    pub fn label_ranges(&self) -> Result<Vec<LabelRange>, RfError> {
+        self.annotations
+            .iter()
+            .enumerate()
+            .map(|(k, a)| {
+                let count = a.sample_count.ok_or_else(|| {
+                    RfError::InvalidArgument(format!(
+                        "annotation {k} at sample {} has no core:sample_count, so its extent is \
+                         unknown",
+                        a.sample_start
+                    ))
+                })?;
+                Ok(LabelRange {
+                    start: a.sample_start,
+                    count,
+                    label: a.label.clone().unwrap_or_else(|| "anomaly".into()),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The metadata and data paths of a recording named by its base name or either file.
+pub fn sigmf_paths(path: &Path) -> (PathBuf, PathBuf) {
+    let s = path.as_os_str().to_string_lossy();
+    let base = s
+        .strip_suffix(".sigmf-meta")
+        .or_else(|| s.strip_suffix(".sigmf-data"))
+        .or_else(|| s.strip_suffix(".sigmf"))
+        .map(|b| b.to_string())
+        .unwrap_or_else(|| s.to_string());
+    (
+        PathBuf::from(format!("{base}.sigmf-meta")),
+        PathBuf::from(format!("{base}.sigmf-data")),
+    )
+}
+
+/// Something that can produce samples `[start, start + out.len())` of a recording.
+pub trait SampleSource {
+    fn num_samples(&self) -> u64;
+    fn fill(&self, start: u64, out: &mut [Iq]) -> Result<(), RfError>;
+}
+
+impl SampleSource for Generator {
+    fn num_samples(&self) -> u64 {
+        Generator::num_samples(self)
+    }
+    fn fill(&self, start: u64, out: &mut [Iq]) -> Result<(), RfError> {
+        Generator::fill(self, start, out)
+    }
+}
+
+impl SampleSource for [Iq] {
+    fn num_samples(&self) -> u64 {
+        self.len() as u64
+    }
+    fn fill(&self, start: u64, out: &mut [Iq]) -> Result<(), RfError> {
+        let s = usize::try_from(start)
+            .ok()
+            .filter(|&s| s + out.len() <= self.len())
+            .ok_or_else(|| {
+                RfError::InvalidArgument(format!(
+                    "samples from {start} requested past {}",
+                    self.len()
+                ))
+            })?;
+        out.copy_from_slice(&self[s..s + out.len()]);
+        Ok(())
+    }
+}
+
+/// Encodes samples as `cf32_le` bytes.
+pub fn encode_cf32(samples: &[Iq], out: &mut Vec<u8>) {
+    out.reserve(samples.len() * CF32_BYTES);
+    for s in samples {
+        out.extend_from_slice(&s.i.to_le_bytes());
+        out.extend_from_slice(&s.q.to_le_bytes());
+    }
+}
+
+/// Streams `source` as raw `cf32_le` into `w`, `chunk` samples at a time (the chunk size only
+/// affects memory use, never the bytes). Returns the SHA-512 of what was written, as hex.
+pub fn write_cf32<W: Write>(
+    w: &mut W,
+    source: &(impl SampleSource + ?Sized),
+    chunk: usize,
+) -> Result<String, RfError> {
+    let chunk = chunk.max(1);
+    let n = source.num_samples();
+    let mut samples = vec![Iq::default(); chunk.min(n as usize)];
+    let mut bytes = Vec::with_capacity(samples.len() * CF32_BYTES);
+    let mut hasher = Sha512::new();
+    let mut start = 0u64;
+    while start < n {
+        let len = chunk.min((n - start) as usize);
+        source.fill(start, &mut samples[..len])?;
+        bytes.clear();
+        encode_cf32(&samples[..len], &mut bytes);
+        hasher.update(&bytes);
+        w.write_all(&bytes)
+            .map_err(|e| RfError::io("<output>", e))?;
+        start += len as u64;
+    }
+    w.flush().map_err(|e| RfError::io("<output>", e))?;
+    Ok(to_hex(&hasher.finalize()))
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `path` atomically: the content goes to a temporary file in the same directory, is
+/// synced, then renamed over `path`. On error the temporary file is removed.
+pub fn atomic_write<T>(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> Result<T, RfError>,
+) -> Result<T, RfError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| RfError::InvalidArgument(format!("{}: not a file path", path.display())))?;
+    // pid + a process-wide counter: concurrent writers never share a temporary file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nonce = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{nonce}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let file = File::create(&tmp).map_err(|e| RfError::io(&tmp, e))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        let value = write(&mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| RfError::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| RfError::io(&tmp, e))?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(|e| RfError::io(path, e))?;
+        Ok(value)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes a SigMF recording at base name `base` (`base.sigmf-data`, then `base.sigmf-meta`),
+/// each atomically. `meta`'s `core:sha512` and `lowprec:sample_count` are filled in; the
+/// metadata as written is returned.
+pub fn write_sigmf(
+    base: &Path,
+    mut meta: SigMfMeta,
+    source: &(impl SampleSource + ?Sized),
+    chunk: usize,
+) -> Result<SigMfMeta, RfError> {
+    let (meta_path, data_path) = sigmf_paths(base);
+    meta.validate(&meta_path)?;
+    let n = source.num_samples();
+    meta.check_against_length(&meta_path, n)?;
+    let sha = atomic_write(&data_path, |w| write_cf32(w, source, chunk))?;
+    meta.global.sha512 = Some(sha);
+    meta.global.sample_count = Some(n);
+    atomic_write(&meta_path, |w| {
+        serde_json::to_writer_pretty(&mut *w, &meta)
+            .map_err(|e| RfError::io(&meta_path, std::io::Error::other(e)))?;
+        w.write_all(b"\n").map_err(|e| RfError::io(&meta_path, e))
+    })?;
+    Ok(meta)
+}
+
+/// What to do with NaN/Inf samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NonFinitePolicy {
+    /// Fail with [`RfError::NonFinite`] naming the sample index.
+    #[default]
+    Error,
+    /// Replace the whole sample by `0 + 0j` and count it (indices are preserved).
+    Zero,
+}
+
+/// Reader options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadOptions {
+    pub non_finite: NonFinitePolicy,
+    /// Verify `core:sha512` when the metadata has one (costs one hash pass, about 1 GB/s).
+    pub verify_checksum: bool,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            non_finite: NonFinitePolicy::Error,
+            verify_checksum: true,
+        }
+    }
+}
+
+/// Reads `cf32_le` samples from any byte stream (file, stdin, pipe) in chunks, tolerating
+/// short reads, with the checks described in the module docs.
+pub struct SampleStream<R: Read> {
+    reader: R,
+    name: String,
+    policy: NonFinitePolicy,
+    /// Bytes of an incomplete sample carried to the next read (0..=7 bytes).
+    pending: Vec<u8>,
+    bytes: Vec<u8>,
+    index: u64,
+    replaced: u64,
+    expected_count: Option<u64>,
+    checksum: Option<(Sha512, String)>,
+    finished: bool,
+}
+
+impl<R: Read> SampleStream<R> {
+    /// A stream over raw `cf32_le` bytes; `name` appears in errors (a path or `<stdin>`).
+    pub fn new(reader: R, name: impl Into<String>, policy: NonFinitePolicy) -> Self {
+        SampleStream {
+            reader,
+            name: name.into(),
+            policy,
+            pending: Vec::with_capacity(CF32_BYTES),
+            bytes: Vec::new(),
+            index: 0,
+            replaced: 0,
+            expected_count: None,
+            checksum: None,
+            finished: false,
+        }
+    }
+
+    /// Fail at the end of the stream unless exactly `count` samples were read.
+    pub fn expect_count(mut self, count: u64) -> Self {
+        self.expected_count = Some(count);
+        self
+    }
+
+    /// Fail at the end of the stream unless the bytes hash to `sha512_hex`.
+    pub fn expect_sha512(mut self, sha512_hex: &str) -> Self {
+        self.checksum = Some((Sha512::new(), sha512_hex.to_ascii_lowercase()));
+        self
+    }
+
+    /// Samples delivered so far (the index of the next sample).
+    pub fn position(&self) -> u64 {
+        self.index
+    }
+
+    /// Non-finite samples replaced by zero so far ([`NonFinitePolicy::Zero`]).
+    pub fn replaced(&self) -> u64 {
+        self.replaced
+    }
+
+    /// Clears `out` and fills it with up to `max` samples. Returns the number read; 0 means
+    /// the stream ended and passed its end checks.
+    pub fn read_chunk(&mut self, out: &mut Vec<Iq>, max: usize) -> Result<usize, RfError> {
+        out.clear();
+        if self.finished || max == 0 {
+            return Ok(0);
+        }
+        let want = max.saturating_mul(CF32_BYTES);
+        self.bytes.clear();
+        self.bytes.extend_from_slice(&self.pending);
+        self.pending.clear();
+        let mut eof = false;
+        let mut filled = self.bytes.len();
+        self.bytes.resize(want.max(filled), 0);
+        while filled < want {
+            match self.reader.read(&mut self.bytes[filled..want]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(k) => {
+                    if let Some((h, _)) = &mut self.checksum {
+                        h.update(&self.bytes[filled..filled + k]);
+                    }
+                    filled += k;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(RfError::io(&self.name, e)),
+            }
+        }
+        let whole = filled / CF32_BYTES * CF32_BYTES;
+        self.pending.extend_from_slice(&self.bytes[whole..filled]);
+        out.reserve(whole / CF32_BYTES);
+        for b in self.bytes[..whole].chunks_exact(CF32_BYTES) {
+            let i = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            let q = f32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+            let mut s = Iq { i, q };
+            if !(i.is_finite() && q.is_finite()) {
+                match self.policy {
+                    NonFinitePolicy::Error => {
+                        let (component, value) = if i.is_finite() { ("Q", q) } else { ("I", i) };
+                        return Err(RfError::NonFinite {
+                            source_name: self.name.clone(),
+                            index: self.index + out.len() as u64,
+                            component,
+                            value,
+                        });
+                    }
+                    NonFinitePolicy::Zero => {
+                        s = Iq::default();
+                        self.replaced += 1;
+                    }
+                }
+            }
+            out.push(s);
+        }
+        self.index += out.len() as u64;
+        if eof {
+            self.finish()?;
+        }
+        Ok(out.len())
+    }
+
+    fn finish(&mut self) -> Result<(), RfError> {
+        self.finished = true;
+        if !self.pending.is_empty() {
+            let rem = self.pending.len() as u64;
+            return Err(RfError::PartialSample {
+                source_name: self.name.clone(),
+                bytes: self.index * CF32_BYTES as u64 + rem,
+                rem,
+                samples: self.index,
+            });
+        }
+        if let Some(expected) = self.expected_count {
+            if expected != self.index {
+                return Err(RfError::LengthMismatch {
+                    source_name: self.name.clone(),
+                    expected,
+                    actual: self.index,
+                });
+            }
+        }
+        if let Some((h, want)) = self.checksum.take() {
+            if to_hex(&h.finalize()) != want {
+                return Err(RfError::Checksum {
+                    source_name: self.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads everything that is left.
+    pub fn read_to_end(&mut self) -> Result<Vec<Iq>, RfError> {
+        let mut all = Vec::new();
+        let mut chunk = Vec::new();
+        while self.read_chunk(&mut chunk, 1 << 16)? > 0 {
+            all.extend_from_slice(&chunk);
+        }
+        Ok(all)
+    }
+}
+
+/// Opens a SigMF recording for streaming: loads and validates the metadata, checks the data
+/// file's size against it (partial sample, sample count, annotation extents) before any
+/// sample is read, and arms the count and checksum checks for the end of the stream.
+pub fn open_sigmf(
+    path: &Path,
+    opts: ReadOptions,
+) -> Result<(SigMfMeta, SampleStream<BufReader<File>>), RfError> {
+    let (meta_path, data_path) = sigmf_paths(path);
+    if !meta_path.exists() {
+        return Err(if data_path.exists() {
+            RfError::MissingMeta {
+                data: data_path,
+                meta: meta_path,
+            }
+        } else {
+            RfError::io(
+                &meta_path,
+                std::io::Error::new(ErrorKind::NotFound, "no such recording"),
+            )
+        });
+    }
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| RfError::io(&meta_path, e))?;
+    let meta = SigMfMeta::parse(&text, &meta_path)?;
+    let file = File::open(&data_path).map_err(|e| RfError::io(&data_path, e))?;
+    let bytes = file
+        .metadata()
+        .map_err(|e| RfError::io(&data_path, e))?
+        .len();
+    let name = data_path.display().to_string();
+    let rem = bytes % CF32_BYTES as u64;
+    let samples = bytes / CF32_BYTES as u64;
+    if rem != 0 {
+        return Err(RfError::PartialSample {
+            source_name: name,
+            bytes,
+            rem,
+            samples,
+        });
+    }
+    if let Some(expected) = meta.global.sample_count {
+        if expected != samples {
+            return Err(RfError::LengthMismatch {
+                source_name: name,
+                expected,
+                actual: samples,
+            });
+        }
+    }
+    meta.check_against_length(&meta_path, samples)?;
+    let mut stream = SampleStream::new(
+        BufReader::with_capacity(1 << 20, file),
+        name,
+        opts.non_finite,
+    )
+    .expect_count(samples);
+    if opts.verify_checksum {
+        if let Some(sha) = &meta.global.sha512 {
+            stream = stream.expect_sha512(sha);
+        }
+    }
+    Ok((meta, stream))
+}
+
+/// A recording in memory.
+#[derive(Clone, Debug)]
+pub struct Recording {
+    /// `None` for raw cf32 input.
+    pub meta: Option<SigMfMeta>,
+    pub samples: Vec<Iq>,
+    pub sample_rate_hz: Option<f64>,
+    /// Non-finite samples replaced by zero while reading.
+    pub replaced: u64,
+}
+
+impl Recording {
+    /// Label ranges from the annotations (none for raw input).
+    pub fn label_ranges(&self) -> Result<Vec<LabelRange>, RfError> {
+        match &self.meta {
+            Some(m) => m.label_ranges(),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Reads a whole SigMF recording named by its base name, `.sigmf-meta` or `.sigmf-data` path.
+pub fn read_recording(path: &Path, opts: ReadOptions) -> Result<Recording, RfError> {
+    let (meta, mut stream) = open_sigmf(path, opts)?;
+    let samples = stream.read_to_end()?;
+    Ok(Recording {
+        sample_rate_hz: meta.global.sample_rate,
+        meta: Some(meta),
+        samples,
+        replaced: stream.replaced(),
+    })
+}
+
+/// Reads a raw headerless `cf32_le` file (no metadata, no annotations).
+pub fn read_raw(
+    path: &Path,
+    sample_rate_hz: Option<f64>,
+    policy: NonFinitePolicy,
+) -> Result<Recording, RfError> {
+    let file = File::open(path).map_err(|e| RfError::io(path, e))?;
+    let mut stream = SampleStream::new(BufReader::new(file), path.display().to_string(), policy);
+    let samples = stream.read_to_end()?;
+    Ok(Recording {
+        meta: None,
+        samples,
+        sample_rate_hz,
+        replaced: stream.replaced(),
+    })
+}
