@@ -41,7 +41,8 @@ pub struct Extension {
     pub optional: bool,
 }
 
-/// The `global` object. Unknown fields are kept in `other` and written back.
+/// The `global` object. Fields this crate does not use are ignored when reading (a plain
+/// struct, not a catch-all map, so parse errors can name the offending field).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Global {
     #[serde(rename = "core:datatype")]
@@ -99,8 +100,6 @@ pub struct Global {
         skip_serializing_if = "Option::is_none"
     )]
     pub generator: Option<serde_json::Value>,
-    #[serde(flatten)]
-    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One `captures` segment.
@@ -114,8 +113,6 @@ pub struct Capture {
         skip_serializing_if = "Option::is_none"
     )]
     pub frequency: Option<f64>,
-    #[serde(flatten)]
-    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One `annotations` entry.
@@ -159,8 +156,6 @@ pub struct Annotation {
         skip_serializing_if = "Option::is_none"
     )]
     pub comment: Option<String>,
-    #[serde(flatten)]
-    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A whole `.sigmf-meta` document.
@@ -188,12 +183,10 @@ impl SigMfMeta {
                 extensions: None,
                 sample_count: None,
                 generator: None,
-                other: Default::default(),
             },
             captures: vec![Capture {
                 sample_start: 0,
                 frequency: None,
-                other: Default::default(),
             }],
             annotations: Vec::new(),
         }
@@ -229,8 +222,7 @@ impl SigMfMeta {
                         a.kind.label(),
                         a.power_db
                     )),
-                    other: Default::default(),
-                }
+                    }
             })
             .collect();
         meta
@@ -238,9 +230,15 @@ impl SigMfMeta {
 
     /// Parses and validates a metadata document (`path` is only used in errors).
     pub fn parse(text: &str, path: &Path) -> Result<SigMfMeta, RfError> {
-        let meta: SigMfMeta = serde_json::from_str(text).map_err(|e| RfError::Meta {
-            path: path.into(),
-            msg: e.to_string(),
+        let mut de = serde_json::Deserializer::from_str(text);
+        let meta: SigMfMeta = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let at = e.path().to_string();
+            let msg = if at.is_empty() || at == "." {
+                e.inner().to_string()
+            } else {
+                format!("at {at}: {}", e.inner())
+            };
+            RfError::Meta { path: path.into(), msg }
         })?;
         meta.validate(path)?;
         Ok(meta)
