@@ -9,14 +9,24 @@ use std::time::Instant;
 
 use lowprec_data::cache::{tarball_cache_key, tarball_cache_paths};
 use lowprec_data::{
-    default_cifar_tarball, load_cifar10_jpeg, load_mnist, BatchConfig, DataDir, EpochBatches, ImageSetSpec,
-    Normalization,
+    default_cifar_tarball, load_cifar10_jpeg, load_mnist, BatchConfig, DataDir, EpochBatches,
+    ImageSetSpec, Normalization,
 };
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> lowprec_data::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let fresh = args.iter().any(|a| a == "--fresh-cifar");
-    let cli_dir = args.iter().find(|a| !a.starts_with("--")).map(PathBuf::from);
+    let cli_dir = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map(PathBuf::from);
     let dir = DataDir::resolve(cli_dir)?;
     println!("data dir: {}", dir.path().display());
 
@@ -32,9 +42,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let tarball = default_cifar_tarball()?;
+    let t = Instant::now();
+    let hash = lowprec_data::fsutil::sha256_file(&tarball)?;
+    println!(
+        "sha256 of {} in {:.3} s",
+        tarball.display(),
+        t.elapsed().as_secs_f64()
+    );
+    let key = tarball_cache_key(&hash, &ImageSetSpec::cifar10());
+    let (train_cache, _) = tarball_cache_paths(&dir, &tarball, &key);
+    if train_cache.exists() {
+        let t = Instant::now();
+        match lowprec_data::read_cache(&train_cache, &key) {
+            Ok(train) => println!(
+                "read + verify {} ({} samples) in {:.3} s",
+                train_cache.display(),
+                train.len(),
+                t.elapsed().as_secs_f64()
+            ),
+            Err(e) => println!("cache unreadable: {e}"),
+        }
+    }
     if fresh {
-        let hash = lowprec_data::fsutil::sha256_file(&tarball)?;
-        let key = tarball_cache_key(&hash, &ImageSetSpec::cifar10());
         let (a, b) = tarball_cache_paths(&dir, &tarball, &key);
         let _ = std::fs::remove_file(a);
         let _ = std::fs::remove_file(b);
@@ -52,7 +81,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if attempt == "second" {
             let norm = Normalization::from_dataset(&cifar.train)?;
             println!("CIFAR-10 train mean {:?} std {:?}", norm.mean, norm.std);
-            let cfg = BatchConfig::train(128, 1).with_augment(lowprec_data::Augment::CropFlip { pad: 4 });
+            let cfg =
+                BatchConfig::train(128, 1).with_augment(lowprec_data::Augment::CropFlip { pad: 4 });
             let epoch = EpochBatches::new(&cifar.train, &norm, cfg, 0)?;
             let t = Instant::now();
             let mut n = 0;

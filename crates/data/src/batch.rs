@@ -23,7 +23,11 @@ const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 /// machine and thread. Distinct inputs give independent-looking outputs.
 pub fn counter_hash(seed: u64, stream: u64, index: u64) -> u64 {
     let h = mix64(seed.wrapping_add(GOLDEN));
-    let h = mix64(h ^ stream.wrapping_mul(GOLDEN).wrapping_add(0x632b_e59b_d9b4_e019));
+    let h = mix64(
+        h ^ stream
+            .wrapping_mul(GOLDEN)
+            .wrapping_add(0x632b_e59b_d9b4_e019),
+    );
     mix64(h ^ index.wrapping_add(0xd1b5_4a32_d192_ed03))
 }
 
@@ -70,7 +74,9 @@ impl Normalization {
             )));
         }
         if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
-            return Err(DataError::InvalidArgument(format!("normalisation mean {m} is not finite")));
+            return Err(DataError::InvalidArgument(format!(
+                "normalisation mean {m} is not finite"
+            )));
         }
         if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return Err(DataError::InvalidArgument(format!(
@@ -100,7 +106,10 @@ impl Normalization {
     /// variance gets std 1 so that it maps to zero instead of dividing by zero.
     pub fn from_dataset(ds: &Dataset) -> Result<Self> {
         let (mean, std) = ds.channel_stats()?;
-        let std = std.into_iter().map(|s| if s > 0.0 { s } else { 1.0 }).collect();
+        let std = std
+            .into_iter()
+            .map(|s| if s > 0.0 { s } else { 1.0 })
+            .collect();
         Normalization::new(mean, std)
     }
 
@@ -123,7 +132,9 @@ pub enum Augment {
     None,
     /// Pad each side with `pad` zero pixels (raw value 0, before normalisation, as torchvision
     /// does), take a random HxW crop, then flip it horizontally with probability 1/2.
-    CropFlip { pad: usize },
+    CropFlip {
+        pad: usize,
+    },
 }
 
 /// One sample's crop offset into the padded image (`0..=2*pad` each) and flip.
@@ -229,7 +240,12 @@ pub struct EpochBatches<'a> {
 
 impl<'a> EpochBatches<'a> {
     /// Plans epoch `epoch` of `ds`. The normalisation must have one entry per channel.
-    pub fn new(ds: &'a Dataset, norm: &Normalization, cfg: BatchConfig, epoch: u64) -> Result<Self> {
+    pub fn new(
+        ds: &'a Dataset,
+        norm: &Normalization,
+        cfg: BatchConfig,
+        epoch: u64,
+    ) -> Result<Self> {
         if cfg.batch_size == 0 {
             return Err(DataError::InvalidArgument("batch size 0".into()));
         }
@@ -329,7 +345,10 @@ impl<'a> EpochBatches<'a> {
                 for c in 0..c_n {
                     let t = &self.tables[c];
                     let plane = c * h * w;
-                    for (d, &v) in dst[plane..plane + h * w].iter_mut().zip(&src[plane..plane + h * w]) {
+                    for (d, &v) in dst[plane..plane + h * w]
+                        .iter_mut()
+                        .zip(&src[plane..plane + h * w])
+                    {
                         *d = t[usize::from(v)];
                     }
                 }
@@ -352,7 +371,11 @@ impl<'a> EpochBatches<'a> {
                         for (x, o) in row.iter_mut().enumerate() {
                             let xc = if d.flip { w - 1 - x } else { x };
                             let sx = (xc + d.dx).wrapping_sub(pad);
-                            *o = if sx < w { t[usize::from(src_row[sx])] } else { t[0] };
+                            *o = if sx < w {
+                                t[usize::from(src_row[sx])]
+                            } else {
+                                t[0]
+                            };
                         }
                     }
                 }
@@ -362,7 +385,10 @@ impl<'a> EpochBatches<'a> {
 
     /// The batches in order.
     pub fn iter(&self) -> BatchIter<'_, 'a> {
-        BatchIter { epoch: self, next: 0 }
+        BatchIter {
+            epoch: self,
+            next: 0,
+        }
     }
 
     /// The normalisation in use.

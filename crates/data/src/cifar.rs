@@ -46,13 +46,17 @@ pub const CIFAR_TARBALL_ENV: &str = "LOWPREC_CIFAR_TARBALL";
 /// File name of the CIFAR-10 JPEG tarball.
 pub const CIFAR_TARBALL_NAME: &str = "cifar10-jpeg.tar.gz";
 /// Published sha256 of `cifar10-jpeg.tar.gz` (see shared/data/README.md).
-pub const CIFAR_TARBALL_SHA256: &str = "efac85c8ed52f4ead1e1f1b670d8dcf435d551fccebdd8b6365e0a01a504f3a4";
+pub const CIFAR_TARBALL_SHA256: &str =
+    "efac85c8ed52f4ead1e1f1b670d8dcf435d551fccebdd8b6365e0a01a504f3a4";
 
 /// Splits the bytes of one binary batch file into images and labels, checking that the size is
 /// a whole number of records and that every label is below 10. `path` names the file in errors.
 pub fn parse_cifar_binary(bytes: &[u8], path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     if bytes.is_empty() {
-        return Err(DataError::malformed(path, "empty file: no CIFAR-10 records"));
+        return Err(DataError::malformed(
+            path,
+            "empty file: no CIFAR-10 records",
+        ));
     }
     let whole = bytes.len() / CIFAR_RECORD_LEN;
     let rest = bytes.len() % CIFAR_RECORD_LEN;
@@ -89,7 +93,9 @@ pub fn parse_cifar_binary(bytes: &[u8], path: &Path) -> Result<(Vec<u8>, Vec<u8>
 /// Reads one or more binary batch files (raw or gzipped) into one data set, in the order given.
 pub fn read_cifar_binary_files(paths: &[PathBuf]) -> Result<Dataset> {
     if paths.is_empty() {
-        return Err(DataError::InvalidArgument("no CIFAR-10 binary files given".into()));
+        return Err(DataError::InvalidArgument(
+            "no CIFAR-10 binary files given".into(),
+        ));
     }
     let mut images = Vec::new();
     let mut labels = Vec::new();
@@ -99,18 +105,29 @@ pub fn read_cifar_binary_files(paths: &[PathBuf]) -> Result<Dataset> {
         images.extend_from_slice(&i);
         labels.extend_from_slice(&l);
     }
-    Dataset::new(images, labels, 3, CIFAR_SIDE, CIFAR_SIDE, CIFAR10_CLASSES.len())
+    Dataset::new(
+        images,
+        labels,
+        3,
+        CIFAR_SIDE,
+        CIFAR_SIDE,
+        CIFAR10_CLASSES.len(),
+    )
 }
 
 /// Loads the binary release from `dir`, which holds `data_batch_1..5.bin` and `test_batch.bin`
 /// directly or inside `cifar-10-batches-bin/`. Missing files are an error listing them.
 pub fn load_cifar_binary(dir: &Path) -> Result<Splits> {
-    let base = if dir.join(CIFAR_BINARY_TEST_FILE).is_file() || !dir.join(CIFAR_BINARY_SUBDIR).is_dir() {
-        dir.to_path_buf()
-    } else {
-        dir.join(CIFAR_BINARY_SUBDIR)
-    };
-    let train: Vec<PathBuf> = CIFAR_BINARY_TRAIN_FILES.iter().map(|f| base.join(f)).collect();
+    let base =
+        if dir.join(CIFAR_BINARY_TEST_FILE).is_file() || !dir.join(CIFAR_BINARY_SUBDIR).is_dir() {
+            dir.to_path_buf()
+        } else {
+            dir.join(CIFAR_BINARY_SUBDIR)
+        };
+    let train: Vec<PathBuf> = CIFAR_BINARY_TRAIN_FILES
+        .iter()
+        .map(|f| base.join(f))
+        .collect();
     let test = vec![base.join(CIFAR_BINARY_TEST_FILE)];
     let missing: Vec<String> = train
         .iter()

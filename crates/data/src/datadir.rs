@@ -36,7 +36,9 @@ impl DataDir {
     ) -> Result<Self> {
         if let Some(p) = cli {
             if p.as_os_str().is_empty() {
-                return Err(DataError::InvalidArgument("the data directory given is empty".into()));
+                return Err(DataError::InvalidArgument(
+                    "the data directory given is empty".into(),
+                ));
             }
             return Ok(DataDir::new(p));
         }
@@ -64,6 +66,7 @@ impl DataDir {
 
     /// Creates the directory (and parents) if missing.
     pub fn ensure_exists(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.root).map_err(|e| DataError::io(&self.root, "creating data directory", e))
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| DataError::io(&self.root, "creating data directory", e))
     }
 }

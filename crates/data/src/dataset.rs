@@ -60,7 +60,11 @@ impl Dataset {
                 images.len()
             )));
         }
-        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| usize::from(l) >= classes) {
+        if let Some((i, &l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| usize::from(l) >= classes)
+        {
             return Err(DataError::InvalidArgument(format!(
                 "label {l} of sample {i} is not below the class count {classes}"
             )));

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// An I/O operation on `path` failed.
-    #[error("{path}: {action}: {source}")]
+    #[error("{}: {action}: {source}", path.display())]
     Io {
         path: PathBuf,
         action: &'static str,
@@ -14,12 +14,13 @@ pub enum DataError {
         source: std::io::Error,
     },
     /// The contents of `path` do not match the expected format.
-    #[error("{path}: {what}")]
+    #[error("{}: {what}", path.display())]
     Malformed { path: PathBuf, what: String },
-    /// A file's sha256 is not the published one.
-    #[error("{path}: sha256 mismatch: expected {expected}, got {actual}")]
+    /// A file's checksum is not the expected one.
+    #[error("{}: {algorithm} mismatch: expected {expected}, got {actual}", path.display())]
     Checksum {
         path: PathBuf,
+        algorithm: &'static str,
         expected: String,
         actual: String,
     },
@@ -32,7 +33,11 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
         DataError::Io {
             path: path.into(),
             action,

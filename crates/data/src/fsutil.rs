@@ -27,19 +27,24 @@ pub fn temp_path_beside(path: &Path) -> PathBuf {
 
 /// Writes `path` atomically: the bytes go to a temp file in the same directory, are synced,
 /// and the temp file is renamed over `path`, so readers see the old file or the whole new one.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|e| DataError::io(dir, "creating directory", e))?;
     }
     let tmp = temp_path_beside(path);
     let result = (|| {
-        let file = fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, "creating temp file", e))?;
+        let file =
+            fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, "creating temp file", e))?;
         let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
         write(&mut writer).map_err(|e| DataError::io(&tmp, "writing", e))?;
         let file = writer
             .into_inner()
             .map_err(|e| DataError::io(&tmp, "writing", e.into_error()))?;
-        file.sync_all().map_err(|e| DataError::io(&tmp, "syncing", e))?;
+        file.sync_all()
+            .map_err(|e| DataError::io(&tmp, "syncing", e))?;
         drop(file);
         fs::rename(&tmp, path).map_err(|e| DataError::io(path, "renaming temp file into place", e))
     })();
@@ -61,7 +66,9 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(raw.len() * 4);
         flate2::read::MultiGzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(|e| DataError::malformed(path, format!("corrupt or truncated gzip stream: {e}")))?;
+            .map_err(|e| {
+                DataError::malformed(path, format!("corrupt or truncated gzip stream: {e}"))
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -89,7 +96,9 @@ pub fn sha256_file(path: &Path) -> Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|e| DataError::io(path, "reading", e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| DataError::io(path, "reading", e))?;
         if n == 0 {
             break;
         }

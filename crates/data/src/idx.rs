@@ -34,7 +34,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     if bytes.len() < 4 {
         return Err(DataError::malformed(
             path,
-            format!("truncated IDX header: {} bytes, need at least 4", bytes.len()),
+            format!(
+                "truncated IDX header: {} bytes, need at least 4",
+                bytes.len()
+            ),
         ));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
@@ -58,7 +61,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     }
     let ndims = usize::from(bytes[3]);
     if ndims == 0 {
-        return Err(DataError::malformed(path, "IDX header declares 0 dimensions"));
+        return Err(DataError::malformed(
+            path,
+            "IDX header declares 0 dimensions",
+        ));
     }
     let header_len = 4 + 4 * ndims;
     if bytes.len() < header_len {

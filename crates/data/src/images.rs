@@ -100,7 +100,11 @@ fn compare_names(a: &str, b: &str) -> Ordering {
 }
 
 fn decode_all(mut items: Vec<Encoded>, spec: &ImageSetSpec) -> Result<Dataset> {
-    items.sort_by(|a, b| a.class.cmp(&b.class).then_with(|| compare_names(&a.name, &b.name)));
+    items.sort_by(|a, b| {
+        a.class
+            .cmp(&b.class)
+            .then_with(|| compare_names(&a.name, &b.name))
+    });
     let sample = spec.channels * spec.height * spec.width;
     let mut images = vec![0u8; items.len() * sample];
     let results: Vec<Result<()>> = images
@@ -111,7 +115,14 @@ fn decode_all(mut items: Vec<Encoded>, spec: &ImageSetSpec) -> Result<Dataset> {
     // The first failure in sample order, so the message does not depend on thread timing.
     results.into_iter().collect::<Result<Vec<()>>>()?;
     let labels = items.iter().map(|i| i.class as u8).collect();
-    Dataset::new(images, labels, spec.channels, spec.height, spec.width, spec.classes.len())
+    Dataset::new(
+        images,
+        labels,
+        spec.channels,
+        spec.height,
+        spec.width,
+        spec.classes.len(),
+    )
 }
 
 fn decode_into(out: &mut [u8], item: &Encoded, spec: &ImageSetSpec) -> Result<()> {
@@ -121,7 +132,10 @@ fn decode_into(out: &mut [u8], item: &Encoded, spec: &ImageSetSpec) -> Result<()
     if (h, w) != (spec.height, spec.width) {
         return Err(DataError::malformed(
             &item.origin,
-            format!("image is {w}x{h} (width x height), expected {}x{}", spec.width, spec.height),
+            format!(
+                "image is {w}x{h} (width x height), expected {}x{}",
+                spec.width, spec.height
+            ),
         ));
     }
     let plane = h * w;
@@ -145,14 +159,18 @@ fn decode_into(out: &mut [u8], item: &Encoded, spec: &ImageSetSpec) -> Result<()
 pub fn load_image_folder_split(root: &Path, split: &str, spec: &ImageSetSpec) -> Result<Dataset> {
     spec.check()?;
     let split_dir = root.join(split);
-    let entries = std::fs::read_dir(&split_dir).map_err(|e| DataError::io(&split_dir, "listing split directory", e))?;
+    let entries = std::fs::read_dir(&split_dir)
+        .map_err(|e| DataError::io(&split_dir, "listing split directory", e))?;
     for entry in entries {
         let entry = entry.map_err(|e| DataError::io(&split_dir, "listing split directory", e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if entry.path().is_dir() && !spec.classes.contains(&name) {
             return Err(DataError::malformed(
                 entry.path(),
-                format!("directory '{name}' is not one of the classes {:?}", spec.classes),
+                format!(
+                    "directory '{name}' is not one of the classes {:?}",
+                    spec.classes
+                ),
             ));
         }
     }
@@ -162,7 +180,8 @@ pub fn load_image_folder_split(root: &Path, split: &str, spec: &ImageSetSpec) ->
         if !dir.is_dir() {
             continue;
         }
-        let listing = std::fs::read_dir(&dir).map_err(|e| DataError::io(&dir, "listing class directory", e))?;
+        let listing = std::fs::read_dir(&dir)
+            .map_err(|e| DataError::io(&dir, "listing class directory", e))?;
         for entry in listing {
             let entry = entry.map_err(|e| DataError::io(&dir, "listing class directory", e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -170,7 +189,8 @@ pub fn load_image_folder_split(root: &Path, split: &str, spec: &ImageSetSpec) ->
             if !is_image_name(&name) || !path.is_file() {
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, "reading image", e))?;
+            let bytes =
+                std::fs::read(&path).map_err(|e| DataError::io(&path, "reading image", e))?;
             items.push(Encoded {
                 origin: path,
                 class,
@@ -200,7 +220,9 @@ pub fn decode_image_tarball(tarball: &Path, spec: &ImageSetSpec) -> Result<Split
     let mut reader = std::io::BufReader::with_capacity(1 << 20, raw);
     let gz = {
         use std::io::BufRead;
-        let buf = reader.fill_buf().map_err(|e| DataError::io(tarball, "reading", e))?;
+        let buf = reader
+            .fill_buf()
+            .map_err(|e| DataError::io(tarball, "reading", e))?;
         buf.starts_with(&crate::fsutil::GZIP_MAGIC)
     };
     let stream: Box<dyn Read> = if gz {
@@ -209,7 +231,9 @@ pub fn decode_image_tarball(tarball: &Path, spec: &ImageSetSpec) -> Result<Split
         Box::new(reader)
     };
     let mut archive = tar::Archive::new(stream);
-    let bad = |e: std::io::Error| DataError::malformed(tarball, format!("corrupt or truncated tarball: {e}"));
+    let bad = |e: std::io::Error| {
+        DataError::malformed(tarball, format!("corrupt or truncated tarball: {e}"))
+    };
     let mut train = Vec::new();
     let mut test = Vec::new();
     for entry in archive.entries().map_err(bad)? {
@@ -228,7 +252,11 @@ pub fn decode_image_tarball(tarball: &Path, spec: &ImageSetSpec) -> Result<Split
         if parts.len() < 3 || !is_image_name(&parts[parts.len() - 1]) {
             continue;
         }
-        let (split, class_name, name) = (&parts[parts.len() - 3], &parts[parts.len() - 2], &parts[parts.len() - 1]);
+        let (split, class_name, name) = (
+            &parts[parts.len() - 3],
+            &parts[parts.len() - 2],
+            &parts[parts.len() - 1],
+        );
         let target = if *split == spec.train_split {
             &mut train
         } else if *split == spec.test_split {
@@ -237,12 +265,19 @@ pub fn decode_image_tarball(tarball: &Path, spec: &ImageSetSpec) -> Result<Split
             continue;
         };
         let origin = PathBuf::from(format!("{}:{}", tarball.display(), member.display()));
-        let class = spec.classes.iter().position(|c| c == class_name).ok_or_else(|| {
-            DataError::malformed(
-                &origin,
-                format!("class directory '{class_name}' is not one of {:?}", spec.classes),
-            )
-        })?;
+        let class = spec
+            .classes
+            .iter()
+            .position(|c| c == class_name)
+            .ok_or_else(|| {
+                DataError::malformed(
+                    &origin,
+                    format!(
+                        "class directory '{class_name}' is not one of {:?}",
+                        spec.classes
+                    ),
+                )
+            })?;
         let mut bytes = Vec::with_capacity(entry.size() as usize);
         entry.read_to_end(&mut bytes).map_err(bad)?;
         target.push(Encoded {

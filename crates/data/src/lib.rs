@@ -19,12 +19,13 @@ pub mod images;
 pub mod mnist;
 
 pub use batch::{
-    counter_hash, crop_flip_decision, epoch_permutation, Augment, Batch, BatchConfig, BatchIter, CropFlip,
-    EpochBatches, Normalization,
+    counter_hash, crop_flip_decision, epoch_permutation, Augment, Batch, BatchConfig, BatchIter,
+    CropFlip, EpochBatches, Normalization,
 };
 pub use cache::{load_cifar10_jpeg, load_image_tarball_cached, read_cache, write_cache};
 pub use cifar::{
-    default_cifar_tarball, load_cifar_binary, read_cifar_binary_files, CIFAR10_CLASSES, CIFAR_TARBALL_ENV,
+    default_cifar_tarball, load_cifar_binary, read_cifar_binary_files, CIFAR10_CLASSES,
+    CIFAR_TARBALL_ENV,
 };
 pub use datadir::{DataDir, DATA_DIR_ENV};
 pub use dataset::{Dataset, Splits};

