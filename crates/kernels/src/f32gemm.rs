@@ -1,0 +1,185 @@
+//! f32 GEMM on well-kept crates (`gemm` 0.19, `matrixmultiply` 0.3), threaded with rayon.
+//!
+//! Each crate runs single-threaded on blocks of C; the blocks are cut from the shape alone
+//! (never from the thread count, never along K), so every C element is computed by the same
+//! code on the same data whatever the pool size, and the bits do not depend on the threads.
+
+use crate::qgemm::SendPtr;
+use crate::types::{MatMut, MatRef};
+use crate::KernelError;
+
+/// Which f32 implementation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F32Impl {
+    /// The `gemm` crate (it picks its own orientation from C's layout).
+    Gemm,
+    /// `matrixmultiply::sgemm` computing `C = A B`.
+    MatrixMultiply,
+    /// `matrixmultiply::sgemm` computing `C^T = B^T A^T` (better when M is small).
+    MatrixMultiplyT,
+}
+
+impl F32Impl {
+    /// The implementation chosen for a shape (from the side-by-side measurements in the bench;
+    /// see the crate's bench notes).
+    pub fn choose(m: usize, _k: usize, n: usize) -> Self {
+        if m < 128 && n >= 4 * m {
+            F32Impl::MatrixMultiplyT
+        } else {
+            F32Impl::Gemm
+        }
+    }
+}
+
+/// Columns (or rows) of C per block: small enough for 2-3 threads to share skinny shapes,
+/// large enough that repacking the other operand per block stays cheap.
+const F32_BLOCK_MIN: usize = 256;
+const F32_MAX_BLOCKS: usize = 16;
+
+/// Blocks of C for the f32 GEMM: a function of the shape only.
+fn f32_blocks(m: usize, k: usize, n: usize) -> Vec<(usize, usize, usize, usize)> {
+    let macs = m * n * k;
+    let (len, split_n) = if n >= m { (n, true) } else { (m, false) };
+    let parts = if macs < (1 << 21) {
+        1
+    } else {
+        (len / F32_BLOCK_MIN).clamp(1, F32_MAX_BLOCKS)
+    };
+    (0..parts)
+        .map(|i| {
+            let (a, b) = (len * i / parts, len * (i + 1) / parts);
+            if split_n {
+                (0, m, a, b)
+            } else {
+                (a, b, 0, n)
+            }
+        })
+        .collect()
+}
+
+/// `C (+)= A * B` in f32 with the given implementation.
+pub fn gemm_f32_with(
+    imp: F32Impl,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    accumulate: bool,
+    c: MatMut<'_, f32>,
+) -> Result<(), KernelError> {
+    use rayon::prelude::*;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || c.rows != m || c.cols != n || c.ld < n || (m > 0 && c.data.len() < (m - 1) * c.ld + n)
+    {
+        return Err(KernelError::Shape(format!(
+            "f32 GEMM: A {m}x{k}, B {}x{n}, C {}x{} (ld {}, {} elements)",
+            b.rows,
+            c.rows,
+            c.cols,
+            c.ld,
+            c.data.len()
+        )));
+    }
+    a.check("A")?;
+    b.check("B")?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let ldc = c.ld;
+    let cp = SendPtr(c.data.as_mut_ptr());
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                c.data[r * ldc..r * ldc + n].fill(0.0);
+            }
+        }
+        return Ok(());
+    }
+    let blocks = f32_blocks(m, k, n);
+    let run = |&(m0, m1, n0, n1): &(usize, usize, usize, usize)| {
+        // SAFETY: the views were bounds-checked above; blocks are disjoint parts of C.
+        unsafe { f32_block(imp, &a, &b, accumulate, cp, ldc, m0, m1, n0, n1) }
+    };
+    if blocks.len() == 1 {
+        run(&blocks[0]);
+    } else {
+        blocks.par_iter().for_each(run);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn f32_block(
+    imp: F32Impl,
+    a: &MatRef<'_, f32>,
+    b: &MatRef<'_, f32>,
+    accumulate: bool,
+    c: SendPtr<f32>,
+    ldc: usize,
+    m0: usize,
+    m1: usize,
+    n0: usize,
+    n1: usize,
+) {
+    let k = a.cols;
+    let (mb, nb) = (m1 - m0, n1 - n0);
+    let ap = a.data.as_ptr().add(m0 * a.row_stride);
+    let bp = b.data.as_ptr().add(n0 * b.col_stride);
+    let cp = c.0.add(m0 * ldc + n0);
+    let (ars, acs) = (a.row_stride as isize, a.col_stride as isize);
+    let (brs, bcs) = (b.row_stride as isize, b.col_stride as isize);
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    match imp {
+        F32Impl::Gemm => gemm::gemm(
+            mb,
+            nb,
+            k,
+            cp,
+            1,
+            ldc as isize,
+            accumulate,
+            ap,
+            acs,
+            ars,
+            bp,
+            bcs,
+            brs,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        ),
+        F32Impl::MatrixMultiply => matrixmultiply::sgemm(
+            mb,
+            k,
+            nb,
+            1.0,
+            ap,
+            ars,
+            acs,
+            bp,
+            brs,
+            bcs,
+            beta,
+            cp,
+            ldc as isize,
+            1,
+        ),
+        F32Impl::MatrixMultiplyT => matrixmultiply::sgemm(
+            nb,
+            k,
+            mb,
+            1.0,
+            bp,
+            bcs,
+            brs,
+            ap,
+            acs,
+            ars,
+            beta,
+            cp,
+            1,
+            ldc as isize,
+        ),
+    }
+}

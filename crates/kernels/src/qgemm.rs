@@ -1,0 +1,595 @@
+//! The blocked, multi-threaded integer GEMM driver with the fused fixed-to-float epilogue.
+//!
+//! Loop nest of one task (a block of C), BLIS style:
+//!
+//! ```text
+//! for jc (NC columns):  for step (<= KC_PAIRS k-pairs):  pack B~(step, jc)
+//!   for ic (MC rows):   pack A~(step, ic)
+//!     for jr (NR), ir (MR):  for each piece of the step:  microkernel -> i32 tile
+//!                                                         if the piece ends its chunk: epilogue
+//! ```
+//!
+//! A *step* is the K range packed at once. Short chunks (the usual case with small segments)
+//! are grouped whole into one step, each padded to even length, so their epilogues run while the
+//! C tile is hot. A chunk longer than a step is split over several steps; its i32 tile then lives
+//! in a per-task buffer between steps, and the epilogue runs after its last step. Chunks are
+//! visited in increasing k order, so every C element gets the documented float operations in the
+//! documented order. Threads split M or N (never K) and the integer sums are exact, so the
+//! result is the same bits for any thread count and any blocking.
+
+use crate::pack::{pack_a, pack_b, QElem};
+use crate::reference::{validate_i32_shapes, validate_q_shapes};
+use crate::types::{k_chunks, k_safe, GemmSpec, MatMut, MatRef, QMatRef, Scales};
+use crate::ukernel::{self, Isa, MR, NR, TILE};
+use crate::KernelError;
+
+/// k-pairs per step: the B micro-panel (`KC_PAIRS * NR * 4` bytes = 16 KiB) stays in L1.
+pub const KC_PAIRS: usize = 256;
+/// Rows of A packed at once (`MC * KC_PAIRS * 4` bytes = 144 KiB, in L2).
+pub const MC: usize = 144;
+/// Columns of B packed at once (up to 2 MiB, in L3).
+pub const NC: usize = 2048;
+/// Bytes allowed for the per-task i32 accumulator of chunks that span several steps.
+const ACC_BUF_BYTES: usize = 2 << 20;
+/// Below this many MACs the work runs on the calling thread.
+const PAR_MIN_MACS: usize = 1 << 21;
+
+/// A raw pointer that tasks writing disjoint parts of C may share.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub *mut T);
+// SAFETY: every task writes a disjoint block of C (see `partition`), and the caller's exclusive
+// borrow of C outlives the parallel section.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+/// Where results go.
+#[derive(Clone, Copy)]
+pub(crate) enum Out<'a> {
+    /// `C (+)= ((acc as f32) * sa) * sb`, chunk by chunk.
+    Q {
+        c: SendPtr<f32>,
+        ldc: usize,
+        sa: Scales<'a>,
+        sb: Scales<'a>,
+        accumulate: bool,
+    },
+    /// `C = acc` (one chunk).
+    I32 { c: SendPtr<i32>, ldc: usize },
+}
+
+/// One chunk's share of a step.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    /// Index of the chunk in K order (0 is the first chunk of the whole product).
+    chunk: usize,
+    segment: usize,
+    /// Offset of the piece's pairs inside the step's panels.
+    poff: usize,
+    pairs: usize,
+    /// First / last piece of its chunk.
+    first: bool,
+    last: bool,
+}
+
+#[derive(Debug, Default)]
+struct Step {
+    pieces: Vec<Piece>,
+    ranges: Vec<(usize, usize)>,
+    pairs: usize,
+}
+
+/// Groups chunks into steps of at most `kc_pairs` pairs; returns the steps and whether any
+/// chunk spans more than one step.
+fn build_steps(chunks: &[(usize, usize, usize)], kc_pairs: usize) -> (Vec<Step>, bool) {
+    let mut steps = Vec::new();
+    let mut cur = Step::default();
+    let mut multi = false;
+    for (ci, &(s, k0, k1)) in chunks.iter().enumerate() {
+        let q = (k1 - k0).div_ceil(2);
+        if q <= kc_pairs {
+            if cur.pairs + q > kc_pairs {
+                steps.push(std::mem::take(&mut cur));
+            }
+            cur.pieces.push(Piece {
+                chunk: ci,
+                segment: s,
+                poff: cur.pairs,
+                pairs: q,
+                first: true,
+                last: true,
+            });
+            cur.ranges.push((k0, k1));
+            cur.pairs += q;
+        } else {
+            multi = true;
+            if cur.pairs > 0 {
+                steps.push(std::mem::take(&mut cur));
+            }
+            // Split into equal parts so that the last step is not a sliver.
+            let parts = q.div_ceil(kc_pairs);
+            let per = q.div_ceil(parts);
+            let mut p0 = 0;
+            while p0 < q {
+                let p1 = (p0 + per).min(q);
+                let (a, b) = (k0 + 2 * p0, (k0 + 2 * p1).min(k1));
+                steps.push(Step {
+                    pieces: vec![Piece {
+                        chunk: ci,
+                        segment: s,
+                        poff: 0,
+                        pairs: p1 - p0,
+                        first: p0 == 0,
+                        last: p1 == q,
+                    }],
+                    ranges: vec![(a, b)],
+                    pairs: p1 - p0,
+                });
+                p0 = p1;
+            }
+        }
+    }
+    if cur.pairs > 0 {
+        steps.push(cur);
+    }
+    (steps, multi)
+}
+
+/// A block of C computed by one task: rows `m0..m1`, columns `n0..n1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Block {
+    pub m0: usize,
+    pub m1: usize,
+    pub n0: usize,
+    pub n1: usize,
+}
+
+/// Cuts C into blocks for `threads` workers, splitting the longer of M and N (never K).
+///
+/// A few more blocks than threads even out a busy core; each block keeps at least `min_cols`
+/// columns / `min_rows` rows so that packing the other operand stays cheap.
+pub(crate) fn partition(m: usize, n: usize, macs: usize, threads: usize) -> Vec<Block> {
+    let whole = vec![Block {
+        m0: 0,
+        m1: m,
+        n0: 0,
+        n1: n,
+    }];
+    if threads <= 1 || macs < PAR_MIN_MACS {
+        return whole;
+    }
+    let split_n = n >= m;
+    let (len, align, min_len) = if split_n {
+        (n, NR, 64)
+    } else {
+        (m, MR, 48)
+    };
+    let units = len.div_ceil(align);
+    let want = (threads * 2).min(len / min_len).max(threads.min(units));
+    let parts = want.clamp(1, units);
+    if parts <= 1 {
+        return whole;
+    }
+    let mut out = Vec::with_capacity(parts);
+    for i in 0..parts {
+        let a = (units * i / parts * align).min(len);
+        let b = (units * (i + 1) / parts * align).min(len);
+        if a < b {
+            out.push(if split_n {
+                Block {
+                    m0: 0,
+                    m1: m,
+                    n0: a,
+                    n1: b,
+                }
+            } else {
+                Block {
+                    m0: a,
+                    m1: b,
+                    n0: 0,
+                    n1: n,
+                }
+            });
+        }
+    }
+    out
+}
+
+/// A zeroed i16 buffer whose usable part starts on a 32-byte boundary.
+struct Aligned16 {
+    buf: Vec<i16>,
+    off: usize,
+}
+
+impl Aligned16 {
+    fn new(len: usize) -> Self {
+        let buf = vec![0i16; len + 16];
+        let off = (32 - (buf.as_ptr() as usize) % 32) % 32 / 2;
+        Self { buf, off }
+    }
+    fn slice(&mut self) -> &mut [i16] {
+        let off = self.off;
+        &mut self.buf[off..]
+    }
+}
+
+struct Ctx<'a, T> {
+    isa: Isa,
+    a: MatRef<'a, T>,
+    b: MatRef<'a, T>,
+    steps: Vec<Step>,
+    multi: bool,
+    out: Out<'a>,
+}
+
+/// Runs the blocked GEMM over all blocks of `blocks` on the current rayon pool.
+fn run_blocks<T: QElem>(ctx: &Ctx<'_, T>, blocks: &[Block]) {
+    use rayon::prelude::*;
+    if blocks.len() == 1 {
+        run_block(ctx, blocks[0]);
+    } else {
+        blocks.par_iter().for_each(|&blk| run_block(ctx, blk));
+    }
+}
+
+fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
+    let (mt, nt) = (blk.m1 - blk.m0, blk.n1 - blk.n0);
+    if mt == 0 || nt == 0 {
+        return;
+    }
+    let max_pairs = ctx.steps.iter().map(|s| s.pairs).max().unwrap_or(0);
+    let mtiles = mt.div_ceil(MR);
+    let nc = if ctx.multi {
+        let cols = ACC_BUF_BYTES / (mtiles * MR * 4);
+        (cols / NR * NR).clamp(NR, NC)
+    } else {
+        NC
+    }
+    .min(nt.div_ceil(NR) * NR);
+    let mc = MC.min(mt.div_ceil(MR) * MR);
+    let mut apack = Aligned16::new(mc * max_pairs * 2);
+    let mut bpack = Aligned16::new(nc * max_pairs * 2);
+    let ntiles_c = nc / NR;
+    let mut accbuf = if ctx.multi {
+        vec![[0i32; TILE]; mtiles * ntiles_c]
+    } else {
+        Vec::new()
+    };
+    let mut local = [0i32; TILE];
+    let mut jc = blk.n0;
+    while jc < blk.n1 {
+        let ncur = nc.min(blk.n1 - jc);
+        for step in &ctx.steps {
+            let bp = bpack.slice();
+            pack_b(ctx.isa, &ctx.b, jc, ncur, &step.ranges, step.pairs, bp);
+            let bstrip = step.pairs * NR * 2;
+            let mut ic = blk.m0;
+            while ic < blk.m1 {
+                let mcur = mc.min(blk.m1 - ic);
+                let ap = apack.slice();
+                pack_a(&ctx.a, ic, mcur, &step.ranges, step.pairs, ap);
+                let astrip = step.pairs * MR * 2;
+                for jr in 0..ncur.div_ceil(NR) {
+                    let n = jc + jr * NR;
+                    let nvalid = NR.min(jc + ncur - n);
+                    for ir in 0..mcur.div_ceil(MR) {
+                        let m = ic + ir * MR;
+                        let mvalid = MR.min(ic + mcur - m);
+                        let tile_idx = ((m - blk.m0) / MR) * ntiles_c + jr;
+                        for pc in &step.pieces {
+                            let tile: &mut [i32; TILE] = if pc.first && pc.last {
+                                &mut local
+                            } else {
+                                &mut accbuf[tile_idx]
+                            };
+                            // SAFETY: the packed panels hold `step.pairs` pairs per strip and
+                            // `pc.poff + pc.pairs <= step.pairs`; the isa was checked.
+                            unsafe {
+                                ukernel::run(
+                                    ctx.isa,
+                                    pc.pairs,
+                                    ap.as_ptr().add(ir * astrip + pc.poff * MR * 2),
+                                    bp.as_ptr().add(jr * bstrip + pc.poff * NR * 2),
+                                    tile,
+                                    pc.first,
+                                );
+                            }
+                            if pc.last {
+                                // SAFETY: (m, n) lies in this task's block of C.
+                                unsafe {
+                                    epilogue(ctx, tile, m, mvalid, n, nvalid, pc);
+                                }
+                            }
+                        }
+                    }
+                }
+                ic += mcur;
+            }
+        }
+        jc += ncur;
+    }
+}
+
+/// Scale of index `i` in segment `s` (as [`Scales::get`]).
+#[inline]
+fn scale(sc: &Scales<'_>, s: usize, i: usize) -> f32 {
+    sc.get(s, i)
+}
+
+/// Applies one finished chunk's tile to C.
+///
+/// # Safety
+/// Rows `m..m+mvalid`, columns `n..n+nvalid` of C must be inside C and owned by this task.
+#[inline]
+unsafe fn epilogue<T>(
+    ctx: &Ctx<'_, T>,
+    tile: &[i32; TILE],
+    m: usize,
+    mvalid: usize,
+    n: usize,
+    nvalid: usize,
+    pc: &Piece,
+) {
+    match ctx.out {
+        Out::I32 { c, ldc } => {
+            for r in 0..mvalid {
+                let dst = c.0.add((m + r) * ldc + n);
+                std::ptr::copy_nonoverlapping(tile.as_ptr().add(r * NR), dst, nvalid);
+            }
+        }
+        Out::Q {
+            c,
+            ldc,
+            sa,
+            sb,
+            accumulate,
+        } => {
+            let s = pc.segment;
+            let zero_init = !accumulate && pc.chunk == 0;
+            let mut sbv = [0f32; NR];
+            if sb.group == usize::MAX {
+                sbv = [sb.values[s * sb.seg_stride]; NR];
+            } else {
+                for (cc, v) in sbv.iter_mut().enumerate().take(nvalid) {
+                    *v = scale(&sb, s, n + cc);
+                }
+            }
+            let mut sav = [0f32; MR];
+            for (r, v) in sav.iter_mut().enumerate().take(mvalid) {
+                *v = scale(&sa, s, m + r);
+            }
+            if mvalid == MR && nvalid == NR {
+                epilogue_full(ctx.isa, tile, &sav, &sbv, c.0.add(m * ldc + n), ldc, zero_init);
+            } else {
+                for r in 0..mvalid {
+                    let row = c.0.add((m + r) * ldc + n);
+                    for cc in 0..nvalid {
+                        let base = if zero_init { 0.0 } else { *row.add(cc) };
+                        *row.add(cc) = base + ((tile[r * NR + cc] as f32) * sav[r]) * sbv[cc];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Full-tile epilogue, vectorised by the compiler (AVX2 when available).
+///
+/// # Safety
+/// `c` must address an `MR x NR` block with leading dimension `ldc`.
+#[inline]
+unsafe fn epilogue_full(
+    isa: Isa,
+    tile: &[i32; TILE],
+    sa: &[f32; MR],
+    sb: &[f32; NR],
+    c: *mut f32,
+    ldc: usize,
+    zero_init: bool,
+) {
+    #[inline(always)]
+    unsafe fn body(
+        tile: &[i32; TILE],
+        sa: &[f32; MR],
+        sb: &[f32; NR],
+        c: *mut f32,
+        ldc: usize,
+        zero_init: bool,
+    ) {
+        for r in 0..MR {
+            let row = std::slice::from_raw_parts_mut(c.add(r * ldc), NR);
+            let t = &tile[r * NR..(r + 1) * NR];
+            // `0.0 + x` (not `x`) when overwriting: the semantics start from 0.0, which turns a
+            // -0.0 product into +0.0.
+            if zero_init {
+                for cc in 0..NR {
+                    row[cc] = 0.0 + ((t[cc] as f32) * sa[r]) * sb[cc];
+                }
+            } else {
+                for cc in 0..NR {
+                    row[cc] += ((t[cc] as f32) * sa[r]) * sb[cc];
+                }
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn body_avx2(
+        tile: &[i32; TILE],
+        sa: &[f32; MR],
+        sb: &[f32; NR],
+        c: *mut f32,
+        ldc: usize,
+        zero_init: bool,
+    ) {
+        body(tile, sa, sb, c, ldc, zero_init)
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => body_avx2(tile, sa, sb, c, ldc, zero_init),
+        _ => body(tile, sa, sb, c, ldc, zero_init),
+    }
+}
+
+/// Fast element-range check: the same verdict and message as
+/// [`crate::reference::check_range_ref`], scanning contiguous lines in bulk first.
+pub(crate) fn check_range<T: QElem>(
+    name: &str,
+    q: &MatRef<'_, T>,
+    max_abs: u32,
+) -> Result<(), KernelError> {
+    if max_abs >= T::TYPE_MAX_ABS || q.rows == 0 || q.cols == 0 {
+        return Ok(());
+    }
+    #[inline]
+    fn over<T: QElem>(line: &[T], max_abs: u32) -> bool {
+        // A branch-free OR over fixed-size chunks vectorises; `any` would not.
+        line.chunks(128).any(|ch| {
+            ch.iter()
+                .fold(false, |acc, &v| acc | (v.into().unsigned_abs() > max_abs))
+        })
+    }
+    let bad = if q.col_stride == 1 {
+        (0..q.rows).any(|r| over(&q.data[r * q.row_stride..r * q.row_stride + q.cols], max_abs))
+    } else if q.row_stride == 1 {
+        (0..q.cols).any(|c| over(&q.data[c * q.col_stride..c * q.col_stride + q.rows], max_abs))
+    } else {
+        true // no bulk scan for general strides: let the reference scan decide
+    };
+    if bad {
+        crate::reference::check_range_ref(name, q, max_abs)
+    } else {
+        Ok(())
+    }
+}
+
+/// Quantised GEMM on the given kernel family (see [`crate::types`] for the semantics).
+pub fn gemm_q<T: QElem>(
+    isa: Isa,
+    a: QMatRef<'_, T>,
+    b: QMatRef<'_, T>,
+    spec: GemmSpec,
+    c: MatMut<'_, f32>,
+) -> Result<(), KernelError> {
+    let isa = isa.or_supported();
+    validate_q_shapes(&a, &b, &spec, &c)?;
+    check_range("A", &a.mat, a.max_abs)?;
+    check_range("B", &b.mat, b.max_abs)?;
+    let (m, k, n) = (a.mat.rows, a.mat.cols, b.mat.cols);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !spec.accumulate {
+            for r in 0..m {
+                c.data[r * c.ld..r * c.ld + n].fill(0.0);
+            }
+        }
+        return Ok(());
+    }
+    let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
+    if crate::smallseg::eligible::<T>(&chunks, a.max_abs, b.max_abs) {
+        return crate::smallseg::run(isa, &a, &b, &chunks, spec.accumulate, c);
+    }
+    let (steps, multi) = build_steps(&chunks, KC_PAIRS);
+    let ldc = c.ld;
+    let ctx = Ctx {
+        isa,
+        a: a.mat,
+        b: b.mat,
+        steps,
+        multi,
+        out: Out::Q {
+            c: SendPtr(c.data.as_mut_ptr()),
+            ldc,
+            sa: a.scales,
+            sb: b.scales,
+            accumulate: spec.accumulate,
+        },
+    };
+    let blocks = partition(m, n, m * n * k, rayon::current_num_threads());
+    run_blocks(&ctx, &blocks);
+    Ok(())
+}
+
+/// Exact `C = A * B` in i32 on the given kernel family.
+pub fn gemm_i8_i32_with(
+    isa: Isa,
+    a: MatRef<'_, i8>,
+    b: MatRef<'_, i8>,
+    c: MatMut<'_, i32>,
+) -> Result<(), KernelError> {
+    let isa = isa.or_supported();
+    validate_i32_shapes(&a, &b, &c)?;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        for r in 0..m {
+            c.data[r * c.ld..r * c.ld + n].fill(0);
+        }
+        return Ok(());
+    }
+    let (steps, multi) = build_steps(&[(0, 0, k)], KC_PAIRS);
+    let ctx = Ctx {
+        isa,
+        a,
+        b,
+        steps,
+        multi,
+        out: Out::I32 {
+            c: SendPtr(c.data.as_mut_ptr()),
+            ldc: c.ld,
+        },
+    };
+    let blocks = partition(m, n, m * n * k, rayon::current_num_threads());
+    run_blocks(&ctx, &blocks);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_cover_chunks_in_order() {
+        for (k, seg, ks) in [(1000, 3, 10_000), (5000, usize::MAX, 133_144), (1301, 600, 512)] {
+            let chunks = k_chunks(k, seg, ks);
+            let (steps, multi) = build_steps(&chunks, KC_PAIRS);
+            let mut covered = Vec::new();
+            for st in &steps {
+                assert!(st.pairs <= KC_PAIRS);
+                for (pc, &(a, b)) in st.pieces.iter().zip(&st.ranges) {
+                    assert_eq!(pc.pairs, (b - a).div_ceil(2));
+                    covered.push((pc.chunk, a, b, pc.first, pc.last));
+                }
+            }
+            // Ranges tile 0..k in order, each chunk opened once and closed once.
+            let mut next = 0;
+            for &(ci, a, b, first, last) in &covered {
+                assert_eq!(a, next);
+                next = b;
+                assert_eq!(first, a == chunks[ci].1);
+                assert_eq!(last, b == chunks[ci].2);
+            }
+            assert_eq!(next, k);
+            assert_eq!(multi, chunks.iter().any(|c| (c.2 - c.1).div_ceil(2) > KC_PAIRS));
+        }
+    }
+
+    #[test]
+    fn partition_is_disjoint_and_complete() {
+        for (m, n, t) in [(64, 131072, 2), (1024, 1024, 3), (576, 64, 2), (7, 5, 2), (1, 1000, 3)] {
+            let blocks = partition(m, n, m * n * 4096, t);
+            let mut seen = vec![0u8; m * n];
+            for b in &blocks {
+                for i in b.m0..b.m1 {
+                    for j in b.n0..b.n1 {
+                        seen[i * n + j] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&x| x == 1), "{m}x{n} at {t} threads");
+        }
+    }
+}
