@@ -222,7 +222,7 @@ impl SigMfMeta {
                         a.kind.label(),
                         a.power_db
                     )),
-                    }
+                }
             })
             .collect();
         meta
@@ -238,7 +238,10 @@ impl SigMfMeta {
             } else {
                 format!("at {at}: {}", e.inner())
             };
-            RfError::Meta { path: path.into(), msg }
+            RfError::Meta {
+                path: path.into(),
+                msg,
+            }
         })?;
         meta.validate(path)?;
         Ok(meta)

@@ -175,9 +175,7 @@ pub fn place_anomalies(
         ));
     }
     let slot = num_samples / kinds.len() as u64;
-    let need = count
-        .checked_add(guard.saturating_mul(2))
-        .unwrap_or(u64::MAX);
+    let need = count.saturating_add(guard.saturating_mul(2));
     if slot < need {
         return Err(RfError::InvalidArgument(format!(
             "{} anomalies of {count} samples (guard {guard}) do not fit in {num_samples} samples: \

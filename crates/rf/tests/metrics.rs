@@ -20,7 +20,10 @@ fn percentile_interpolates_between_ranks() {
 #[test]
 fn threshold_rules() {
     let errors: Vec<f32> = (1..=100).map(|k| k as f32).collect();
-    assert_eq!(select_threshold(&errors, ThresholdRule::Percentile(99.0)).unwrap(), 99.01);
+    assert_eq!(
+        select_threshold(&errors, ThresholdRule::Percentile(99.0)).unwrap(),
+        99.01
+    );
     // mean 50.5, population std sqrt((100^2 - 1) / 12)
     let t = select_threshold(&errors, ThresholdRule::MeanStd(2.0)).unwrap();
     let want = 50.5 + 2.0 * (9999.0f64 / 12.0).sqrt();
@@ -38,12 +41,36 @@ fn threshold_rules() {
 
 #[test]
 fn threshold_rule_parsing() {
-    assert_eq!("p99".parse::<ThresholdRule>().unwrap(), ThresholdRule::Percentile(99.0));
-    assert_eq!("p99.5".parse::<ThresholdRule>().unwrap(), ThresholdRule::Percentile(99.5));
-    assert_eq!("percentile:90".parse::<ThresholdRule>().unwrap(), ThresholdRule::Percentile(90.0));
-    assert_eq!("mean+3std".parse::<ThresholdRule>().unwrap(), ThresholdRule::MeanStd(3.0));
-    assert_eq!("mean+2.5std".parse::<ThresholdRule>().unwrap(), ThresholdRule::MeanStd(2.5));
-    for bad in ["", "p", "p101", "q99", "mean+std", "mean+xstd", "p-1", "pnan"] {
+    assert_eq!(
+        "p99".parse::<ThresholdRule>().unwrap(),
+        ThresholdRule::Percentile(99.0)
+    );
+    assert_eq!(
+        "p99.5".parse::<ThresholdRule>().unwrap(),
+        ThresholdRule::Percentile(99.5)
+    );
+    assert_eq!(
+        "percentile:90".parse::<ThresholdRule>().unwrap(),
+        ThresholdRule::Percentile(90.0)
+    );
+    assert_eq!(
+        "mean+3std".parse::<ThresholdRule>().unwrap(),
+        ThresholdRule::MeanStd(3.0)
+    );
+    assert_eq!(
+        "mean+2.5std".parse::<ThresholdRule>().unwrap(),
+        ThresholdRule::MeanStd(2.5)
+    );
+    for bad in [
+        "",
+        "p",
+        "p101",
+        "q99",
+        "mean+std",
+        "mean+xstd",
+        "p-1",
+        "pnan",
+    ] {
         assert!(bad.parse::<ThresholdRule>().is_err(), "{bad:?}");
     }
     for r in [ThresholdRule::Percentile(99.5), ThresholdRule::MeanStd(3.0)] {
@@ -57,7 +84,15 @@ fn f1_on_hand_made_cases() {
     let scores = [0.1f32, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8];
     let labels = [false, true, false, false, false, true, true, true];
     let c = Confusion::from_scores(&scores, &labels, 0.45).unwrap();
-    assert_eq!(c, Confusion { tp: 3, fp: 1, tn: 3, fn_: 1 });
+    assert_eq!(
+        c,
+        Confusion {
+            tp: 3,
+            fp: 1,
+            tn: 3,
+            fn_: 1
+        }
+    );
     assert_eq!(c.precision(), 0.75);
     assert_eq!(c.recall(), 0.75);
     assert_eq!(c.f1(), 0.75);
@@ -65,7 +100,15 @@ fn f1_on_hand_made_cases() {
     assert_eq!(c.false_positive_rate(), 0.25);
     // A score equal to the threshold is not anomalous.
     let c = Confusion::from_scores(&scores, &labels, 0.5).unwrap();
-    assert_eq!(c, Confusion { tp: 3, fp: 0, tn: 4, fn_: 1 });
+    assert_eq!(
+        c,
+        Confusion {
+            tp: 3,
+            fp: 0,
+            tn: 4,
+            fn_: 1
+        }
+    );
     assert!((c.f1() - 6.0 / 7.0).abs() < 1e-15);
     // Perfect detector.
     let c = Confusion::from_scores(&[0.0, 1.0], &[false, true], 0.5).unwrap();
@@ -77,7 +120,8 @@ fn f1_on_hand_made_cases() {
     let c = Confusion::from_scores(&[0.0], &[false], 0.5).unwrap();
     assert_eq!((c.f1(), c.accuracy()), (0.0, 1.0));
     // Everything predicted anomalous.
-    let c = Confusion::from_scores(&[1.0, 1.0, 1.0, 1.0], &[true, false, false, false], 0.5).unwrap();
+    let c =
+        Confusion::from_scores(&[1.0, 1.0, 1.0, 1.0], &[true, false, false, false], 0.5).unwrap();
     assert_eq!((c.precision(), c.recall()), (0.25, 1.0));
     assert_eq!(c.f1(), 0.4);
     // Errors.
@@ -94,7 +138,9 @@ fn best_f1_matches_brute_force() {
     let rng = CounterRng::new(5, 5);
     for n in [1usize, 2, 7, 33, 1000] {
         // Coarse scores so ties occur; labels correlated with scores.
-        let scores: Vec<f32> = (0..n as u64).map(|k| (rng.uniform(k) * 20.0).floor() as f32).collect();
+        let scores: Vec<f32> = (0..n as u64)
+            .map(|k| (rng.uniform(k) * 20.0).floor() as f32)
+            .collect();
         let labels: Vec<bool> = (0..n as u64)
             .map(|k| rng.uniform_pair(k + 1_000_000).0 * 20.0 < f64::from(scores[k as usize]) + 3.0)
             .collect();
@@ -123,7 +169,13 @@ fn recall_per_kind() {
         kind_names: vec!["sine".into(), "chirp".into()],
     };
     let r = recall_by_kind(&[1.0, 1.0, 0.0, 1.0, 1.0], &w, 0.5).unwrap();
-    assert_eq!((r[0].kind.as_str(), r[0].detected, r[0].total), ("sine", 1, 1));
-    assert_eq!((r[1].kind.as_str(), r[1].detected, r[1].total), ("chirp", 1, 2));
+    assert_eq!(
+        (r[0].kind.as_str(), r[0].detected, r[0].total),
+        ("sine", 1, 1)
+    );
+    assert_eq!(
+        (r[1].kind.as_str(), r[1].detected, r[1].total),
+        ("chirp", 1, 2)
+    );
     assert!(recall_by_kind(&[1.0], &w, 0.5).is_err());
 }

@@ -16,8 +16,14 @@ fn generator() -> Generator {
     let mut spec = tone_spec(9_001, Some(20.0), 4);
     spec.anomalies = place_anomalies(
         &[
-            AnomalyKind::Bandpass { center_hz: -250e3, bandwidth_hz: 50e3 },
-            AnomalyKind::Chirp { start_hz: -1e5, end_hz: 1e5 },
+            AnomalyKind::Bandpass {
+                center_hz: -250e3,
+                bandwidth_hz: 50e3,
+            },
+            AnomalyKind::Chirp {
+                start_hz: -1e5,
+                end_hz: 1e5,
+            },
             AnomalyKind::Sine { freq_hz: 2e5 },
         ],
         9_001,
@@ -31,7 +37,13 @@ fn generator() -> Generator {
 }
 
 fn write(dir: &Path, name: &str, g: &Generator, chunk: usize) -> SigMfMeta {
-    write_sigmf(&dir.join(name), SigMfMeta::for_generator(g, Some("test".into())), g, chunk).unwrap()
+    write_sigmf(
+        &dir.join(name),
+        SigMfMeta::for_generator(g, Some("test".into())),
+        g,
+        chunk,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -49,7 +61,10 @@ fn round_trip_preserves_samples_metadata_and_labels() {
         let labels = r.label_ranges().unwrap();
         assert_eq!(labels.len(), 3);
         for (l, a) in labels.iter().zip(&g.spec().anomalies) {
-            assert_eq!((l.start, l.count, l.label.as_str()), (a.start, a.count, a.kind.label()));
+            assert_eq!(
+                (l.start, l.count, l.label.as_str()),
+                (a.start, a.count, a.kind.label())
+            );
         }
     }
     // The JSON carries the SigMF fields by their standard names.
@@ -67,10 +82,16 @@ fn round_trip_preserves_samples_metadata_and_labels() {
     assert_eq!(ann[1]["core:sample_count"], 700);
     assert!(ann[0]["core:sample_start"].as_u64().unwrap() >= 50);
     // The generator spec is recorded and reproduces the data.
-    let spec: lowprec_rf::SignalSpec = serde_json::from_value(v["global"]["lowprec:generator"].clone()).unwrap();
+    let spec: lowprec_rf::SignalSpec =
+        serde_json::from_value(v["global"]["lowprec:generator"].clone()).unwrap();
     assert_eq!(&spec, g.spec());
     // Data file size.
-    assert_eq!(std::fs::metadata(dir.path().join("rec.sigmf-data")).unwrap().len(), 9001 * 8);
+    assert_eq!(
+        std::fs::metadata(dir.path().join("rec.sigmf-data"))
+            .unwrap()
+            .len(),
+        9001 * 8
+    );
 }
 
 #[test]
@@ -84,8 +105,15 @@ fn chunk_size_does_not_change_files() {
     let meta_ref = std::fs::read(dir.path().join("a.sigmf-meta")).unwrap();
     for chunk in [1usize, 7, 33, 1000] {
         write(dir.path(), "b", &g, chunk);
-        assert_eq!(std::fs::read(dir.path().join("b.sigmf-data")).unwrap(), reference, "chunk {chunk}");
-        assert_eq!(std::fs::read(dir.path().join("b.sigmf-meta")).unwrap(), meta_ref);
+        assert_eq!(
+            std::fs::read(dir.path().join("b.sigmf-data")).unwrap(),
+            reference,
+            "chunk {chunk}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("b.sigmf-meta")).unwrap(),
+            meta_ref
+        );
     }
     // No temporary files are left behind.
     let names: Vec<String> = std::fs::read_dir(dir.path())
@@ -113,7 +141,13 @@ impl SampleSource for FailingSource {
 #[test]
 fn failed_write_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let err = write_sigmf(&dir.path().join("x"), SigMfMeta::new(1e3), &FailingSource, 10).unwrap_err();
+    let err = write_sigmf(
+        &dir.path().join("x"),
+        SigMfMeta::new(1e3),
+        &FailingSource,
+        10,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("source failed"));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
@@ -129,7 +163,8 @@ fn write_rejects_annotation_past_end() {
 }
 
 fn rewrite_meta(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(path, serde_json::to_string(&v).unwrap()).unwrap();
 }
@@ -155,7 +190,11 @@ fn truncated_and_odd_sized_data_are_errors() {
     let (base, _, data) = fresh(dir.path());
     truncate(&data, 8 * 10);
     match read_recording(&base, ReadOptions::default()) {
-        Err(RfError::LengthMismatch { expected: 9001, actual: 8991, source_name }) => {
+        Err(RfError::LengthMismatch {
+            expected: 9001,
+            actual: 8991,
+            source_name,
+        }) => {
             assert!(source_name.ends_with("r.sigmf-data"))
         }
         other => panic!("{other:?}"),
@@ -164,7 +203,12 @@ fn truncated_and_odd_sized_data_are_errors() {
     let (base, _, data) = fresh(dir.path());
     truncate(&data, 3);
     match read_recording(&base, ReadOptions::default()) {
-        Err(RfError::PartialSample { rem: 5, samples: 9000, bytes, .. }) => assert_eq!(bytes, 9000 * 8 + 5),
+        Err(RfError::PartialSample {
+            rem: 5,
+            samples: 9000,
+            bytes,
+            ..
+        }) => assert_eq!(bytes, 9000 * 8 + 5),
         other => panic!("{other:?}"),
     }
     // Without lowprec:sample_count and core:sha512, a truncation is caught by the
@@ -174,11 +218,15 @@ fn truncated_and_odd_sized_data_are_errors() {
         let g = v["global"].as_object_mut().unwrap();
         g.remove("lowprec:sample_count");
         g.remove("core:sha512");
-        v["annotations"][2]["core:sample_count"] = serde_json::json!(9001 - v["annotations"][2]["core:sample_start"].as_u64().unwrap());
+        v["annotations"][2]["core:sample_count"] =
+            serde_json::json!(9001 - v["annotations"][2]["core:sample_start"].as_u64().unwrap());
     });
     truncate(&data, 8);
     let err = read_recording(&base, ReadOptions::default()).unwrap_err();
-    assert!(matches!(err, RfError::Meta { .. }) && err.to_string().contains("annotation 2"), "{err}");
+    assert!(
+        matches!(err, RfError::Meta { .. }) && err.to_string().contains("annotation 2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -188,28 +236,64 @@ fn corrupted_data_fails_the_checksum() {
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[4000] ^= 0x01;
     std::fs::write(&data, &bytes).unwrap();
-    assert!(matches!(read_recording(&base, ReadOptions::default()), Err(RfError::Checksum { .. })));
+    assert!(matches!(
+        read_recording(&base, ReadOptions::default()),
+        Err(RfError::Checksum { .. })
+    ));
     // Verification can be switched off.
-    let opts = ReadOptions { verify_checksum: false, ..Default::default() };
+    let opts = ReadOptions {
+        verify_checksum: false,
+        ..Default::default()
+    };
     assert_eq!(read_recording(&base, opts).unwrap().samples.len(), 9001);
 }
+
+type MetaEdit = Box<dyn Fn(&mut serde_json::Value)>;
 
 #[test]
 fn bad_metadata_is_reported() {
     let dir = tempfile::tempdir().unwrap();
+<<<<<<< crates/rf/tests/sigmf.rs
+    let cases: Vec<(&str, MetaEdit)> = vec![
+=======
     let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
-        ("core:datatype", Box::new(|v| v["global"]["core:datatype"] = "ci16_le".into())),
-        ("core:datatype", Box::new(|v| v["global"]["core:datatype"] = "cf32_be".into())),
-        ("core:datatype", Box::new(|v| {
-            v["global"].as_object_mut().unwrap().remove("core:datatype");
-        })),
-        ("core:version", Box::new(|v| {
-            v["global"].as_object_mut().unwrap().remove("core:version");
-        })),
-        ("core:sample_rate", Box::new(|v| v["global"]["core:sample_rate"] = (-5.0).into())),
-        ("core:num_channels", Box::new(|v| v["global"]["core:num_channels"] = 2.into())),
-        ("core:sha512", Box::new(|v| v["global"]["core:sha512"] = "abc".into())),
-        ("core:sample_start", Box::new(|v| v["annotations"][0]["core:sample_start"] = (-1).into())),
+>>>>>>> /tmp/theirs.1076
+        (
+            "core:datatype",
+            Box::new(|v| v["global"]["core:datatype"] = "ci16_le".into()),
+        ),
+        (
+            "core:datatype",
+            Box::new(|v| v["global"]["core:datatype"] = "cf32_be".into()),
+        ),
+        (
+            "core:datatype",
+            Box::new(|v| {
+                v["global"].as_object_mut().unwrap().remove("core:datatype");
+            }),
+        ),
+        (
+            "core:version",
+            Box::new(|v| {
+                v["global"].as_object_mut().unwrap().remove("core:version");
+            }),
+        ),
+        (
+            "core:sample_rate",
+            Box::new(|v| v["global"]["core:sample_rate"] = (-5.0).into()),
+        ),
+        (
+            "core:num_channels",
+            Box::new(|v| v["global"]["core:num_channels"] = 2.into()),
+        ),
+        (
+            "core:sha512",
+            Box::new(|v| v["global"]["core:sha512"] = "abc".into()),
+        ),
+        (
+            "core:sample_start",
+            Box::new(|v| v["annotations"][0]["core:sample_start"] = (-1).into()),
+        ),
     ];
     for (needle, edit) in cases {
         let (base, meta, _) = fresh(dir.path());
@@ -217,14 +301,20 @@ fn bad_metadata_is_reported() {
         match read_recording(&base, ReadOptions::default()) {
             Err(e @ RfError::Meta { .. }) => {
                 let msg = e.to_string();
-                assert!(msg.contains(needle) && msg.contains("r.sigmf-meta"), "{msg}")
+                assert!(
+                    msg.contains(needle) && msg.contains("r.sigmf-meta"),
+                    "{msg}"
+                )
             }
             other => panic!("{needle}: {other:?}"),
         }
     }
     let (base, meta, _) = fresh(dir.path());
     std::fs::write(&meta, "{\"global\": {").unwrap();
-    assert!(matches!(read_recording(&base, ReadOptions::default()), Err(RfError::Meta { .. })));
+    assert!(matches!(
+        read_recording(&base, ReadOptions::default()),
+        Err(RfError::Meta { .. })
+    ));
 }
 
 #[test]
@@ -238,8 +328,14 @@ fn missing_files_are_reported() {
     }
     let (base2, _, data2) = fresh(dir.path());
     std::fs::remove_file(&data2).unwrap();
-    assert!(matches!(read_recording(&base2, ReadOptions::default()), Err(RfError::Io { .. })));
-    assert!(matches!(read_recording(&base.with_file_name("nope"), ReadOptions::default()), Err(RfError::Io { .. })));
+    assert!(matches!(
+        read_recording(&base2, ReadOptions::default()),
+        Err(RfError::Io { .. })
+    ));
+    assert!(matches!(
+        read_recording(&base.with_file_name("nope"), ReadOptions::default()),
+        Err(RfError::Io { .. })
+    ));
 }
 
 fn raw_file(dir: &Path, samples: &[Iq]) -> std::path::PathBuf {
@@ -252,15 +348,40 @@ fn raw_file(dir: &Path, samples: &[Iq]) -> std::path::PathBuf {
 fn non_finite_samples_error_or_become_zero() {
     let dir = tempfile::tempdir().unwrap();
     for (k, bad) in [
-        (5usize, Iq { i: f32::NAN, q: 0.0 }),
-        (0, Iq { i: 1.0, q: f32::INFINITY }),
-        (1999, Iq { i: f32::NEG_INFINITY, q: f32::NAN }),
+        (
+            5usize,
+            Iq {
+                i: f32::NAN,
+                q: 0.0,
+            },
+        ),
+        (
+            0,
+            Iq {
+                i: 1.0,
+                q: f32::INFINITY,
+            },
+        ),
+        (
+            1999,
+            Iq {
+                i: f32::NEG_INFINITY,
+                q: f32::NAN,
+            },
+        ),
     ] {
-        let mut s: Vec<Iq> = (0..2000).map(|j| Iq { i: j as f32, q: -(j as f32) }).collect();
+        let mut s: Vec<Iq> = (0..2000)
+            .map(|j| Iq {
+                i: j as f32,
+                q: -(j as f32),
+            })
+            .collect();
         s[k] = bad;
         let p = raw_file(dir.path(), &s);
         match read_raw(&p, None, NonFinitePolicy::Error) {
-            Err(RfError::NonFinite { index, component, .. }) => {
+            Err(RfError::NonFinite {
+                index, component, ..
+            }) => {
                 assert_eq!(index, k as u64);
                 assert_eq!(component, if bad.i.is_finite() { "Q" } else { "I" });
             }
@@ -294,9 +415,19 @@ fn streams_any_chunking_and_short_reads() {
     let g = generator();
     let samples = g.generate_all().unwrap();
     let bytes = bytes_of(&samples);
-    for (chunk, step) in [(1usize, 3usize), (7, 8), (33, 5), (1000, 4096), (100_000, 1 << 20)] {
-        let mut stream = SampleStream::new(Trickle { data: &bytes, step }, "<stdin>", NonFinitePolicy::Error)
-            .expect_count(9001);
+    for (chunk, step) in [
+        (1usize, 3usize),
+        (7, 8),
+        (33, 5),
+        (1000, 4096),
+        (100_000, 1 << 20),
+    ] {
+        let mut stream = SampleStream::new(
+            Trickle { data: &bytes, step },
+            "<stdin>",
+            NonFinitePolicy::Error,
+        )
+        .expect_count(9001);
         let mut got = Vec::new();
         let mut buf = Vec::new();
         while stream.read_chunk(&mut buf, chunk).unwrap() > 0 {
@@ -309,20 +440,42 @@ fn streams_any_chunking_and_short_reads() {
         assert_eq!(stream.read_chunk(&mut buf, 10).unwrap(), 0);
     }
     // Odd trailing bytes on a stream.
-    let mut stream = SampleStream::new(Trickle { data: &bytes[..8 * 10 + 7], step: 3 }, "<stdin>", NonFinitePolicy::Error);
+    let mut stream = SampleStream::new(
+        Trickle {
+            data: &bytes[..8 * 10 + 7],
+            step: 3,
+        },
+        "<stdin>",
+        NonFinitePolicy::Error,
+    );
     match stream.read_to_end() {
-        Err(RfError::PartialSample { source_name, rem: 7, samples: 10, .. }) => assert_eq!(source_name, "<stdin>"),
+        Err(RfError::PartialSample {
+            source_name,
+            rem: 7,
+            samples: 10,
+            ..
+        }) => assert_eq!(source_name, "<stdin>"),
         other => panic!("{other:?}"),
     }
     // Count and checksum expectations on a stream.
-    let mut s = SampleStream::new(&bytes[..800], "<stdin>", NonFinitePolicy::Error).expect_count(101);
-    assert!(matches!(s.read_to_end(), Err(RfError::LengthMismatch { expected: 101, actual: 100, .. })));
+    let mut s =
+        SampleStream::new(&bytes[..800], "<stdin>", NonFinitePolicy::Error).expect_count(101);
+    assert!(matches!(
+        s.read_to_end(),
+        Err(RfError::LengthMismatch {
+            expected: 101,
+            actual: 100,
+            ..
+        })
+    ));
     let mut sink = Vec::new();
     let sha = write_cf32(&mut sink, &samples[..], 77).unwrap();
     assert_eq!(sink, bytes);
-    let mut s = SampleStream::new(&bytes[..], "<stdin>", NonFinitePolicy::Error).expect_sha512(&sha);
+    let mut s =
+        SampleStream::new(&bytes[..], "<stdin>", NonFinitePolicy::Error).expect_sha512(&sha);
     assert_eq!(s.read_to_end().unwrap().len(), 9001);
-    let mut s = SampleStream::new(&bytes[8..], "<stdin>", NonFinitePolicy::Error).expect_sha512(&sha);
+    let mut s =
+        SampleStream::new(&bytes[8..], "<stdin>", NonFinitePolicy::Error).expect_sha512(&sha);
     assert!(matches!(s.read_to_end(), Err(RfError::Checksum { .. })));
 }
 

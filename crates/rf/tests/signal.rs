@@ -6,7 +6,12 @@ use lowprec_rf::{Generator, Iq, RfError};
 
 fn phase_step(a: Iq, b: Iq) -> f64 {
     // arg(b * conj(a))
-    let (ar, ai, br, bi) = (f64::from(a.i), f64::from(a.q), f64::from(b.i), f64::from(b.q));
+    let (ar, ai, br, bi) = (
+        f64::from(a.i),
+        f64::from(a.q),
+        f64::from(b.i),
+        f64::from(b.q),
+    );
     (bi * ar - br * ai).atan2(br * ar + bi * ai)
 }
 
@@ -15,15 +20,17 @@ fn phase_step(a: Iq, b: Iq) -> f64 {
 /// (pi f / fs)^2 / 6 relative (4e-4 at 15 kHz / 1 MHz), f32 storage about 0.02 Hz.
 #[test]
 fn instantaneous_frequency_follows_message() {
-    for spec in [
-        tone_spec(20_000, None, 3),
-        {
-            let mut s = tone_spec(20_000, None, 3);
-            s.fm.message = Message::Noise { low_hz: 500.0, high_hz: 15_000.0, components: 16, seed: 9 };
-            s.time_offset = 123_456_789;
-            s
-        },
-    ] {
+    for spec in [tone_spec(20_000, None, 3), {
+        let mut s = tone_spec(20_000, None, 3);
+        s.fm.message = Message::Noise {
+            low_hz: 500.0,
+            high_hz: 15_000.0,
+            components: 16,
+            seed: 9,
+        };
+        s.time_offset = 123_456_789;
+        s
+    }] {
         let g = Generator::new(spec.clone()).unwrap();
         let x = g.generate_all().unwrap();
         let fdev = spec.fm.deviation_hz;
@@ -49,13 +56,19 @@ fn instantaneous_frequency_follows_message() {
 
 #[test]
 fn unit_envelope_and_snr_definition() {
-    let clean = Generator::new(tone_spec(50_000, None, 5)).unwrap().generate_all().unwrap();
+    let clean = Generator::new(tone_spec(50_000, None, 5))
+        .unwrap()
+        .generate_all()
+        .unwrap();
     for s in &clean {
         let p = f64::from(s.i).powi(2) + f64::from(s.q).powi(2);
         assert!((p - 1.0).abs() < 1e-6);
     }
     for snr in [0.0, 10.0, 20.0] {
-        let noisy = Generator::new(tone_spec(50_000, Some(snr), 5)).unwrap().generate_all().unwrap();
+        let noisy = Generator::new(tone_spec(50_000, Some(snr), 5))
+            .unwrap()
+            .generate_all()
+            .unwrap();
         let mut pn = 0.0;
         let mut pi = 0.0;
         for (a, b) in noisy.iter().zip(&clean) {
@@ -67,7 +80,10 @@ fn unit_envelope_and_snr_definition() {
         let pn = pn / clean.len() as f64;
         let want = 10f64.powf(-snr / 10.0);
         // 50k complex draws: relative standard error of the power about 0.45%.
-        assert!((pn / want - 1.0).abs() < 0.03, "snr {snr}: noise power {pn}, want {want}");
+        assert!(
+            (pn / want - 1.0).abs() < 0.03,
+            "snr {snr}: noise power {pn}, want {want}"
+        );
         // Split evenly between I and Q.
         assert!((pi / clean.len() as f64 / (want / 2.0) - 1.0).abs() < 0.04);
     }
@@ -80,26 +96,55 @@ fn anomalies_appear_where_annotated() {
     let n = 40_960u64;
     let (start, count) = (16_384u64, 8_192u64);
     let cases = [
-        AnomalyKind::Bandpass { center_hz: -250_000.0, bandwidth_hz: 100_000.0 },
-        AnomalyKind::Chirp { start_hz: -400_000.0, end_hz: 400_000.0 },
+        AnomalyKind::Bandpass {
+            center_hz: -250_000.0,
+            bandwidth_hz: 100_000.0,
+        },
+        AnomalyKind::Chirp {
+            start_hz: -400_000.0,
+            end_hz: 400_000.0,
+        },
         AnomalyKind::Sine { freq_hz: 300_000.0 },
     ];
     let base = tone_spec(n, Some(20.0), 11);
-    let clean = Generator::new(base.clone()).unwrap().generate_all().unwrap();
+    let clean = Generator::new(base.clone())
+        .unwrap()
+        .generate_all()
+        .unwrap();
     for kind in cases {
         let power_db = -3.0;
         let spec = with_anomaly(base.clone(), kind.clone(), start, count, power_db);
         let x = Generator::new(spec).unwrap().generate_all().unwrap();
         let s = start as usize;
         let e = (start + count) as usize;
-        assert_eq!(bytes_of(&x[..s]), bytes_of(&clean[..s]), "{kind:?} leaked before its window");
-        assert_eq!(bytes_of(&x[e..]), bytes_of(&clean[e..]), "{kind:?} leaked after its window");
-        let added: Vec<Iq> =
-            x[s..e].iter().zip(&clean[s..e]).map(|(a, b)| Iq { i: a.i - b.i, q: a.q - b.q }).collect();
-        let p = added.iter().map(|v| f64::from(v.i).powi(2) + f64::from(v.q).powi(2)).sum::<f64>()
+        assert_eq!(
+            bytes_of(&x[..s]),
+            bytes_of(&clean[..s]),
+            "{kind:?} leaked before its window"
+        );
+        assert_eq!(
+            bytes_of(&x[e..]),
+            bytes_of(&clean[e..]),
+            "{kind:?} leaked after its window"
+        );
+        let added: Vec<Iq> = x[s..e]
+            .iter()
+            .zip(&clean[s..e])
+            .map(|(a, b)| Iq {
+                i: a.i - b.i,
+                q: a.q - b.q,
+            })
+            .collect();
+        let p = added
+            .iter()
+            .map(|v| f64::from(v.i).powi(2) + f64::from(v.q).powi(2))
+            .sum::<f64>()
             / count as f64;
         let want = 10f64.powf(power_db / 10.0);
-        assert!((p / want - 1.0).abs() < 0.1, "{kind:?}: added power {p}, want {want}");
+        assert!(
+            (p / want - 1.0).abs() < 0.1,
+            "{kind:?}: added power {p}, want {want}"
+        );
 
         // Spectral check on 1024-sample segments: energy in the anomaly's band (a) exceeds the
         // anomaly-free recording's at the same time by at least 70% of the anomaly's power,
@@ -115,7 +160,8 @@ fn anomalies_appear_where_annotated() {
             let (lo, hi) = match kind {
                 AnomalyKind::Chirp { start_hz, end_hz } => {
                     // Frequency over this segment moves linearly with time.
-                    let f = |u: usize| start_hz + (end_hz - start_hz) * (u - s) as f64 / count as f64;
+                    let f =
+                        |u: usize| start_hz + (end_hz - start_hz) * (u - s) as f64 / count as f64;
                     (f(a) - 5_000.0, f(a + seg) + 5_000.0)
                 }
                 _ => {
@@ -140,7 +186,10 @@ fn anomalies_appear_where_annotated() {
         // The FM signal itself is still there, at unchanged power, inside the window.
         let inside = power_spectrum(&x[s..s + seg]);
         let fm_band = band_power(&inside, FS, -80_000.0, 120_000.0);
-        assert!(fm_band > 0.8, "FM band power {fm_band} inside the anomaly window");
+        assert!(
+            fm_band > 0.8,
+            "FM band power {fm_band} inside the anomaly window"
+        );
     }
 }
 
@@ -155,7 +204,9 @@ fn sine_anomaly_peaks_at_its_frequency() {
     );
     let x = Generator::new(spec).unwrap().generate_all().unwrap();
     let sp = power_spectrum(&x[4096..4096 + 1024]);
-    let peak = (0..sp.len()).max_by(|&a, &b| sp[a].total_cmp(&sp[b])).unwrap();
+    let peak = (0..sp.len())
+        .max_by(|&a, &b| sp[a].total_cmp(&sp[b]))
+        .unwrap();
     assert_eq!(peak as f64 * FS / 1024.0, 312_500.0);
 }
 
@@ -164,7 +215,10 @@ fn same_seed_same_bytes_different_seed_different() {
     let mk = |seed| {
         let spec = with_anomaly(
             tone_spec(5000, Some(10.0), seed),
-            AnomalyKind::Bandpass { center_hz: 100_000.0, bandwidth_hz: 50_000.0 },
+            AnomalyKind::Bandpass {
+                center_hz: 100_000.0,
+                bandwidth_hz: 50_000.0,
+            },
             1000,
             2000,
             0.0,
@@ -184,8 +238,14 @@ fn chunk_size_does_not_change_bytes() {
     let mut spec = tone_spec(10_007, Some(15.0), 77);
     spec.anomalies = place_anomalies(
         &[
-            AnomalyKind::Bandpass { center_hz: -200_000.0, bandwidth_hz: 20_000.0 },
-            AnomalyKind::Chirp { start_hz: 100_000.0, end_hz: -100_000.0 },
+            AnomalyKind::Bandpass {
+                center_hz: -200_000.0,
+                bandwidth_hz: 20_000.0,
+            },
+            AnomalyKind::Chirp {
+                start_hz: 100_000.0,
+                end_hz: -100_000.0,
+            },
             AnomalyKind::Sine { freq_hz: 123_456.0 },
         ],
         10_007,
@@ -213,7 +273,10 @@ fn chunk_size_does_not_change_bytes() {
 
 #[test]
 fn time_offset_continues_the_transmission() {
-    let long = Generator::new(tone_spec(3000, Some(20.0), 8)).unwrap().generate_all().unwrap();
+    let long = Generator::new(tone_spec(3000, Some(20.0), 8))
+        .unwrap()
+        .generate_all()
+        .unwrap();
     let mut tail = tone_spec(1000, Some(20.0), 8);
     tail.time_offset = 2000;
     let tail = Generator::new(tail).unwrap().generate_all().unwrap();
@@ -261,28 +324,92 @@ fn bad_configs_are_rejected_with_names() {
     }
     config_error(s, "tone 1 freq_hz");
     let mut s = ok.clone();
-    s.fm.message = Message::Noise { low_hz: 2000.0, high_hz: 1000.0, components: 4, seed: 0 };
+    s.fm.message = Message::Noise {
+        low_hz: 2000.0,
+        high_hz: 1000.0,
+        components: 4,
+        seed: 0,
+    };
     config_error(s, "empty");
     let mut s = ok.clone();
-    s.fm.message = Message::Noise { low_hz: 1000.0, high_hz: 2000.0, components: 0, seed: 0 };
+    s.fm.message = Message::Noise {
+        low_hz: 1000.0,
+        high_hz: 2000.0,
+        components: 0,
+        seed: 0,
+    };
     config_error(s, "component");
-    config_error(with_anomaly(ok.clone(), AnomalyKind::Sine { freq_hz: 1e3 }, 900, 101, 0.0), "extend past");
-    config_error(with_anomaly(ok.clone(), AnomalyKind::Sine { freq_hz: 1e3 }, u64::MAX, 2, 0.0), "extend past");
-    config_error(with_anomaly(ok.clone(), AnomalyKind::Sine { freq_hz: 1e3 }, 0, 0, 0.0), "count");
-    config_error(with_anomaly(ok.clone(), AnomalyKind::Sine { freq_hz: 6e5 }, 0, 10, 0.0), "anomaly 0 (sine) freq_hz");
     config_error(
-        with_anomaly(ok.clone(), AnomalyKind::Chirp { start_hz: 0.0, end_hz: f64::NAN }, 0, 10, 0.0),
+        with_anomaly(
+            ok.clone(),
+            AnomalyKind::Sine { freq_hz: 1e3 },
+            900,
+            101,
+            0.0,
+        ),
+        "extend past",
+    );
+    config_error(
+        with_anomaly(
+            ok.clone(),
+            AnomalyKind::Sine { freq_hz: 1e3 },
+            u64::MAX,
+            2,
+            0.0,
+        ),
+        "extend past",
+    );
+    config_error(
+        with_anomaly(ok.clone(), AnomalyKind::Sine { freq_hz: 1e3 }, 0, 0, 0.0),
+        "count",
+    );
+    config_error(
+        with_anomaly(ok.clone(), AnomalyKind::Sine { freq_hz: 6e5 }, 0, 10, 0.0),
+        "anomaly 0 (sine) freq_hz",
+    );
+    config_error(
+        with_anomaly(
+            ok.clone(),
+            AnomalyKind::Chirp {
+                start_hz: 0.0,
+                end_hz: f64::NAN,
+            },
+            0,
+            10,
+            0.0,
+        ),
         "end_hz",
     );
     config_error(
-        with_anomaly(ok.clone(), AnomalyKind::Bandpass { center_hz: 480e3, bandwidth_hz: 100e3 }, 0, 10, 0.0),
+        with_anomaly(
+            ok.clone(),
+            AnomalyKind::Bandpass {
+                center_hz: 480e3,
+                bandwidth_hz: 100e3,
+            },
+            0,
+            10,
+            0.0,
+        ),
         "upper band edge",
     );
     config_error(
-        with_anomaly(ok.clone(), AnomalyKind::Bandpass { center_hz: 0.0, bandwidth_hz: 0.0 }, 0, 10, 0.0),
+        with_anomaly(
+            ok.clone(),
+            AnomalyKind::Bandpass {
+                center_hz: 0.0,
+                bandwidth_hz: 0.0,
+            },
+            0,
+            10,
+            0.0,
+        ),
         "bandwidth_hz",
     );
-    config_error(with_anomaly(ok, AnomalyKind::Sine { freq_hz: 1e3 }, 0, 10, f64::NAN), "power_db");
+    config_error(
+        with_anomaly(ok, AnomalyKind::Sine { freq_hz: 1e3 }, 0, 10, f64::NAN),
+        "power_db",
+    );
 }
 
 #[test]
@@ -293,10 +420,16 @@ fn placement_is_inside_slots_and_checked() {
     let slot = 70_001 / 7;
     for (j, an) in a.iter().enumerate() {
         let j = j as u64;
-        assert!(an.start >= j * slot + 500 && an.start + 2000 + 500 <= (j + 1) * slot, "{an:?}");
+        assert!(
+            an.start >= j * slot + 500 && an.start + 2000 + 500 <= (j + 1) * slot,
+            "{an:?}"
+        );
         assert_eq!(an.power_db, -3.0);
     }
-    assert_eq!(a, place_anomalies(&kinds, 70_001, 2000, -3.0, 500, 5).unwrap());
+    assert_eq!(
+        a,
+        place_anomalies(&kinds, 70_001, 2000, -3.0, 500, 5).unwrap()
+    );
     assert!(place_anomalies(&kinds, 7 * 2999, 2000, 0.0, 500, 5).is_err());
     assert!(place_anomalies(&kinds, 7 * 3000, 2000, 0.0, 500, 5).is_ok());
     assert!(place_anomalies(&kinds, 100, 0, 0.0, 0, 5).is_err());
@@ -305,7 +438,16 @@ fn placement_is_inside_slots_and_checked() {
 
 #[test]
 fn spec_round_trips_through_json() {
-    let spec = with_anomaly(tone_spec(100, Some(3.0), 1), AnomalyKind::Chirp { start_hz: 1.0, end_hz: 2.0 }, 0, 5, -1.0);
+    let spec = with_anomaly(
+        tone_spec(100, Some(3.0), 1),
+        AnomalyKind::Chirp {
+            start_hz: 1.0,
+            end_hz: 2.0,
+        },
+        0,
+        5,
+        -1.0,
+    );
     let text = serde_json::to_string(&spec).unwrap();
     let back: lowprec_rf::SignalSpec = serde_json::from_str(&text).unwrap();
     assert_eq!(back, spec);

@@ -13,9 +13,21 @@ pub fn tone_spec(num_samples: u64, snr_db: Option<f64>, seed: u64) -> SignalSpec
             sample_rate_hz: FS,
             message: Message::Tones {
                 tones: vec![
-                    Tone { freq_hz: 1_000.0, amplitude: 1.0, phase_rad: 0.3 },
-                    Tone { freq_hz: 3_700.0, amplitude: 0.5, phase_rad: 1.1 },
-                    Tone { freq_hz: 11_000.0, amplitude: 0.25, phase_rad: -2.0 },
+                    Tone {
+                        freq_hz: 1_000.0,
+                        amplitude: 1.0,
+                        phase_rad: 0.3,
+                    },
+                    Tone {
+                        freq_hz: 3_700.0,
+                        amplitude: 0.5,
+                        phase_rad: 1.1,
+                    },
+                    Tone {
+                        freq_hz: 11_000.0,
+                        amplitude: 0.25,
+                        phase_rad: -2.0,
+                    },
                 ],
             },
             deviation_hz: 50_000.0,
@@ -29,8 +41,19 @@ pub fn tone_spec(num_samples: u64, snr_db: Option<f64>, seed: u64) -> SignalSpec
     }
 }
 
-pub fn with_anomaly(mut spec: SignalSpec, kind: AnomalyKind, start: u64, count: u64, power_db: f64) -> SignalSpec {
-    spec.anomalies.push(Anomaly { kind, start, count, power_db });
+pub fn with_anomaly(
+    mut spec: SignalSpec,
+    kind: AnomalyKind,
+    start: u64,
+    count: u64,
+    power_db: f64,
+) -> SignalSpec {
+    spec.anomalies.push(Anomaly {
+        kind,
+        start,
+        count,
+        power_db,
+    });
     spec
 }
 
