@@ -245,9 +245,10 @@ mod avx2 {
                         let r_zero =
                             _mm256_castsi256_ps(_mm256_cmpeq_epi32(r, _mm256_setzero_si256()));
                         let x_nonzero = _mm256_cmp_ps(xv, zero, _CMP_NEQ_OQ);
+                        let below_one = _mm256_cmp_ps(a, one, _CMP_LT_OQ);
                         let neg_bump = _mm256_or_ps(
                             _mm256_cmp_ps(fr, u, _CMP_GT_OQ),
-                            _mm256_and_ps(r_zero, x_nonzero),
+                            _mm256_and_ps(_mm256_and_ps(r_zero, x_nonzero), below_one),
                         );
                         let is_neg =
                             _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_castps_si256(y), 31));

@@ -13,7 +13,9 @@
 //!
 //! `y` itself is inexact only when it is subnormal (`|y| < 2^-126`), where every mode gives 0,
 //! except stochastic rounding of a negative value with `U = 0`, which gives -1 for any
-//! nonzero `x`; that case is tested for explicitly.
+//! nonzero `x` with `|y| < 1` (where the computed `fr` may have been flushed to 0); that
+//! case, and its neighbour (a negative integer `y` with `U = 0`, which must stay put), are
+//! tested for explicitly.
 
 use crate::format::{pow2, Rounding};
 
@@ -74,7 +76,7 @@ pub fn round_scaled_f32(x: f32, p: &ScaledInt, f: (f32, f32), r24: u32) -> f32 {
             } else {
                 let u = r24 as f32 * (1.0 / 16_777_216.0);
                 if neg {
-                    fr > u || (r24 == 0 && x != 0.0)
+                    fr > u || (r24 == 0 && x != 0.0 && a < 1.0)
                 } else {
                     fr >= 1.0 - u
                 }
