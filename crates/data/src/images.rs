@@ -125,7 +125,25 @@ fn decode_all(mut items: Vec<Encoded>, spec: &ImageSetSpec) -> Result<Dataset> {
     )
 }
 
+/// JPEG decoders fill a truncated scan with grey instead of failing, so a cut-off JPEG is caught
+/// here: its last end-of-image marker (FF D9) must follow its last start-of-scan marker (FF DA).
+/// (Neither pair can occur inside entropy-coded data, where FF is always stuffed as FF 00.)
+fn check_jpeg_complete(bytes: &[u8]) -> std::result::Result<(), &'static str> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Ok(());
+    }
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (None, _) => Err("JPEG has no scan (start-of-scan marker missing)"),
+        (Some(sos), Some(eoi)) if eoi > sos => Ok(()),
+        _ => Err("truncated JPEG: no end-of-image marker after the last scan"),
+    }
+}
+
 fn decode_into(out: &mut [u8], item: &Encoded, spec: &ImageSetSpec) -> Result<()> {
+    check_jpeg_complete(&item.bytes).map_err(|what| {
+        DataError::malformed(&item.origin, format!("cannot decode image: {what}"))
+    })?;
     let img = image::load_from_memory(&item.bytes)
         .map_err(|e| DataError::malformed(&item.origin, format!("cannot decode image: {e}")))?;
     let (w, h) = (img.width() as usize, img.height() as usize);

@@ -23,7 +23,9 @@ pub fn labels(seed: u64, n: usize, classes: u8) -> Vec<u8> {
 
 /// The error's message must mention every needle.
 pub fn assert_err_mentions<T: std::fmt::Debug>(r: lowprec_data::Result<T>, needles: &[&str]) {
-    let e = r.expect_err("expected an error");
+    let Err(e) = r else {
+        panic!("expected an error mentioning {needles:?}, got Ok");
+    };
     let msg = e.to_string();
     for n in needles {
         assert!(msg.contains(n), "error {msg:?} does not mention {n:?}");
