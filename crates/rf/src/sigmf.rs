@@ -574,6 +574,22 @@ impl<R: Read> SampleStream<R> {
         self
     }
 
+    /// The same stream over a wrapped reader (e.g. boxed, to unify stream types).
+    pub fn map_reader<S: Read>(self, f: impl FnOnce(R) -> S) -> SampleStream<S> {
+        SampleStream {
+            reader: f(self.reader),
+            name: self.name,
+            policy: self.policy,
+            pending: self.pending,
+            bytes: self.bytes,
+            index: self.index,
+            replaced: self.replaced,
+            expected_count: self.expected_count,
+            checksum: self.checksum,
+            finished: self.finished,
+        }
+    }
+
     /// Samples delivered so far (the index of the next sample).
     pub fn position(&self) -> u64 {
         self.index

@@ -253,11 +253,7 @@ type MetaEdit = Box<dyn Fn(&mut serde_json::Value)>;
 #[test]
 fn bad_metadata_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-<<<<<<< crates/rf/tests/sigmf.rs
     let cases: Vec<(&str, MetaEdit)> = vec![
-=======
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
->>>>>>> /tmp/theirs.1076
         (
             "core:datatype",
             Box::new(|v| v["global"]["core:datatype"] = "ci16_le".into()),
