@@ -84,14 +84,14 @@ fn binary_malformed_files_name_file_and_record() {
     enc.truncate(3 * CIFAR_RECORD_LEN + 100);
     std::fs::write(&path, &enc).unwrap();
     assert_err_mentions(
-        read_cifar_binary_files(&[path.clone()]),
+        read_cifar_binary_files(std::slice::from_ref(&path)),
         &["data_batch_1.bin", "record 3", "truncated to 100 bytes"],
     );
     let mut enc = encode_cifar_binary(&cifar_set(5, 4)).unwrap();
     enc[2 * CIFAR_RECORD_LEN] = 10;
     std::fs::write(&path, &enc).unwrap();
     assert_err_mentions(
-        read_cifar_binary_files(&[path.clone()]),
+        read_cifar_binary_files(std::slice::from_ref(&path)),
         &["data_batch_1.bin", "record 2", "label 10"],
     );
     std::fs::write(&path, b"").unwrap();
