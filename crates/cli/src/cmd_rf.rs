@@ -27,7 +27,7 @@ use lowprec_rf::{
 #[derive(Subcommand, Debug)]
 pub enum RfCommand {
     /// Generate an FM recording with anomalies (SigMF cf32_le, or raw cf32 on stdout).
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Write the standard train/test recording pair of the anomaly-detection experiment.
     Pair(PairArgs),
     /// Read and validate a recording; summarise samples, annotations and window labels.
@@ -620,4 +620,247 @@ fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         })
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct TestCli {
+        #[command(subcommand)]
+        rf: RfCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<RfCommand, clap::Error> {
+        TestCli::try_parse_from(std::iter::once("rf").chain(args.iter().copied())).map(|c| c.rf)
+    }
+
+    fn run_args(args: &[&str]) -> Result<()> {
+        run(&parse(args)?)
+    }
+
+    #[test]
+    fn generate_inspect_pair_and_baseline_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("rec");
+        let b = base.to_str().unwrap();
+        run_args(&[
+            "generate",
+            "--out",
+            b,
+            "--samples",
+            "50000",
+            "--anomalies",
+            "bandpass,chirp,sine",
+            "--snr-db",
+            "-3",
+            "--carrier-offset",
+            "-20000",
+            "--seed",
+            "5",
+        ])
+        .unwrap();
+        let first = std::fs::read(dir.path().join("rec.sigmf-data")).unwrap();
+        assert_eq!(first.len(), 50000 * 8);
+        // Same arguments and seed, other chunk size: same bytes.
+        run_args(&[
+            "generate",
+            "--out",
+            b,
+            "--samples",
+            "50000",
+            "--anomalies",
+            "bandpass,chirp,sine",
+            "--snr-db",
+            "-3",
+            "--carrier-offset",
+            "-20000",
+            "--seed",
+            "5",
+            "--chunk",
+            "33",
+        ])
+        .unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("rec.sigmf-data")).unwrap(),
+            first
+        );
+        let rec = read_recording(&base, ReadOptions::default()).unwrap();
+        assert_eq!(rec.label_ranges().unwrap().len(), 3);
+        run_args(&["inspect", b]).unwrap();
+        run_args(&[
+            "inspect",
+            dir.path().join("rec.sigmf-data").to_str().unwrap(),
+            "--raw",
+        ])
+        .unwrap();
+
+        let pair_dir = dir.path().join("pair");
+        let p = pair_dir.to_str().unwrap();
+        run_args(&[
+            "pair",
+            "--out-dir",
+            p,
+            "--train-samples",
+            "65536",
+            "--test-samples",
+            "32768",
+            "--anomaly-samples",
+            "1024",
+        ])
+        .unwrap();
+        let json = dir.path().join("baseline.json");
+        run_args(&[
+            "baseline",
+            "--train",
+            &format!("{p}/train"),
+            "--test",
+            &format!("{p}/test"),
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(v["test_windows"], 2048);
+        assert!(v["f1"].as_f64().unwrap() > 0.5, "{v}");
+    }
+
+    #[test]
+    fn explicit_anomalies_and_tones() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("t");
+        run_args(&[
+            "generate",
+            "--out",
+            base.to_str().unwrap(),
+            "--samples",
+            "4000",
+            "--tones",
+            "1000,2500@0.5",
+            "--no-noise",
+            "--anomaly",
+            "sine@100+200",
+            "--anomaly",
+            "chirp@3000+1000",
+            "--sine-freq",
+            "-123000",
+        ])
+        .unwrap();
+        let rec = read_recording(&base, ReadOptions::default()).unwrap();
+        let meta = rec.meta.unwrap();
+        let spec: SignalSpec =
+            serde_json::from_value(meta.global.generator.clone().unwrap()).unwrap();
+        assert_eq!(spec.fm.snr_db, None);
+        assert_eq!(
+            spec.anomalies[0].kind,
+            AnomalyKind::Sine { freq_hz: -123000.0 }
+        );
+        assert_eq!(
+            (spec.anomalies[1].start, spec.anomalies[1].count),
+            (3000, 1000)
+        );
+        match &spec.fm.message {
+            Message::Tones { tones } => {
+                assert_eq!(tones.len(), 2);
+                assert_eq!((tones[1].freq_hz, tones[1].amplitude), (2500.0, 0.5));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x");
+        let o = out.to_str().unwrap();
+        for args in [
+            vec![
+                "generate",
+                "--out",
+                o,
+                "--samples",
+                "1000",
+                "--anomalies",
+                "foo",
+            ],
+            vec![
+                "generate",
+                "--out",
+                o,
+                "--samples",
+                "1000",
+                "--anomalies",
+                "chirp",
+            ],
+            vec![
+                "generate",
+                "--out",
+                o,
+                "--samples",
+                "1000",
+                "--anomaly",
+                "chirp@900+200",
+            ],
+            vec![
+                "generate",
+                "--out",
+                o,
+                "--samples",
+                "1000",
+                "--anomaly",
+                "chirp900",
+            ],
+            vec![
+                "generate",
+                "--out",
+                o,
+                "--samples",
+                "1000",
+                "--tones",
+                "abc",
+            ],
+            vec![
+                "generate",
+                "--out",
+                o,
+                "--samples",
+                "1000",
+                "--noise-band",
+                "5",
+            ],
+            vec![
+                "generate",
+                "--out",
+                o,
+                "--samples",
+                "1000",
+                "--sample-rate",
+                "0",
+            ],
+            vec!["generate", "--out", o, "--seconds", "-1"],
+            vec![
+                "generate",
+                "--out",
+                o,
+                "--samples",
+                "10",
+                "--deviation",
+                "6e5",
+            ],
+            vec!["generate", "--out", o, "--samples", "10", "--meta", o],
+            vec!["inspect", o],
+            vec!["baseline", "--train", o, "--test", o, "--threshold", "q7"],
+        ] {
+            let r = run_args(&args);
+            assert!(r.is_err(), "{args:?} succeeded");
+        }
+        assert!(parse(&["generate", "--out", o, "--samples", "5", "--seconds", "1"]).is_err());
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "files left behind"
+        );
+    }
 }
