@@ -21,7 +21,9 @@ use crate::datadir::DataDir;
 use crate::dataset::{Dataset, Splits};
 use crate::error::{DataError, Result};
 use crate::fsutil;
-use crate::images::{decode_image_tarball, ImageSetSpec};
+use crate::images::{
+    decode_image_tarball, list_image_folder_split, load_image_folder, ImageSetSpec,
+};
 
 /// First bytes of a cache file.
 pub const CACHE_MAGIC: [u8; 8] = *b"LPDSU8C1";
@@ -205,24 +207,43 @@ pub fn load_image_tarball_cached(
     }
     let key = tarball_cache_key(&tar_hash, spec);
     let (train_path, test_path) = tarball_cache_paths(dir, tarball, &key);
+    cached_splits(
+        dir,
+        &train_path,
+        &test_path,
+        &key,
+        &tarball.display().to_string(),
+        || decode_image_tarball(tarball, spec),
+    )
+}
+
+/// Reads both cache files if they are good; otherwise decodes, writes both and returns the result.
+fn cached_splits(
+    dir: &DataDir,
+    train_path: &Path,
+    test_path: &Path,
+    key: &[u8; 32],
+    source: &str,
+    decode: impl FnOnce() -> Result<Splits>,
+) -> Result<Splits> {
     if train_path.exists() || test_path.exists() {
-        match read_cache(&train_path, &key).and_then(|train| {
+        let cached = read_cache(train_path, key).and_then(|train| {
             Ok(Splits {
                 train,
-                test: read_cache(&test_path, &key)?,
+                test: read_cache(test_path, key)?,
             })
-        }) {
+        });
+        match cached {
             Ok(splits) => return Ok(splits),
             Err(e) => eprintln!("lowprec-data: ignoring decoded cache ({e}); decoding again"),
         }
     }
     eprintln!(
-        "lowprec-data: decoding {} (first use; the decoded arrays are cached in {})",
-        tarball.display(),
+        "lowprec-data: decoding {source} (first use; the decoded arrays are cached in {})",
         dir.path().display()
     );
     let start = Instant::now();
-    let splits = decode_image_tarball(tarball, spec)?;
+    let splits = decode()?;
     eprintln!(
         "lowprec-data: decoded {} + {} images in {:.2} s",
         splits.train.len(),
@@ -230,14 +251,52 @@ pub fn load_image_tarball_cached(
         start.elapsed().as_secs_f64()
     );
     dir.ensure_exists()?;
-    write_cache(&train_path, &splits.train, &key)?;
-    write_cache(&test_path, &splits.test, &key)?;
+    write_cache(train_path, &splits.train, key)?;
+    write_cache(test_path, &splits.test, key)?;
     eprintln!(
         "lowprec-data: wrote {} and {}",
         train_path.display(),
         test_path.display()
     );
     Ok(splits)
+}
+
+/// The cache key of an image folder: the decoding settings and, for every image file in loader
+/// order, its path relative to the root, size and modification time. Editing, adding, removing
+/// or renaming an image changes the key; file contents are not read, so the check stays cheap.
+pub fn folder_cache_key(root: &Path, spec: &ImageSetSpec) -> Result<[u8; 32]> {
+    let mut h = Sha256::new();
+    h.update(format!("lowprec-data image folder cache v{CACHE_VERSION}\n").as_bytes());
+    h.update(spec.describe().as_bytes());
+    for split in [&spec.train_split, &spec.test_split] {
+        h.update(format!("\nsplit {split}\n").as_bytes());
+        for f in list_image_folder_split(root, split, spec)? {
+            let rel = f.path.strip_prefix(root).unwrap_or(&f.path);
+            h.update(format!("{}\t{}\t{}\n", rel.display(), f.len, f.modified_ns).as_bytes());
+        }
+    }
+    Ok(h.finalize().into())
+}
+
+/// Loads an image folder (`<root>/<split>/<class>/*`) through the decoded cache in `dir`; see
+/// [`folder_cache_key`] for what invalidates the cache.
+pub fn load_image_folder_cached(root: &Path, spec: &ImageSetSpec, dir: &DataDir) -> Result<Splits> {
+    let key = folder_cache_key(root, spec)?;
+    let stem = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "images".into());
+    let tag = &fsutil::hex(&key)[..16];
+    let train_path = dir.join(format!("{stem}-folder-{tag}-train.u8cache"));
+    let test_path = dir.join(format!("{stem}-folder-{tag}-test.u8cache"));
+    cached_splits(
+        dir,
+        &train_path,
+        &test_path,
+        &key,
+        &root.display().to_string(),
+        || load_image_folder(root, spec),
+    )
 }
 
 /// Loads this project's CIFAR-10 JPEG tarball (its published sha256 is checked) through the

@@ -175,6 +175,40 @@ fn decode_into(out: &mut [u8], item: &Encoded, spec: &ImageSetSpec) -> Result<()
 /// directory means no samples of that class; a directory that names no class is an error (it
 /// usually means a wrong class list). Other files are ignored.
 pub fn load_image_folder_split(root: &Path, split: &str, spec: &ImageSetSpec) -> Result<Dataset> {
+    let files = list_image_folder_split(root, split, spec)?;
+    let mut items = Vec::with_capacity(files.len());
+    for f in files {
+        let bytes =
+            std::fs::read(&f.path).map_err(|e| DataError::io(&f.path, "reading image", e))?;
+        items.push(Encoded {
+            origin: f.path,
+            class: f.class,
+            name: f.name,
+            bytes,
+        });
+    }
+    decode_all(items, spec)
+}
+
+/// One image file of an image folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FolderImage {
+    pub path: PathBuf,
+    pub class: usize,
+    pub name: String,
+    /// Size in bytes and modification time (nanoseconds since the epoch, 0 if unknown): with the
+    /// path they make the folder cache's key without reading every file.
+    pub len: u64,
+    pub modified_ns: u128,
+}
+
+/// Lists the image files of one split, in loader order (class, then file name). Errors as for
+/// [`load_image_folder_split`].
+pub fn list_image_folder_split(
+    root: &Path,
+    split: &str,
+    spec: &ImageSetSpec,
+) -> Result<Vec<FolderImage>> {
     spec.check()?;
     let split_dir = root.join(split);
     let entries = std::fs::read_dir(&split_dir)
@@ -192,7 +226,7 @@ pub fn load_image_folder_split(root: &Path, split: &str, spec: &ImageSetSpec) ->
             ));
         }
     }
-    let mut items = Vec::new();
+    let mut files = Vec::new();
     for (class, class_name) in spec.classes.iter().enumerate() {
         let dir = split_dir.join(class_name);
         if !dir.is_dir() {
@@ -204,20 +238,34 @@ pub fn load_image_folder_split(root: &Path, split: &str, spec: &ImageSetSpec) ->
             let entry = entry.map_err(|e| DataError::io(&dir, "listing class directory", e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if !is_image_name(&name) || !path.is_file() {
+            if !is_image_name(&name) {
                 continue;
             }
-            let bytes =
-                std::fs::read(&path).map_err(|e| DataError::io(&path, "reading image", e))?;
-            items.push(Encoded {
-                origin: path,
+            let meta = std::fs::metadata(&path)
+                .map_err(|e| DataError::io(&path, "reading metadata", e))?;
+            if !meta.is_file() {
+                continue;
+            }
+            let modified_ns = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            files.push(FolderImage {
+                path,
                 class,
                 name,
-                bytes,
+                len: meta.len(),
+                modified_ns,
             });
         }
     }
-    decode_all(items, spec)
+    files.sort_by(|a, b| {
+        a.class
+            .cmp(&b.class)
+            .then_with(|| compare_names(&a.name, &b.name))
+    });
+    Ok(files)
 }
 
 /// Loads both splits of an image folder.

@@ -22,7 +22,9 @@ pub use batch::{
     counter_hash, crop_flip_decision, epoch_permutation, Augment, Batch, BatchConfig, BatchIter,
     CropFlip, EpochBatches, Normalization,
 };
-pub use cache::{load_cifar10_jpeg, load_image_tarball_cached, read_cache, write_cache};
+pub use cache::{
+    load_cifar10_jpeg, load_image_folder_cached, load_image_tarball_cached, read_cache, write_cache,
+};
 pub use cifar::{
     default_cifar_tarball, load_cifar_binary, read_cifar_binary_files, CIFAR10_CLASSES,
     CIFAR_TARBALL_ENV,

@@ -7,13 +7,15 @@ use std::path::Path;
 
 use common::{assert_err_mentions, bytes, labels};
 use image::{ImageEncoder, RgbImage};
-use lowprec_data::cache::{tarball_cache_key, tarball_cache_paths, CACHE_HEADER_LEN};
+use lowprec_data::cache::{
+    folder_cache_key, tarball_cache_key, tarball_cache_paths, CACHE_HEADER_LEN,
+};
 use lowprec_data::cifar::{encode_cifar_binary, parse_cifar_binary, CIFAR_RECORD_LEN};
 use lowprec_data::{
     decode_image_tarball, default_cifar_tarball, load_cifar10_jpeg, load_cifar_binary,
-    load_image_folder, load_image_folder_split, load_image_tarball_cached, read_cache,
-    read_cifar_binary_files, write_cache, DataDir, DataError, Dataset, ImageSetSpec,
-    CIFAR10_CLASSES,
+    load_image_folder, load_image_folder_cached, load_image_folder_split,
+    load_image_tarball_cached, read_cache, read_cifar_binary_files, write_cache, DataDir,
+    DataError, Dataset, ImageSetSpec, CIFAR10_CLASSES,
 };
 
 fn cifar_set(seed: u64, n: usize) -> Dataset {
@@ -477,4 +479,46 @@ fn real_cifar10_jpeg_when_present() {
         assert!((m - want).abs() < 0.01, "channel mean {m} far from {want}");
     }
     println!("real CIFAR-10: decode {decode:?}, cached load {cached:?} (noisy shared machine)");
+}
+
+#[test]
+fn cached_image_folder_reloads_from_cache_and_notices_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("imgs");
+    write_folder(&root);
+    let spec = ImageSetSpec::cifar10();
+    let data = DataDir::new(dir.path().join("data"));
+    let first = load_image_folder_cached(&root, &spec, &data).unwrap();
+    assert_eq!(first, load_image_folder(&root, &spec).unwrap());
+    let key = folder_cache_key(&root, &spec).unwrap();
+    assert_eq!(
+        folder_cache_key(&root, &spec).unwrap(),
+        key,
+        "the key is stable"
+    );
+    let caches: Vec<_> = std::fs::read_dir(data.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(caches.len(), 2, "{caches:?}");
+    let train_cache = caches
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with("-train.u8cache"))
+        .unwrap();
+    // Served from the cache: a forged (valid) cache is what comes back.
+    forge_cache(train_cache, |payload| payload[first.train.len()] ^= 0x0f);
+    let again = load_image_folder_cached(&root, &spec, &data).unwrap();
+    assert_eq!(again.train.images[0], first.train.images[0] ^ 0x0f);
+    // Adding an image changes the key, so the folder is decoded again.
+    let (chw, img) = test_image(99, 32, 32);
+    std::fs::write(root.join("train/airplane/1.png"), png_bytes(&img)).unwrap();
+    assert_ne!(folder_cache_key(&root, &spec).unwrap(), key);
+    let grown = load_image_folder_cached(&root, &spec, &data).unwrap();
+    assert_eq!(grown.train.len(), first.train.len() + 1);
+    assert_eq!(grown.train.image(1), &chw[..]);
+    assert_eq!(grown.train.image(0), first.train.image(0));
+    assert_err_mentions(
+        load_image_folder_cached(&dir.path().join("nope"), &spec, &data),
+        &["nope"],
+    );
 }
