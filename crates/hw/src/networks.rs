@@ -123,6 +123,12 @@ pub struct GemmOp {
     pub repeat: usize,
     /// A is read column-major (W^T served from the stored W).
     pub transposed: bool,
+    /// K segment length the core runs with. Every op of the paper system uses the whole K:
+    /// convolutions run one example per call, and Table VI's LogReg times (about 51 us per
+    /// example on the Pynq-Z1) only fit a batched fully-connected weight gradient accumulated
+    /// over the whole batch; per-example segments (`segment = 1`) would cost one array step per
+    /// example and output block (+16 us per example there).
+    pub segment: usize,
 }
 
 impl GemmOp {
@@ -209,6 +215,7 @@ impl Network {
                         n: wh,
                         repeat: batch,
                         transposed: false,
+                        segment: usize::MAX,
                     });
                     out.push(GemmOp {
                         layer: li,
@@ -218,6 +225,7 @@ impl Network {
                         n: kk,
                         repeat: batch,
                         transposed: false,
+                        segment: usize::MAX,
                     });
                     if needs_dgrad {
                         out.push(GemmOp {
@@ -228,6 +236,7 @@ impl Network {
                             n: wh,
                             repeat: batch,
                             transposed: true,
+                            segment: usize::MAX,
                         });
                     }
                 }
@@ -240,6 +249,7 @@ impl Network {
                         n: batch,
                         repeat: 1,
                         transposed: false,
+                        segment: usize::MAX,
                     });
                     out.push(GemmOp {
                         layer: li,
@@ -249,6 +259,7 @@ impl Network {
                         n: i,
                         repeat: 1,
                         transposed: false,
+                        segment: usize::MAX,
                     });
                     if needs_dgrad {
                         out.push(GemmOp {
@@ -259,6 +270,7 @@ impl Network {
                             n: batch,
                             repeat: 1,
                             transposed: true,
+                            segment: usize::MAX,
                         });
                     }
                 }

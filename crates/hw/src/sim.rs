@@ -109,6 +109,28 @@ impl SimCounters {
         self.cpu_q16_calls += o.cpu_q16_calls;
         self.cpu_f32_calls += o.cpu_f32_calls;
     }
+    /// Every counter multiplied by `k` (k identical runs).
+    pub fn scaled(&self, k: u64) -> SimCounters {
+        let mut out = *self;
+        out.gemm_calls *= k;
+        out.core_calls *= k;
+        out.macs *= k;
+        out.array_cycles *= k;
+        out.stall_cycles *= k;
+        out.preload_cycles *= k;
+        out.drain_cycles *= k;
+        out.total_cycles *= k;
+        out.bytes_a *= k;
+        out.bytes_b *= k;
+        out.bytes_c_in *= k;
+        out.bytes_c_out *= k;
+        out.bytes_partial_in *= k;
+        out.bytes_partial_out *= k;
+        out.a_resident_hits *= k;
+        out.cpu_q16_calls *= k;
+        out.cpu_f32_calls *= k;
+        out
+    }
     /// Total bytes over the DMA.
     pub fn bytes_total(&self) -> u64 {
         self.bytes_a
@@ -471,13 +493,17 @@ impl FpgaSim {
         let cw = sc.div_ceil(n);
         let depth = sr.div_ceil(n) * cw;
         let mut store = vec![0i8; depth * n * n];
+        let sh = n.trailing_zeros();
+        let mask = n - 1;
         for r in 0..sr {
+            let row_part = (r >> sh) * cw;
+            let bank_row = (r & mask) * n;
             for c in 0..sc {
                 let v = match order {
                     ReadOrder::RowMajor => a.at(call.m0 + r, call.k0 + c),
                     ReadOrder::ColMajor => a.at(call.m0 + c, call.k0 + r),
                 };
-                store[bank_index(n, cw, r, c)] = v;
+                store[(row_part + (c >> sh)) * n * n + bank_row + (c & mask)] = v;
             }
         }
         store
@@ -518,6 +544,40 @@ struct CallCtx<'a> {
 }
 
 impl CallCtx<'_> {
+    /// Reads the A operands of output row `mi` for K lanes `ki..ki + out.len()` (tile-local).
+    #[inline]
+    fn read_lanes(&self, mi: usize, ki: usize, out: &mut [i8]) {
+        let n = self.n;
+        let sh = n.trailing_zeros();
+        let mask = n - 1;
+        let nn = n * n;
+        match self.order {
+            ReadOrder::RowMajor => {
+                // S[mi, ki + l]: bank row fixed, bank column runs within an address.
+                let row_base = (mi >> sh) * self.cw;
+                let bank_row = (mi & mask) * n;
+                let mut l = 0;
+                while l < out.len() {
+                    let c = ki + l;
+                    let run = (n - (c & mask)).min(out.len() - l);
+                    let base = (row_base + (c >> sh)) * nn + bank_row + (c & mask);
+                    out[l..l + run].copy_from_slice(&self.store[base..base + run]);
+                    l += run;
+                }
+            }
+            ReadOrder::ColMajor => {
+                // S[ki + l, mi]: bank column fixed, bank row steps by N within an address.
+                let col_addr = mi >> sh;
+                let bank_col = mi & mask;
+                for (l, v) in out.iter_mut().enumerate() {
+                    let r = ki + l;
+                    *v = self.store
+                        [((r >> sh) * self.cw + col_addr) * nn + (r & mask) * n + bank_col];
+                }
+            }
+        }
+    }
+
     /// Runs output rows `mb0..mb1` (global m) of the call: `c_rows` starts at row `mb0` of C,
     /// `carry_rows` (if any) at row `mb0` of the partial-sum buffer (row length `ncols`).
     fn run_block(
@@ -550,14 +610,9 @@ impl CallCtx<'_> {
                     while k < p.end {
                         let len = (p.end - k).min(n);
                         let ki = k - k0;
-                        // One cycle: the N lanes of this column's adder tree.
-                        for (l, lane) in lanes[..len].iter_mut().enumerate() {
-                            let (r, c) = match self.order {
-                                ReadOrder::RowMajor => (mi, ki + l),
-                                ReadOrder::ColMajor => (ki + l, mi),
-                            };
-                            *lane = self.store[bank_index(n, self.cw, r, c)];
-                        }
+                        // One cycle: the N lanes of this column's adder tree, read from N
+                        // distinct banks (runs of consecutive banks at one or two addresses).
+                        self.read_lanes(mi, ki, &mut lanes[..len]);
                         acc = acc.wrapping_add(dot(&lanes[..len], &brow[ki..ki + len]));
                         k += len;
                     }

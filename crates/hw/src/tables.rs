@@ -1,1 +1,196 @@
+//! Regenerates paper 002's Tables II, III, IV and VI from the models, each figure beside the
+//! paper's with its relative error, and whether the figure was used to fit a constant.
 
+use crate::catalog::Catalog;
+use crate::design::ArrayDesign;
+use crate::memory::{training_memory, TABLE_II};
+use crate::timing::{self, TABLE_VI};
+use crate::{networks, rel_error, Result};
+
+/// One reproduced figure.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TableRow {
+    pub table: String,
+    pub row: String,
+    pub quantity: String,
+    pub unit: String,
+    pub paper: f64,
+    pub model: f64,
+    pub rel_error: f64,
+    /// The paper figure was used to fit a model constant (its error says little).
+    pub fitted: bool,
+}
+
+fn row(
+    table: &str,
+    row: String,
+    quantity: &str,
+    unit: &str,
+    paper: f64,
+    model: f64,
+    fitted: bool,
+) -> TableRow {
+    TableRow {
+        table: table.into(),
+        row,
+        quantity: quantity.into(),
+        unit: unit.into(),
+        paper,
+        model,
+        rel_error: rel_error(model, paper),
+        fitted,
+    }
+}
+
+/// Table II: training memory of VGG16 (MB = 10^6 bytes).
+pub fn table_ii() -> Result<Vec<TableRow>> {
+    let vgg = networks::get("vgg16")?;
+    let mut out = Vec::new();
+    for p in TABLE_II {
+        let b = p[0] as usize;
+        let m = training_memory(vgg, b);
+        let r = format!("VGG16 batch {b}");
+        let mb = 1e6;
+        for (q, paper, model) in [
+            ("float (Darknet)", p[1], m.float_total),
+            ("8-bit malloc", p[2], m.int8_malloc),
+            ("8-bit cma", p[3], m.int8_cma),
+            ("8-bit total", p[4], m.int8_total()),
+            ("8-bit+SWA malloc", p[5], m.swa_malloc()),
+            ("8-bit+SWA total", p[7], m.swa_total()),
+        ] {
+            out.push(row("II", r.clone(), q, "MB", paper, model / mb, false));
+        }
+    }
+    Ok(out)
+}
+
+/// Tables III (ZCU111) and IV (Pynq-Z1): resources of the paper's designs.
+pub fn table_iii_iv() -> Result<Vec<TableRow>> {
+    let cat = Catalog::get();
+    let mut out = Vec::new();
+    for d in &cat.design {
+        let design = ArrayDesign::new(
+            &d.board,
+            d.n as usize,
+            d.a_rows as usize,
+            d.a_cols as usize,
+            d.clock_mhz,
+        )?;
+        let est = design.resources()?;
+        let fam = cat.family(&design.board.family)?;
+        let name = format!("{}x{} A_max {}/{}", d.n, d.n, d.a_rows, d.a_cols);
+        let fitted = fam
+            .fitted_from
+            .contains(&format!("{}/{}", d.a_rows, d.a_cols));
+        for (q, paper, model) in [
+            ("BRAM36", d.paper_bram36 as f64, est.bram36),
+            ("DSP", d.paper_dsp as f64, est.dsp as f64),
+            ("LUT", d.paper_lut as f64, est.lut as f64),
+            ("FF", d.paper_ff as f64, est.ff as f64),
+        ] {
+            out.push(row(
+                &d.table,
+                format!("{} {name}", d.board),
+                q,
+                "",
+                paper,
+                model,
+                fitted,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn is_fitted(net: &str, batch: usize, board: &str, fpga: bool) -> bool {
+    match (net, batch, board, fpga) {
+        ("vgg16", 1 | 128, "zcu111", _) => true,
+        ("logreg", 128, "pynq-z1", _) => true,
+        ("logreg", 128, "zcu111", true) => true,
+        _ => false,
+    }
+}
+
+/// Table VI: seconds per iteration, processor only and FPGA-accelerated, and the speed-ups
+/// 002 quotes (17x VGG16 batch 128; 5.5x and 4.3x LogReg on Pynq-Z1 and ZCU111).
+pub fn table_vi() -> Result<Vec<TableRow>> {
+    let mut out = Vec::new();
+    for &(net_id, batch, board, paper_cpu, paper_fpga) in TABLE_VI.iter() {
+        let net = networks::get(net_id)?;
+        let design = timing::table_vi_design(board)?;
+        let est = timing::fpga_iteration(net, batch, &design)?;
+        let cpu_name = if board == "pynq-z1" { "A9" } else { "A53" };
+        let r = format!("{net_id} batch {batch} on {board}");
+        out.push(row(
+            "VI",
+            r.clone(),
+            &format!("{cpu_name} only"),
+            "s",
+            paper_cpu,
+            est.cpu_only_s,
+            is_fitted(net_id, batch, board, false),
+        ));
+        out.push(row(
+            "VI",
+            r.clone(),
+            "FPGA",
+            "s",
+            paper_fpga,
+            est.fpga_total_s,
+            is_fitted(net_id, batch, board, true),
+        ));
+        let quoted = matches!((net_id, batch), ("vgg16", 128) | ("logreg", 256));
+        if quoted {
+            out.push(row(
+                "VI",
+                r,
+                "speed-up",
+                "x",
+                paper_cpu / paper_fpga,
+                est.speedup(),
+                net_id == "vgg16",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// All reproduced tables.
+pub fn all() -> Result<Vec<TableRow>> {
+    let mut v = table_ii()?;
+    v.extend(table_iii_iv()?);
+    v.extend(table_vi()?);
+    Ok(v)
+}
+
+/// Plain-text rendering, one line per figure.
+pub fn render(rows: &[TableRow]) -> String {
+    let mut s = format!(
+        "{:<5} {:<40} {:<18} {:>12} {:>12} {:>9}  {}\n",
+        "table", "row", "quantity", "paper", "model", "rel.err", "note"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:<5} {:<40} {:<18} {:>12} {:>12} {:>+8.1}%  {}\n",
+            r.table,
+            r.row,
+            r.quantity,
+            fmt_num(r.paper),
+            fmt_num(r.model),
+            100.0 * r.rel_error,
+            if r.fitted { "fitted" } else { "" }
+        ));
+    }
+    s
+}
+
+fn fmt_num(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.1 {
+        format!("{v:.4}")
+    } else if v.abs() < 100.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.0}")
+    }
+}
