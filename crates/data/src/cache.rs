@@ -319,3 +319,36 @@ pub fn load_cifar10_jpeg(tarball: Option<&Path>, dir: &DataDir) -> Result<Splits
         Some(CIFAR_TARBALL_SHA256),
     )
 }
+
+/// Loads CIFAR-10 from whatever `source` is, for a command line's single path option:
+/// - `None`: this project's JPEG tarball at its default location ([`load_cifar10_jpeg`]);
+/// - a file: a tarball of `<split>/<class>/*.jpg|png` images, through the decoded cache (its
+///   sha256 is not required to be the published one: the caller chose it);
+/// - a directory holding the binary release (`test_batch.bin`, directly or in
+///   `cifar-10-batches-bin/`): [`crate::cifar::load_cifar_binary`];
+/// - any other directory: an image folder `<dir>/<split>/<class>/*`, through the decoded cache.
+pub fn load_cifar10(source: Option<&Path>, dir: &DataDir) -> Result<Splits> {
+    let Some(path) = source else {
+        return load_cifar10_jpeg(None, dir);
+    };
+    let spec = ImageSetSpec::cifar10();
+    if path.is_file() {
+        return load_image_tarball_cached(path, &spec, dir, None);
+    }
+    if !path.is_dir() {
+        return Err(DataError::malformed(
+            path,
+            "CIFAR-10 source not found: give a tarball, a binary-release directory or an image folder",
+        ));
+    }
+    let binary = [
+        path.join(crate::cifar::CIFAR_BINARY_TEST_FILE),
+        path.join(crate::cifar::CIFAR_BINARY_SUBDIR)
+            .join(crate::cifar::CIFAR_BINARY_TEST_FILE),
+    ];
+    if binary.iter().any(|p| p.is_file()) {
+        crate::cifar::load_cifar_binary(path)
+    } else {
+        load_image_folder_cached(path, &spec, dir)
+    }
+}

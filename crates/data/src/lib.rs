@@ -23,7 +23,8 @@ pub use batch::{
     CropFlip, EpochBatches, Normalization,
 };
 pub use cache::{
-    load_cifar10_jpeg, load_image_folder_cached, load_image_tarball_cached, read_cache, write_cache,
+    load_cifar10, load_cifar10_jpeg, load_image_folder_cached, load_image_tarball_cached,
+    read_cache, write_cache,
 };
 pub use cifar::{
     default_cifar_tarball, load_cifar_binary, read_cifar_binary_files, CIFAR10_CLASSES,

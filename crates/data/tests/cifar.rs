@@ -12,8 +12,8 @@ use lowprec_data::cache::{
 };
 use lowprec_data::cifar::{encode_cifar_binary, parse_cifar_binary, CIFAR_RECORD_LEN};
 use lowprec_data::{
-    decode_image_tarball, default_cifar_tarball, load_cifar10_jpeg, load_cifar_binary,
-    load_image_folder, load_image_folder_cached, load_image_folder_split,
+    decode_image_tarball, default_cifar_tarball, load_cifar10, load_cifar10_jpeg,
+    load_cifar_binary, load_image_folder, load_image_folder_cached, load_image_folder_split,
     load_image_tarball_cached, read_cache, read_cifar_binary_files, write_cache, DataDir,
     DataError, Dataset, ImageSetSpec, CIFAR10_CLASSES,
 };
@@ -112,41 +112,29 @@ fn binary_malformed_files_name_file_and_record() {
 /// A 3x32x32 test image (channels-first) and its interleaved RGB encoding.
 fn test_image(seed: u64, h: u32, w: u32) -> (Vec<u8>, RgbImage) {
     let rgb = bytes(seed, (h * w * 3) as usize);
-    let img = RgbImage::from_raw(w, h, rgb.clone()).unwrap();
-    let plane = (h * w) as usize;
-    let mut chw = vec![0u8; 3 * plane];
-    for p in 0..plane {
-        for c in 0..3 {
-            chw[c * plane + p] = rgb[3 * p + c];
-        }
+    let chw = test_chw_from_rgb(&rgb);
+    (chw, RgbImage::from_raw(w, h, rgb).unwrap())
+}
+
+fn encoded(img: &RgbImage, png: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (raw, w, h) = (img.as_raw(), img.width(), img.height());
+    let rgb = image::ExtendedColorType::Rgb8;
+    if png {
+        image::codecs::png::PngEncoder::new(&mut out).write_image(raw, w, h, rgb)
+    } else {
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).write_image(raw, w, h, rgb)
     }
-    (chw, img)
+    .unwrap();
+    out
 }
 
 fn png_bytes(img: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .unwrap();
-    out
+    encoded(img, true)
 }
 
 fn jpeg_bytes(img: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .unwrap();
-    out
+    encoded(img, false)
 }
 
 fn decoded_chw(encoded: &[u8]) -> Vec<u8> {
@@ -520,5 +508,43 @@ fn cached_image_folder_reloads_from_cache_and_notices_changes() {
     assert_err_mentions(
         load_image_folder_cached(&dir.path().join("nope"), &spec, &data),
         &["nope"],
+    );
+}
+
+#[test]
+fn load_cifar10_accepts_each_kind_of_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path().join("data"));
+    // Binary release directory.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let parts: Vec<Dataset> = (0..6).map(|k| cifar_set(200 + k, 2)).collect();
+    for (k, part) in parts.iter().enumerate() {
+        let name = if k < 5 {
+            format!("data_batch_{}.bin", k + 1)
+        } else {
+            "test_batch.bin".into()
+        };
+        std::fs::write(bin.join(name), encode_cifar_binary(part).unwrap()).unwrap();
+    }
+    let from_bin = load_cifar10(Some(&bin), &data).unwrap();
+    assert_eq!(
+        (from_bin.train.len(), from_bin.test),
+        (10, parts[5].clone())
+    );
+    // Image folder and tarball of it.
+    let root = dir.path().join("imgs");
+    write_folder(&root);
+    let folder = load_cifar10(Some(&root), &data).unwrap();
+    assert_eq!(
+        folder,
+        load_image_folder(&root, &ImageSetSpec::cifar10()).unwrap()
+    );
+    let tgz = dir.path().join("imgs.tar.gz");
+    write_tarball(&root, &tgz, "imgs");
+    assert_eq!(load_cifar10(Some(&tgz), &data).unwrap(), folder);
+    assert_err_mentions(
+        load_cifar10(Some(&dir.path().join("missing")), &data),
+        &["missing", "not found"],
     );
 }
