@@ -5,6 +5,35 @@
 //! metrics (percentile thresholds, precision/recall/F1), a linear (PCA) reference detector,
 //! and the standard train/test recording pair for the experiment of 002 Section V. The
 //! auto-encoder detector itself (which needs the nn/train crates) will live here too.
+//!
+//! ```
+//! use lowprec_rf::baseline::PcaDetector;
+//! use lowprec_rf::window::make_windows;
+//! use lowprec_rf::*;
+//!
+//! // The standard pair, smaller: normal training data, a test recording with all three
+//! // anomaly types in annotated windows.
+//! let cfg = StandardPairConfig { train_samples: 1 << 16, test_samples: 1 << 15, anomaly_samples: 1024, ..Default::default() };
+//! let pair = standard_pair(&cfg)?;
+//! let train = Generator::new(pair.train)?.generate_all()?;
+//! let test_gen = Generator::new(pair.test)?;
+//! let test = test_gen.generate_all()?;
+//! let labels: Vec<LabelRange> = test_gen.spec().anomalies.iter()
+//!     .map(|a| LabelRange { start: a.start, count: a.count, label: a.kind.label().into() })
+//!     .collect();
+//!
+//! // 32 reals per window, scaled by the training segment's RMS.
+//! let norm = Normaliser::fit(&train)?;
+//! let wtrain = make_windows(&train, WindowConfig::default(), norm, &[])?;
+//! let wtest = make_windows(&test, WindowConfig::default(), norm, &labels)?;
+//!
+//! // Any detector's scores: threshold from the training errors, F1 on the test labels.
+//! let pca = PcaDetector::fit(&wtrain, 8)?;
+//! let threshold = select_threshold(&pca.scores(&wtrain)?, ThresholdRule::Percentile(99.0))?;
+//! let result = Confusion::from_scores(&pca.scores(&wtest)?, &wtest.labels, threshold)?;
+//! assert!(result.f1() > 0.5);
+//! # Ok::<(), RfError>(())
+//! ```
 
 pub mod baseline;
 pub mod metrics;

@@ -85,6 +85,20 @@ pub struct Global {
         skip_serializing_if = "Option::is_none"
     )]
     pub extensions: Option<Vec<Extension>>,
+    /// Bytes after the samples (non-conforming datasets); only 0 is supported.
+    #[serde(
+        rename = "core:trailing_bytes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trailing_bytes: Option<u64>,
+    /// A metadata-only recording has no samples; rejected by the reader.
+    #[serde(
+        rename = "core:metadata_only",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub metadata_only: Option<bool>,
     /// Number of samples in the data file (lowprec extension; lets a reader detect truncation
     /// without hashing).
     #[serde(
@@ -113,6 +127,13 @@ pub struct Capture {
         skip_serializing_if = "Option::is_none"
     )]
     pub frequency: Option<f64>,
+    /// Bytes of header before this capture's samples; only 0 is supported.
+    #[serde(
+        rename = "core:header_bytes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub header_bytes: Option<u64>,
 }
 
 /// One `annotations` entry.
@@ -181,12 +202,15 @@ impl SigMfMeta {
                 description: None,
                 recorder: None,
                 extensions: None,
+                trailing_bytes: None,
+                metadata_only: None,
                 sample_count: None,
                 generator: None,
             },
             captures: vec![Capture {
                 sample_start: 0,
                 frequency: None,
+                header_bytes: None,
             }],
             annotations: Vec::new(),
         }
@@ -282,6 +306,23 @@ impl SigMfMeta {
         if let Some(h) = &g.sha512 {
             if h.len() != 128 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad(format!("core:sha512 is not 128 hex digits: {h:?}"));
+            }
+        }
+        if g.trailing_bytes.unwrap_or(0) != 0 {
+            return bad(
+                "core:trailing_bytes is not 0; datasets with trailing bytes are not supported"
+                    .into(),
+            );
+        }
+        if g.metadata_only == Some(true) {
+            return bad("core:metadata_only is true: this recording has no samples to read".into());
+        }
+        for (k, c) in self.captures.iter().enumerate() {
+            if c.header_bytes.unwrap_or(0) != 0 {
+                return bad(format!(
+                    "capture {k} has core:header_bytes {}; datasets with headers are not supported",
+                    c.header_bytes.unwrap_or(0)
+                ));
             }
         }
         for (k, a) in self.annotations.iter().enumerate() {

@@ -488,6 +488,36 @@ fn empty_recordings_and_streams_are_fine() {
 }
 
 #[test]
+fn non_finite_samples_in_a_sigmf_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s: Vec<Iq> = (0..100)
+        .map(|k| Iq {
+            i: k as f32,
+            q: 1.0,
+        })
+        .collect();
+    s[42].q = f32::NAN;
+    write_sigmf(&dir.path().join("n"), SigMfMeta::new(1e3), &s[..], 7).unwrap();
+    match read_recording(&dir.path().join("n"), ReadOptions::default()) {
+        Err(RfError::NonFinite {
+            index: 42,
+            component: "Q",
+            source_name,
+            ..
+        }) => {
+            assert!(source_name.ends_with("n.sigmf-data"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let opts = ReadOptions {
+        non_finite: NonFinitePolicy::Zero,
+        ..Default::default()
+    };
+    let r = read_recording(&dir.path().join("n"), opts).unwrap();
+    assert_eq!((r.replaced, r.samples[42]), (1, Iq::default()));
+}
+
+#[test]
 fn raw_reader_matches_sigmf_reader() {
     let dir = tempfile::tempdir().unwrap();
     let (base, _, data) = fresh(dir.path());
