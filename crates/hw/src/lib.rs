@@ -6,6 +6,7 @@
 //! paper-004 throughput projections. Network layer shapes (VGG16, LogReg, the RF auto-encoder,
 //! PreResNet-20) are data in this crate. Every model prints beside the paper's figure.
 
+pub mod bench;
 pub mod catalog;
 pub mod design;
 pub mod memory;
