@@ -222,7 +222,13 @@ impl fmt::Display for Confusion {
 /// wins. Returns `(threshold, confusion)`; the threshold is one of the scores (or -inf, all
 /// anomalous), so `score > threshold` reproduces the confusion exactly.
 pub fn best_f1(scores: &[f32], labels: &[bool]) -> Result<(f32, Confusion), RfError> {
-    check_scores("scores", scores)?;
+    if scores.is_empty() {
+        return Err(RfError::InvalidArgument("scores: no values".into()));
+    }
+    // Infinite scores (a saturated detector) sort fine; NaN has no place in the order.
+    if let Some(k) = scores.iter().position(|s| s.is_nan()) {
+        return Err(RfError::InvalidArgument(format!("score {k} is NaN")));
+    }
     if scores.len() != labels.len() {
         return Err(RfError::InvalidArgument(format!(
             "{} scores but {} labels",

@@ -30,6 +30,10 @@ use crate::{Iq, RfError, CF32_BYTES};
 
 /// The SigMF version written.
 pub const SIGMF_VERSION: &str = "1.2.0";
+/// Largest number of samples buffered per read or write call (32 MiB); larger requests are
+/// served in several calls.
+pub const MAX_CHUNK_SAMPLES: usize = 1 << 22;
+
 /// The only datatype this crate reads or writes.
 pub const DATATYPE: &str = "cf32_le";
 
@@ -456,7 +460,7 @@ pub fn write_cf32<W: Write>(
     source: &(impl SampleSource + ?Sized),
     chunk: usize,
 ) -> Result<String, RfError> {
-    let chunk = chunk.max(1);
+    let chunk = chunk.clamp(1, MAX_CHUNK_SAMPLES);
     let n = source.num_samples();
     let mut samples = vec![Iq::default(); chunk.min(n as usize)];
     let mut bytes = Vec::with_capacity(samples.len() * CF32_BYTES);
@@ -641,14 +645,15 @@ impl<R: Read> SampleStream<R> {
         self.replaced
     }
 
-    /// Clears `out` and fills it with up to `max` samples. Returns the number read; 0 means
-    /// the stream ended and passed its end checks.
+    /// Clears `out` and fills it with up to `max` samples (at most [`MAX_CHUNK_SAMPLES`]);
+    /// fewer only at the end of the stream. Returns the number read; 0 means the stream ended
+    /// and passed its end checks.
     pub fn read_chunk(&mut self, out: &mut Vec<Iq>, max: usize) -> Result<usize, RfError> {
         out.clear();
         if self.finished || max == 0 {
             return Ok(0);
         }
-        let want = max.saturating_mul(CF32_BYTES);
+        let want = max.min(MAX_CHUNK_SAMPLES) * CF32_BYTES;
         self.bytes.clear();
         self.bytes.extend_from_slice(&self.pending);
         self.pending.clear();

@@ -155,6 +155,13 @@ fn best_f1_matches_brute_force() {
         assert_eq!(c.f1(), brute, "n {n}");
     }
     assert!(best_f1(&[], &[]).is_err());
+    assert!(best_f1(&[f32::NAN], &[true]).is_err());
+    let (t, c) = best_f1(
+        &[f32::INFINITY, 1.0, f32::NEG_INFINITY],
+        &[true, false, false],
+    )
+    .unwrap();
+    assert_eq!((t, c.f1()), (1.0, 1.0));
     assert!(best_f1(&[1.0], &[]).is_err());
 }
 

@@ -435,6 +435,10 @@ fn streams_any_chunking_and_short_reads() {
         // Reads after the end keep returning 0.
         assert_eq!(stream.read_chunk(&mut buf, 10).unwrap(), 0);
     }
+    // An enormous request is served without allocating for it.
+    let mut stream = SampleStream::new(&bytes[..], "<stdin>", NonFinitePolicy::Error);
+    let mut buf = Vec::new();
+    assert_eq!(stream.read_chunk(&mut buf, usize::MAX).unwrap(), 9001);
     // Odd trailing bytes on a stream.
     let mut stream = SampleStream::new(
         Trickle {
