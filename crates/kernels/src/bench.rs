@@ -1,1 +1,241 @@
-//! placeholder
+//! GEMM throughput tables (the library side of `lowprec bench gemm` and the criterion bench).
+//!
+//! Each record is the median of `reps` timed runs after one warm-up run, on a rayon pool of the
+//! requested size. One MAC counts as 2 operations.
+
+use crate::f32gemm::{gemm_f32_with, F32Impl};
+use crate::types::{GemmSpec, MatMut, MatRef, QMatRef, Scales};
+use crate::KernelError;
+use std::time::Instant;
+
+/// What a record measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum BenchKernel {
+    /// [`crate::gemm_q8`]: exact i8 GEMM with the fused scale epilogue.
+    #[serde(rename = "i8")]
+    I8,
+    /// [`crate::gemm_f32`]: the f32 implementation chosen for the shape.
+    #[serde(rename = "f32")]
+    F32,
+    /// The `gemm` crate, blocked as in [`crate::gemm_f32`].
+    #[serde(rename = "f32-gemm")]
+    F32Gemm,
+    /// `matrixmultiply`, `C = A B`.
+    #[serde(rename = "f32-matrixmultiply")]
+    F32Mm,
+    /// `matrixmultiply`, `C^T = B^T A^T`.
+    #[serde(rename = "f32-matrixmultiply-t")]
+    F32MmT,
+}
+
+impl BenchKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchKernel::I8 => "i8",
+            BenchKernel::F32 => "f32",
+            BenchKernel::F32Gemm => "f32-gemm",
+            BenchKernel::F32Mm => "f32-matrixmultiply",
+            BenchKernel::F32MmT => "f32-matrixmultiply-t",
+        }
+    }
+
+    /// Parses [`BenchKernel::name`].
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            BenchKernel::I8,
+            BenchKernel::F32,
+            BenchKernel::F32Gemm,
+            BenchKernel::F32Mm,
+            BenchKernel::F32MmT,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+    }
+}
+
+/// One measured (kernel, shape, threads) point.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GemmRecord {
+    pub kernel: BenchKernel,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub threads: usize,
+    /// Median throughput, 10^9 operations per second (1 MAC = 2 ops).
+    pub gops: f64,
+    pub median_ms: f64,
+    pub reps: usize,
+}
+
+/// A GEMM shape, `M x K x N` (C is `M x N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+}
+
+impl Shape {
+    /// Parses `MxKxN` (or a single number `S` for `SxSxS`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.trim().split(['x', 'X']).collect();
+        let num = |p: &str| {
+            p.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("shape {s:?}: {p:?} is not a size ({e})"))
+        };
+        match parts.as_slice() {
+            [d] => {
+                let d = num(d)?;
+                Ok(Shape { m: d, k: d, n: d })
+            }
+            [m, k, n] => Ok(Shape {
+                m: num(m)?,
+                k: num(k)?,
+                n: num(n)?,
+            }),
+            _ => Err(format!("shape {s:?}: expected MxKxN")),
+        }
+    }
+}
+
+/// The default shapes: square GEMMs and the VGG16 convolution GEMMs of 002 (MxKxN).
+pub fn default_shapes() -> Vec<Shape> {
+    [
+        (512, 512, 512),
+        (1024, 1024, 1024),
+        (64, 576, 131072),
+        (64, 131072, 576),
+        (576, 64, 131072),
+        (512, 4608, 2048),
+    ]
+    .into_iter()
+    .map(|(m, k, n)| Shape { m, k, n })
+    .collect()
+}
+
+/// Deterministic operand contents (a hash of the index; no RNG state).
+fn fill_i8(len: usize, salt: u64) -> Vec<i8> {
+    (0..len as u64)
+        .map(|i| {
+            let z = (i ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            ((z >> 56) as u8 as i8).max(-127)
+        })
+        .collect()
+}
+
+fn fill_f32(len: usize, salt: u64) -> Vec<f32> {
+    (0..len as u64)
+        .map(|i| {
+            let z = (i ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            ((z >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+fn median_ms(mut times: Vec<f64>) -> f64 {
+    times.sort_by(|a, b| a.total_cmp(b));
+    let n = times.len();
+    if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        0.5 * (times[n / 2 - 1] + times[n / 2])
+    }
+}
+
+/// Times `kernels` on every shape at every thread count; `reps >= 1` timed runs each.
+pub fn gemm_table_with(
+    kernels: &[BenchKernel],
+    shapes: &[Shape],
+    threads: &[usize],
+    reps: usize,
+) -> Result<Vec<GemmRecord>, KernelError> {
+    let reps = reps.max(1);
+    let mut out = Vec::new();
+    for &sh in shapes {
+        let Shape { m, k, n } = sh;
+        let needs_i8 = kernels.contains(&BenchKernel::I8);
+        let needs_f32 = kernels.iter().any(|&k| k != BenchKernel::I8);
+        let (a8, b8) = if needs_i8 {
+            (fill_i8(m * k, 1), fill_i8(k * n, 2))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let (af, bf) = if needs_f32 {
+            (fill_f32(m * k, 3), fill_f32(k * n, 4))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut c = vec![0f32; m * n];
+        for &t in threads {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(t.max(1))
+                .build()
+                .map_err(|e| KernelError::Shape(format!("cannot build a {t}-thread pool: {e}")))?;
+            for &kern in kernels {
+                let mut run = || -> Result<(), KernelError> {
+                    let cm = MatMut::row_major(&mut c, m, n)?;
+                    match kern {
+                        BenchKernel::I8 => {
+                            let sa = [0.5f32];
+                            let sb = [0.25f32];
+                            let qa = QMatRef {
+                                mat: MatRef::row_major(&a8, m, k)?,
+                                scales: Scales::uniform(&sa),
+                                max_abs: 127,
+                            };
+                            let qb = QMatRef {
+                                mat: MatRef::row_major(&b8, k, n)?,
+                                scales: Scales::uniform(&sb),
+                                max_abs: 127,
+                            };
+                            crate::gemm_q8(qa, qb, GemmSpec::whole_k(), cm)
+                        }
+                        f => {
+                            let a = MatRef::row_major(&af, m, k)?;
+                            let b = MatRef::row_major(&bf, k, n)?;
+                            let imp = match f {
+                                BenchKernel::F32Gemm => F32Impl::Gemm,
+                                BenchKernel::F32Mm => F32Impl::MatrixMultiply,
+                                BenchKernel::F32MmT => F32Impl::MatrixMultiplyT,
+                                _ => F32Impl::choose(m, k, n),
+                            };
+                            gemm_f32_with(imp, a, b, false, cm)
+                        }
+                    }
+                };
+                let mut times = Vec::with_capacity(reps);
+                pool.install(|| -> Result<(), KernelError> {
+                    run()?; // warm-up: page faults, pool start, caches
+                    for _ in 0..reps {
+                        let t0 = Instant::now();
+                        run()?;
+                        times.push(t0.elapsed().as_secs_f64() * 1e3);
+                    }
+                    Ok(())
+                })?;
+                let med = median_ms(times);
+                out.push(GemmRecord {
+                    kernel: kern,
+                    m,
+                    k,
+                    n,
+                    threads: t,
+                    gops: 2.0 * (m * k * n) as f64 / (med * 1e-3) / 1e9,
+                    median_ms: med,
+                    reps,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// i8 and f32 (the implementation [`crate::gemm_f32`] picks) side by side.
+pub fn gemm_table(
+    shapes: &[Shape],
+    threads: &[usize],
+    reps: usize,
+) -> Result<Vec<GemmRecord>, KernelError> {
+    gemm_table_with(&[BenchKernel::I8, BenchKernel::F32], shapes, threads, reps)
+}

@@ -67,7 +67,11 @@ pub fn gemm_f32_with(
 ) -> Result<(), KernelError> {
     use rayon::prelude::*;
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k || c.rows != m || c.cols != n || c.ld < n || (m > 0 && c.data.len() < (m - 1) * c.ld + n)
+    if b.rows != k
+        || c.rows != m
+        || c.cols != n
+        || c.ld < n
+        || (m > 0 && c.data.len() < (m - 1) * c.ld + n)
     {
         return Err(KernelError::Shape(format!(
             "f32 GEMM: A {m}x{k}, B {}x{n}, C {}x{} (ld {}, {} elements)",

@@ -8,10 +8,19 @@
 //! [`types`]. [`backend::GemmBackend`] is the trait layers call, so an FPGA simulator or a GPU
 //! can stand in for the CPU without touching the layers.
 
+pub mod bench;
+pub mod f32gemm;
+pub mod pack;
+pub mod qgemm;
 pub mod reference;
+mod smallseg;
 pub mod types;
+pub mod ukernel;
 
+pub use f32gemm::{gemm_f32_with, F32Impl};
+pub use qgemm::{gemm_i8_i32_with, gemm_q};
 pub use types::{k_chunks, k_safe, segment_count, GemmSpec, MatMut, MatRef, QMatRef, Scales};
+pub use ukernel::Isa;
 
 /// Errors from kernels: bad shapes or operands outside their declared range.
 #[derive(Debug, thiserror::Error)]
@@ -25,50 +34,45 @@ pub enum KernelError {
 pub mod backend;
 pub use backend::{CpuBackend, GemmBackend};
 
-// NOTE: the three entry points below currently route to the scalar references; the
-// vectorised, multi-threaded kernels replace them (same signatures, same bits).
-
-/// Quantised 8-bit GEMM (see [`types`] for the exact semantics).
+/// Quantised 8-bit GEMM (see [`types`] for the exact semantics) on the fastest kernels this CPU
+/// runs, threaded over the current rayon pool; same bits as [`reference::gemm_q8_ref`].
 pub fn gemm_q8(
     a: QMatRef<'_, i8>,
     b: QMatRef<'_, i8>,
     spec: GemmSpec,
     c: MatMut<'_, f32>,
 ) -> Result<(), KernelError> {
-    reference::gemm_q8_ref(a, b, spec, c)
+    qgemm::gemm_q(Isa::detect(), a, b, spec, c)
 }
 
-/// Quantised 9..16-bit GEMM (mantissas in i16).
+/// Quantised 9..16-bit GEMM (mantissas in i16); same bits as [`reference::gemm_q16_ref`].
 pub fn gemm_q16(
     a: QMatRef<'_, i16>,
     b: QMatRef<'_, i16>,
     spec: GemmSpec,
     c: MatMut<'_, f32>,
 ) -> Result<(), KernelError> {
-    reference::gemm_q16_ref(a, b, spec, c)
+    qgemm::gemm_q(Isa::detect(), a, b, spec, c)
 }
 
-/// f32 GEMM: `C (+)= A * B`.
+/// Exact `C = A * B` with i8 operands and i32 results (`K <= k_safe(128, 128)`); same values as
+/// [`reference::gemm_i8_i32_ref`].
+pub fn gemm_i8_i32(
+    a: MatRef<'_, i8>,
+    b: MatRef<'_, i8>,
+    c: MatMut<'_, i32>,
+) -> Result<(), KernelError> {
+    qgemm::gemm_i8_i32_with(Isa::detect(), a, b, c)
+}
+
+/// f32 GEMM: `C (+)= A * B`, on the crate measured fastest for the shape
+/// ([`F32Impl::choose`]); the same bits at any thread count.
 pub fn gemm_f32(
     a: MatRef<'_, f32>,
     b: MatRef<'_, f32>,
     accumulate: bool,
     c: MatMut<'_, f32>,
 ) -> Result<(), KernelError> {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k || c.rows != m || c.cols != n {
-        return Err(KernelError::Shape(format!(
-            "A {m}x{k}, B {}x{n}, C {}x{}",
-            b.rows, c.rows, c.cols
-        )));
-    }
-    let r = reference::gemm_f64_ref(a, b);
-    for i in 0..m {
-        for j in 0..n {
-            let v = r[i * n + j] as f32;
-            let d = &mut c.data[i * c.ld + j];
-            *d = if accumulate { *d + v } else { v };
-        }
-    }
-    Ok(())
+    let imp = F32Impl::choose(a.rows, a.cols, b.cols);
+    f32gemm::gemm_f32_with(imp, a, b, accumulate, c)
 }

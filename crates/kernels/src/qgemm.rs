@@ -158,11 +158,7 @@ pub(crate) fn partition(m: usize, n: usize, macs: usize, threads: usize) -> Vec<
         return whole;
     }
     let split_n = n >= m;
-    let (len, align, min_len) = if split_n {
-        (n, NR, 64)
-    } else {
-        (m, MR, 48)
-    };
+    let (len, align, min_len) = if split_n { (n, NR, 64) } else { (m, MR, 48) };
     let units = len.div_ceil(align);
     let want = (threads * 2).min(len / min_len).max(threads.min(units));
     let parts = want.clamp(1, units);
@@ -274,7 +270,8 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
                     for ir in 0..mcur.div_ceil(MR) {
                         let m = ic + ir * MR;
                         let mvalid = MR.min(ic + mcur - m);
-                        let tile_idx = ((m - blk.m0) / MR) * ntiles_c + jr;
+                        // Tile-major by column strip, so the tiles of consecutive `ir` are adjacent.
+                        let tile_idx = jr * mtiles + (m - blk.m0) / MR;
                         for pc in &step.pieces {
                             let tile: &mut [i32; TILE] = if pc.first && pc.last {
                                 &mut local
@@ -358,7 +355,15 @@ unsafe fn epilogue<T>(
                 *v = scale(&sa, s, m + r);
             }
             if mvalid == MR && nvalid == NR {
-                epilogue_full(ctx.isa, tile, &sav, &sbv, c.0.add(m * ldc + n), ldc, zero_init);
+                epilogue_full(
+                    ctx.isa,
+                    tile,
+                    &sav,
+                    &sbv,
+                    c.0.add(m * ldc + n),
+                    ldc,
+                    zero_init,
+                );
             } else {
                 for r in 0..mvalid {
                     let row = c.0.add((m + r) * ldc + n);
@@ -449,9 +454,19 @@ pub(crate) fn check_range<T: QElem>(
         })
     }
     let bad = if q.col_stride == 1 {
-        (0..q.rows).any(|r| over(&q.data[r * q.row_stride..r * q.row_stride + q.cols], max_abs))
+        (0..q.rows).any(|r| {
+            over(
+                &q.data[r * q.row_stride..r * q.row_stride + q.cols],
+                max_abs,
+            )
+        })
     } else if q.row_stride == 1 {
-        (0..q.cols).any(|c| over(&q.data[c * q.col_stride..c * q.col_stride + q.rows], max_abs))
+        (0..q.cols).any(|c| {
+            over(
+                &q.data[c * q.col_stride..c * q.col_stride + q.rows],
+                max_abs,
+            )
+        })
     } else {
         true // no bulk scan for general strides: let the reference scan decide
     };
@@ -553,7 +568,11 @@ mod tests {
 
     #[test]
     fn steps_cover_chunks_in_order() {
-        for (k, seg, ks) in [(1000, 3, 10_000), (5000, usize::MAX, 133_144), (1301, 600, 512)] {
+        for (k, seg, ks) in [
+            (1000, 3, 10_000),
+            (5000, usize::MAX, 133_144),
+            (1301, 600, 512),
+        ] {
             let chunks = k_chunks(k, seg, ks);
             let (steps, multi) = build_steps(&chunks, KC_PAIRS);
             let mut covered = Vec::new();
@@ -573,13 +592,22 @@ mod tests {
                 assert_eq!(last, b == chunks[ci].2);
             }
             assert_eq!(next, k);
-            assert_eq!(multi, chunks.iter().any(|c| (c.2 - c.1).div_ceil(2) > KC_PAIRS));
+            assert_eq!(
+                multi,
+                chunks.iter().any(|c| (c.2 - c.1).div_ceil(2) > KC_PAIRS)
+            );
         }
     }
 
     #[test]
     fn partition_is_disjoint_and_complete() {
-        for (m, n, t) in [(64, 131072, 2), (1024, 1024, 3), (576, 64, 2), (7, 5, 2), (1, 1000, 3)] {
+        for (m, n, t) in [
+            (64, 131072, 2),
+            (1024, 1024, 3),
+            (576, 64, 2),
+            (7, 5, 2),
+            (1, 1000, 3),
+        ] {
             let blocks = partition(m, n, m * n * 4096, t);
             let mut seen = vec![0u8; m * n];
             for b in &blocks {

@@ -11,6 +11,18 @@ pub fn validate_q<T: Copy + Into<i32>>(
     spec: &GemmSpec,
     c: &MatMut<'_, f32>,
 ) -> Result<(), KernelError> {
+    validate_q_shapes(a, b, spec, c)?;
+    check_range_ref("A", &a.mat, a.max_abs)?;
+    check_range_ref("B", &b.mat, b.max_abs)
+}
+
+/// The shape and scale part of [`validate_q`] (everything but the element scan).
+pub fn validate_q_shapes<T: Copy>(
+    a: &QMatRef<'_, T>,
+    b: &QMatRef<'_, T>,
+    spec: &GemmSpec,
+    c: &MatMut<'_, f32>,
+) -> Result<(), KernelError> {
     let (m, k, n) = (a.mat.rows, a.mat.cols, b.mat.cols);
     if b.mat.rows != k {
         return Err(KernelError::Shape(format!(
@@ -35,16 +47,22 @@ pub fn validate_q<T: Copy + Into<i32>>(
     let segs = segment_count(k, spec.segment);
     a.scales.check("A scales", segs, m)?;
     b.scales.check("B scales", segs, n)?;
-    for (name, q) in [("A", a), ("B", b)] {
-        for r in 0..q.mat.rows {
-            for cc in 0..q.mat.cols {
-                let v: i32 = q.mat.at(r, cc).into();
-                if v.unsigned_abs() > q.max_abs {
-                    return Err(KernelError::Range(format!(
-                        "{name}[{r},{cc}] = {v} exceeds the declared bound {}",
-                        q.max_abs
-                    )));
-                }
+    Ok(())
+}
+
+/// The element scan of [`validate_q`]: the first element (row-major order) above `max_abs`.
+pub fn check_range_ref<T: Copy + Into<i32>>(
+    name: &str,
+    q: &MatRef<'_, T>,
+    max_abs: u32,
+) -> Result<(), KernelError> {
+    for r in 0..q.rows {
+        for cc in 0..q.cols {
+            let v: i32 = q.at(r, cc).into();
+            if v.unsigned_abs() > max_abs {
+                return Err(KernelError::Range(format!(
+                    "{name}[{r},{cc}] = {v} exceeds the declared bound {max_abs}"
+                )));
             }
         }
     }
@@ -101,25 +119,48 @@ pub fn gemm_q16_ref(
     gemm_q_ref(a, b, spec, c)
 }
 
-/// Reference for [`crate::gemm_i8_i32`]: plain exact integer product, C = A * B in i32.
-pub fn gemm_i8_i32_ref(
-    a: MatRef<'_, i8>,
-    b: MatRef<'_, i8>,
-    c: MatMut<'_, i32>,
+/// Shape checks of [`crate::gemm_i8_i32`]: inner dimensions, C's extent, both views, and
+/// K short enough that no i8 operands can overflow i32.
+pub fn validate_i32_shapes(
+    a: &MatRef<'_, i8>,
+    b: &MatRef<'_, i8>,
+    c: &MatMut<'_, i32>,
 ) -> Result<(), KernelError> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k || c.rows != m || c.cols != n {
+    if b.rows != k
+        || c.rows != m
+        || c.cols != n
+        || c.ld < n
+        || (m > 0 && c.data.len() < (m - 1) * c.ld + n)
+    {
         return Err(KernelError::Shape(format!(
-            "A {m}x{k}, B {}x{n}, C {}x{}",
-            b.rows, c.rows, c.cols
+            "A {m}x{k}, B {}x{n}, C {}x{} (ld {}, {} elements)",
+            b.rows,
+            c.rows,
+            c.cols,
+            c.ld,
+            c.data.len()
         )));
     }
+    a.check("A")?;
+    b.check("B")?;
     if k > k_safe(128, 128) {
         return Err(KernelError::Range(format!(
             "K = {k} may overflow i32 (largest safe K for any i8 operands is {})",
             k_safe(128, 128)
         )));
     }
+    Ok(())
+}
+
+/// Reference for [`crate::gemm_i8_i32`]: plain exact integer product, C = A * B in i32.
+pub fn gemm_i8_i32_ref(
+    a: MatRef<'_, i8>,
+    b: MatRef<'_, i8>,
+    c: MatMut<'_, i32>,
+) -> Result<(), KernelError> {
+    validate_i32_shapes(&a, &b, &c)?;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     for i in 0..m {
         for j in 0..n {
             let mut acc = 0i32;

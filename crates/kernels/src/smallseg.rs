@@ -98,7 +98,9 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
             .map(|(s, j)| ctx.sb.get(s, blk.n0 + j))
             .collect()
     } else {
-        (0..segs).map(|s| ctx.sb.values[s * ctx.sb.seg_stride]).collect()
+        (0..segs)
+            .map(|s| ctx.sb.values[s * ctx.sb.seg_stride])
+            .collect()
     };
     let mut arow = vec![0f32; k];
     let mut sa_row = vec![0f32; segs];
@@ -136,7 +138,17 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
                     crow,
                 );
             } else {
-                row_tail(&arow, &bf[nb..], nt, ctx.chunks, &sa_row, sbm, nb, ctx.accumulate, crow);
+                row_tail(
+                    &arow,
+                    &bf[nb..],
+                    nt,
+                    ctx.chunks,
+                    &sa_row,
+                    sbm,
+                    nb,
+                    ctx.accumulate,
+                    crow,
+                );
             }
         }
         nb += w;

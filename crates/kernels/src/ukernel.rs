@@ -31,7 +31,8 @@ impl Isa {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
             {
                 return Isa::Avx2;
             }
@@ -72,7 +73,13 @@ pub unsafe fn run(
 ///
 /// # Safety
 /// See [`run`].
-pub unsafe fn generic(kp: usize, a: *const i16, b: *const i16, tile: &mut [i32; TILE], first: bool) {
+pub unsafe fn generic(
+    kp: usize,
+    a: *const i16,
+    b: *const i16,
+    tile: &mut [i32; TILE],
+    first: bool,
+) {
     if first {
         tile.fill(0);
     }
@@ -93,13 +100,19 @@ pub unsafe fn generic(kp: usize, a: *const i16, b: *const i16, tile: &mut [i32; 
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{MR, NR, TILE};
+    use super::TILE;
     use std::arch::x86_64::*;
 
     /// 6x16 tile, 12 ymm accumulators, 2 B loads + 6 broadcasts + 12 `vpmaddwd` + 12 `vpaddd`
-    /// per k-pair.
+    /// per k-pair (`MR = 6`, `NR = 16` are baked into the offsets below).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel(kp: usize, a: *const i16, b: *const i16, tile: &mut [i32; TILE], first: bool) {
+    pub unsafe fn kernel(
+        kp: usize,
+        a: *const i16,
+        b: *const i16,
+        tile: &mut [i32; TILE],
+        first: bool,
+    ) {
         let t = tile.as_mut_ptr() as *mut __m256i;
         macro_rules! init {
             ($i:expr) => {
@@ -116,51 +129,208 @@ mod avx2 {
         let (mut c30, mut c31) = (init!(6), init!(7));
         let (mut c40, mut c41) = (init!(8), init!(9));
         let (mut c50, mut c51) = (init!(10), init!(11));
-        let mut ap = a as *const i32;
-        let mut bp = b as *const __m256i;
-        macro_rules! step {
-            ($ao:expr, $bo:expr) => {{
-                let b0 = _mm256_loadu_si256(bp.add($bo));
-                let b1 = _mm256_loadu_si256(bp.add($bo + 1));
-                let x = _mm256_set1_epi32(*ap.add($ao));
-                c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x, b0));
-                c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x, b1));
-                let x = _mm256_set1_epi32(*ap.add($ao + 1));
-                c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x, b0));
-                c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x, b1));
-                let x = _mm256_set1_epi32(*ap.add($ao + 2));
-                c20 = _mm256_add_epi32(c20, _mm256_madd_epi16(x, b0));
-                c21 = _mm256_add_epi32(c21, _mm256_madd_epi16(x, b1));
-                let x = _mm256_set1_epi32(*ap.add($ao + 3));
-                c30 = _mm256_add_epi32(c30, _mm256_madd_epi16(x, b0));
-                c31 = _mm256_add_epi32(c31, _mm256_madd_epi16(x, b1));
-                let x = _mm256_set1_epi32(*ap.add($ao + 4));
-                c40 = _mm256_add_epi32(c40, _mm256_madd_epi16(x, b0));
-                c41 = _mm256_add_epi32(c41, _mm256_madd_epi16(x, b1));
-                let x = _mm256_set1_epi32(*ap.add($ao + 5));
-                c50 = _mm256_add_epi32(c50, _mm256_madd_epi16(x, b0));
-                c51 = _mm256_add_epi32(c51, _mm256_madd_epi16(x, b1));
-            }};
-        }
-        // Unrolled by 4 k-pairs: the loop counter and pointer bumps are a visible share of a
-        // 6-cycle iteration otherwise.
-        let mut p = kp;
-        while p >= 4 {
-            step!(0, 0);
-            step!(MR, 2);
-            step!(2 * MR, 4);
-            step!(3 * MR, 6);
-            ap = ap.add(4 * MR);
-            bp = bp.add(8);
-            p -= 4;
-        }
-        while p > 0 {
-            step!(0, 0);
-            ap = ap.add(MR);
-            bp = bp.add(2);
-            p -= 1;
-        }
-        let _ = NR;
+        // The k loop is written in assembly: with intrinsics, LLVM re-associates the i32 adds
+        // of the unrolled steps (legal for integers) and spills accumulators to the stack.
+        // 12 accumulators (ymm4..15) + 2 B vectors + broadcast + product use all 16 registers.
+        std::arch::asm!(
+            "cmp {n}, 4",
+            "jb 3f",
+            "2:",
+            "vmovdqu ymm0, ymmword ptr [{b} + 0]",
+            "vmovdqu ymm1, ymmword ptr [{b} + 32]",
+            "vpbroadcastd ymm2, dword ptr [{a} + 0]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm4, ymm4, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm5, ymm5, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 4]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm6, ymm6, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm7, ymm7, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 8]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm8, ymm8, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm9, ymm9, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 12]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm10, ymm10, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm11, ymm11, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 16]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm12, ymm12, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm13, ymm13, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 20]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm14, ymm14, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm15, ymm15, ymm2",
+            "vmovdqu ymm0, ymmword ptr [{b} + 64]",
+            "vmovdqu ymm1, ymmword ptr [{b} + 96]",
+            "vpbroadcastd ymm2, dword ptr [{a} + 24]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm4, ymm4, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm5, ymm5, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 28]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm6, ymm6, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm7, ymm7, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 32]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm8, ymm8, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm9, ymm9, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 36]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm10, ymm10, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm11, ymm11, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 40]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm12, ymm12, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm13, ymm13, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 44]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm14, ymm14, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm15, ymm15, ymm2",
+            "vmovdqu ymm0, ymmword ptr [{b} + 128]",
+            "vmovdqu ymm1, ymmword ptr [{b} + 160]",
+            "vpbroadcastd ymm2, dword ptr [{a} + 48]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm4, ymm4, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm5, ymm5, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 52]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm6, ymm6, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm7, ymm7, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 56]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm8, ymm8, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm9, ymm9, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 60]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm10, ymm10, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm11, ymm11, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 64]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm12, ymm12, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm13, ymm13, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 68]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm14, ymm14, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm15, ymm15, ymm2",
+            "vmovdqu ymm0, ymmword ptr [{b} + 192]",
+            "vmovdqu ymm1, ymmword ptr [{b} + 224]",
+            "vpbroadcastd ymm2, dword ptr [{a} + 72]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm4, ymm4, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm5, ymm5, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 76]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm6, ymm6, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm7, ymm7, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 80]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm8, ymm8, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm9, ymm9, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 84]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm10, ymm10, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm11, ymm11, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 88]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm12, ymm12, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm13, ymm13, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 92]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm14, ymm14, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm15, ymm15, ymm2",
+            "add {a}, 96",
+            "add {b}, 256",
+            "sub {n}, 4",
+            "cmp {n}, 4",
+            "jae 2b",
+            "3:",
+            "test {n}, {n}",
+            "jz 5f",
+            "4:",
+            "vmovdqu ymm0, ymmword ptr [{b} + 0]",
+            "vmovdqu ymm1, ymmword ptr [{b} + 32]",
+            "vpbroadcastd ymm2, dword ptr [{a} + 0]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm4, ymm4, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm5, ymm5, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 4]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm6, ymm6, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm7, ymm7, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 8]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm8, ymm8, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm9, ymm9, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 12]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm10, ymm10, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm11, ymm11, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 16]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm12, ymm12, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm13, ymm13, ymm2",
+            "vpbroadcastd ymm2, dword ptr [{a} + 20]",
+            "vpmaddwd ymm3, ymm2, ymm0",
+            "vpaddd ymm14, ymm14, ymm3",
+            "vpmaddwd ymm2, ymm2, ymm1",
+            "vpaddd ymm15, ymm15, ymm2",
+            "add {a}, 24",
+            "add {b}, 64",
+            "dec {n}",
+            "jnz 4b",
+            "5:",
+            a = inout(reg) a => _,
+            b = inout(reg) b => _,
+            n = inout(reg) kp => _,
+            out("ymm0") _,
+            out("ymm1") _,
+            out("ymm2") _,
+            out("ymm3") _,
+            inout("ymm4") c00,
+            inout("ymm5") c01,
+            inout("ymm6") c10,
+            inout("ymm7") c11,
+            inout("ymm8") c20,
+            inout("ymm9") c21,
+            inout("ymm10") c30,
+            inout("ymm11") c31,
+            inout("ymm12") c40,
+            inout("ymm13") c41,
+            inout("ymm14") c50,
+            inout("ymm15") c51,
+            options(nostack, readonly),
+        );
         _mm256_storeu_si256(t, c00);
         _mm256_storeu_si256(t.add(1), c01);
         _mm256_storeu_si256(t.add(2), c10);
