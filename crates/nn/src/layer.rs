@@ -1,0 +1,78 @@
+//! The layer interface: explicit forward and backward over flat buffers.
+
+use crate::{Ctx, NnError, Tensor};
+
+/// A trainable tensor with its gradient.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    /// `<layer>.<what>`, e.g. `fc1.weight` (the checkpoint key).
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub value: Vec<f32>,
+    pub grad: Vec<f32>,
+    /// Whether weight decay applies (weights yes, biases and batch-norm parameters no).
+    pub decay: bool,
+    /// Bumped whenever `value` changes, so layers know to re-quantise (Q_w once per update).
+    pub version: u64,
+}
+
+impl Param {
+    pub fn new(name: String, shape: Vec<usize>, value: Vec<f32>, decay: bool) -> Self {
+        let n = value.len();
+        Param {
+            name,
+            shape,
+            value,
+            grad: vec![0.0; n],
+            decay,
+            version: 0,
+        }
+    }
+}
+
+/// One node of a network. `forward` gets the inputs named by the model (one for most layers);
+/// `backward` gets the gradient of the loss with respect to the output and returns one gradient
+/// per input, accumulating parameter gradients into its [`Param`]s.
+pub trait Layer: Send {
+    /// Instance name (`fc1`, `conv3`, ...).
+    fn name(&self) -> &str;
+    /// One-line description for listings.
+    fn describe(&self) -> String;
+    /// Output shape of one example given the input example shapes.
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, NnError>;
+    fn forward(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        inputs: &[&Tensor],
+        train: bool,
+    ) -> Result<Tensor, NnError>;
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError>;
+    fn params(&self) -> Vec<&Param> {
+        Vec::new()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        Vec::new()
+    }
+    /// Non-trainable state saved in checkpoints (batch-norm running statistics).
+    fn buffers(&self) -> Vec<(String, &Vec<f32>)> {
+        Vec::new()
+    }
+    fn buffers_mut(&mut self) -> Vec<(String, &mut Vec<f32>)> {
+        Vec::new()
+    }
+    /// Multiply-accumulates of one example's forward pass (for listings and the hw model).
+    fn macs_per_example(&self, _inputs: &[&[usize]]) -> u64 {
+        0
+    }
+    /// Bytes this layer keeps from the last training forward for its backward.
+    fn saved_bytes(&self) -> usize {
+        0
+    }
+    /// Drops what the last forward saved (evaluation, or memory accounting).
+    fn clear_saved(&mut self) {}
+    /// Batch-statistics recomputation (SWA with batch norm): `begin` resets the running
+    /// statistics and switches to a cumulative average over the following training-mode
+    /// forwards; `end` switches back. Layers without batch statistics ignore both.
+    fn begin_stats_recompute(&mut self) {}
+    fn end_stats_recompute(&mut self) {}
+}

@@ -1,0 +1,313 @@
+//! A network: layers in topological order, each reading the outputs of earlier layers.
+//!
+//! `forward` runs the layers in order and frees every intermediate output as soon as its last
+//! reader has run (layers keep what their backward needs, quantised where the policy says so).
+//! `backward` walks the layers in reverse, summing gradients where an output fed several layers.
+
+use std::collections::HashMap;
+
+use crate::activation::{Dropout, Flatten, Relu};
+use crate::layer::{Layer, Param};
+use crate::linear::Linear;
+use crate::spec::{LayerSpec, NetworkSpec};
+use crate::{Ctx, NnError, Tensor};
+
+pub struct Node {
+    pub layer: Box<dyn Layer>,
+    /// Value indices read: 0 is the network input, `i + 1` the output of node `i`.
+    pub inputs: Vec<usize>,
+}
+
+pub struct Model {
+    pub spec: NetworkSpec,
+    pub nodes: Vec<Node>,
+    /// Per-example shape of every value (0 = input).
+    pub shapes: Vec<Vec<usize>>,
+    last_use: Vec<usize>,
+}
+
+/// Builds one layer from its description; `in_shapes` are the per-example input shapes.
+pub type LayerFactory = fn(
+    id: u64,
+    name: &str,
+    spec: &LayerSpec,
+    in_shapes: &[&[usize]],
+    seed: u64,
+) -> Result<Box<dyn Layer>, NnError>;
+
+/// The factory for the layers this crate defines.
+pub fn build_layer(
+    id: u64,
+    name: &str,
+    spec: &LayerSpec,
+    in_shapes: &[&[usize]],
+    seed: u64,
+) -> Result<Box<dyn Layer>, NnError> {
+    let features = || {
+        in_shapes
+            .first()
+            .map(|s| s.iter().product::<usize>())
+            .unwrap_or(0)
+    };
+    Ok(match spec {
+        LayerSpec::Linear { out, bias } => {
+            if *out == 0 {
+                return Err(NnError::Spec(format!(
+                    "{name}: linear layer needs out >= 1"
+                )));
+            }
+            Box::new(Linear::new(id, name, features(), *out, *bias, seed))
+        }
+        LayerSpec::Relu => Box::new(Relu::new(name)),
+        LayerSpec::Dropout { p } => Box::new(Dropout::new(id, name, *p)?),
+        LayerSpec::Flatten => Box::new(Flatten::new(name)),
+    })
+}
+
+impl Model {
+    /// Builds the network with this crate's layers.
+    pub fn build(spec: &NetworkSpec, seed: u64) -> Result<Model, NnError> {
+        Self::build_with(spec, seed, build_layer)
+    }
+
+    /// Builds the network with a caller-provided factory (crates adding layer types wrap
+    /// [`build_layer`]).
+    pub fn build_with(
+        spec: &NetworkSpec,
+        seed: u64,
+        factory: LayerFactory,
+    ) -> Result<Model, NnError> {
+        if spec.input.is_empty() || spec.input.contains(&0) {
+            return Err(NnError::Spec(format!(
+                "input shape {:?} must be non-empty with no zero dimension",
+                spec.input
+            )));
+        }
+        if spec.layers.is_empty() {
+            return Err(NnError::Spec("the network has no layers".into()));
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        names.insert("input".into(), 0);
+        let mut shapes = vec![spec.input.clone()];
+        let mut nodes = Vec::new();
+        for (i, entry) in spec.layers.iter().enumerate() {
+            let name = entry
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}{}", entry.kind.type_name(), i + 1));
+            if names.contains_key(&name) {
+                return Err(NnError::Spec(format!("layer name `{name}` is used twice")));
+            }
+            let inputs: Vec<usize> = match &entry.from {
+                None => vec![i],
+                Some(from) => from
+                    .iter()
+                    .map(|f| {
+                        names.get(f).copied().ok_or_else(|| {
+                            NnError::Spec(format!(
+                                "layer `{name}` reads `{f}`, which is not an earlier layer"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            if inputs.is_empty() {
+                return Err(NnError::Spec(format!("layer `{name}` has an empty `from`")));
+            }
+            let in_shapes: Vec<&[usize]> = inputs.iter().map(|&v| shapes[v].as_slice()).collect();
+            let layer = factory(i as u64 + 1, &name, &entry.kind, &in_shapes, seed)?;
+            let out = layer
+                .output_shape(&in_shapes)
+                .map_err(|e| NnError::Spec(format!("{e}")))?;
+            shapes.push(out);
+            names.insert(name, i + 1);
+            nodes.push(Node { layer, inputs });
+        }
+        let mut last_use = vec![0usize; shapes.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            for &v in &n.inputs {
+                last_use[v] = i;
+            }
+        }
+        Ok(Model {
+            spec: spec.clone(),
+            nodes,
+            shapes,
+            last_use,
+        })
+    }
+
+    pub fn output_shape(&self) -> &[usize] {
+        self.shapes.last().expect("non-empty")
+    }
+
+    /// Runs the network. With `train`, layers keep what backward needs.
+    pub fn forward(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        x: Tensor,
+        train: bool,
+    ) -> Result<Tensor, NnError> {
+        if x.shape.len() != self.spec.input.len() + 1 || x.shape[1..] != self.spec.input[..] {
+            return Err(NnError::shape(
+                "input",
+                format!(
+                    "batch of shape {:?}, examples of shape {:?} expected",
+                    x.shape, self.spec.input
+                ),
+            ));
+        }
+        let n = self.nodes.len();
+        let mut values: Vec<Option<Tensor>> = vec![None; n + 1];
+        values[0] = Some(x);
+        ctx.backward = false;
+        for i in 0..n {
+            ctx.layer_index = i;
+            let node = &mut self.nodes[i];
+            let out = {
+                let ins: Vec<&Tensor> = node
+                    .inputs
+                    .iter()
+                    .map(|&v| {
+                        values[v]
+                            .as_ref()
+                            .expect("value computed and not yet freed")
+                    })
+                    .collect();
+                node.layer.forward(ctx, &ins, train)?
+            };
+            values[i + 1] = Some(out);
+            for &v in &node.inputs {
+                if self.last_use[v] == i {
+                    values[v] = None;
+                }
+            }
+        }
+        Ok(values[n].take().expect("last output"))
+    }
+
+    /// Back-propagates `grad` (d loss / d output) through every layer.
+    pub fn backward(&mut self, ctx: &mut Ctx<'_>, grad: Tensor) -> Result<(), NnError> {
+        let n = self.nodes.len();
+        let mut grads: Vec<Option<Tensor>> = vec![None; n + 1];
+        grads[n] = Some(grad);
+        ctx.backward = true;
+        for i in (0..n).rev() {
+            let Some(g) = grads[i + 1].take() else {
+                continue;
+            };
+            ctx.layer_index = i;
+            let node = &mut self.nodes[i];
+            ctx.need_input_grad = node.inputs.iter().any(|&v| v != 0);
+            let dxs = node.layer.backward(ctx, &g)?;
+            for (k, &v) in node.inputs.iter().enumerate() {
+                if v == 0 {
+                    continue;
+                }
+                let dx = dxs.get(k).ok_or_else(|| {
+                    NnError::shape(node.layer.name(), "backward returned too few gradients")
+                })?;
+                match &mut grads[v] {
+                    Some(acc) => acc.data.iter_mut().zip(&dx.data).for_each(|(a, b)| *a += b),
+                    slot => *slot = Some(dx.clone()),
+                }
+            }
+        }
+        ctx.backward = false;
+        ctx.need_input_grad = true;
+        Ok(())
+    }
+
+    pub fn params(&self) -> Vec<&Param> {
+        self.nodes.iter().flat_map(|n| n.layer.params()).collect()
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.nodes
+            .iter_mut()
+            .flat_map(|n| n.layer.params_mut())
+            .collect()
+    }
+
+    pub fn buffers(&self) -> Vec<(String, &Vec<f32>)> {
+        self.nodes.iter().flat_map(|n| n.layer.buffers()).collect()
+    }
+
+    pub fn buffers_mut(&mut self) -> Vec<(String, &mut Vec<f32>)> {
+        self.nodes
+            .iter_mut()
+            .flat_map(|n| n.layer.buffers_mut())
+            .collect()
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.params().iter().map(|p| p.value.len()).sum()
+    }
+
+    /// Multiply-accumulates of one example's forward pass.
+    pub fn macs_per_example(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let ins: Vec<&[usize]> = n
+                    .inputs
+                    .iter()
+                    .map(|&v| self.shapes[v].as_slice())
+                    .collect();
+                n.layer.macs_per_example(&ins)
+            })
+            .sum()
+    }
+
+    /// Bytes kept by the layers for backward right now.
+    pub fn saved_bytes(&self) -> usize {
+        self.nodes.iter().map(|n| n.layer.saved_bytes()).sum()
+    }
+
+    /// Whether any layer keeps batch statistics (then an SWA model needs them recomputed).
+    pub fn has_batch_stats(&self) -> bool {
+        !self.buffers().is_empty()
+    }
+
+    pub fn begin_stats_recompute(&mut self) {
+        self.nodes
+            .iter_mut()
+            .for_each(|n| n.layer.begin_stats_recompute());
+    }
+
+    pub fn end_stats_recompute(&mut self) {
+        self.nodes
+            .iter_mut()
+            .for_each(|n| n.layer.end_stats_recompute());
+    }
+
+    pub fn clear_saved(&mut self) {
+        self.nodes.iter_mut().for_each(|n| n.layer.clear_saved());
+    }
+
+    /// A table of layers, output shapes and parameter counts.
+    pub fn summary(&self) -> String {
+        let mut s = format!("input {:?}\n", self.spec.input);
+        for (i, n) in self.nodes.iter().enumerate() {
+            let p: usize = n.layer.params().iter().map(|p| p.value.len()).sum();
+            s += &format!(
+                "{:>3} {:<12} {:<40} -> {:?}{}\n",
+                i + 1,
+                n.layer.name(),
+                n.layer.describe(),
+                self.shapes[i + 1],
+                if p > 0 {
+                    format!("  ({p} params)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        s += &format!(
+            "{} parameters, {} MACs per example\n",
+            self.num_params(),
+            self.macs_per_example()
+        );
+        s
+    }
+}

@@ -1,0 +1,391 @@
+//! GEMM operands as layers hold them: packed BFP mantissas with block scales, or floats.
+//!
+//! [`quantize_matrix`] applies one of the policy's formats to a `rows x cols` matrix; BFP
+//! formats produce packed integers (8-bit storage really costs a byte per element), other
+//! formats are fake-quantised to floats. [`matmul`] then multiplies two operands, each possibly
+//! transposed, on the integer GEMM with the fused rescale whenever both are BFP and their block
+//! structures map onto the GEMM's scale model (rows/columns, or K segments); otherwise it
+//! dequantises and runs the float GEMM, which gives the same values up to float summation order.
+
+use lowprec_formats::{
+    fake_quantize, quantize_bfp_i16_into, quantize_bfp_i8_into, BfpFormat, Block, BlockLayout,
+    NumberFormat, StreamKey,
+};
+use lowprec_kernels::{GemmBackend, GemmSpec, MatMut, MatRef, QMatRef, Scales};
+
+use crate::NnError;
+
+/// Packed mantissas.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QData {
+    I8(Vec<i8>),
+    I16(Vec<i16>),
+}
+
+/// A BFP-quantised `rows x cols` matrix (row-major) with one scale per block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QMatrix {
+    pub fmt: BfpFormat,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: QData,
+    /// One scale per block, in [`BlockLayout`] block order.
+    pub scales: Vec<f32>,
+}
+
+/// A GEMM operand.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Operand {
+    Q(QMatrix),
+    /// Floats (`fp32`, or a fixed-point/small-float format already applied).
+    F {
+        data: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+impl Operand {
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Operand::Q(q) => (q.rows, q.cols),
+            Operand::F { rows, cols, .. } => (*rows, *cols),
+        }
+    }
+
+    /// Bytes this operand occupies (what a layer pays to keep it for backward).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Operand::Q(q) => {
+                let m = match &q.data {
+                    QData::I8(v) => v.len(),
+                    QData::I16(v) => 2 * v.len(),
+                };
+                m + 4 * q.scales.len()
+            }
+            Operand::F { data, .. } => 4 * data.len(),
+        }
+    }
+
+    /// The values as floats (exact for BFP: every value is representable).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Operand::F { data, .. } => data.clone(),
+            Operand::Q(q) => {
+                let layout =
+                    BlockLayout::new(&[q.rows, q.cols], q.fmt.block).expect("valid layout");
+                let mut out = vec![0f32; q.rows * q.cols];
+                for r in layout.runs() {
+                    let s = q.scales[r.block];
+                    for i in r.start..r.start + r.len {
+                        out[i] = match &q.data {
+                            QData::I8(v) => v[i] as f32 * s,
+                            QData::I16(v) => v[i] as f32 * s,
+                        };
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// Quantises a `rows x cols` matrix under `fmt`. `tensor` and `layer` name it in errors.
+pub fn quantize_matrix(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    fmt: &NumberFormat,
+    key: StreamKey,
+    tensor: &str,
+    layer: &str,
+    step: u64,
+) -> Result<Operand, NnError> {
+    if x.len() != rows * cols {
+        return Err(NnError::shape(
+            layer,
+            format!("{tensor}: {} values for a {rows}x{cols} matrix", x.len()),
+        ));
+    }
+    let qerr = |e| NnError::quant(layer, step, e);
+    match fmt {
+        NumberFormat::Bfp(b) => {
+            let layout = BlockLayout::new(&[rows, cols], b.block).map_err(qerr)?;
+            let mut scales = Vec::new();
+            let data = if b.fits_i8() {
+                let mut m = vec![0i8; x.len()];
+                quantize_bfp_i8_into(x, &layout, b, key, tensor, &mut m, &mut scales)
+                    .map_err(qerr)?;
+                QData::I8(m)
+            } else {
+                let mut m = vec![0i16; x.len()];
+                quantize_bfp_i16_into(x, &layout, b, key, tensor, &mut m, &mut scales)
+                    .map_err(qerr)?;
+                QData::I16(m)
+            };
+            Ok(Operand::Q(QMatrix {
+                fmt: *b,
+                rows,
+                cols,
+                data,
+                scales,
+            }))
+        }
+        NumberFormat::F32 => {
+            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                return Err(NnError::NonFinite {
+                    tensor: tensor.to_string(),
+                    layer: layer.to_string(),
+                    step,
+                    index: i,
+                    value: x[i],
+                });
+            }
+            Ok(Operand::F {
+                data: x.to_vec(),
+                rows,
+                cols,
+            })
+        }
+        other => {
+            let mut out = vec![0f32; x.len()];
+            fake_quantize(x, &[rows, cols], other, key, tensor, &mut out).map_err(qerr)?;
+            Ok(Operand::F {
+                data: out,
+                rows,
+                cols,
+            })
+        }
+    }
+}
+
+/// How one operand's scales vary, seen from the GEMM.
+enum ScaleMap {
+    /// Scales per segment of `seg` along K (`None`: independent of K), laid out for
+    /// [`Scales`] with `group` and `seg_stride`.
+    Ok {
+        seg: Option<usize>,
+        values: Vec<f32>,
+        group: usize,
+        seg_stride: usize,
+    },
+    Unsupported,
+}
+
+/// Maps a stored `rows x cols` BFP matrix used as A (`outer` = logical rows) or B (`outer` =
+/// logical columns); `outer_is_rows`: the stored rows are the operand's outer index.
+fn scale_map(q: &QMatrix, outer_is_rows: bool) -> ScaleMap {
+    let (rows, cols) = (q.rows, q.cols);
+    match q.fmt.block {
+        Block::Tensor => ScaleMap::Ok {
+            seg: None,
+            values: q.scales.clone(),
+            group: usize::MAX,
+            seg_stride: 0,
+        },
+        Block::Axis(0) => {
+            if outer_is_rows {
+                ScaleMap::Ok {
+                    seg: None,
+                    values: q.scales.clone(),
+                    group: 1,
+                    seg_stride: 0,
+                }
+            } else {
+                // rows are K: one scale per K index
+                ScaleMap::Ok {
+                    seg: Some(1),
+                    values: q.scales.clone(),
+                    group: usize::MAX,
+                    seg_stride: 1,
+                }
+            }
+        }
+        Block::Axis(1) => {
+            if outer_is_rows {
+                ScaleMap::Ok {
+                    seg: Some(1),
+                    values: q.scales.clone(),
+                    group: usize::MAX,
+                    seg_stride: 1,
+                }
+            } else {
+                ScaleMap::Ok {
+                    seg: None,
+                    values: q.scales.clone(),
+                    group: 1,
+                    seg_stride: 0,
+                }
+            }
+        }
+        Block::Tile(k) => {
+            let tiles = cols.div_ceil(k.max(1));
+            if outer_is_rows {
+                // tiles run along K: segment k, scale (t, r) = block r * tiles + t.
+                let mut v = vec![0f32; tiles * rows];
+                for r in 0..rows {
+                    for t in 0..tiles {
+                        v[t * rows + r] = q.scales[r * tiles + t];
+                    }
+                }
+                ScaleMap::Ok {
+                    seg: Some(k),
+                    values: v,
+                    group: 1,
+                    seg_stride: rows,
+                }
+            } else {
+                // rows are K (one segment each), tiles group the outer index.
+                ScaleMap::Ok {
+                    seg: Some(1),
+                    values: q.scales.clone(),
+                    group: k,
+                    seg_stride: tiles,
+                }
+            }
+        }
+        Block::Axis(_) => ScaleMap::Unsupported,
+    }
+}
+
+fn view<T: Copy>(data: &[T], rows: usize, cols: usize, transposed: bool) -> MatRef<'_, T> {
+    let m = MatRef {
+        data,
+        rows,
+        cols,
+        row_stride: cols,
+        col_stride: 1,
+    };
+    if transposed {
+        m.t()
+    } else {
+        m
+    }
+}
+
+fn widen(d: &QData) -> std::borrow::Cow<'_, [i16]> {
+    match d {
+        QData::I16(v) => std::borrow::Cow::Borrowed(v),
+        QData::I8(v) => std::borrow::Cow::Owned(v.iter().map(|&x| x as i16).collect()),
+    }
+}
+
+/// `C (+)= op(A) * op(B)` where `op` transposes when the flag is set; C is row-major.
+/// Returns whether the integer path ran.
+pub fn matmul(
+    backend: &dyn GemmBackend,
+    a: &Operand,
+    ta: bool,
+    b: &Operand,
+    tb: bool,
+    c: &mut [f32],
+    accumulate: bool,
+    layer: &str,
+) -> Result<bool, NnError> {
+    let (ar, ac) = a.dims();
+    let (br, bc) = b.dims();
+    let (m, ka) = if ta { (ac, ar) } else { (ar, ac) };
+    let (kb, n) = if tb { (bc, br) } else { (br, bc) };
+    if ka != kb {
+        return Err(NnError::shape(
+            layer,
+            format!("GEMM inner dimensions differ: {m}x{ka} times {kb}x{n}"),
+        ));
+    }
+    if c.len() != m * n {
+        return Err(NnError::shape(
+            layer,
+            format!("GEMM output has {} values, {m}x{n} expected", c.len()),
+        ));
+    }
+    let kerr = |e| NnError::kernel(layer, e);
+    if let (Operand::Q(qa), Operand::Q(qb)) = (a, b) {
+        // A's outer index is its logical row: stored rows unless transposed.
+        let ma = scale_map(qa, !ta);
+        // B's outer index is its logical column: stored columns unless transposed.
+        let mb = scale_map(qb, tb);
+        if let (
+            ScaleMap::Ok {
+                seg: sa_seg,
+                values: va,
+                group: ga,
+                seg_stride: ssa,
+            },
+            ScaleMap::Ok {
+                seg: sb_seg,
+                values: vb,
+                group: gb,
+                seg_stride: ssb,
+            },
+        ) = (ma, mb)
+        {
+            let segment = match (sa_seg, sb_seg) {
+                (None, None) => Some(usize::MAX),
+                (Some(s), None) | (None, Some(s)) => Some(s),
+                (Some(x), Some(y)) if x == y => Some(x),
+                _ => None,
+            };
+            if let Some(segment) = segment {
+                let spec = GemmSpec {
+                    segment,
+                    accumulate,
+                };
+                let sa = Scales {
+                    values: &va,
+                    group: ga,
+                    seg_stride: ssa,
+                };
+                let sb = Scales {
+                    values: &vb,
+                    group: gb,
+                    seg_stride: ssb,
+                };
+                let cm = MatMut::row_major(c, m, n).map_err(kerr)?;
+                match (&qa.data, &qb.data) {
+                    (QData::I8(da), QData::I8(db)) => {
+                        let aq = QMatRef {
+                            mat: view(da, ar, ac, ta),
+                            scales: sa,
+                            max_abs: qa.fmt.max_abs(),
+                        };
+                        let bq = QMatRef {
+                            mat: view(db, br, bc, tb),
+                            scales: sb,
+                            max_abs: qb.fmt.max_abs(),
+                        };
+                        backend.gemm_q8(aq, bq, spec, cm).map_err(kerr)?;
+                    }
+                    (da, db) => {
+                        let (wa, wb) = (widen(da), widen(db));
+                        let aq = QMatRef {
+                            mat: view(&wa, ar, ac, ta),
+                            scales: sa,
+                            max_abs: qa.fmt.max_abs(),
+                        };
+                        let bq = QMatRef {
+                            mat: view(&wb, br, bc, tb),
+                            scales: sb,
+                            max_abs: qb.fmt.max_abs(),
+                        };
+                        backend.gemm_q16(aq, bq, spec, cm).map_err(kerr)?;
+                    }
+                }
+                return Ok(true);
+            }
+        }
+    }
+    // Float path: dequantise what is quantised.
+    let fa = match a {
+        Operand::F { data, .. } => std::borrow::Cow::Borrowed(data.as_slice()),
+        q => std::borrow::Cow::Owned(q.to_f32()),
+    };
+    let fb = match b {
+        Operand::F { data, .. } => std::borrow::Cow::Borrowed(data.as_slice()),
+        q => std::borrow::Cow::Owned(q.to_f32()),
+    };
+    let cm = MatMut::row_major(c, m, n).map_err(kerr)?;
+    backend
+        .gemm_f32(view(&fa, ar, ac, ta), view(&fb, br, bc, tb), accumulate, cm)
+        .map_err(kerr)?;
+    Ok(false)
+}

@@ -1,0 +1,69 @@
+//! Network descriptions: a readable TOML table that says what the network is (Darknet's cfg in
+//! spirit). Example:
+//!
+//! ```toml
+//! input = [1, 28, 28]
+//! loss = "cross-entropy"
+//!
+//! [[layer]]
+//! type = "flatten"
+//!
+//! [[layer]]
+//! type = "linear"
+//! out = 10
+//! ```
+//!
+//! Each layer may carry a `name` (default `<type><index>`) and `from`, the names of the layers
+//! it reads (default: the previous layer; `input` is the network input). Layers with several
+//! inputs (a residual `add`) list them all.
+
+use serde::{Deserialize, Serialize};
+
+use crate::LossKind;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Shape of one example, e.g. `[1, 28, 28]` or `[3, 32, 32]` (channels first) or `[32]`.
+    pub input: Vec<usize>,
+    pub loss: LossKind,
+    #[serde(rename = "layer")]
+    pub layers: Vec<LayerEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub kind: LayerSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum LayerSpec {
+    /// Fully connected: `out` features, optional bias (the papers' networks have none).
+    Linear {
+        out: usize,
+        #[serde(default)]
+        bias: bool,
+    },
+    Relu,
+    Dropout {
+        p: f32,
+    },
+    Flatten,
+}
+
+impl LayerSpec {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            LayerSpec::Linear { .. } => "linear",
+            LayerSpec::Relu => "relu",
+            LayerSpec::Dropout { .. } => "dropout",
+            LayerSpec::Flatten => "flatten",
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Training descriptions: one TOML file says what to train (network), on what (data), in which
+//! precision and on which schedule. Presets for the papers' experiments ship with lowprec.
+
+use lowprec_nn::{NetworkSpec, Precision};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use crate::TrainError;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_precision")]
+    pub precision: Precision,
+    #[serde(default)]
+    pub seed: u64,
+    pub data: DataConfig,
+    pub model: NetworkSpec,
+    pub train: OptimConfig,
+    #[serde(default)]
+    pub swa: Option<SwaConfig>,
+}
+
+fn default_precision() -> Precision {
+    Precision::fp32()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `mnist` or `cifar10` (the JPEG tarball) or `cifar10-binary` (a directory of the
+    /// canonical binary release).
+    pub dataset: String,
+    /// `unit` (x/255), `mnist` ((x/255 - 0.1307)/0.3081) or `dataset` (per-channel mean/std of
+    /// the training split).
+    #[serde(default = "default_normalize")]
+    pub normalize: String,
+    /// Random crop with 4-pixel padding and horizontal flip (CIFAR).
+    #[serde(default)]
+    pub augment: bool,
+    /// Use only the first N training / test examples (0 = all).
+    #[serde(default)]
+    pub train_subset: usize,
+    #[serde(default)]
+    pub test_subset: usize,
+    /// Directory of `cifar10-binary`, or the tarball of `cifar10` (default: found by the
+    /// data crate).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+fn default_normalize() -> String {
+    "unit".into()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    Constant,
+    /// Linear decay from `lr` to the SWA learning rate (or `lr_end`) at the SWA start, then
+    /// constant (002: "decayed linearly ... SWA for the last 25% at 0.01").
+    Linear,
+    /// Multiply by `gamma` at each milestone epoch.
+    Step,
+    /// SWALP's schedule: flat for the first half of the SWA start, linear decay to
+    /// `swa_lr / lr` (1% without SWA) by 90% of it, then the SWA learning rate.
+    Swalp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    pub batch: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    #[serde(default = "default_schedule")]
+    pub schedule: ScheduleKind,
+    #[serde(default)]
+    pub lr_end: Option<f64>,
+    #[serde(default)]
+    pub milestones: Vec<usize>,
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+    #[serde(default)]
+    pub momentum: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+fn default_schedule() -> ScheduleKind {
+    ScheduleKind::Constant
+}
+fn default_gamma() -> f64 {
+    0.1
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SwaEvery {
+    /// `"epoch"`: average once per epoch (at its end).
+    Named(String),
+    /// Average every N iterations.
+    Iterations(u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwaConfig {
+    /// First epoch (0-based) of averaging, or ...
+    #[serde(default)]
+    pub start_epoch: Option<usize>,
+    /// ... the fraction of the epochs after which averaging starts (0.75 = last 25%).
+    #[serde(default)]
+    pub start_fraction: Option<f64>,
+    pub lr: f64,
+    #[serde(default = "default_every")]
+    pub every: SwaEvery,
+}
+
+fn default_every() -> SwaEvery {
+    SwaEvery::Named("epoch".into())
+}
+
+impl SwaConfig {
+    /// The first averaging epoch for a run of `epochs` epochs.
+    pub fn start(&self, epochs: usize) -> usize {
+        match (self.start_epoch, self.start_fraction) {
+            (Some(e), _) => e,
+            (None, Some(f)) => ((epochs as f64) * f).round() as usize,
+            (None, None) => ((epochs as f64) * 0.75).round() as usize,
+        }
+    }
+    /// Iterations between averages, `None` for once per epoch.
+    pub fn every_iterations(&self) -> Option<u64> {
+        match &self.every {
+            SwaEvery::Named(_) => None,
+            SwaEvery::Iterations(n) => Some(*n),
+        }
+    }
+}
+
+/// Built-in presets: `(name, TOML)`.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("mnist-logreg", include_str!("../presets/mnist-logreg.toml")),
+    ("mnist-mlp", include_str!("../presets/mnist-mlp.toml")),
+];
+
+impl TrainConfig {
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, TrainError> {
+        let c: TrainConfig =
+            toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
+        c.validate()
+            .map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
+        Ok(c)
+    }
+
+    /// A preset name or a path to a TOML file.
+    pub fn load(name_or_path: &str) -> Result<Self, TrainError> {
+        if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == name_or_path) {
+            return Self::from_toml(text, &format!("preset {name_or_path}"));
+        }
+        let p = Path::new(name_or_path);
+        if p.exists() {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?;
+            return Self::from_toml(&text, &p.display().to_string());
+        }
+        let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+        Err(TrainError::Config(format!(
+            "`{name_or_path}` is neither a preset ({}) nor an existing file",
+            names.join(", ")
+        )))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.train;
+        if t.batch == 0 {
+            return Err("train.batch must be >= 1".into());
+        }
+        if t.epochs == 0 {
+            return Err("train.epochs must be >= 1".into());
+        }
+        for (what, v) in [
+            ("train.lr", t.lr),
+            ("train.momentum", t.momentum),
+            ("train.weight_decay", t.weight_decay),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("{what} = {v} must be finite and >= 0"));
+            }
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return Err(format!("train.momentum = {} must be in [0, 1)", t.momentum));
+        }
+        if t.schedule == ScheduleKind::Step && t.milestones.is_empty() {
+            return Err("schedule = \"step\" needs train.milestones".into());
+        }
+        if let Some(s) = &self.swa {
+            if !s.lr.is_finite() || s.lr < 0.0 {
+                return Err(format!("swa.lr = {} must be finite and >= 0", s.lr));
+            }
+            if let Some(f) = s.start_fraction {
+                if !(0.0..=1.0).contains(&f) {
+                    return Err(format!("swa.start_fraction = {f} must be in [0, 1]"));
+                }
+            }
+            match &s.every {
+                SwaEvery::Named(n) if n != "epoch" => {
+                    return Err(format!(
+                        "swa.every = \"{n}\": use \"epoch\" or a number of iterations"
+                    ))
+                }
+                SwaEvery::Iterations(0) => return Err("swa.every must be >= 1 iteration".into()),
+                _ => {}
+            }
+        }
+        match self.data.dataset.as_str() {
+            "mnist" | "cifar10" | "cifar10-binary" => {}
+            d => {
+                return Err(format!(
+                    "data.dataset = \"{d}\": use mnist, cifar10 or cifar10-binary"
+                ))
+            }
+        }
+        match self.data.normalize.as_str() {
+            "unit" | "mnist" | "dataset" => {}
+            n => {
+                return Err(format!(
+                    "data.normalize = \"{n}\": use unit, mnist or dataset"
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serialises")
+    }
+}

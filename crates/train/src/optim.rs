@@ -1,0 +1,166 @@
+//! SGD with momentum and weight decay, optionally in low precision (SWALP), and SWA.
+//!
+//! One step, per parameter tensor (PyTorch's SGD, with SWALP's quantisers where the policy
+//! names a format; every `Q` is the identity under `fp32`):
+//!
+//! ```text
+//! g   = Q_grads(grad + weight_decay * w)
+//! buf = Q_momentum(momentum * buf + g)
+//! w   = Q_master(w - lr * buf)
+//! ```
+//!
+//! The 002 policy (`bfp8`) keeps all three in FP32; `swalp` quantises them to 8-bit BFP.
+
+use lowprec_formats::rng::stream_id;
+use lowprec_formats::{fake_quantize, NumberFormat, StreamKey};
+use lowprec_nn::ctx::StreamKind;
+use lowprec_nn::{NnError, Param, Precision};
+use rayon::prelude::*;
+
+const PAR_MIN: usize = 1 << 16;
+
+pub struct Sgd {
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// One momentum buffer per parameter tensor (same order as the model's parameters).
+    pub buffers: Vec<Vec<f32>>,
+}
+
+fn quantize_in_place(
+    v: &mut Vec<f32>,
+    shape: &[usize],
+    fmt: &NumberFormat,
+    key: StreamKey,
+    what: &str,
+    step: u64,
+) -> Result<(), NnError> {
+    if fmt.is_f32() {
+        return Ok(());
+    }
+    let mut out = vec![0f32; v.len()];
+    fake_quantize(v, shape, fmt, key, what, &mut out)
+        .map_err(|e| NnError::quant("optimiser", step, e))?;
+    *v = out;
+    Ok(())
+}
+
+impl Sgd {
+    pub fn new(momentum: f64, weight_decay: f64, params: &[&Param]) -> Self {
+        Sgd {
+            momentum: momentum as f32,
+            weight_decay: weight_decay as f32,
+            buffers: params.iter().map(|p| vec![0.0; p.value.len()]).collect(),
+        }
+    }
+
+    /// Applies one update with learning rate `lr`; `step` is the number of updates done before
+    /// this one (it keys the stochastic rounding and becomes the weights' version + 1).
+    pub fn step(
+        &mut self,
+        params: &mut [&mut Param],
+        lr: f32,
+        policy: &Precision,
+        seed: u64,
+        step: u64,
+    ) -> Result<(), NnError> {
+        if params.len() != self.buffers.len() {
+            return Err(NnError::Spec(format!(
+                "optimiser has {} buffers for {} parameters",
+                self.buffers.len(),
+                params.len()
+            )));
+        }
+        let (mom, wd) = (self.momentum, self.weight_decay);
+        for (pi, (p, buf)) in params.iter_mut().zip(self.buffers.iter_mut()).enumerate() {
+            let key = |kind: StreamKind| {
+                StreamKey::new(seed, stream_id(&[0x0971, pi as u64, kind as u64, step]))
+            };
+            let decay = if p.decay { wd } else { 0.0 };
+            // g = grad + wd * w
+            let mut g: Vec<f32> = if p.value.len() >= PAR_MIN {
+                p.grad
+                    .par_iter()
+                    .zip(p.value.par_iter())
+                    .map(|(g, w)| g + decay * w)
+                    .collect()
+            } else {
+                p.grad
+                    .iter()
+                    .zip(&p.value)
+                    .map(|(g, w)| g + decay * w)
+                    .collect()
+            };
+            let shape = p.shape.clone();
+            quantize_in_place(
+                &mut g,
+                &shape,
+                &policy.grads,
+                key(StreamKind::Grads),
+                &format!("gradient of {}", p.name),
+                step,
+            )?;
+            // buf = momentum * buf + g
+            let upd = |(b, gv): (&mut f32, &f32)| *b = mom * *b + gv;
+            if buf.len() >= PAR_MIN {
+                buf.par_iter_mut().zip(g.par_iter()).for_each(upd);
+            } else {
+                buf.iter_mut().zip(g.iter()).for_each(upd);
+            }
+            quantize_in_place(
+                buf,
+                &shape,
+                &policy.momentum,
+                key(StreamKind::Momentum),
+                &format!("momentum of {}", p.name),
+                step,
+            )?;
+            // w = w - lr * buf
+            let upd = |(w, b): (&mut f32, &f32)| *w -= lr * b;
+            if p.value.len() >= PAR_MIN {
+                p.value.par_iter_mut().zip(buf.par_iter()).for_each(upd);
+            } else {
+                p.value.iter_mut().zip(buf.iter()).for_each(upd);
+            }
+            let name = format!("weights of {}", p.name);
+            quantize_in_place(
+                &mut p.value,
+                &shape,
+                &policy.master,
+                key(StreamKind::Master),
+                &name,
+                step,
+            )?;
+            p.version = step + 1;
+        }
+        Ok(())
+    }
+}
+
+/// Stochastic weight averaging: an FP32 running mean of the weights.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Swa {
+    pub avg: Vec<Vec<f32>>,
+    /// Models averaged so far.
+    pub n: u64,
+}
+
+impl Swa {
+    pub fn new() -> Self {
+        Swa::default()
+    }
+
+    /// Adds the current weights to the average.
+    pub fn update(&mut self, params: &[&Param]) {
+        if self.n == 0 {
+            self.avg = params.iter().map(|p| p.value.clone()).collect();
+        } else {
+            let inv = 1.0 / (self.n + 1) as f32;
+            for (a, p) in self.avg.iter_mut().zip(params) {
+                a.iter_mut()
+                    .zip(&p.value)
+                    .for_each(|(a, w)| *a += (w - *a) * inv);
+            }
+        }
+        self.n += 1;
+    }
+}

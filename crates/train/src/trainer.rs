@@ -1,0 +1,540 @@
+//! The training loop: epochs of SGD over shuffled batches, SWA, evaluation, metrics and
+//! checkpoints.
+//!
+//! Everything random (shuffling, augmentation, dropout, stochastic rounding) is a pure function
+//! of `(seed, epoch or step, index)`, and the only state carried from one step to the next is
+//! what the checkpoint holds (weights, momentum, SWA average, layer buffers, epoch, step). So a
+//! run resumed from the checkpoint of epoch `e` produces the same bytes as one that never
+//! stopped.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use lowprec_data::{BatchConfig, EpochBatches};
+use lowprec_kernels::GemmBackend;
+use lowprec_nn::loss::Target;
+use lowprec_nn::{Ctx, Loss, Model, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::checkpoint::{write_atomic, Checkpoint};
+use crate::config::TrainConfig;
+use crate::data::{self, DataSplits};
+use crate::optim::{Sgd, Swa};
+use crate::schedule::learning_rate;
+use crate::TrainError;
+
+/// Stochastic-rounding steps used by evaluation passes (far from any training step).
+const EVAL_STEP_BASE: u64 = 1 << 62;
+/// Weight version marking "SWA weights loaded" (forces re-quantisation).
+const SWA_VERSION: u64 = u64::MAX - 7;
+
+pub struct RunOptions {
+    /// Directory for metrics.jsonl, final.json and checkpoints (none: keep nothing).
+    pub out_dir: Option<PathBuf>,
+    /// Resume from this checkpoint.
+    pub resume_from: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub backend: Arc<dyn GemmBackend>,
+    /// Threads of the pool the run is executed in (recorded in the outputs).
+    pub threads: usize,
+    pub progress: bool,
+    /// Stop after this many epochs of this invocation (a deliberate interruption, for tests).
+    pub stop_after: Option<usize>,
+    /// Print a line per epoch on stderr.
+    pub verbose: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub step: u64,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub swa_test_acc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub swa_test_loss: Option<f64>,
+    pub seconds: f64,
+    pub samples_per_sec: f64,
+    pub precision: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinalReport {
+    pub name: String,
+    pub precision: String,
+    pub backend: String,
+    pub seed: u64,
+    pub threads: usize,
+    pub epochs: usize,
+    pub steps: u64,
+    pub test_acc: f64,
+    pub swa_test_acc: Option<f64>,
+    pub train_loss: f64,
+    /// Wall time of all epochs of this run, including those before a resume.
+    pub seconds: f64,
+    pub seconds_per_iteration: f64,
+}
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub model: Model,
+    pub sgd: Sgd,
+    pub swa: Swa,
+    pub data: DataSplits,
+    pub epoch: usize,
+    pub step: u64,
+    pub history: Vec<EpochMetrics>,
+    opts: RunOptions,
+    loss: Loss,
+}
+
+impl Trainer {
+    pub fn new(cfg: TrainConfig, opts: RunOptions) -> Result<Self, TrainError> {
+        let data = data::load(&cfg.data, opts.data_dir.clone())?;
+        Self::with_data(cfg, opts, data)
+    }
+
+    /// Builds a trainer on data already in memory.
+    pub fn with_data(
+        cfg: TrainConfig,
+        opts: RunOptions,
+        data: DataSplits,
+    ) -> Result<Self, TrainError> {
+        let ds = &data.train;
+        let want = vec![ds.channels, ds.height, ds.width];
+        let spec_in: usize = cfg.model.input.iter().product();
+        if spec_in != ds.channels * ds.height * ds.width {
+            return Err(TrainError::Config(format!(
+                "model.input {:?} does not match the data's examples {want:?}",
+                cfg.model.input
+            )));
+        }
+        let mut cfg = cfg;
+        cfg.model.input = want;
+        let model = Model::build(&cfg.model, cfg.seed)?;
+        let sgd = Sgd::new(cfg.train.momentum, cfg.train.weight_decay, &model.params());
+        let loss = Loss::new(cfg.model.loss);
+        let mut t = Trainer {
+            cfg,
+            model,
+            sgd,
+            swa: Swa::new(),
+            data,
+            epoch: 0,
+            step: 0,
+            history: Vec::new(),
+            opts,
+            loss,
+        };
+        if let Some(p) = t.opts.resume_from.clone() {
+            let ck = Checkpoint::load(&p)?;
+            t.restore(&ck)?;
+            if t.opts.verbose {
+                eprintln!(
+                    "resumed from {} at epoch {} (step {})",
+                    p.display(),
+                    t.epoch,
+                    t.step
+                );
+            }
+        }
+        Ok(t)
+    }
+
+    fn swa_start(&self) -> Option<usize> {
+        self.cfg
+            .swa
+            .as_ref()
+            .map(|s| s.start(self.cfg.train.epochs))
+    }
+
+    /// Trains until `train.epochs` (or `stop_after` more epochs), evaluating after each epoch.
+    pub fn run(&mut self) -> Result<FinalReport, TrainError> {
+        if let Some(dir) = &self.opts.out_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| TrainError::Io(format!("{}: {e}", dir.display())))?;
+        }
+        let mut done_here = 0;
+        while self.epoch < self.cfg.train.epochs {
+            if self.opts.stop_after.is_some_and(|s| done_here >= s) {
+                break;
+            }
+            let m = self.run_epoch()?;
+            if self.opts.verbose {
+                eprintln!(
+                    "epoch {:>3}/{} lr {:.4} loss {:.4} train {:.2}% test {:.2}%{} ({:.1}s, {:.0} samples/s)",
+                    m.epoch + 1,
+                    self.cfg.train.epochs,
+                    m.lr,
+                    m.train_loss,
+                    100.0 * m.train_acc,
+                    100.0 * m.test_acc,
+                    m.swa_test_acc.map(|a| format!(" swa {:.2}%", 100.0 * a)).unwrap_or_default(),
+                    m.seconds,
+                    m.samples_per_sec
+                );
+            }
+            self.history.push(m);
+            self.save_outputs()?;
+            done_here += 1;
+        }
+        let report = self.report();
+        if let Some(dir) = &self.opts.out_dir {
+            if self.epoch >= self.cfg.train.epochs {
+                let j = serde_json::to_string_pretty(&report).expect("serialises");
+                write_atomic(&dir.join("final.json"), j.as_bytes())?;
+            }
+        }
+        Ok(report)
+    }
+
+    fn report(&self) -> FinalReport {
+        let last = self.history.last();
+        let seconds: f64 = self.history.iter().map(|m| m.seconds).sum();
+        FinalReport {
+            name: self.cfg.name.clone(),
+            precision: self.cfg.precision.name.clone(),
+            backend: self.opts.backend.name(),
+            seed: self.cfg.seed,
+            threads: self.opts.threads,
+            epochs: self.epoch,
+            steps: self.step,
+            test_acc: last.map_or(f64::NAN, |m| m.test_acc),
+            swa_test_acc: last.and_then(|m| m.swa_test_acc),
+            train_loss: last.map_or(f64::NAN, |m| m.train_loss),
+            seconds,
+            seconds_per_iteration: if self.step > 0 {
+                seconds / self.step as f64
+            } else {
+                f64::NAN
+            },
+        }
+    }
+
+    /// One epoch of training, then evaluation of the SGD (and SWA) model.
+    pub fn run_epoch(&mut self) -> Result<EpochMetrics, TrainError> {
+        let epoch = self.epoch;
+        let t0 = Instant::now();
+        let cfg =
+            BatchConfig::train(self.cfg.train.batch, self.cfg.seed).with_augment(self.data.augment);
+        let batches = EpochBatches::new(&self.data.train, &self.data.norm, cfg, epoch as u64)?;
+        let nb = batches.num_batches();
+        if nb == 0 {
+            return Err(TrainError::Config(format!(
+                "the training set ({} examples) is smaller than one batch ({})",
+                self.data.train.len(),
+                self.cfg.train.batch
+            )));
+        }
+        let pb = self.progress_bar(nb as u64, epoch);
+        let swa_start = self.swa_start();
+        let swa_every = self.cfg.swa.as_ref().and_then(|s| s.every_iterations());
+        let mut batch = batches.batch(0)?;
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let mut lr = 0.0;
+        for b in 0..nb {
+            batches.fill_batch(b, &mut batch)?;
+            let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
+            let backend = self.opts.backend.clone();
+            let mut ctx = Ctx::new(backend.as_ref(), &self.cfg.precision, self.cfg.seed);
+            ctx.step = self.step;
+            let out = self.model.forward(&mut ctx, x, true)?;
+            let lo = self.loss.forward(&out, Target::Labels(&batch.labels))?;
+            if !lo.loss.is_finite() {
+                return Err(TrainError::Nn(lowprec_nn::NnError::NonFinite {
+                    tensor: "loss".into(),
+                    layer: "loss".into(),
+                    step: self.step,
+                    index: 0,
+                    value: lo.loss as f32,
+                }));
+            }
+            self.model.backward(&mut ctx, lo.grad)?;
+            lr = learning_rate(
+                &self.cfg.train,
+                self.cfg.swa.as_ref(),
+                epoch as f64 + b as f64 / nb as f64,
+            );
+            let mut params = self.model.params_mut();
+            self.sgd.step(
+                &mut params,
+                lr as f32,
+                &self.cfg.precision,
+                self.cfg.seed,
+                self.step,
+            )?;
+            self.step += 1;
+            if let (Some(start), Some(every)) = (swa_start, swa_every) {
+                if epoch >= start && self.step % every == 0 {
+                    self.swa.update(&self.model.params());
+                }
+            }
+            loss_sum += lo.loss * batch.len() as f64;
+            correct += lo.correct;
+            seen += batch.len();
+            batch.images = out.data; // reuse an allocation for the next batch
+            if let Some(pb) = &pb {
+                pb.inc(1);
+                if b % 8 == 0 || b + 1 == nb {
+                    let sps = seen as f64 / t0.elapsed().as_secs_f64();
+                    pb.set_message(format!(
+                        "loss {:.4} acc {:.2}% {:.0} samples/s",
+                        loss_sum / seen as f64,
+                        100.0 * correct as f64 / seen as f64,
+                        sps
+                    ));
+                }
+            }
+        }
+        if let Some(pb) = pb {
+            pb.finish_and_clear();
+        }
+        if let Some(start) = swa_start {
+            if swa_every.is_none() && epoch >= start {
+                self.swa.update(&self.model.params());
+            }
+        }
+        self.epoch += 1;
+        let train_secs = t0.elapsed().as_secs_f64();
+        let (test_loss, test_acc) = self.evaluate()?;
+        let swa = if self.swa.n > 0 {
+            Some(self.evaluate_swa()?)
+        } else {
+            None
+        };
+        Ok(EpochMetrics {
+            epoch,
+            step: self.step,
+            lr,
+            train_loss: loss_sum / seen as f64,
+            train_acc: correct as f64 / seen as f64,
+            test_loss,
+            test_acc,
+            swa_test_acc: swa.map(|s| s.1),
+            swa_test_loss: swa.map(|s| s.0),
+            seconds: train_secs,
+            samples_per_sec: seen as f64 / train_secs,
+            precision: self.cfg.precision.name.clone(),
+        })
+    }
+
+    fn progress_bar(&self, n: u64, epoch: usize) -> Option<ProgressBar> {
+        if !self.opts.progress {
+            return None;
+        }
+        let pb = ProgressBar::new(n);
+        pb.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        pb.set_prefix(format!("epoch {}/{}", epoch + 1, self.cfg.train.epochs));
+        Some(pb)
+    }
+
+    /// Test loss and accuracy of the current weights.
+    pub fn evaluate(&mut self) -> Result<(f64, f64), TrainError> {
+        let cfg = BatchConfig::eval(self.cfg.train.batch.max(256));
+        let batches = EpochBatches::new(&self.data.test, &self.data.norm, cfg, 0)?;
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let mut batch = batches.batch(0)?;
+        for b in 0..batches.num_batches() {
+            batches.fill_batch(b, &mut batch)?;
+            let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
+            let backend = self.opts.backend.clone();
+            let mut ctx = Ctx::new(backend.as_ref(), &self.cfg.precision, self.cfg.seed);
+            ctx.step = EVAL_STEP_BASE + b as u64;
+            let out = self.model.forward(&mut ctx, x, false)?;
+            let lo = self.loss.forward(&out, Target::Labels(&batch.labels))?;
+            loss_sum += lo.loss * batch.len() as f64;
+            correct += lo.correct;
+            seen += batch.len();
+            batch.images = out.data;
+        }
+        Ok((
+            loss_sum / seen.max(1) as f64,
+            correct as f64 / seen.max(1) as f64,
+        ))
+    }
+
+    /// Swaps the SWA average into the model (or back).
+    fn swap_swa(&mut self) {
+        let mut params = self.model.params_mut();
+        for (p, a) in params.iter_mut().zip(self.swa.avg.iter_mut()) {
+            std::mem::swap(&mut p.value, a);
+            // any change of version makes the layers re-quantise
+            p.version = if p.version == SWA_VERSION {
+                self.step
+            } else {
+                SWA_VERSION
+            };
+        }
+    }
+
+    /// Test loss and accuracy of the SWA model; with batch norm, its statistics are first
+    /// recomputed over the training set (the SGD model's statistics are restored after).
+    pub fn evaluate_swa(&mut self) -> Result<(f64, f64), TrainError> {
+        self.swap_swa();
+        let saved: Vec<Vec<f32>> = self
+            .model
+            .buffers()
+            .into_iter()
+            .map(|(_, b)| b.clone())
+            .collect();
+        let result = (|| {
+            if self.model.has_batch_stats() {
+                self.recompute_batch_stats()?;
+            }
+            self.evaluate()
+        })();
+        for ((_, b), s) in self.model.buffers_mut().into_iter().zip(saved) {
+            *b = s;
+        }
+        self.swap_swa();
+        result
+    }
+
+    fn recompute_batch_stats(&mut self) -> Result<(), TrainError> {
+        let cfg = BatchConfig::eval(self.cfg.train.batch);
+        let batches = EpochBatches::new(&self.data.train, &self.data.norm, cfg, 0)?;
+        self.model.begin_stats_recompute();
+        let mut batch = batches.batch(0)?;
+        for b in 0..batches.num_batches() {
+            batches.fill_batch(b, &mut batch)?;
+            let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
+            let backend = self.opts.backend.clone();
+            let mut ctx = Ctx::new(backend.as_ref(), &self.cfg.precision, self.cfg.seed);
+            ctx.step = EVAL_STEP_BASE + (1 << 40) + b as u64;
+            let out = self.model.forward(&mut ctx, x, true)?;
+            batch.images = out.data;
+        }
+        self.model.clear_saved();
+        self.model.end_stats_recompute();
+        Ok(())
+    }
+
+    /// The run's state as a checkpoint.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let mut tensors = BTreeMap::new();
+        for (i, p) in self.model.params().iter().enumerate() {
+            tensors.insert(
+                format!("param/{}", p.name),
+                (p.shape.clone(), p.value.clone()),
+            );
+            tensors.insert(
+                format!("momentum/{}", p.name),
+                (p.shape.clone(), self.sgd.buffers[i].clone()),
+            );
+            if self.swa.n > 0 {
+                tensors.insert(
+                    format!("swa/{}", p.name),
+                    (p.shape.clone(), self.swa.avg[i].clone()),
+                );
+            }
+        }
+        for (name, b) in self.model.buffers() {
+            tensors.insert(format!("buffer/{name}"), (vec![b.len()], b.clone()));
+        }
+        let mut extra = BTreeMap::new();
+        extra.insert("precision".into(), self.cfg.precision.name.clone());
+        extra.insert("seed".into(), self.cfg.seed.to_string());
+        extra.insert(
+            "history".into(),
+            serde_json::to_string(&self.history).expect("serialises"),
+        );
+        Checkpoint {
+            epoch: self.epoch,
+            step: self.step,
+            config_toml: self.cfg.to_toml(),
+            tensors,
+            swa_n: self.swa.n,
+            extra,
+        }
+    }
+
+    /// Loads a checkpoint's state into this trainer (same network).
+    pub fn restore(&mut self, ck: &Checkpoint) -> Result<(), TrainError> {
+        let get = |k: &str, len: usize| -> Result<Vec<f32>, TrainError> {
+            let (_, v) = ck
+                .tensors
+                .get(k)
+                .ok_or_else(|| TrainError::Checkpoint(format!("missing tensor {k}")))?;
+            if v.len() != len {
+                return Err(TrainError::Checkpoint(format!(
+                    "{k}: {} values, the model needs {len}",
+                    v.len()
+                )));
+            }
+            Ok(v.clone())
+        };
+        let names: Vec<(String, usize)> = self
+            .model
+            .params()
+            .iter()
+            .map(|p| (p.name.clone(), p.value.len()))
+            .collect();
+        let mut swa_avg = Vec::new();
+        for (i, (name, len)) in names.iter().enumerate() {
+            let v = get(&format!("param/{name}"), *len)?;
+            let m = get(&format!("momentum/{name}"), *len)?;
+            let mut params = self.model.params_mut();
+            params[i].value = v;
+            params[i].version = ck.step;
+            self.sgd.buffers[i] = m;
+            if ck.swa_n > 0 {
+                swa_avg.push(get(&format!("swa/{name}"), *len)?);
+            }
+        }
+        let mut bufs: Vec<(String, usize)> = self
+            .model
+            .buffers()
+            .iter()
+            .map(|(n, b)| (n.clone(), b.len()))
+            .collect();
+        for (name, len) in bufs.drain(..) {
+            let v = get(&format!("buffer/{name}"), len)?;
+            if let Some((_, b)) = self
+                .model
+                .buffers_mut()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+            {
+                *b = v;
+            }
+        }
+        self.swa = Swa {
+            avg: swa_avg,
+            n: ck.swa_n,
+        };
+        self.epoch = ck.epoch;
+        self.step = ck.step;
+        self.history = match ck.extra.get("history") {
+            Some(h) => serde_json::from_str(h)
+                .map_err(|e| TrainError::Checkpoint(format!("history: {e}")))?,
+            None => Vec::new(),
+        };
+        Ok(())
+    }
+
+    /// metrics.jsonl (whole history) and the checkpoint, both written atomically.
+    fn save_outputs(&self) -> Result<(), TrainError> {
+        let Some(dir) = &self.opts.out_dir else {
+            return Ok(());
+        };
+        let mut lines = String::new();
+        for m in &self.history {
+            lines += &serde_json::to_string(m).expect("serialises");
+            lines.push('\n');
+        }
+        write_atomic(&dir.join("metrics.jsonl"), lines.as_bytes())?;
+        self.checkpoint()
+            .save(&dir.join("checkpoint.safetensors"))?;
+        Ok(())
+    }
+}
