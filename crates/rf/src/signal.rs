@@ -240,6 +240,10 @@ fn bandpass_taps(center_hz: f64, bandwidth_hz: f64, fs: f64, power: f64) -> Vec<
 /// and by rotation in between (see [`Generator::fill`]).
 pub const ANCHOR_SPACING: u64 = 64;
 
+/// Largest absolute sample index (exclusive) a recording may reach: 2^53, where f64 stops
+/// representing every integer.
+pub const MAX_TIME_INDEX: u64 = 1 << 53;
+
 /// Samples per parallel work item in [`Generator::fill`].
 pub const PARALLEL_BLOCK: usize = 16_384;
 
@@ -339,6 +343,16 @@ impl Generator {
                 fm.deviation_hz,
                 fs / 2.0
             )));
+        }
+        // Phases are computed from f64 sample indices, exact only below 2^53.
+        match spec.time_offset.checked_add(spec.num_samples) {
+            Some(end) if end <= MAX_TIME_INDEX => {}
+            _ => {
+                return Err(RfError::Config(format!(
+                    "time_offset {} + num_samples {} exceeds 2^53 samples",
+                    spec.time_offset, spec.num_samples
+                )))
+            }
         }
         let message = Self::message_components(&fm.message, fs, fm.deviation_hz)?;
         let noise_sigma = match fm.snr_db {
