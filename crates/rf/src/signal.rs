@@ -205,7 +205,7 @@ pub fn place_anomalies(
 fn bandpass_taps(center_hz: f64, bandwidth_hz: f64, fs: f64, power: f64) -> Vec<(f64, f64)> {
     let bw = bandwidth_hz / fs;
     let mut len = (22.0 / bw).ceil().clamp(33.0, 4095.0) as usize;
-    if len % 2 == 0 {
+    if len.is_multiple_of(2) {
         len += 1;
     }
     let mid = (len - 1) as f64 / 2.0;

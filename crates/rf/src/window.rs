@@ -202,7 +202,7 @@ impl Labeller {
                 break;
             }
             let overlap = end.min(e).saturating_sub(start.max(s));
-            if overlap > 0 && best.map_or(true, |(b, _, _)| overlap > b) {
+            if overlap > 0 && best.is_none_or(|(b, _, _)| overlap > b) {
                 best = Some((overlap, k, kind));
             }
         }
