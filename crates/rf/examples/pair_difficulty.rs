@@ -5,8 +5,8 @@ use lowprec_rf::baseline::PcaDetector;
 use lowprec_rf::metrics::{best_f1, recall_by_kind};
 use lowprec_rf::window::make_windows;
 use lowprec_rf::{
-    select_threshold, standard_pair, Confusion, Generator, LabelRange, Normaliser,
-    StandardPairConfig, ThresholdRule, WindowConfig,
+    select_threshold, standard_pair, Confusion, Normaliser, StandardPairConfig, ThresholdRule,
+    WindowConfig,
 };
 
 fn main() -> Result<(), lowprec_rf::RfError> {
@@ -19,22 +19,10 @@ fn main() -> Result<(), lowprec_rf::RfError> {
                 snr_db,
                 ..Default::default()
             };
-            let pair = standard_pair(&cfg)?;
-            let train = Generator::new(pair.train.clone())?.generate_all()?;
-            let test = Generator::new(pair.test.clone())?.generate_all()?;
-            let norm = Normaliser::fit(&train)?;
-            let ranges: Vec<LabelRange> = pair
-                .test
-                .anomalies
-                .iter()
-                .map(|a| LabelRange {
-                    start: a.start,
-                    count: a.count,
-                    label: a.kind.label().into(),
-                })
-                .collect();
-            let wtrain = make_windows(&train, WindowConfig::default(), norm, &[])?;
-            let wtest = make_windows(&test, WindowConfig::default(), norm, &ranges)?;
+            let data = standard_pair(&cfg)?.generate()?;
+            let norm = Normaliser::fit(&data.train)?;
+            let wtrain = make_windows(&data.train, WindowConfig::default(), norm, &[])?;
+            let wtest = make_windows(&data.test, WindowConfig::default(), norm, &data.test_labels)?;
             for &k in &components {
                 let pca = PcaDetector::fit(&wtrain, k)?;
                 let t = select_threshold(&pca.scores(&wtrain)?, ThresholdRule::Percentile(99.0))?;

@@ -14,18 +14,13 @@
 //! // The standard pair, smaller: normal training data, a test recording with all three
 //! // anomaly types in annotated windows.
 //! let cfg = StandardPairConfig { train_samples: 1 << 16, test_samples: 1 << 15, anomaly_samples: 1024, ..Default::default() };
-//! let pair = standard_pair(&cfg)?;
-//! let train = Generator::new(pair.train)?.generate_all()?;
-//! let test_gen = Generator::new(pair.test)?;
-//! let test = test_gen.generate_all()?;
-//! let labels: Vec<LabelRange> = test_gen.spec().anomalies.iter()
-//!     .map(|a| LabelRange { start: a.start, count: a.count, label: a.kind.label().into() })
-//!     .collect();
+//! let data = standard_pair(&cfg)?.generate()?;
+//! let (train, test) = (&data.train, &data.test);
 //!
 //! // 32 reals per window, scaled by the training segment's RMS.
-//! let norm = Normaliser::fit(&train)?;
-//! let wtrain = make_windows(&train, WindowConfig::default(), norm, &[])?;
-//! let wtest = make_windows(&test, WindowConfig::default(), norm, &labels)?;
+//! let norm = Normaliser::fit(train)?;
+//! let wtrain = make_windows(train, WindowConfig::default(), norm, &[])?;
+//! let wtest = make_windows(test, WindowConfig::default(), norm, &data.test_labels)?;
 //!
 //! // Any detector's scores: threshold from the training errors, F1 on the test labels.
 //! let pca = PcaDetector::fit(&wtrain, 8)?;
@@ -44,7 +39,7 @@ pub mod signal;
 pub mod window;
 
 pub use metrics::{select_threshold, Confusion, ThresholdRule};
-pub use pair::{standard_pair, StandardPair, StandardPairConfig};
+pub use pair::{standard_pair, PairData, StandardPair, StandardPairConfig};
 pub use sigmf::{
     read_recording, write_sigmf, NonFinitePolicy, ReadOptions, Recording, SampleStream, SigMfMeta,
 };

@@ -22,8 +22,9 @@
 //! under a second.
 
 use crate::rng::CounterRng;
-use crate::signal::{place_anomalies, AnomalyKind, FmConfig, Message, SignalSpec};
-use crate::RfError;
+use crate::signal::{place_anomalies, AnomalyKind, FmConfig, Generator, Message, SignalSpec};
+use crate::window::LabelRange;
+use crate::{Iq, RfError};
 
 /// Parameters of [`standard_pair`]; the defaults are the documented recipe.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +61,30 @@ impl Default for StandardPairConfig {
 pub struct StandardPair {
     pub train: SignalSpec,
     pub test: SignalSpec,
+}
+
+/// Both recordings generated in memory, with their labels.
+#[derive(Clone, Debug)]
+pub struct PairData {
+    pub sample_rate_hz: f64,
+    pub train: Vec<Iq>,
+    pub train_labels: Vec<LabelRange>,
+    pub test: Vec<Iq>,
+    pub test_labels: Vec<LabelRange>,
+}
+
+impl StandardPair {
+    /// Generates both recordings in memory (rayon-parallel, bit-identical for any thread
+    /// count).
+    pub fn generate(&self) -> Result<PairData, RfError> {
+        Ok(PairData {
+            sample_rate_hz: self.train.fm.sample_rate_hz,
+            train: Generator::new(self.train.clone())?.generate_all()?,
+            train_labels: self.train.label_ranges(),
+            test: Generator::new(self.test.clone())?.generate_all()?,
+            test_labels: self.test.label_ranges(),
+        })
+    }
 }
 
 /// The three anomaly kinds of the recipe at sample rate `fs`.

@@ -155,6 +155,20 @@ pub struct SignalSpec {
     pub seed: u64,
 }
 
+impl SignalSpec {
+    /// The anomalies as label ranges (what the SigMF annotations will say).
+    pub fn label_ranges(&self) -> Vec<crate::window::LabelRange> {
+        self.anomalies
+            .iter()
+            .map(|a| crate::window::LabelRange {
+                start: a.start,
+                count: a.count,
+                label: a.kind.label().into(),
+            })
+            .collect()
+    }
+}
+
 /// Places anomalies of the given kinds, one per equal slot of the recording (in the order
 /// given), each at a seeded random position inside its slot with at least `guard` samples to
 /// either slot edge. Fails if a slot is shorter than `count + 2 * guard`.

@@ -43,6 +43,27 @@ fn standard_pair_follows_the_recipe() {
     .unwrap();
     assert_ne!(other.test.anomalies, pair.test.anomalies);
     assert_eq!(other.train.anomalies.len(), 3);
+    // In-memory generation matches the specs.
+    let small = StandardPairConfig {
+        train_samples: 1 << 14,
+        test_samples: 1 << 14,
+        anomaly_samples: 512,
+        ..StandardPairConfig::default()
+    };
+    let p = standard_pair(&small).unwrap();
+    let data = p.generate().unwrap();
+    assert_eq!(
+        data.train,
+        Generator::new(p.train.clone())
+            .unwrap()
+            .generate_all()
+            .unwrap()
+    );
+    assert_eq!(data.test.len(), 1 << 14);
+    assert!(data.train_labels.is_empty());
+    assert_eq!(data.test_labels, p.test.label_ranges());
+    assert_eq!(data.test_labels.len(), 9);
+    assert_eq!(data.sample_rate_hz, 1e6);
     // Bad recipes are errors.
     assert!(standard_pair(&StandardPairConfig {
         test_samples: 10_000,
