@@ -15,7 +15,7 @@ fn main() {
         let t0 = Instant::now();
         for i in 0..calls {
             // SAFETY: panels hold kp pairs.
-            unsafe { ukernel::run(isa, kp, a.as_ptr(), b.as_ptr(), &mut tile, i == 0) };
+            unsafe { ukernel::run(isa, kp, a.as_ptr(), kp * 2, b.as_ptr(), &mut tile, i == 0) };
         }
         let s = t0.elapsed().as_secs_f64();
         let ops = 2.0 * (MR * NR * 2 * kp * calls) as f64;

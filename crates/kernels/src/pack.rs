@@ -4,8 +4,9 @@
 //! each sub-range is padded to an even length with a zero so that a k-pair never straddles two
 //! chunks. Layouts, with `P` the step's total number of pairs:
 //!
-//! * A~: strip `s` (rows `MR*s ..`) at offset `s * P * MR * 2`; pair `p`, row `r`, half `h` at
-//!   `(p * MR + r) * 2 + h`. Rows past the matrix are zero.
+//! * A~: strip `s` (rows `MR*s ..`) at offset `s * P * MR * 2`; row `r`, pair `p`, half `h` at
+//!   `r * P * 2 + p * 2 + h` (each row is its k range widened, so row-major A packs as a plain
+//!   widening copy). Rows past the matrix are zero.
 //! * B~: strip `j` (columns `NR*j ..`) at offset `j * P * NR * 2`; pair `p`, column `c`, half `h`
 //!   at `(p * NR + c) * 2 + h`. Columns past the matrix are zero.
 
@@ -48,6 +49,18 @@ impl QElem for i8 {
         out: &mut [i16],
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && b.row_stride == 1 && k1 >= k0 + 16 && n + NR <= b.cols {
+            // Column-contiguous B (a transposed view): columns `n .. n+NR` read `k0 .. k1`.
+            let last = (n + NR - 1) * b.col_stride + k1;
+            assert!(last <= b.data.len() && out.len() >= (k1 - k0).div_ceil(2) * NR * 2);
+            // SAFETY: bounds asserted above; AVX2 is present (isa).
+            let done =
+                unsafe { avx2_pack::b_cols_i8(b.data.as_ptr(), b.col_stride, n, k0, k1, out) };
+            // The last `k1 - done` rows (fewer than 16) go through the portable loop.
+            pack_b_strip_generic(b, n, NR, done, k1, &mut out[(done - k0) / 2 * NR * 2..]);
+            return true;
+        }
+        #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx2 && b.col_stride == 1 && k1 > k0 && n + NR <= b.cols {
             // Every row read is `data[k * row_stride + n .. + NR]`; the last one lies inside the
             // view, which `MatRef::check` validated.
@@ -72,6 +85,7 @@ impl QElem for i16 {
 
 /// Packs rows `m0 .. m0 + mlen` of A for the k sub-ranges `ranges` (total `pairs` pairs).
 pub fn pack_a<T: QElem>(
+    isa: Isa,
     a: &MatRef<'_, T>,
     m0: usize,
     mlen: usize,
@@ -80,43 +94,54 @@ pub fn pack_a<T: QElem>(
     out: &mut [i16],
 ) {
     let strips = mlen.div_ceil(MR);
-    let strip_len = pairs * MR * 2;
-    let out = &mut out[..strips * strip_len];
-    for (s, dst) in out.chunks_exact_mut(strip_len).enumerate() {
-        for r in 0..MR {
-            let row = m0 + s * MR + r;
-            let mut poff = 0;
-            for &(k0, k1) in ranges {
-                let q = (k1 - k0).div_ceil(2);
-                if row >= m0 + mlen {
-                    for p in 0..q {
-                        let w = ((poff + p) * MR + r) * 2;
-                        dst[w] = 0;
-                        dst[w + 1] = 0;
-                    }
-                } else if a.col_stride == 1 {
-                    let src = &a.data[row * a.row_stride + k0..row * a.row_stride + k1];
-                    for p in 0..q {
-                        let w = ((poff + p) * MR + r) * 2;
-                        dst[w] = src[2 * p].widen();
-                        dst[w + 1] = src.get(2 * p + 1).map_or(0, |v| v.widen());
-                    }
-                } else {
-                    let base = row * a.row_stride;
-                    for p in 0..q {
-                        let w = ((poff + p) * MR + r) * 2;
-                        let k = k0 + 2 * p;
-                        dst[w] = a.data[base + k * a.col_stride].widen();
-                        dst[w + 1] = if k + 1 < k1 {
-                            a.data[base + (k + 1) * a.col_stride].widen()
-                        } else {
-                            0
-                        };
-                    }
+    let row_len = pairs * 2;
+    let out = &mut out[..strips * MR * row_len];
+    for (i, dst) in out.chunks_exact_mut(row_len).enumerate() {
+        if i >= mlen {
+            dst.fill(0);
+            continue;
+        }
+        let row = m0 + i;
+        let mut o = 0;
+        for &(k0, k1) in ranges {
+            let len = k1 - k0;
+            let d = &mut dst[o..o + len.div_ceil(2) * 2];
+            o += d.len();
+            if a.col_stride == 1 {
+                let base = row * a.row_stride;
+                widen(isa, &a.data[base + k0..base + k1], &mut d[..len]);
+            } else {
+                let base = row * a.row_stride;
+                for (j, v) in d[..len].iter_mut().enumerate() {
+                    *v = a.data[base + (k0 + j) * a.col_stride].widen();
                 }
-                poff += q;
+            }
+            if len % 2 == 1 {
+                d[len] = 0;
             }
         }
+    }
+}
+
+/// `dst[i] = src[i] as i16`, vectorised (AVX2 when the isa allows).
+#[inline]
+fn widen<T: QElem>(isa: Isa, src: &[T], dst: &mut [i16]) {
+    #[inline(always)]
+    fn body<T: QElem>(src: &[T], dst: &mut [i16]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s.widen();
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn body_avx2<T: QElem>(src: &[T], dst: &mut [i16]) {
+        body(src, dst)
+    }
+    match isa {
+        // SAFETY: the Avx2 isa is only chosen when the CPU has AVX2.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { body_avx2(src, dst) },
+        _ => body(src, dst),
     }
 }
 
@@ -144,25 +169,37 @@ pub fn pack_b<T: QElem>(
             if valid == NR && T::pack_b_strip_fast(isa, b, n, k0, k1, seg) {
                 continue;
             }
-            for p in 0..q {
-                let w = &mut seg[p * NR * 2..(p + 1) * NR * 2];
-                for h in 0..2 {
-                    let k = k0 + 2 * p + h;
-                    if k >= k1 {
-                        for c in 0..NR {
-                            w[2 * c + h] = 0;
-                        }
-                        continue;
-                    }
-                    let base = k * b.row_stride;
-                    for c in 0..NR {
-                        w[2 * c + h] = if c < valid {
-                            b.data[base + (n + c) * b.col_stride].widen()
-                        } else {
-                            0
-                        };
-                    }
+            pack_b_strip_generic(b, n, valid, k0, k1, seg);
+        }
+    }
+}
+
+/// Portable B strip packing: columns `n .. n + valid` (zeros up to `NR`), rows `k0 .. k1`.
+fn pack_b_strip_generic<T: QElem>(
+    b: &MatRef<'_, T>,
+    n: usize,
+    valid: usize,
+    k0: usize,
+    k1: usize,
+    seg: &mut [i16],
+) {
+    for p in 0..(k1 - k0).div_ceil(2) {
+        let w = &mut seg[p * NR * 2..(p + 1) * NR * 2];
+        for h in 0..2 {
+            let k = k0 + 2 * p + h;
+            if k >= k1 {
+                for c in 0..NR {
+                    w[2 * c + h] = 0;
                 }
+                continue;
+            }
+            let base = k * b.row_stride;
+            for c in 0..NR {
+                w[2 * c + h] = if c < valid {
+                    b.data[base + (n + c) * b.col_stride].widen()
+                } else {
+                    0
+                };
             }
         }
     }
@@ -202,5 +239,70 @@ mod avx2_pack {
             o = o.add(2);
             k += 2;
         }
+    }
+
+    /// Column-contiguous i8 B: for 8 columns at a time, widen 16 k of each column (8 pair
+    /// words) and transpose the 8x8 word block so that each pair's 8 columns are contiguous.
+    /// Handles whole groups of 16 k and returns where it stopped.
+    ///
+    /// # Safety
+    /// Columns `n..n+16` at rows `k0..k1` must be readable (column `c` at `c * col_stride`);
+    /// `out` must hold `ceil((k1-k0)/2) * 32` i16; AVX2 must be present.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn b_cols_i8(
+        data: *const i8,
+        col_stride: usize,
+        n: usize,
+        k0: usize,
+        k1: usize,
+        out: &mut [i16],
+    ) -> usize {
+        let o = out.as_mut_ptr();
+        let mut k = k0;
+        while k + 16 <= k1 {
+            let pbase = (k - k0) / 2;
+            for half in 0..2 {
+                let c0 = n + 8 * half;
+                let col = |c: usize| {
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                        data.add((c0 + c) * col_stride + k) as *const __m128i
+                    ))
+                };
+                let (v0, v1, v2, v3) = (col(0), col(1), col(2), col(3));
+                let (v4, v5, v6, v7) = (col(4), col(5), col(6), col(7));
+                let t0 = _mm256_unpacklo_epi32(v0, v1);
+                let t1 = _mm256_unpackhi_epi32(v0, v1);
+                let t2 = _mm256_unpacklo_epi32(v2, v3);
+                let t3 = _mm256_unpackhi_epi32(v2, v3);
+                let t4 = _mm256_unpacklo_epi32(v4, v5);
+                let t5 = _mm256_unpackhi_epi32(v4, v5);
+                let t6 = _mm256_unpacklo_epi32(v6, v7);
+                let t7 = _mm256_unpackhi_epi32(v6, v7);
+                let u0 = _mm256_unpacklo_epi64(t0, t2);
+                let u1 = _mm256_unpackhi_epi64(t0, t2);
+                let u2 = _mm256_unpacklo_epi64(t1, t3);
+                let u3 = _mm256_unpackhi_epi64(t1, t3);
+                let u4 = _mm256_unpacklo_epi64(t4, t6);
+                let u5 = _mm256_unpackhi_epi64(t4, t6);
+                let u6 = _mm256_unpacklo_epi64(t5, t7);
+                let u7 = _mm256_unpackhi_epi64(t5, t7);
+                let rows = [
+                    _mm256_permute2x128_si256(u0, u4, 0x20),
+                    _mm256_permute2x128_si256(u1, u5, 0x20),
+                    _mm256_permute2x128_si256(u2, u6, 0x20),
+                    _mm256_permute2x128_si256(u3, u7, 0x20),
+                    _mm256_permute2x128_si256(u0, u4, 0x31),
+                    _mm256_permute2x128_si256(u1, u5, 0x31),
+                    _mm256_permute2x128_si256(u2, u6, 0x31),
+                    _mm256_permute2x128_si256(u3, u7, 0x31),
+                ];
+                for (p, r) in rows.iter().enumerate() {
+                    let dst = o.add(((pbase + p) * 16 + 8 * half) * 2) as *mut __m256i;
+                    _mm256_storeu_si256(dst, *r);
+                }
+            }
+            k += 16;
+        }
+        k
     }
 }

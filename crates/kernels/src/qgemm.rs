@@ -262,7 +262,7 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
             while ic < blk.m1 {
                 let mcur = mc.min(blk.m1 - ic);
                 let ap = apack.slice();
-                pack_a(&ctx.a, ic, mcur, &step.ranges, step.pairs, ap);
+                pack_a(ctx.isa, &ctx.a, ic, mcur, &step.ranges, step.pairs, ap);
                 let astrip = step.pairs * MR * 2;
                 for jr in 0..ncur.div_ceil(NR) {
                     let n = jc + jr * NR;
@@ -284,7 +284,8 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
                                 ukernel::run(
                                     ctx.isa,
                                     pc.pairs,
-                                    ap.as_ptr().add(ir * astrip + pc.poff * MR * 2),
+                                    ap.as_ptr().add(ir * astrip + pc.poff * 2),
+                                    step.pairs * 2,
                                     bp.as_ptr().add(jr * bstrip + pc.poff * NR * 2),
                                     tile,
                                     pc.first,

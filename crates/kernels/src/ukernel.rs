@@ -1,9 +1,9 @@
 //! Register-blocked integer microkernels: one `MR x NR` tile of exact i32 sums from packed
 //! i16 panels.
 //!
-//! Both operands are packed in *k-pairs* (see [`crate::pack`]): for pair `p`, the A micro-panel
-//! holds `MR` words `(a[r, 2p], a[r, 2p+1])` and the B micro-panel `NR` words
-//! `(b[2p, c], b[2p+1, c])`, each word two i16 values. `vpmaddwd` multiplies a broadcast A word
+//! Both operands are packed in *k-pairs* (see [`crate::pack`]): the A micro-panel holds, for
+//! each of its `MR` rows (`a_stride` i16 apart), the words `(a[r, 2p], a[r, 2p+1])` in pair
+//! order; the B micro-panel holds for pair `p` the `NR` words `(b[2p, c], b[2p+1, c])`. `vpmaddwd` multiplies a broadcast A word
 //! against a B vector and adds the two products of each word into an i32 lane: 16 exact MACs per
 //! instruction with no saturation (it can only wrap for `(-32768)^2 * 2`, which the k_safe chunking
 //! rules out: such operands give `k_safe = 1`, so the second half of every pair is a zero pad).
@@ -52,20 +52,22 @@ impl Isa {
 /// `tile = (first ? 0 : tile) + sum_{p < kp} A~[p] (x) B~[p]` for one `MR x NR` tile.
 ///
 /// # Safety
-/// `a` must hold `kp * MR * 2` and `b` `kp * NR * 2` readable i16; `isa` must be supported.
+/// Rows `r < MR` of A must hold `2 * kp` readable i16 at `a + r * a_stride`, `b` must hold
+/// `kp * NR * 2` readable i16, and `isa` must be supported.
 #[inline]
 pub unsafe fn run(
     isa: Isa,
     kp: usize,
     a: *const i16,
+    a_stride: usize,
     b: *const i16,
     tile: &mut [i32; TILE],
     first: bool,
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::kernel(kp, a, b, tile, first),
-        _ => generic(kp, a, b, tile, first),
+        Isa::Avx2 => avx2::kernel(kp, a, a_stride, b, tile, first),
+        _ => generic(kp, a, a_stride, b, tile, first),
     }
 }
 
@@ -76,6 +78,7 @@ pub unsafe fn run(
 pub unsafe fn generic(
     kp: usize,
     a: *const i16,
+    a_stride: usize,
     b: *const i16,
     tile: &mut [i32; TILE],
     first: bool,
@@ -83,14 +86,13 @@ pub unsafe fn generic(
     if first {
         tile.fill(0);
     }
-    let a = std::slice::from_raw_parts(a, kp * MR * 2);
     let b = std::slice::from_raw_parts(b, kp * NR * 2);
-    for p in 0..kp {
-        let ap = &a[p * MR * 2..(p + 1) * MR * 2];
-        let bp = &b[p * NR * 2..(p + 1) * NR * 2];
-        for r in 0..MR {
-            let (a0, a1) = (ap[2 * r] as i32, ap[2 * r + 1] as i32);
-            let row = &mut tile[r * NR..(r + 1) * NR];
+    for r in 0..MR {
+        let arow = std::slice::from_raw_parts(a.add(r * a_stride), kp * 2);
+        let row = &mut tile[r * NR..(r + 1) * NR];
+        for p in 0..kp {
+            let (a0, a1) = (arow[2 * p] as i32, arow[2 * p + 1] as i32);
+            let bp = &b[p * NR * 2..(p + 1) * NR * 2];
             for (c, t) in row.iter_mut().enumerate() {
                 *t += a0 * bp[2 * c] as i32 + a1 * bp[2 * c + 1] as i32;
             }
@@ -109,6 +111,7 @@ mod avx2 {
     pub unsafe fn kernel(
         kp: usize,
         a: *const i16,
+        a_stride: usize,
         b: *const i16,
         tile: &mut [i32; TILE],
         first: bool,
@@ -143,128 +146,129 @@ mod avx2 {
             "vpaddd ymm4, ymm4, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm5, ymm5, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 4]",
+            "vpbroadcastd ymm2, dword ptr [{a} + {s} + 0]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm6, ymm6, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm7, ymm7, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 8]",
+            "vpbroadcastd ymm2, dword ptr [{a} + {s}*2 + 0]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm8, ymm8, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm9, ymm9, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 12]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + 0]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm10, ymm10, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm11, ymm11, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 16]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + {s} + 0]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm12, ymm12, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm13, ymm13, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 20]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + {s}*2 + 0]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm14, ymm14, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm15, ymm15, ymm2",
             "vmovdqu ymm0, ymmword ptr [{b} + 64]",
             "vmovdqu ymm1, ymmword ptr [{b} + 96]",
-            "vpbroadcastd ymm2, dword ptr [{a} + 24]",
+            "vpbroadcastd ymm2, dword ptr [{a} + 4]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm4, ymm4, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm5, ymm5, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 28]",
+            "vpbroadcastd ymm2, dword ptr [{a} + {s} + 4]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm6, ymm6, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm7, ymm7, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 32]",
+            "vpbroadcastd ymm2, dword ptr [{a} + {s}*2 + 4]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm8, ymm8, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm9, ymm9, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 36]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + 4]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm10, ymm10, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm11, ymm11, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 40]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + {s} + 4]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm12, ymm12, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm13, ymm13, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 44]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + {s}*2 + 4]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm14, ymm14, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm15, ymm15, ymm2",
             "vmovdqu ymm0, ymmword ptr [{b} + 128]",
             "vmovdqu ymm1, ymmword ptr [{b} + 160]",
-            "vpbroadcastd ymm2, dword ptr [{a} + 48]",
+            "vpbroadcastd ymm2, dword ptr [{a} + 8]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm4, ymm4, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm5, ymm5, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 52]",
+            "vpbroadcastd ymm2, dword ptr [{a} + {s} + 8]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm6, ymm6, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm7, ymm7, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 56]",
+            "vpbroadcastd ymm2, dword ptr [{a} + {s}*2 + 8]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm8, ymm8, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm9, ymm9, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 60]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + 8]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm10, ymm10, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm11, ymm11, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 64]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + {s} + 8]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm12, ymm12, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm13, ymm13, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 68]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + {s}*2 + 8]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm14, ymm14, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm15, ymm15, ymm2",
             "vmovdqu ymm0, ymmword ptr [{b} + 192]",
             "vmovdqu ymm1, ymmword ptr [{b} + 224]",
-            "vpbroadcastd ymm2, dword ptr [{a} + 72]",
+            "vpbroadcastd ymm2, dword ptr [{a} + 12]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm4, ymm4, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm5, ymm5, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 76]",
+            "vpbroadcastd ymm2, dword ptr [{a} + {s} + 12]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm6, ymm6, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm7, ymm7, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 80]",
+            "vpbroadcastd ymm2, dword ptr [{a} + {s}*2 + 12]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm8, ymm8, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm9, ymm9, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 84]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + 12]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm10, ymm10, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm11, ymm11, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 88]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + {s} + 12]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm12, ymm12, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm13, ymm13, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 92]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + {s}*2 + 12]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm14, ymm14, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm15, ymm15, ymm2",
-            "add {a}, 96",
+            "add {a}, 16",
+            "add {a3}, 16",
             "add {b}, 256",
             "sub {n}, 4",
             "cmp {n}, 4",
@@ -280,37 +284,40 @@ mod avx2 {
             "vpaddd ymm4, ymm4, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm5, ymm5, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 4]",
+            "vpbroadcastd ymm2, dword ptr [{a} + {s} + 0]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm6, ymm6, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm7, ymm7, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 8]",
+            "vpbroadcastd ymm2, dword ptr [{a} + {s}*2 + 0]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm8, ymm8, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm9, ymm9, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 12]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + 0]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm10, ymm10, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm11, ymm11, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 16]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + {s} + 0]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm12, ymm12, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm13, ymm13, ymm2",
-            "vpbroadcastd ymm2, dword ptr [{a} + 20]",
+            "vpbroadcastd ymm2, dword ptr [{a3} + {s}*2 + 0]",
             "vpmaddwd ymm3, ymm2, ymm0",
             "vpaddd ymm14, ymm14, ymm3",
             "vpmaddwd ymm2, ymm2, ymm1",
             "vpaddd ymm15, ymm15, ymm2",
-            "add {a}, 24",
+            "add {a}, 4",
+            "add {a3}, 4",
             "add {b}, 64",
             "dec {n}",
             "jnz 4b",
             "5:",
             a = inout(reg) a => _,
+            a3 = inout(reg) a.add(3 * a_stride) => _,
+            s = in(reg) a_stride * 2,
             b = inout(reg) b => _,
             n = inout(reg) kp => _,
             out("ymm0") _,
