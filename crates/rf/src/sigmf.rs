@@ -221,7 +221,9 @@ impl SigMfMeta {
     }
 
     /// Metadata describing a generated recording: the spec under `lowprec:generator` and one
-    /// annotation per anomaly (label = type, frequency edges, power in the comment).
+    /// annotation per anomaly (label = type, frequency edges, power in the comment). The
+    /// capture has no `core:frequency` (no RF centre is simulated), so the annotations'
+    /// frequency edges are baseband offsets in Hz.
     pub fn for_generator(generator: &Generator, description: Option<String>) -> SigMfMeta {
         let spec = generator.spec();
         let mut meta = SigMfMeta::new(spec.fm.sample_rate_hz);
@@ -401,7 +403,6 @@ pub fn sigmf_paths(path: &Path) -> (PathBuf, PathBuf) {
     let base = s
         .strip_suffix(".sigmf-meta")
         .or_else(|| s.strip_suffix(".sigmf-data"))
-        .or_else(|| s.strip_suffix(".sigmf"))
         .map(|b| b.to_string())
         .unwrap_or_else(|| s.to_string());
     (
@@ -484,8 +485,9 @@ fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes `path` atomically: the content goes to a temporary file in the same directory, is
-/// synced, then renamed over `path`. On error the temporary file is removed.
+/// Writes `path` atomically: the content goes to a temporary file in the same directory
+/// (created if missing), is synced, then renamed over `path`. On error the temporary file is
+/// removed.
 pub fn atomic_write<T>(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> Result<T, RfError>,
@@ -505,6 +507,7 @@ pub fn atomic_write<T>(
         name.to_string_lossy(),
         std::process::id()
     ));
+    std::fs::create_dir_all(&dir).map_err(|e| RfError::io(&dir, e))?;
     let result = (|| {
         let file = File::create(&tmp).map_err(|e| RfError::io(&tmp, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);

@@ -52,6 +52,9 @@ fn round_trip_preserves_samples_metadata_and_labels() {
     let g = generator();
     let written = write(dir.path(), "rec", &g, 1000);
     let samples = g.generate_all().unwrap();
+    // Missing directories are created.
+    write(&dir.path().join("sub/dir"), "rec", &g, 1000);
+    assert!(dir.path().join("sub/dir/rec.sigmf-meta").exists());
     // Any of the three names opens the recording.
     for name in ["rec", "rec.sigmf-meta", "rec.sigmf-data"] {
         let r = read_recording(&dir.path().join(name), ReadOptions::default()).unwrap();
