@@ -89,7 +89,7 @@ pub struct Catalog {
 
 fn matches(id: &str, aliases: &[String], name: &str) -> bool {
     let n = name.trim().to_ascii_lowercase();
-    id == n || aliases.iter().any(|a| *a == n)
+    id == n || aliases.contains(&n)
 }
 
 impl Catalog {

@@ -188,6 +188,18 @@ pub struct GemmPlan {
     pub calls: Vec<CoreCall>,
 }
 
+/// Shape and K semantics of one GEMM: `A (m x k) * B (k x n)`, segments of `segment` along K
+/// cut into chunks of at most `k_safe`, accumulating into C or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmShape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub segment: usize,
+    pub k_safe: usize,
+    pub accumulate: bool,
+}
+
 /// Static configuration of the simulated core.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -221,16 +233,15 @@ impl CoreConfig {
     }
 
     /// The schedule for an `m x k` by `k x n` GEMM (see the module docs).
-    pub fn plan(
-        &self,
-        m: usize,
-        k: usize,
-        n: usize,
-        segment: usize,
-        k_safe: usize,
-        accumulate: bool,
-        order: ReadOrder,
-    ) -> GemmPlan {
+    pub fn plan(&self, shape: GemmShape, order: ReadOrder) -> GemmPlan {
+        let GemmShape {
+            m,
+            k,
+            n,
+            segment,
+            k_safe,
+            accumulate,
+        } = shape;
         let (tm, tk) = self.tile_limits(order);
         let chunks = k_chunks(k, segment, k_safe);
         let mut calls = Vec::new();
@@ -330,7 +341,7 @@ impl CoreConfig {
 
         // Discrete-event walk over the rows: one in-order DMA queue, double-buffered input.
         let mut dma_free = c.preload_cycles;
-        let mut in_done = vec![0u64; 2];
+        let mut in_done = [0u64; 2];
         let mut comp_done_prev = c.preload_cycles;
         let mut stalls = 0u64;
         let issue_in = |slot: &mut u64, ready: u64, dma_free: &mut u64| {
@@ -658,12 +669,14 @@ impl FpgaSim {
         let (m, k, ncols) = (a.mat.rows, a.mat.cols, b.mat.cols);
         let order = Self::read_order(&a.mat);
         let plan = self.cfg.plan(
-            m,
-            k,
-            ncols,
-            spec.segment,
-            k_safe(a.max_abs, b.max_abs),
-            spec.accumulate,
+            GemmShape {
+                m,
+                k,
+                n: ncols,
+                segment: spec.segment,
+                k_safe: k_safe(a.max_abs, b.max_abs),
+                accumulate: spec.accumulate,
+            },
             order,
         );
         let ld = c.ld;

@@ -104,12 +104,12 @@ pub fn table_iii_iv() -> Result<Vec<TableRow>> {
 }
 
 fn is_fitted(net: &str, batch: usize, board: &str, fpga: bool) -> bool {
-    match (net, batch, board, fpga) {
-        ("vgg16", 1 | 128, "zcu111", _) => true,
-        ("logreg", 128, "pynq-z1", _) => true,
-        ("logreg", 128, "zcu111", true) => true,
-        _ => false,
-    }
+    matches!(
+        (net, batch, board, fpga),
+        ("vgg16", 1 | 128, "zcu111", _)
+            | ("logreg", 128, "pynq-z1", _)
+            | ("logreg", 128, "zcu111", true)
+    )
 }
 
 /// Table VI: seconds per iteration, processor only and FPGA-accelerated, and the speed-ups

@@ -26,7 +26,7 @@
 
 use crate::design::ArrayDesign;
 use crate::networks::{self, GemmOp, Layer, Network, Pass};
-use crate::sim::{CoreConfig, ReadOrder, SimCounters};
+use crate::sim::{CoreConfig, GemmShape, ReadOrder, SimCounters};
 use crate::{HwError, Result};
 use lowprec_kernels::types::k_safe;
 use std::sync::OnceLock;
@@ -136,7 +136,17 @@ pub fn op_counters(cfg: &CoreConfig, op: &GemmOp) -> SimCounters {
     } else {
         ReadOrder::RowMajor
     };
-    let plan = cfg.plan(op.m, op.k, op.n, op.segment, k_safe(127, 127), false, order);
+    let plan = cfg.plan(
+        GemmShape {
+            m: op.m,
+            k: op.k,
+            n: op.n,
+            segment: op.segment,
+            k_safe: k_safe(127, 127),
+            accumulate: false,
+        },
+        order,
+    );
     let first = cfg.time_plan(&plan);
     let mut total = first;
     if op.repeat > 1 {
@@ -343,14 +353,14 @@ pub fn calibrate() -> Result<Calibration> {
     let mut y = [0.0; 3];
     for (i, &(net, b, id)) in rows.iter().enumerate() {
         let base = probe(&c, net, b);
-        for j in 0..3 {
+        for (j, coef) in a[i].iter_mut().enumerate() {
             let mut cj = c;
             match j {
                 0 => cj.quant_s = 1e-9,
                 1 => cj.layout_s = 1e-9,
                 _ => cj.weight_quant_s = 1e-9,
             }
-            a[i][j] = (probe(&cj, net, b) - base) / 1e-9;
+            *coef = (probe(&cj, net, b) - base) / 1e-9;
         }
         y[i] = paper_row(id, b, "zcu111").1 - base;
     }

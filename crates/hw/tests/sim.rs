@@ -2,7 +2,7 @@
 //! conflict-freedom, and invalid designs.
 
 use lowprec_hw::design::ArrayDesign;
-use lowprec_hw::sim::{bank_index, CoreCall, FpgaSim, Piece, ReadOrder};
+use lowprec_hw::sim::{bank_index, CoreCall, FpgaSim, GemmShape, Piece, ReadOrder};
 use lowprec_kernels::reference::gemm_q8_ref;
 use lowprec_kernels::{GemmBackend, GemmSpec, MatMut, MatRef, QMatRef, Scales};
 
@@ -410,11 +410,14 @@ fn chunks_not_aligned_to_n_cost_their_own_steps() {
     let sim = FpgaSim::new(d);
     let cfg = sim.config();
     // K = 20 in segments of 6: pieces 6, 6, 6, 2 -> 1 step each on an 8-wide array.
-    let plan = cfg.plan(16, 20, 5, 6, usize::MAX, false, ReadOrder::RowMajor);
+    let plan = cfg.plan(shape(16, 20, 5, 6, usize::MAX, false), ReadOrder::RowMajor);
     assert_eq!(plan.calls.len(), 1);
     assert_eq!(cfg.row_cycles(&plan.calls[0]), 2 * 4);
     // K tiles of 64 inside one 100-long chunk: carry out, then carry in.
-    let plan = cfg.plan(4, 100, 1, usize::MAX, usize::MAX, true, ReadOrder::RowMajor);
+    let plan = cfg.plan(
+        shape(4, 100, 1, usize::MAX, usize::MAX, true),
+        ReadOrder::RowMajor,
+    );
     assert_eq!(
         plan.calls,
         vec![
@@ -481,7 +484,7 @@ fn run_counters_equal_the_plan_counters() {
             .unwrap();
         let plan = sim
             .config()
-            .plan(m, k, n, seg, usize::MAX, false, ReadOrder::RowMajor);
+            .plan(shape(m, k, n, seg, usize::MAX, false), ReadOrder::RowMajor);
         assert_eq!(sim.counters(), sim.config().time_plan(&plan), "{m}x{k}x{n}");
     }
 }
@@ -596,4 +599,22 @@ fn invalid_designs_are_errors() {
             .a_rows,
         672
     );
+}
+
+fn shape(
+    m: usize,
+    k: usize,
+    n: usize,
+    segment: usize,
+    k_safe: usize,
+    accumulate: bool,
+) -> GemmShape {
+    GemmShape {
+        m,
+        k,
+        n,
+        segment,
+        k_safe,
+        accumulate,
+    }
 }
