@@ -133,7 +133,8 @@ impl Normaliser {
 #[derive(Clone, Debug)]
 struct Labeller {
     /// Annotations sorted by start (stable), with their kind index.
-    ranges: Vec<(u64, u64, u16)>,
+    /// `(start, end, kind, index in the caller's list)`.
+    ranges: Vec<(u64, u64, u16, usize)>,
     /// Union of the annotations as disjoint sorted `[start, end)` intervals.
     merged: Vec<(u64, u64)>,
     names: Vec<String>,
@@ -162,17 +163,17 @@ impl Labeller {
             let kind = u16::try_from(kind).map_err(|_| {
                 RfError::InvalidArgument("more than 65535 distinct annotation labels".into())
             })?;
-            sorted.push((r.start, end, kind));
+            sorted.push((r.start, end, kind, k));
         }
-        sorted.sort_by_key(|&(s, _, _)| s);
+        sorted.sort_by_key(|&(s, _, _, _)| s);
         let mut merged: Vec<(u64, u64)> = Vec::new();
-        for &(s, e, _) in &sorted {
+        for &(s, e, _, _) in &sorted {
             match merged.last_mut() {
                 Some(last) if s <= last.1 => last.1 = last.1.max(e),
                 _ => merged.push((s, e)),
             }
         }
-        let longest = sorted.iter().map(|&(s, e, _)| e - s).max().unwrap_or(0);
+        let longest = sorted.iter().map(|&(s, e, _, _)| e - s).max().unwrap_or(0);
         Ok(Labeller {
             ranges: sorted,
             merged,
@@ -195,15 +196,17 @@ impl Labeller {
         // Annotations overlapping [s, e) start in [s - longest, e).
         let lo = self
             .ranges
-            .partition_point(|&(start, _, _)| start < s.saturating_sub(self.longest));
+            .partition_point(|&(start, _, _, _)| start < s.saturating_sub(self.longest));
+        // (overlap, caller's index, kind): most overlap, then first listed.
         let mut best: Option<(u64, usize, u16)> = None;
-        for (k, &(start, end, kind)) in self.ranges.iter().enumerate().skip(lo) {
+        for &(start, end, kind, index) in &self.ranges[lo..] {
             if start >= e {
                 break;
             }
             let overlap = end.min(e).saturating_sub(start.max(s));
-            if overlap > 0 && best.is_none_or(|(b, _, _)| overlap > b) {
-                best = Some((overlap, k, kind));
+            let better = best.is_none_or(|(b, bi, _)| overlap > b || (overlap == b && index < bi));
+            if overlap > 0 && better {
+                best = Some((overlap, index, kind));
             }
         }
         (covered, best.map(|(_, _, kind)| kind))

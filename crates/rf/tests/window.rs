@@ -244,3 +244,53 @@ fn streaming_matches_batch() {
         }
     }
 }
+
+/// Labels and kinds against a per-sample brute force on random, overlapping annotations
+/// (listed out of order, so "first listed" and "earliest start" differ).
+#[test]
+fn labels_match_brute_force() {
+    let rng = CounterRng::new(11, 4);
+    let mut draw = 0u64;
+    let mut next = |m: u64| {
+        draw += 1;
+        (rng.uniform(draw) * m as f64) as u64
+    };
+    let names = ["bandpass", "chirp", "sine"];
+    for case in 0..200 {
+        let n = 1 + next(400) as usize;
+        let ranges: Vec<LabelRange> = (0..next(6))
+            .map(|_| lr(next(n as u64 + 20), next(60), names[next(3) as usize]))
+            .collect();
+        let cfg = WindowConfig {
+            len: 1 + next(20) as usize,
+            stride: 1 + next(20) as usize,
+            min_overlap: (1 + next(100)) as f64 / 100.0,
+        };
+        let w = make_windows(&ramp(n), cfg, Normaliser::identity(), &ranges).unwrap();
+        assert_eq!(w.len() as u64, cfg.count_for(n as u64));
+        for k in 0..w.len() {
+            let (s, e) = (w.starts[k], w.starts[k] + cfg.len as u64);
+            assert_eq!(s, (k * cfg.stride) as u64);
+            let covered = (s..e)
+                .filter(|&t| ranges.iter().any(|r| t >= r.start && t < r.start + r.count))
+                .count();
+            assert_eq!(
+                w.labels[k],
+                covered as u64 >= cfg.min_annotated(),
+                "case {case} window {k}"
+            );
+            let mut best: Option<(u64, &str)> = None;
+            for r in &ranges {
+                let ov = (r.start + r.count).min(e).saturating_sub(r.start.max(s));
+                if ov > 0 && best.is_none_or(|(b, _)| ov > b) {
+                    best = Some((ov, &r.label));
+                }
+            }
+            assert_eq!(
+                w.kind_name(k),
+                best.map(|(_, l)| l),
+                "case {case} window {k}"
+            );
+        }
+    }
+}
