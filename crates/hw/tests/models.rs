@@ -58,7 +58,11 @@ fn iteration_times_reproduce_table_vi() {
         );
     }
     let predicted = rows.iter().filter(|r| !r.fitted).count();
-    assert!(predicted >= 7, "{predicted} predicted figures");
+    assert!(predicted >= 8, "{predicted} predicted figures");
+    // Section V is reported, not held to a tolerance: the model over-predicts the RF
+    // auto-encoder's speed-up (known limitation, documented).
+    let rf = tables::section_v().unwrap();
+    assert!(rf[0].model.is_finite() && rf[0].model > 1.0);
     let vgg = rows
         .iter()
         .find(|r| r.row.contains("vgg16 batch 128") && r.quantity == "speed-up")

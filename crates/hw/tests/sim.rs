@@ -618,3 +618,108 @@ fn shape(
         accumulate,
     }
 }
+
+#[test]
+fn bits_do_not_depend_on_the_thread_count_and_group_scales_work() {
+    let (m, k, n) = (70, 300, 9);
+    let a = mantissas(21, 1, m * k, 127);
+    let b = mantissas(21, 2, k * n, 127);
+    let segs = lowprec_kernels::segment_count(k, 50);
+    let sa = scales(21, 3, segs * m.div_ceil(16));
+    let sb = scales(21, 5, segs * n.div_ceil(4));
+    let qa = QMatRef {
+        mat: MatRef::row_major(&a, m, k).unwrap(),
+        scales: Scales {
+            values: &sa,
+            group: 16,
+            seg_stride: m.div_ceil(16),
+        },
+        max_abs: 127,
+    };
+    let qb = QMatRef {
+        mat: MatRef::row_major(&b, k, n).unwrap(),
+        scales: Scales {
+            values: &sb,
+            group: 4,
+            seg_stride: n.div_ceil(4),
+        },
+        max_abs: 127,
+    };
+    let spec = GemmSpec {
+        segment: 50,
+        accumulate: false,
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let sim = FpgaSim::from_spec("zcu111-16x16").unwrap();
+        let mut c = vec![0f32; m * n];
+        pool.install(|| {
+            sim.gemm_q8(qa, qb, spec, MatMut::row_major(&mut c, m, n).unwrap())
+                .unwrap()
+        });
+        (c, sim.counters())
+    };
+    let (c1, k1) = run(1);
+    let (c3, k3) = run(3);
+    assert_bits(&c1, &c3, "1 vs 3 threads");
+    assert_eq!(k1, k3);
+    let mut r = vec![0f32; m * n];
+    gemm_q8_ref(qa, qb, spec, MatMut::row_major(&mut r, m, n).unwrap()).unwrap();
+    assert_bits(&c1, &r, "group scales");
+}
+
+#[test]
+fn wide_and_float_gemms_run_on_the_processor() {
+    let sim = FpgaSim::from_spec("pynq-z1-8x8").unwrap();
+    let a16: Vec<i16> = (0..12).map(|i| (i * 300 - 1500) as i16).collect();
+    let q = |d: &'static [i16], r, c| QMatRef {
+        mat: MatRef::row_major(d, r, c).unwrap(),
+        scales: Scales::uniform(&[0.5]),
+        max_abs: 2047,
+    };
+    let a16: &'static [i16] = Box::leak(a16.into_boxed_slice());
+    let mut c1 = vec![0f32; 9];
+    let mut c2 = vec![0f32; 9];
+    sim.gemm_q16(
+        q(a16, 3, 4),
+        q(a16, 4, 3),
+        GemmSpec::whole_k(),
+        MatMut::row_major(&mut c1, 3, 3).unwrap(),
+    )
+    .unwrap();
+    lowprec_kernels::reference::gemm_q16_ref(
+        q(a16, 3, 4),
+        q(a16, 4, 3),
+        GemmSpec::whole_k(),
+        MatMut::row_major(&mut c2, 3, 3).unwrap(),
+    )
+    .unwrap();
+    assert_bits(&c1, &c2, "q16");
+    let f: Vec<f32> = (0..12).map(|i| i as f32 * 0.25 - 1.0).collect();
+    let mut cf = vec![0f32; 9];
+    sim.gemm_f32(
+        MatRef::row_major(&f, 3, 4).unwrap(),
+        MatRef::row_major(&f, 4, 3).unwrap(),
+        false,
+        MatMut::row_major(&mut cf, 3, 3).unwrap(),
+    )
+    .unwrap();
+    let r = lowprec_kernels::reference::gemm_f64_ref(
+        MatRef::row_major(&f, 3, 4).unwrap(),
+        MatRef::row_major(&f, 4, 3).unwrap(),
+    );
+    for (x, y) in cf.iter().zip(&r) {
+        assert!(
+            (*x as f64 - y).abs() <= 1e-6 * y.abs().max(1.0),
+            "{x} vs {y}"
+        );
+    }
+    let ct = sim.counters();
+    assert_eq!(
+        (ct.cpu_q16_calls, ct.cpu_f32_calls, ct.core_calls),
+        (1, 1, 0)
+    );
+}
