@@ -206,7 +206,10 @@ fn catalogue_and_design_errors() {
     );
     let d = ArrayDesign::largest("pynq-z1", 8, 100.0).unwrap();
     assert!(d.resources().unwrap().bram36 <= 140.0);
-    assert_eq!(d.bank_words(), 4096 - 4096 % d.a_cols.div_ceil(8));
+    // Two BRAM18 per bank, shaped 1:9: the paper's 168-channel limit on the Pynq-Z1.
+    assert_eq!((d.a_rows, d.a_cols), (168, 1560));
+    let z = ArrayDesign::largest("zcu111", 32, 200.0).unwrap();
+    assert_eq!(z.a_rows, 672, "the paper's 672-channel limit on the ZCU111");
     assert!(ArrayDesign::largest("zcu111", 64, 200.0).is_err());
 }
 
