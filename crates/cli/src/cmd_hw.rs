@@ -260,11 +260,12 @@ fn boards() -> anyhow::Result<()> {
                 d.clock_mhz,
             )?;
             println!(
-                "    {:<28} Table {:<3} peak {:.1} GMAC/s, {} bytes per bank",
+                "    {:<28} Table {:<3} peak {:.1} GMAC/s, {} bytes per bank, 3x3 conv up to {} channels",
                 ad.spec(),
                 d.table,
                 ad.peak_macs() / 1e9,
-                ad.bank_words()
+                ad.bank_words(),
+                ad.max_conv_channels(3)
             );
         }
     }
@@ -324,6 +325,12 @@ fn estimate(
         res.bank_words,
         res.bram18_per_bank,
         if res.lutram_tail { ", LUTRAM tails" } else { "" }
+    );
+    println!(
+        "largest layer in one call: 3x3 convolutions up to {} channels, 1x1 up to {}, feature maps up to {} pixels",
+        design.max_conv_channels(3),
+        design.max_conv_channels(1),
+        design.max_feature_pixels()
     );
     let bad = net.layers_not_fitting(&design);
     println!(

@@ -213,6 +213,19 @@ impl ArrayDesign {
         resources::estimate(&self.board, self.n, self.a_rows, self.a_cols)
     }
 
+    /// Largest square convolution (`c` input and `c` output channels, `k x k` kernel) whose
+    /// weights fit in one piece: `c <= a_rows` and `c k^2 <= a_cols` (002: 672 channels on the
+    /// ZCU111, 168 on the Pynq-Z1 for 3x3 kernels). Its feature map must also satisfy
+    /// `w h <= a_cols` for the weight-gradient GEMM (see [`Self::max_feature_pixels`]).
+    pub fn max_conv_channels(&self, k: usize) -> usize {
+        self.a_rows.min(self.a_cols / (k * k).max(1))
+    }
+
+    /// Largest `w x h` output feature map whose per-example error (`oc x w h`) fits on chip.
+    pub fn max_feature_pixels(&self) -> usize {
+        self.a_cols
+    }
+
     /// Whether an A operand of `rows x cols` fits on chip in one piece, in either orientation
     /// (the runtime row/column-major read serves W and W^T from one copy).
     pub fn fits_a(&self, rows: usize, cols: usize) -> bool {

@@ -90,6 +90,13 @@ fn network_fit_follows_a_max() {
     let small = ArrayDesign::new("zcu111", 32, 480, 4160, 246.0).unwrap();
     let pynq = ArrayDesign::paper_design("pynq-z1", 8).unwrap();
     assert!(vgg.layers_not_fitting(&big).is_empty());
+    assert_eq!(big.max_conv_channels(3), 672);
+    assert_eq!(
+        ArrayDesign::paper_design("pynq-z1", 8)
+            .unwrap()
+            .max_conv_channels(3),
+        168
+    );
     assert!(!vgg.layers_not_fitting(&small).is_empty());
     assert!(!vgg.layers_not_fitting(&pynq).is_empty());
     assert_eq!(vgg.largest_a(), 512 * 512 * 9);
