@@ -3,8 +3,13 @@
 //! The binary is a thin layer over the workspace crates: each subcommand lives in its own
 //! `cmd_*.rs` module and calls into the libraries.
 
+mod cmd_bench_gemm;
 mod cmd_bench_quantize;
+mod cmd_hw;
 mod cmd_quantize;
+mod cmd_rf;
+mod cmd_train;
+mod plot;
 mod util;
 
 use anyhow::Result;
@@ -23,6 +28,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a network (a preset or a TOML file); with no argument, the main job: the MNIST
+    /// logistic-regression row of 002's Table V in fp32, bfp8+SWA and swalp.
+    Train(cmd_train::TrainArgs),
+    /// Evaluate a checkpoint (SGD and SWA models) on the test set.
+    Eval(cmd_train::EvalArgs),
+    /// Plot test accuracy vs epoch of one or more runs (PNG).
+    Plot(cmd_train::PlotArgs),
+    /// List the built-in presets.
+    Presets,
+    /// The accelerator model: boards, estimates, roofline, the papers' tables.
+    #[command(subcommand)]
+    Hw(cmd_hw::HwCommand),
+    /// RF anomaly detection: signal generation and detection.
+    #[command(subcommand)]
+    Rf(cmd_rf::RfCommand),
     /// Quantise a .npy array to a number format (BFP, fixed point, small floats).
     Quantize(cmd_quantize::QuantizeArgs),
     /// Benchmarks writing tables and JSON.
@@ -32,6 +52,8 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Integer vs float GEMM throughput.
+    Gemm(cmd_bench_gemm::BenchGemmArgs),
     /// Quantisation throughput.
     Quantize(cmd_bench_quantize::BenchQuantizeArgs),
 }
@@ -46,6 +68,13 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
+        Command::Train(a) => cmd_train::run_train(a),
+        Command::Eval(a) => cmd_train::run_eval(a),
+        Command::Plot(a) => cmd_train::run_plot(a),
+        Command::Presets => cmd_train::run_presets(),
+        Command::Hw(c) => cmd_hw::run(c),
+        Command::Rf(c) => cmd_rf::run(c),
+        Command::Bench(BenchCommand::Gemm(a)) => cmd_bench_gemm::run(a),
         Command::Quantize(a) => cmd_quantize::run(a),
         Command::Bench(BenchCommand::Quantize(a)) => cmd_bench_quantize::run(a),
     }

@@ -1,0 +1,263 @@
+//! `lowprec train`, `lowprec eval`, `lowprec plot`, `lowprec presets`.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lowprec_kernels::{CpuBackend, GemmBackend};
+use lowprec_nn::Precision;
+use lowprec_train::trainer::RunOptions;
+use lowprec_train::{Checkpoint, FinalReport, TrainConfig, Trainer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// A preset name (see `lowprec presets`) or a TOML file. Without it: the main job, the MNIST
+    /// logistic-regression row of 002's Table V in fp32, bfp8+SWA and swalp.
+    pub config: Option<String>,
+    /// Precision policy: fp32, bfp8, swalp, optionally with overrides
+    /// (`bfp8,weights=bfp6:tensor:stochastic`).
+    #[arg(long)]
+    pub precision: Option<String>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Output directory (metrics.jsonl, final.json, checkpoint.safetensors).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Resume from a checkpoint (default: OUT/checkpoint.safetensors).
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    pub resume: Option<String>,
+    /// Data directory (default: $LOWPREC_DATA, else the user's cache directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// GEMM backend: `cpu`, or `fpga-sim:<board>-<N>x<N>` (e.g. fpga-sim:zcu111-32x32).
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Use only the first N training / test examples (spread over the set).
+    #[arg(long)]
+    pub train_subset: Option<usize>,
+    #[arg(long)]
+    pub test_subset: Option<usize>,
+    /// Stop after this many epochs of this invocation (a deliberate interruption).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Builds the GEMM backend named on the command line.
+pub fn backend(name: &str) -> Result<Arc<dyn GemmBackend>> {
+    if name == "cpu" {
+        return Ok(Arc::new(CpuBackend));
+    }
+    if let Some(spec) = name.strip_prefix("fpga-sim:") {
+        let sim = lowprec_hw::sim::FpgaSim::from_spec(spec).with_context(|| format!("backend `{name}`"))?;
+        return Ok(Arc::new(sim));
+    }
+    bail!("unknown backend `{name}` (cpu, fpga-sim:<board>-<N>x<N>)")
+}
+
+fn threads_or_default(t: Option<usize>) -> Result<usize> {
+    match t {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(t) => Ok(t),
+        None => Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+    }
+}
+
+fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
+    if let Some(p) = &a.precision {
+        cfg.precision = p.parse::<Precision>()?;
+    }
+    if let Some(e) = a.epochs {
+        cfg.train.epochs = e;
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    if let Some(b) = a.batch {
+        cfg.train.batch = b;
+    }
+    if let Some(lr) = a.lr {
+        cfg.train.lr = lr;
+    }
+    if let Some(n) = a.train_subset {
+        cfg.data.train_subset = n;
+    }
+    if let Some(n) = a.test_subset {
+        cfg.data.test_subset = n;
+    }
+    cfg.validate().map_err(|e| anyhow::anyhow!("after command-line overrides: {e}"))?;
+    Ok(())
+}
+
+/// Runs one training described by `cfg` in a pool of `threads` threads.
+pub fn train_one(cfg: TrainConfig, a: &TrainArgs, out: Option<PathBuf>, threads: usize) -> Result<FinalReport> {
+    let resume_from = match &a.resume {
+        None => None,
+        Some(s) if s.is_empty() => {
+            let dir = out.as_ref().context("--resume without a path needs --out")?;
+            Some(dir.join("checkpoint.safetensors"))
+        }
+        Some(s) => Some(PathBuf::from(s)),
+    };
+    let opts = RunOptions {
+        out_dir: out,
+        resume_from,
+        data_dir: a.data_dir.clone(),
+        backend: backend(&a.backend)?,
+        threads,
+        progress: !a.quiet,
+        stop_after: a.stop_after,
+        verbose: true,
+    };
+    crate::util::with_threads(threads, move || -> Result<FinalReport> {
+        let mut t = Trainer::new(cfg, opts)?;
+        eprintln!("{}: {}\nprecision {}\n{}", t.cfg.name, t.cfg.description, t.cfg.precision, t.model.summary());
+        Ok(t.run()?)
+    })?
+}
+
+pub fn run_train(a: &TrainArgs) -> Result<()> {
+    let threads = threads_or_default(a.threads)?;
+    match &a.config {
+        Some(c) => {
+            let mut cfg = TrainConfig::load(c)?;
+            apply_overrides(&mut cfg, a)?;
+            let r = train_one(cfg, a, a.out.clone(), threads)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }
+        None => main_job(a, threads),
+    }
+}
+
+/// The main job: 002 Table V, MNIST logistic regression, fp32 / bfp8+SWA / swalp.
+fn main_job(a: &TrainArgs, threads: usize) -> Result<()> {
+    if a.precision.is_some() || a.resume.is_some() {
+        bail!("the main job runs fp32, bfp8 and swalp itself; give a preset (mnist-logreg) to choose one or to resume");
+    }
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("out/table5-logreg"));
+    let paper = [("fp32", 92.6), ("bfp8", 92.7), ("swalp", 92.06)];
+    let mut rows = Vec::new();
+    for (prec, paper_acc) in paper {
+        let mut cfg = TrainConfig::load("mnist-logreg")?;
+        let mut args = a.clone();
+        args.precision = Some(prec.to_string());
+        apply_overrides(&mut cfg, &args)?;
+        eprintln!("=== MNIST logistic regression, {prec} ===");
+        let r = train_one(cfg, &args, Some(out.join(prec)), threads)?;
+        rows.push((prec, paper_acc, r));
+    }
+    println!("\n002 Table V, MNIST logistic regression (test accuracy, %):");
+    println!("{:<8} {:>8} {:>10} {:>10} {:>9} {:>10}", "policy", "paper", "lowprec", "SWA", "epochs", "s/iter");
+    let mut json = Vec::new();
+    for (prec, paper_acc, r) in &rows {
+        let final_acc = r.swa_test_acc.unwrap_or(r.test_acc) * 100.0;
+        println!(
+            "{:<8} {:>8.2} {:>10.2} {:>10} {:>9} {:>10.6}",
+            prec,
+            paper_acc,
+            r.test_acc * 100.0,
+            r.swa_test_acc.map(|s| format!("{:.2}", s * 100.0)).unwrap_or_else(|| "-".into()),
+            r.epochs,
+            r.seconds_per_iteration
+        );
+        json.push(serde_json::json!({
+            "policy": prec, "paper_acc": paper_acc, "test_acc": r.test_acc,
+            "swa_test_acc": r.swa_test_acc, "final_acc_percent": final_acc, "report": r,
+        }));
+    }
+    let p = out.join("table5.json");
+    crate::util::write_atomic(&p, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    let metrics: Vec<PathBuf> = rows.iter().map(|(p, _, _)| out.join(p).join("metrics.jsonl")).collect();
+    let png = out.join("accuracy.png");
+    crate::plot::plot_accuracy(&metrics, &png, "MNIST logistic regression: test accuracy")?;
+    eprintln!("wrote {} and {}", p.display(), png.display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A checkpoint written by `lowprec train`.
+    pub checkpoint: PathBuf,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+}
+
+pub fn run_eval(a: &EvalArgs) -> Result<()> {
+    let ck = Checkpoint::load(&a.checkpoint)?;
+    let cfg = TrainConfig::from_toml(&ck.config_toml, &format!("config stored in {}", a.checkpoint.display()))?;
+    let threads = threads_or_default(a.threads)?;
+    let opts = RunOptions {
+        out_dir: None,
+        resume_from: Some(a.checkpoint.clone()),
+        data_dir: a.data_dir.clone(),
+        backend: backend(&a.backend)?,
+        threads,
+        progress: false,
+        stop_after: None,
+        verbose: false,
+    };
+    let res = crate::util::with_threads(threads, move || -> Result<serde_json::Value> {
+        let mut t = Trainer::new(cfg, opts)?;
+        let (loss, acc) = t.evaluate()?;
+        let swa = if t.swa.n > 0 { Some(t.evaluate_swa()?) } else { None };
+        Ok(serde_json::json!({
+            "checkpoint": a.checkpoint.display().to_string(),
+            "name": t.cfg.name, "precision": t.cfg.precision.name, "epoch": t.epoch, "step": t.step,
+            "test_loss": loss, "test_acc": acc,
+            "swa_test_loss": swa.map(|s| s.0), "swa_test_acc": swa.map(|s| s.1), "swa_models": t.swa.n,
+        }))
+    })??;
+    println!("{}", serde_json::to_string_pretty(&res)?);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// metrics.jsonl files written by `lowprec train` (one curve per file, SWA curves too).
+    #[arg(required = true)]
+    pub metrics: Vec<PathBuf>,
+    #[arg(long, short, default_value = "accuracy.png")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "Test accuracy")]
+    pub title: String,
+}
+
+pub fn run_plot(a: &PlotArgs) -> Result<()> {
+    crate::plot::plot_accuracy(&a.metrics, &a.out, &a.title)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+pub fn run_presets() -> Result<()> {
+    for (name, text) in lowprec_train::PRESETS {
+        let cfg = TrainConfig::from_toml(text, name)?;
+        println!("{name:<16} {}", cfg.description);
+    }
+    Ok(())
+}
+
+/// Label of a run from its metrics path (`out/x/bfp8/metrics.jsonl` -> `x/bfp8`).
+pub fn run_label(p: &Path) -> String {
+    let parts: Vec<String> = p
+        .parent()
+        .map(|d| d.iter().map(|c| c.to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    let n = parts.len();
+    parts[n.saturating_sub(2)..].join("/")
+}
