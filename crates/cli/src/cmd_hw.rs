@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use lowprec_hw::design::ArrayDesign;
 use lowprec_hw::{catalog::Catalog, memory, networks, projection, roofline, tables, timing};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum HwCommand {
@@ -87,7 +87,7 @@ fn parse_nxn(s: &str, what: &str) -> anyhow::Result<(usize, usize)> {
     ))
 }
 
-fn write_json<T: serde::Serialize>(path: &PathBuf, v: &T) -> anyhow::Result<()> {
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(v)?;
     lowprec_hw::write_atomic(path, text.as_bytes())?;
     println!("wrote {}", path.display());
@@ -112,7 +112,7 @@ pub fn run(cmd: &HwCommand) -> anyhow::Result<()> {
             *clock,
             preset,
             *batch,
-            json.as_ref(),
+            json.as_deref(),
         ),
         HwCommand::Roofline {
             design,
@@ -285,7 +285,7 @@ fn estimate(
     clock: Option<f64>,
     preset: &str,
     batch: usize,
-    json: Option<&PathBuf>,
+    json: Option<&Path>,
 ) -> anyhow::Result<()> {
     let (n1, n2) = parse_nxn(array, "--array")?;
     if n1 != n2 {
