@@ -236,3 +236,18 @@ fn atomic_write_replaces_the_file() {
     assert!(lowprec_hw::write_atomic(&dir.join("missing/x"), b"x").is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn table_rows_serialise_with_the_cli_json_fields() {
+    let rows = tables::all().unwrap();
+    let v = serde_json::to_value(&rows).unwrap();
+    let first = v.as_array().unwrap()[0].as_object().unwrap();
+    for key in ["table", "row", "quantity", "paper", "model", "rel_error", "fitted"] {
+        assert!(first.contains_key(key), "missing {key}");
+    }
+    for t in ["II", "III", "IV", "VI", "V"] {
+        assert!(rows.iter().any(|r| r.table == t), "table {t}");
+    }
+    let text = tables::render(&rows);
+    assert_eq!(text.lines().count(), rows.len() + 1);
+}
