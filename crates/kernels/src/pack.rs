@@ -14,7 +14,7 @@ use crate::types::MatRef;
 use crate::ukernel::{Isa, MR, NR};
 
 /// Integer mantissa types the quantised GEMMs take.
-pub trait QElem: Copy + Send + Sync + Into<i32> + 'static {
+pub trait QElem: Copy + Ord + Send + Sync + Into<i32> + 'static {
     /// Largest magnitude the type can hold (128 for i8, 32768 for i16).
     const TYPE_MAX_ABS: u32;
     fn widen(self) -> i16;
@@ -31,6 +31,22 @@ pub trait QElem: Copy + Send + Sync + Into<i32> + 'static {
     ) -> bool {
         false
     }
+    /// Packs every full strip of `n0 .. n0 + full * NR` at once when a fast path exists for
+    /// this layout (row-contiguous B: reading rows once, in order, instead of strip by strip,
+    /// which thrashes a cache set when the row stride is a power of two); returns whether it
+    /// did.
+    #[inline]
+    fn pack_b_full_strips_fast(
+        _isa: Isa,
+        _b: &MatRef<'_, Self>,
+        _n0: usize,
+        _full: usize,
+        _ranges: &[(usize, usize)],
+        _pairs: usize,
+        _out: &mut [i16],
+    ) -> bool {
+        false
+    }
 }
 
 impl QElem for i8 {
@@ -38,6 +54,47 @@ impl QElem for i8 {
     #[inline]
     fn widen(self) -> i16 {
         self as i16
+    }
+    #[inline]
+    fn pack_b_full_strips_fast(
+        isa: Isa,
+        b: &MatRef<'_, i8>,
+        n0: usize,
+        full: usize,
+        ranges: &[(usize, usize)],
+        pairs: usize,
+        out: &mut [i16],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && b.col_stride == 1 && full > 0 && n0 + full * NR <= b.cols {
+            let strip_len = pairs * NR * 2;
+            assert!(out.len() >= full * strip_len);
+            let mut poff = 0;
+            for &(k0, k1) in ranges {
+                if k1 > k0 {
+                    let last = (k1 - 1) * b.row_stride + n0 + full * NR;
+                    assert!(last <= b.data.len());
+                    // SAFETY: rows k0..k1, columns n0..n0+full*NR are inside `data` (asserted);
+                    // outputs stay below `full * strip_len` (asserted); AVX2 is present.
+                    unsafe {
+                        avx2_pack::b_rows_i8_all(
+                            b.data.as_ptr(),
+                            b.row_stride,
+                            n0,
+                            full,
+                            k0,
+                            k1,
+                            out.as_mut_ptr().add(poff * NR * 2),
+                            strip_len,
+                        )
+                    };
+                }
+                poff += (k1 - k0).div_ceil(2);
+            }
+            return true;
+        }
+        let _ = (isa, b, n0, full, ranges, pairs, out);
+        false
     }
     #[inline]
     fn pack_b_strip_fast(
@@ -158,7 +215,13 @@ pub fn pack_b<T: QElem>(
     let strips = nlen.div_ceil(NR);
     let strip_len = pairs * NR * 2;
     let out = &mut out[..strips * strip_len];
-    for (j, dst) in out.chunks_exact_mut(strip_len).enumerate() {
+    let full = nlen / NR;
+    let first = if T::pack_b_full_strips_fast(isa, b, n0, full, ranges, pairs, out) {
+        full
+    } else {
+        0
+    };
+    for (j, dst) in out.chunks_exact_mut(strip_len).enumerate().skip(first) {
         let n = n0 + j * NR;
         let valid = NR.min(n0 + nlen - n);
         let mut poff = 0;
@@ -241,6 +304,52 @@ mod avx2_pack {
         }
     }
 
+    /// Row-contiguous i8 B, all `full` strips: rows are read once, in order, and each pair of
+    /// rows scatters 64-byte words to the strips (`strip_len` i16 apart).
+    ///
+    /// # Safety
+    /// Rows `k0..k1` at columns `n0 .. n0 + 16 * full` must be readable; `out` must have room
+    /// for `full` strips of `strip_len` i16 from its start; AVX2 must be present.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn b_rows_i8_all(
+        data: *const i8,
+        row_stride: usize,
+        n0: usize,
+        full: usize,
+        k0: usize,
+        k1: usize,
+        out: *mut i16,
+        strip_len: usize,
+    ) {
+        let mut k = k0;
+        let mut p = 0;
+        while k < k1 {
+            let r0 = data.add(k * row_stride + n0);
+            let pair = k + 1 < k1;
+            let r1 = data.add((k + 1).min(k1 - 1) * row_stride + n0);
+            for j in 0..full {
+                if j % 4 == 0 && k + 3 < k1 {
+                    // The next row pair, one 64-byte line ahead of use: rows are `row_stride`
+                    // apart, so each row's run is short and the hardware prefetcher restarts.
+                    _mm_prefetch::<_MM_HINT_T0>(r0.add(2 * row_stride + 16 * j));
+                    _mm_prefetch::<_MM_HINT_T0>(r0.add(3 * row_stride + 16 * j));
+                }
+                let x0 = _mm_loadu_si128(r0.add(16 * j) as *const __m128i);
+                let x1 = if pair {
+                    _mm_loadu_si128(r1.add(16 * j) as *const __m128i)
+                } else {
+                    _mm_setzero_si128()
+                };
+                let o = out.add(j * strip_len + p * 32) as *mut __m256i;
+                _mm256_storeu_si256(o, _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x0, x1)));
+                _mm256_storeu_si256(o.add(1), _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(x0, x1)));
+            }
+            k += 2;
+            p += 1;
+        }
+    }
+
     /// Column-contiguous i8 B: for 8 columns at a time, widen 16 k of each column (8 pair
     /// words) and transpose the 8x8 word block so that each pair's 8 columns are contiguous.
     /// Handles whole groups of 16 k and returns where it stopped.
@@ -258,10 +367,13 @@ mod avx2_pack {
         out: &mut [i16],
     ) -> usize {
         let o = out.as_mut_ptr();
-        let mut k = k0;
-        while k + 16 <= k1 {
-            let pbase = (k - k0) / 2;
-            for half in 0..2 {
+        // Half (8 columns) outer: the 8 column lines in use are consumed over 4 consecutive
+        // k blocks before moving on, so a power-of-two column stride does not thrash a set.
+        let kend = k0 + (k1 - k0) / 16 * 16;
+        for half in 0..2 {
+            let mut k = k0;
+            while k < kend {
+                let pbase = (k - k0) / 2;
                 let c0 = n + 8 * half;
                 let col = |c: usize| {
                     _mm256_cvtepi8_epi16(_mm_loadu_si128(
@@ -300,9 +412,9 @@ mod avx2_pack {
                     let dst = o.add(((pbase + p) * 16 + 8 * half) * 2) as *mut __m256i;
                     _mm256_storeu_si256(dst, *r);
                 }
+                k += 16;
             }
-            k += 16;
         }
-        k
+        kend
     }
 }

@@ -215,6 +215,9 @@ struct Ctx<'a, T> {
     steps: Vec<Step>,
     multi: bool,
     out: Out<'a>,
+    /// C is written exactly once (one chunk, no accumulation): full tiles use non-temporal
+    /// stores, saving the read-for-ownership of C's lines (C can be hundreds of MB).
+    stream: bool,
 }
 
 /// Runs the blocked GEMM over all blocks of `blocks` on the current rayon pool.
@@ -305,6 +308,12 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
         }
         jc += ncur;
     }
+    #[cfg(target_arch = "x86_64")]
+    if ctx.stream && ctx.isa == Isa::Avx2 {
+        // Non-temporal stores are weakly ordered: make them visible before the task ends.
+        // SAFETY: SSE is part of x86_64.
+        unsafe { std::arch::x86_64::_mm_sfence() };
+    }
 }
 
 /// Scale of index `i` in segment `s` (as [`Scales::get`]).
@@ -356,15 +365,13 @@ unsafe fn epilogue<T>(
                 *v = scale(&sa, s, m + r);
             }
             if mvalid == MR && nvalid == NR {
-                epilogue_full(
-                    ctx.isa,
-                    tile,
-                    &sav,
-                    &sbv,
-                    c.0.add(m * ldc + n),
-                    ldc,
-                    zero_init,
-                );
+                let dst = c.0.add(m * ldc + n);
+                #[cfg(target_arch = "x86_64")]
+                if ctx.stream && ctx.isa == Isa::Avx2 {
+                    epilogue_stream_avx2(tile, &sav, &sbv, dst, ldc);
+                    return;
+                }
+                epilogue_full(ctx.isa, tile, &sav, &sbv, dst, ldc, zero_init);
             } else {
                 for r in 0..mvalid {
                     let row = c.0.add((m + r) * ldc + n);
@@ -436,6 +443,42 @@ unsafe fn epilogue_full(
     }
 }
 
+/// Full-tile epilogue of a product written once: `C = 0.0 + ((acc * sa) * sb)` with
+/// non-temporal stores where a row is 32-byte aligned.
+///
+/// # Safety
+/// `c` must address an `MR x NR` block with leading dimension `ldc`; AVX2 must be present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn epilogue_stream_avx2(
+    tile: &[i32; TILE],
+    sa: &[f32; MR],
+    sb: &[f32; NR],
+    c: *mut f32,
+    ldc: usize,
+) {
+    use std::arch::x86_64::*;
+    let sb0 = _mm256_loadu_ps(sb.as_ptr());
+    let sb1 = _mm256_loadu_ps(sb.as_ptr().add(8));
+    let zero = _mm256_setzero_ps();
+    for r in 0..MR {
+        let s = _mm256_set1_ps(sa[r]);
+        let t = tile.as_ptr().add(r * NR) as *const __m256i;
+        let v0 = _mm256_cvtepi32_ps(_mm256_loadu_si256(t));
+        let v1 = _mm256_cvtepi32_ps(_mm256_loadu_si256(t.add(1)));
+        let v0 = _mm256_add_ps(zero, _mm256_mul_ps(_mm256_mul_ps(v0, s), sb0));
+        let v1 = _mm256_add_ps(zero, _mm256_mul_ps(_mm256_mul_ps(v1, s), sb1));
+        let row = c.add(r * ldc);
+        if (row as usize) % 32 == 0 {
+            _mm256_stream_ps(row, v0);
+            _mm256_stream_ps(row.add(8), v1);
+        } else {
+            _mm256_storeu_ps(row, v0);
+            _mm256_storeu_ps(row.add(8), v1);
+        }
+    }
+}
+
 /// Fast element-range check: the same verdict and message as
 /// [`crate::reference::check_range_ref`], scanning contiguous lines in bulk first.
 pub(crate) fn check_range<T: QElem>(
@@ -448,11 +491,15 @@ pub(crate) fn check_range<T: QElem>(
     }
     #[inline]
     fn over<T: QElem>(line: &[T], max_abs: u32) -> bool {
-        // A branch-free OR over fixed-size chunks vectorises; `any` would not.
-        line.chunks(128).any(|ch| {
-            ch.iter()
-                .fold(false, |acc, &v| acc | (v.into().unsigned_abs() > max_abs))
-        })
+        // Min and max in the element type vectorise (`vpminsb`/`vpmaxsb`); an early-exit
+        // search would not.
+        let Some(&first) = line.first() else {
+            return false;
+        };
+        let (lo, hi) = line
+            .iter()
+            .fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        lo.into().unsigned_abs() > max_abs || hi.into().unsigned_abs() > max_abs
     }
     let bad = if q.col_stride == 1 {
         (0..q.rows).any(|r| {
@@ -512,6 +559,7 @@ pub fn gemm_q<T: QElem>(
         isa,
         a: a.mat,
         b: b.mat,
+        stream: !spec.accumulate && chunks.len() == 1,
         steps,
         multi,
         out: Out::Q {
@@ -551,6 +599,7 @@ pub fn gemm_i8_i32_with(
         isa,
         a,
         b,
+        stream: false,
         steps,
         multi,
         out: Out::I32 {
