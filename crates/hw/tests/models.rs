@@ -242,7 +242,15 @@ fn table_rows_serialise_with_the_cli_json_fields() {
     let rows = tables::all().unwrap();
     let v = serde_json::to_value(&rows).unwrap();
     let first = v.as_array().unwrap()[0].as_object().unwrap();
-    for key in ["table", "row", "quantity", "paper", "model", "rel_error", "fitted"] {
+    for key in [
+        "table",
+        "row",
+        "quantity",
+        "paper",
+        "model",
+        "rel_error",
+        "fitted",
+    ] {
         assert!(first.contains_key(key), "missing {key}");
     }
     for t in ["II", "III", "IV", "VI", "V"] {
