@@ -21,16 +21,39 @@ fn main() {
     };
     let threads: usize = args.get(2).map_or(1, |s| s.parse().unwrap());
     let reps: usize = args.get(3).map_or(5, |s| s.parse().unwrap());
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     for Shape { m, k, n } in shapes {
-        let a: Vec<i8> = (0..m * k).map(|i| ((i * 7 + 3) % 255) as i32 as i8).map(|v| v.max(-127)).collect();
-        let b: Vec<i8> = (0..k * n).map(|i| ((i * 13 + 1) % 255) as i32 as i8).map(|v| v.max(-127)).collect();
+        let a: Vec<i8> = (0..m * k)
+            .map(|i| ((i * 7 + 3) % 255) as i32 as i8)
+            .map(|v| v.max(-127))
+            .collect();
+        let b: Vec<i8> = (0..k * n)
+            .map(|i| ((i * 13 + 1) % 255) as i32 as i8)
+            .map(|v| v.max(-127))
+            .collect();
         let mut c = vec![0f32; m * n];
         let s = [0.5f32];
         let mut run = || {
-            let qa = QMatRef { mat: MatRef::row_major(&a, m, k).unwrap(), scales: Scales::uniform(&s), max_abs: 127 };
-            let qb = QMatRef { mat: MatRef::row_major(&b, k, n).unwrap(), scales: Scales::uniform(&s), max_abs: 127 };
-            gemm_q8(qa, qb, GemmSpec::whole_k(), MatMut::row_major(&mut c, m, n).unwrap()).unwrap();
+            let qa = QMatRef {
+                mat: MatRef::row_major(&a, m, k).unwrap(),
+                scales: Scales::uniform(&s),
+                max_abs: 127,
+            };
+            let qb = QMatRef {
+                mat: MatRef::row_major(&b, k, n).unwrap(),
+                scales: Scales::uniform(&s),
+                max_abs: 127,
+            };
+            gemm_q8(
+                qa,
+                qb,
+                GemmSpec::whole_k(),
+                MatMut::row_major(&mut c, m, n).unwrap(),
+            )
+            .unwrap();
         };
         pool.install(&mut run);
         let c0 = cpu_seconds();

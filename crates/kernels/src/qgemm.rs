@@ -20,7 +20,7 @@
 use crate::pack::{pack_a, pack_b, QElem};
 use crate::reference::{validate_i32_shapes, validate_q_shapes};
 use crate::types::{k_chunks, k_safe, GemmSpec, MatMut, MatRef, QMatRef, Scales};
-use crate::ukernel::{self, Isa, MR, NR, TILE};
+use crate::ukernel::{self, Isa, Store, MR, NR, TILE};
 use crate::KernelError;
 
 /// k-pairs per step: the B micro-panel (`KC_PAIRS * NR * 4` bytes = 16 KiB) stays in L1.
@@ -276,6 +276,45 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
                         // Tile-major by column strip, so the tiles of consecutive `ir` are adjacent.
                         let tile_idx = jr * mtiles + (m - blk.m0) / MR;
                         for pc in &step.pieces {
+                            // In bounds: strips hold `step.pairs` pairs, `poff + pairs <= step.pairs`.
+                            let a_ptr = ap[ir * astrip + pc.poff * 2..].as_ptr();
+                            let b_ptr = bp[jr * bstrip + pc.poff * NR * 2..].as_ptr();
+                            if let Out::Q {
+                                c,
+                                ldc,
+                                sa,
+                                sb,
+                                accumulate,
+                            } = ctx.out
+                            {
+                                if pc.first && pc.last && mvalid == MR && nvalid == NR {
+                                    let (sav, sbv) = tile_scales(&sa, &sb, pc.segment, m, n);
+                                    let mode = if ctx.stream {
+                                        Store::Stream
+                                    } else if !accumulate && pc.chunk == 0 {
+                                        Store::Overwrite
+                                    } else {
+                                        Store::Accumulate
+                                    };
+                                    // SAFETY: panels as below; (m, n) is a full tile of this
+                                    // task's block of C.
+                                    unsafe {
+                                        ukernel::run_q(
+                                            ctx.isa,
+                                            pc.pairs,
+                                            a_ptr,
+                                            step.pairs * 2,
+                                            b_ptr,
+                                            c.0.add(m * ldc + n),
+                                            ldc,
+                                            &sav,
+                                            &sbv,
+                                            mode,
+                                        );
+                                    }
+                                    continue;
+                                }
+                            }
                             let tile: &mut [i32; TILE] = if pc.first && pc.last {
                                 &mut local
                             } else {
@@ -287,9 +326,9 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
                                 ukernel::run(
                                     ctx.isa,
                                     pc.pairs,
-                                    ap.as_ptr().add(ir * astrip + pc.poff * 2),
+                                    a_ptr,
                                     step.pairs * 2,
-                                    bp.as_ptr().add(jr * bstrip + pc.poff * NR * 2),
+                                    b_ptr,
                                     tile,
                                     pc.first,
                                 );
@@ -316,10 +355,35 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
     }
 }
 
-/// Scale of index `i` in segment `s` (as [`Scales::get`]).
+/// The scales of one tile: `sa(s, m + r)` and `sb(s, n + c)`, clamped to the matrix (entries
+/// past its edge are never used, and are read from the last valid index).
 #[inline]
-fn scale(sc: &Scales<'_>, s: usize, i: usize) -> f32 {
-    sc.get(s, i)
+fn tile_scales(
+    sa: &Scales<'_>,
+    sb: &Scales<'_>,
+    s: usize,
+    m: usize,
+    n: usize,
+) -> ([f32; MR], [f32; NR]) {
+    #[inline]
+    fn fill<const L: usize>(sc: &Scales<'_>, s: usize, i0: usize) -> [f32; L] {
+        let base = s * sc.seg_stride;
+        if sc.group == usize::MAX {
+            return [sc.values[base]; L];
+        }
+        let mut out = [0f32; L];
+        if sc.group == 1 {
+            let avail = sc.values.len().saturating_sub(base + i0).min(L);
+            out[..avail].copy_from_slice(&sc.values[base + i0..base + i0 + avail]);
+        } else {
+            let last = sc.values.len() - 1;
+            for (j, v) in out.iter_mut().enumerate() {
+                *v = sc.values[(base + (i0 + j) / sc.group).min(last)];
+            }
+        }
+        out
+    }
+    (fill::<MR>(sa, s, m), fill::<NR>(sb, s, n))
 }
 
 /// Applies one finished chunk's tile to C.
@@ -350,20 +414,8 @@ unsafe fn epilogue<T>(
             sb,
             accumulate,
         } => {
-            let s = pc.segment;
             let zero_init = !accumulate && pc.chunk == 0;
-            let mut sbv = [0f32; NR];
-            if sb.group == usize::MAX {
-                sbv = [sb.values[s * sb.seg_stride]; NR];
-            } else {
-                for (cc, v) in sbv.iter_mut().enumerate().take(nvalid) {
-                    *v = scale(&sb, s, n + cc);
-                }
-            }
-            let mut sav = [0f32; MR];
-            for (r, v) in sav.iter_mut().enumerate().take(mvalid) {
-                *v = scale(&sa, s, m + r);
-            }
+            let (sav, sbv) = tile_scales(&sa, &sb, pc.segment, m, n);
             if mvalid == MR && nvalid == NR {
                 let dst = c.0.add(m * ldc + n);
                 #[cfg(target_arch = "x86_64")]

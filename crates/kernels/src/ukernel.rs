@@ -106,38 +106,79 @@ pub unsafe fn generic(
     }
 }
 
+/// How [`run_q`] writes C.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// `C = C + t`.
+    Accumulate,
+    /// `C = 0.0 + t` (the semantics start from 0.0, which turns a -0.0 product into +0.0).
+    Overwrite,
+    /// As `Overwrite`, with non-temporal stores where a row is 32-byte aligned (C written once).
+    Stream,
+}
+
+/// One whole chunk for a full tile, fused with its epilogue:
+/// `C[r, c] = (C or 0.0) + ((acc[r, c] as f32) * sa[r]) * sb[c]` with
+/// `acc = sum_{p < kp} A~[p] (x) B~[p]`. Skips the i32 tile round trip, which matters when
+/// chunks are short (small K or short segments).
+///
+/// # Safety
+/// As [`run`] for the panels; `c` must address an `MR x NR` block with leading dimension `ldc`.
+/// With `Store::Stream` the caller must issue a store fence before others read C.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn run_q(
+    isa: Isa,
+    kp: usize,
+    a: *const i16,
+    a_stride: usize,
+    b: *const i16,
+    c: *mut f32,
+    ldc: usize,
+    sa: &[f32; MR],
+    sb: &[f32; NR],
+    mode: Store,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::kernel_q(kp, a, a_stride, b, c, ldc, sa, sb, mode),
+        _ => {
+            let mut tile = [0i32; TILE];
+            generic(kp, a, a_stride, b, &mut tile, true);
+            for r in 0..MR {
+                let row = std::slice::from_raw_parts_mut(c.add(r * ldc), NR);
+                for (cc, v) in row.iter_mut().enumerate() {
+                    let t = ((tile[r * NR + cc] as f32) * sa[r]) * sb[cc];
+                    *v = if mode == Store::Accumulate {
+                        *v + t
+                    } else {
+                        0.0 + t
+                    };
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::TILE;
+    use super::{Store, MR, NR, TILE};
     use std::arch::x86_64::*;
 
-    /// 6x16 tile, 12 ymm accumulators, 2 B loads + 6 broadcasts + 12 `vpmaddwd` + 12 `vpaddd`
-    /// per k-pair (`MR = 6`, `NR = 16` are baked into the offsets below).
+    /// Runs `kp` k-pairs of the 6x16 tile on the accumulators `acc` (row `r`, half `h` at
+    /// `acc[2 * r + h]`): 2 B loads + 6 broadcasts + 12 `vpmaddwd` + 12 `vpaddd` per pair
+    /// (`MR = 6`, `NR = 16` are baked into the offsets below).
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel(
+    unsafe fn accumulate(
         kp: usize,
         a: *const i16,
         a_stride: usize,
         b: *const i16,
-        tile: &mut [i32; TILE],
-        first: bool,
-    ) {
-        let t = tile.as_mut_ptr() as *mut __m256i;
-        macro_rules! init {
-            ($i:expr) => {
-                if first {
-                    _mm256_setzero_si256()
-                } else {
-                    _mm256_loadu_si256(t.add($i))
-                }
-            };
-        }
-        let (mut c00, mut c01) = (init!(0), init!(1));
-        let (mut c10, mut c11) = (init!(2), init!(3));
-        let (mut c20, mut c21) = (init!(4), init!(5));
-        let (mut c30, mut c31) = (init!(6), init!(7));
-        let (mut c40, mut c41) = (init!(8), init!(9));
-        let (mut c50, mut c51) = (init!(10), init!(11));
+        acc: [__m256i; 12],
+    ) -> [__m256i; 12] {
+        let [mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30, mut c31, mut c40, mut c41, mut c50, mut c51] =
+            acc;
         // The k loop is written in assembly: with intrinsics, LLVM re-associates the i32 adds
         // of the unrolled steps (legal for integers) and spills accumulators to the stack.
         // 12 accumulators (ymm4..15) + 2 B vectors + broadcast + product use all 16 registers.
@@ -346,17 +387,73 @@ mod avx2 {
             inout("ymm15") c51,
             options(nostack, readonly),
         );
-        _mm256_storeu_si256(t, c00);
-        _mm256_storeu_si256(t.add(1), c01);
-        _mm256_storeu_si256(t.add(2), c10);
-        _mm256_storeu_si256(t.add(3), c11);
-        _mm256_storeu_si256(t.add(4), c20);
-        _mm256_storeu_si256(t.add(5), c21);
-        _mm256_storeu_si256(t.add(6), c30);
-        _mm256_storeu_si256(t.add(7), c31);
-        _mm256_storeu_si256(t.add(8), c40);
-        _mm256_storeu_si256(t.add(9), c41);
-        _mm256_storeu_si256(t.add(10), c50);
-        _mm256_storeu_si256(t.add(11), c51);
+        [c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51]
+    }
+
+    /// The tile kernel of [`super::run`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel(
+        kp: usize,
+        a: *const i16,
+        a_stride: usize,
+        b: *const i16,
+        tile: &mut [i32; TILE],
+        first: bool,
+    ) {
+        let t = tile.as_mut_ptr() as *mut __m256i;
+        let mut acc = [_mm256_setzero_si256(); 12];
+        if !first {
+            for (i, v) in acc.iter_mut().enumerate() {
+                *v = _mm256_loadu_si256(t.add(i));
+            }
+        }
+        let acc = accumulate(kp, a, a_stride, b, acc);
+        for (i, v) in acc.iter().enumerate() {
+            _mm256_storeu_si256(t.add(i), *v);
+        }
+    }
+
+    /// A whole chunk straight into C (see [`super::run_q`]).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn kernel_q(
+        kp: usize,
+        a: *const i16,
+        a_stride: usize,
+        b: *const i16,
+        c: *mut f32,
+        ldc: usize,
+        sa: &[f32; MR],
+        sb: &[f32; NR],
+        mode: Store,
+    ) {
+        let acc = accumulate(kp, a, a_stride, b, [_mm256_setzero_si256(); 12]);
+        let sb0 = _mm256_loadu_ps(sb.as_ptr());
+        let sb1 = _mm256_loadu_ps(sb.as_ptr().add(8));
+        let zero = _mm256_setzero_ps();
+        for r in 0..MR {
+            let s = _mm256_set1_ps(sa[r]);
+            let row = c.add(r * ldc);
+            let t0 = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[2 * r]), s), sb0);
+            let t1 = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[2 * r + 1]), s), sb1);
+            match mode {
+                Store::Accumulate => {
+                    _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), t0));
+                    _mm256_storeu_ps(row.add(8), _mm256_add_ps(_mm256_loadu_ps(row.add(8)), t1));
+                }
+                Store::Overwrite => {
+                    _mm256_storeu_ps(row, _mm256_add_ps(zero, t0));
+                    _mm256_storeu_ps(row.add(8), _mm256_add_ps(zero, t1));
+                }
+                Store::Stream if (row as usize) % 32 == 0 => {
+                    _mm256_stream_ps(row, _mm256_add_ps(zero, t0));
+                    _mm256_stream_ps(row.add(8), _mm256_add_ps(zero, t1));
+                }
+                Store::Stream => {
+                    _mm256_storeu_ps(row, _mm256_add_ps(zero, t0));
+                    _mm256_storeu_ps(row.add(8), _mm256_add_ps(zero, t1));
+                }
+            }
+        }
     }
 }
