@@ -160,7 +160,12 @@ pub(crate) fn partition(m: usize, n: usize, macs: usize, threads: usize) -> Vec<
     let split_n = n >= m;
     let (len, align, min_len) = if split_n { (n, NR, 64) } else { (m, MR, 48) };
     let units = len.div_ceil(align);
-    let want = (threads * 2).min(len / min_len).max(threads.min(units));
+    // Two blocks per thread even out a core shared with other work, when blocks stay wide
+    // enough (each block repacks the whole other operand).
+    let per_thread = if len / (threads * 2) >= 512 { 2 } else { 1 };
+    let want = (threads * per_thread)
+        .min(len / min_len)
+        .max(threads.min(units));
     let parts = want.clamp(1, units);
     if parts <= 1 {
         return whole;
@@ -521,7 +526,7 @@ unsafe fn epilogue_stream_avx2(
         let v0 = _mm256_add_ps(zero, _mm256_mul_ps(_mm256_mul_ps(v0, s), sb0));
         let v1 = _mm256_add_ps(zero, _mm256_mul_ps(_mm256_mul_ps(v1, s), sb1));
         let row = c.add(r * ldc);
-        if (row as usize) % 32 == 0 {
+        if (row as usize) & 31 == 0 {
             _mm256_stream_ps(row, v0);
             _mm256_stream_ps(row.add(8), v1);
         } else {

@@ -445,7 +445,7 @@ mod avx2 {
                     _mm256_storeu_ps(row, _mm256_add_ps(zero, t0));
                     _mm256_storeu_ps(row.add(8), _mm256_add_ps(zero, t1));
                 }
-                Store::Stream if (row as usize) % 32 == 0 => {
+                Store::Stream if (row as usize) & 31 == 0 => {
                     _mm256_stream_ps(row, _mm256_add_ps(zero, t0));
                     _mm256_stream_ps(row.add(8), _mm256_add_ps(zero, t1));
                 }
