@@ -242,13 +242,14 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
     }
     let max_pairs = ctx.steps.iter().map(|s| s.pairs).max().unwrap_or(0);
     let mtiles = mt.div_ceil(MR);
-    let nc = if ctx.multi {
+    let nc_max = if ctx.multi {
         let cols = ACC_BUF_BYTES / (mtiles * MR * 4);
         (cols / NR * NR).clamp(NR, NC)
     } else {
         NC
-    }
-    .min(nt.div_ceil(NR) * NR);
+    };
+    // Equal column blocks: a thin remainder block would repack all of A for a few columns.
+    let nc = nt.div_ceil(nt.div_ceil(nc_max)).div_ceil(NR) * NR;
     let mc = MC.min(mt.div_ceil(MR) * MR);
     let mut apack = Aligned16::new(mc * max_pairs * 2);
     let mut bpack = Aligned16::new(nc * max_pairs * 2);
