@@ -4,9 +4,15 @@
 //! `i16` path for 9..16-bit mantissas) with the block-scale epilogue of 002's "fixed to float"
 //! stage, in the three transposition variants training needs (any strided view), multi-threaded
 //! without ever splitting K across threads (so results do not depend on the thread count). Each
-//! fast kernel has a plain scalar reference in [`reference`]; the semantics are documented in
+//! fast kernel has a plain scalar reference in [`mod@reference`]; the semantics are documented in
 //! [`types`]. [`backend::GemmBackend`] is the trait layers call, so an FPGA simulator or a GPU
 //! can stand in for the CPU without touching the layers.
+//!
+//! Layout: [`qgemm`] (blocked driver, threading, epilogue), [`ukernel`] (6x16 `vpmaddwd`
+//! microkernel in AVX2 assembly + portable kernel, chosen at run time by [`Isa::detect`]),
+//! [`pack`] (k-pair i16 panels), `smallseg` (direct path for segments of <= 8 elements),
+//! [`f32gemm`] (the `gemm` / `matrixmultiply` crates on shape-determined blocks), [`mod@bench`]
+//! (throughput tables for `lowprec bench gemm`).
 
 pub mod bench;
 pub mod f32gemm;
