@@ -29,6 +29,8 @@ pub const KC_PAIRS: usize = 256;
 pub const MC: usize = 144;
 /// Columns of B packed at once (up to 2 MiB, in L3).
 pub const NC: usize = 2048;
+/// Steps of at most this many k-pairs visit tiles row strip by row strip (see `run_block`).
+const SHORT_STEP_PAIRS: usize = 64;
 /// Bytes allowed for the per-task i32 accumulator of chunks that span several steps.
 const ACC_BUF_BYTES: usize = 2 << 20;
 /// Below this many MACs the work runs on the calling thread.
@@ -220,9 +222,6 @@ struct Ctx<'a, T> {
     steps: Vec<Step>,
     multi: bool,
     out: Out<'a>,
-    /// C is written exactly once (one chunk, no accumulation): full tiles use non-temporal
-    /// stores, saving the read-for-ownership of C's lines (C can be hundreds of MB).
-    stream: bool,
 }
 
 /// Runs the blocked GEMM over all blocks of `blocks` on the current rayon pool.
@@ -273,76 +272,84 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
                 let ap = apack.slice();
                 pack_a(ctx.isa, &ctx.a, ic, mcur, &step.ranges, step.pairs, ap);
                 let astrip = step.pairs * MR * 2;
-                for jr in 0..ncur.div_ceil(NR) {
-                    let n = jc + jr * NR;
-                    let nvalid = NR.min(jc + ncur - n);
-                    for ir in 0..mcur.div_ceil(MR) {
-                        let m = ic + ir * MR;
-                        let mvalid = MR.min(ic + mcur - m);
-                        // Tile-major by column strip, so the tiles of consecutive `ir` are adjacent.
-                        let tile_idx = jr * mtiles + (m - blk.m0) / MR;
-                        for pc in &step.pieces {
-                            // In bounds: strips hold `step.pairs` pairs, `poff + pairs <= step.pairs`.
-                            let a_ptr = ap[ir * astrip + pc.poff * 2..].as_ptr();
-                            let b_ptr = bp[jr * bstrip + pc.poff * NR * 2..].as_ptr();
-                            if let Out::Q {
-                                c,
-                                ldc,
-                                sa,
-                                sb,
-                                accumulate,
-                            } = ctx.out
-                            {
-                                if pc.first && pc.last && mvalid == MR && nvalid == NR {
-                                    let (sav, sbv) = tile_scales(&sa, &sb, pc.segment, m, n);
-                                    let mode = if ctx.stream {
-                                        Store::Stream
-                                    } else if !accumulate && pc.chunk == 0 {
-                                        Store::Overwrite
-                                    } else {
-                                        Store::Accumulate
-                                    };
-                                    // SAFETY: panels as below; (m, n) is a full tile of this
-                                    // task's block of C.
-                                    unsafe {
-                                        ukernel::run_q(
-                                            ctx.isa,
-                                            pc.pairs,
-                                            a_ptr,
-                                            step.pairs * 2,
-                                            b_ptr,
-                                            c.0.add(m * ldc + n),
-                                            ldc,
-                                            &sav,
-                                            &sbv,
-                                            mode,
-                                        );
+                let (jrs, irs) = (ncur.div_ceil(NR), mcur.div_ceil(MR));
+                // Usually B's micro-panel stays in L1 while A's strips pass (ir inner). With
+                // short steps all of B~ fits in L2, and ir outer makes each C row a sequential
+                // write stream instead of one 64-byte piece per row per visit: much kinder to
+                // DRAM when C is large and K small (576x64x131072).
+                let ir_outer = step.pairs <= SHORT_STEP_PAIRS;
+                let (outer, inner) = if ir_outer { (irs, jrs) } else { (jrs, irs) };
+                for o in 0..outer {
+                    for i in 0..inner {
+                        let (jr, ir) = if ir_outer { (i, o) } else { (o, i) };
+                        let n = jc + jr * NR;
+                        let nvalid = NR.min(jc + ncur - n);
+                        {
+                            let m = ic + ir * MR;
+                            let mvalid = MR.min(ic + mcur - m);
+                            // Tile-major by column strip, so the tiles of consecutive `ir` are adjacent.
+                            let tile_idx = jr * mtiles + (m - blk.m0) / MR;
+                            for pc in &step.pieces {
+                                // In bounds: strips hold `step.pairs` pairs, `poff + pairs <= step.pairs`.
+                                let a_ptr = ap[ir * astrip + pc.poff * 2..].as_ptr();
+                                let b_ptr = bp[jr * bstrip + pc.poff * NR * 2..].as_ptr();
+                                if let Out::Q {
+                                    c,
+                                    ldc,
+                                    sa,
+                                    sb,
+                                    accumulate,
+                                } = ctx.out
+                                {
+                                    if pc.first && pc.last && mvalid == MR && nvalid == NR {
+                                        let (sav, sbv) = tile_scales(&sa, &sb, pc.segment, m, n);
+                                        let mode = if !accumulate && pc.chunk == 0 {
+                                            Store::Overwrite
+                                        } else {
+                                            Store::Accumulate
+                                        };
+                                        // SAFETY: panels as below; (m, n) is a full tile of this
+                                        // task's block of C.
+                                        unsafe {
+                                            ukernel::run_q(
+                                                ctx.isa,
+                                                pc.pairs,
+                                                a_ptr,
+                                                step.pairs * 2,
+                                                b_ptr,
+                                                c.0.add(m * ldc + n),
+                                                ldc,
+                                                &sav,
+                                                &sbv,
+                                                mode,
+                                            );
+                                        }
+                                        continue;
                                     }
-                                    continue;
                                 }
-                            }
-                            let tile: &mut [i32; TILE] = if pc.first && pc.last {
-                                &mut local
-                            } else {
-                                &mut accbuf[tile_idx]
-                            };
-                            // SAFETY: the packed panels hold `step.pairs` pairs per strip and
-                            // `pc.poff + pc.pairs <= step.pairs`; the isa was checked.
-                            unsafe {
-                                ukernel::run(
-                                    ctx.isa,
-                                    pc.pairs,
-                                    a_ptr,
-                                    step.pairs * 2,
-                                    b_ptr,
-                                    tile,
-                                    pc.first,
-                                );
-                            }
-                            if pc.last {
-                                // SAFETY: (m, n) lies in this task's block of C.
+                                let tile: &mut [i32; TILE] = if pc.first && pc.last {
+                                    &mut local
+                                } else {
+                                    &mut accbuf[tile_idx]
+                                };
+                                // SAFETY: the packed panels hold `step.pairs` pairs per strip and
+                                // `pc.poff + pc.pairs <= step.pairs`; the isa was checked.
                                 unsafe {
-                                    epilogue(ctx, tile, m, mvalid, n, nvalid, pc);
+                                    ukernel::run(
+                                        ctx.isa,
+                                        pc.pairs,
+                                        a_ptr,
+                                        step.pairs * 2,
+                                        b_ptr,
+                                        tile,
+                                        pc.first,
+                                    );
+                                }
+                                if pc.last {
+                                    // SAFETY: (m, n) lies in this task's block of C.
+                                    unsafe {
+                                        epilogue(ctx, tile, m, mvalid, n, nvalid, pc);
+                                    }
                                 }
                             }
                         }
@@ -352,12 +359,6 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
             }
         }
         jc += ncur;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if ctx.stream && ctx.isa == Isa::Avx2 {
-        // Non-temporal stores are weakly ordered: make them visible before the task ends.
-        // SAFETY: SSE is part of x86_64.
-        unsafe { std::arch::x86_64::_mm_sfence() };
     }
 }
 
@@ -424,11 +425,6 @@ unsafe fn epilogue<T>(
             let (sav, sbv) = tile_scales(&sa, &sb, pc.segment, m, n);
             if mvalid == MR && nvalid == NR {
                 let dst = c.0.add(m * ldc + n);
-                #[cfg(target_arch = "x86_64")]
-                if ctx.stream && ctx.isa == Isa::Avx2 {
-                    epilogue_stream_avx2(tile, &sav, &sbv, dst, ldc);
-                    return;
-                }
                 epilogue_full(ctx.isa, tile, &sav, &sbv, dst, ldc, zero_init);
             } else {
                 for r in 0..mvalid {
@@ -498,42 +494,6 @@ unsafe fn epilogue_full(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => body_avx2(tile, sa, sb, c, ldc, zero_init),
         _ => body(tile, sa, sb, c, ldc, zero_init),
-    }
-}
-
-/// Full-tile epilogue of a product written once: `C = 0.0 + ((acc * sa) * sb)` with
-/// non-temporal stores where a row is 32-byte aligned.
-///
-/// # Safety
-/// `c` must address an `MR x NR` block with leading dimension `ldc`; AVX2 must be present.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn epilogue_stream_avx2(
-    tile: &[i32; TILE],
-    sa: &[f32; MR],
-    sb: &[f32; NR],
-    c: *mut f32,
-    ldc: usize,
-) {
-    use std::arch::x86_64::*;
-    let sb0 = _mm256_loadu_ps(sb.as_ptr());
-    let sb1 = _mm256_loadu_ps(sb.as_ptr().add(8));
-    let zero = _mm256_setzero_ps();
-    for r in 0..MR {
-        let s = _mm256_set1_ps(sa[r]);
-        let t = tile.as_ptr().add(r * NR) as *const __m256i;
-        let v0 = _mm256_cvtepi32_ps(_mm256_loadu_si256(t));
-        let v1 = _mm256_cvtepi32_ps(_mm256_loadu_si256(t.add(1)));
-        let v0 = _mm256_add_ps(zero, _mm256_mul_ps(_mm256_mul_ps(v0, s), sb0));
-        let v1 = _mm256_add_ps(zero, _mm256_mul_ps(_mm256_mul_ps(v1, s), sb1));
-        let row = c.add(r * ldc);
-        if (row as usize) & 31 == 0 {
-            _mm256_stream_ps(row, v0);
-            _mm256_stream_ps(row.add(8), v1);
-        } else {
-            _mm256_storeu_ps(row, v0);
-            _mm256_storeu_ps(row.add(8), v1);
-        }
     }
 }
 
@@ -617,7 +577,6 @@ pub fn gemm_q<T: QElem>(
         isa,
         a: a.mat,
         b: b.mat,
-        stream: !spec.accumulate && chunks.len() == 1,
         steps,
         multi,
         out: Out::Q {
@@ -657,7 +616,6 @@ pub fn gemm_i8_i32_with(
         isa,
         a,
         b,
-        stream: false,
         steps,
         multi,
         out: Out::I32 {

@@ -113,8 +113,6 @@ pub enum Store {
     Accumulate,
     /// `C = 0.0 + t` (the semantics start from 0.0, which turns a -0.0 product into +0.0).
     Overwrite,
-    /// As `Overwrite`, with non-temporal stores where a row is 32-byte aligned (C written once).
-    Stream,
 }
 
 /// One whole chunk for a full tile, fused with its epilogue:
@@ -124,7 +122,6 @@ pub enum Store {
 ///
 /// # Safety
 /// As [`run`] for the panels; `c` must address an `MR x NR` block with leading dimension `ldc`.
-/// With `Store::Stream` the caller must issue a store fence before others read C.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn run_q(
@@ -442,14 +439,6 @@ mod avx2 {
                     _mm256_storeu_ps(row.add(8), _mm256_add_ps(_mm256_loadu_ps(row.add(8)), t1));
                 }
                 Store::Overwrite => {
-                    _mm256_storeu_ps(row, _mm256_add_ps(zero, t0));
-                    _mm256_storeu_ps(row.add(8), _mm256_add_ps(zero, t1));
-                }
-                Store::Stream if (row as usize) & 31 == 0 => {
-                    _mm256_stream_ps(row, _mm256_add_ps(zero, t0));
-                    _mm256_stream_ps(row.add(8), _mm256_add_ps(zero, t1));
-                }
-                Store::Stream => {
                     _mm256_storeu_ps(row, _mm256_add_ps(zero, t0));
                     _mm256_storeu_ps(row.add(8), _mm256_add_ps(zero, t1));
                 }
