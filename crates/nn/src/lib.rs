@@ -2,7 +2,7 @@
 //!
 //! This crate owns the network: a [`Tensor`] is a flat `Vec<f32>` with a shape whose first axis
 //! is the batch; every layer is a pair of `forward`/`backward` functions you can read top to
-//! bottom (llm.c style). Fully connected (and, later, convolution) layers follow 002's
+//! bottom (llm.c style). Fully connected and convolution layers follow 002's
 //! Algorithm 1: quantise input activations (Q_a), incoming errors (Q_e) and weights (Q_w, once
 //! per update), run their three GEMMs on a [`lowprec_kernels::GemmBackend`] (integer with the
 //! fused rescale when the formats allow, float otherwise), and hand floats to the rest of the
@@ -10,15 +10,20 @@
 //! a readable description ([`spec::NetworkSpec`], Darknet's cfg in spirit) into a [`Model`].
 
 pub mod activation;
+pub mod batchnorm;
+pub mod conv;
 pub mod ctx;
 pub mod error;
+pub mod im2col;
 pub mod init;
 pub mod layer;
 pub mod linear;
 pub mod loss;
 pub mod model;
 pub mod operand;
+pub mod pool;
 pub mod precision;
+pub mod residual;
 pub mod shape;
 pub mod spec;
 pub mod tensor;

@@ -7,8 +7,12 @@
 use std::collections::HashMap;
 
 use crate::activation::{Dropout, Flatten, Relu};
+use crate::batchnorm::BatchNorm2d;
+use crate::conv::Conv2d;
 use crate::layer::{Layer, Param};
 use crate::linear::Linear;
+use crate::pool::{GlobalAvgPool, Pool2d, PoolKind};
+use crate::residual::Add;
 use crate::spec::{LayerSpec, NetworkSpec};
 use crate::{Ctx, NnError, Tensor};
 
@@ -61,7 +65,59 @@ pub fn build_layer(
         LayerSpec::Relu => Box::new(Relu::new(name)),
         LayerSpec::Dropout { p } => Box::new(Dropout::new(id, name, *p)?),
         LayerSpec::Flatten => Box::new(Flatten::new(name)),
+        LayerSpec::Conv {
+            out,
+            kernel,
+            stride,
+            padding,
+            bias,
+        } => Box::new(Conv2d::new(
+            id,
+            name,
+            first_shape(name, in_shapes)?,
+            *out,
+            *kernel,
+            *stride,
+            *padding,
+            *bias,
+            seed,
+        )?),
+        LayerSpec::Maxpool { kernel, stride } => Box::new(Pool2d::new(
+            name,
+            PoolKind::Max,
+            first_shape(name, in_shapes)?,
+            *kernel,
+            stride.unwrap_or(*kernel),
+        )?),
+        LayerSpec::Avgpool { kernel, stride } => Box::new(Pool2d::new(
+            name,
+            PoolKind::Avg,
+            first_shape(name, in_shapes)?,
+            *kernel,
+            stride.unwrap_or(*kernel),
+        )?),
+        LayerSpec::GlobalAvgPool => {
+            Box::new(GlobalAvgPool::new(name, first_shape(name, in_shapes)?)?)
+        }
+        LayerSpec::Batchnorm { eps, momentum } => Box::new(BatchNorm2d::new(
+            name,
+            first_shape(name, in_shapes)?,
+            *eps,
+            *momentum,
+        )?),
+        LayerSpec::Add => Box::new(Add::new(name, in_shapes)?),
     })
+}
+
+/// The single input shape of a one-input layer.
+fn first_shape<'a>(name: &str, in_shapes: &[&'a [usize]]) -> Result<&'a [usize], NnError> {
+    match in_shapes {
+        [s] => Ok(s),
+        _ => Err(NnError::Spec(format!(
+            "{name}: expects one input, `from` names {}",
+            in_shapes.len()
+        ))),
+    }
 }
 
 impl Model {

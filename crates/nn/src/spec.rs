@@ -55,6 +55,50 @@ pub enum LayerSpec {
         p: f32,
     },
     Flatten,
+    /// 2-D convolution over `[channels, height, width]`: `out` filters of `kernel x kernel`.
+    Conv {
+        out: usize,
+        kernel: usize,
+        #[serde(default = "one")]
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+        #[serde(default)]
+        bias: bool,
+    },
+    /// Max pooling, `kernel x kernel` windows, stride defaulting to the kernel.
+    Maxpool {
+        kernel: usize,
+        #[serde(default)]
+        stride: Option<usize>,
+    },
+    /// Average pooling, `kernel x kernel` windows, stride defaulting to the kernel.
+    Avgpool {
+        kernel: usize,
+        #[serde(default)]
+        stride: Option<usize>,
+    },
+    /// Mean over each channel's plane: `[C, H, W] -> [C]`.
+    GlobalAvgPool,
+    /// Batch normalisation per channel.
+    Batchnorm {
+        #[serde(default = "default_bn_eps")]
+        eps: f32,
+        #[serde(default = "default_bn_momentum")]
+        momentum: f32,
+    },
+    /// Residual addition of the layers named in `from`.
+    Add,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_bn_eps() -> f32 {
+    1e-5
+}
+fn default_bn_momentum() -> f32 {
+    0.1
 }
 
 impl LayerSpec {
@@ -64,6 +108,12 @@ impl LayerSpec {
             LayerSpec::Relu => "relu",
             LayerSpec::Dropout { .. } => "dropout",
             LayerSpec::Flatten => "flatten",
+            LayerSpec::Conv { .. } => "conv",
+            LayerSpec::Maxpool { .. } => "maxpool",
+            LayerSpec::Avgpool { .. } => "avgpool",
+            LayerSpec::GlobalAvgPool => "global-avg-pool",
+            LayerSpec::Batchnorm { .. } => "batchnorm",
+            LayerSpec::Add => "add",
         }
     }
 }

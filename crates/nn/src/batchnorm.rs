@@ -1,0 +1,295 @@
+//! Batch normalisation over NCHW feature maps (per channel, over batch and pixels), in FP32
+//! with f64 sums.
+//!
+//! Training mode normalises with the batch statistics (biased variance) and updates the running
+//! statistics with momentum (`r = (1 - m) r + m s`, unbiased variance, as PyTorch). Between
+//! [`Layer::begin_stats_recompute`] and [`Layer::end_stats_recompute`] the running statistics
+//! are instead the cumulative average of the batch statistics seen (SWA's `bn_update`).
+//! Evaluation mode normalises with the running statistics. `gamma` and `beta` are parameters
+//! without weight decay; the running mean and variance are checkpointed buffers.
+//! Per-channel sums are one rayon task per channel; the element-wise passes one task per
+//! `(example, channel)` plane, so the bits do not depend on the thread count.
+
+use rayon::prelude::*;
+
+use crate::ctx::Category;
+use crate::layer::{Layer, Param};
+use crate::{Ctx, NnError, Tensor};
+
+pub struct BatchNorm2d {
+    name: String,
+    pub c: usize,
+    pub hw: usize,
+    in_shape: Vec<usize>,
+    pub eps: f32,
+    pub momentum: f32,
+    pub gamma: Param,
+    pub beta: Param,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+    /// Batches averaged so far while recomputing statistics (`None`: momentum updates).
+    recompute: Option<u64>,
+    /// Normalised input and 1/std per channel, kept for backward.
+    saved: Option<(Vec<f32>, Vec<f32>, usize)>,
+}
+
+impl BatchNorm2d {
+    pub fn new(name: &str, in_shape: &[usize], eps: f32, momentum: f32) -> Result<Self, NnError> {
+        let (c, hw) = match in_shape {
+            [c, h, w] => (*c, h * w),
+            [c] => (*c, 1),
+            _ => {
+                return Err(NnError::Spec(format!(
+                    "{name}: batch norm expects [channels, height, width] or [features] inputs, got {in_shape:?}"
+                )))
+            }
+        };
+        if !(eps > 0.0 && eps.is_finite() && (0.0..=1.0).contains(&momentum)) {
+            return Err(NnError::Spec(format!(
+                "{name}: batch norm needs eps > 0 and momentum in [0, 1] (got {eps}, {momentum})"
+            )));
+        }
+        Ok(BatchNorm2d {
+            name: name.to_string(),
+            c,
+            hw,
+            in_shape: in_shape.to_vec(),
+            eps,
+            momentum,
+            gamma: Param::new(format!("{name}.weight"), vec![c], vec![1.0; c], false),
+            beta: Param::new(format!("{name}.bias"), vec![c], vec![0.0; c], false),
+            running_mean: vec![0.0; c],
+            running_var: vec![1.0; c],
+            recompute: None,
+            saved: None,
+        })
+    }
+
+    /// Per channel `(sum f(x))` over the batch, one task per channel.
+    fn channel_sums(
+        &self,
+        x: &[f32],
+        b: usize,
+        f: impl Fn(usize, usize, f32) -> f64 + Sync,
+    ) -> Vec<f64> {
+        let (c, hw) = (self.c, self.hw);
+        (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let mut s = 0f64;
+                for j in 0..b {
+                    let base = (j * c + ch) * hw;
+                    for (i, &v) in x[base..base + hw].iter().enumerate() {
+                        s += f(ch, base + i, v);
+                    }
+                }
+                s
+            })
+            .collect()
+    }
+}
+
+impl Layer for BatchNorm2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn describe(&self) -> String {
+        format!(
+            "batchnorm {} eps={} momentum={}",
+            self.c, self.eps, self.momentum
+        )
+    }
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, NnError> {
+        match inputs {
+            [s] if *s == self.in_shape.as_slice() => Ok(self.in_shape.clone()),
+            _ => Err(NnError::shape(
+                &self.name,
+                format!("unexpected inputs {inputs:?}"),
+            )),
+        }
+    }
+    fn forward(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        inputs: &[&Tensor],
+        train: bool,
+    ) -> Result<Tensor, NnError> {
+        let x = match inputs {
+            [x] if x.shape.len() == self.in_shape.len() + 1
+                && x.shape[1..] == self.in_shape[..] =>
+            {
+                *x
+            }
+            _ => {
+                return Err(NnError::shape(
+                    &self.name,
+                    format!(
+                        "expects one input of example shape {:?}, got {:?}",
+                        self.in_shape,
+                        inputs.iter().map(|t| &t.shape).collect::<Vec<_>>()
+                    ),
+                ))
+            }
+        };
+        let b = x.batch();
+        let (c, hw) = (self.c, self.hw);
+        let count = (b * hw) as f64;
+        if train && b * hw < 2 {
+            return Err(NnError::shape(
+                &self.name,
+                "training-mode batch norm needs more than one value per channel",
+            ));
+        }
+        ctx.timed(Category::Other, |_| {
+            let (mean, inv_std): (Vec<f32>, Vec<f32>) = if train {
+                let sums = self.channel_sums(&x.data, b, |_, _, v| v as f64);
+                let mean64: Vec<f64> = sums.iter().map(|s| s / count).collect();
+                let sq = self.channel_sums(&x.data, b, |ch, _, v| {
+                    let d = v as f64 - mean64[ch];
+                    d * d
+                });
+                let var: Vec<f64> = sq.iter().map(|s| s / count).collect();
+                // Running statistics (unbiased variance, as PyTorch).
+                let m = match &mut self.recompute {
+                    Some(n) => {
+                        *n += 1;
+                        1.0 / *n as f64
+                    }
+                    None => self.momentum as f64,
+                };
+                let unbias = count / (count - 1.0);
+                for ch in 0..c {
+                    self.running_mean[ch] =
+                        ((1.0 - m) * self.running_mean[ch] as f64 + m * mean64[ch]) as f32;
+                    self.running_var[ch] =
+                        ((1.0 - m) * self.running_var[ch] as f64 + m * var[ch] * unbias) as f32;
+                }
+                (
+                    mean64.iter().map(|&v| v as f32).collect(),
+                    var.iter()
+                        .map(|&v| (1.0 / (v + self.eps as f64).sqrt()) as f32)
+                        .collect(),
+                )
+            } else {
+                (
+                    self.running_mean.clone(),
+                    self.running_var
+                        .iter()
+                        .map(|&v| (1.0 / (v as f64 + self.eps as f64).sqrt()) as f32)
+                        .collect(),
+                )
+            };
+            let (gamma, beta) = (&self.gamma.value, &self.beta.value);
+            let mut y = vec![0f32; x.len()];
+            let mut xhat = if train {
+                vec![0f32; x.len()]
+            } else {
+                Vec::new()
+            };
+            let work = |i: usize, yo: &mut [f32], xo: Option<&mut [f32]>| {
+                let ch = i % c;
+                let xi = &x.data[i * hw..][..hw];
+                let (mu, is, g, be) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+                match xo {
+                    Some(xo) => {
+                        for ((yv, xh), &v) in yo.iter_mut().zip(xo.iter_mut()).zip(xi) {
+                            *xh = (v - mu) * is;
+                            *yv = *xh * g + be;
+                        }
+                    }
+                    None => {
+                        for (yv, &v) in yo.iter_mut().zip(xi) {
+                            *yv = (v - mu) * is * g + be;
+                        }
+                    }
+                }
+            };
+            if train {
+                y.par_chunks_mut(hw)
+                    .zip(xhat.par_chunks_mut(hw))
+                    .enumerate()
+                    .for_each(|(i, (yo, xo))| work(i, yo, Some(xo)));
+                self.saved = Some((xhat, inv_std, b));
+            } else {
+                y.par_chunks_mut(hw)
+                    .enumerate()
+                    .for_each(|(i, yo)| work(i, yo, None));
+                self.saved = None;
+            }
+            Tensor::new(y, x.shape.clone())
+        })
+    }
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
+        let (xhat, inv_std, b) = self.saved.take().ok_or_else(|| NnError::NoForward {
+            layer: self.name.clone(),
+        })?;
+        if dy.len() != xhat.len() {
+            return Err(NnError::shape(
+                &self.name,
+                format!("gradient {:?} does not match the forward pass", dy.shape),
+            ));
+        }
+        let (c, hw) = (self.c, self.hw);
+        let count = (b * hw) as f64;
+        let dx = ctx.timed(Category::Other, |_| {
+            // dbeta = sum dy, dgamma = sum dy * xhat
+            let dbeta = self.channel_sums(&dy.data, b, |_, _, v| v as f64);
+            let dgamma = self.channel_sums(&dy.data, b, |_, i, v| v as f64 * xhat[i] as f64);
+            for ch in 0..c {
+                self.beta.grad[ch] = dbeta[ch] as f32;
+                self.gamma.grad[ch] = dgamma[ch] as f32;
+            }
+            // dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
+            let gamma = &self.gamma.value;
+            let mut dx = vec![0f32; dy.len()];
+            dx.par_chunks_mut(hw).enumerate().for_each(|(i, d)| {
+                let ch = i % c;
+                let k = gamma[ch] * inv_std[ch];
+                let (mdy, mdyx) = ((dbeta[ch] / count) as f32, (dgamma[ch] / count) as f32);
+                let (dyi, xi) = (&dy.data[i * hw..][..hw], &xhat[i * hw..][..hw]);
+                for ((o, &g), &xh) in d.iter_mut().zip(dyi).zip(xi) {
+                    *o = k * (g - mdy - xh * mdyx);
+                }
+            });
+            dx
+        });
+        Ok(vec![Tensor::new(dx, dy.shape.clone())?])
+    }
+    fn params(&self) -> Vec<&Param> {
+        vec![&self.gamma, &self.beta]
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        vec![&mut self.gamma, &mut self.beta]
+    }
+    fn buffers(&self) -> Vec<(String, &Vec<f32>)> {
+        vec![
+            (format!("{}.running_mean", self.name), &self.running_mean),
+            (format!("{}.running_var", self.name), &self.running_var),
+        ]
+    }
+    fn buffers_mut(&mut self) -> Vec<(String, &mut Vec<f32>)> {
+        vec![
+            (
+                format!("{}.running_mean", self.name),
+                &mut self.running_mean,
+            ),
+            (format!("{}.running_var", self.name), &mut self.running_var),
+        ]
+    }
+    fn saved_bytes(&self) -> usize {
+        self.saved
+            .as_ref()
+            .map_or(0, |(x, s, _)| 4 * (x.len() + s.len()))
+    }
+    fn clear_saved(&mut self) {
+        self.saved = None;
+    }
+    fn begin_stats_recompute(&mut self) {
+        self.running_mean.fill(0.0);
+        self.running_var.fill(0.0);
+        self.recompute = Some(0);
+    }
+    fn end_stats_recompute(&mut self) {
+        self.recompute = None;
+    }
+}

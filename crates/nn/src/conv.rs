@@ -1,0 +1,690 @@
+//! 2-D convolution on the integer GEMM, following 002's Algorithm 1 and Fig. 3.
+//!
+//! ```text
+//! forward:   X~, qa = Q_a(X)                      (one exponent per example)
+//!            W~, qw = Q_w(W)                      (once per weight update)
+//!            col    = im2col(X~)                  (on the 8-bit mantissas)
+//!            Y      = tofloat(W~ col, qw, qa) + b (one GEMM for a chunk of examples)
+//! backward:  dY~, qe = Q_e(dY)                    (one exponent per example)
+//!            dW     = sum_i tofloat(dY~(i) col(i)^T, qe_i, qa_i)   (one K segment per example)
+//!            dcol   = tofloat(W~^T dY~, qw, qe);  dX = col2im(dcol) (float)
+//!            db     = sum over examples and pixels of dY            (float)
+//! ```
+//!
+//! Layout: channels first (NCHW), what the data crate produces, so the network input needs no
+//! transpose. With NCHW the GEMM output `[Cout, nb*P]` (P = output pixels) must be scattered to
+//! `[nb, Cout, P]` (one float copy of the output) and the errors gathered the other way
+//! (one byte per value in BFP8): both are memory-bound copies, small next to the GEMMs
+//! (`2*K` operations per output value, K = Cin*k*k >= 27). Channels-last would make the GEMM
+//! output directly usable but would cost a transpose of every input image and of every
+//! feature map entering a pooling or batch-norm layer written for planes.
+//!
+//! Examples are processed in chunks whose `col` stays below [`COL_BUDGET`] values, bounding the
+//! memory of im2col buffers; the chunk size depends only on the layer's shape, never on the
+//! thread count. With BFP operands the weight gradient is identical for any chunking (chunk
+//! boundaries are segment boundaries, accumulated in order). The layer keeps the quantised
+//! input (one byte per value in BFP8) for backward and recomputes its im2col there.
+//! Weights are He-initialised from the fan-out (`uniform(+-sqrt(6 / (k*k*Cout)))`, SWALP's
+//! `normal(0, sqrt(2/n))` in uniform form); biases start at 0.
+
+use lowprec_formats::{Block, NumberFormat, StreamKey};
+use lowprec_kernels::{GemmSpec, MatMut, MatRef, QMatRef, Scales};
+use rayon::prelude::*;
+
+use crate::ctx::{Category, StreamKind};
+use crate::im2col::{col2im, im2col, ConvGeom};
+use crate::init;
+use crate::layer::{Layer, Param};
+use crate::operand::{quantize_matrix, Operand, QData};
+use crate::{Ctx, NnError, Tensor};
+
+/// Largest im2col buffer (values) a chunk of examples may produce.
+pub const COL_BUDGET: usize = 1 << 23;
+
+/// A batch of examples after Q_a or Q_e: 8-bit mantissas with one scale per example, or floats
+/// (fp32, non-BFP formats, or BFP layouts the GEMM cannot take per example).
+#[derive(Clone, Debug)]
+pub enum Batch {
+    Q {
+        mant: Vec<i8>,
+        /// One scale per example.
+        scales: Vec<f32>,
+        max_abs: u32,
+    },
+    F(Vec<f32>),
+}
+
+impl Batch {
+    pub fn bytes(&self) -> usize {
+        match self {
+            Batch::Q { mant, scales, .. } => mant.len() + 4 * scales.len(),
+            Batch::F(v) => 4 * v.len(),
+        }
+    }
+
+    /// Examples `[b0, b0 + nb)` of `per` values as floats.
+    fn floats(&self, b0: usize, nb: usize, per: usize) -> Vec<f32> {
+        match self {
+            Batch::F(v) => v[b0 * per..(b0 + nb) * per].to_vec(),
+            Batch::Q { mant, scales, .. } => {
+                let mut out = vec![0f32; nb * per];
+                out.par_chunks_mut(per.max(1))
+                    .enumerate()
+                    .for_each(|(j, o)| {
+                        let s = scales[b0 + j];
+                        let m = &mant[(b0 + j) * per..][..per];
+                        o.iter_mut().zip(m).for_each(|(d, &v)| *d = v as f32 * s);
+                    });
+                out
+            }
+        }
+    }
+}
+
+/// Applies `fmt` to `b` examples of `per` values; keeps 8-bit mantissas when the blocks are
+/// per example or per tensor.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_batch(
+    x: &[f32],
+    b: usize,
+    per: usize,
+    fmt: &NumberFormat,
+    key: StreamKey,
+    tensor: &str,
+    layer: &str,
+    step: u64,
+) -> Result<Batch, NnError> {
+    let op = quantize_matrix(x, b, per, fmt, key, tensor, layer, step)?;
+    Ok(match op {
+        Operand::F { data, .. } => Batch::F(data),
+        Operand::Q(q) => match (&q.data, q.fmt.block) {
+            (QData::I8(_), Block::Tensor | Block::Axis(0)) => {
+                let scales = if q.fmt.block == Block::Tensor {
+                    vec![q.scales[0]; b]
+                } else {
+                    q.scales.clone()
+                };
+                let max_abs = q.fmt.max_abs();
+                let QData::I8(mant) = q.data else {
+                    unreachable!("matched I8 above")
+                };
+                Batch::Q {
+                    mant,
+                    scales,
+                    max_abs,
+                }
+            }
+            _ => Batch::F(Operand::Q(q).to_f32()),
+        },
+    })
+}
+
+/// Q_w(W): 8-bit mantissas with one scale (tensor) or one per output channel, or floats.
+#[derive(Clone, Debug)]
+enum Weights {
+    Q {
+        mant: Vec<i8>,
+        scales: Vec<f32>,
+        per_channel: bool,
+        max_abs: u32,
+    },
+    F(Vec<f32>),
+}
+
+impl Weights {
+    fn floats(&self, rows: usize) -> std::borrow::Cow<'_, [f32]> {
+        match self {
+            Weights::F(v) => std::borrow::Cow::Borrowed(v),
+            Weights::Q {
+                mant,
+                scales,
+                per_channel,
+                ..
+            } => {
+                let cols = mant.len() / rows.max(1);
+                std::borrow::Cow::Owned(
+                    mant.iter()
+                        .enumerate()
+                        .map(|(i, &m)| {
+                            let s = if *per_channel {
+                                scales[i / cols]
+                            } else {
+                                scales[0]
+                            };
+                            m as f32 * s
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
+pub struct Conv2d {
+    id: u64,
+    name: String,
+    pub geom: ConvGeom,
+    pub cout: usize,
+    pub weight: Param,
+    pub bias: Option<Param>,
+    wq: Option<(u64, Weights)>,
+    saved_x: Option<Batch>,
+}
+
+/// Gathers examples `[b0, b0+nb)` of `[B, Cout, P]` errors into `[Cout, nb*P]` (one task per
+/// output channel).
+fn gather_errors<T: Copy + Default + Send + Sync>(
+    cout: usize,
+    p: usize,
+    e: &[T],
+    b0: usize,
+    nb: usize,
+) -> Vec<T> {
+    let mut out = vec![T::default(); cout * nb * p];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(nb * p)
+        .enumerate()
+        .for_each(|(co, row)| {
+            for j in 0..nb {
+                row[j * p..][..p].copy_from_slice(&e[((b0 + j) * cout + co) * p..][..p]);
+            }
+        });
+    out
+}
+
+fn row_major<T: Copy>(data: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
+    MatRef {
+        data,
+        rows,
+        cols,
+        row_stride: cols,
+        col_stride: 1,
+    }
+}
+
+impl Conv2d {
+    /// A `k x k` convolution with `cout` filters over `[cin, h, w]` examples.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        name: &str,
+        in_shape: &[usize],
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+        seed: u64,
+    ) -> Result<Self, NnError> {
+        let [cin, h, w] = in_shape else {
+            return Err(NnError::Spec(format!(
+                "{name}: conv expects [channels, height, width] inputs, got {in_shape:?}"
+            )));
+        };
+        if cout == 0 {
+            return Err(NnError::Spec(format!("{name}: conv needs out >= 1")));
+        }
+        let geom = ConvGeom::new(*cin, *h, *w, k, stride, pad)
+            .map_err(|e| NnError::Spec(format!("{name}: {e}")))?;
+        let rows = geom.col_rows();
+        let bound = init::kaiming_bound(k * k * cout);
+        let weight = Param::new(
+            format!("{name}.weight"),
+            vec![cout, *cin, k, k],
+            init::uniform(cout * rows, bound, seed, id, 0),
+            true,
+        );
+        let bias =
+            bias.then(|| Param::new(format!("{name}.bias"), vec![cout], vec![0.0; cout], false));
+        Ok(Conv2d {
+            id,
+            name: name.to_string(),
+            geom,
+            cout,
+            weight,
+            bias,
+            wq: None,
+            saved_x: None,
+        })
+    }
+
+    /// Examples per chunk: as many as keep `col` within [`COL_BUDGET`] (at least one).
+    pub fn chunk_examples(&self) -> usize {
+        (COL_BUDGET / (self.geom.col_rows() * self.geom.out_pixels()).max(1)).max(1)
+    }
+
+    fn quantized_weights(&mut self, ctx: &mut Ctx<'_>) -> Result<(), NnError> {
+        let v = self.weight.version;
+        if matches!(&self.wq, Some((ver, _)) if *ver == v) {
+            return Ok(());
+        }
+        // Keyed by the weight version (not the step): re-quantising the same weights gives
+        // the same bits (evaluation, resumed runs).
+        let key = StreamKey::new(
+            ctx.seed,
+            lowprec_formats::rng::stream_id(&[self.id, StreamKind::Weights as u64, v]),
+        );
+        let tensor = format!("weights of {}", self.name);
+        let (o, i) = (self.cout, self.geom.col_rows());
+        let (w, fmt, step) = (&self.weight.value, ctx.policy.weights, ctx.step);
+        let op = ctx.timed(Category::Quantize, |_| {
+            quantize_matrix(w, o, i, &fmt, key, &tensor, &self.name, step)
+        })?;
+        let q = match op {
+            Operand::F { data, .. } => Weights::F(data),
+            Operand::Q(q) => match (&q.data, q.fmt.block) {
+                (QData::I8(m), Block::Tensor | Block::Axis(0)) => Weights::Q {
+                    mant: m.clone(),
+                    scales: q.scales.clone(),
+                    per_channel: q.fmt.block == Block::Axis(0),
+                    max_abs: q.fmt.max_abs(),
+                },
+                _ => Weights::F(Operand::Q(q).to_f32()),
+            },
+        };
+        self.wq = Some((v, q));
+        Ok(())
+    }
+}
+
+impl Layer for Conv2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn describe(&self) -> String {
+        let g = &self.geom;
+        format!(
+            "conv {}->{} {}x{} s{} p{}{}",
+            g.cin,
+            self.cout,
+            g.k,
+            g.k,
+            g.stride,
+            g.pad,
+            if self.bias.is_some() { " (+bias)" } else { "" }
+        )
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, NnError> {
+        let g = &self.geom;
+        match inputs {
+            [s] if *s == [g.cin, g.h, g.w] => Ok(vec![self.cout, g.ho, g.wo]),
+            _ => Err(NnError::shape(
+                &self.name,
+                format!(
+                    "expects one input of shape [{}, {}, {}], got {inputs:?}",
+                    g.cin, g.h, g.w
+                ),
+            )),
+        }
+    }
+
+    fn forward(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        inputs: &[&Tensor],
+        train: bool,
+    ) -> Result<Tensor, NnError> {
+        let g = self.geom;
+        let x = match inputs {
+            [x] if x.shape.len() == 4 && x.shape[1..] == [g.cin, g.h, g.w] => *x,
+            _ => {
+                return Err(NnError::shape(
+                    &self.name,
+                    format!(
+                        "expects one [batch, {}, {}, {}] input, got {:?}",
+                        g.cin,
+                        g.h,
+                        g.w,
+                        inputs.iter().map(|t| &t.shape).collect::<Vec<_>>()
+                    ),
+                ))
+            }
+        };
+        let b = x.batch();
+        let (rows, p, cout) = (g.col_rows(), g.out_pixels(), self.cout);
+        // Q_a, one exponent per example.
+        let key = ctx.key(self.id, StreamKind::Acts);
+        let (fmt, step) = (ctx.policy.acts, ctx.step);
+        let tensor = format!("input activations of {}", self.name);
+        let xq = ctx.timed(Category::Quantize, |_| {
+            quantize_batch(&x.data, b, g.in_len(), &fmt, key, &tensor, &self.name, step)
+        })?;
+        self.quantized_weights(ctx)?;
+        let wq = &self.wq.as_ref().expect("quantised above").1;
+        let backend = ctx.backend;
+        let mut y = vec![0f32; b * cout * p];
+        let chunk = self.chunk_examples();
+        let mut cbuf: Vec<f32> = Vec::new();
+        let kerr = |e| NnError::kernel(&self.name, e);
+        for b0 in (0..b).step_by(chunk) {
+            let nb = chunk.min(b - b0);
+            let n = nb * p;
+            cbuf.resize(cout * n, 0.0);
+            match (wq, &xq) {
+                (
+                    Weights::Q {
+                        mant: wm,
+                        scales: ws,
+                        per_channel,
+                        max_abs: wmax,
+                    },
+                    Batch::Q {
+                        mant: xm,
+                        scales: xs,
+                        max_abs: xmax,
+                    },
+                ) => {
+                    let mut col = vec![0i8; rows * n];
+                    let xin = &xm[b0 * g.in_len()..(b0 + nb) * g.in_len()];
+                    ctx.timed(Category::Im2col, |_| im2col(&g, xin, nb, &mut col));
+                    let a = QMatRef {
+                        mat: row_major(wm, cout, rows),
+                        scales: if *per_channel {
+                            Scales::per_index(ws)
+                        } else {
+                            Scales::uniform(ws)
+                        },
+                        max_abs: *wmax,
+                    };
+                    let bq = QMatRef {
+                        mat: row_major(&col, rows, n),
+                        scales: Scales {
+                            values: &xs[b0..b0 + nb],
+                            group: p,
+                            seg_stride: 0,
+                        },
+                        max_abs: *xmax,
+                    };
+                    let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
+                    ctx.timed(Category::Gemm, |_| {
+                        backend.gemm_q8(a, bq, GemmSpec::whole_k(), cm)
+                    })
+                    .map_err(kerr)?;
+                }
+                _ => {
+                    let wf = wq.floats(cout);
+                    let xf = xq.floats(b0, nb, g.in_len());
+                    let mut col = vec![0f32; rows * n];
+                    ctx.timed(Category::Im2col, |_| im2col(&g, &xf, nb, &mut col));
+                    let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
+                    ctx.timed(Category::Gemm, |_| {
+                        backend.gemm_f32(
+                            row_major(&wf, cout, rows),
+                            row_major(&col, rows, n),
+                            false,
+                            cm,
+                        )
+                    })
+                    .map_err(kerr)?;
+                }
+            }
+            // Scatter [Cout, nb*P] to [nb, Cout, P] and add the bias.
+            let bias = self.bias.as_ref().map(|p| p.value.as_slice());
+            let cb = &cbuf;
+            let yc = &mut y[b0 * cout * p..(b0 + nb) * cout * p];
+            ctx.timed(Category::Other, |_| {
+                yc.par_chunks_mut(cout * p).enumerate().for_each(|(j, ex)| {
+                    for (co, out) in ex.chunks_mut(p).enumerate() {
+                        let src = &cb[co * n + j * p..][..p];
+                        match bias {
+                            Some(bv) => out.iter_mut().zip(src).for_each(|(o, s)| *o = s + bv[co]),
+                            None => out.copy_from_slice(src),
+                        }
+                    }
+                })
+            });
+        }
+        self.saved_x = if train { Some(xq) } else { None };
+        Tensor::new(y, vec![b, cout, g.ho, g.wo])
+    }
+
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
+        let xq = self.saved_x.take().ok_or_else(|| NnError::NoForward {
+            layer: self.name.clone(),
+        })?;
+        let g = self.geom;
+        let (rows, p, cout) = (g.col_rows(), g.out_pixels(), self.cout);
+        let b = dy.batch();
+        let saved_b = match &xq {
+            Batch::Q { scales, .. } => scales.len(),
+            Batch::F(v) => v.len() / g.in_len(),
+        };
+        if dy.per_example() != cout * p || saved_b != b {
+            return Err(NnError::shape(
+                &self.name,
+                format!("gradient {:?} does not match the forward pass", dy.shape),
+            ));
+        }
+        if b == 0 {
+            self.weight.grad.fill(0.0);
+            if let Some(bias) = &mut self.bias {
+                bias.grad.fill(0.0);
+            }
+            let shape = if ctx.need_input_grad {
+                vec![0, g.cin, g.h, g.w]
+            } else {
+                vec![0]
+            };
+            return Ok(vec![Tensor::zeros(shape)]);
+        }
+        // Q_e on the incoming errors, one exponent per example.
+        let key = ctx.key(self.id, StreamKind::Errors);
+        let (fmt, step) = (ctx.policy.errors, ctx.step);
+        let tensor = format!("errors of {}", self.name);
+        let dyq = ctx.timed(Category::Quantize, |_| {
+            quantize_batch(&dy.data, b, cout * p, &fmt, key, &tensor, &self.name, step)
+        })?;
+        if let Some(bias) = &mut self.bias {
+            let d = &dy.data;
+            ctx.timed(Category::Other, |_| {
+                bias.grad.par_iter_mut().enumerate().for_each(|(co, gb)| {
+                    let mut s = 0f64;
+                    for j in 0..b {
+                        s += d[(j * cout + co) * p..][..p]
+                            .iter()
+                            .map(|&v| v as f64)
+                            .sum::<f64>();
+                    }
+                    *gb = s as f32;
+                })
+            });
+        }
+        let need_dx = ctx.need_input_grad;
+        if need_dx && self.wq.is_none() {
+            return Err(NnError::NoForward {
+                layer: self.name.clone(),
+            });
+        }
+        let backend = ctx.backend;
+        let kerr = |e| NnError::kernel(&self.name, e);
+        let mut dx = if need_dx {
+            vec![0f32; b * g.in_len()]
+        } else {
+            Vec::new()
+        };
+        let chunk = self.chunk_examples();
+        let wq = self.wq.as_ref().map(|w| &w.1);
+        let wf = match wq {
+            Some(w @ Weights::F(_)) => Some(w.floats(cout)),
+            Some(w) if need_dx && !matches!(dyq, Batch::Q { .. }) => Some(w.floats(cout)),
+            _ => None,
+        };
+        for b0 in (0..b).step_by(chunk) {
+            let nb = chunk.min(b - b0);
+            let n = nb * p;
+            let accumulate = b0 > 0;
+            let gw = &mut self.weight.grad;
+            // Weight gradient: dW[Cout, rows] (+)= dY[Cout, n] col^T[n, rows].
+            match (&dyq, &xq) {
+                (
+                    Batch::Q {
+                        mant: em,
+                        scales: es,
+                        max_abs: emax,
+                    },
+                    Batch::Q {
+                        mant: xm,
+                        scales: xs,
+                        max_abs: xmax,
+                    },
+                ) => {
+                    let et = ctx.timed(Category::Im2col, |_| gather_errors(cout, p, em, b0, nb));
+                    let mut col = vec![0i8; rows * n];
+                    let xin = &xm[b0 * g.in_len()..(b0 + nb) * g.in_len()];
+                    ctx.timed(Category::Im2col, |_| im2col(&g, xin, nb, &mut col));
+                    let a = QMatRef {
+                        mat: row_major(&et, cout, n),
+                        scales: Scales::per_segment(&es[b0..b0 + nb]),
+                        max_abs: *emax,
+                    };
+                    let bq = QMatRef {
+                        mat: row_major(&col, rows, n).t(),
+                        scales: Scales::per_segment(&xs[b0..b0 + nb]),
+                        max_abs: *xmax,
+                    };
+                    let spec = GemmSpec {
+                        segment: p,
+                        accumulate,
+                    };
+                    let cm = MatMut::row_major(gw, cout, rows).map_err(kerr)?;
+                    ctx.timed(Category::Gemm, |_| backend.gemm_q8(a, bq, spec, cm))
+                        .map_err(kerr)?;
+                    drop(col);
+                    if need_dx {
+                        let mut dcol = vec![0f32; rows * n];
+                        match wq {
+                            Some(Weights::Q {
+                                mant: wm,
+                                scales: ws,
+                                per_channel,
+                                max_abs: wmax,
+                            }) => {
+                                // W^T: per-channel scales run along K, so one segment per K
+                                // index; a tensor scale needs no segments.
+                                let (sa, segment) = if *per_channel {
+                                    (Scales::per_segment(ws), 1)
+                                } else {
+                                    (Scales::uniform(ws), usize::MAX)
+                                };
+                                let a = QMatRef {
+                                    mat: row_major(wm, cout, rows).t(),
+                                    scales: sa,
+                                    max_abs: *wmax,
+                                };
+                                let bq = QMatRef {
+                                    mat: row_major(&et, cout, n),
+                                    scales: Scales {
+                                        values: &es[b0..b0 + nb],
+                                        group: p,
+                                        seg_stride: 0,
+                                    },
+                                    max_abs: *emax,
+                                };
+                                let spec = GemmSpec {
+                                    segment,
+                                    accumulate: false,
+                                };
+                                let cm = MatMut::row_major(&mut dcol, rows, n).map_err(kerr)?;
+                                ctx.timed(Category::Gemm, |_| backend.gemm_q8(a, bq, spec, cm))
+                                    .map_err(kerr)?;
+                            }
+                            _ => {
+                                let wf = wf.as_ref().expect("float weights prepared");
+                                let ef = dyq.floats(b0, nb, cout * p);
+                                let eft = gather_errors(cout, p, &ef, 0, nb);
+                                let cm = MatMut::row_major(&mut dcol, rows, n).map_err(kerr)?;
+                                ctx.timed(Category::Gemm, |_| {
+                                    backend.gemm_f32(
+                                        row_major(wf, cout, rows).t(),
+                                        row_major(&eft, cout, n),
+                                        false,
+                                        cm,
+                                    )
+                                })
+                                .map_err(kerr)?;
+                            }
+                        }
+                        let dxc = &mut dx[b0 * g.in_len()..(b0 + nb) * g.in_len()];
+                        ctx.timed(Category::Im2col, |_| col2im(&g, &dcol, nb, dxc));
+                    }
+                }
+                _ => {
+                    // Float path (fp32, or formats the integer GEMM cannot take).
+                    let ef = dyq.floats(b0, nb, cout * p);
+                    let eft = ctx.timed(Category::Im2col, |_| gather_errors(cout, p, &ef, 0, nb));
+                    drop(ef);
+                    let xf = xq.floats(b0, nb, g.in_len());
+                    let mut col = vec![0f32; rows * n];
+                    ctx.timed(Category::Im2col, |_| im2col(&g, &xf, nb, &mut col));
+                    drop(xf);
+                    let cm = MatMut::row_major(gw, cout, rows).map_err(kerr)?;
+                    ctx.timed(Category::Gemm, |_| {
+                        backend.gemm_f32(
+                            row_major(&eft, cout, n),
+                            row_major(&col, rows, n).t(),
+                            accumulate,
+                            cm,
+                        )
+                    })
+                    .map_err(kerr)?;
+                    drop(col);
+                    if need_dx {
+                        let wfl;
+                        let wf = match &wf {
+                            Some(w) => w.as_ref(),
+                            None => {
+                                wfl = wq.expect("checked above").floats(cout);
+                                wfl.as_ref()
+                            }
+                        };
+                        let mut dcol = vec![0f32; rows * n];
+                        let cm = MatMut::row_major(&mut dcol, rows, n).map_err(kerr)?;
+                        ctx.timed(Category::Gemm, |_| {
+                            backend.gemm_f32(
+                                row_major(wf, cout, rows).t(),
+                                row_major(&eft, cout, n),
+                                false,
+                                cm,
+                            )
+                        })
+                        .map_err(kerr)?;
+                        let dxc = &mut dx[b0 * g.in_len()..(b0 + nb) * g.in_len()];
+                        ctx.timed(Category::Im2col, |_| col2im(&g, &dcol, nb, dxc));
+                    }
+                }
+            }
+        }
+        if !need_dx {
+            return Ok(vec![Tensor::zeros(vec![0])]);
+        }
+        Ok(vec![Tensor::new(dx, vec![b, g.cin, g.h, g.w])?])
+    }
+
+    fn params(&self) -> Vec<&Param> {
+        std::iter::once(&self.weight)
+            .chain(self.bias.as_ref())
+            .collect()
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        std::iter::once(&mut self.weight)
+            .chain(self.bias.as_mut())
+            .collect()
+    }
+
+    fn macs_per_example(&self, _inputs: &[&[usize]]) -> u64 {
+        (self.geom.col_rows() * self.geom.out_pixels() * self.cout) as u64
+    }
+
+    fn saved_bytes(&self) -> usize {
+        self.saved_x.as_ref().map_or(0, |x| x.bytes())
+    }
+
+    fn clear_saved(&mut self) {
+        self.saved_x = None;
+    }
+}

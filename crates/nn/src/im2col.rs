@@ -1,0 +1,219 @@
+//! im2col / col2im for channels-first (NCHW) images (002 Section II-A).
+//!
+//! A convolution of `nb` examples becomes one GEMM `W[Cout, Cin*K*K] x col[Cin*K*K, nb*P]`,
+//! where `P = Ho*Wo` and column `j*P + p` holds the receptive field of output pixel `p` of
+//! example `j`. Rows are ordered `(c, ki, kj)`, matching a PyTorch weight `[Cout, Cin, K, K]`.
+//! Each row of `col` is written by one task (rayon over rows), and each input plane of
+//! `col2im` is summed by one task in a fixed order, so results do not depend on the thread
+//! count. `im2col` is generic: the convolution runs it on 8-bit mantissas (a quarter of the
+//! memory traffic of floats), zero padding being mantissa 0.
+
+use rayon::prelude::*;
+
+/// Shape of one 2-D convolution (or pooling window) over a `cin x h x w` example.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Square kernel side.
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl ConvGeom {
+    /// Validates the geometry; the message says what is wrong.
+    pub fn new(
+        cin: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self, String> {
+        if cin == 0 || h == 0 || w == 0 {
+            return Err(format!("input {cin}x{h}x{w} has a zero dimension"));
+        }
+        if k == 0 || stride == 0 {
+            return Err(format!("kernel {k} and stride {stride} must both be >= 1"));
+        }
+        if pad >= k {
+            return Err(format!(
+                "padding {pad} must be smaller than the kernel {k} (a window would see only padding)"
+            ));
+        }
+        if h + 2 * pad < k || w + 2 * pad < k {
+            return Err(format!(
+                "kernel {k} is larger than the padded input {}x{}",
+                h + 2 * pad,
+                w + 2 * pad
+            ));
+        }
+        let ho = (h + 2 * pad - k) / stride + 1;
+        let wo = (w + 2 * pad - k) / stride + 1;
+        Ok(ConvGeom {
+            cin,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        })
+    }
+
+    /// Rows of `col` (the GEMM's K): `cin * k * k`.
+    pub fn col_rows(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+    /// Output pixels per example (`ho * wo`).
+    pub fn out_pixels(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// Values of one input example (`cin * h * w`).
+    pub fn in_len(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+
+    /// Range of output columns `ox` whose input column `ox * stride + kj - pad` lies inside
+    /// `[0, w)`.
+    fn valid_ox(&self, kj: usize) -> (usize, usize) {
+        valid_range(self.wo, self.w, self.stride, kj, self.pad)
+    }
+    fn valid_oy(&self, ki: usize) -> (usize, usize) {
+        valid_range(self.ho, self.h, self.stride, ki, self.pad)
+    }
+}
+
+/// Outputs `o < n_out` with `0 <= o * stride + off - pad < n_in`, as a half-open range.
+fn valid_range(n_out: usize, n_in: usize, stride: usize, off: usize, pad: usize) -> (usize, usize) {
+    let lo = if pad > off {
+        (pad - off).div_ceil(stride)
+    } else {
+        0
+    };
+    // o * stride + off < n_in + pad  <=>  o < ceil((n_in + pad - off) / stride)
+    let hi = (n_in + pad).saturating_sub(off).div_ceil(stride).min(n_out);
+    (lo.min(hi), hi)
+}
+
+/// Writes the `col_rows() x nb*P` matrix of `nb` examples `x` (each `cin*h*w`, NCHW) into
+/// `col` (row-major). Padding becomes `T::default()` (0).
+pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize, col: &mut [T]) {
+    let p = g.out_pixels();
+    let n = nb * p;
+    assert_eq!(x.len(), nb * g.in_len(), "im2col input length");
+    assert_eq!(col.len(), g.col_rows() * n, "im2col output length");
+    if n == 0 {
+        return;
+    }
+    let (k, hw) = (g.k, g.h * g.w);
+    col.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+        let (c, ki, kj) = (r / (k * k), (r / k) % k, r % k);
+        let (oy_lo, oy_hi) = g.valid_oy(ki);
+        let (ox_lo, ox_hi) = g.valid_ox(kj);
+        for j in 0..nb {
+            let plane = &x[(j * g.cin + c) * hw..][..hw];
+            let dst = &mut row[j * p..][..p];
+            for oy in 0..g.ho {
+                let out = &mut dst[oy * g.wo..][..g.wo];
+                if oy < oy_lo || oy >= oy_hi {
+                    out.fill(T::default());
+                    continue;
+                }
+                let iy = oy * g.stride + ki - g.pad;
+                let src = &plane[iy * g.w..][..g.w];
+                out[..ox_lo].fill(T::default());
+                out[ox_hi..].fill(T::default());
+                if ox_lo < ox_hi {
+                    let ix0 = ox_lo * g.stride + kj - g.pad;
+                    if g.stride == 1 {
+                        out[ox_lo..ox_hi].copy_from_slice(&src[ix0..ix0 + (ox_hi - ox_lo)]);
+                    } else {
+                        for (o, ix) in out[ox_lo..ox_hi].iter_mut().zip((ix0..).step_by(g.stride)) {
+                            *o = src[ix];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The adjoint of [`im2col`]: sums `col` (`col_rows() x nb*P`) back into `nb` examples `dx`
+/// (overwritten). Each input plane is one task; within it the kernel offsets are visited in
+/// `(ki, kj)` order, so the float sums are the same at any thread count.
+pub fn col2im(g: &ConvGeom, col: &[f32], nb: usize, dx: &mut [f32]) {
+    let p = g.out_pixels();
+    let n = nb * p;
+    assert_eq!(dx.len(), nb * g.in_len(), "col2im output length");
+    assert_eq!(col.len(), g.col_rows() * n, "col2im input length");
+    let (k, hw) = (g.k, g.h * g.w);
+    if hw == 0 {
+        return;
+    }
+    dx.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
+        let (j, c) = (i / g.cin, i % g.cin);
+        plane.fill(0.0);
+        for ki in 0..k {
+            let (oy_lo, oy_hi) = g.valid_oy(ki);
+            for kj in 0..k {
+                let (ox_lo, ox_hi) = g.valid_ox(kj);
+                if ox_lo >= ox_hi {
+                    continue;
+                }
+                let r = (c * k + ki) * k + kj;
+                let src = &col[r * n + j * p..][..p];
+                for oy in oy_lo..oy_hi {
+                    let iy = oy * g.stride + ki - g.pad;
+                    let s = &src[oy * g.wo..][..g.wo];
+                    let d = &mut plane[iy * g.w..][..g.w];
+                    let ix0 = ox_lo * g.stride + kj - g.pad;
+                    if g.stride == 1 {
+                        for (dv, sv) in d[ix0..ix0 + (ox_hi - ox_lo)]
+                            .iter_mut()
+                            .zip(&s[ox_lo..ox_hi])
+                        {
+                            *dv += sv;
+                        }
+                    } else {
+                        for (ix, sv) in (ix0..).step_by(g.stride).zip(&s[ox_lo..ox_hi]) {
+                            d[ix] += sv;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Plain scalar im2col (the reference the tests compare [`im2col`] against).
+pub fn im2col_ref<T: Copy + Default>(g: &ConvGeom, x: &[T], nb: usize) -> Vec<T> {
+    let p = g.out_pixels();
+    let n = nb * p;
+    let mut col = vec![T::default(); g.col_rows() * n];
+    for c in 0..g.cin {
+        for ki in 0..g.k {
+            for kj in 0..g.k {
+                let r = (c * g.k + ki) * g.k + kj;
+                for j in 0..nb {
+                    for oy in 0..g.ho {
+                        for ox in 0..g.wo {
+                            let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+                            let ix = (ox * g.stride + kj) as isize - g.pad as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                                col[r * n + j * p + oy * g.wo + ox] =
+                                    x[((j * g.cin + c) * g.h + iy as usize) * g.w + ix as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    col
+}

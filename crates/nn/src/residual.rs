@@ -1,0 +1,96 @@
+//! Residual addition: `y = x_1 + x_2 + ...` over inputs of one shape (a ResNet shortcut).
+//! Backward hands the incoming gradient to every input unchanged.
+
+use rayon::prelude::*;
+
+use crate::ctx::Category;
+use crate::layer::Layer;
+use crate::{Ctx, NnError, Tensor};
+
+pub struct Add {
+    name: String,
+    inputs: usize,
+    trained: bool,
+}
+
+impl Add {
+    pub fn new(name: &str, in_shapes: &[&[usize]]) -> Result<Self, NnError> {
+        if in_shapes.len() < 2 {
+            return Err(NnError::Spec(format!(
+                "{name}: add needs at least two inputs (`from = [..]`), got {}",
+                in_shapes.len()
+            )));
+        }
+        if in_shapes.iter().any(|s| *s != in_shapes[0]) {
+            return Err(NnError::Spec(format!(
+                "{name}: add inputs must have one shape, got {in_shapes:?}"
+            )));
+        }
+        Ok(Add {
+            name: name.to_string(),
+            inputs: in_shapes.len(),
+            trained: false,
+        })
+    }
+}
+
+impl Layer for Add {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn describe(&self) -> String {
+        format!("add ({} inputs)", self.inputs)
+    }
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, NnError> {
+        match inputs.first() {
+            Some(s) if inputs.len() == self.inputs && inputs.iter().all(|t| t == s) => {
+                Ok(s.to_vec())
+            }
+            _ => Err(NnError::shape(
+                &self.name,
+                format!(
+                    "expects {} inputs of one shape, got {inputs:?}",
+                    self.inputs
+                ),
+            )),
+        }
+    }
+    fn forward(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        inputs: &[&Tensor],
+        train: bool,
+    ) -> Result<Tensor, NnError> {
+        if inputs.len() != self.inputs || inputs.iter().any(|t| t.shape != inputs[0].shape) {
+            return Err(NnError::shape(
+                &self.name,
+                format!(
+                    "expects {} inputs of one shape, got {:?}",
+                    self.inputs,
+                    inputs.iter().map(|t| &t.shape).collect::<Vec<_>>()
+                ),
+            ));
+        }
+        let mut y = inputs[0].data.clone();
+        ctx.timed(Category::Other, |_| {
+            for t in &inputs[1..] {
+                y.par_chunks_mut(4096)
+                    .zip(t.data.par_chunks(4096))
+                    .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+            }
+        });
+        self.trained = train;
+        Tensor::new(y, inputs[0].shape.clone())
+    }
+    fn backward(&mut self, _ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
+        if !std::mem::take(&mut self.trained) {
+            return Err(NnError::NoForward {
+                layer: self.name.clone(),
+            });
+        }
+        Ok(vec![dy.clone(); self.inputs])
+    }
+    fn clear_saved(&mut self) {
+        self.trained = false;
+    }
+}

@@ -1,0 +1,809 @@
+//! Convolution, im2col/col2im, pooling, batch norm and residual add against plain references.
+
+use lowprec_formats::rng::{stream_id, uniform_f32};
+use lowprec_formats::StreamKey;
+use lowprec_kernels::CpuBackend;
+use lowprec_nn::batchnorm::BatchNorm2d;
+use lowprec_nn::conv::Conv2d;
+use lowprec_nn::ctx::StreamKind;
+use lowprec_nn::im2col::{col2im, im2col, im2col_ref, ConvGeom};
+use lowprec_nn::operand::{quantize_matrix, Operand, QData};
+use lowprec_nn::pool::{GlobalAvgPool, Pool2d, PoolKind};
+use lowprec_nn::residual::Add;
+use lowprec_nn::{Ctx, Layer, Model, NetworkSpec, NnError, Precision, Tensor};
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let key = StreamKey::new(seed, 77);
+    (0..n)
+        .map(|i| uniform_f32(key, i as u64) * 2.0 - 1.0)
+        .collect()
+}
+
+fn pool(n: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .unwrap()
+}
+
+/// (cin, h, w, k, stride, pad, cout)
+const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
+    (1, 1, 1, 1, 1, 0, 1),
+    (3, 7, 5, 3, 1, 1, 7),
+    (7, 9, 9, 3, 2, 1, 3),
+    (2, 8, 6, 5, 2, 2, 4),
+    (3, 6, 6, 1, 2, 0, 5),
+    (1, 5, 7, 3, 3, 0, 2),
+    (4, 3, 3, 3, 1, 2, 2),
+];
+
+#[test]
+fn im2col_matches_reference_i8_and_f32() {
+    for (i, &(cin, h, w, k, s, p, _)) in SHAPES.iter().enumerate() {
+        let g = ConvGeom::new(cin, h, w, k, s, p).unwrap();
+        for nb in [1, 3] {
+            let xf = rand_vec(nb * g.in_len(), i as u64);
+            let xi: Vec<i8> = xf.iter().map(|v| (v * 127.0) as i8).collect();
+            let mut cf = vec![f32::NAN; g.col_rows() * nb * g.out_pixels()];
+            im2col(&g, &xf, nb, &mut cf);
+            assert_eq!(cf, im2col_ref(&g, &xf, nb), "f32 {g:?}");
+            let mut ci = vec![99i8; cf.len()];
+            im2col(&g, &xi, nb, &mut ci);
+            assert_eq!(ci, im2col_ref(&g, &xi, nb), "i8 {g:?}");
+        }
+    }
+}
+
+#[test]
+fn col2im_is_the_adjoint_of_im2col() {
+    for (i, &(cin, h, w, k, s, p, _)) in SHAPES.iter().enumerate() {
+        let g = ConvGeom::new(cin, h, w, k, s, p).unwrap();
+        let nb = 2;
+        let x = rand_vec(nb * g.in_len(), 10 + i as u64);
+        let y = rand_vec(g.col_rows() * nb * g.out_pixels(), 20 + i as u64);
+        let mut col = vec![0f32; y.len()];
+        im2col(&g, &x, nb, &mut col);
+        let mut back = vec![f32::NAN; x.len()];
+        col2im(&g, &y, nb, &mut back);
+        let lhs: f64 = col.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let rhs: f64 = x
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        assert!(
+            (lhs - rhs).abs() <= 1e-5 * (1.0 + lhs.abs()),
+            "{g:?}: {lhs} vs {rhs}"
+        );
+    }
+}
+
+#[test]
+fn geometry_errors_are_clear() {
+    assert!(ConvGeom::new(3, 2, 2, 5, 1, 0)
+        .unwrap_err()
+        .contains("larger"));
+    assert!(ConvGeom::new(3, 2, 2, 0, 1, 0).is_err());
+    assert!(ConvGeom::new(0, 2, 2, 1, 1, 0).is_err());
+    assert!(Conv2d::new(1, "c", &[12], 4, 3, 1, 1, false, 0).is_err());
+}
+
+/// Direct seven-loop convolution in f64.
+fn conv_ref(g: &ConvGeom, cout: usize, x: &[f64], w: &[f64], bias: &[f64], b: usize) -> Vec<f64> {
+    let mut y = vec![0f64; b * cout * g.out_pixels()];
+    for n in 0..b {
+        for co in 0..cout {
+            for oy in 0..g.ho {
+                for ox in 0..g.wo {
+                    let mut s = bias.get(co).copied().unwrap_or(0.0);
+                    for c in 0..g.cin {
+                        for ki in 0..g.k {
+                            for kj in 0..g.k {
+                                let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+                                let ix = (ox * g.stride + kj) as isize - g.pad as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                                    continue;
+                                }
+                                s += w[((co * g.cin + c) * g.k + ki) * g.k + kj]
+                                    * x[((n * g.cin + c) * g.h + iy as usize) * g.w + ix as usize];
+                            }
+                        }
+                    }
+                    y[((n * cout + co) * g.ho + oy) * g.wo + ox] = s;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Gradients of `sum(y * dy)` by the same seven loops: (dx, dw, db).
+fn conv_grad_ref(
+    g: &ConvGeom,
+    cout: usize,
+    x: &[f64],
+    w: &[f64],
+    dy: &[f64],
+    b: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut dx = vec![0f64; x.len()];
+    let mut dw = vec![0f64; w.len()];
+    let mut db = vec![0f64; cout];
+    for n in 0..b {
+        for co in 0..cout {
+            for oy in 0..g.ho {
+                for ox in 0..g.wo {
+                    let d = dy[((n * cout + co) * g.ho + oy) * g.wo + ox];
+                    db[co] += d;
+                    for c in 0..g.cin {
+                        for ki in 0..g.k {
+                            for kj in 0..g.k {
+                                let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+                                let ix = (ox * g.stride + kj) as isize - g.pad as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                                    continue;
+                                }
+                                let xi = ((n * g.cin + c) * g.h + iy as usize) * g.w + ix as usize;
+                                let wi = ((co * g.cin + c) * g.k + ki) * g.k + kj;
+                                dx[xi] += w[wi] * d;
+                                dw[wi] += x[xi] * d;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dx, dw, db)
+}
+
+fn close(a: &[f32], b: &[f64], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (*x as f64 - y).abs() <= tol * scale,
+            "{what}[{i}]: {x} vs {y} (scale {scale})"
+        );
+    }
+}
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+#[test]
+fn fp32_conv_forward_backward_match_seven_loop_reference() {
+    let backend = CpuBackend;
+    let policy = Precision::fp32();
+    for (i, &(cin, h, w, k, s, p, cout)) in SHAPES.iter().enumerate() {
+        for b in [1, 3] {
+            let mut conv = Conv2d::new(1, "c", &[cin, h, w], cout, k, s, p, true, 7).unwrap();
+            let g = conv.geom;
+            conv.bias.as_mut().unwrap().value = rand_vec(cout, 5);
+            let x = rand_vec(b * g.in_len(), 100 + i as u64);
+            let mut ctx = Ctx::new(&backend, &policy, 1);
+            let xt = Tensor::new(x.clone(), vec![b, cin, h, w]).unwrap();
+            let y = conv.forward(&mut ctx, &[&xt], true).unwrap();
+            assert_eq!(y.shape, vec![b, cout, g.ho, g.wo]);
+            let (x64, w64) = (to64(&x), to64(&conv.weight.value));
+            let b64 = to64(&conv.bias.as_ref().unwrap().value);
+            close(&y.data, &conv_ref(&g, cout, &x64, &w64, &b64, b), 1e-5, "y");
+            let dy = rand_vec(y.len(), 200 + i as u64);
+            let dxs = conv
+                .backward(&mut ctx, &Tensor::new(dy.clone(), y.shape.clone()).unwrap())
+                .unwrap();
+            let (dx, dw, db) = conv_grad_ref(&g, cout, &x64, &w64, &to64(&dy), b);
+            close(&dxs[0].data, &dx, 1e-5, "dx");
+            close(&conv.weight.grad, &dw, 1e-5, "dw");
+            close(&conv.bias.as_ref().unwrap().grad, &db, 1e-5, "db");
+        }
+    }
+}
+
+#[test]
+fn conv_finite_differences() {
+    // loss = sum(y * r); central differences on a few inputs and weights.
+    let backend = CpuBackend;
+    let policy = Precision::fp32();
+    let mut conv = Conv2d::new(3, "c", &[2, 5, 4], 3, 3, 2, 1, true, 11).unwrap();
+    let b = 2;
+    let x = rand_vec(b * 40, 31);
+    let r = rand_vec(b * 3 * conv.geom.out_pixels(), 32);
+    let loss = |conv: &mut Conv2d, x: &[f32]| -> f64 {
+        let mut ctx = Ctx::new(&backend, &policy, 1);
+        let y = conv
+            .forward(
+                &mut ctx,
+                &[&Tensor::new(x.to_vec(), vec![b, 2, 5, 4]).unwrap()],
+                false,
+            )
+            .unwrap();
+        y.data
+            .iter()
+            .zip(&r)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum()
+    };
+    let mut ctx = Ctx::new(&backend, &policy, 1);
+    let xt = Tensor::new(x.clone(), vec![b, 2, 5, 4]).unwrap();
+    let y = conv.forward(&mut ctx, &[&xt], true).unwrap();
+    let dx = conv
+        .backward(&mut ctx, &Tensor::new(r.clone(), y.shape).unwrap())
+        .unwrap()
+        .remove(0);
+    let eps = 1e-2f32;
+    for i in [0, 7, 19, 40, 79] {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        xp[i] += eps;
+        xm[i] -= eps;
+        let fd = (loss(&mut conv, &xp) - loss(&mut conv, &xm)) / (2.0 * eps as f64);
+        assert!(
+            (fd - dx.data[i] as f64).abs() < 1e-3,
+            "dx[{i}] {fd} vs {}",
+            dx.data[i]
+        );
+    }
+    let gw = conv.weight.grad.clone();
+    for i in [0, 5, 17, 53] {
+        let w0 = conv.weight.value[i];
+        conv.weight.value[i] = w0 + eps;
+        conv.weight.version += 1;
+        let lp = loss(&mut conv, &x);
+        conv.weight.value[i] = w0 - eps;
+        conv.weight.version += 1;
+        let lm = loss(&mut conv, &x);
+        conv.weight.value[i] = w0;
+        conv.weight.version += 1;
+        let fd = (lp - lm) / (2.0 * eps as f64);
+        assert!(
+            (fd - gw[i] as f64).abs() < 1e-3,
+            "dw[{i}] {fd} vs {}",
+            gw[i]
+        );
+    }
+}
+
+/// Mantissas and scales as the layer's quantiser produces them.
+fn quantized(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    fmt: &lowprec_formats::NumberFormat,
+    key: StreamKey,
+) -> (Vec<i64>, Vec<f32>) {
+    match quantize_matrix(x, rows, cols, fmt, key, "t", "test", 0).unwrap() {
+        Operand::Q(q) => {
+            let m = match q.data {
+                QData::I8(v) => v.iter().map(|&a| a as i64).collect(),
+                QData::I16(v) => v.iter().map(|&a| a as i64).collect(),
+            };
+            let s = if q.scales.len() == 1 {
+                vec![q.scales[0]; rows]
+            } else {
+                q.scales
+            };
+            (m, s)
+        }
+        Operand::F { .. } => panic!("expected BFP"),
+    }
+}
+
+#[test]
+fn bfp8_conv_is_bit_exact_against_integer_reference() {
+    let backend = CpuBackend;
+    let policy = Precision::bfp8();
+    let (id, seed, step) = (4u64, 9u64, 3u64);
+    for (i, &(cin, h, w, k, s, p, cout)) in SHAPES.iter().enumerate() {
+        let b = 3;
+        let mut conv = Conv2d::new(id, "c", &[cin, h, w], cout, k, s, p, true, 1).unwrap();
+        conv.bias.as_mut().unwrap().value = rand_vec(cout, 8);
+        conv.weight.version = 5;
+        let g = conv.geom;
+        let (rows, pp) = (g.col_rows(), g.out_pixels());
+        // Awkward magnitudes: one example tiny, one large.
+        let mut x = rand_vec(b * g.in_len(), 300 + i as u64);
+        x[..g.in_len()].iter_mut().for_each(|v| *v *= 1e-6);
+        x[2 * g.in_len()..].iter_mut().for_each(|v| *v *= 1e5);
+        let mut ctx = Ctx::new(&backend, &policy, seed);
+        ctx.step = step;
+        let xt = Tensor::new(x.clone(), vec![b, cin, h, w]).unwrap();
+        let y = conv.forward(&mut ctx, &[&xt], true).unwrap();
+
+        let (xm, xs) = quantized(
+            &x,
+            b,
+            g.in_len(),
+            &policy.acts,
+            ctx.key(id, StreamKind::Acts),
+        );
+        let wkey = StreamKey::new(seed, stream_id(&[id, StreamKind::Weights as u64, 5]));
+        let (wm, ws) = quantized(&conv.weight.value, cout, rows, &policy.weights, wkey);
+        let col = im2col_ref(&g, &xm, b);
+        let n = b * pp;
+        let bias = &conv.bias.as_ref().unwrap().value;
+        for j in 0..b {
+            for co in 0..cout {
+                for q in 0..pp {
+                    let acc: i64 = (0..rows)
+                        .map(|r| wm[co * rows + r] * col[r * n + j * pp + q])
+                        .sum();
+                    let want = ((acc as f32) * ws[co]) * xs[j] + bias[co];
+                    let got = y.data[(j * cout + co) * pp + q];
+                    assert_eq!(got.to_bits(), want.to_bits(), "y {g:?} ({j},{co},{q})");
+                }
+            }
+        }
+
+        let dy = rand_vec(y.len(), 400 + i as u64);
+        let dxs = conv
+            .backward(&mut ctx, &Tensor::new(dy.clone(), y.shape.clone()).unwrap())
+            .unwrap();
+        let (em, es) = quantized(
+            &dy,
+            b,
+            cout * pp,
+            &policy.errors,
+            ctx.key(id, StreamKind::Errors),
+        );
+        // dW: one K segment per example, added in example order.
+        for co in 0..cout {
+            for r in 0..rows {
+                let mut c = 0f32;
+                for j in 0..b {
+                    let acc: i64 = (0..pp)
+                        .map(|q| em[(j * cout + co) * pp + q] * col[r * n + j * pp + q])
+                        .sum();
+                    c += ((acc as f32) * es[j]) * xs[j];
+                }
+                assert_eq!(
+                    conv.weight.grad[co * rows + r].to_bits(),
+                    c.to_bits(),
+                    "dw {g:?}"
+                );
+            }
+        }
+        // dX: dcol = W~^T dY~ rescaled, then col2im (tested against the adjoint above).
+        let mut dcol = vec![0f32; rows * n];
+        for r in 0..rows {
+            for j in 0..b {
+                for q in 0..pp {
+                    let acc: i64 = (0..cout)
+                        .map(|co| wm[co * rows + r] * em[(j * cout + co) * pp + q])
+                        .sum();
+                    dcol[r * n + j * pp + q] = ((acc as f32) * ws[0]) * es[j];
+                }
+            }
+        }
+        let mut dx = vec![0f32; b * g.in_len()];
+        col2im(&g, &dcol, b, &mut dx);
+        let same = dx
+            .iter()
+            .zip(&dxs[0].data)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "dx {g:?}");
+    }
+}
+
+fn run_net(spec: &str, precision: &str, threads: usize, b: usize) -> (Vec<u32>, Vec<u32>) {
+    let spec: NetworkSpec = toml::from_str(spec).unwrap();
+    let policy: Precision = precision.parse().unwrap();
+    pool(threads).install(|| {
+        let mut model = Model::build(&spec, 3).unwrap();
+        let backend = CpuBackend;
+        let mut ctx = Ctx::new(&backend, &policy, 5);
+        let mut shape = vec![b];
+        shape.extend_from_slice(&spec.input);
+        let n: usize = shape.iter().product();
+        let x = Tensor::new(rand_vec(n, 61), shape).unwrap();
+        let y = model.forward(&mut ctx, x, true).unwrap();
+        let dy = Tensor::new(rand_vec(y.len(), 62), y.shape.clone()).unwrap();
+        model.backward(&mut ctx, dy).unwrap();
+        let grads: Vec<u32> = model
+            .params()
+            .iter()
+            .flat_map(|p| p.grad.iter().map(|v| v.to_bits()))
+            .collect();
+        (y.data.iter().map(|v| v.to_bits()).collect(), grads)
+    })
+}
+
+const SMALL_RESNET: &str = r#"
+input = [3, 12, 12]
+loss = "cross-entropy"
+[[layer]]
+type = "conv"
+name = "stem"
+out = 8
+kernel = 3
+padding = 1
+[[layer]]
+type = "batchnorm"
+[[layer]]
+type = "relu"
+name = "r1"
+[[layer]]
+type = "conv"
+out = 16
+kernel = 3
+stride = 2
+padding = 1
+[[layer]]
+type = "batchnorm"
+[[layer]]
+type = "relu"
+[[layer]]
+type = "conv"
+name = "c2"
+out = 16
+kernel = 3
+padding = 1
+[[layer]]
+type = "conv"
+name = "down"
+from = ["r1"]
+out = 16
+kernel = 1
+stride = 2
+[[layer]]
+type = "add"
+from = ["c2", "down"]
+[[layer]]
+type = "maxpool"
+kernel = 2
+[[layer]]
+type = "avgpool"
+kernel = 3
+stride = 1
+[[layer]]
+type = "global-avg-pool"
+[[layer]]
+type = "dropout"
+p = 0.25
+[[layer]]
+type = "linear"
+out = 10
+"#;
+
+#[test]
+fn same_bits_at_one_and_two_threads() {
+    for precision in ["bfp8", "fp32"] {
+        for b in [1, 5] {
+            let one = run_net(SMALL_RESNET, precision, 1, b);
+            let two = run_net(SMALL_RESNET, precision, 2, b);
+            assert!(
+                one == two,
+                "{precision} b={b}: thread count changed the bits"
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_chunking_keeps_bfp8_weight_gradients() {
+    // 34x34 examples with 64 input channels overflow COL_BUDGET per 14 examples: the layer
+    // processes chunks, and the per-example segments make the result independent of them.
+    let backend = CpuBackend;
+    let policy = Precision::bfp8();
+    let mut conv = Conv2d::new(2, "c", &[64, 34, 34], 2, 3, 1, 1, false, 1).unwrap();
+    let b = conv.chunk_examples() + 1;
+    let x = rand_vec(b * conv.geom.in_len(), 1);
+    let mut ctx = Ctx::new(&backend, &policy, 2);
+    let y = conv
+        .forward(
+            &mut ctx,
+            &[&Tensor::new(x.clone(), vec![b, 64, 34, 34]).unwrap()],
+            true,
+        )
+        .unwrap();
+    let dy = Tensor::new(rand_vec(y.len(), 2), y.shape.clone()).unwrap();
+    ctx.need_input_grad = false;
+    conv.backward(&mut ctx, &dy).unwrap();
+    let full = conv.weight.grad.clone();
+    // Stochastic rounding makes it differ from the exact gradient by a few percent at most.
+    let g = conv.geom;
+    let (dxr, dw, _) = conv_grad_ref(
+        &g,
+        2,
+        &to64(&x),
+        &to64(&conv.weight.value),
+        &to64(&dy.data),
+        b,
+    );
+    drop(dxr);
+    close(&full, &dw, 0.05, "chunked bfp8 dw vs f64");
+}
+
+#[test]
+fn non_finite_inputs_are_named() {
+    let backend = CpuBackend;
+    for precision in ["bfp8", "fp32"] {
+        let policy: Precision = precision.parse().unwrap();
+        let mut conv = Conv2d::new(1, "conv7", &[1, 3, 3], 2, 3, 1, 1, false, 1).unwrap();
+        let mut x = vec![0.5f32; 9];
+        x[4] = f32::NAN;
+        let mut ctx = Ctx::new(&backend, &policy, 1);
+        let e = conv
+            .forward(
+                &mut ctx,
+                &[&Tensor::new(x, vec![1, 1, 3, 3]).unwrap()],
+                true,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&e, NnError::NonFinite { layer, index: 4, .. } if layer == "conv7"),
+            "{precision}: {e}"
+        );
+    }
+}
+
+#[test]
+fn backward_without_forward_is_an_error() {
+    let backend = CpuBackend;
+    let policy = Precision::bfp8();
+    let mut ctx = Ctx::new(&backend, &policy, 1);
+    let mut conv = Conv2d::new(1, "c", &[1, 3, 3], 2, 3, 1, 1, false, 1).unwrap();
+    let dy = Tensor::zeros(vec![1, 2, 3, 3]);
+    assert!(matches!(
+        conv.backward(&mut ctx, &dy),
+        Err(NnError::NoForward { .. })
+    ));
+    let x = Tensor::zeros(vec![1, 2, 3, 3]);
+    assert!(matches!(
+        conv.forward(&mut ctx, &[&x], true),
+        Err(NnError::Shape { .. })
+    ));
+}
+
+fn bn_loss(bn: &mut BatchNorm2d, x: &[f32], shape: &[usize], r: &[f32]) -> f64 {
+    let backend = CpuBackend;
+    let policy = Precision::fp32();
+    let mut ctx = Ctx::new(&backend, &policy, 1);
+    let (m, v) = (bn.running_mean.clone(), bn.running_var.clone());
+    let y = bn
+        .forward(
+            &mut ctx,
+            &[&Tensor::new(x.to_vec(), shape.to_vec()).unwrap()],
+            true,
+        )
+        .unwrap();
+    bn.running_mean = m;
+    bn.running_var = v;
+    bn.clear_saved();
+    y.data
+        .iter()
+        .zip(r)
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum()
+}
+
+#[test]
+fn batchnorm_gradients_match_finite_differences() {
+    let backend = CpuBackend;
+    let policy = Precision::fp32();
+    let shape = vec![3, 2, 3, 2];
+    let n = 36;
+    let x: Vec<f32> = rand_vec(n, 41).iter().map(|v| v * 3.0 + 1.0).collect();
+    let r = rand_vec(n, 42);
+    let mut bn = BatchNorm2d::new("bn", &[2, 3, 2], 1e-5, 0.1).unwrap();
+    bn.gamma.value = vec![1.5, -0.7];
+    bn.beta.value = vec![0.2, 0.3];
+    let mut ctx = Ctx::new(&backend, &policy, 1);
+    bn.forward(
+        &mut ctx,
+        &[&Tensor::new(x.clone(), shape.clone()).unwrap()],
+        true,
+    )
+    .unwrap();
+    let dx = bn
+        .backward(&mut ctx, &Tensor::new(r.clone(), shape.clone()).unwrap())
+        .unwrap()
+        .remove(0);
+    let eps = 1e-2f32;
+    for i in 0..n {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        xp[i] += eps;
+        xm[i] -= eps;
+        let fd = (bn_loss(&mut bn, &xp, &shape, &r) - bn_loss(&mut bn, &xm, &shape, &r))
+            / (2.0 * eps as f64);
+        assert!(
+            (fd - dx.data[i] as f64).abs() < 2e-3,
+            "dx[{i}] {fd} vs {}",
+            dx.data[i]
+        );
+    }
+    let (gg, gb) = (bn.gamma.grad.clone(), bn.beta.grad.clone());
+    for ch in 0..2 {
+        for (which, grad) in [(0, &gg), (1, &gb)] {
+            let p = if which == 0 {
+                &mut bn.gamma
+            } else {
+                &mut bn.beta
+            };
+            let v0 = p.value[ch];
+            p.value[ch] = v0 + eps;
+            let lp = bn_loss(&mut bn, &x, &shape, &r);
+            let p = if which == 0 {
+                &mut bn.gamma
+            } else {
+                &mut bn.beta
+            };
+            p.value[ch] = v0 - eps;
+            let lm = bn_loss(&mut bn, &x, &shape, &r);
+            let p = if which == 0 {
+                &mut bn.gamma
+            } else {
+                &mut bn.beta
+            };
+            p.value[ch] = v0;
+            let fd = (lp - lm) / (2.0 * eps as f64);
+            assert!(
+                (fd - grad[ch] as f64).abs() < 2e-3,
+                "param {which} ch {ch}: {fd} vs {}",
+                grad[ch]
+            );
+        }
+    }
+}
+
+#[test]
+fn batchnorm_running_statistics_and_recompute() {
+    let backend = CpuBackend;
+    let policy = Precision::fp32();
+    let mut ctx = Ctx::new(&backend, &policy, 1);
+    let mut bn = BatchNorm2d::new("bn", &[1, 2, 2], 1e-5, 0.1).unwrap();
+    let a = Tensor::new(vec![1., 2., 3., 4., 5., 6., 7., 8.], vec![2, 1, 2, 2]).unwrap();
+    let y = bn.forward(&mut ctx, &[&a], true).unwrap();
+    // mean 4.5, biased var 5.25, unbiased 6.
+    assert!((bn.running_mean[0] - 0.45).abs() < 1e-6);
+    assert!((bn.running_var[0] - (0.9 + 0.6)).abs() < 1e-6);
+    let m: f32 = y.data.iter().sum::<f32>() / 8.0;
+    assert!(m.abs() < 1e-6);
+    // Cumulative average over two batches.
+    bn.begin_stats_recompute();
+    assert!(bn.buffers().iter().any(|(n, _)| n == "bn.running_var"));
+    bn.forward(&mut ctx, &[&a], true).unwrap();
+    let b2 = Tensor::new(a.data.iter().map(|v| v + 10.0).collect(), a.shape.clone()).unwrap();
+    bn.forward(&mut ctx, &[&b2], true).unwrap();
+    bn.end_stats_recompute();
+    assert!(
+        (bn.running_mean[0] - 9.5).abs() < 1e-5,
+        "{:?}",
+        bn.running_mean
+    );
+    assert!(
+        (bn.running_var[0] - 6.0).abs() < 1e-5,
+        "{:?}",
+        bn.running_var
+    );
+    // Evaluation uses the running statistics.
+    let y = bn.forward(&mut ctx, &[&a], false).unwrap();
+    let want = (1.0 - 9.5) / (6.0f32 + 1e-5).sqrt();
+    assert!((y.data[0] - want).abs() < 1e-5);
+    bn.forward(&mut ctx, &[&a], true).unwrap();
+    assert!((bn.running_mean[0] - (0.9 * 9.5 + 0.45)).abs() < 1e-4);
+}
+
+#[test]
+fn pooling_forward_and_gradients() {
+    let backend = CpuBackend;
+    let policy = Precision::fp32();
+    let mut ctx = Ctx::new(&backend, &policy, 1);
+    // Max pool 2x2: the gradient goes to the (first) maximum of each window.
+    let mut mp = Pool2d::new("mp", PoolKind::Max, &[1, 2, 4], 2, 2).unwrap();
+    let x = Tensor::new(vec![1., 5., 2., 2., 3., 0., 2., -1.], vec![1, 1, 2, 4]).unwrap();
+    let y = mp.forward(&mut ctx, &[&x], true).unwrap();
+    assert_eq!(y.data, vec![5., 2.]);
+    let dx = mp
+        .backward(
+            &mut ctx,
+            &Tensor::new(vec![10., 20.], vec![1, 1, 1, 2]).unwrap(),
+        )
+        .unwrap()
+        .remove(0);
+    assert_eq!(dx.data, vec![0., 10., 20., 0., 0., 0., 0., 0.]);
+    // Overlapping windows (stride 1): gradients add up.
+    let mut mp = Pool2d::new("mp", PoolKind::Max, &[1, 1, 3], 1, 1).unwrap();
+    let t = Tensor::new(vec![1., 2., 3.], vec![1, 1, 1, 3]).unwrap();
+    assert_eq!(
+        mp.forward(&mut ctx, &[&t], true).unwrap().data,
+        vec![1., 2., 3.]
+    );
+    // Avg pool: linear, so compare with the adjoint identity <A x, r> = <x, A^T r>.
+    let mut ap = Pool2d::new("ap", PoolKind::Avg, &[3, 7, 5], 3, 2).unwrap();
+    let x = Tensor::new(rand_vec(2 * 105, 3), vec![2, 3, 7, 5]).unwrap();
+    let y = ap.forward(&mut ctx, &[&x], true).unwrap();
+    assert_eq!(y.shape, vec![2, 3, 3, 2]);
+    let r = rand_vec(y.len(), 4);
+    let dx = ap
+        .backward(&mut ctx, &Tensor::new(r.clone(), y.shape.clone()).unwrap())
+        .unwrap()
+        .remove(0);
+    let lhs: f64 = y
+        .data
+        .iter()
+        .zip(&r)
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum();
+    let rhs: f64 = x
+        .data
+        .iter()
+        .zip(&dx.data)
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum();
+    assert!((lhs - rhs).abs() < 1e-5, "{lhs} vs {rhs}");
+    // Global average pool.
+    let mut gp = GlobalAvgPool::new("gp", &[2, 1, 2]).unwrap();
+    let x = Tensor::new(vec![1., 3., 10., 20.], vec![1, 2, 1, 2]).unwrap();
+    let y = gp.forward(&mut ctx, &[&x], true).unwrap();
+    assert_eq!(
+        (y.data.clone(), y.shape.clone()),
+        (vec![2., 15.], vec![1, 2])
+    );
+    let dx = gp
+        .backward(&mut ctx, &Tensor::new(vec![2., 4.], vec![1, 2]).unwrap())
+        .unwrap()
+        .remove(0);
+    assert_eq!(dx.data, vec![1., 1., 2., 2.]);
+    // Max pool with a NaN lets the NaN through (the next quantiser names it).
+    let mut mp = Pool2d::new("mp", PoolKind::Max, &[1, 2, 2], 2, 2).unwrap();
+    let t = Tensor::new(vec![1., f32::NAN, 3., 0.], vec![1, 1, 2, 2]).unwrap();
+    assert!(mp.forward(&mut ctx, &[&t], false).unwrap().data[0].is_nan());
+}
+
+#[test]
+fn residual_add_sums_and_splits_gradients() {
+    let backend = CpuBackend;
+    let policy = Precision::fp32();
+    let mut ctx = Ctx::new(&backend, &policy, 1);
+    let s: &[usize] = &[2];
+    let mut add = Add::new("add", &[s, s]).unwrap();
+    let a = Tensor::new(vec![1., 2.], vec![1, 2]).unwrap();
+    let b = Tensor::new(vec![10., 20.], vec![1, 2]).unwrap();
+    assert_eq!(
+        add.forward(&mut ctx, &[&a, &b], true).unwrap().data,
+        vec![11., 22.]
+    );
+    let g = add.backward(&mut ctx, &a).unwrap();
+    assert_eq!(g.len(), 2);
+    assert!(Add::new("add", &[s]).is_err());
+    let t: &[usize] = &[3];
+    assert!(Add::new("add", &[s, t]).is_err());
+}
+
+#[test]
+fn network_description_with_conv_layers_builds_and_checks_shapes() {
+    let spec: NetworkSpec = toml::from_str(SMALL_RESNET).unwrap();
+    let m = Model::build(&spec, 1).unwrap();
+    assert_eq!(m.output_shape(), &[10]);
+    assert!(m.has_batch_stats());
+    assert!(m.summary().contains("conv 3->8 3x3 s1 p1"));
+    // A conv on flat inputs, an add of mismatched shapes and an unknown field are errors.
+    let bad = r#"
+input = [12]
+loss = "cross-entropy"
+[[layer]]
+type = "conv"
+out = 4
+kernel = 3
+"#;
+    let e = Model::build(&toml::from_str(bad).unwrap(), 1)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("conv1"), "{e}");
+    let bad = r#"
+input = [1, 4, 4]
+loss = "cross-entropy"
+[[layer]]
+type = "conv"
+name = "a"
+out = 2
+kernel = 3
+[[layer]]
+type = "add"
+from = ["a", "input"]
+"#;
+    assert!(Model::build(&toml::from_str(bad).unwrap(), 1).is_err());
+    let bad = "input = [1, 4, 4]\nloss = \"cross-entropy\"\n[[layer]]\ntype = \"conv\"\nout = 2\nkernel = 3\nstrides = 2\n";
+    assert!(toml::from_str::<NetworkSpec>(bad).is_err());
+}
