@@ -18,6 +18,8 @@ use crate::KernelError;
 pub const MAX_CHUNK: usize = 8;
 /// Columns of C one register block covers (4 ymm of f32).
 const W: usize = 32;
+/// f32 elements of B converted at once (256 KiB, in L2).
+const GROUP_FLOATS: usize = 1 << 16;
 
 /// Whether every chunk is short and its sums are exact in f32.
 pub(crate) fn eligible<T: QElem>(chunks: &[(usize, usize, usize)], max_a: u32, max_b: u32) -> bool {
@@ -75,38 +77,45 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
         return;
     }
     let k = ctx.a.cols;
-    // B columns of the block as f32, row-major K x nt (exact: |b| <= 32768).
-    let mut bf = vec![0f32; k * nt];
-    for (kk, row) in bf.chunks_exact_mut(nt).enumerate() {
-        if ctx.b.col_stride == 1 {
-            let base = kk * ctx.b.row_stride + blk.n0;
-            for (d, &v) in row.iter_mut().zip(&ctx.b.data[base..base + nt]) {
-                *d = v.into() as f32;
-            }
-        } else {
-            for (j, d) in row.iter_mut().enumerate() {
-                *d = ctx.b.at(kk, blk.n0 + j).into() as f32;
-            }
-        }
-    }
-    // B scales: one per segment, or expanded per column when they vary along N.
     let segs = ctx.chunks.last().map_or(0, |c| c.0 + 1);
     let sb_cols = ctx.sb.group != usize::MAX;
-    let sbx: Vec<f32> = if sb_cols {
-        (0..segs)
-            .flat_map(|s| (0..nt).map(move |j| (s, j)))
-            .map(|(s, j)| ctx.sb.get(s, blk.n0 + j))
-            .collect()
-    } else {
-        (0..segs)
-            .map(|s| ctx.sb.values[s * ctx.sb.seg_stride])
-            .collect()
-    };
+    // Column groups whose f32 copy of B (K x width) stays in L2 while every row passes.
+    let group_max = ((GROUP_FLOATS / k.max(1)) / W * W).max(W);
     let mut arow = vec![0f32; k];
     let mut sa_row = vec![0f32; segs];
-    let mut nb = 0;
-    while nb < nt {
-        let w = W.min(nt - nb);
+    let mut g0 = blk.n0;
+    while g0 < blk.n1 {
+        let gw = group_max.min(blk.n1 - g0);
+        // B columns of the group as f32, row-major K x gw (exact: |b| <= 32768).
+        let mut bf = vec![0f32; k * gw];
+        for (kk, row) in bf.chunks_exact_mut(gw).enumerate() {
+            if ctx.b.col_stride == 1 {
+                let base = kk * ctx.b.row_stride + g0;
+                for (d, &v) in row.iter_mut().zip(&ctx.b.data[base..base + gw]) {
+                    *d = v.into() as f32;
+                }
+            } else {
+                for (j, d) in row.iter_mut().enumerate() {
+                    *d = ctx.b.at(kk, g0 + j).into() as f32;
+                }
+            }
+        }
+        // B scales: one per segment, or expanded per column when they vary along N.
+        let sbx: Vec<f32> = if sb_cols {
+            (0..segs)
+                .flat_map(|s| (0..gw).map(move |j| (s, j)))
+                .map(|(s, j)| ctx.sb.get(s, g0 + j))
+                .collect()
+        } else {
+            (0..segs)
+                .map(|s| ctx.sb.values[s * ctx.sb.seg_stride])
+                .collect()
+        };
+        let sbm = if sb_cols {
+            SbMode::Cols { sbx: &sbx, ld: gw }
+        } else {
+            SbMode::Seg(&sbx)
+        };
         for mi in blk.m0..blk.m1 {
             for (kk, d) in arow.iter_mut().enumerate() {
                 *d = ctx.a.at(mi, kk).into() as f32;
@@ -114,44 +123,44 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
             for (s, d) in sa_row.iter_mut().enumerate() {
                 *d = ctx.sa.get(s, mi);
             }
-            // SAFETY: row `mi`, columns `n0+nb .. +w` are inside C and owned by this block.
-            let crow = unsafe {
-                std::slice::from_raw_parts_mut(ctx.c.0.add(mi * ctx.ldc + blk.n0 + nb), w)
-            };
-            let sbm = if sb_cols {
-                SbMode::Cols { sbx: &sbx, ld: nt }
-            } else {
-                SbMode::Seg(&sbx)
-            };
-            if w == W {
-                let crow: &mut [f32; W] = crow.try_into().expect("width W");
-                row_block_dispatch(
-                    ctx.isa,
-                    &arow,
-                    &bf[nb..],
-                    nt,
-                    ctx.chunks,
-                    &sa_row,
-                    sbm,
-                    nb,
-                    ctx.accumulate,
-                    crow,
-                );
-            } else {
-                row_tail(
-                    &arow,
-                    &bf[nb..],
-                    nt,
-                    ctx.chunks,
-                    &sa_row,
-                    sbm,
-                    nb,
-                    ctx.accumulate,
-                    crow,
-                );
+            let mut nb = 0;
+            while nb < gw {
+                let w = W.min(gw - nb);
+                // SAFETY: row `mi`, columns `g0+nb .. +w` are inside C and owned by this block.
+                let crow = unsafe {
+                    std::slice::from_raw_parts_mut(ctx.c.0.add(mi * ctx.ldc + g0 + nb), w)
+                };
+                if w == W {
+                    let crow: &mut [f32; W] = crow.try_into().expect("width W");
+                    row_block_dispatch(
+                        ctx.isa,
+                        &arow,
+                        &bf[nb..],
+                        gw,
+                        ctx.chunks,
+                        &sa_row,
+                        sbm,
+                        nb,
+                        ctx.accumulate,
+                        crow,
+                    );
+                } else {
+                    row_tail(
+                        &arow,
+                        &bf[nb..],
+                        gw,
+                        ctx.chunks,
+                        &sa_row,
+                        sbm,
+                        nb,
+                        ctx.accumulate,
+                        crow,
+                    );
+                }
+                nb += w;
             }
         }
-        nb += w;
+        g0 += gw;
     }
 }
 

@@ -165,7 +165,13 @@ fn q8_segments_and_scale_kinds() {
     let mut seed = 500;
     // Segments below, at and above the direct-path limit, and longer than one packing step.
     for &segment in &[1, 2, 3, 8, 9, 17, 600, 1024, usize::MAX] {
-        for &(m, k, n) in &[(7, 5, 33), (20, 131, 40), (3, 1301, 19), (40, 64, 100)] {
+        for &(m, k, n) in &[
+            (7, 5, 33),
+            (20, 131, 40),
+            (3, 1301, 19),
+            (40, 64, 100),
+            (5, 3001, 70),
+        ] {
             for (i, &sa) in kinds.iter().enumerate() {
                 seed += 1;
                 let sb = kinds[(i + seed as usize) % kinds.len()];
