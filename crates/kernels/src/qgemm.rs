@@ -519,19 +519,29 @@ pub(crate) fn check_range<T: QElem>(
             .fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         lo.into().unsigned_abs() > max_abs || hi.into().unsigned_abs() > max_abs
     }
+    // Large operands are scanned by the pool too: the scan is bound by memory bandwidth,
+    // which two cores have more of than one.
+    let parallel = q.rows * q.cols >= 1 << 22;
+    fn scan<'d, T: QElem>(
+        lines: usize,
+        parallel: bool,
+        max_abs: u32,
+        line: impl Fn(usize) -> &'d [T] + Sync,
+    ) -> bool {
+        use rayon::prelude::*;
+        if parallel {
+            (0..lines).into_par_iter().any(|i| over(line(i), max_abs))
+        } else {
+            (0..lines).any(|i| over(line(i), max_abs))
+        }
+    }
     let bad = if q.col_stride == 1 {
-        (0..q.rows).any(|r| {
-            over(
-                &q.data[r * q.row_stride..r * q.row_stride + q.cols],
-                max_abs,
-            )
+        scan(q.rows, parallel, max_abs, |r| {
+            &q.data[r * q.row_stride..r * q.row_stride + q.cols]
         })
     } else if q.row_stride == 1 {
-        (0..q.cols).any(|c| {
-            over(
-                &q.data[c * q.col_stride..c * q.col_stride + q.rows],
-                max_abs,
-            )
+        scan(q.cols, parallel, max_abs, |c| {
+            &q.data[c * q.col_stride..c * q.col_stride + q.rows]
         })
     } else {
         true // no bulk scan for general strides: let the reference scan decide

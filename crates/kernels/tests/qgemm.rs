@@ -754,3 +754,53 @@ fn q8_thread_count_invariance() {
         }
     }
 }
+
+/// A range violation deep inside a large operand (scanned in parallel) is still found and
+/// named exactly, in both storage orders.
+#[test]
+fn q8_range_error_in_large_operand() {
+    let (m, k, n) = (4100, 1100, 3);
+    let mut a = vec![5i8; m * k];
+    a[3000 * k + 777] = -128;
+    let b = vec![1i8; k * n];
+    let s = [1.0f32];
+    let mut c = vec![0f32; m * n];
+    let qb = QMatRef {
+        mat: MatRef::row_major(&b, k, n).unwrap(),
+        scales: Scales::uniform(&s),
+        max_abs: 127,
+    };
+    let qa = QMatRef {
+        mat: MatRef::row_major(&a, m, k).unwrap(),
+        scales: Scales::uniform(&s),
+        max_abs: 127,
+    };
+    match gemm_q8(
+        qa,
+        qb,
+        GemmSpec::whole_k(),
+        MatMut::row_major(&mut c, m, n).unwrap(),
+    ) {
+        Err(KernelError::Range(msg)) => assert!(msg.contains("A[3000,777] = -128"), "{msg}"),
+        other => panic!("expected a range error, got {other:?}"),
+    }
+    // The same storage seen as a transposed K x M operand on the B side.
+    let qa2 = QMatRef {
+        mat: MatRef::row_major(&b, n, k).unwrap(),
+        ..qb
+    };
+    let qbt = QMatRef {
+        mat: MatRef::row_major(&a, m, k).unwrap().t(),
+        ..qa
+    };
+    let mut c2 = vec![0f32; n * m];
+    match gemm_q8(
+        qa2,
+        qbt,
+        GemmSpec::whole_k(),
+        MatMut::row_major(&mut c2, n, m).unwrap(),
+    ) {
+        Err(KernelError::Range(msg)) => assert!(msg.contains("B[777,3000] = -128"), "{msg}"),
+        other => panic!("expected a range error, got {other:?}"),
+    }
+}
