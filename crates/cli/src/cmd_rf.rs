@@ -13,14 +13,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use lowprec_kernels::{CpuBackend, GemmBackend};
+use lowprec_nn::Precision;
+use lowprec_rf::autoencoder::AeConfig;
 use lowprec_rf::baseline::PcaDetector;
+use lowprec_rf::detect::{run_detector, DetectConfig, Progress};
+use lowprec_rf::experiment::{run_experiment, ExperimentConfig, ExperimentResult};
 use lowprec_rf::metrics::{best_f1, recall_by_kind};
 use lowprec_rf::sigmf::{open_sigmf, sigmf_paths, write_cf32, SampleStream};
 use lowprec_rf::signal::place_anomalies;
 use lowprec_rf::window::make_windows;
 use lowprec_rf::{
     read_recording, select_threshold, standard_pair, write_sigmf, Anomaly, AnomalyKind, Confusion,
-    FmConfig, Generator, Iq, Message, NonFinitePolicy, Normaliser, ReadOptions, SigMfMeta,
+    FmConfig, Generator, Iq, Message, NonFinitePolicy, Normaliser, PairFm, ReadOptions, SigMfMeta,
     SignalSpec, StandardPairConfig, ThresholdRule, Tone, WindowConfig, WindowStream,
 };
 
@@ -34,6 +39,10 @@ pub enum RfCommand {
     Inspect(InspectArgs),
     /// PCA reconstruction-error detector (linear auto-encoder reference) on a train/test pair.
     Baseline(BaselineArgs),
+    /// Online auto-encoder anomaly detector on a recording or stdin: one JSONL line per window.
+    Detect(Box<DetectArgs>),
+    /// 002 Fig. 9: F1 vs training iterations, wall time and projected FPGA time (fp32, bfp8).
+    Experiment(Box<ExperimentArgs>),
 }
 
 pub fn run(cmd: &RfCommand) -> Result<()> {
@@ -42,6 +51,8 @@ pub fn run(cmd: &RfCommand) -> Result<()> {
         RfCommand::Pair(a) => pair(a),
         RfCommand::Inspect(a) => inspect(a),
         RfCommand::Baseline(a) => baseline(a),
+        RfCommand::Detect(a) => with_threads(a.threads, || detect(a)),
+        RfCommand::Experiment(a) => with_threads(a.threads, || experiment(a)),
     }
 }
 
@@ -322,6 +333,10 @@ pub struct PairArgs {
     /// Anomalies of each type in the training recording (contamination).
     #[arg(long, default_value_t = 0)]
     pub train_anomalies_per_kind: u32,
+    /// Narrowband FM (message 0.3-3 kHz, deviation 3 kHz, no offset) instead of the wideband
+    /// default; with --anomaly-power-db -12 this is the detection experiment's pair.
+    #[arg(long)]
+    pub narrowband: bool,
 }
 
 fn pair(a: &PairArgs) -> Result<()> {
@@ -335,6 +350,11 @@ fn pair(a: &PairArgs) -> Result<()> {
         anomalies_per_kind: a.anomalies_per_kind,
         anomaly_power_db: a.anomaly_power_db,
         train_anomalies_per_kind: a.train_anomalies_per_kind,
+        fm: if a.narrowband {
+            PairFm::NARROWBAND
+        } else {
+            PairFm::WIDEBAND
+        },
     };
     let pair = standard_pair(&cfg)?;
     std::fs::create_dir_all(&a.out_dir)
@@ -609,6 +629,512 @@ fn baseline(a: &BaselineArgs) -> Result<()> {
         text.push(b'\n');
         write_file_atomic(path, &text)?;
     }
+    Ok(())
+}
+
+/// Runs `f` on a rayon pool of `threads` threads (0: rayon's default).
+fn with_threads(threads: usize, f: impl FnOnce() -> Result<()> + Send) -> Result<()> {
+    if threads == 0 {
+        return f();
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("building the thread pool")?;
+    pool.install(f)
+}
+
+/// Model and training options shared by `detect` and `experiment`.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Initial training iterations (one SGD step on the minibatch each).
+    #[arg(long, default_value_t = 200)]
+    pub iterations: u64,
+    /// Learning rate before the SWA phase.
+    #[arg(long, default_value_t = 0.2)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// First SWA iteration [default: 3/4 of --iterations]; `none` disables SWA.
+    #[arg(long)]
+    pub swa_start: Option<String>,
+    /// Constant learning rate of the SWA phase (and of refreshes).
+    #[arg(long, default_value_t = 0.05)]
+    pub swa_lr: f64,
+    /// Windows per SGD step (0: the whole training batch, as in 002).
+    #[arg(long, default_value_t = 0)]
+    pub minibatch: usize,
+    /// Threshold rule on the training windows' errors: pNN (percentile) or mean+Kstd.
+    #[arg(long, default_value = "p99")]
+    pub threshold: String,
+    /// Seed of the weights and of stochastic rounding.
+    #[arg(long, default_value_t = 0)]
+    pub model_seed: u64,
+}
+
+impl ModelArgs {
+    fn config(&self, dim: usize, precision: Precision) -> Result<AeConfig> {
+        let swa_start = match self.swa_start.as_deref() {
+            None => Some(self.iterations * 3 / 4),
+            Some("none") => None,
+            Some(v) => Some(
+                v.parse()
+                    .with_context(|| format!("--swa-start {v:?}: expected an iteration or none"))?,
+            ),
+        };
+        let cfg = AeConfig {
+            dim,
+            precision,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            minibatch: self.minibatch,
+            iterations: self.iterations,
+            swa_start,
+            swa_lr: self.swa_lr,
+            threshold: self.threshold.parse()?,
+            seed: self.model_seed,
+            ..AeConfig::default()
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DetectArgs {
+    /// Recording: SigMF base name or either file; a raw cf32_le file with --raw; `-` reads raw
+    /// cf32_le from stdin.
+    pub input: PathBuf,
+    /// Treat INPUT as a raw headerless cf32_le file.
+    #[arg(long)]
+    pub raw: bool,
+    /// For raw input or stdin: sample rate and annotations from this .sigmf-meta.
+    #[arg(long)]
+    pub meta: Option<PathBuf>,
+    /// Sample rate in Hz for raw input without --meta (for the real-time factor).
+    #[arg(long)]
+    pub sample_rate: Option<f64>,
+    /// Replace NaN/Inf samples by 0 (and count them) instead of failing.
+    #[arg(long)]
+    pub zero_non_finite: bool,
+    /// Skip the core:sha512 check.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Per-window JSONL output (`-`: stdout).
+    #[arg(long, default_value = "-")]
+    pub out: PathBuf,
+    /// Also write the summary as JSON here (it always goes to stderr).
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
+    /// Precision policy: fp32, bfp8 or swalp (with optional overrides).
+    #[arg(long, default_value = "bfp8")]
+    pub precision: String,
+    /// Windows collected for the first training batch (and for each refresh).
+    #[arg(long, default_value_t = 1000)]
+    pub train_windows: usize,
+    /// Scored windows between model refreshes (0: never refresh).
+    #[arg(long, default_value_t = 62_500)]
+    pub refresh_every: u64,
+    /// Iterations per refresh.
+    #[arg(long, default_value_t = 20)]
+    pub refresh_iterations: u64,
+    /// Windows per scoring batch.
+    #[arg(long, default_value_t = 1000)]
+    pub score_batch: usize,
+    /// GEMM backend: cpu, or an FPGA simulator design such as zcu111-16x16.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Worker threads (0: all cores). Results do not depend on it.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub windows: WindowArgs,
+}
+
+fn make_backend(spec: &str) -> Result<Box<dyn GemmBackend>> {
+    if spec == "cpu" {
+        return Ok(Box::new(CpuBackend));
+    }
+    let sim = lowprec_hw::sim::FpgaSim::from_spec(spec).map_err(|e| {
+        anyhow::anyhow!("--backend {spec:?}: {e} (cpu or a design like zcu111-16x16)")
+    })?;
+    Ok(Box::new(sim))
+}
+
+fn detect(a: &DetectArgs) -> Result<()> {
+    let policy = if a.zero_non_finite {
+        NonFinitePolicy::Zero
+    } else {
+        NonFinitePolicy::Error
+    };
+    let opts = ReadOptions {
+        non_finite: policy,
+        verify_checksum: !a.no_verify,
+    };
+    let wcfg = a.windows.config();
+    wcfg.validate()?;
+    let precision: Precision = a.precision.parse()?;
+    let cfg = DetectConfig {
+        window: wcfg,
+        train_windows: a.train_windows,
+        ae: a.model.config(wcfg.dim(), precision)?,
+        refresh_every: a.refresh_every,
+        refresh_iterations: a.refresh_iterations,
+        score_batch: a.score_batch,
+        chunk_samples: 1 << 16,
+    };
+    cfg.validate()?;
+    let backend = make_backend(&a.backend)?;
+    let side_meta = match &a.meta {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(SigMfMeta::parse(&text, p)?)
+        }
+        None => None,
+    };
+    let is_stdin = a.input.as_os_str() == "-";
+    let (meta, mut stream): (Option<SigMfMeta>, SampleStream<Box<dyn std::io::Read>>) = if is_stdin
+    {
+        let r: Box<dyn std::io::Read> = Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            std::io::stdin().lock(),
+        ));
+        (side_meta, SampleStream::new(r, "<stdin>", policy))
+    } else if a.raw {
+        let f = std::fs::File::open(&a.input)
+            .with_context(|| format!("opening {}", a.input.display()))?;
+        let r: Box<dyn std::io::Read> = Box::new(std::io::BufReader::with_capacity(1 << 20, f));
+        (
+            side_meta,
+            SampleStream::new(r, a.input.display().to_string(), policy),
+        )
+    } else {
+        if side_meta.is_some() {
+            bail!("--meta is for raw input or stdin; a SigMF recording has its own");
+        }
+        let (meta, s) = open_sigmf(&a.input, opts)?;
+        (Some(meta), rebox(s))
+    };
+    if is_stdin || a.raw {
+        if let Some(m) = &meta {
+            if let Some(count) = m.global.sample_count {
+                stream = stream.expect_count(count);
+            }
+            if let (Some(sha), true) = (&m.global.sha512, opts.verify_checksum) {
+                stream = stream.expect_sha512(sha);
+            }
+        }
+    }
+    let ranges = match &meta {
+        Some(m) => m.label_ranges()?,
+        None => Vec::new(),
+    };
+    let sample_rate = meta
+        .as_ref()
+        .and_then(|m| m.global.sample_rate)
+        .or(a.sample_rate);
+    let to_stdout = a.out.as_os_str() == "-";
+    let out_name = a.out.display().to_string();
+    let quiet = a.quiet;
+    let has_labels = meta.as_ref().is_some_and(|m| !m.annotations.is_empty());
+    // Records stream to stdout, or to a temporary file renamed into place at the end.
+    let mut run =
+        |w: &mut dyn Write| -> Result<lowprec_rf::detect::DetectSummary, lowprec_rf::RfError> {
+            let mut line = String::with_capacity(128);
+            let mut sink = |r: &lowprec_rf::detect::WindowRecord| {
+                line.clear();
+                r.to_json_line(&mut line);
+                line.push('\n');
+                w.write_all(line.as_bytes())
+                    .map_err(|e| lowprec_rf::RfError::io(&out_name, e))
+            };
+            let mut last = std::time::Instant::now();
+            let mut progress = |p: &Progress| {
+                if !quiet && last.elapsed().as_secs_f64() >= 1.0 {
+                    last = std::time::Instant::now();
+                    eprintln!(
+                        "{} samples, {} windows, {} flagged, {} refreshes, {:.0} samples/s",
+                        p.samples,
+                        p.windows,
+                        p.flagged,
+                        p.refreshes,
+                        p.samples as f64 / p.seconds.max(1e-9)
+                    );
+                }
+            };
+            let summary = run_detector(
+                &mut stream,
+                &ranges,
+                has_labels,
+                sample_rate,
+                &cfg,
+                backend.as_ref(),
+                &mut sink,
+                &mut progress,
+            )?;
+            w.flush()
+                .map_err(|e| lowprec_rf::RfError::io(&out_name, e))?;
+            Ok(summary)
+        };
+    let summary = if to_stdout {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        run(&mut w)?
+    } else {
+        lowprec_rf::sigmf::atomic_write(&a.out, |w| run(w))?
+    };
+    let mut text = serde_json::to_vec_pretty(&summary)?;
+    text.push(b'\n');
+    if let Some(p) = &a.summary {
+        write_file_atomic(p, &text)?;
+    }
+    eprintln!("{}", String::from_utf8_lossy(&text).trim_end());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ExperimentArgs {
+    /// Output directory: curve.jsonl, final.json, fig9.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Precision policies to compare.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,bfp8")]
+    pub precisions: Vec<String>,
+    /// FPGA simulator design for the projected time (`none`: no projection).
+    #[arg(long, default_value = "zcu111-16x16")]
+    pub fpga: String,
+    /// Seed of the recordings.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Anomaly power re the signal, dB.
+    #[arg(long, default_value_t = -12.0, allow_negative_numbers = true)]
+    pub anomaly_power_db: f64,
+    #[arg(long, default_value_t = 20.0, allow_negative_numbers = true)]
+    pub snr_db: f64,
+    /// Use the wideband transmission of the standard pair instead of the narrowband channel.
+    #[arg(long)]
+    pub wideband: bool,
+    /// Training batch (windows from the start of the training recording).
+    #[arg(long, default_value_t = 1000)]
+    pub train_windows: usize,
+    /// The F1 whose first crossing is reported.
+    #[arg(long, default_value_t = 0.87)]
+    pub target_f1: f64,
+    /// Worker threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+fn experiment(a: &ExperimentArgs) -> Result<()> {
+    let precisions: Vec<Precision> = a
+        .precisions
+        .iter()
+        .map(|p| p.parse())
+        .collect::<Result<_, _>>()?;
+    let window = WindowConfig::default();
+    let cfg = ExperimentConfig {
+        pair: StandardPairConfig {
+            seed: a.seed,
+            snr_db: a.snr_db,
+            anomaly_power_db: a.anomaly_power_db,
+            fm: if a.wideband {
+                PairFm::WIDEBAND
+            } else {
+                PairFm::NARROWBAND
+            },
+            ..StandardPairConfig::default()
+        },
+        window,
+        train_windows: a.train_windows,
+        ae: a.model.config(window.dim(), Precision::fp32())?,
+        precisions,
+        fpga: (a.fpga != "none").then(|| a.fpga.clone()),
+        target_f1: a.target_f1,
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut progress = |p: &str, it: u64, f1: f64| {
+        if it % 20 == 0 {
+            eprintln!("{p}: iteration {it}, F1 {f1:.4}");
+        }
+    };
+    let r = run_experiment(&cfg, &mut progress)?;
+    let mut curve = Vec::new();
+    for pt in &r.curve {
+        serde_json::to_writer(&mut curve, pt)?;
+        curve.push(b'\n');
+    }
+    write_file_atomic(&a.out.join("curve.jsonl"), &curve)?;
+    let key = format!("iterations_to_f1_{}", a.target_f1);
+    let mut fin = serde_json::Map::new();
+    for f in &r.finals {
+        fin.insert(
+            f.precision.clone(),
+            serde_json::json!({
+                "f1": f.f1,
+                "precision_score": f.precision_score,
+                "recall": f.recall,
+                key.as_str(): f.iterations_to_target,
+                "iterations": f.iterations,
+                "seconds": f.seconds,
+                "projected_seconds": f.projected_seconds,
+                "backends_agree": f.backends_agree,
+                "fpga_cycles": f.fpga_cycles,
+            }),
+        );
+    }
+    let v = serde_json::json!({
+        "precisions": fin,
+        "baselines": r.baselines,
+        "train_windows": r.train_windows,
+        "test_windows": r.test_windows,
+        "test_anomalous": r.test_anomalous,
+        "fpga": r.fpga,
+        "pair": {
+            "seed": a.seed, "snr_db": a.snr_db, "anomaly_power_db": a.anomaly_power_db,
+            "transmission": if a.wideband { "wideband" } else { "narrowband" },
+        },
+    });
+    // final.json: the per-precision objects at the top level, plus the context.
+    let mut top = fin.clone();
+    for (k, val) in v.as_object().expect("object") {
+        if k != "precisions" {
+            top.insert(k.clone(), val.clone());
+        }
+    }
+    let mut text = serde_json::to_vec_pretty(&serde_json::Value::Object(top))?;
+    text.push(b'\n');
+    write_file_atomic(&a.out.join("final.json"), &text)?;
+    plot_experiment(&r, &a.out.join("fig9.png"))?;
+    println!(
+        "{:<8} {:>7} {:>9} {:>7} {:>14} {:>10} {:>12}",
+        "policy", "F1", "precision", "recall", "iters to F1>=", "seconds", "projected s"
+    );
+    for f in &r.finals {
+        println!(
+            "{:<8} {:>7.4} {:>9.4} {:>7.4} {:>14} {:>10.4} {:>12}",
+            f.precision,
+            f.f1,
+            f.precision_score,
+            f.recall,
+            f.iterations_to_target
+                .map_or("never".to_string(), |i| i.to_string()),
+            f.seconds,
+            f.projected_seconds
+                .map_or("-".to_string(), |s| format!("{s:.4}"))
+        );
+    }
+    for b in &r.baselines {
+        println!(
+            "baseline {:<8} F1 {:.4} precision {:.4} recall {:.4}",
+            b.detector, b.f1, b.precision_score, b.recall
+        );
+    }
+    println!(
+        "wrote {}/curve.jsonl, final.json, fig9.png",
+        a.out.display()
+    );
+    Ok(())
+}
+
+static FONT: &[u8] = include_bytes!("../../hw/assets/DejaVuSans.ttf");
+
+/// Three panels: F1 against iterations, training seconds and projected seconds.
+fn plot_experiment(r: &ExperimentResult, out: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    let root = BitMapBackend::new(out, (1500, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 3));
+    let mut names: Vec<String> = Vec::new();
+    for p in &r.curve {
+        if !names.contains(&p.precision) {
+            names.push(p.precision.clone());
+        }
+    }
+    let pca = r.baselines.first().map(|b| (b.detector.clone(), b.f1));
+    type Getter = fn(&lowprec_rf::experiment::CurvePoint) -> Option<f64>;
+    let axes: [(&str, Getter); 3] = [
+        ("iterations", |p| Some(p.iteration as f64)),
+        ("training time on this CPU (s)", |p| Some(p.seconds)),
+        ("projected time, GEMMs on the FPGA model (s)", |p| {
+            p.projected_seconds
+        }),
+    ];
+    for (panel, (xlabel, get)) in panels.iter().zip(axes) {
+        let xmax = r
+            .curve
+            .iter()
+            .filter_map(get)
+            .fold(0.0f64, f64::max)
+            .max(1e-9);
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("F1 vs {xlabel}"), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..xmax * 1.02, 0f64..1f64)?;
+        chart
+            .configure_mesh()
+            .x_desc(xlabel)
+            .y_desc("test F1")
+            .label_style(("sans-serif", 13))
+            .draw()?;
+        for (i, name) in names.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let pts: Vec<(f64, f64)> = r
+                .curve
+                .iter()
+                .filter(|p| &p.precision == name)
+                .filter_map(|p| get(p).map(|x| (x, p.f1)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        if let Some((label, f1)) = &pca {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(0.0, *f1), (xmax * 1.02, *f1)],
+                    6,
+                    4,
+                    BLACK.stroke_width(1),
+                ))?
+                .label(format!("{label} (F1 {f1:.3})"))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        }
+        let t = r.target_f1;
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(0.0, t), (xmax * 1.02, t)],
+                2,
+                4,
+                RED.stroke_width(1),
+            ))?
+            .label(format!("F1 {t}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()?;
+    }
+    root.present()
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }
 

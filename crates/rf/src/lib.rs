@@ -30,7 +30,10 @@
 //! # Ok::<(), RfError>(())
 //! ```
 
+pub mod autoencoder;
 pub mod baseline;
+pub mod detect;
+pub mod experiment;
 pub mod metrics;
 pub mod pair;
 pub mod rng;
@@ -39,7 +42,7 @@ pub mod signal;
 pub mod window;
 
 pub use metrics::{select_threshold, Confusion, ThresholdRule};
-pub use pair::{standard_pair, PairData, StandardPair, StandardPairConfig};
+pub use pair::{standard_pair, PairData, PairFm, StandardPair, StandardPairConfig};
 pub use sigmf::{
     read_recording, write_sigmf, NonFinitePolicy, ReadOptions, Recording, SampleStream, SigMfMeta,
 };
@@ -101,6 +104,8 @@ pub enum RfError {
         expected: u64,
         actual: u64,
     },
+    #[error("auto-encoder: {0}")]
+    Nn(#[from] lowprec_nn::NnError),
     #[error(
         "{source_name}: data does not match core:sha512 in the metadata (corrupted, truncated \
          or modified)"
@@ -109,7 +114,8 @@ pub enum RfError {
 }
 
 impl RfError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> RfError {
+    /// An I/O error on `path` (a file name or a stream name such as `<stdin>`).
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> RfError {
         RfError::Io {
             path: path.into(),
             source,

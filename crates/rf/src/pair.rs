@@ -17,6 +17,10 @@
 //!   - linear chirp from -0.45 fs to +0.45 fs (sweeps through the FM band);
 //!   - complex sine at +0.15 fs (just above the FM band).
 //!
+//! * [`StandardPairConfig::detection`] is the variant the auto-encoder experiment uses: a
+//!   narrowband channel (message 0.3-3 kHz, deviation 3 kHz, no offset) and anomalies at
+//!   -12 dB (see its docs for why).
+//!
 //! With the defaults the test recording has 9 x 2048 = 18432 anomalous samples out of
 //! 131072 (14%), i.e. 1152 of 8192 windows of 16 samples. Generation of both takes well
 //! under a second.
@@ -38,6 +42,36 @@ pub struct StandardPairConfig {
     pub anomalies_per_kind: u32,
     pub anomaly_power_db: f64,
     pub train_anomalies_per_kind: u32,
+    /// The FM transmission: band of the noise message (Hz at 1 MHz, scaled with the sample
+    /// rate like every frequency here), deviation and carrier offset.
+    pub fm: PairFm,
+}
+
+/// The transmission of a pair (frequencies in Hz at a 1 MHz sample rate; they scale with it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PairFm {
+    pub message_low_hz: f64,
+    pub message_high_hz: f64,
+    /// 3-sigma deviation of the noise message.
+    pub deviation_hz: f64,
+    pub carrier_offset_hz: f64,
+}
+
+impl PairFm {
+    /// Broadcast-like wideband FM: message 0.5-15 kHz, deviation 75 kHz, offset +25 kHz.
+    pub const WIDEBAND: PairFm = PairFm {
+        message_low_hz: 500.0,
+        message_high_hz: 15e3,
+        deviation_hz: 75e3,
+        carrier_offset_hz: 25e3,
+    };
+    /// Narrowband FM (a voice channel): message 0.3-3 kHz, deviation 3 kHz, no offset.
+    pub const NARROWBAND: PairFm = PairFm {
+        message_low_hz: 300.0,
+        message_high_hz: 3e3,
+        deviation_hz: 3e3,
+        carrier_offset_hz: 0.0,
+    };
 }
 
 impl Default for StandardPairConfig {
@@ -52,6 +86,32 @@ impl Default for StandardPairConfig {
             anomalies_per_kind: 3,
             anomaly_power_db: -6.0,
             train_anomalies_per_kind: 0,
+            fm: PairFm::WIDEBAND,
+        }
+    }
+}
+
+impl StandardPairConfig {
+    /// The detection pair used for the auto-encoder experiment (002 Fig. 9): a narrowband FM
+    /// channel ([`PairFm::NARROWBAND`]) at 20 dB SNR with anomalies at -12 dB re the signal,
+    /// otherwise the defaults (2^18 training and 2^17 test samples, 3 anomalies of each type,
+    /// 2048 samples long).
+    ///
+    /// Why not the default (wideband, -6 dB) pair: there the anomalies add a quarter of the
+    /// signal power to a constant-envelope signal, so window *energy* alone separates them
+    /// (F1 about 0.92) and even an untrained auto-encoder scores F1 0.85 at iteration 0:
+    /// an F1-vs-iteration curve would show nothing. At -12 dB the energy detector falls to
+    /// about 0.48 while the PCA-8 residual still reaches about 0.91, so a detector must learn
+    /// the signal's structure. The narrowband channel keeps that structure within reach of
+    /// 002's small auto-encoder: with 75 kHz deviation the windows lie on a strongly curved
+    /// surface that the 8-unit ReLU bottleneck reconstructs several times worse at the rare
+    /// band-edge frequencies than at the common ones, and no percentile threshold survives
+    /// that tail (F1 below 0.1 at p99 after 200 iterations, measured).
+    pub fn detection() -> StandardPairConfig {
+        StandardPairConfig {
+            anomaly_power_db: -12.0,
+            fm: PairFm::NARROWBAND,
+            ..Default::default()
         }
     }
 }
@@ -104,17 +164,22 @@ pub fn standard_anomaly_kinds(fs: f64) -> [AnomalyKind; 3] {
 
 /// The shared FM transmission of the recipe.
 pub fn standard_fm(fs: f64, snr_db: f64, message_seed: u64) -> FmConfig {
+    pair_fm(&PairFm::WIDEBAND, fs, snr_db, message_seed)
+}
+
+/// An FM transmission with a 16-component noise message, frequencies scaled to `fs`.
+pub fn pair_fm(p: &PairFm, fs: f64, snr_db: f64, message_seed: u64) -> FmConfig {
     let k = fs / 1e6;
     FmConfig {
         sample_rate_hz: fs,
         message: Message::Noise {
-            low_hz: 500.0 * k,
-            high_hz: 15e3 * k,
+            low_hz: p.message_low_hz * k,
+            high_hz: p.message_high_hz * k,
             components: 16,
             seed: message_seed,
         },
-        deviation_hz: 75e3 * k,
-        carrier_offset_hz: 25e3 * k,
+        deviation_hz: p.deviation_hz * k,
+        carrier_offset_hz: p.carrier_offset_hz * k,
         snr_db: Some(snr_db),
     }
 }
@@ -122,7 +187,7 @@ pub fn standard_fm(fs: f64, snr_db: f64, message_seed: u64) -> FmConfig {
 /// Builds the standard pair (see the module docs for the recipe).
 pub fn standard_pair(cfg: &StandardPairConfig) -> Result<StandardPair, RfError> {
     let fs = cfg.sample_rate_hz;
-    let fm = standard_fm(fs, cfg.snr_db, cfg.seed);
+    let fm = pair_fm(&cfg.fm, fs, cfg.snr_db, cfg.seed);
     // Distinct seeds per recording (noise, anomaly phases and placement); the message has its
     // own seed, so both recordings carry one continuous transmission.
     let derive = |k: u64| {

@@ -1,0 +1,447 @@
+//! The online detector (`lowprec rf detect`): learn "normal" from the start of a stream, then
+//! score every window while the model keeps learning.
+//!
+//! # Operation
+//! 1. **Collect**: read samples until `train_windows` windows (default 1000) are complete.
+//!    The normalisation scale ([`Normaliser::fit`]) is estimated on exactly those samples and
+//!    fixed from then on.
+//! 2. **Train**: `ae.iterations` iterations of low-precision SGD on that batch
+//!    ([`Autoencoder::train`]: constant learning rate, then SWA), threshold from the batch's
+//!    reconstruction errors by the configured rule. The batch's own windows are then scored
+//!    by this first model, so every window of the stream gets a record.
+//! 3. **Score** every following window, in scoring batches of `score_batch` windows (a batch
+//!    is cut only by the window count, so the results never depend on how the input arrives).
+//! 4. **Refresh schedule**: after every `refresh_every` scored windows (counted from the end
+//!    of the training batch), `refresh_iterations` more iterations run on the most recent
+//!    `train_windows` windows that were *not* flagged (so anomalies are not learned as
+//!    normal), continuing from the SGD weights at the SWA learning rate with a fresh average;
+//!    the new average scores from the next batch on and the threshold is refitted on that
+//!    refresh batch. A refresh needs a full batch of unflagged windows, else it is skipped.
+//!
+//! The per-window record is `(index, sample offset, error, flag)`, plus the label when the
+//! recording is annotated; the summary adds the throughput and, with labels, precision,
+//! recall and F1 over all windows.
+
+use std::io::Read;
+use std::time::Instant;
+
+use lowprec_kernels::GemmBackend;
+
+use crate::autoencoder::{AeConfig, Autoencoder};
+use crate::metrics::Confusion;
+use crate::sigmf::SampleStream;
+use crate::window::{LabelRange, Normaliser, WindowConfig, WindowStream, Windows};
+use crate::{Iq, RfError};
+
+/// Settings of the online detector; the defaults are the documented schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetectConfig {
+    pub window: WindowConfig,
+    /// Windows collected for the first training batch (and kept for each refresh).
+    pub train_windows: usize,
+    /// The model; `ae.iterations` is the number of initial training iterations.
+    pub ae: AeConfig,
+    /// Scored windows between refreshes; 0 disables refreshing.
+    pub refresh_every: u64,
+    pub refresh_iterations: u64,
+    /// Windows per scoring batch.
+    pub score_batch: usize,
+    /// Samples read from the input per chunk.
+    pub chunk_samples: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            window: WindowConfig::default(),
+            train_windows: 1000,
+            ae: AeConfig::default(),
+            // One second of a 1 MS/s stream with 16-sample windows.
+            refresh_every: 62_500,
+            refresh_iterations: 20,
+            score_batch: 1000,
+            chunk_samples: 1 << 16,
+        }
+    }
+}
+
+impl DetectConfig {
+    pub fn validate(&self) -> Result<(), RfError> {
+        self.window.validate()?;
+        self.ae.validate()?;
+        if self.ae.dim != self.window.dim() {
+            return Err(RfError::InvalidArgument(format!(
+                "the auto-encoder takes {} reals but windows of {} samples give {}",
+                self.ae.dim,
+                self.window.len,
+                self.window.dim()
+            )));
+        }
+        if self.train_windows < 2 || self.score_batch == 0 || self.chunk_samples == 0 {
+            return Err(RfError::InvalidArgument(format!(
+                "need at least 2 training windows, a scoring batch and a chunk of at least 1 \
+                 (got {}, {}, {})",
+                self.train_windows, self.score_batch, self.chunk_samples
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One scored window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WindowRecord {
+    /// Window number in the stream (0-based).
+    pub index: u64,
+    /// Index of its first sample.
+    pub offset: u64,
+    /// Reconstruction error (mean squared error over its reals).
+    pub error: f32,
+    /// `error > threshold` at the time it was scored.
+    pub flag: bool,
+    /// Whether the annotations mark it anomalous (annotated recordings only).
+    pub label: Option<bool>,
+}
+
+impl WindowRecord {
+    /// The record as one JSON line (no trailing newline):
+    /// `{"index":..,"offset":..,"error":..,"flag":..}` plus `"label"` when known.
+    pub fn to_json_line(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(
+            out,
+            "{{\"index\":{},\"offset\":{},\"error\":{},\"flag\":{}",
+            self.index, self.offset, self.error, self.flag
+        );
+        if let Some(l) = self.label {
+            let _ = write!(out, ",\"label\":{l}");
+        }
+        out.push('}');
+    }
+}
+
+/// Where the detector is (for progress reports).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    pub samples: u64,
+    pub windows: u64,
+    pub flagged: u64,
+    pub refreshes: u64,
+    pub seconds: f64,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DetectSummary {
+    pub samples: u64,
+    pub windows: u64,
+    pub flagged: u64,
+    pub train_windows: usize,
+    pub initial_iterations: u64,
+    pub refreshes: u64,
+    pub skipped_refreshes: u64,
+    pub precision_policy: String,
+    pub threshold_rule: String,
+    pub normalisation_scale: f32,
+    /// Threshold after the initial training and after each refresh.
+    pub thresholds: Vec<f32>,
+    /// Wall time of the whole run (reading, training, scoring, writing records).
+    pub seconds: f64,
+    pub initial_training_seconds: f64,
+    pub refresh_seconds: f64,
+    pub scoring_seconds: f64,
+    pub samples_per_second: f64,
+    /// `samples_per_second / sample_rate` when the sample rate is known.
+    pub realtime_factor: Option<f64>,
+    pub sample_rate_hz: Option<f64>,
+    /// Against the annotations (annotated recordings only).
+    pub confusion: Option<ConfusionJson>,
+}
+
+/// Confusion counts and ratios for JSON.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ConfusionJson {
+    pub tp: u64,
+    pub fp: u64,
+    pub tn: u64,
+    #[serde(rename = "fn")]
+    pub fn_: u64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+impl From<Confusion> for ConfusionJson {
+    fn from(c: Confusion) -> Self {
+        ConfusionJson {
+            tp: c.tp,
+            fp: c.fp,
+            tn: c.tn,
+            fn_: c.fn_,
+            precision: c.precision(),
+            recall: c.recall(),
+            f1: c.f1(),
+        }
+    }
+}
+
+/// The running detector's state after the first training.
+struct Running<'a> {
+    cfg: &'a DetectConfig,
+    backend: &'a dyn GemmBackend,
+    ae: Autoencoder,
+    has_labels: bool,
+    /// Windows waiting to be scored.
+    pending: Windows,
+    /// Most recent unflagged windows, for refreshes.
+    ring: Ring,
+    next_index: u64,
+    since_refresh: u64,
+    confusion: Confusion,
+    flagged: u64,
+    refreshes: u64,
+    skipped_refreshes: u64,
+    thresholds: Vec<f32>,
+    refresh_seconds: f64,
+    scoring_seconds: f64,
+}
+
+impl Running<'_> {
+    fn score_pending(
+        &mut self,
+        sink: &mut dyn FnMut(&WindowRecord) -> Result<(), RfError>,
+    ) -> Result<(), RfError> {
+        let d = self.cfg.window.dim();
+        let mut start = 0;
+        while start < self.pending.len() {
+            let end = (start + self.cfg.score_batch).min(self.pending.len());
+            let t0 = Instant::now();
+            let scores = self
+                .ae
+                .scores(self.backend, &self.pending.inputs[start * d..end * d])?;
+            self.scoring_seconds += t0.elapsed().as_secs_f64();
+            let threshold = self.ae.threshold().expect("fitted in training");
+            for (k, &error) in scores.iter().enumerate() {
+                let w = start + k;
+                let flag = error > threshold;
+                let label = self.has_labels.then(|| self.pending.labels[w]);
+                let rec = WindowRecord {
+                    index: self.next_index,
+                    offset: self.pending.starts[w],
+                    error,
+                    flag,
+                    label,
+                };
+                self.next_index += 1;
+                if flag {
+                    self.flagged += 1;
+                } else {
+                    self.ring.push(&self.pending.inputs[w * d..(w + 1) * d]);
+                }
+                if let Some(l) = label {
+                    match (flag, l) {
+                        (true, true) => self.confusion.tp += 1,
+                        (true, false) => self.confusion.fp += 1,
+                        (false, false) => self.confusion.tn += 1,
+                        (false, true) => self.confusion.fn_ += 1,
+                    }
+                }
+                sink(&rec)?;
+            }
+            self.since_refresh += (end - start) as u64;
+            if self.cfg.refresh_every > 0 && self.since_refresh >= self.cfg.refresh_every {
+                self.refresh()?;
+            }
+            start = end;
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn refresh(&mut self) -> Result<(), RfError> {
+        self.since_refresh = 0;
+        let Some(batch) = self.ring.ordered() else {
+            self.skipped_refreshes += 1;
+            return Ok(());
+        };
+        let t0 = Instant::now();
+        let t = self
+            .ae
+            .refresh(self.backend, &batch, self.cfg.refresh_iterations)?;
+        self.refresh_seconds += t0.elapsed().as_secs_f64();
+        self.thresholds.push(t);
+        self.refreshes += 1;
+        Ok(())
+    }
+}
+
+/// The last `cap` windows pushed (rows of `dim` reals).
+struct Ring {
+    dim: usize,
+    cap: usize,
+    data: Vec<f32>,
+    len: usize,
+    next: usize,
+}
+
+impl Ring {
+    fn new(dim: usize, cap: usize) -> Ring {
+        Ring {
+            dim,
+            cap,
+            data: vec![0.0; dim * cap],
+            len: 0,
+            next: 0,
+        }
+    }
+
+    fn push(&mut self, window: &[f32]) {
+        let d = self.dim;
+        self.data[self.next * d..(self.next + 1) * d].copy_from_slice(window);
+        self.next = (self.next + 1) % self.cap;
+        self.len = (self.len + 1).min(self.cap);
+    }
+
+    /// The windows oldest first (stream order), once the ring is full.
+    fn ordered(&self) -> Option<Vec<f32>> {
+        if self.len < self.cap {
+            return None;
+        }
+        let split = self.next * self.dim;
+        let mut out = Vec::with_capacity(self.data.len());
+        out.extend_from_slice(&self.data[split..]);
+        out.extend_from_slice(&self.data[..split]);
+        Some(out)
+    }
+}
+
+/// Runs the online detector over a sample stream. `labels` are the recording's annotations
+/// (empty for raw input; `has_labels` says whether records carry labels). Every window's
+/// record goes to `sink` in stream order; `progress` is called after every chunk read.
+pub fn run_detector<R: Read>(
+    stream: &mut SampleStream<R>,
+    labels: &[LabelRange],
+    has_labels: bool,
+    sample_rate_hz: Option<f64>,
+    cfg: &DetectConfig,
+    backend: &dyn GemmBackend,
+    sink: &mut dyn FnMut(&WindowRecord) -> Result<(), RfError>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<DetectSummary, RfError> {
+    cfg.validate()?;
+    let t_start = Instant::now();
+    let wcfg = cfg.window;
+    // 1. Collect the samples of the first training batch.
+    let need = (cfg.train_windows as u64 - 1) * wcfg.stride as u64 + wcfg.len as u64;
+    let mut head: Vec<Iq> = Vec::new();
+    let mut chunk: Vec<Iq> = Vec::new();
+    let mut ended = false;
+    while (head.len() as u64) < need {
+        let want = (need - head.len() as u64).min(cfg.chunk_samples as u64) as usize;
+        if stream.read_chunk(&mut chunk, want)? == 0 {
+            ended = true;
+            break;
+        }
+        head.extend_from_slice(&chunk);
+    }
+    if (head.len() as u64) < need {
+        return Err(RfError::InvalidArgument(format!(
+            "the stream ended after {} samples; the first training batch of {} windows of {} \
+             samples every {} needs {need}",
+            head.len(),
+            cfg.train_windows,
+            wcfg.len,
+            wcfg.stride
+        )));
+    }
+    let norm = Normaliser::fit(&head)?;
+    let mut windows = WindowStream::new(wcfg, norm, labels)?;
+    let mut train = windows.empty_windows();
+    windows.push(&head, &mut train);
+    debug_assert_eq!(train.len(), cfg.train_windows);
+    // 2. Train on it.
+    let mut ae = Autoencoder::new(cfg.ae.clone())?;
+    let t0 = Instant::now();
+    let threshold = ae.train(backend, &train.inputs)?;
+    let initial_training_seconds = t0.elapsed().as_secs_f64();
+    let mut run = Running {
+        cfg,
+        backend,
+        ae,
+        has_labels,
+        pending: train,
+        ring: Ring::new(wcfg.dim(), cfg.train_windows),
+        next_index: 0,
+        since_refresh: 0,
+        confusion: Confusion::default(),
+        flagged: 0,
+        refreshes: 0,
+        skipped_refreshes: 0,
+        thresholds: vec![threshold],
+        refresh_seconds: 0.0,
+        scoring_seconds: 0.0,
+    };
+    // The training windows themselves: scored, but they do not count towards a refresh.
+    run.score_pending(sink)?;
+    run.since_refresh = 0;
+    let report = |run: &Running<'_>, samples: u64| Progress {
+        samples,
+        windows: run.next_index,
+        flagged: run.flagged,
+        refreshes: run.refreshes,
+        seconds: t_start.elapsed().as_secs_f64(),
+    };
+    progress(&report(&run, stream.position()));
+    // 3. Score the rest as it arrives.
+    let d = wcfg.dim();
+    if !ended {
+        while stream.read_chunk(&mut chunk, cfg.chunk_samples)? > 0 {
+            windows.push(&chunk, &mut run.pending);
+            // Score whole batches now, keep the remainder for the next chunk.
+            let whole = run.pending.len() / cfg.score_batch * cfg.score_batch;
+            if whole > 0 {
+                let rest = split_off_windows(&mut run.pending, whole, d);
+                run.score_pending(sink)?;
+                run.pending = rest;
+            }
+            progress(&report(&run, stream.position()));
+        }
+    }
+    run.score_pending(sink)?;
+    let seconds = t_start.elapsed().as_secs_f64();
+    let samples = stream.position();
+    let samples_per_second = samples as f64 / seconds.max(1e-12);
+    Ok(DetectSummary {
+        samples,
+        windows: run.next_index,
+        flagged: run.flagged,
+        train_windows: cfg.train_windows,
+        initial_iterations: cfg.ae.iterations,
+        refreshes: run.refreshes,
+        skipped_refreshes: run.skipped_refreshes,
+        precision_policy: cfg.ae.precision.name.clone(),
+        threshold_rule: cfg.ae.threshold.to_string(),
+        normalisation_scale: norm.scale,
+        thresholds: run.thresholds,
+        seconds,
+        initial_training_seconds,
+        refresh_seconds: run.refresh_seconds,
+        scoring_seconds: run.scoring_seconds,
+        samples_per_second,
+        realtime_factor: sample_rate_hz.map(|fs| samples_per_second / fs),
+        sample_rate_hz,
+        confusion: has_labels.then(|| run.confusion.into()),
+    })
+}
+
+/// Splits `w` after its first `at` windows, returning the rest.
+fn split_off_windows(w: &mut Windows, at: usize, dim: usize) -> Windows {
+    Windows {
+        dim: w.dim,
+        inputs: w.inputs.split_off(at * dim),
+        starts: w.starts.split_off(at),
+        labels: w.labels.split_off(at),
+        kinds: w.kinds.split_off(at),
+        kind_names: w.kind_names.clone(),
+    }
+}
