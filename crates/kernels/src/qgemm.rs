@@ -197,22 +197,28 @@ pub(crate) fn partition(m: usize, n: usize, macs: usize, threads: usize) -> Vec<
     out
 }
 
-/// A zeroed i16 buffer whose usable part starts on a 32-byte boundary.
-struct Aligned16 {
-    buf: Vec<i16>,
-    off: usize,
+/// Per-thread packing and accumulator buffers, reused across calls (allocating and zeroing
+/// megabytes per call shows on small GEMMs). Packing writes every element the microkernel
+/// reads, and the first piece of a chunk overwrites its accumulator tile, so stale contents
+/// never reach a result.
+#[derive(Default)]
+struct Workspace {
+    a: Vec<i16>,
+    b: Vec<i16>,
+    acc: Vec<[i32; TILE]>,
 }
 
-impl Aligned16 {
-    fn new(len: usize) -> Self {
-        let buf = vec![0i16; len + 16];
-        let off = (32 - (buf.as_ptr() as usize) % 32) % 32 / 2;
-        Self { buf, off }
+thread_local! {
+    static WORKSPACE: std::cell::RefCell<Workspace> = std::cell::RefCell::new(Workspace::default());
+}
+
+/// `len` elements of `buf` starting on a 32-byte boundary (grows `buf` if needed).
+fn aligned(buf: &mut Vec<i16>, len: usize) -> &mut [i16] {
+    if buf.len() < len + 16 {
+        buf.resize(len + 16, 0);
     }
-    fn slice(&mut self) -> &mut [i16] {
-        let off = self.off;
-        &mut self.buf[off..]
-    }
+    let off = (32 - (buf.as_ptr() as usize) % 32) % 32 / 2;
+    &mut buf[off..off + len]
 }
 
 struct Ctx<'a, T> {
@@ -235,6 +241,14 @@ fn run_blocks<T: QElem>(ctx: &Ctx<'_, T>, blocks: &[Block]) {
 }
 
 fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
+    WORKSPACE.with(|ws| match ws.try_borrow_mut() {
+        Ok(mut ws) => run_block_in(ctx, blk, &mut ws),
+        // Not expected (nothing below re-enters rayon), but never share a borrowed workspace.
+        Err(_) => run_block_in(ctx, blk, &mut Workspace::default()),
+    })
+}
+
+fn run_block_in<T: QElem>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut Workspace) {
     let (mt, nt) = (blk.m1 - blk.m0, blk.n1 - blk.n0);
     if mt == 0 || nt == 0 {
         return;
@@ -250,26 +264,24 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
     // Equal column blocks: a thin remainder block would repack all of A for a few columns.
     let nc = nt.div_ceil(nt.div_ceil(nc_max)).div_ceil(NR) * NR;
     let mc = MC.min(mt.div_ceil(MR) * MR);
-    let mut apack = Aligned16::new(mc * max_pairs * 2);
-    let mut bpack = Aligned16::new(nc * max_pairs * 2);
     let ntiles_c = nc / NR;
-    let mut accbuf = if ctx.multi {
-        vec![[0i32; TILE]; mtiles * ntiles_c]
-    } else {
-        Vec::new()
-    };
+    let Workspace { a: wa, b: wb, acc } = ws;
+    let ap = aligned(wa, mc * max_pairs * 2);
+    let bp = aligned(wb, nc * max_pairs * 2);
+    if ctx.multi && acc.len() < mtiles * ntiles_c {
+        acc.resize(mtiles * ntiles_c, [0i32; TILE]);
+    }
+    let accbuf = &mut acc[..];
     let mut local = [0i32; TILE];
     let mut jc = blk.n0;
     while jc < blk.n1 {
         let ncur = nc.min(blk.n1 - jc);
         for step in &ctx.steps {
-            let bp = bpack.slice();
             pack_b(ctx.isa, &ctx.b, jc, ncur, &step.ranges, step.pairs, bp);
             let bstrip = step.pairs * NR * 2;
             let mut ic = blk.m0;
             while ic < blk.m1 {
                 let mcur = mc.min(blk.m1 - ic);
-                let ap = apack.slice();
                 pack_a(ctx.isa, &ctx.a, ic, mcur, &step.ranges, step.pairs, ap);
                 let astrip = step.pairs * MR * 2;
                 let (jrs, irs) = (ncur.div_ceil(NR), mcur.div_ceil(MR));
