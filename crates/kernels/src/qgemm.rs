@@ -296,72 +296,70 @@ fn run_block_in<T: QElem>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut Workspace) {
                         let (jr, ir) = if ir_outer { (i, o) } else { (o, i) };
                         let n = jc + jr * NR;
                         let nvalid = NR.min(jc + ncur - n);
-                        {
-                            let m = ic + ir * MR;
-                            let mvalid = MR.min(ic + mcur - m);
-                            // Tile-major by column strip, so the tiles of consecutive `ir` are adjacent.
-                            let tile_idx = jr * mtiles + (m - blk.m0) / MR;
-                            for pc in &step.pieces {
-                                // In bounds: strips hold `step.pairs` pairs, `poff + pairs <= step.pairs`.
-                                let a_ptr = ap[ir * astrip + pc.poff * 2..].as_ptr();
-                                let b_ptr = bp[jr * bstrip + pc.poff * NR * 2..].as_ptr();
-                                if let Out::Q {
-                                    c,
-                                    ldc,
-                                    sa,
-                                    sb,
-                                    accumulate,
-                                } = ctx.out
-                                {
-                                    if pc.first && pc.last && mvalid == MR && nvalid == NR {
-                                        let (sav, sbv) = tile_scales(&sa, &sb, pc.segment, m, n);
-                                        let mode = if !accumulate && pc.chunk == 0 {
-                                            Store::Overwrite
-                                        } else {
-                                            Store::Accumulate
-                                        };
-                                        // SAFETY: panels as below; (m, n) is a full tile of this
-                                        // task's block of C.
-                                        unsafe {
-                                            ukernel::run_q(
-                                                ctx.isa,
-                                                pc.pairs,
-                                                a_ptr,
-                                                step.pairs * 2,
-                                                b_ptr,
-                                                c.0.add(m * ldc + n),
-                                                ldc,
-                                                &sav,
-                                                &sbv,
-                                                mode,
-                                            );
-                                        }
-                                        continue;
-                                    }
-                                }
-                                let tile: &mut [i32; TILE] = if pc.first && pc.last {
-                                    &mut local
-                                } else {
-                                    &mut accbuf[tile_idx]
-                                };
-                                // SAFETY: the packed panels hold `step.pairs` pairs per strip and
-                                // `pc.poff + pc.pairs <= step.pairs`; the isa was checked.
-                                unsafe {
-                                    ukernel::run(
-                                        ctx.isa,
-                                        pc.pairs,
-                                        a_ptr,
-                                        step.pairs * 2,
-                                        b_ptr,
-                                        tile,
-                                        pc.first,
-                                    );
-                                }
-                                if pc.last {
-                                    // SAFETY: (m, n) lies in this task's block of C.
+                        let m = ic + ir * MR;
+                        let mvalid = MR.min(ic + mcur - m);
+                        // Tile-major by column strip, so the tiles of consecutive `ir` are adjacent.
+                        let tile_idx = jr * mtiles + (m - blk.m0) / MR;
+                        for pc in &step.pieces {
+                            // In bounds: strips hold `step.pairs` pairs, `poff + pairs <= step.pairs`.
+                            let a_ptr = ap[ir * astrip + pc.poff * 2..].as_ptr();
+                            let b_ptr = bp[jr * bstrip + pc.poff * NR * 2..].as_ptr();
+                            if let Out::Q {
+                                c,
+                                ldc,
+                                sa,
+                                sb,
+                                accumulate,
+                            } = ctx.out
+                            {
+                                if pc.first && pc.last && mvalid == MR && nvalid == NR {
+                                    let (sav, sbv) = tile_scales(&sa, &sb, pc.segment, m, n);
+                                    let mode = if !accumulate && pc.chunk == 0 {
+                                        Store::Overwrite
+                                    } else {
+                                        Store::Accumulate
+                                    };
+                                    // SAFETY: panels as below; (m, n) is a full tile of this
+                                    // task's block of C.
                                     unsafe {
-                                        epilogue(ctx, tile, m, mvalid, n, nvalid, pc);
+                                        ukernel::run_q(
+                                            ctx.isa,
+                                            pc.pairs,
+                                            a_ptr,
+                                            step.pairs * 2,
+                                            b_ptr,
+                                            c.0.add(m * ldc + n),
+                                            ldc,
+                                            &sav,
+                                            &sbv,
+                                            mode,
+                                        );
                                     }
+                                    continue;
+                                }
+                            }
+                            let tile: &mut [i32; TILE] = if pc.first && pc.last {
+                                &mut local
+                            } else {
+                                &mut accbuf[tile_idx]
+                            };
+                            // SAFETY: the packed panels hold `step.pairs` pairs per strip and
+                            // `pc.poff + pc.pairs <= step.pairs`; the isa was checked.
+                            unsafe {
+                                ukernel::run(
+                                    ctx.isa,
+                                    pc.pairs,
+                                    a_ptr,
+                                    step.pairs * 2,
+                                    b_ptr,
+                                    tile,
+                                    pc.first,
+                                );
+                            }
+                            if pc.last {
+                                // SAFETY: (m, n) lies in this task's block of C.
+                                unsafe {
+                                    epilogue(ctx, tile, m, mvalid, n, nvalid, pc);
                                 }
                             }
                         }
