@@ -148,7 +148,10 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("mnist-mlp", include_str!("../presets/mnist-mlp.toml")),
     ("lenet5", include_str!("../presets/lenet5.toml")),
     ("vgg16-cifar", include_str!("../presets/vgg16-cifar.toml")),
-    ("preresnet20-cifar", include_str!("../presets/preresnet20-cifar.toml")),
+    (
+        "preresnet20-cifar",
+        include_str!("../presets/preresnet20-cifar.toml"),
+    ),
     (
         "preresnet20-cifar-short",
         include_str!("../presets/preresnet20-cifar-short.toml"),
