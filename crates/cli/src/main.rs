@@ -5,6 +5,7 @@
 
 mod cmd_bench_gemm;
 mod cmd_bench_quantize;
+mod cmd_bench_train;
 mod cmd_hw;
 mod cmd_quantize;
 mod cmd_rf;
@@ -54,6 +55,8 @@ enum Command {
 enum BenchCommand {
     /// Integer vs float GEMM throughput.
     Gemm(cmd_bench_gemm::BenchGemmArgs),
+    /// Milliseconds per training iteration on a fixed random batch (like the PyTorch peer).
+    Train(cmd_bench_train::BenchTrainArgs),
     /// Quantisation throughput.
     Quantize(cmd_bench_quantize::BenchQuantizeArgs),
 }
@@ -75,6 +78,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Hw(c) => cmd_hw::run(c),
         Command::Rf(c) => cmd_rf::run(c),
         Command::Bench(BenchCommand::Gemm(a)) => cmd_bench_gemm::run(a),
+        Command::Bench(BenchCommand::Train(a)) => cmd_bench_train::run(a),
         Command::Quantize(a) => cmd_quantize::run(a),
         Command::Bench(BenchCommand::Quantize(a)) => cmd_bench_quantize::run(a),
     }

@@ -28,6 +28,9 @@ pub struct Model {
     /// Per-example shape of every value (0 = input).
     pub shapes: Vec<Vec<usize>>,
     last_use: Vec<usize>,
+    /// Whether the loss gradient with respect to each value is needed: false for the input
+    /// and for values computed from it by parameter-free layers only.
+    requires_grad: Vec<bool>,
 }
 
 /// Builds one layer from its description; `in_shapes` are the per-example input shapes.
@@ -179,6 +182,11 @@ impl Model {
             names.insert(name, i + 1);
             nodes.push(Node { layer, inputs });
         }
+        let mut requires_grad = vec![false; shapes.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            requires_grad[i + 1] =
+                !n.layer.params().is_empty() || n.inputs.iter().any(|&v| requires_grad[v]);
+        }
         let mut last_use = vec![0usize; shapes.len()];
         for (i, n) in nodes.iter().enumerate() {
             for &v in &n.inputs {
@@ -190,6 +198,7 @@ impl Model {
             nodes,
             shapes,
             last_use,
+            requires_grad,
         })
     }
 
@@ -252,12 +261,15 @@ impl Model {
             let Some(g) = grads[i + 1].take() else {
                 continue;
             };
-            ctx.layer_index = i;
             let node = &mut self.nodes[i];
-            ctx.need_input_grad = node.inputs.iter().any(|&v| v != 0);
+            ctx.need_input_grad = node.inputs.iter().any(|&v| self.requires_grad[v]);
+            if !ctx.need_input_grad && node.layer.params().is_empty() {
+                continue; // nothing upstream learns from this gradient
+            }
+            ctx.layer_index = i;
             let dxs = node.layer.backward(ctx, &g)?;
             for (k, &v) in node.inputs.iter().enumerate() {
-                if v == 0 {
+                if !self.requires_grad[v] {
                     continue;
                 }
                 let dx = dxs.get(k).ok_or_else(|| {
