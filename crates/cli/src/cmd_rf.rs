@@ -651,7 +651,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 200)]
     pub iterations: u64,
     /// Learning rate before the SWA phase.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.1)]
     pub lr: f64,
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
@@ -736,10 +736,10 @@ pub struct DetectArgs {
     #[arg(long, default_value_t = 1000)]
     pub train_windows: usize,
     /// Scored windows between model refreshes (0: never refresh).
-    #[arg(long, default_value_t = 62_500)]
+    #[arg(long, default_value_t = 125_000)]
     pub refresh_every: u64,
     /// Iterations per refresh.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 10)]
     pub refresh_iterations: u64,
     /// Windows per scoring batch.
     #[arg(long, default_value_t = 1000)]

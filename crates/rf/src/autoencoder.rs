@@ -128,7 +128,7 @@ impl Default for AeConfig {
             hidden: vec![16, 8, 16],
             bias: true,
             precision: Precision::bfp8(),
-            lr: 0.2,
+            lr: 0.1,
             momentum: 0.9,
             weight_decay: 0.0,
             minibatch: 0,
@@ -371,14 +371,31 @@ impl Autoencoder {
         self.score_batches += 1;
         let input = Tensor::new(windows.to_vec(), vec![n, self.cfg.dim])?;
         let out = self.score_model.forward(&mut ctx, input, false)?;
-        let lo = self.loss.forward(&out, Target::Values(windows))?;
-        if let Some(k) = lo.per_example.iter().position(|s| !s.is_finite()) {
+        // The per-example MSE loss, without the gradient the loss module would also build.
+        let d = self.cfg.dim;
+        let scores: Vec<f32> = out
+            .data
+            .chunks_exact(d)
+            .zip(windows.chunks_exact(d))
+            .map(|(o, x)| {
+                let s: f64 = o
+                    .iter()
+                    .zip(x)
+                    .map(|(&a, &b)| {
+                        let e = f64::from(a - b);
+                        e * e
+                    })
+                    .sum();
+                (s / d as f64) as f32
+            })
+            .collect();
+        if let Some(k) = scores.iter().position(|s| !s.is_finite()) {
             return Err(RfError::InvalidArgument(format!(
                 "reconstruction error of window {k} is {} (diverged model?)",
-                lo.per_example[k]
+                scores[k]
             )));
         }
-        Ok(lo.per_example)
+        Ok(scores)
     }
 
     /// Sets the threshold from the scores of `normal` windows (the training batch) under the

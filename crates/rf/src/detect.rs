@@ -56,9 +56,9 @@ impl Default for DetectConfig {
             window: WindowConfig::default(),
             train_windows: 1000,
             ae: AeConfig::default(),
-            // One second of a 1 MS/s stream with 16-sample windows.
-            refresh_every: 62_500,
-            refresh_iterations: 20,
+            // Two seconds of a 1 MS/s stream with 16-sample windows.
+            refresh_every: 125_000,
+            refresh_iterations: 10,
             score_batch: 1000,
             chunk_samples: 1 << 16,
         }
