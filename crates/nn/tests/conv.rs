@@ -481,8 +481,8 @@ fn same_bits_at_one_and_two_threads() {
 
 #[test]
 fn conv_chunking_keeps_bfp8_weight_gradients() {
-    // 34x34 examples with 64 input channels overflow COL_BUDGET per 14 examples: the layer
-    // processes chunks, and the per-example segments make the result independent of them.
+    // One more example than fits in COL_BUDGET: the layer processes two chunks, accumulating
+    // the weight gradient across them.
     let backend = CpuBackend;
     let policy = Precision::bfp8();
     let mut conv = Conv2d::new(2, "c", &[64, 34, 34], 2, 3, 1, 1, false, 1).unwrap();
