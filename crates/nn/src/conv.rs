@@ -44,6 +44,9 @@ use crate::{Ctx, NnError, Tensor};
 /// 379 MB resident with 2^20 against 447 MB with 2^23 (one run each, shared machine).
 pub const COL_BUDGET: usize = 1 << 20;
 
+/// Output pixels at or below which the weight gradient runs transposed (see `backward`).
+const SHORT_SEGMENT: usize = 8;
+
 /// A batch of examples after Q_a or Q_e: 8-bit mantissas with one scale per example, or floats
 /// (fp32, non-BFP formats, or BFP layouts the GEMM cannot take per example).
 #[derive(Clone, Debug)]
@@ -516,6 +519,13 @@ impl Layer for Conv2d {
             Some(w) if need_dx && !matches!(dyq, Batch::Q { .. }) => Some(w.floats(cout)),
             _ => None,
         };
+        // With very short segments (small feature maps) the kernels' direct short-segment path
+        // keeps C in registers along the output's columns; there the GEMM ran faster as
+        // dW^T[rows, Cout] = col dY^T (VGG16's 2x2 layers, segments of 4: 57 vs 82 ms in a
+        // micro-benchmark), transposed into dW at the end.
+        let mut gw_t = (p <= SHORT_SEGMENT
+            && matches!((&dyq, &xq), (Batch::Q { .. }, Batch::Q { .. })))
+        .then(|| vec![0f32; rows * cout]);
         for b0 in (0..b).step_by(chunk) {
             let nb = chunk.min(b - b0);
             let n = nb * p;
@@ -539,23 +549,42 @@ impl Layer for Conv2d {
                     let mut col = vec![0i8; rows * n];
                     let xin = &xm[b0 * g.in_len()..(b0 + nb) * g.in_len()];
                     ctx.timed(Category::Im2col, |_| im2col(&g, xin, nb, &mut col));
-                    let a = QMatRef {
-                        mat: row_major(&et, cout, n),
-                        scales: Scales::per_segment(&es[b0..b0 + nb]),
-                        max_abs: *emax,
-                    };
-                    let bq = QMatRef {
-                        mat: row_major(&col, rows, n).t(),
-                        scales: Scales::per_segment(&xs[b0..b0 + nb]),
-                        max_abs: *xmax,
-                    };
                     let spec = GemmSpec {
                         segment: p,
                         accumulate,
                     };
-                    let cm = MatMut::row_major(gw, cout, rows).map_err(kerr)?;
-                    ctx.timed(Category::Gemm, |_| backend.gemm_q8(a, bq, spec, cm))
-                        .map_err(kerr)?;
+                    // Per-segment scales do not depend on the row or column, so the error
+                    // scales can ride on either operand: the epilogue stays
+                    // `C + ((acc * qe) * qa)` in both orientations.
+                    if let Some(gwt) = gw_t.as_mut() {
+                        let a = QMatRef {
+                            mat: row_major(&col, rows, n),
+                            scales: Scales::per_segment(&es[b0..b0 + nb]),
+                            max_abs: *xmax,
+                        };
+                        let bq = QMatRef {
+                            mat: row_major(&et, cout, n).t(),
+                            scales: Scales::per_segment(&xs[b0..b0 + nb]),
+                            max_abs: *emax,
+                        };
+                        let cm = MatMut::row_major(gwt, rows, cout).map_err(kerr)?;
+                        ctx.timed(Category::Gemm, |_| backend.gemm_q8(a, bq, spec, cm))
+                            .map_err(kerr)?;
+                    } else {
+                        let a = QMatRef {
+                            mat: row_major(&et, cout, n),
+                            scales: Scales::per_segment(&es[b0..b0 + nb]),
+                            max_abs: *emax,
+                        };
+                        let bq = QMatRef {
+                            mat: row_major(&col, rows, n).t(),
+                            scales: Scales::per_segment(&xs[b0..b0 + nb]),
+                            max_abs: *xmax,
+                        };
+                        let cm = MatMut::row_major(gw, cout, rows).map_err(kerr)?;
+                        ctx.timed(Category::Gemm, |_| backend.gemm_q8(a, bq, spec, cm))
+                            .map_err(kerr)?;
+                    }
                     drop(col);
                     if need_dx {
                         let mut dcol = vec![0f32; rows * n];
@@ -660,6 +689,16 @@ impl Layer for Conv2d {
                     }
                 }
             }
+        }
+        if let Some(gwt) = gw_t {
+            let gw = &mut self.weight.grad;
+            ctx.timed(Category::Other, |_| {
+                gw.par_chunks_mut(rows).enumerate().for_each(|(co, row)| {
+                    for (r, v) in row.iter_mut().enumerate() {
+                        *v = gwt[r * cout + co];
+                    }
+                })
+            });
         }
         if !need_dx {
             return Ok(vec![Tensor::zeros(vec![0])]);
