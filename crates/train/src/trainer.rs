@@ -271,7 +271,7 @@ impl Trainer {
             )?;
             self.step += 1;
             if let (Some(start), Some(every)) = (swa_start, swa_every) {
-                if epoch >= start && self.step % every == 0 {
+                if epoch >= start && self.step.is_multiple_of(every) {
                     self.swa.update(&self.model.params());
                 }
             }
