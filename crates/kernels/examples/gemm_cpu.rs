@@ -1,5 +1,6 @@
 //! i8 GEMM throughput per CPU-second (from /proc/self/stat), for tuning on a shared machine:
-//! `gemm_cpu [shapes] [threads] [reps]`. Data is made once; only the GEMM calls are counted.
+//! `gemm_cpu [shapes] [threads] [reps] [segment]`. Data is made once; only the GEMM calls are
+//! counted. With a segment, every segment has its own A and B scale (002's per-example scales).
 use lowprec_kernels::bench::{default_shapes, Shape};
 use lowprec_kernels::{gemm_q8, GemmSpec, MatMut, MatRef, QMatRef, Scales};
 use std::time::Instant;
@@ -21,6 +22,7 @@ fn main() {
     };
     let threads: usize = args.get(2).map_or(1, |s| s.parse().unwrap());
     let reps: usize = args.get(3).map_or(5, |s| s.parse().unwrap());
+    let segment: usize = args.get(4).map_or(usize::MAX, |s| s.parse().unwrap());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -35,25 +37,24 @@ fn main() {
             .map(|v| v.max(-127))
             .collect();
         let mut c = vec![0f32; m * n];
-        let s = [0.5f32];
+        let segs = lowprec_kernels::segment_count(k, segment);
+        let s: Vec<f32> = (0..segs).map(|i| 0.5 + (i % 7) as f32 / 8.0).collect();
+        let spec = GemmSpec {
+            segment,
+            accumulate: segment != usize::MAX,
+        };
         let mut run = || {
             let qa = QMatRef {
                 mat: MatRef::row_major(&a, m, k).unwrap(),
-                scales: Scales::uniform(&s),
+                scales: Scales::per_segment(&s),
                 max_abs: 127,
             };
             let qb = QMatRef {
                 mat: MatRef::row_major(&b, k, n).unwrap(),
-                scales: Scales::uniform(&s),
+                scales: Scales::per_segment(&s),
                 max_abs: 127,
             };
-            gemm_q8(
-                qa,
-                qb,
-                GemmSpec::whole_k(),
-                MatMut::row_major(&mut c, m, n).unwrap(),
-            )
-            .unwrap();
+            gemm_q8(qa, qb, spec, MatMut::row_major(&mut c, m, n).unwrap()).unwrap();
         };
         pool.install(&mut run);
         let c0 = cpu_seconds();

@@ -10,7 +10,7 @@
 //!
 //! Layout: [`qgemm`] (blocked driver, threading, epilogue), [`ukernel`] (6x16 `vpmaddwd`
 //! microkernel in AVX2 assembly + portable kernel, chosen at run time by [`Isa::detect`]),
-//! [`pack`] (k-pair i16 panels), `smallseg` (direct path for segments of <= 8 elements),
+//! [`pack`] (k-pair i16 panels), `smallseg` (direct path for segments of <= 3 elements),
 //! [`f32gemm`] (the `gemm` / `matrixmultiply` crates on shape-determined blocks), [`mod@bench`]
 //! (throughput tables for `lowprec bench gemm`).
 
