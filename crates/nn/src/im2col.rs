@@ -101,6 +101,33 @@ fn valid_range(n_out: usize, n_in: usize, stride: usize, off: usize, pad: usize)
     (lo.min(hi), hi)
 }
 
+/// Output widths at or below which im2col/col2im use per-offset gather tables: on small maps
+/// the per-row slice copies cost more than the data (8.6 ns per value for 512 channels of 2x2
+/// against 0.33 for 16 channels of 32x32, 1 thread).
+const TABLE_MAX_WIDTH: usize = 8;
+
+/// For each kernel offset `(ki, kj)`, the input index `iy * w + ix` read by each output pixel,
+/// or -1 where it falls in the padding: `k * k * P` entries.
+fn gather_tables(g: &ConvGeom) -> Vec<i32> {
+    let p = g.out_pixels();
+    let mut t = vec![-1i32; g.k * g.k * p];
+    for ki in 0..g.k {
+        for kj in 0..g.k {
+            let tab = &mut t[(ki * g.k + kj) * p..][..p];
+            for oy in 0..g.ho {
+                for ox in 0..g.wo {
+                    let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+                    let ix = (ox * g.stride + kj) as isize - g.pad as isize;
+                    if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                        tab[oy * g.wo + ox] = (iy as usize * g.w + ix as usize) as i32;
+                    }
+                }
+            }
+        }
+    }
+    t
+}
+
 /// Writes the `col_rows() x nb*P` matrix of `nb` examples `x` (each `cin*h*w`, NCHW) into
 /// `col` (row-major). Padding becomes `T::default()` (0).
 pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize, col: &mut [T]) {
@@ -112,6 +139,24 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
         return;
     }
     let (k, hw) = (g.k, g.h * g.w);
+    if g.wo <= TABLE_MAX_WIDTH {
+        let tables = gather_tables(g);
+        col.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+            let (c, off) = (r / (k * k), r % (k * k));
+            let tab = &tables[off * p..][..p];
+            for (j, dst) in row.chunks_exact_mut(p).enumerate() {
+                let plane = &x[(j * g.cin + c) * hw..][..hw];
+                for (d, &i) in dst.iter_mut().zip(tab) {
+                    *d = if i >= 0 {
+                        plane[i as usize]
+                    } else {
+                        T::default()
+                    };
+                }
+            }
+        });
+        return;
+    }
     col.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
         let (c, ki, kj) = (r / (k * k), (r / k) % k, r % k);
         let (oy_lo, oy_hi) = g.valid_oy(ki);
@@ -154,6 +199,25 @@ pub fn col2im(g: &ConvGeom, col: &[f32], nb: usize, dx: &mut [f32]) {
     assert_eq!(col.len(), g.col_rows() * n, "col2im input length");
     let (k, hw) = (g.k, g.h * g.w);
     if hw == 0 {
+        return;
+    }
+    if g.wo <= TABLE_MAX_WIDTH {
+        // Same order of additions as below: kernel offsets in (ki, kj) order, and one offset
+        // never adds twice to an input pixel.
+        let tables = gather_tables(g);
+        dx.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
+            let (j, c) = (i / g.cin, i % g.cin);
+            plane.fill(0.0);
+            for off in 0..k * k {
+                let tab = &tables[off * p..][..p];
+                let src = &col[(c * k * k + off) * n + j * p..][..p];
+                for (&t, &v) in tab.iter().zip(src) {
+                    if t >= 0 {
+                        plane[t as usize] += v;
+                    }
+                }
+            }
+        });
         return;
     }
     dx.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {

@@ -35,6 +35,10 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (3, 6, 6, 1, 2, 0, 5),
     (1, 5, 7, 3, 3, 0, 2),
     (4, 3, 3, 3, 1, 2, 2),
+    // Outputs wider than 8 take the row-copy paths of im2col/col2im (narrower ones use tables).
+    (2, 11, 12, 3, 1, 1, 3),
+    (3, 10, 20, 3, 2, 1, 2),
+    (1, 9, 33, 5, 1, 2, 1),
 ];
 
 #[test]
