@@ -68,10 +68,10 @@ impl Batch {
         }
     }
 
-    /// Examples `[b0, b0 + nb)` of `per` values as floats.
-    fn floats(&self, b0: usize, nb: usize, per: usize) -> Vec<f32> {
+    /// Examples `[b0, b0 + nb)` of `per` values as floats (borrowed when already floats).
+    fn floats(&self, b0: usize, nb: usize, per: usize) -> std::borrow::Cow<'_, [f32]> {
         match self {
-            Batch::F(v) => v[b0 * per..(b0 + nb) * per].to_vec(),
+            Batch::F(v) => std::borrow::Cow::Borrowed(&v[b0 * per..(b0 + nb) * per]),
             Batch::Q { mant, scales, .. } => {
                 let mut out = vec![0f32; nb * per];
                 out.par_chunks_mut(per.max(1))
@@ -81,7 +81,7 @@ impl Batch {
                         let m = &mant[(b0 + j) * per..][..per];
                         o.iter_mut().zip(m).for_each(|(d, &v)| *d = v as f32 * s);
                     });
-                out
+                std::borrow::Cow::Owned(out)
             }
         }
     }
