@@ -65,14 +65,21 @@ impl Checkpoint {
                     .map_err(|e| TrainError::Checkpoint(format!("tensor {n}: {e:?}")))
             })
             .collect::<Result<_, _>>()?;
-        let mut meta: HashMap<String, String> = self.extra.clone().into_iter().collect();
-        meta.insert("format".into(), FORMAT.into());
+        // All metadata goes into one JSON value (sorted keys): safetensors keeps its metadata in
+        // a HashMap, whose order would otherwise differ from process to process, and the same
+        // run must give the same bytes.
+        let mut meta: BTreeMap<String, String> = self.extra.clone();
         meta.insert("epoch".into(), self.epoch.to_string());
         meta.insert("step".into(), self.step.to_string());
         meta.insert("swa_n".into(), self.swa_n.to_string());
         meta.insert("config".into(), self.config_toml.clone());
         meta.insert("sha256".into(), checksum(&self.tensors));
-        safetensors::tensor::serialize(views, &Some(meta))
+        let mut outer = HashMap::new();
+        outer.insert(
+            FORMAT.to_string(),
+            serde_json::to_string(&meta).expect("strings serialise"),
+        );
+        safetensors::tensor::serialize(views, &Some(outer))
             .map_err(|e| TrainError::Checkpoint(format!("{e:?}")))
     }
 
@@ -80,13 +87,14 @@ impl Checkpoint {
         let bad = |m: String| TrainError::Checkpoint(format!("{origin}: {m}"));
         let (_, md) = SafeTensors::read_metadata(bytes)
             .map_err(|e| bad(format!("not a valid safetensors file ({e:?})")))?;
-        let meta = md.metadata().clone().unwrap_or_default();
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        let outer = md.metadata().clone().unwrap_or_default();
+        let Some(json) = outer.get(FORMAT) else {
             return Err(bad(format!(
-                "not a lowprec checkpoint (format {:?})",
-                meta.get("format")
+                "not a lowprec checkpoint (no `{FORMAT}` metadata)"
             )));
-        }
+        };
+        let meta: BTreeMap<String, String> = serde_json::from_str(json)
+            .map_err(|e| bad(format!("metadata is not valid JSON ({e})")))?;
         let st =
             SafeTensors::deserialize(bytes).map_err(|e| bad(format!("corrupt tensors ({e:?})")))?;
         let mut tensors = BTreeMap::new();
@@ -116,8 +124,8 @@ impl Checkpoint {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| bad(format!("metadata `{k}` missing or not a number")))
         };
-        let mut extra: BTreeMap<String, String> = meta.clone().into_iter().collect();
-        for k in ["format", "epoch", "step", "swa_n", "config", "sha256"] {
+        let mut extra: BTreeMap<String, String> = meta.clone();
+        for k in ["epoch", "step", "swa_n", "config", "sha256"] {
             extra.remove(k);
         }
         Ok(Checkpoint {

@@ -444,9 +444,20 @@ impl Trainer {
         let mut extra = BTreeMap::new();
         extra.insert("precision".into(), self.cfg.precision.name.clone());
         extra.insert("seed".into(), self.cfg.seed.to_string());
+        // Wall-clock fields are left out so that the same run gives the same bytes at any
+        // thread count; a resume takes them back from metrics.jsonl when it is there.
+        let history: Vec<EpochMetrics> = self
+            .history
+            .iter()
+            .map(|m| EpochMetrics {
+                seconds: 0.0,
+                samples_per_sec: 0.0,
+                ..m.clone()
+            })
+            .collect();
         extra.insert(
             "history".into(),
-            serde_json::to_string(&self.history).expect("serialises"),
+            serde_json::to_string(&history).expect("serialises"),
         );
         Checkpoint {
             epoch: self.epoch,
@@ -519,6 +530,19 @@ impl Trainer {
                 .map_err(|e| TrainError::Checkpoint(format!("history: {e}")))?,
             None => Vec::new(),
         };
+        // timings of the epochs before the interruption, from the metrics file if present
+        if let Some(dir) = &self.opts.out_dir {
+            if let Ok(text) = std::fs::read_to_string(dir.join("metrics.jsonl")) {
+                for line in text.lines() {
+                    if let Ok(m) = serde_json::from_str::<EpochMetrics>(line) {
+                        if let Some(h) = self.history.iter_mut().find(|h| h.epoch == m.epoch) {
+                            h.seconds = m.seconds;
+                            h.samples_per_sec = m.samples_per_sec;
+                        }
+                    }
+                }
+            }
+        }
         Ok(())
     }
 

@@ -30,7 +30,12 @@ fn synthetic(n: usize, salt: u64) -> Dataset {
 }
 
 fn splits() -> DataSplits {
-    DataSplits { train: synthetic(320, 1), test: synthetic(80, 2), norm: Normalization::unit(1), augment: Augment::None }
+    DataSplits {
+        train: synthetic(320, 1),
+        test: synthetic(80, 2),
+        norm: Normalization::unit(1),
+        augment: Augment::None,
+    }
 }
 
 fn config(precision: &str, epochs: usize) -> TrainConfig {
@@ -90,7 +95,11 @@ fn opts(out: Option<&Path>, resume: Option<&Path>, stop_after: Option<usize>) ->
 }
 
 fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
 }
 
 #[test]
@@ -98,26 +107,44 @@ fn resume_after_interrupt_gives_the_same_bytes() {
     for precision in ["fp32", "bfp8", "swalp"] {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        let mut t = Trainer::with_data(config(precision, 4), opts(Some(&a), None, None), splits()).unwrap();
+        let mut t =
+            Trainer::with_data(config(precision, 4), opts(Some(&a), None, None), splits()).unwrap();
         let full = t.run().unwrap();
         assert_eq!(full.epochs, 4);
         assert!(full.swa_test_acc.is_some(), "SWA ran");
         // interrupted after 2 epochs, then resumed from the checkpoint on disk
-        let mut t = Trainer::with_data(config(precision, 4), opts(Some(&b), None, Some(2)), splits()).unwrap();
+        let mut t = Trainer::with_data(
+            config(precision, 4),
+            opts(Some(&b), None, Some(2)),
+            splits(),
+        )
+        .unwrap();
         t.run().unwrap();
         assert_eq!(t.epoch, 2);
         let ck = b.join("checkpoint.safetensors");
-        let mut t = Trainer::with_data(config(precision, 4), opts(Some(&b), Some(&ck), None), splits()).unwrap();
+        let mut t = Trainer::with_data(
+            config(precision, 4),
+            opts(Some(&b), Some(&ck), None),
+            splits(),
+        )
+        .unwrap();
         assert_eq!(t.epoch, 2);
         let resumed = t.run().unwrap();
         let ca = Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap();
         let cb = Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap();
-        assert_eq!(ca.tensors, cb.tensors, "{precision}: weights, momentum and SWA differ after resume");
+        assert_eq!(
+            ca.tensors, cb.tensors,
+            "{precision}: weights, momentum and SWA differ after resume"
+        );
         assert_eq!((ca.epoch, ca.step, ca.swa_n), (cb.epoch, cb.step, cb.swa_n));
         assert_eq!(full.test_acc, resumed.test_acc);
         assert_eq!(full.swa_test_acc, resumed.swa_test_acc);
         let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
-        assert_eq!(lines.lines().count(), 4, "metrics keep one line per epoch across the resume");
+        assert_eq!(
+            lines.lines().count(),
+            4,
+            "metrics keep one line per epoch across the resume"
+        );
         assert!(b.join("final.json").exists());
     }
 }
@@ -127,29 +154,61 @@ fn same_bits_at_one_and_two_threads() {
     for precision in ["fp32", "bfp8", "swalp"] {
         let run = |threads| {
             in_pool(threads, || {
-                let mut t = Trainer::with_data(config(precision, 2), opts(None, None, None), splits()).unwrap();
+                let mut t =
+                    Trainer::with_data(config(precision, 2), opts(None, None, None), splits())
+                        .unwrap();
                 t.run().unwrap();
                 t.checkpoint().tensors
             })
         };
         assert_eq!(run(1), run(2), "{precision}");
     }
+    // and the checkpoint files themselves are byte-identical
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = |threads: usize| {
+        let d = dir.path().join(format!("t{threads}"));
+        in_pool(threads, || {
+            let mut t = Trainer::with_data(config("bfp8", 2), opts(Some(&d), None, None), splits())
+                .unwrap();
+            t.run().unwrap();
+        });
+        std::fs::read(d.join("checkpoint.safetensors")).unwrap()
+    };
+    assert!(
+        bytes(1) == bytes(2),
+        "checkpoint bytes differ between 1 and 2 threads"
+    );
 }
 
 #[test]
 fn training_learns_the_synthetic_task_in_every_precision() {
-    for precision in ["fp32", "bfp8", "swalp", "bfp8,weights=bfp6:tensor:stochastic,errors=bfp8:tile16:stochastic"] {
-        let mut t = Trainer::with_data(config(precision, 6), opts(None, None, None), splits()).unwrap();
+    for precision in [
+        "fp32",
+        "bfp8",
+        "swalp",
+        "bfp8,weights=bfp6:tensor:stochastic,errors=bfp8:tile16:stochastic",
+    ] {
+        let mut t =
+            Trainer::with_data(config(precision, 6), opts(None, None, None), splits()).unwrap();
         let r = t.run().unwrap();
         assert!(r.test_acc > 0.9, "{precision}: {}", r.test_acc);
-        assert!(r.swa_test_acc.unwrap() > 0.9, "{precision}: swa {:?}", r.swa_test_acc);
+        assert!(
+            r.swa_test_acc.unwrap() > 0.9,
+            "{precision}: swa {:?}",
+            r.swa_test_acc
+        );
     }
 }
 
 #[test]
 fn corrupt_or_foreign_checkpoints_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::with_data(config("bfp8", 1), opts(Some(dir.path()), None, None), splits()).unwrap();
+    let mut t = Trainer::with_data(
+        config("bfp8", 1),
+        opts(Some(dir.path()), None, None),
+        splits(),
+    )
+    .unwrap();
     t.run().unwrap();
     let path = dir.path().join("checkpoint.safetensors");
     let good = std::fs::read(&path).unwrap();
@@ -157,18 +216,30 @@ fn corrupt_or_foreign_checkpoints_are_clear_errors() {
     // flip one byte of tensor data (the last byte of the file)
     let mut bad = good.clone();
     *bad.last_mut().unwrap() ^= 0x40;
-    let e = Checkpoint::from_bytes(&bad, "flipped").unwrap_err().to_string();
-    assert!(e.contains("checksum mismatch") && e.contains("flipped"), "{e}");
-    let e = Checkpoint::from_bytes(&good[..good.len() / 2], "half").unwrap_err().to_string();
+    let e = Checkpoint::from_bytes(&bad, "flipped")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("checksum mismatch") && e.contains("flipped"),
+        "{e}"
+    );
+    let e = Checkpoint::from_bytes(&good[..good.len() / 2], "half")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("half"), "{e}");
-    let e = Checkpoint::from_bytes(b"hello", "junk").unwrap_err().to_string();
+    let e = Checkpoint::from_bytes(b"hello", "junk")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("junk"), "{e}");
     // a checkpoint of another network cannot be resumed
     let mut cfg = config("bfp8", 2);
     if let lowprec_nn::LayerSpec::Linear { out, .. } = &mut cfg.model.layers[1].kind {
         *out = 8;
     }
-    let e = Trainer::with_data(cfg, opts(None, Some(&path), None), splits()).err().unwrap().to_string();
+    let e = Trainer::with_data(cfg, opts(None, Some(&path), None), splits())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("fc") || e.contains("linear"), "{e}");
     // no temp files are left next to the checkpoint
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
@@ -187,14 +258,25 @@ fn bad_configs_are_clear_errors() {
         (base.replace("epochs = 1", "epochs = 0"), "train.epochs"),
         (base.replace("momentum = 0.9", "momentum = 1.5"), "momentum"),
         (base.replace("lr = 0.1", "lr = -1.0"), "train.lr"),
-        (base.replace("precision = \"fp32\"", "precision = \"bfp99\""), "bfp99"),
-        (base.replace("dataset = \"mnist\"", "dataset = \"imagenet\""), "imagenet"),
-        (base.replace("type = \"relu\"", "type = \"sigmoid\""), "sigmoid"),
+        (
+            base.replace("precision = \"fp32\"", "precision = \"bfp99\""),
+            "bfp99",
+        ),
+        (
+            base.replace("dataset = \"mnist\"", "dataset = \"imagenet\""),
+            "imagenet",
+        ),
+        (
+            base.replace("type = \"relu\"", "type = \"sigmoid\""),
+            "sigmoid",
+        ),
         (base.replace("[train]", "[train]\nwarmup = 3"), "warmup"),
         ("not toml at all [".to_string(), "test"),
     ];
     for (text, needle) in cases {
-        let e = TrainConfig::from_toml(&text, "test").unwrap_err().to_string();
+        let e = TrainConfig::from_toml(&text, "test")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(needle), "expected `{needle}` in: {e}");
     }
     let e = TrainConfig::load("no-such-preset").unwrap_err().to_string();
@@ -202,7 +284,10 @@ fn bad_configs_are_clear_errors() {
     // model input not matching the data
     let mut cfg = config("fp32", 1);
     cfg.model.input = vec![3, 6, 6];
-    let e = Trainer::with_data(cfg, opts(None, None, None), splits()).err().unwrap().to_string();
+    let e = Trainer::with_data(cfg, opts(None, None, None), splits())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("does not match"), "{e}");
 }
 
