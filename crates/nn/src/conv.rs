@@ -106,7 +106,7 @@ pub fn quantize_batch(
         Operand::Q(q) => match (&q.data, q.fmt.block) {
             (QData::I8(_), Block::Tensor | Block::Axis(0)) => {
                 let scales = if q.fmt.block == Block::Tensor {
-                    vec![q.scales[0]; b]
+                    vec![q.scales.first().copied().unwrap_or(1.0); b]
                 } else {
                     q.scales.clone()
                 };

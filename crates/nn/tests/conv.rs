@@ -295,8 +295,17 @@ fn quantized(
 
 #[test]
 fn bfp8_conv_is_bit_exact_against_integer_reference() {
+    // 002's per-example exponents, and one exponent per tensor for activations and errors.
+    for policy in [
+        "bfp8",
+        "bfp8,acts=bfp8:tensor:stochastic,errors=bfp8:tensor:stochastic",
+    ] {
+        bit_exact_case(&policy.parse().unwrap());
+    }
+}
+
+fn bit_exact_case(policy: &Precision) {
     let backend = CpuBackend;
-    let policy = Precision::bfp8();
     let (id, seed, step) = (4u64, 9u64, 3u64);
     for (i, &(cin, h, w, k, s, p, cout)) in SHAPES.iter().enumerate() {
         let b = 3;
@@ -309,7 +318,7 @@ fn bfp8_conv_is_bit_exact_against_integer_reference() {
         let mut x = rand_vec(b * g.in_len(), 300 + i as u64);
         x[..g.in_len()].iter_mut().for_each(|v| *v *= 1e-6);
         x[2 * g.in_len()..].iter_mut().for_each(|v| *v *= 1e5);
-        let mut ctx = Ctx::new(&backend, &policy, seed);
+        let mut ctx = Ctx::new(&backend, policy, seed);
         ctx.step = step;
         let xt = Tensor::new(x.clone(), vec![b, cin, h, w]).unwrap();
         let y = conv.forward(&mut ctx, &[&xt], true).unwrap();
@@ -538,6 +547,23 @@ fn non_finite_inputs_are_named() {
             matches!(&e, NnError::NonFinite { layer, index: 4, .. } if layer == "conv7"),
             "{precision}: {e}"
         );
+    }
+}
+
+#[test]
+fn empty_batches_pass_through() {
+    let backend = CpuBackend;
+    for precision in ["bfp8", "fp32", "bfp8,acts=bfp8:tensor:stochastic"] {
+        let policy: Precision = precision.parse().unwrap();
+        let mut ctx = Ctx::new(&backend, &policy, 1);
+        let mut conv = Conv2d::new(1, "c", &[2, 4, 4], 3, 3, 1, 1, true, 1).unwrap();
+        let y = conv
+            .forward(&mut ctx, &[&Tensor::zeros(vec![0, 2, 4, 4])], true)
+            .unwrap();
+        assert_eq!(y.shape, vec![0, 3, 4, 4]);
+        let dx = conv.backward(&mut ctx, &y).unwrap();
+        assert_eq!(dx[0].shape, vec![0, 2, 4, 4]);
+        assert!(conv.weight.grad.iter().all(|&g| g == 0.0));
     }
 }
 
