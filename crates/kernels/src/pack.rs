@@ -66,7 +66,11 @@ impl QElem for i8 {
         out: &mut [i16],
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && b.col_stride == 1 && full > 0 && n0 + full * NR <= b.cols {
+        if isa.or_supported() == Isa::Avx2
+            && b.col_stride == 1
+            && full > 0
+            && n0 + full * NR <= b.cols
+        {
             let strip_len = pairs * NR * 2;
             assert!(out.len() >= full * strip_len);
             let mut poff = 0;
@@ -106,7 +110,8 @@ impl QElem for i8 {
         out: &mut [i16],
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && b.row_stride == 1 && k1 >= k0 + 16 && n + NR <= b.cols {
+        if isa.or_supported() == Isa::Avx2 && b.row_stride == 1 && k1 >= k0 + 16 && n + NR <= b.cols
+        {
             // Column-contiguous B (a transposed view): columns `n .. n+NR` read `k0 .. k1`.
             let last = (n + NR - 1) * b.col_stride + k1;
             assert!(last <= b.data.len() && out.len() >= (k1 - k0).div_ceil(2) * NR * 2);
@@ -118,7 +123,7 @@ impl QElem for i8 {
             return true;
         }
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && b.col_stride == 1 && k1 > k0 && n + NR <= b.cols {
+        if isa.or_supported() == Isa::Avx2 && b.col_stride == 1 && k1 > k0 && n + NR <= b.cols {
             // Every row read is `data[k * row_stride + n .. + NR]`; the last one lies inside the
             // view, which `MatRef::check` validated.
             let last = (k1 - 1) * b.row_stride + n + NR;
@@ -150,6 +155,8 @@ pub fn pack_a<T: QElem>(
     pairs: usize,
     out: &mut [i16],
 ) {
+    // A safe function: never run AVX2 code on a CPU without it, whatever the caller passed.
+    let isa = isa.or_supported();
     let strips = mlen.div_ceil(MR);
     let row_len = pairs * 2;
     let out = &mut out[..strips * MR * row_len];
@@ -212,6 +219,7 @@ pub fn pack_b<T: QElem>(
     pairs: usize,
     out: &mut [i16],
 ) {
+    let isa = isa.or_supported();
     let strips = nlen.div_ceil(NR);
     let strip_len = pairs * NR * 2;
     let out = &mut out[..strips * strip_len];
