@@ -191,7 +191,11 @@ pub fn profile(args: &ProfileArgs) -> Result<ProfileReport> {
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let ins: Vec<&[usize]> = n.inputs.iter().map(|&v| model.shapes[v].as_slice()).collect();
+            let ins: Vec<&[usize]> = n
+                .inputs
+                .iter()
+                .map(|&v| model.shapes[v].as_slice())
+                .collect();
             LayerTimes {
                 name: n.layer.name().to_string(),
                 describe: n.layer.describe(),
@@ -240,7 +244,18 @@ fn print_report(r: &ProfileReport) {
     );
     println!(
         "{:<14} {:<26} | {:>8} {:>7} {:>7} {:>7} {:>7} | {:>8} {:>7} {:>7} {:>7} {:>7}",
-        "layer", "", "fwd", "gemm", "quant", "im2col", "other", "bwd", "gemm", "quant", "im2col", "other"
+        "layer",
+        "",
+        "fwd",
+        "gemm",
+        "quant",
+        "im2col",
+        "other",
+        "bwd",
+        "gemm",
+        "quant",
+        "im2col",
+        "other"
     );
     let row = |name: &str, desc: &str, f: &PassTimes, b: &PassTimes| {
         println!(
