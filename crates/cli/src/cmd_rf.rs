@@ -963,7 +963,7 @@ fn experiment(a: &ExperimentArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut progress = |p: &str, it: u64, f1: f64| {
-        if it % 20 == 0 {
+        if it.is_multiple_of(20) {
             eprintln!("{p}: iteration {it}, F1 {f1:.4}");
         }
     };
@@ -1252,6 +1252,156 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!(v["test_windows"], 2048);
         assert!(v["f1"].as_f64().unwrap() > 0.5, "{v}");
+    }
+
+    #[test]
+    fn detect_writes_jsonl_and_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("nb");
+        let b = base.to_str().unwrap();
+        run_args(&[
+            "generate",
+            "--out",
+            b,
+            "--samples",
+            "40000",
+            "--deviation",
+            "3000",
+            "--noise-band",
+            "300:3000",
+            "--anomaly",
+            "sine@30000+2000",
+            "--anomaly-power-db",
+            "-12",
+            "--seed",
+            "2",
+        ])
+        .unwrap();
+        let out = dir.path().join("sub/records.jsonl");
+        let summary = dir.path().join("summary.json");
+        run_args(&[
+            "detect",
+            b,
+            "--out",
+            out.to_str().unwrap(),
+            "--summary",
+            summary.to_str().unwrap(),
+            "--train-windows",
+            "500",
+            "--iterations",
+            "40",
+            "--refresh-every",
+            "1000",
+            "--threads",
+            "1",
+            "--quiet",
+        ])
+        .unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2500);
+        assert_eq!(lines[7]["index"], 7);
+        assert_eq!(lines[7]["offset"], 112);
+        assert!(lines[7]["error"].as_f64().unwrap() >= 0.0);
+        assert!(lines[7]["flag"].is_boolean());
+        assert_eq!(lines[1900]["label"], true);
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+        assert_eq!(s["windows"], 2500);
+        assert_eq!(s["samples"], 40000);
+        assert_eq!(
+            s["refreshes"].as_u64().unwrap() + s["skipped_refreshes"].as_u64().unwrap(),
+            2
+        );
+        assert!(s["confusion"]["f1"].as_f64().is_some());
+        assert_eq!(
+            s["flagged"].as_u64().unwrap() as usize,
+            lines.iter().filter(|l| l["flag"] == true).count()
+        );
+        // Raw input without metadata: no labels, same errors.
+        let raw_out = dir.path().join("raw.jsonl");
+        run_args(&[
+            "detect",
+            dir.path().join("nb.sigmf-data").to_str().unwrap(),
+            "--raw",
+            "--sample-rate",
+            "1e6",
+            "--out",
+            raw_out.to_str().unwrap(),
+            "--train-windows",
+            "500",
+            "--iterations",
+            "40",
+            "--refresh-every",
+            "1000",
+            "--quiet",
+        ])
+        .unwrap();
+        let raw = std::fs::read_to_string(&raw_out).unwrap();
+        let first: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
+        assert!(first.get("label").is_none());
+        assert_eq!(first["error"], lines[0]["error"]);
+        // Bad arguments fail without leaving the output behind.
+        let bad = dir.path().join("bad.jsonl");
+        let bo = bad.to_str().unwrap();
+        for args in [
+            vec!["detect", b, "--out", bo, "--precision", "int3"],
+            vec!["detect", b, "--out", bo, "--backend", "tpu"],
+            vec!["detect", b, "--out", bo, "--threshold", "q9"],
+            vec!["detect", b, "--out", bo, "--window", "0"],
+            vec!["detect", b, "--out", bo, "--swa-start", "soon"],
+            vec!["detect", b, "--out", bo, "--train-windows", "5000"],
+        ] {
+            assert!(run_args(&args).is_err(), "{args:?} succeeded");
+        }
+        assert!(!bad.exists());
+    }
+
+    #[test]
+    fn experiment_writes_curve_final_and_plot() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("fig9");
+        run_args(&[
+            "experiment",
+            "--out",
+            out.to_str().unwrap(),
+            "--iterations",
+            "30",
+        ])
+        .unwrap();
+        let curve = std::fs::read_to_string(out.join("curve.jsonl")).unwrap();
+        let rows: Vec<serde_json::Value> = curve
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 60);
+        for r in &rows {
+            for k in [
+                "iteration",
+                "precision",
+                "f1",
+                "seconds",
+                "projected_seconds",
+            ] {
+                assert!(r.get(k).is_some(), "{k} missing in {r}");
+            }
+        }
+        assert_eq!(rows[30]["precision"], "bfp8");
+        assert_eq!(rows[30]["iteration"], 1);
+        let fin: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("final.json")).unwrap())
+                .unwrap();
+        for p in ["fp32", "bfp8"] {
+            for k in ["f1", "precision_score", "recall", "iterations_to_f1_0.87"] {
+                assert!(fin[p].get(k).is_some(), "{p}.{k} missing in {fin}");
+            }
+        }
+        assert_eq!(fin["bfp8"]["backends_agree"], true);
+        let png = std::fs::read(out.join("fig9.png")).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
     }
 
     #[test]

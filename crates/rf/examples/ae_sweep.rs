@@ -1,4 +1,9 @@
-//! Exploration: auto-encoder F1 vs iteration on the standard pair at several anomaly powers.
+//! Exploration tool behind the detection recipe (see `StandardPairConfig::detection`):
+//! auto-encoder F1 every 20 iterations (at the p-th percentile threshold / oracle best F1 /
+//! loss) next to the PCA-8 and window-energy detectors, for a pair variant.
+//! `ae_sweep POWER_DB LR SWA_LR [SNR_DB BIAS(1/0) PERCENTILE]`; environment: `NB=1`
+//! narrowband transmission (`DEV`, `CO` deviation and carrier offset), `TONES=f1,f2` tone
+//! message, `MB` minibatch, `SPI` steps per iteration, `ITERS`, `MOM`, `HIDDEN=16,8,16`.
 use lowprec_kernels::CpuBackend;
 use lowprec_rf::autoencoder::{AeConfig, Autoencoder};
 use lowprec_rf::baseline::PcaDetector;
@@ -100,7 +105,6 @@ fn main() -> Result<(), RfError> {
             threshold: ThresholdRule::Percentile(pct),
             ..Default::default()
         };
-        let mut ae_cfg = ae_cfg;
         let mut ae = Autoencoder::new(ae_cfg.clone())?;
         let mut line = String::new();
         let t0 = std::time::Instant::now();

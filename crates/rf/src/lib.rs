@@ -1,10 +1,13 @@
-//! RF anomaly detection, signal side: this crate owns the complex-baseband FM generator with
-//! injected anomalies (band-pass noise, linear chirp, complex sine) driven by a counter-based
-//! RNG, SigMF (`cf32_le`) recordings and raw/streamed cf32 input with validation, sliding
-//! I/Q windows with normalisation and per-window labels from annotations, detector-independent
-//! metrics (percentile thresholds, precision/recall/F1), a linear (PCA) reference detector,
-//! and the standard train/test recording pair for the experiment of 002 Section V. The
-//! auto-encoder detector itself (which needs the nn/train crates) will live here too.
+//! RF anomaly detection (002 Section V): this crate owns the complex-baseband FM generator
+//! with injected anomalies (band-pass noise, linear chirp, complex sine) driven by a
+//! counter-based RNG, SigMF (`cf32_le`) recordings and raw/streamed cf32 input with
+//! validation, sliding I/Q windows with normalisation and per-window labels from annotations,
+//! detector-independent metrics (percentile thresholds, precision/recall/F1), a linear (PCA)
+//! reference detector, the labelled train/test recording pairs, the low-precision
+//! auto-encoder detector of Fig. 8 ([`autoencoder`], trained with the nn/train crates on any
+//! GEMM backend), the online streaming detector ([`detect`]) and the Fig. 9 experiment
+//! ([`experiment`]: F1 per training iteration against wall time and the FPGA model's
+//! projected time).
 //!
 //! ```
 //! use lowprec_rf::baseline::PcaDetector;
