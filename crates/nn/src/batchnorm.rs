@@ -27,7 +27,7 @@ pub struct BatchNorm2d {
     pub beta: Param,
     pub running_mean: Vec<f32>,
     pub running_var: Vec<f32>,
-    /// Batches averaged so far while recomputing statistics (`None`: momentum updates).
+    /// Examples averaged so far while recomputing statistics (`None`: momentum updates).
     recompute: Option<u64>,
     /// Normalised input and 1/std per channel, kept for backward.
     saved: Option<(Vec<f32>, Vec<f32>, usize)>,
@@ -169,9 +169,11 @@ impl Layer for BatchNorm2d {
                 let var: Vec<f64> = sq.iter().map(|s| s / count).collect();
                 // Running statistics (unbiased variance, as PyTorch).
                 let m = match &mut self.recompute {
+                    // Weighted by examples, as SWA's bn_update (momentum b / (n + b)): a short
+                    // last batch counts for what it holds.
                     Some(n) => {
-                        *n += 1;
-                        1.0 / *n as f64
+                        *n += b as u64;
+                        b as f64 / *n as f64
                     }
                     None => self.momentum as f64,
                 };
