@@ -60,7 +60,8 @@ pub fn backend(name: &str) -> Result<Arc<dyn GemmBackend>> {
         return Ok(Arc::new(CpuBackend));
     }
     if let Some(spec) = name.strip_prefix("fpga-sim:") {
-        let sim = lowprec_hw::sim::FpgaSim::from_spec(spec).with_context(|| format!("backend `{name}`"))?;
+        let sim = lowprec_hw::sim::FpgaSim::from_spec(spec)
+            .with_context(|| format!("backend `{name}`"))?;
         return Ok(Arc::new(sim));
     }
     bail!("unknown backend `{name}` (cpu, fpga-sim:<board>-<N>x<N>)")
@@ -70,7 +71,9 @@ fn threads_or_default(t: Option<usize>) -> Result<usize> {
     match t {
         Some(0) => bail!("--threads must be at least 1"),
         Some(t) => Ok(t),
-        None => Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        None => Ok(std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)),
     }
 }
 
@@ -96,16 +99,24 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
     if let Some(n) = a.test_subset {
         cfg.data.test_subset = n;
     }
-    cfg.validate().map_err(|e| anyhow::anyhow!("after command-line overrides: {e}"))?;
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("after command-line overrides: {e}"))?;
     Ok(())
 }
 
 /// Runs one training described by `cfg` in a pool of `threads` threads.
-pub fn train_one(cfg: TrainConfig, a: &TrainArgs, out: Option<PathBuf>, threads: usize) -> Result<FinalReport> {
+pub fn train_one(
+    cfg: TrainConfig,
+    a: &TrainArgs,
+    out: Option<PathBuf>,
+    threads: usize,
+) -> Result<FinalReport> {
     let resume_from = match &a.resume {
         None => None,
         Some(s) if s.is_empty() => {
-            let dir = out.as_ref().context("--resume without a path needs --out")?;
+            let dir = out
+                .as_ref()
+                .context("--resume without a path needs --out")?;
             Some(dir.join("checkpoint.safetensors"))
         }
         Some(s) => Some(PathBuf::from(s)),
@@ -122,7 +133,13 @@ pub fn train_one(cfg: TrainConfig, a: &TrainArgs, out: Option<PathBuf>, threads:
     };
     crate::util::with_threads(threads, move || -> Result<FinalReport> {
         let mut t = Trainer::new(cfg, opts)?;
-        eprintln!("{}: {}\nprecision {}\n{}", t.cfg.name, t.cfg.description, t.cfg.precision, t.model.summary());
+        eprintln!(
+            "{}: {}\nprecision {}\n{}",
+            t.cfg.name,
+            t.cfg.description,
+            t.cfg.precision,
+            t.model.summary()
+        );
         Ok(t.run()?)
     })?
 }
@@ -146,7 +163,10 @@ fn main_job(a: &TrainArgs, threads: usize) -> Result<()> {
     if a.precision.is_some() || a.resume.is_some() {
         bail!("the main job runs fp32, bfp8 and swalp itself; give a preset (mnist-logreg) to choose one or to resume");
     }
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("out/table5-logreg"));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("out/table5-logreg"));
     let paper = [("fp32", 92.6), ("bfp8", 92.7), ("swalp", 92.06)];
     let mut rows = Vec::new();
     for (prec, paper_acc) in paper {
@@ -159,7 +179,10 @@ fn main_job(a: &TrainArgs, threads: usize) -> Result<()> {
         rows.push((prec, paper_acc, r));
     }
     println!("\n002 Table V, MNIST logistic regression (test accuracy, %):");
-    println!("{:<8} {:>8} {:>10} {:>10} {:>9} {:>10}", "policy", "paper", "lowprec", "SWA", "epochs", "s/iter");
+    println!(
+        "{:<8} {:>8} {:>10} {:>10} {:>9} {:>10}",
+        "policy", "paper", "lowprec", "SWA", "epochs", "s/iter"
+    );
     let mut json = Vec::new();
     for (prec, paper_acc, r) in &rows {
         let final_acc = r.swa_test_acc.unwrap_or(r.test_acc) * 100.0;
@@ -168,7 +191,9 @@ fn main_job(a: &TrainArgs, threads: usize) -> Result<()> {
             prec,
             paper_acc,
             r.test_acc * 100.0,
-            r.swa_test_acc.map(|s| format!("{:.2}", s * 100.0)).unwrap_or_else(|| "-".into()),
+            r.swa_test_acc
+                .map(|s| format!("{:.2}", s * 100.0))
+                .unwrap_or_else(|| "-".into()),
             r.epochs,
             r.seconds_per_iteration
         );
@@ -179,7 +204,10 @@ fn main_job(a: &TrainArgs, threads: usize) -> Result<()> {
     }
     let p = out.join("table5.json");
     crate::util::write_atomic(&p, serde_json::to_string_pretty(&json)?.as_bytes())?;
-    let metrics: Vec<PathBuf> = rows.iter().map(|(p, _, _)| out.join(p).join("metrics.jsonl")).collect();
+    let metrics: Vec<PathBuf> = rows
+        .iter()
+        .map(|(p, _, _)| out.join(p).join("metrics.jsonl"))
+        .collect();
     let png = out.join("accuracy.png");
     crate::plot::plot_accuracy(&metrics, &png, "MNIST logistic regression: test accuracy")?;
     eprintln!("wrote {} and {}", p.display(), png.display());
@@ -200,7 +228,10 @@ pub struct EvalArgs {
 
 pub fn run_eval(a: &EvalArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
-    let cfg = TrainConfig::from_toml(&ck.config_toml, &format!("config stored in {}", a.checkpoint.display()))?;
+    let cfg = TrainConfig::from_toml(
+        &ck.config_toml,
+        &format!("config stored in {}", a.checkpoint.display()),
+    )?;
     let threads = threads_or_default(a.threads)?;
     let opts = RunOptions {
         out_dir: None,
@@ -215,7 +246,11 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     let res = crate::util::with_threads(threads, move || -> Result<serde_json::Value> {
         let mut t = Trainer::new(cfg, opts)?;
         let (loss, acc) = t.evaluate()?;
-        let swa = if t.swa.n > 0 { Some(t.evaluate_swa()?) } else { None };
+        let swa = if t.swa.n > 0 {
+            Some(t.evaluate_swa()?)
+        } else {
+            None
+        };
         Ok(serde_json::json!({
             "checkpoint": a.checkpoint.display().to_string(),
             "name": t.cfg.name, "precision": t.cfg.precision.name, "epoch": t.epoch, "step": t.step,

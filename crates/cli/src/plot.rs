@@ -25,8 +25,13 @@ struct Row {
 fn read_rows(p: &PathBuf) -> Result<Vec<Row>> {
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let r: Row = serde_json::from_str(line).with_context(|| format!("{}:{}: not a metrics line", p.display(), i + 1))?;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let r: Row = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a metrics line", p.display(), i + 1))?;
         if !r.test_acc.is_finite() {
             bail!("{}:{}: test_acc is not finite", p.display(), i + 1);
         }
@@ -41,12 +46,21 @@ fn read_rows(p: &PathBuf) -> Result<Vec<Row>> {
 /// Test accuracy (%) vs epoch for several runs, SWA curves dashed (the shape of 002 Fig. 1).
 pub fn plot_accuracy(files: &[PathBuf], out: &Path, title: &str) -> Result<()> {
     register_font();
-    let runs: Vec<(String, Vec<Row>)> =
-        files.iter().map(|f| Ok((crate::cmd_train::run_label(f), read_rows(f)?))).collect::<Result<_>>()?;
-    let max_epoch = runs.iter().flat_map(|(_, r)| r.iter().map(|x| x.epoch + 1)).max().unwrap_or(1);
+    let runs: Vec<(String, Vec<Row>)> = files
+        .iter()
+        .map(|f| Ok((crate::cmd_train::run_label(f), read_rows(f)?)))
+        .collect::<Result<_>>()?;
+    let max_epoch = runs
+        .iter()
+        .flat_map(|(_, r)| r.iter().map(|x| x.epoch + 1))
+        .max()
+        .unwrap_or(1);
     let accs: Vec<f64> = runs
         .iter()
-        .flat_map(|(_, r)| r.iter().flat_map(|x| std::iter::once(x.test_acc).chain(x.swa_test_acc)))
+        .flat_map(|(_, r)| {
+            r.iter()
+                .flat_map(|x| std::iter::once(x.test_acc).chain(x.swa_test_acc))
+        })
         .map(|a| a * 100.0)
         .collect();
     let lo = accs.iter().copied().fold(f64::INFINITY, f64::min);
@@ -68,21 +82,36 @@ pub fn plot_accuracy(files: &[PathBuf], out: &Path, title: &str) -> Result<()> {
         .x_label_area_size(44)
         .y_label_area_size(60)
         .build_cartesian_2d(1f64..max_epoch as f64, y0..y1)?;
-    chart.configure_mesh().x_desc("epoch").y_desc("test accuracy (%)").label_style(("sans-serif", 15)).draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_desc("test accuracy (%)")
+        .label_style(("sans-serif", 15))
+        .draw()?;
     for (i, (label, rows)) in runs.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let pts: Vec<(f64, f64)> = rows.iter().map(|r| ((r.epoch + 1) as f64, r.test_acc * 100.0)).collect();
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| ((r.epoch + 1) as f64, r.test_acc * 100.0))
+            .collect();
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
             .label(format!("{label} (SGD)"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        let swa: Vec<(f64, f64)> =
-            rows.iter().filter_map(|r| r.swa_test_acc.map(|a| ((r.epoch + 1) as f64, a * 100.0))).collect();
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        let swa: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| r.swa_test_acc.map(|a| ((r.epoch + 1) as f64, a * 100.0)))
+            .collect();
         if !swa.is_empty() {
             chart
                 .draw_series(DashedLineSeries::new(swa, 6, 4, color.stroke_width(3)))?
                 .label(format!("{label} (SWA)"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                });
         }
     }
     chart
@@ -92,6 +121,7 @@ pub fn plot_accuracy(files: &[PathBuf], out: &Path, title: &str) -> Result<()> {
         .label_font(("sans-serif", 15))
         .position(SeriesLabelPosition::LowerRight)
         .draw()?;
-    root.present().with_context(|| format!("writing {}", out.display()))?;
+    root.present()
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }

@@ -37,7 +37,9 @@ fn mlp_loss_f64(x: &[f64], w1: &[f64], b1: &[f64], w2: &[f64], labels: &[u8], ba
         let h: Vec<f64> = (0..5)
             .map(|j| (b1[j] + (0..6).map(|k| x[r * 6 + k] * w1[j * 6 + k]).sum::<f64>()).max(0.0))
             .collect();
-        let z: Vec<f64> = (0..4).map(|c| (0..5).map(|j| h[j] * w2[c * 5 + j]).sum()).collect();
+        let z: Vec<f64> = (0..4)
+            .map(|c| (0..5).map(|j| h[j] * w2[c * 5 + j]).sum())
+            .collect();
         let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
         total += lse - z[labels[r] as usize];
@@ -55,16 +57,32 @@ fn mlp_gradients_match_finite_differences() {
     let policy = Precision::fp32();
     let backend = CpuBackend;
     let mut ctx = Ctx::new(&backend, &policy, 0);
-    let out = model.forward(&mut ctx, Tensor::new(x.clone(), vec![batch, 2, 3]).unwrap(), true).unwrap();
-    let lo = Loss::new(LossKind::CrossEntropy).forward(&out, Target::Labels(&labels)).unwrap();
+    let out = model
+        .forward(
+            &mut ctx,
+            Tensor::new(x.clone(), vec![batch, 2, 3]).unwrap(),
+            true,
+        )
+        .unwrap();
+    let lo = Loss::new(LossKind::CrossEntropy)
+        .forward(&out, Target::Labels(&labels))
+        .unwrap();
     model.backward(&mut ctx, lo.grad).unwrap();
     let p = model.params();
     let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["fc1.weight", "fc1.bias", "fc2.weight"]);
-    let vals: Vec<Vec<f64>> = p.iter().map(|p| p.value.iter().map(|&v| v as f64).collect()).collect();
+    let vals: Vec<Vec<f64>> = p
+        .iter()
+        .map(|p| p.value.iter().map(|&v| v as f64).collect())
+        .collect();
     let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let f = |v: &[Vec<f64>]| mlp_loss_f64(&x64, &v[0], &v[1], &v[2], &labels, batch);
-    assert!((f(&vals) - lo.loss).abs() < 1e-5, "loss {} vs {}", lo.loss, f(&vals));
+    assert!(
+        (f(&vals) - lo.loss).abs() < 1e-5,
+        "loss {} vs {}",
+        lo.loss,
+        f(&vals)
+    );
     let h = 1e-6;
     for (pi, param) in p.iter().enumerate() {
         for k in 0..param.value.len() {
@@ -73,7 +91,11 @@ fn mlp_gradients_match_finite_differences() {
             b[pi][k] -= h;
             let fd = (f(&a) - f(&b)) / (2.0 * h);
             let g = param.grad[k] as f64;
-            assert!((g - fd).abs() <= 1e-4 * (1.0 + fd.abs()), "{}[{k}]: {g} vs {fd}", param.name);
+            assert!(
+                (g - fd).abs() <= 1e-4 * (1.0 + fd.abs()),
+                "{}[{k}]: {g} vs {fd}",
+                param.name
+            );
         }
     }
 }
@@ -85,7 +107,9 @@ fn cross_entropy_and_mse_gradients_match_finite_differences() {
     let z: Vec<f32> = rng.vec(b * c, 3.0);
     let labels = [0u8, 6, 2, 2];
     let t = Tensor::new(z.clone(), vec![b, c]).unwrap();
-    let lo = Loss::new(LossKind::CrossEntropy).forward(&t, Target::Labels(&labels)).unwrap();
+    let lo = Loss::new(LossKind::CrossEntropy)
+        .forward(&t, Target::Labels(&labels))
+        .unwrap();
     let ce = |z: &[f64]| -> f64 {
         (0..b)
             .map(|r| {
@@ -97,8 +121,16 @@ fn cross_entropy_and_mse_gradients_match_finite_differences() {
             / b as f64
     };
     let target = rng.vec(b * c, 1.0);
-    let mo = Loss::new(LossKind::Mse).forward(&t, Target::Values(&target)).unwrap();
-    let mse = |z: &[f64]| -> f64 { z.iter().zip(&target).map(|(a, t)| (a - *t as f64).powi(2)).sum::<f64>() / (b * c) as f64 };
+    let mo = Loss::new(LossKind::Mse)
+        .forward(&t, Target::Values(&target))
+        .unwrap();
+    let mse = |z: &[f64]| -> f64 {
+        z.iter()
+            .zip(&target)
+            .map(|(a, t)| (a - *t as f64).powi(2))
+            .sum::<f64>()
+            / (b * c) as f64
+    };
     let z64: Vec<f64> = z.iter().map(|&v| v as f64).collect();
     assert!((ce(&z64) - lo.loss).abs() < 1e-6 && (mse(&z64) - mo.loss).abs() < 1e-6);
     for k in 0..z.len() {
@@ -112,8 +144,12 @@ fn cross_entropy_and_mse_gradients_match_finite_differences() {
     }
     // per-example MSE is the anomaly score of the auto-encoder
     assert_eq!(mo.per_example.len(), b);
-    assert!(Loss::new(LossKind::CrossEntropy).forward(&t, Target::Labels(&[0, 1])).is_err());
-    assert!(Loss::new(LossKind::CrossEntropy).forward(&t, Target::Labels(&[0, 1, 2, 9])).is_err());
+    assert!(Loss::new(LossKind::CrossEntropy)
+        .forward(&t, Target::Labels(&[0, 1]))
+        .is_err());
+    assert!(Loss::new(LossKind::CrossEntropy)
+        .forward(&t, Target::Labels(&[0, 1, 2, 9]))
+        .is_err());
 }
 
 #[test]
@@ -144,7 +180,10 @@ p = 0.3
     let zeros = a.data.iter().filter(|&&v| v == 0.0).count() as f64 / 4000.0;
     assert!((zeros - 0.3).abs() < 0.03, "drop rate {zeros}");
     let mean = a.data.iter().sum::<f32>() / 4000.0;
-    assert!((mean - 1.0).abs() < 0.05, "inverted dropout keeps the mean: {mean}");
+    assert!(
+        (mean - 1.0).abs() < 0.05,
+        "inverted dropout keeps the mean: {mean}"
+    );
     // eval mode is the identity
     let mut ctx = Ctx::new(&backend, &policy, 5);
     assert_eq!(model.forward(&mut ctx, x.clone(), false).unwrap(), x);
@@ -153,36 +192,54 @@ p = 0.3
 #[test]
 fn bad_descriptions_are_clear_errors() {
     let cases = [
-        (r#"input = [4]
+        (
+            r#"input = [4]
 loss = "mse"
-layer = []"#, "no layers"),
-        (r#"input = [0, 4]
+layer = []"#,
+            "no layers",
+        ),
+        (
+            r#"input = [0, 4]
 loss = "mse"
 [[layer]]
-type = "relu""#, "zero"),
-        (r#"input = [4]
+type = "relu""#,
+            "zero",
+        ),
+        (
+            r#"input = [4]
 loss = "mse"
 [[layer]]
 type = "linear"
-out = 0"#, "out >= 1"),
-        (r#"input = [4]
+out = 0"#,
+            "out >= 1",
+        ),
+        (
+            r#"input = [4]
 loss = "mse"
 [[layer]]
 type = "relu"
 name = "a"
 [[layer]]
 type = "relu"
-name = "a""#, "used twice"),
-        (r#"input = [4]
+name = "a""#,
+            "used twice",
+        ),
+        (
+            r#"input = [4]
 loss = "mse"
 [[layer]]
 type = "relu"
-from = ["nowhere"]"#, "nowhere"),
-        (r#"input = [4]
+from = ["nowhere"]"#,
+            "nowhere",
+        ),
+        (
+            r#"input = [4]
 loss = "mse"
 [[layer]]
 type = "dropout"
-p = 1.5"#, "dropout probability"),
+p = 1.5"#,
+            "dropout probability",
+        ),
     ];
     for (text, needle) in cases {
         let e = match toml::from_str::<NetworkSpec>(text) {
@@ -196,20 +253,31 @@ p = 1.5"#, "dropout probability"),
     let policy = Precision::fp32();
     let backend = CpuBackend;
     let mut ctx = Ctx::new(&backend, &policy, 0);
-    let e = m.forward(&mut ctx, Tensor::zeros(vec![2, 3, 2]), true).unwrap_err().to_string();
+    let e = m
+        .forward(&mut ctx, Tensor::zeros(vec![2, 3, 2]), true)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("examples of shape"), "{e}");
 }
 
 #[test]
 fn precision_policies_parse_with_overrides() {
-    let p: Precision = "bfp8,weights=bfp6:tensor:stochastic,errors=bfp8:example".parse().unwrap();
+    let p: Precision = "bfp8,weights=bfp6:tensor:stochastic,errors=bfp8:example"
+        .parse()
+        .unwrap();
     assert_eq!(p.weights.to_string(), "bfp6:tensor:stochastic");
     assert_eq!(p.errors.to_string(), "bfp8:axis0:stochastic");
     assert!(p.grads.is_f32());
     let s: Precision = "swalp".parse().unwrap();
     assert!(!s.grads.is_f32() && !s.momentum.is_f32() && !s.master.is_f32());
     assert!(Precision::fp32().is_fp32());
-    for bad in ["", "int8", "bfp8,weights", "bfp8,foo=bfp8", "bfp8,weights=bfp99"] {
+    for bad in [
+        "",
+        "int8",
+        "bfp8,weights",
+        "bfp8,foo=bfp8",
+        "bfp8,weights=bfp99",
+    ] {
         assert!(bad.parse::<Precision>().is_err(), "{bad}");
     }
 }
