@@ -744,6 +744,13 @@ pub struct DetectArgs {
     /// Windows per scoring batch.
     #[arg(long, default_value_t = 1000)]
     pub score_batch: usize,
+    /// Retrain from the next model seed when the threshold exceeds this many times the
+    /// median training error (0: never).
+    #[arg(long, default_value_t = 4.0)]
+    pub max_spread: f64,
+    /// Initial trainings at most (with --max-spread).
+    #[arg(long, default_value_t = 4)]
+    pub max_attempts: u32,
     /// GEMM backend: cpu, or an FPGA simulator design such as zcu111-16x16.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
@@ -790,6 +797,8 @@ fn detect(a: &DetectArgs) -> Result<()> {
         refresh_iterations: a.refresh_iterations,
         score_batch: a.score_batch,
         chunk_samples: 1 << 16,
+        max_spread: a.max_spread,
+        max_attempts: a.max_attempts,
     };
     cfg.validate()?;
     let backend = make_backend(&a.backend)?;

@@ -7,8 +7,14 @@
 //!    fixed from then on.
 //! 2. **Train**: `ae.iterations` iterations of low-precision SGD on that batch
 //!    ([`Autoencoder::train`]: constant learning rate, then SWA), threshold from the batch's
-//!    reconstruction errors by the configured rule. The batch's own windows are then scored
-//!    by this first model, so every window of the stream gets a record.
+//!    reconstruction errors by the configured rule. Health check (no labels needed): if
+//!    the threshold exceeds `max_spread` (4) times the batch's median error, the training
+//!    got stuck with part of the normal signal badly reconstructed (measured: a spread of
+//!    about 2.3 when training works, 5 to 20 when it does not), and the model is
+//!    retrained from the next model seed, at most `max_attempts` (4) trainings in all; if
+//!    none passes, the one with the smallest spread runs.
+//!    The batch's own windows are then scored by the chosen model, so every window of the
+//!    stream gets a record.
 //! 3. **Score** every following window, in scoring batches of `score_batch` windows (a batch
 //!    is cut only by the window count, so the results never depend on how the input arrives).
 //! 4. **Refresh schedule**: after every `refresh_every` scored windows (counted from the end
@@ -28,7 +34,7 @@ use std::time::Instant;
 use lowprec_kernels::GemmBackend;
 
 use crate::autoencoder::{AeConfig, Autoencoder};
-use crate::metrics::Confusion;
+use crate::metrics::{percentile, Confusion};
 use crate::sigmf::SampleStream;
 use crate::window::{LabelRange, Normaliser, WindowConfig, WindowStream, Windows};
 use crate::{Iq, RfError};
@@ -48,6 +54,11 @@ pub struct DetectConfig {
     pub score_batch: usize,
     /// Samples read from the input per chunk.
     pub chunk_samples: usize,
+    /// Health check of the initial training (label-free): when the threshold exceeds
+    /// `max_spread` times the median training error, the model is retrained from the next
+    /// model seed, up to `max_attempts` trainings in all. 0 disables the check.
+    pub max_spread: f64,
+    pub max_attempts: u32,
 }
 
 impl Default for DetectConfig {
@@ -61,6 +72,8 @@ impl Default for DetectConfig {
             refresh_iterations: 10,
             score_batch: 1000,
             chunk_samples: 1 << 16,
+            max_spread: 4.0,
+            max_attempts: 4,
         }
     }
 }
@@ -149,6 +162,12 @@ pub struct DetectSummary {
     pub flagged: u64,
     pub train_windows: usize,
     pub initial_iterations: u64,
+    /// Initial trainings run (more than 1 when the health check rejected a model).
+    pub training_attempts: u32,
+    /// The model seed of the model that ran.
+    pub model_seed: u64,
+    /// Threshold over median training error of each attempt.
+    pub training_spreads: Vec<f64>,
     pub refreshes: u64,
     pub skipped_refreshes: u64,
     pub precision_policy: String,
@@ -370,10 +389,40 @@ pub fn run_detector<R: Read>(
     let mut train = windows.empty_windows();
     windows.push(&head, &mut train);
     debug_assert_eq!(train.len(), cfg.train_windows);
-    // 2. Train on it.
-    let mut ae = Autoencoder::new(cfg.ae.clone())?;
+    // 2. Train on it, retraining from the next seed if the errors of the batch itself are
+    // spread far above their median (a model that reconstructs part of the normal signal
+    // badly: its threshold would hide the anomalies).
     let t0 = Instant::now();
-    let threshold = ae.train(backend, &train.inputs)?;
+    let mut spreads = Vec::new();
+    let mut attempt = 0u32;
+    // (spread, model, threshold) of the best attempt so far.
+    let mut best: Option<(f64, Autoencoder, f32)> = None;
+    let (ae, threshold) = loop {
+        let seed = cfg.ae.seed.wrapping_add(u64::from(attempt));
+        let mut ae = Autoencoder::new(AeConfig {
+            seed,
+            ..cfg.ae.clone()
+        })?;
+        let threshold = ae.train(backend, &train.inputs)?;
+        attempt += 1;
+        if cfg.max_spread <= 0.0 {
+            break (ae, threshold);
+        }
+        let median = percentile(&ae.scores(backend, &train.inputs)?, 50.0)?;
+        let spread = f64::from(threshold) / median.max(f64::MIN_POSITIVE);
+        spreads.push(spread);
+        if spread <= cfg.max_spread {
+            break (ae, threshold);
+        }
+        if best.as_ref().is_none_or(|b| spread < b.0) {
+            best = Some((spread, ae, threshold));
+        }
+        if attempt >= cfg.max_attempts.max(1) {
+            // None passed: the least spread one.
+            let (_, ae, threshold) = best.take().expect("at least one attempt");
+            break (ae, threshold);
+        }
+    };
     let initial_training_seconds = t0.elapsed().as_secs_f64();
     let mut run = Running {
         cfg,
@@ -428,6 +477,9 @@ pub fn run_detector<R: Read>(
         flagged: run.flagged,
         train_windows: cfg.train_windows,
         initial_iterations: cfg.ae.iterations,
+        training_attempts: attempt,
+        model_seed: run.ae.cfg.seed,
+        training_spreads: spreads,
         refreshes: run.refreshes,
         skipped_refreshes: run.skipped_refreshes,
         precision_policy: cfg.ae.precision.name.clone(),
