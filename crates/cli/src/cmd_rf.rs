@@ -736,7 +736,7 @@ pub struct DetectArgs {
     #[arg(long, default_value_t = 1000)]
     pub train_windows: usize,
     /// Scored windows between model refreshes (0: never refresh).
-    #[arg(long, default_value_t = 125_000)]
+    #[arg(long, default_value_t = 250_000)]
     pub refresh_every: u64,
     /// Iterations per refresh.
     #[arg(long, default_value_t = 10)]

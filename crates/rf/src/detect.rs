@@ -67,8 +67,9 @@ impl Default for DetectConfig {
             window: WindowConfig::default(),
             train_windows: 1000,
             ae: AeConfig::default(),
-            // Two seconds of a 1 MS/s stream with 16-sample windows.
-            refresh_every: 125_000,
+            // Four seconds of a 1 MS/s stream with 16-sample windows: 10 bfp8 iterations
+            // cost about 50 ms here, so refreshing keeps to about 1% of the stream's time.
+            refresh_every: 250_000,
             refresh_iterations: 10,
             score_batch: 1000,
             chunk_samples: 1 << 16,
