@@ -415,16 +415,28 @@ fn stochastic_rounding_uses_at_least_24_random_bits() {
 fn zero_draw_leaves_negative_integers_alone_in_every_kernel() {
     // floor(y + 0) = y for an integer y, and floor(-2.5 + 0) = -3. Found by review: an
     // earlier fast path bumped negative integers when the draw was exactly 0 (p = 2^-24).
-    let p = ScaledInt { k: 0, lo: -127, hi: 127, rounding: Rounding::Stochastic };
+    let p = ScaledInt {
+        k: 0,
+        lo: -127,
+        hi: 127,
+        rounding: Rounding::Stochastic,
+    };
     let xs = [-3.0f32, -1.0, -2.5, -0.25, 3.0, 2.5, -127.0, -0.0, 0.0];
     let want = [-3, -1, -3, -1, 3, 2, -127, 0, 0];
     for (&x, &w) in xs.iter().zip(&want) {
         assert_eq!(quantize_scalar_ref(x, &p, 0), w, "ref {x}");
-        assert_eq!(lowprec_formats::scalar::round_scaled_f32(x, &p, p.factors(), 0) as i32, w, "f32 {x}");
+        assert_eq!(
+            lowprec_formats::scalar::round_scaled_f32(x, &p, p.factors(), 0) as i32,
+            w,
+            "f32 {x}"
+        );
     }
     // Through the SIMD kernel: find element indices whose draw is 0 and put the values there.
     let key = StreamKey::new(3, 3);
-    let zeros: Vec<u64> = (3..(1u64 << 27)).filter(|&i| rng_draw(key, i) == 0).take(2).collect();
+    let zeros: Vec<u64> = (3..(1u64 << 27))
+        .filter(|&i| rng_draw(key, i) == 0)
+        .take(2)
+        .collect();
     assert!(!zeros.is_empty());
     for &z in &zeros {
         let base = z - 3; // element z sits in lane 3 of the first vector
