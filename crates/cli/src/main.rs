@@ -7,6 +7,7 @@ mod cmd_bench_gemm;
 mod cmd_bench_quantize;
 mod cmd_bench_train;
 mod cmd_hw;
+mod cmd_profile;
 mod cmd_quantize;
 mod cmd_rf;
 mod cmd_train;
@@ -38,6 +39,8 @@ enum Command {
     Plot(cmd_train::PlotArgs),
     /// List the built-in presets.
     Presets,
+    /// Per-layer forward/backward time (GEMM, quantisation, im2col, other) and peak memory.
+    Profile(cmd_profile::ProfileArgs),
     /// The accelerator model: boards, estimates, roofline, the papers' tables.
     #[command(subcommand)]
     Hw(cmd_hw::HwCommand),
@@ -75,6 +78,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => cmd_train::run_eval(a),
         Command::Plot(a) => cmd_train::run_plot(a),
         Command::Presets => cmd_train::run_presets(),
+        Command::Profile(a) => cmd_profile::run(a),
         Command::Hw(c) => cmd_hw::run(c),
         Command::Rf(c) => cmd_rf::run(c),
         Command::Bench(BenchCommand::Gemm(a)) => cmd_bench_gemm::run(a),
