@@ -268,16 +268,18 @@ impl Model {
             }
             ctx.layer_index = i;
             let dxs = node.layer.backward(ctx, &g)?;
-            for (k, &v) in node.inputs.iter().enumerate() {
+            let mut dxs = dxs.into_iter();
+            for &v in &node.inputs {
+                let dx = dxs.next();
                 if !self.requires_grad[v] {
                     continue;
                 }
-                let dx = dxs.get(k).ok_or_else(|| {
+                let dx = dx.ok_or_else(|| {
                     NnError::shape(node.layer.name(), "backward returned too few gradients")
                 })?;
                 match &mut grads[v] {
                     Some(acc) => acc.data.iter_mut().zip(&dx.data).for_each(|(a, b)| *a += b),
-                    slot => *slot = Some(dx.clone()),
+                    slot => *slot = Some(dx),
                 }
             }
         }
