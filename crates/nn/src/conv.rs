@@ -266,12 +266,7 @@ impl Conv2d {
         if matches!(&self.wq, Some((ver, _)) if *ver == v) {
             return Ok(());
         }
-        // Keyed by the weight version (not the step): re-quantising the same weights gives
-        // the same bits (evaluation, resumed runs).
-        let key = StreamKey::new(
-            ctx.seed,
-            lowprec_formats::rng::stream_id(&[self.id, StreamKind::Weights as u64, v]),
-        );
+        let key = ctx.weight_key(self.id, v);
         let tensor = format!("weights of {}", self.name);
         let (o, i) = (self.cout, self.geom.col_rows());
         let (w, fmt, step) = (&self.weight.value, ctx.policy.weights, ctx.step);

@@ -89,6 +89,16 @@ impl<'a> Ctx<'a> {
         StreamKey::new(self.seed, stream_id(&[layer_id, kind as u64, self.step]))
     }
 
+    /// The key of the weights of layer `layer_id` at weight `version`: keyed by the version,
+    /// not the step, so re-quantising unchanged weights (evaluation, a resumed run) gives the
+    /// same bits.
+    pub fn weight_key(&self, layer_id: u64, version: u64) -> StreamKey {
+        StreamKey::new(
+            self.seed,
+            stream_id(&[layer_id, StreamKind::Weights as u64, version]),
+        )
+    }
+
     /// Runs `f`, charging its time to `cat` of the current layer when profiling.
     pub fn timed<R>(&mut self, cat: Category, f: impl FnOnce(&mut Self) -> R) -> R {
         if self.profile.is_none() {

@@ -74,12 +74,7 @@ impl Linear {
         if matches!(&self.wq, Some((ver, _)) if *ver == v) {
             return Ok(());
         }
-        // The stream is keyed by the weight version, not the step, so re-quantising the same
-        // weights (evaluation, or a resumed run) gives the same bits.
-        let key = lowprec_formats::StreamKey::new(
-            ctx.seed,
-            lowprec_formats::rng::stream_id(&[self.id, StreamKind::Weights as u64, v]),
-        );
+        let key = ctx.weight_key(self.id, v);
         let tensor = format!("weights of {}", self.name);
         let (o, i) = (self.out_features, self.in_features);
         let (w, fmt, step) = (&self.weight.value, ctx.policy.weights, ctx.step);
