@@ -44,8 +44,10 @@ use crate::{Ctx, NnError, Tensor};
 /// 379 MB resident with 2^20 against 447 MB with 2^23 (one run each, shared machine).
 pub const COL_BUDGET: usize = 1 << 20;
 
-/// Output pixels at or below which the weight gradient runs transposed (see `backward`).
-const SHORT_SEGMENT: usize = 8;
+/// Largest 8-bit im2col buffer (bytes) of one weight-gradient GEMM: the weight gradient is
+/// read and written once per GEMM, so on small feature maps (VGG16's 512 channels of 4x4: 9 MB
+/// of dW against 1 MB of columns per 14 examples) longer GEMMs matter more than the buffer.
+pub const COL_BUDGET_I8: usize = 1 << 23;
 
 /// A batch of examples after Q_a or Q_e: 8-bit mantissas with one scale per example, or floats
 /// (fp32, non-BFP formats, or BFP layouts the GEMM cannot take per example).
@@ -138,6 +140,45 @@ enum Weights {
 }
 
 impl Weights {
+    /// The weights of the transposed convolution: `W[co, ci, ki, kj]` becomes
+    /// `Wt[ci, co, k-1-ki, k-1-kj]` (same scale; a tensor scale only, see `backward`).
+    fn flipped(&self, cout: usize, cin: usize, k: usize) -> Weights {
+        fn flip<T: Copy + Default>(w: &[T], cout: usize, cin: usize, k: usize) -> Vec<T> {
+            let kk = k * k;
+            let mut t = vec![T::default(); w.len()];
+            for co in 0..cout {
+                for ci in 0..cin {
+                    let src = &w[(co * cin + ci) * kk..][..kk];
+                    let dst = &mut t[(ci * cout + co) * kk..][..kk];
+                    for (o, &v) in dst.iter_mut().zip(src.iter().rev()) {
+                        *o = v;
+                    }
+                }
+            }
+            t
+        }
+        match self {
+            Weights::Q {
+                mant,
+                scales,
+                per_channel,
+                max_abs,
+            } => {
+                debug_assert!(
+                    !per_channel,
+                    "per-channel scales run along K when transposed"
+                );
+                Weights::Q {
+                    mant: flip(mant, cout, cin, k),
+                    scales: scales.clone(),
+                    per_channel: *per_channel,
+                    max_abs: *max_abs,
+                }
+            }
+            Weights::F(v) => Weights::F(flip(v, cout, cin, k)),
+        }
+    }
+
     fn floats(&self, rows: usize) -> std::borrow::Cow<'_, [f32]> {
         match self {
             Weights::F(v) => std::borrow::Cow::Borrowed(v),
@@ -210,6 +251,120 @@ fn row_major<T: Copy>(data: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
     }
 }
 
+/// Examples per chunk for geometry `g`: as many as keep `col` within [`COL_BUDGET`] (at least
+/// one).
+fn chunk_for(g: &ConvGeom) -> usize {
+    (COL_BUDGET / (g.col_rows() * g.out_pixels()).max(1)).max(1)
+}
+
+/// `y[j] = W x[j] (+ bias)` for every example of `x` through im2col and one GEMM per chunk of
+/// examples: `[Cout, rows] x col[rows, nb*P]`, scattered to `[nb, Cout, P]`. Integer GEMM when
+/// both operands are 8-bit mantissas (weights with one scale or one per row, examples with one
+/// scale each), float GEMM otherwise. The forward pass and the transposed convolution of the
+/// backward pass (stride 1) both run through here.
+fn conv_gemm(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    g: &ConvGeom,
+    cout: usize,
+    wq: &Weights,
+    xq: &Batch,
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>, NnError> {
+    let (rows, p) = (g.col_rows(), g.out_pixels());
+    let b = match xq {
+        Batch::Q { scales, .. } => scales.len(),
+        Batch::F(v) => v.len() / g.in_len(),
+    };
+    let backend = ctx.backend;
+    let mut y = vec![0f32; b * cout * p];
+    let chunk = chunk_for(g);
+    let mut cbuf: Vec<f32> = Vec::new();
+    let kerr = |e| NnError::kernel(name, e);
+    let wf = match (wq, xq) {
+        (Weights::Q { .. }, Batch::Q { .. }) => None,
+        _ => Some(wq.floats(cout)),
+    };
+    for b0 in (0..b).step_by(chunk) {
+        let nb = chunk.min(b - b0);
+        let n = nb * p;
+        cbuf.resize(cout * n, 0.0);
+        match (wq, xq) {
+            (
+                Weights::Q {
+                    mant: wm,
+                    scales: ws,
+                    per_channel,
+                    max_abs: wmax,
+                },
+                Batch::Q {
+                    mant: xm,
+                    scales: xs,
+                    max_abs: xmax,
+                },
+            ) => {
+                let mut col = vec![0i8; rows * n];
+                let xin = &xm[b0 * g.in_len()..(b0 + nb) * g.in_len()];
+                ctx.timed(Category::Im2col, |_| im2col(g, xin, nb, &mut col));
+                let a = QMatRef {
+                    mat: row_major(wm, cout, rows),
+                    scales: if *per_channel {
+                        Scales::per_index(ws)
+                    } else {
+                        Scales::uniform(ws)
+                    },
+                    max_abs: *wmax,
+                };
+                let bq = QMatRef {
+                    mat: row_major(&col, rows, n),
+                    scales: Scales {
+                        values: &xs[b0..b0 + nb],
+                        group: p,
+                        seg_stride: 0,
+                    },
+                    max_abs: *xmax,
+                };
+                let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
+                ctx.timed(Category::Gemm, |_| {
+                    backend.gemm_q8(a, bq, GemmSpec::whole_k(), cm)
+                })
+                .map_err(kerr)?;
+            }
+            _ => {
+                let wf = wf.as_ref().expect("float weights prepared above");
+                let xf = xq.floats(b0, nb, g.in_len());
+                let mut col = vec![0f32; rows * n];
+                ctx.timed(Category::Im2col, |_| im2col(g, &xf, nb, &mut col));
+                let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
+                ctx.timed(Category::Gemm, |_| {
+                    backend.gemm_f32(
+                        row_major(wf, cout, rows),
+                        row_major(&col, rows, n),
+                        false,
+                        cm,
+                    )
+                })
+                .map_err(kerr)?;
+            }
+        }
+        // Scatter [Cout, nb*P] to [nb, Cout, P] and add the bias.
+        let cb = &cbuf;
+        let yc = &mut y[b0 * cout * p..(b0 + nb) * cout * p];
+        ctx.timed(Category::Other, |_| {
+            yc.par_chunks_mut(cout * p).enumerate().for_each(|(j, ex)| {
+                for (co, out) in ex.chunks_mut(p).enumerate() {
+                    let src = &cb[co * n + j * p..][..p];
+                    match bias {
+                        Some(bv) => out.iter_mut().zip(src).for_each(|(o, s)| *o = s + bv[co]),
+                        None => out.copy_from_slice(src),
+                    }
+                }
+            })
+        });
+    }
+    Ok(y)
+}
+
 impl Conv2d {
     /// A `k x k` convolution with `cout` filters over `[cin, h, w]` examples.
     #[allow(clippy::too_many_arguments)]
@@ -258,7 +413,106 @@ impl Conv2d {
 
     /// Examples per chunk: as many as keep `col` within [`COL_BUDGET`] (at least one).
     pub fn chunk_examples(&self) -> usize {
-        (COL_BUDGET / (self.geom.col_rows() * self.geom.out_pixels()).max(1)).max(1)
+        chunk_for(&self.geom)
+    }
+
+    /// dW from 8-bit errors and activations, exactly summed per group of examples:
+    ///
+    /// ```text
+    /// groups: the examples with the same scale product qe_j * qa_j, in order of first
+    ///         appearance in the batch; each group cut into pieces of at most
+    ///         COL_BUDGET_I8 / (rows * P) examples, in batch order
+    /// dW = 0;  for each piece:  dW += tofloat(dY~[Cout, piece] col[piece]^T, qe_j * qa_j)
+    /// ```
+    ///
+    /// Every example of a piece shares one power-of-two scale, so its products sum exactly in
+    /// one integer reduction and are rescaled once. One segment per example (002's literal
+    /// reading) reads and writes the whole float dW once per example, which dominated the
+    /// backward pass on small maps (VGG16's 4x4 and 2x2 layers: segments of 16 and 4 values);
+    /// a batch holds only a few distinct exponent sums, so the groups are long. The grouping
+    /// depends on the scales alone, never on threads.
+    fn weight_grad_grouped(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        dyq: &Batch,
+        xq: &Batch,
+    ) -> Result<(), NnError> {
+        let (
+            Batch::Q {
+                mant: em,
+                scales: es,
+                max_abs: emax,
+            },
+            Batch::Q {
+                mant: xm,
+                scales: xs,
+                max_abs: xmax,
+            },
+        ) = (dyq, xq)
+        else {
+            unreachable!("called with 8-bit operands only")
+        };
+        let g = self.geom;
+        let (rows, p, cout, inl) = (g.col_rows(), g.out_pixels(), self.cout, g.in_len());
+        let mut groups: Vec<(f32, Vec<usize>)> = Vec::new();
+        for j in 0..es.len() {
+            let prod = es[j] * xs[j];
+            match groups
+                .iter_mut()
+                .find(|(s, _)| s.to_bits() == prod.to_bits())
+            {
+                Some((_, members)) => members.push(j),
+                None => groups.push((prod, vec![j])),
+            }
+        }
+        let piece_max = (COL_BUDGET_I8 / (rows * p).max(1)).max(1);
+        let backend = ctx.backend;
+        let kerr = |e| NnError::kernel(&self.name, e);
+        let gw = &mut self.weight.grad;
+        gw.fill(0.0);
+        let mut first = true;
+        let one = [1f32];
+        for (prod, members) in &groups {
+            let prod = [*prod];
+            for piece in members.chunks(piece_max) {
+                let nb = piece.len();
+                let n = nb * p;
+                let (et, col) = ctx.timed(Category::Im2col, |_| {
+                    let mut et = vec![0i8; cout * n];
+                    et.par_chunks_mut(n).enumerate().for_each(|(co, row)| {
+                        for (i, &j) in piece.iter().enumerate() {
+                            row[i * p..][..p].copy_from_slice(&em[(j * cout + co) * p..][..p]);
+                        }
+                    });
+                    let mut xin = vec![0i8; nb * inl];
+                    for (i, &j) in piece.iter().enumerate() {
+                        xin[i * inl..][..inl].copy_from_slice(&xm[j * inl..][..inl]);
+                    }
+                    let mut col = vec![0i8; rows * n];
+                    im2col(&g, &xin, nb, &mut col);
+                    (et, col)
+                });
+                let a = QMatRef {
+                    mat: row_major(&et, cout, n),
+                    scales: Scales::uniform(&prod),
+                    max_abs: *emax,
+                };
+                let bq = QMatRef {
+                    mat: row_major(&col, rows, n).t(),
+                    scales: Scales::uniform(&one),
+                    max_abs: *xmax,
+                };
+                let spec = GemmSpec {
+                    segment: usize::MAX,
+                    accumulate: !first,
+                };
+                first = false;
+                let cm = MatMut::row_major(gw, cout, rows).map_err(kerr)?;
+                ctx.timed(Category::Gemm, |_| backend.gemm_q8(a, bq, spec, cm))
+                    .map_err(kerr)?;
+            }
+        }
+        Ok(())
     }
 
     fn quantized_weights(&mut self, ctx: &mut Ctx<'_>) -> Result<(), NnError> {
@@ -346,7 +600,7 @@ impl Layer for Conv2d {
             }
         };
         let b = x.batch();
-        let (rows, p, cout) = (g.col_rows(), g.out_pixels(), self.cout);
+        let cout = self.cout;
         // Q_a, one exponent per example.
         let key = ctx.key(self.id, StreamKind::Acts);
         let (fmt, step) = (ctx.policy.acts, ctx.step);
@@ -356,89 +610,8 @@ impl Layer for Conv2d {
         })?;
         self.quantized_weights(ctx)?;
         let wq = &self.wq.as_ref().expect("quantised above").1;
-        let backend = ctx.backend;
-        let mut y = vec![0f32; b * cout * p];
-        let chunk = self.chunk_examples();
-        let mut cbuf: Vec<f32> = Vec::new();
-        let kerr = |e| NnError::kernel(&self.name, e);
-        for b0 in (0..b).step_by(chunk) {
-            let nb = chunk.min(b - b0);
-            let n = nb * p;
-            cbuf.resize(cout * n, 0.0);
-            match (wq, &xq) {
-                (
-                    Weights::Q {
-                        mant: wm,
-                        scales: ws,
-                        per_channel,
-                        max_abs: wmax,
-                    },
-                    Batch::Q {
-                        mant: xm,
-                        scales: xs,
-                        max_abs: xmax,
-                    },
-                ) => {
-                    let mut col = vec![0i8; rows * n];
-                    let xin = &xm[b0 * g.in_len()..(b0 + nb) * g.in_len()];
-                    ctx.timed(Category::Im2col, |_| im2col(&g, xin, nb, &mut col));
-                    let a = QMatRef {
-                        mat: row_major(wm, cout, rows),
-                        scales: if *per_channel {
-                            Scales::per_index(ws)
-                        } else {
-                            Scales::uniform(ws)
-                        },
-                        max_abs: *wmax,
-                    };
-                    let bq = QMatRef {
-                        mat: row_major(&col, rows, n),
-                        scales: Scales {
-                            values: &xs[b0..b0 + nb],
-                            group: p,
-                            seg_stride: 0,
-                        },
-                        max_abs: *xmax,
-                    };
-                    let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
-                    ctx.timed(Category::Gemm, |_| {
-                        backend.gemm_q8(a, bq, GemmSpec::whole_k(), cm)
-                    })
-                    .map_err(kerr)?;
-                }
-                _ => {
-                    let wf = wq.floats(cout);
-                    let xf = xq.floats(b0, nb, g.in_len());
-                    let mut col = vec![0f32; rows * n];
-                    ctx.timed(Category::Im2col, |_| im2col(&g, &xf, nb, &mut col));
-                    let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
-                    ctx.timed(Category::Gemm, |_| {
-                        backend.gemm_f32(
-                            row_major(&wf, cout, rows),
-                            row_major(&col, rows, n),
-                            false,
-                            cm,
-                        )
-                    })
-                    .map_err(kerr)?;
-                }
-            }
-            // Scatter [Cout, nb*P] to [nb, Cout, P] and add the bias.
-            let bias = self.bias.as_ref().map(|p| p.value.as_slice());
-            let cb = &cbuf;
-            let yc = &mut y[b0 * cout * p..(b0 + nb) * cout * p];
-            ctx.timed(Category::Other, |_| {
-                yc.par_chunks_mut(cout * p).enumerate().for_each(|(j, ex)| {
-                    for (co, out) in ex.chunks_mut(p).enumerate() {
-                        let src = &cb[co * n + j * p..][..p];
-                        match bias {
-                            Some(bv) => out.iter_mut().zip(src).for_each(|(o, s)| *o = s + bv[co]),
-                            None => out.copy_from_slice(src),
-                        }
-                    }
-                })
-            });
-        }
+        let bias = self.bias.as_ref().map(|p| p.value.as_slice());
+        let y = conv_gemm(ctx, &self.name, &g, cout, wq, &xq, bias)?;
         self.saved_x = if train { Some(xq) } else { None };
         Tensor::new(y, vec![b, cout, g.ho, g.wo])
     }
@@ -494,6 +667,11 @@ impl Layer for Conv2d {
                 })
             });
         }
+        // Weight gradient with 8-bit operands: one GEMM per group of examples sharing a scale
+        // (see `weight_grad_grouped`); the float path below does it chunk by chunk.
+        if let (Batch::Q { .. }, Batch::Q { .. }) = (&dyq, &xq) {
+            self.weight_grad_grouped(ctx, &dyq, &xq)?;
+        }
         let need_dx = ctx.need_input_grad;
         if need_dx && self.wq.is_none() {
             return Err(NnError::NoForward {
@@ -502,25 +680,33 @@ impl Layer for Conv2d {
         }
         let backend = ctx.backend;
         let kerr = |e| NnError::kernel(&self.name, e);
-        let mut dx = if need_dx {
+        let chunk = self.chunk_examples();
+        let wq = self.wq.as_ref().map(|w| &w.1);
+        // dX as the transposed convolution (stride 1): im2col of the errors, then one GEMM
+        // `W^T[Cin, Cout*k*k] x ecol` whose output is already the size of dX. The col2im route
+        // writes and re-reads a float `dcol` k*k times that size (VGG16's 64-channel layers at
+        // batch 128: 302 MB per layer), which cost more than the GEMM itself. Every product
+        // of an input pixel's gradient lands in one integer sum, rescaled once.
+        let transposed = need_dx
+            && g.stride == 1
+            && !matches!(
+                wq,
+                Some(Weights::Q {
+                    per_channel: true,
+                    ..
+                })
+            );
+        let need_dcol = need_dx && !transposed;
+        let mut dx = if need_dx && !transposed {
             vec![0f32; b * g.in_len()]
         } else {
             Vec::new()
         };
-        let chunk = self.chunk_examples();
-        let wq = self.wq.as_ref().map(|w| &w.1);
         let wf = match wq {
             Some(w @ Weights::F(_)) => Some(w.floats(cout)),
-            Some(w) if need_dx && !matches!(dyq, Batch::Q { .. }) => Some(w.floats(cout)),
+            Some(w) if need_dcol && !matches!(dyq, Batch::Q { .. }) => Some(w.floats(cout)),
             _ => None,
         };
-        // With very short segments (small feature maps) the kernels' direct short-segment path
-        // keeps C in registers along the output's columns; there the GEMM ran faster as
-        // dW^T[rows, Cout] = col dY^T (VGG16's 2x2 layers, segments of 4: 57 vs 82 ms in a
-        // micro-benchmark), transposed into dW at the end.
-        let mut gw_t = (p <= SHORT_SEGMENT
-            && matches!((&dyq, &xq), (Batch::Q { .. }, Batch::Q { .. })))
-        .then(|| vec![0f32; rows * cout]);
         for b0 in (0..b).step_by(chunk) {
             let nb = chunk.min(b - b0);
             let n = nb * p;
@@ -534,54 +720,14 @@ impl Layer for Conv2d {
                         scales: es,
                         max_abs: emax,
                     },
-                    Batch::Q {
-                        mant: xm,
-                        scales: xs,
-                        max_abs: xmax,
-                    },
+                    Batch::Q { .. },
                 ) => {
-                    let et = ctx.timed(Category::Im2col, |_| gather_errors(cout, p, em, b0, nb));
-                    let mut col = vec![0i8; rows * n];
-                    let xin = &xm[b0 * g.in_len()..(b0 + nb) * g.in_len()];
-                    ctx.timed(Category::Im2col, |_| im2col(&g, xin, nb, &mut col));
-                    let spec = GemmSpec {
-                        segment: p,
-                        accumulate,
-                    };
-                    // Per-segment scales do not depend on the row or column, so the error
-                    // scales can ride on either operand: the epilogue stays
-                    // `C + ((acc * qe) * qa)` in both orientations.
-                    if let Some(gwt) = gw_t.as_mut() {
-                        let a = QMatRef {
-                            mat: row_major(&col, rows, n),
-                            scales: Scales::per_segment(&es[b0..b0 + nb]),
-                            max_abs: *xmax,
-                        };
-                        let bq = QMatRef {
-                            mat: row_major(&et, cout, n).t(),
-                            scales: Scales::per_segment(&xs[b0..b0 + nb]),
-                            max_abs: *emax,
-                        };
-                        let cm = MatMut::row_major(gwt, rows, cout).map_err(kerr)?;
-                        ctx.timed(Category::Gemm, |_| backend.gemm_q8(a, bq, spec, cm))
-                            .map_err(kerr)?;
-                    } else {
-                        let a = QMatRef {
-                            mat: row_major(&et, cout, n),
-                            scales: Scales::per_segment(&es[b0..b0 + nb]),
-                            max_abs: *emax,
-                        };
-                        let bq = QMatRef {
-                            mat: row_major(&col, rows, n).t(),
-                            scales: Scales::per_segment(&xs[b0..b0 + nb]),
-                            max_abs: *xmax,
-                        };
-                        let cm = MatMut::row_major(gw, cout, rows).map_err(kerr)?;
-                        ctx.timed(Category::Gemm, |_| backend.gemm_q8(a, bq, spec, cm))
-                            .map_err(kerr)?;
+                    // dW was done above; here only the strided layers' dX.
+                    if !need_dcol {
+                        continue;
                     }
-                    drop(col);
-                    if need_dx {
+                    let et = ctx.timed(Category::Im2col, |_| gather_errors(cout, p, em, b0, nb));
+                    {
                         let mut dcol = vec![0f32; rows * n];
                         match wq {
                             Some(Weights::Q {
@@ -659,7 +805,7 @@ impl Layer for Conv2d {
                     })
                     .map_err(kerr)?;
                     drop(col);
-                    if need_dx {
+                    if need_dcol {
                         let wfl;
                         let wf = match &wf {
                             Some(w) => w.as_ref(),
@@ -685,18 +831,16 @@ impl Layer for Conv2d {
                 }
             }
         }
-        if let Some(gwt) = gw_t {
-            let gw = &mut self.weight.grad;
-            ctx.timed(Category::Other, |_| {
-                gw.par_chunks_mut(rows).enumerate().for_each(|(co, row)| {
-                    for (r, v) in row.iter_mut().enumerate() {
-                        *v = gwt[r * cout + co];
-                    }
-                })
-            });
-        }
         if !need_dx {
             return Ok(vec![Tensor::zeros(vec![0])]);
+        }
+        if transposed {
+            let tg = ConvGeom::new(cout, g.ho, g.wo, g.k, 1, g.k - 1 - g.pad)
+                .map_err(|e| NnError::Spec(format!("{}: transposed geometry: {e}", self.name)))?;
+            debug_assert_eq!((tg.ho, tg.wo), (g.h, g.w));
+            let w = self.wq.as_ref().map(|w| &w.1).expect("checked above");
+            let wt = ctx.timed(Category::Other, |_| w.flipped(cout, g.cin, g.k));
+            dx = conv_gemm(ctx, &self.name, &tg, g.cin, &wt, &dyq, None)?;
         }
         Ok(vec![Tensor::new(dx, vec![b, g.cin, g.h, g.w])?])
     }

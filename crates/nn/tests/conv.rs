@@ -39,6 +39,12 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (2, 11, 12, 3, 1, 1, 3),
     (3, 10, 20, 3, 2, 1, 2),
     (1, 9, 33, 5, 1, 2, 1),
+    // "Same" convolutions (stride 1, output = input size) wider than 8 take the shifted-plane
+    // im2col; kernels wider than the map wrap around more than one border column.
+    (5, 2, 2, 3, 1, 1, 3),
+    (3, 1, 9, 3, 1, 1, 2),
+    (2, 4, 10, 7, 1, 3, 2),
+    (2, 3, 9, 9, 1, 4, 1),
 ];
 
 #[test]
@@ -359,15 +365,37 @@ fn bit_exact_case(policy: &Precision) {
             &policy.errors,
             ctx.key(id, StreamKind::Errors),
         );
-        // dW: one K segment per example, added in example order.
+        // dW: examples grouped by the product of their two scales (in order of first
+        // appearance); one exact integer sum per group, rescaled by that product, groups added
+        // in order (three examples fit one piece of every group).
+        let mut groups: Vec<(f32, Vec<usize>)> = Vec::new();
+        for j in 0..b {
+            let prod = es[j] * xs[j];
+            match groups
+                .iter_mut()
+                .find(|(s, _)| s.to_bits() == prod.to_bits())
+            {
+                Some((_, m)) => m.push(j),
+                None => groups.push((prod, vec![j])),
+            }
+        }
+        if policy.name == "bfp8" {
+            // Per-example exponents and examples 1e11 apart: more than one group.
+            assert!(
+                groups.len() >= 2,
+                "the test wants examples with different scales"
+            );
+        }
         for co in 0..cout {
             for r in 0..rows {
                 let mut c = 0f32;
-                for j in 0..b {
-                    let acc: i64 = (0..pp)
-                        .map(|q| em[(j * cout + co) * pp + q] * col[r * n + j * pp + q])
+                for (prod, members) in &groups {
+                    let acc: i64 = members
+                        .iter()
+                        .flat_map(|&j| (0..pp).map(move |q| (j, q)))
+                        .map(|(j, q)| em[(j * cout + co) * pp + q] * col[r * n + j * pp + q])
                         .sum();
-                    c += ((acc as f32) * es[j]) * xs[j];
+                    c += (acc as f32) * prod;
                 }
                 assert_eq!(
                     conv.weight.grad[co * rows + r].to_bits(),
@@ -376,7 +404,46 @@ fn bit_exact_case(policy: &Precision) {
                 );
             }
         }
-        // dX: dcol = W~^T dY~ rescaled, then col2im (tested against the adjoint above).
+        if s == 1 {
+            // Stride 1: dX is the transposed convolution, one integer sum per input value over
+            // every (output channel, kernel offset) that reads it, rescaled once.
+            let mut dx = vec![0f32; b * g.in_len()];
+            for j in 0..b {
+                for ci in 0..cin {
+                    for iy in 0..h {
+                        for ix in 0..w {
+                            let mut acc = 0i64;
+                            for co in 0..cout {
+                                for ki in 0..k {
+                                    for kj in 0..k {
+                                        let oy = iy as isize + p as isize - ki as isize;
+                                        let ox = ix as isize + p as isize - kj as isize;
+                                        if oy < 0
+                                            || ox < 0
+                                            || oy as usize >= g.ho
+                                            || ox as usize >= g.wo
+                                        {
+                                            continue;
+                                        }
+                                        let q = oy as usize * g.wo + ox as usize;
+                                        acc += wm[((co * cin + ci) * k + ki) * k + kj]
+                                            * em[(j * cout + co) * pp + q];
+                                    }
+                                }
+                            }
+                            dx[((j * cin + ci) * h + iy) * w + ix] = ((acc as f32) * ws[0]) * es[j];
+                        }
+                    }
+                }
+            }
+            let same = dx
+                .iter()
+                .zip(&dxs[0].data)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "dx (transposed) {g:?}");
+            continue;
+        }
+        // Strided: dcol = W~^T dY~ rescaled, then col2im (tested against the adjoint above).
         let mut dcol = vec![0f32; rows * n];
         for r in 0..rows {
             for j in 0..b {
