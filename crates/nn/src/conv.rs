@@ -36,6 +36,7 @@ use crate::im2col::{col2im, im2col, ConvGeom};
 use crate::init;
 use crate::layer::{Layer, Param};
 use crate::operand::{quantize_matrix, Operand, QData};
+use crate::scratch::Scratch;
 use crate::{Ctx, NnError, Tensor};
 
 /// Largest im2col buffer (values) a chunk of examples may produce. 2^20 keeps the float `dcol`
@@ -241,6 +242,21 @@ fn gather_errors<T: Copy + Default + Send + Sync>(
     out
 }
 
+/// All `nb` examples of `[nb, Cout, P]` errors as `[nb*P, Cout]` (one transpose per example).
+fn gather_errors_t(cout: usize, p: usize, e: &[f32]) -> Scratch<f32> {
+    let mut out = Scratch::new(e.len());
+    out.par_chunks_mut((cout * p).max(1))
+        .zip(e.par_chunks((cout * p).max(1)))
+        .for_each(|(dst, src)| {
+            for (co, plane) in src.chunks_exact(p).enumerate() {
+                for (q, &v) in plane.iter().enumerate() {
+                    dst[q * cout + co] = v;
+                }
+            }
+        });
+    out
+}
+
 fn row_major<T: Copy>(data: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
     MatRef {
         data,
@@ -279,7 +295,7 @@ fn conv_gemm(
     let backend = ctx.backend;
     let mut y = vec![0f32; b * cout * p];
     let chunk = chunk_for(g);
-    let mut cbuf: Vec<f32> = Vec::new();
+    let mut cbuf = Scratch::<f32>::new(0);
     let kerr = |e| NnError::kernel(name, e);
     let wf = match (wq, xq) {
         (Weights::Q { .. }, Batch::Q { .. }) => None,
@@ -288,7 +304,10 @@ fn conv_gemm(
     for b0 in (0..b).step_by(chunk) {
         let nb = chunk.min(b - b0);
         let n = nb * p;
-        cbuf.resize(cout * n, 0.0);
+        if cbuf.len() != cout * n {
+            cbuf = Scratch::new(cout * n);
+        }
+        let mut out_t = false;
         match (wq, xq) {
             (
                 Weights::Q {
@@ -303,7 +322,7 @@ fn conv_gemm(
                     max_abs: xmax,
                 },
             ) => {
-                let mut col = vec![0i8; rows * n];
+                let mut col = Scratch::<i8>::new(rows * n);
                 let xin = &xm[b0 * g.in_len()..(b0 + nb) * g.in_len()];
                 ctx.timed(Category::Im2col, |_| im2col(g, xin, nb, &mut col));
                 let a = QMatRef {
@@ -331,32 +350,46 @@ fn conv_gemm(
                 .map_err(kerr)?;
             }
             _ => {
+                // Float GEMM transposed, Y^T[n, Cout] = col^T W^T: the f32 GEMM ran 2.7x faster
+                // with the short Cout dimension as N (16 channels of 32x32 at batch 128:
+                // 131072x144x16 against 16x144x131072 in `lowprec bench gemm`).
                 let wf = wf.as_ref().expect("float weights prepared above");
                 let xf = xq.floats(b0, nb, g.in_len());
-                let mut col = vec![0f32; rows * n];
+                let mut col = Scratch::<f32>::new(rows * n);
                 ctx.timed(Category::Im2col, |_| im2col(g, &xf, nb, &mut col));
-                let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
+                let a = MatRef {
+                    data: &col[..],
+                    rows: n,
+                    cols: rows,
+                    row_stride: 1,
+                    col_stride: n,
+                };
+                let cm = MatMut::row_major(&mut cbuf, n, cout).map_err(kerr)?;
                 ctx.timed(Category::Gemm, |_| {
-                    backend.gemm_f32(
-                        row_major(wf, cout, rows),
-                        row_major(&col, rows, n),
-                        false,
-                        cm,
-                    )
+                    backend.gemm_f32(a, row_major(wf, cout, rows).t(), false, cm)
                 })
                 .map_err(kerr)?;
+                out_t = true;
             }
         }
-        // Scatter [Cout, nb*P] to [nb, Cout, P] and add the bias.
+        // Scatter [Cout, nb*P] (or its transpose) to [nb, Cout, P] and add the bias.
         let cb = &cbuf;
         let yc = &mut y[b0 * cout * p..(b0 + nb) * cout * p];
         ctx.timed(Category::Other, |_| {
             yc.par_chunks_mut(cout * p).enumerate().for_each(|(j, ex)| {
                 for (co, out) in ex.chunks_mut(p).enumerate() {
-                    let src = &cb[co * n + j * p..][..p];
-                    match bias {
-                        Some(bv) => out.iter_mut().zip(src).for_each(|(o, s)| *o = s + bv[co]),
-                        None => out.copy_from_slice(src),
+                    let bv = bias.map_or(0.0, |bv| bv[co]);
+                    if out_t {
+                        let src = &cb[j * p * cout..][..p * cout];
+                        for (o, s) in out.iter_mut().zip(src.iter().skip(co).step_by(cout)) {
+                            *o = s + bv;
+                        }
+                    } else {
+                        let src = &cb[co * n + j * p..][..p];
+                        match bias {
+                            Some(_) => out.iter_mut().zip(src).for_each(|(o, s)| *o = s + bv),
+                            None => out.copy_from_slice(src),
+                        }
                     }
                 }
             })
@@ -478,17 +511,17 @@ impl Conv2d {
                 let nb = piece.len();
                 let n = nb * p;
                 let (et, col) = ctx.timed(Category::Im2col, |_| {
-                    let mut et = vec![0i8; cout * n];
+                    let mut et = Scratch::<i8>::new(cout * n);
                     et.par_chunks_mut(n).enumerate().for_each(|(co, row)| {
                         for (i, &j) in piece.iter().enumerate() {
                             row[i * p..][..p].copy_from_slice(&em[(j * cout + co) * p..][..p]);
                         }
                     });
-                    let mut xin = vec![0i8; nb * inl];
+                    let mut xin = Scratch::<i8>::new(nb * inl);
                     for (i, &j) in piece.iter().enumerate() {
                         xin[i * inl..][..inl].copy_from_slice(&xm[j * inl..][..inl]);
                     }
-                    let mut col = vec![0i8; rows * n];
+                    let mut col = Scratch::<i8>::new(rows * n);
                     im2col(&g, &xin, nb, &mut col);
                     (et, col)
                 });
@@ -707,11 +740,11 @@ impl Layer for Conv2d {
             Some(w) if need_dcol && !matches!(dyq, Batch::Q { .. }) => Some(w.floats(cout)),
             _ => None,
         };
+        let mut gw_t_f: Option<Vec<f32>> = None;
         for b0 in (0..b).step_by(chunk) {
             let nb = chunk.min(b - b0);
             let n = nb * p;
             let accumulate = b0 > 0;
-            let gw = &mut self.weight.grad;
             // Weight gradient: dW[Cout, rows] (+)= dY[Cout, n] col^T[n, rows].
             match (&dyq, &xq) {
                 (
@@ -786,19 +819,26 @@ impl Layer for Conv2d {
                     }
                 }
                 _ => {
-                    // Float path (fp32, or formats the integer GEMM cannot take).
+                    // Float path (fp32, or formats the integer GEMM cannot take), transposed:
+                    // dW^T[rows, Cout] (+)= col[rows, n] dY^T[n, Cout]. The f32 GEMM ran 2-4x
+                    // faster with the short Cout dimension as N than as M (16 channels:
+                    // 144x131072x16 against 16x131072x144 in `lowprec bench gemm`).
                     let ef = dyq.floats(b0, nb, cout * p);
-                    let eft = ctx.timed(Category::Im2col, |_| gather_errors(cout, p, &ef, 0, nb));
+                    let et_t = ctx.timed(Category::Im2col, |_| gather_errors_t(cout, p, &ef));
+                    let eft = need_dcol.then(|| {
+                        ctx.timed(Category::Im2col, |_| gather_errors(cout, p, &ef, 0, nb))
+                    });
                     drop(ef);
                     let xf = xq.floats(b0, nb, g.in_len());
-                    let mut col = vec![0f32; rows * n];
+                    let mut col = Scratch::<f32>::new(rows * n);
                     ctx.timed(Category::Im2col, |_| im2col(&g, &xf, nb, &mut col));
                     drop(xf);
-                    let cm = MatMut::row_major(gw, cout, rows).map_err(kerr)?;
+                    let gwt = gw_t_f.get_or_insert_with(|| vec![0f32; rows * cout]);
+                    let cm = MatMut::row_major(gwt, rows, cout).map_err(kerr)?;
                     ctx.timed(Category::Gemm, |_| {
                         backend.gemm_f32(
-                            row_major(&eft, cout, n),
-                            row_major(&col, rows, n).t(),
+                            row_major(&col, rows, n),
+                            row_major(&et_t, n, cout),
                             accumulate,
                             cm,
                         )
@@ -819,7 +859,7 @@ impl Layer for Conv2d {
                         ctx.timed(Category::Gemm, |_| {
                             backend.gemm_f32(
                                 row_major(wf, cout, rows).t(),
-                                row_major(&eft, cout, n),
+                                row_major(eft.as_ref().expect("gathered for dcol"), cout, n),
                                 false,
                                 cm,
                             )
@@ -830,6 +870,16 @@ impl Layer for Conv2d {
                     }
                 }
             }
+        }
+        if let Some(gwt) = gw_t_f {
+            let gw = &mut self.weight.grad;
+            ctx.timed(Category::Other, |_| {
+                gw.par_chunks_mut(rows).enumerate().for_each(|(co, row)| {
+                    for (r, v) in row.iter_mut().enumerate() {
+                        *v = gwt[r * cout + co];
+                    }
+                })
+            });
         }
         if !need_dx {
             return Ok(vec![Tensor::zeros(vec![0])]);

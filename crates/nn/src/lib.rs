@@ -24,6 +24,7 @@ pub mod operand;
 pub mod pool;
 pub mod precision;
 pub mod residual;
+pub mod scratch;
 pub mod shape;
 pub mod spec;
 pub mod tensor;
