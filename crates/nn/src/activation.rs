@@ -3,6 +3,8 @@
 use lowprec_formats::rng::{stream_id, uniform24};
 use lowprec_formats::StreamKey;
 
+use rayon::prelude::*;
+
 use crate::ctx::{Category, StreamKind};
 use crate::layer::Layer;
 use crate::{Ctx, NnError, Tensor};
@@ -55,10 +57,17 @@ impl Layer for Relu {
         ctx.timed(Category::Other, |_| {
             let y: Vec<f32> = x
                 .data
-                .iter()
+                .par_iter()
+                .with_min_len(1 << 14)
                 .map(|&v| if v > 0.0 { v } else { 0.0 })
                 .collect();
-            self.mask = train.then(|| x.data.iter().map(|&v| (v > 0.0) as u8).collect());
+            self.mask = train.then(|| {
+                x.data
+                    .par_iter()
+                    .with_min_len(1 << 14)
+                    .map(|&v| (v > 0.0) as u8)
+                    .collect()
+            });
             Tensor::new(y, x.shape.clone())
         })
     }
@@ -74,7 +83,8 @@ impl Layer for Relu {
         }
         let dx = ctx.timed(Category::Other, |_| {
             dy.data
-                .iter()
+                .par_iter()
+                .with_min_len(1 << 14)
                 .zip(&mask)
                 .map(|(&g, &m)| if m != 0 { g } else { 0.0 })
                 .collect()

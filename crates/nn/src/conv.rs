@@ -6,10 +6,19 @@
 //!            col    = im2col(X~)                  (on the 8-bit mantissas)
 //!            Y      = tofloat(W~ col, qw, qa) + b (one GEMM for a chunk of examples)
 //! backward:  dY~, qe = Q_e(dY)                    (one exponent per example)
-//!            dW     = sum_i tofloat(dY~(i) col(i)^T, qe_i, qa_i)   (one K segment per example)
-//!            dcol   = tofloat(W~^T dY~, qw, qe);  dX = col2im(dcol) (float)
+//!            dW     = sum over groups G of examples with equal qe_j * qa_j:
+//!                     tofloat(dY~(G) col(G)^T, qe_j * qa_j)    (one exact integer sum per group)
+//!            dX     = tofloat(rot180(W~)^T (*) dY~, qw, qe)   (stride 1: transposed convolution)
+//!                     col2im(tofloat(W~^T dY~, qw, qe))       (strided layers)
 //!            db     = sum over examples and pixels of dY            (float)
 //! ```
+//!
+//! Grouping the weight gradient by scale instead of one K segment per example gives the same
+//! mathematical sum with fewer roundings (products with one power-of-two scale add exactly in
+//! integers) and reads and writes dW once per group instead of once per example, which is what
+//! made small feature maps slow (segments of 16 and 4 values in VGG16's last layers). The
+//! transposed convolution keeps dX's GEMM output the size of dX, where col2im needed a float
+//! `dcol` k*k times larger (see `backward`).
 //!
 //! Layout: channels first (NCHW), what the data crate produces, so the network input needs no
 //! transpose. With NCHW the GEMM output `[Cout, nb*P]` (P = output pixels) must be scattered to
@@ -19,10 +28,10 @@
 //! output directly usable but would cost a transpose of every input image and of every
 //! feature map entering a pooling or batch-norm layer written for planes.
 //!
-//! Examples are processed in chunks whose `col` stays below [`COL_BUDGET`] values, bounding the
-//! memory of im2col buffers; the chunk size depends only on the layer's shape, never on the
-//! thread count. With BFP operands the weight gradient is identical for any chunking (chunk
-//! boundaries are segment boundaries, accumulated in order). The layer keeps the quantised
+//! Examples are processed in chunks whose `col` stays below [`COL_BUDGET`] values
+//! ([`COL_BUDGET_I8`] bytes for the 8-bit weight gradient), bounding the memory of im2col
+//! buffers; chunks and groups depend only on the layer's shape and the scales, never on the
+//! thread count. The layer keeps the quantised
 //! input (one byte per value in BFP8) for backward and recomputes its im2col there.
 //! Weights are He-initialised from the fan-out (`uniform(+-sqrt(6 / (k*k*Cout)))`, SWALP's
 //! `normal(0, sqrt(2/n))` in uniform form); biases start at 0.

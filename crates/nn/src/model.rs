@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
+
 use crate::activation::{Dropout, Flatten, Relu};
 use crate::batchnorm::BatchNorm2d;
 use crate::conv::Conv2d;
@@ -278,7 +280,12 @@ impl Model {
                     NnError::shape(node.layer.name(), "backward returned too few gradients")
                 })?;
                 match &mut grads[v] {
-                    Some(acc) => acc.data.iter_mut().zip(&dx.data).for_each(|(a, b)| *a += b),
+                    Some(acc) => acc
+                        .data
+                        .par_iter_mut()
+                        .with_min_len(1 << 14)
+                        .zip(&dx.data)
+                        .for_each(|(a, b)| *a += b),
                     slot => *slot = Some(dx),
                 }
             }
