@@ -163,11 +163,17 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
                 }
                 dst[..oy_lo * g.wo].fill(T::default());
                 dst[oy_hi * g.wo..].fill(T::default());
-                if ox_lo > 0 || ox_hi < g.wo {
-                    for oy in oy_lo..oy_hi {
-                        let out = &mut dst[oy * g.wo..][..g.wo];
-                        out[..ox_lo].fill(T::default());
-                        out[ox_hi..].fill(T::default());
+                // Border columns (at most `pad` on each side) one column at a time down the
+                // rows: a `fill` per row and side was a `memset` call per byte, 4% of a
+                // PreResNet-20 bfp8 iteration in `perf`.
+                if oy_lo < oy_hi {
+                    for ox in (0..ox_lo).chain(ox_hi..g.wo) {
+                        for v in dst[oy_lo * g.wo + ox..oy_hi * g.wo]
+                            .iter_mut()
+                            .step_by(g.wo)
+                        {
+                            *v = T::default();
+                        }
                     }
                 }
             }
