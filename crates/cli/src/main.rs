@@ -64,33 +64,7 @@ enum BenchCommand {
     Quantize(cmd_bench_quantize::BenchQuantizeArgs),
 }
 
-/// Re-runs this program once with glibc's `hugetlb=1` malloc tunable unless the user set
-/// `GLIBC_TUNABLES` already. glibc maps every block over 32 MB afresh (VGG16's 33.5 MB activation
-/// tensors at batch 128), so with 4 KB pages each such tensor page-faults in again in every
-/// layer. With transparent huge pages on those mappings, `lowprec profile vgg16-cifar --batch
-/// 128 --precision bfp8 --iters 2` took 73-75k minor faults instead of 344k, and the ReLU,
-/// pooling and scatter time fell from 442 to 298-357 ms per iteration; whole iterations were
-/// 2-4% faster in an alternating A/B (the machine's noise is of the same size). The tunable is
-/// read only at start-up, hence the exec.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn reexec_with_huge_pages() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os("GLIBC_TUNABLES").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    // `exec` returns only on failure; then carry on without huge pages.
-    let _ = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
-        .exec();
-}
-
 fn main() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    reexec_with_huge_pages();
     // `lowprec presets | head` should end quietly, as other Unix tools do, not panic in println!.
     // SAFETY: restoring the default disposition of a signal before any thread starts.
     #[cfg(unix)]
