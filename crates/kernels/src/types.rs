@@ -141,6 +141,15 @@ impl<'a> Scales<'a> {
             seg_stride: 0,
         }
     }
+    /// One scale per `group` consecutive outer indices, same for every segment (a convolution's
+    /// examples: the columns of one example's output pixels share its scale).
+    pub fn per_group(values: &'a [f32], group: usize) -> Self {
+        Self {
+            values,
+            group,
+            seg_stride: 0,
+        }
+    }
     /// One scale per K segment, the same for every outer index (002's per-example weight
     /// gradient: segment `s` is example `s`).
     pub fn per_segment(values: &'a [f32]) -> Self {

@@ -304,7 +304,6 @@ fn conv_gemm(
     let backend = ctx.backend;
     let mut y = vec![0f32; b * cout * p];
     let chunk = chunk_for(g);
-    let mut cbuf = Scratch::<f32>::new(0);
     let kerr = |e| NnError::kernel(name, e);
     let wf = match (wq, xq) {
         (Weights::Q { .. }, Batch::Q { .. }) => None,
@@ -313,9 +312,7 @@ fn conv_gemm(
     for b0 in (0..b).step_by(chunk) {
         let nb = chunk.min(b - b0);
         let n = nb * p;
-        if cbuf.len() != cout * n {
-            cbuf = Scratch::new(cout * n);
-        }
+        let mut cbuf = Scratch::<f32>::new(cout * n);
         let mut out_t = false;
         match (wq, xq) {
             (
@@ -345,11 +342,7 @@ fn conv_gemm(
                 };
                 let bq = QMatRef {
                     mat: row_major(&col, rows, n),
-                    scales: Scales {
-                        values: &xs[b0..b0 + nb],
-                        group: p,
-                        seg_stride: 0,
-                    },
+                    scales: Scales::per_group(&xs[b0..b0 + nb], p),
                     max_abs: *xmax,
                 };
                 let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
@@ -792,11 +785,7 @@ impl Layer for Conv2d {
                                 };
                                 let bq = QMatRef {
                                     mat: row_major(&et, cout, n),
-                                    scales: Scales {
-                                        values: &es[b0..b0 + nb],
-                                        group: p,
-                                        seg_stride: 0,
-                                    },
+                                    scales: Scales::per_group(&es[b0..b0 + nb], p),
                                     max_abs: *emax,
                                 };
                                 let spec = GemmSpec {
