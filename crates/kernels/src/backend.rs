@@ -6,7 +6,6 @@
 //! same three methods later without touching the layers. Every backend must follow the
 //! semantics in [`crate::types`] so that results are bit-identical across backends.
 
-use crate::conv::QConvRef;
 use crate::types::{GemmSpec, MatMut, MatRef, QMatRef};
 use crate::KernelError;
 
@@ -22,27 +21,6 @@ pub trait GemmBackend: Send + Sync {
         spec: GemmSpec,
         c: MatMut<'_, f32>,
     ) -> Result<(), KernelError>;
-
-    /// Quantised 8-bit GEMM whose B is a convolution's column matrix, described by the
-    /// convolution's input (see [`crate::conv`]). The default builds the matrix with
-    /// [`crate::conv::im2col_ref`] and calls [`GemmBackend::gemm_q8`], so a backend only
-    /// overrides it to avoid materialising the matrix; the bits must be the same.
-    fn gemm_q8_conv(
-        &self,
-        a: QMatRef<'_, i8>,
-        b: QConvRef<'_>,
-        spec: GemmSpec,
-        c: MatMut<'_, f32>,
-    ) -> Result<(), KernelError> {
-        b.validate()?;
-        let col = crate::conv::im2col_ref(&b.shape, b.data, b.batch);
-        let bm = QMatRef {
-            mat: MatRef::row_major(&col, b.rows(), b.cols())?,
-            scales: b.scales,
-            max_abs: b.max_abs,
-        };
-        self.gemm_q8(a, bm, spec, c)
-    }
 
     /// Quantised GEMM with 9..16-bit mantissas stored as i16.
     fn gemm_q16(
@@ -79,15 +57,6 @@ impl GemmBackend for CpuBackend {
         c: MatMut<'_, f32>,
     ) -> Result<(), KernelError> {
         crate::gemm_q8(a, b, spec, c)
-    }
-    fn gemm_q8_conv(
-        &self,
-        a: QMatRef<'_, i8>,
-        b: QConvRef<'_>,
-        spec: GemmSpec,
-        c: MatMut<'_, f32>,
-    ) -> Result<(), KernelError> {
-        crate::gemm_q8_conv(a, b, spec, c)
     }
     fn gemm_q16(
         &self,

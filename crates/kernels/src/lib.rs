@@ -15,7 +15,6 @@
 //! (throughput tables for `lowprec bench gemm`).
 
 pub mod bench;
-pub mod conv;
 pub mod f32gemm;
 pub mod pack;
 pub mod qgemm;
@@ -24,9 +23,8 @@ mod smallseg;
 pub mod types;
 pub mod ukernel;
 
-pub use conv::{ConvShape, QConvRef};
 pub use f32gemm::{gemm_f32_with, F32Impl};
-pub use qgemm::{gemm_i8_i32_with, gemm_q, gemm_q8_conv_with};
+pub use qgemm::{gemm_i8_i32_with, gemm_q};
 pub use types::{k_chunks, k_safe, segment_count, GemmSpec, MatMut, MatRef, QMatRef, Scales};
 pub use ukernel::Isa;
 
@@ -51,17 +49,6 @@ pub fn gemm_q8(
     c: MatMut<'_, f32>,
 ) -> Result<(), KernelError> {
     qgemm::gemm_q(Isa::detect(), a, b, spec, c)
-}
-
-/// Quantised 8-bit GEMM whose B is a convolution's implicit column matrix (see [`conv`]), on
-/// the fastest kernels this CPU runs; same bits as [`gemm_q8`] on [`conv::im2col_ref`]'s matrix.
-pub fn gemm_q8_conv(
-    a: QMatRef<'_, i8>,
-    b: QConvRef<'_>,
-    spec: GemmSpec,
-    c: MatMut<'_, f32>,
-) -> Result<(), KernelError> {
-    qgemm::gemm_q8_conv_with(Isa::detect(), a, b, spec, c)
 }
 
 /// Quantised 9..16-bit GEMM (mantissas in i16); same bits as [`reference::gemm_q16_ref`].

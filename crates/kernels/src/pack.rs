@@ -31,33 +31,6 @@ pub trait QElem: Copy + Ord + Send + Sync + Into<i32> + 'static {
     ) -> bool {
         false
     }
-    /// Packs one full strip (`NR` columns from `n`) of a convolution's implicit column matrix
-    /// for the k sub-ranges `ranges`, if a fast path exists for this shape; returns false
-    /// otherwise.
-    #[inline]
-    fn pack_b_conv_strip_fast(
-        _isa: Isa,
-        _src: &crate::conv::ConvSrc<'_, Self>,
-        _n: usize,
-        _ranges: &[(usize, usize)],
-        _out: &mut [i16],
-    ) -> bool {
-        false
-    }
-    /// All full strips of a convolution's implicit column matrix at once (see
-    /// [`QElem::pack_b_full_strips_fast`]); returns whether it did.
-    #[inline]
-    fn pack_b_conv_full_strips_fast(
-        _isa: Isa,
-        _src: &crate::conv::ConvSrc<'_, Self>,
-        _n0: usize,
-        _full: usize,
-        _ranges: &[(usize, usize)],
-        _pairs: usize,
-        _out: &mut [i16],
-    ) -> bool {
-        false
-    }
     /// Packs every full strip of `n0 .. n0 + full * NR` at once when a fast path exists for
     /// this layout (row-contiguous B: reading rows once, in order, instead of strip by strip,
     /// which thrashes a cache set when the row stride is a power of two); returns whether it
@@ -81,40 +54,6 @@ impl QElem for i8 {
     #[inline]
     fn widen(self) -> i16 {
         self as i16
-    }
-    #[inline]
-    fn pack_b_conv_full_strips_fast(
-        isa: Isa,
-        src: &crate::conv::ConvSrc<'_, i8>,
-        n0: usize,
-        full: usize,
-        ranges: &[(usize, usize)],
-        pairs: usize,
-        out: &mut [i16],
-    ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return crate::conv::pack_full_strips_i8_fast(isa, src, n0, full, ranges, pairs, out);
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (isa, src, n0, full, ranges, pairs, out);
-            false
-        }
-    }
-    #[inline]
-    fn pack_b_conv_strip_fast(
-        isa: Isa,
-        src: &crate::conv::ConvSrc<'_, i8>,
-        n: usize,
-        ranges: &[(usize, usize)],
-        out: &mut [i16],
-    ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return crate::conv::pack_strip_i8_fast(isa, src, n, ranges, out);
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (isa, src, n, ranges, out);
-            false
-        }
     }
     #[inline]
     fn pack_b_full_strips_fast(

@@ -17,7 +17,6 @@
 //! documented order. Threads split M or N (never K) and the integer sums are exact, so the
 //! result is the same bits for any thread count and any blocking.
 
-use crate::conv::{pack_b_conv, ConvSrc, QConvRef};
 use crate::pack::{pack_a, pack_b, QElem};
 use crate::reference::{validate_i32_shapes, validate_q_shapes};
 use crate::types::{k_chunks, k_safe, GemmSpec, MatMut, MatRef, QMatRef, Scales};
@@ -222,16 +221,10 @@ fn aligned(buf: &mut Vec<i16>, len: usize) -> &mut [i16] {
     &mut buf[off..off + len]
 }
 
-/// The B operand: a strided matrix, or a convolution's implicit column matrix.
-enum BOperand<'a, T> {
-    Mat(MatRef<'a, T>),
-    Conv(ConvSrc<'a, T>),
-}
-
 struct Ctx<'a, T> {
     isa: Isa,
     a: MatRef<'a, T>,
-    b: BOperand<'a, T>,
+    b: MatRef<'a, T>,
     steps: Vec<Step>,
     multi: bool,
     out: Out<'a>,
@@ -284,12 +277,7 @@ fn run_block_in<T: QElem>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut Workspace) {
     while jc < blk.n1 {
         let ncur = nc.min(blk.n1 - jc);
         for step in &ctx.steps {
-            match &ctx.b {
-                BOperand::Mat(b) => pack_b(ctx.isa, b, jc, ncur, &step.ranges, step.pairs, bp),
-                BOperand::Conv(src) => {
-                    pack_b_conv(ctx.isa, src, jc, ncur, &step.ranges, step.pairs, bp)
-                }
-            }
+            pack_b(ctx.isa, &ctx.b, jc, ncur, &step.ranges, step.pairs, bp);
             let bstrip = step.pairs * NR * 2;
             let mut ic = blk.m0;
             while ic < blk.m1 {
@@ -659,80 +647,7 @@ pub fn gemm_q<T: QElem>(
     let ctx = Ctx {
         isa,
         a: a.mat,
-        b: BOperand::Mat(b.mat),
-        steps,
-        multi,
-        out: Out::Q {
-            c: SendPtr(c.data.as_mut_ptr()),
-            ldc,
-            sa: a.scales,
-            sb: b.scales,
-            accumulate: spec.accumulate,
-        },
-    };
-    let blocks = partition(m, n, m * n * k, rayon::current_num_threads());
-    run_blocks(&ctx, &blocks);
-    Ok(())
-}
-
-/// Quantised 8-bit GEMM whose B is a convolution's column matrix, packed straight from the
-/// convolution's input (see [`crate::conv`]): the same bits as [`gemm_q`] on the explicit
-/// `im2col` matrix.
-pub fn gemm_q8_conv_with(
-    isa: Isa,
-    a: QMatRef<'_, i8>,
-    b: QConvRef<'_>,
-    spec: GemmSpec,
-    c: MatMut<'_, f32>,
-) -> Result<(), KernelError> {
-    let isa = isa.or_supported();
-    b.validate()?;
-    let (m, k, n) = (a.mat.rows, a.mat.cols, b.cols());
-    if b.rows() != k {
-        return Err(KernelError::Shape(format!(
-            "A is {m}x{k} but the convolution's column matrix is {}x{n}: inner dimensions differ",
-            b.rows()
-        )));
-    }
-    if c.rows != m || c.cols != n || c.ld < n || (m > 0 && c.data.len() < (m - 1) * c.ld + n) {
-        return Err(KernelError::Shape(format!(
-            "C is {}x{} (ld {}, {} elements) but A*B is {m}x{n}",
-            c.rows,
-            c.cols,
-            c.ld,
-            c.data.len()
-        )));
-    }
-    if spec.segment == 0 {
-        return Err(KernelError::Shape("segment length must be >= 1".into()));
-    }
-    a.mat.check("A")?;
-    let segs = crate::types::segment_count(k, spec.segment);
-    a.scales.check("A scales", segs, m)?;
-    b.scales.check("B scales", segs, n)?;
-    check_range("A", &a.mat, a.max_abs)?;
-    // Every value of the column matrix is an input value or 0: scanning the input suffices.
-    if !b.data.is_empty() {
-        check_range("B", &MatRef::row_major(b.data, 1, b.data.len())?, b.max_abs)?;
-    }
-    let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
-    if m == 0 || n == 0 || k == 0 || crate::smallseg::eligible::<i8>(&chunks, a.max_abs, b.max_abs)
-    {
-        // Degenerate shapes and tiny segments: the explicit matrix through the general path.
-        let col = crate::conv::im2col_ref(&b.shape, b.data, b.batch);
-        let bm = QMatRef {
-            mat: MatRef::row_major(&col, k, n)?,
-            scales: b.scales,
-            max_abs: b.max_abs,
-        };
-        return gemm_q(isa, a, bm, spec, c);
-    }
-    let (steps, multi) = build_steps(&chunks, KC_PAIRS);
-    let ldc = c.ld;
-    let ctx = Ctx {
-        isa,
-        a: a.mat,
-        b: BOperand::Conv(ConvSrc::new(b.data, b.shape)),
+        b: b.mat,
         steps,
         multi,
         out: Out::Q {
@@ -771,7 +686,7 @@ pub fn gemm_i8_i32_with(
     let ctx = Ctx {
         isa,
         a,
-        b: BOperand::Mat(b),
+        b,
         steps,
         multi,
         out: Out::I32 {

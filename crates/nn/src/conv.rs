@@ -37,8 +37,7 @@
 //! `normal(0, sqrt(2/n))` in uniform form); biases start at 0.
 
 use lowprec_formats::{Block, NumberFormat, StreamKey};
-use lowprec_kernels::conv::implicit_packs_fast;
-use lowprec_kernels::{ConvShape, GemmSpec, MatMut, MatRef, QConvRef, QMatRef, Scales};
+use lowprec_kernels::{GemmSpec, MatMut, MatRef, QMatRef, Scales};
 use rayon::prelude::*;
 
 use crate::ctx::{Category, StreamKind};
@@ -329,7 +328,9 @@ fn conv_gemm(
                     max_abs: xmax,
                 },
             ) => {
+                let mut col = Scratch::<i8>::new(rows * n);
                 let xin = &xm[b0 * g.in_len()..(b0 + nb) * g.in_len()];
+                ctx.timed(Category::Im2col, |_| im2col(g, xin, nb, &mut col));
                 let a = QMatRef {
                     mat: row_major(wm, cout, rows),
                     scales: if *per_channel {
@@ -339,43 +340,16 @@ fn conv_gemm(
                     },
                     max_abs: *wmax,
                 };
-                let scales = Scales::per_group(&xs[b0..b0 + nb], p);
-                let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
-                let shape = ConvShape {
-                    cin: g.cin,
-                    h: g.h,
-                    w: g.w,
-                    k: g.k,
-                    stride: g.stride,
-                    pad: g.pad,
+                let bq = QMatRef {
+                    mat: row_major(&col, rows, n),
+                    scales: Scales::per_group(&xs[b0..b0 + nb], p),
+                    max_abs: *xmax,
                 };
-                if implicit_packs_fast(&shape) {
-                    // The GEMM packs col straight from the input: no im2col buffer written
-                    // and read back (the backend may still build it, see `gemm_q8_conv`).
-                    let bq = QConvRef {
-                        data: xin,
-                        batch: nb,
-                        shape,
-                        scales,
-                        max_abs: *xmax,
-                    };
-                    ctx.timed(Category::Gemm, |_| {
-                        backend.gemm_q8_conv(a, bq, GemmSpec::whole_k(), cm)
-                    })
-                    .map_err(kerr)?;
-                } else {
-                    let mut col = Scratch::<i8>::new(rows * n);
-                    ctx.timed(Category::Im2col, |_| im2col(g, xin, nb, &mut col));
-                    let bq = QMatRef {
-                        mat: row_major(&col, rows, n),
-                        scales,
-                        max_abs: *xmax,
-                    };
-                    ctx.timed(Category::Gemm, |_| {
-                        backend.gemm_q8(a, bq, GemmSpec::whole_k(), cm)
-                    })
-                    .map_err(kerr)?;
-                }
+                let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
+                ctx.timed(Category::Gemm, |_| {
+                    backend.gemm_q8(a, bq, GemmSpec::whole_k(), cm)
+                })
+                .map_err(kerr)?;
             }
             _ => {
                 // Float GEMM transposed, Y^T[n, Cout] = col^T W^T: the f32 GEMM ran 2.7x faster
