@@ -65,22 +65,23 @@ impl BatchNorm2d {
         })
     }
 
-    /// Per channel `sum_i f(a_i, b_i)` over the batch (`b` may be empty: then `f(a, 0)`), one
-    /// task per channel, eight f64 lanes per plane (so the sum vectorises) combined in a fixed
-    /// order: the same bits at any thread count.
+    /// Per channel `(sum_i f(a_i, b_i).0, sum_i f(a_i, b_i).1)` over the batch (`b` may be
+    /// empty: then `f(a, 0)`): two sums in one read of the data. One task per channel, eight
+    /// f64 lanes per sum (so the sums vectorise) combined in a fixed order: the same bits at any
+    /// thread count.
     fn channel_sums(
         &self,
         a: &[f32],
         b: &[f32],
         batch: usize,
-        f: impl Fn(usize, f32, f32) -> f64 + Sync,
-    ) -> Vec<f64> {
+        f: impl Fn(usize, f32, f32) -> (f64, f64) + Sync,
+    ) -> Vec<(f64, f64)> {
         let (c, hw) = (self.c, self.hw);
         (0..c)
             .into_par_iter()
             .map(|ch| {
-                let mut lanes = [0f64; 8];
-                let mut tail = 0f64;
+                let (mut l0, mut l1) = ([0f64; 8], [0f64; 8]);
+                let (mut t0, mut t1) = (0f64, 0f64);
                 let zeros = vec![0f32; if b.is_empty() { hw } else { 0 }];
                 for j in 0..batch {
                     let base = (j * c + ch) * hw;
@@ -94,14 +95,18 @@ impl BatchNorm2d {
                     let (ra, rb) = (ca.remainder(), cb.remainder());
                     for (xa, xb) in ca.zip(cb) {
                         for l in 0..8 {
-                            lanes[l] += f(ch, xa[l], xb[l]);
+                            let (u, v) = f(ch, xa[l], xb[l]);
+                            l0[l] += u;
+                            l1[l] += v;
                         }
                     }
                     for (&x, &y) in ra.iter().zip(rb) {
-                        tail += f(ch, x, y);
+                        let (u, v) = f(ch, x, y);
+                        t0 += u;
+                        t1 += v;
                     }
                 }
-                lanes.iter().sum::<f64>() + tail
+                (l0.iter().sum::<f64>() + t0, l1.iter().sum::<f64>() + t1)
             })
             .collect()
     }
@@ -160,13 +165,26 @@ impl Layer for BatchNorm2d {
         }
         ctx.timed(Category::Other, |_| {
             let (mean, inv_std): (Vec<f32>, Vec<f32>) = if train {
-                let sums = self.channel_sums(&x.data, &[], b, |_, v, _| v as f64);
-                let mean64: Vec<f64> = sums.iter().map(|s| s / count).collect();
-                let sq = self.channel_sums(&x.data, &[], b, |ch, v, _| {
-                    let d = v as f64 - mean64[ch];
-                    d * d
+                // Sum and sum of squares in one pass, shifted by the channel's first value so
+                // that a mean far from zero does not cancel the variance away:
+                // var = E[(x - s)^2] - (E[x - s])^2, in f64.
+                let shift: Vec<f64> = (0..c).map(|ch| x.data[ch * hw] as f64).collect();
+                let sums = self.channel_sums(&x.data, &[], b, |ch, v, _| {
+                    let d = v as f64 - shift[ch];
+                    (d, d * d)
                 });
-                let var: Vec<f64> = sq.iter().map(|s| s / count).collect();
+                let mean64: Vec<f64> = sums
+                    .iter()
+                    .zip(&shift)
+                    .map(|((s, _), sh)| sh + s / count)
+                    .collect();
+                let var: Vec<f64> = sums
+                    .iter()
+                    .map(|(s, sq)| {
+                        let m = s / count;
+                        (sq / count - m * m).max(0.0)
+                    })
+                    .collect();
                 // Running statistics (unbiased variance, as PyTorch).
                 let m = match &mut self.recompute {
                     // Weighted by examples, as SWA's bn_update (momentum b / (n + b)): a short
@@ -253,8 +271,11 @@ impl Layer for BatchNorm2d {
         let count = (b * hw) as f64;
         let dx = ctx.timed(Category::Other, |_| {
             // dbeta = sum dy, dgamma = sum dy * xhat
-            let dbeta = self.channel_sums(&dy.data, &[], b, |_, v, _| v as f64);
-            let dgamma = self.channel_sums(&dy.data, &xhat, b, |_, v, xh| v as f64 * xh as f64);
+            let sums = self.channel_sums(&dy.data, &xhat, b, |_, v, xh| {
+                (v as f64, v as f64 * xh as f64)
+            });
+            let dbeta: Vec<f64> = sums.iter().map(|s| s.0).collect();
+            let dgamma: Vec<f64> = sums.iter().map(|s| s.1).collect();
             for ch in 0..c {
                 self.beta.grad[ch] = dbeta[ch] as f32;
                 self.gamma.grad[ch] = dgamma[ch] as f32;

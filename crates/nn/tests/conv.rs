@@ -743,6 +743,60 @@ fn batchnorm_gradients_match_finite_differences() {
     }
 }
 
+/// Training-mode statistics against a two-pass f64 reference, on channels whose mean is far
+/// from zero (1e4 with unit spread: a naive one-pass E[x^2] - E[x]^2 in f32 would lose all of
+/// the variance) and on 1007 values per channel (awkward length for the 8-lane sums).
+#[test]
+fn batchnorm_statistics_match_f64_reference_with_large_offsets() {
+    let backend = CpuBackend;
+    let policy = Precision::fp32();
+    let mut ctx = Ctx::new(&backend, &policy, 1);
+    let (b, c, h, w) = (1, 3, 19, 53);
+    let offsets = [1e4f32, -3.0, 0.0];
+    let mut x = rand_vec(b * c * h * w, 77);
+    for (i, v) in x.iter_mut().enumerate() {
+        *v += offsets[(i / (h * w)) % c];
+    }
+    let mut bn = BatchNorm2d::new("bn", &[c, h, w], 1e-5, 1.0).unwrap();
+    let y = bn
+        .forward(
+            &mut ctx,
+            &[&Tensor::new(x.clone(), vec![b, c, h, w]).unwrap()],
+            true,
+        )
+        .unwrap();
+    let n = (h * w) as f64;
+    for ch in 0..c {
+        let plane = &x[ch * h * w..(ch + 1) * h * w];
+        let mean = plane.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = plane
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        // momentum 1: the running statistics are this batch's (variance unbiased)
+        let rm = bn.running_mean[ch] as f64;
+        let rv = bn.running_var[ch] as f64;
+        assert!(
+            (rm - mean).abs() <= 1e-6 * mean.abs().max(1.0),
+            "mean {rm} vs {mean}"
+        );
+        assert!(
+            (rv - var * n / (n - 1.0)).abs() < 1e-5 * var,
+            "var {rv} vs {var}"
+        );
+        for (i, &v) in plane.iter().enumerate() {
+            let want = (v as f64 - mean) / (var + 1e-5).sqrt();
+            let got = y.data[ch * h * w + i] as f64;
+            // f32 inputs near 1e4 carry absolute errors of 5e-4 before normalising
+            assert!(
+                (got - want).abs() < 2e-3,
+                "channel {ch} value {i}: {got} vs {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn batchnorm_running_statistics_and_recompute() {
     let backend = CpuBackend;
