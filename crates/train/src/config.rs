@@ -156,6 +156,10 @@ pub const PRESETS: &[(&str, &str)] = &[
         "preresnet20-cifar-short",
         include_str!("../presets/preresnet20-cifar-short.toml"),
     ),
+    (
+        "preresnet20-cifar-10k",
+        include_str!("../presets/preresnet20-cifar-10k.toml"),
+    ),
 ];
 
 impl TrainConfig {

@@ -27,6 +27,9 @@ use crate::TrainError;
 
 /// Stochastic-rounding steps used by evaluation passes (far from any training step).
 const EVAL_STEP_BASE: u64 = 1 << 62;
+
+/// Seed offset of the batches that recompute batch-norm statistics for the SWA model.
+const BN_RECOMPUTE_SEED: u64 = 0x5eed_b7a7_5eed_b7a7;
 /// Weight version marking "SWA weights loaded" (forces re-quantisation).
 const SWA_VERSION: u64 = u64::MAX - 7;
 
@@ -400,8 +403,18 @@ impl Trainer {
         result
     }
 
+    /// Batch-norm statistics of the current weights: the cumulative average over one pass of
+    /// the training set, in batches drawn as in training (shuffled and augmented, as SWA's
+    /// `bn_update` over the training loader), from a fixed seed so the result is reproducible.
+    /// Un-augmented images give the wrong statistics for a network trained on augmented ones:
+    /// recomputing them for the SGD model itself (PreResNet-20, 24 epochs on 10k images)
+    /// dropped its test accuracy from 73.3% to 68.7%, against 73.7% with augmented batches.
     fn recompute_batch_stats(&mut self) -> Result<(), TrainError> {
-        let cfg = BatchConfig::eval(self.cfg.train.batch);
+        let cfg = BatchConfig {
+            drop_last: false,
+            ..BatchConfig::train(self.cfg.train.batch, self.cfg.seed ^ BN_RECOMPUTE_SEED)
+        }
+        .with_augment(self.data.augment);
         let batches = EpochBatches::new(&self.data.train, &self.data.norm, cfg, 0)?;
         self.model.begin_stats_recompute();
         let mut batch = batches.batch(0)?;
