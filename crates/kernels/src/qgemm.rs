@@ -470,13 +470,7 @@ unsafe fn epilogue_rows(
     zero_init: bool,
 ) {
     #[inline(always)]
-    unsafe fn row_body<const W: usize>(
-        row: &mut [f32],
-        t: &[i32],
-        sa: f32,
-        sb: &[f32],
-        zero: bool,
-    ) {
+    fn row_body<const W: usize>(row: &mut [f32], t: &[i32], sa: f32, sb: &[f32], zero: bool) {
         let (row, t, sb) = (&mut row[..W], &t[..W], &sb[..W]);
         // `0.0 + x` (not `x`) when overwriting: the semantics start from 0.0, which turns a
         // -0.0 product into +0.0.
