@@ -469,19 +469,16 @@ unsafe fn epilogue_rows(
     nvalid: usize,
     zero_init: bool,
 ) {
+    /// `row (+)= (t * sa) * sb`, element-wise over equal-length slices.
     #[inline(always)]
-    fn row_body<const W: usize>(row: &mut [f32], t: &[i32], sa: f32, sb: &[f32], zero: bool) {
-        let (row, t, sb) = (&mut row[..W], &t[..W], &sb[..W]);
+    fn row_body(row: &mut [f32], t: &[i32], sa: f32, sb: &[f32], zero: bool) {
+        let it = row.iter_mut().zip(t).zip(sb);
         // `0.0 + x` (not `x`) when overwriting: the semantics start from 0.0, which turns a
         // -0.0 product into +0.0.
         if zero {
-            for cc in 0..W {
-                row[cc] = 0.0 + ((t[cc] as f32) * sa) * sb[cc];
-            }
+            it.for_each(|((o, &v), &b)| *o = 0.0 + ((v as f32) * sa) * b);
         } else {
-            for cc in 0..W {
-                row[cc] += ((t[cc] as f32) * sa) * sb[cc];
-            }
+            it.for_each(|((o, &v), &b)| *o += ((v as f32) * sa) * b);
         }
     }
     #[inline(always)]
@@ -498,15 +495,14 @@ unsafe fn epilogue_rows(
     ) {
         for r in 0..mvalid.min(MR) {
             let row = std::slice::from_raw_parts_mut(c.add(r * ldc), nvalid);
-            let t = &tile[r * NR..(r + 1) * NR];
-            if nvalid == NR {
-                row_body::<NR>(row, t, sa[r], sb, zero_init);
-            } else {
-                for cc in 0..nvalid.min(NR) {
-                    let base = if zero_init { 0.0 } else { row[cc] };
-                    row[cc] = base + ((t[cc] as f32) * sa[r]) * sb[cc];
-                }
-            }
+            let w = nvalid.min(NR);
+            row_body(
+                &mut row[..w],
+                &tile[r * NR..][..w],
+                sa[r],
+                &sb[..w],
+                zero_init,
+            );
         }
     }
     #[cfg(target_arch = "x86_64")]

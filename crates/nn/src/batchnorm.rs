@@ -274,11 +274,9 @@ impl Layer for BatchNorm2d {
             let sums = self.channel_sums(&dy.data, &xhat, b, |_, v, xh| {
                 (v as f64, v as f64 * xh as f64)
             });
-            let dbeta: Vec<f64> = sums.iter().map(|s| s.0).collect();
-            let dgamma: Vec<f64> = sums.iter().map(|s| s.1).collect();
-            for ch in 0..c {
-                self.beta.grad[ch] = dbeta[ch] as f32;
-                self.gamma.grad[ch] = dgamma[ch] as f32;
+            for (ch, &(dbeta, dgamma)) in sums.iter().enumerate() {
+                self.beta.grad[ch] = dbeta as f32;
+                self.gamma.grad[ch] = dgamma as f32;
             }
             // dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
             let gamma = &self.gamma.value;
@@ -286,7 +284,8 @@ impl Layer for BatchNorm2d {
             dx.par_chunks_mut(hw).enumerate().for_each(|(i, d)| {
                 let ch = i % c;
                 let k = gamma[ch] * inv_std[ch];
-                let (mdy, mdyx) = ((dbeta[ch] / count) as f32, (dgamma[ch] / count) as f32);
+                let (dbeta, dgamma) = sums[ch];
+                let (mdy, mdyx) = ((dbeta / count) as f32, (dgamma / count) as f32);
                 let (dyi, xi) = (&dy.data[i * hw..][..hw], &xhat[i * hw..][..hw]);
                 for ((o, &g), &xh) in d.iter_mut().zip(dyi).zip(xi) {
                     *o = k * (g - mdy - xh * mdyx);
