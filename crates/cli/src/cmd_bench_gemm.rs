@@ -3,11 +3,23 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use lowprec_kernels::bench::{default_shapes, gemm_table_with, BenchKernel, GemmRecord, Shape};
+use lowprec_kernels::Isa;
 use std::path::PathBuf;
 
-/// Measured int8 ceiling per core on the reference machine (AMD EPYC Zen 3, AVX2, no VNNI):
-/// `vpmaddubsw`/`vpmaddwd` chains at about 0.96 per cycle at 3.2 GHz (see shared notes).
-pub const INT8_PEAK_GOPS_PER_CORE: f64 = 197.0;
+/// Measured int8 instruction ceiling per core for the kernel family this CPU runs, with the
+/// machine it was measured on; `None` for the portable kernels.
+///
+/// * AVX2 (AMD EPYC Zen 3, no VNNI): `vpmaddubsw`/`vpmaddwd` chains at about 0.96 per cycle at
+///   3.2 GHz, 197 GOP/s (see the shared notes).
+/// * AVX-512 VNNI (AMD EPYC Zen 5 VM, 2026-12-01): independent `vpdpbusd zmm` (64 MACs) at
+///   9.0 G instructions/s, 1150 GOP/s.
+pub fn int8_peak_gops_per_core(isa: Isa) -> Option<(f64, &'static str)> {
+    match isa {
+        Isa::Avx2 => Some((197.0, "AVX2 vpmaddwd, Zen 3")),
+        Isa::Avx512Vnni => Some((1150.0, "AVX-512 vpdpbusd, Zen 5")),
+        Isa::Generic | Isa::GenericQuad => None,
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct BenchGemmArgs {
@@ -104,6 +116,7 @@ fn print_table(
         .copied()
         .filter(|&k| k != BenchKernel::I8)
         .collect();
+    let peak = int8_peak_gops_per_core(Isa::detect());
     let mut header = format!("{:<22} {:>7}", "shape MxKxN", "threads");
     if kernels.contains(&BenchKernel::I8) {
         header += &format!(" {:>9} {:>8}", "i8 GOP/s", "% peak");
@@ -120,8 +133,13 @@ fn print_table(
             let mut line = format!("{:<22} {t:>7}", format!("{}x{}x{}", s.m, s.k, s.n));
             let i8r = find(BenchKernel::I8, s, t);
             if let Some(r) = i8r {
-                let peak = INT8_PEAK_GOPS_PER_CORE * t as f64;
-                line += &format!(" {:>9.1} {:>7.0}%", r.gops, 100.0 * r.gops / peak);
+                match peak {
+                    Some((p, _)) => {
+                        line +=
+                            &format!(" {:>9.1} {:>7.0}%", r.gops, 100.0 * r.gops / (p * t as f64))
+                    }
+                    None => line += &format!(" {:>9.1} {:>8}", r.gops, "-"),
+                }
             }
             let mut best_f32: Option<f64> = None;
             for &f in &floats {
@@ -139,9 +157,16 @@ fn print_table(
             println!("{line}");
         }
     }
-    println!(
-        "(median of the timed runs; 1 MAC = 2 ops; % peak is of {INT8_PEAK_GOPS_PER_CORE} GOP/s per thread)"
-    );
+    match peak {
+        Some((p, what)) => println!(
+            "(median of the timed runs; 1 MAC = 2 ops; i8 kernels: {:?}; % peak is of {p} GOP/s per thread, {what})",
+            Isa::detect()
+        ),
+        None => println!(
+            "(median of the timed runs; 1 MAC = 2 ops; i8 kernels: {:?})",
+            Isa::detect()
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -99,8 +99,8 @@ pub fn gemm_f32_with(
         // SAFETY: the views were bounds-checked above; blocks are disjoint parts of C.
         unsafe { f32_block(imp, &a, &b, accumulate, cp, ldc, m0, m1, n0, n1) }
     };
-    if blocks.len() == 1 {
-        run(&blocks[0]);
+    if blocks.len() == 1 || crate::qgemm::gemm_threads() == 1 {
+        blocks.iter().for_each(run);
     } else {
         blocks.par_iter().for_each(run);
     }

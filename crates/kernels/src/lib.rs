@@ -18,13 +18,14 @@ pub mod bench;
 pub mod f32gemm;
 pub mod pack;
 pub mod qgemm;
+pub mod quad;
 pub mod reference;
 mod smallseg;
 pub mod types;
 pub mod ukernel;
 
 pub use f32gemm::{gemm_f32_with, F32Impl};
-pub use qgemm::{gemm_i8_i32_with, gemm_q};
+pub use qgemm::{gemm_i8_i32_with, gemm_q, serial};
 pub use types::{k_chunks, k_safe, segment_count, GemmSpec, MatMut, MatRef, QMatRef, Scales};
 pub use ukernel::Isa;
 

@@ -18,6 +18,9 @@ pub trait QElem: Copy + Ord + Send + Sync + Into<i32> + 'static {
     /// Largest magnitude the type can hold (128 for i8, 32768 for i16).
     const TYPE_MAX_ABS: u32;
     fn widen(self) -> i16;
+    /// The view as 8-bit mantissas, if that is what it holds (the k-quad family takes only
+    /// those).
+    fn as_i8<'a>(m: &MatRef<'a, Self>) -> Option<MatRef<'a, i8>>;
     /// Packs one full B strip (`NR` columns starting at `n`) for the pair rows of `k0..k1`
     /// into `out`, if a fast path exists for this layout; returns false otherwise.
     #[inline]
@@ -55,6 +58,9 @@ impl QElem for i8 {
     fn widen(self) -> i16 {
         self as i16
     }
+    fn as_i8<'a>(m: &MatRef<'a, i8>) -> Option<MatRef<'a, i8>> {
+        Some(*m)
+    }
     #[inline]
     fn pack_b_full_strips_fast(
         isa: Isa,
@@ -66,7 +72,7 @@ impl QElem for i8 {
         out: &mut [i16],
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if isa.or_supported() == Isa::Avx2
+        if isa.or_supported().has_avx2()
             && b.col_stride == 1
             && full > 0
             && n0 + full * NR <= b.cols
@@ -110,8 +116,7 @@ impl QElem for i8 {
         out: &mut [i16],
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if isa.or_supported() == Isa::Avx2 && b.row_stride == 1 && k1 >= k0 + 16 && n + NR <= b.cols
-        {
+        if isa.or_supported().has_avx2() && b.row_stride == 1 && k1 >= k0 + 16 && n + NR <= b.cols {
             // Column-contiguous B (a transposed view): columns `n .. n+NR` read `k0 .. k1`.
             let last = (n + NR - 1) * b.col_stride + k1;
             assert!(last <= b.data.len() && out.len() >= (k1 - k0).div_ceil(2) * NR * 2);
@@ -123,7 +128,7 @@ impl QElem for i8 {
             return true;
         }
         #[cfg(target_arch = "x86_64")]
-        if isa.or_supported() == Isa::Avx2 && b.col_stride == 1 && k1 > k0 && n + NR <= b.cols {
+        if isa.or_supported().has_avx2() && b.col_stride == 1 && k1 > k0 && n + NR <= b.cols {
             // Every row read is `data[k * row_stride + n .. + NR]`; the last one lies inside the
             // view, which `MatRef::check` validated.
             let last = (k1 - 1) * b.row_stride + n + NR;
@@ -142,6 +147,9 @@ impl QElem for i16 {
     #[inline]
     fn widen(self) -> i16 {
         self
+    }
+    fn as_i8<'a>(_m: &MatRef<'a, i16>) -> Option<MatRef<'a, i8>> {
+        None
     }
 }
 
@@ -201,12 +209,12 @@ fn widen<T: QElem>(isa: Isa, src: &[T], dst: &mut [i16]) {
     unsafe fn body_avx2<T: QElem>(src: &[T], dst: &mut [i16]) {
         body(src, dst)
     }
-    match isa {
-        // SAFETY: the Avx2 isa is only chosen when the CPU has AVX2.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { body_avx2(src, dst) },
-        _ => body(src, dst),
+    // SAFETY: AVX2 isas are only chosen when the CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    if isa.has_avx2() {
+        return unsafe { body_avx2(src, dst) };
     }
+    body(src, dst)
 }
 
 /// Packs columns `n0 .. n0 + nlen` of B for the k sub-ranges `ranges` (total `pairs` pairs).
@@ -439,7 +447,7 @@ mod tests {
     /// column-contiguous operands, odd and short k ranges, several ranges, partial strips.
     #[test]
     fn fast_packing_matches_portable() {
-        if Isa::detect() != Isa::Avx2 {
+        if !Isa::detect().has_avx2() {
             return; // nothing to compare on this CPU
         }
         let (rows, cols) = (77, 53);

@@ -3,38 +3,38 @@
 //! Loop nest of one task (a block of C), BLIS style:
 //!
 //! ```text
-//! for jc (NC columns):  for step (<= KC_PAIRS k-pairs):  pack B~(step, jc)
+//! for jc (NC columns):  for step (<= KC k-groups):  pack B~(step, jc)
 //!   for ic (MC rows):   pack A~(step, ic)
 //!     for jr (NR), ir (MR):  for each piece of the step:  microkernel -> i32 tile
 //!                                                         if the piece ends its chunk: epilogue
 //! ```
 //!
+//! The driver is generic over a kernel [`Family`]: the k-pair i16 panels of
+//! [`crate::pack`]/[`crate::ukernel`] (6x16 tiles, AVX2 or portable) or the k-quad byte panels
+//! of [`crate::quad`] (8x32 tiles, AVX-512 VNNI or portable). A *k-group* is the family's unit
+//! of K (2 or 4 values); each chunk is padded with zeros to whole groups.
+//!
 //! A *step* is the K range packed at once. Short chunks (the usual case with small segments)
-//! are grouped whole into one step, each padded to even length, so their epilogues run while the
-//! C tile is hot. A chunk longer than a step is split over several steps; its i32 tile then lives
-//! in a per-task buffer between steps, and the epilogue runs after its last step. Chunks are
-//! visited in increasing k order, so every C element gets the documented float operations in the
-//! documented order. Threads split M or N (never K) and the integer sums are exact, so the
-//! result is the same bits for any thread count and any blocking.
+//! are grouped whole into one step, so their epilogues run while the C tile is hot. A chunk
+//! longer than a step is split over several steps; its i32 tile then lives in a per-task buffer
+//! between steps, and the epilogue runs after its last step. Chunks are visited in increasing k
+//! order, so every C element gets the documented float operations in the documented order.
+//! Threads split M or N (never K) and the integer sums are exact, so the result is the same bits
+//! for any thread count, any blocking and any kernel family.
 
 use crate::pack::{pack_a, pack_b, QElem};
 use crate::reference::{validate_i32_shapes, validate_q_shapes};
 use crate::types::{k_chunks, k_safe, GemmSpec, MatMut, MatRef, QMatRef, Scales};
-use crate::ukernel::{self, Isa, Store, MR, NR, TILE};
-use crate::KernelError;
+use crate::ukernel::{self, Isa, Store};
+use crate::{quad, KernelError};
 
-/// k-pairs per step: the B micro-panel (`KC_PAIRS * NR * 4` bytes = 16 KiB) stays in L1.
-pub const KC_PAIRS: usize = 256;
-/// Rows of A packed at once (`MC * KC_PAIRS * 4` bytes = 144 KiB, in L2).
-pub const MC: usize = 144;
-/// Columns of B packed at once (up to 2 MiB, in L3).
-pub const NC: usize = 2048;
-/// Steps of at most this many k-pairs visit tiles row strip by row strip (see `run_block`).
-const SHORT_STEP_PAIRS: usize = 64;
 /// Bytes allowed for the per-task i32 accumulator of chunks that span several steps.
 const ACC_BUF_BYTES: usize = 2 << 20;
 /// Below this many MACs the work runs on the calling thread.
 const PAR_MIN_MACS: usize = 1 << 21;
+/// The largest tile (`MR * NR`) and tile side of any family.
+const TILE_MAX: usize = 256;
+const SIDE_MAX: usize = 32;
 
 /// A raw pointer that tasks writing disjoint parts of C may share.
 #[derive(Clone, Copy)]
@@ -43,6 +43,239 @@ pub(crate) struct SendPtr<T>(pub *mut T);
 // borrow of C outlives the parallel section.
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
+
+/// A microkernel family: its tile shape, its unit of K, how it packs panels and how it
+/// multiplies them. Both families compute the same exact i32 sums.
+pub(crate) trait Family<T: QElem> {
+    /// Rows / columns of the C tile.
+    const MR: usize;
+    const NR: usize;
+    /// K values per packed group.
+    const KU: usize;
+    /// Groups per step (the B micro-panel stays in L1).
+    const KC: usize;
+    /// Rows of A packed at once (in L2) and columns of B packed at once (in L2/L3).
+    const MC: usize;
+    const NC: usize;
+    /// Steps of at most this many groups visit tiles row strip by row strip (see `run_block`).
+    const SHORT_STEP: usize;
+    type PA: Copy + Default;
+    type PB: Copy + Default;
+    /// This family's packing buffers in the per-thread workspace.
+    fn buffers(ws: &mut Workspace) -> (&mut Vec<Self::PA>, &mut Vec<Self::PB>, &mut Vec<i32>);
+    /// Packs rows `m0 .. m0 + mlen` of A (strips of `MR`) and any per-piece row data.
+    #[allow(clippy::too_many_arguments)]
+    fn pack_a(
+        isa: Isa,
+        a: &MatRef<'_, T>,
+        m0: usize,
+        mlen: usize,
+        ranges: &[(usize, usize)],
+        groups: usize,
+        out: &mut [Self::PA],
+        sums: &mut [i32],
+    );
+    /// Packs columns `n0 .. n0 + nlen` of B (strips of `NR`).
+    fn pack_b(
+        isa: Isa,
+        b: &MatRef<'_, T>,
+        n0: usize,
+        nlen: usize,
+        ranges: &[(usize, usize)],
+        groups: usize,
+        out: &mut [Self::PB],
+    );
+    /// Offset of a piece starting at group `poff` inside an A strip of `groups` groups.
+    fn a_piece(groups: usize, poff: usize) -> usize;
+    /// The i32 tile (`MR x NR`, row-major) of a piece (see the families' `run`).
+    ///
+    /// # Safety
+    /// The panels must hold the piece's `g` groups; `sums` the piece's row data if the family
+    /// uses any; `tile` `MR * NR` values; `isa` supported.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        isa: Isa,
+        g: usize,
+        a: *const Self::PA,
+        groups: usize,
+        sums: *const i32,
+        b: *const Self::PB,
+        tile: *mut i32,
+        first: bool,
+    );
+    /// A whole chunk straight into a full tile of C (see the families' `run_q`).
+    ///
+    /// # Safety
+    /// As [`Family::tile`]; `c` must address an `MR x NR` block with leading dimension `ldc`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_q(
+        isa: Isa,
+        g: usize,
+        a: *const Self::PA,
+        groups: usize,
+        sums: *const i32,
+        b: *const Self::PB,
+        c: *mut f32,
+        ldc: usize,
+        sa: &[f32; SIDE_MAX],
+        sb: &[f32; SIDE_MAX],
+        mode: Store,
+    );
+}
+
+/// The k-pair i16 family ([`crate::pack`], [`crate::ukernel`]).
+pub(crate) struct Pairs;
+
+impl<T: QElem> Family<T> for Pairs {
+    const MR: usize = ukernel::MR;
+    const NR: usize = ukernel::NR;
+    const KU: usize = 2;
+    const KC: usize = 256;
+    const MC: usize = 144;
+    const NC: usize = 2048;
+    const SHORT_STEP: usize = 64;
+    type PA = i16;
+    type PB = i16;
+    fn buffers(ws: &mut Workspace) -> (&mut Vec<i16>, &mut Vec<i16>, &mut Vec<i32>) {
+        (&mut ws.a16, &mut ws.b16, &mut ws.sums)
+    }
+    fn pack_a(
+        isa: Isa,
+        a: &MatRef<'_, T>,
+        m0: usize,
+        mlen: usize,
+        ranges: &[(usize, usize)],
+        groups: usize,
+        out: &mut [i16],
+        _sums: &mut [i32],
+    ) {
+        pack_a(isa.pair_isa(), a, m0, mlen, ranges, groups, out)
+    }
+    fn pack_b(
+        isa: Isa,
+        b: &MatRef<'_, T>,
+        n0: usize,
+        nlen: usize,
+        ranges: &[(usize, usize)],
+        groups: usize,
+        out: &mut [i16],
+    ) {
+        pack_b(isa.pair_isa(), b, n0, nlen, ranges, groups, out)
+    }
+    fn a_piece(_groups: usize, poff: usize) -> usize {
+        poff * 2
+    }
+    unsafe fn tile(
+        isa: Isa,
+        g: usize,
+        a: *const i16,
+        groups: usize,
+        _sums: *const i32,
+        b: *const i16,
+        tile: *mut i32,
+        first: bool,
+    ) {
+        ukernel::run(
+            isa,
+            g,
+            a,
+            groups * 2,
+            b,
+            &mut *(tile as *mut [i32; ukernel::TILE]),
+            first,
+        )
+    }
+    unsafe fn tile_q(
+        isa: Isa,
+        g: usize,
+        a: *const i16,
+        groups: usize,
+        _sums: *const i32,
+        b: *const i16,
+        c: *mut f32,
+        ldc: usize,
+        sa: &[f32; SIDE_MAX],
+        sb: &[f32; SIDE_MAX],
+        mode: Store,
+    ) {
+        let sa: &[f32; ukernel::MR] = sa[..ukernel::MR].try_into().expect("MR scales");
+        let sb: &[f32; ukernel::NR] = sb[..ukernel::NR].try_into().expect("NR scales");
+        ukernel::run_q(isa, g, a, groups * 2, b, c, ldc, sa, sb, mode)
+    }
+}
+
+/// The k-quad byte family ([`crate::quad`]); 8-bit mantissas only.
+pub(crate) struct Quads;
+
+impl<T: QElem> Family<T> for Quads {
+    const MR: usize = quad::MR;
+    const NR: usize = quad::NR;
+    const KU: usize = 4;
+    const KC: usize = quad::KC_QUADS;
+    const MC: usize = 144;
+    const NC: usize = 1024;
+    const SHORT_STEP: usize = 32;
+    type PA = i8;
+    type PB = u8;
+    fn buffers(ws: &mut Workspace) -> (&mut Vec<i8>, &mut Vec<u8>, &mut Vec<i32>) {
+        (&mut ws.a8, &mut ws.b8, &mut ws.sums)
+    }
+    fn pack_a(
+        isa: Isa,
+        a: &MatRef<'_, T>,
+        m0: usize,
+        mlen: usize,
+        ranges: &[(usize, usize)],
+        groups: usize,
+        out: &mut [i8],
+        sums: &mut [i32],
+    ) {
+        let a = T::as_i8(a).expect("the quad family takes 8-bit mantissas");
+        quad::pack_a(isa, &a, m0, mlen, ranges, groups, out, sums)
+    }
+    fn pack_b(
+        isa: Isa,
+        b: &MatRef<'_, T>,
+        n0: usize,
+        nlen: usize,
+        ranges: &[(usize, usize)],
+        groups: usize,
+        out: &mut [u8],
+    ) {
+        let b = T::as_i8(b).expect("the quad family takes 8-bit mantissas");
+        quad::pack_b(isa, &b, n0, nlen, ranges, groups, out)
+    }
+    fn a_piece(_groups: usize, poff: usize) -> usize {
+        poff * quad::MR * 4
+    }
+    unsafe fn tile(
+        isa: Isa,
+        g: usize,
+        a: *const i8,
+        _groups: usize,
+        sums: *const i32,
+        b: *const u8,
+        tile: *mut i32,
+        first: bool,
+    ) {
+        quad::run(isa, g, a, sums, b, tile, first)
+    }
+    unsafe fn tile_q(
+        isa: Isa,
+        g: usize,
+        a: *const i8,
+        _groups: usize,
+        sums: *const i32,
+        b: *const u8,
+        c: *mut f32,
+        ldc: usize,
+        sa: &[f32; SIDE_MAX],
+        sb: &[f32; SIDE_MAX],
+        mode: Store,
+    ) {
+        quad::run_q(isa, g, a, sums, b, c, ldc, sa, sb, mode)
+    }
+}
 
 /// Where results go.
 #[derive(Clone, Copy)]
@@ -65,9 +298,9 @@ struct Piece {
     /// Index of the chunk in K order (0 is the first chunk of the whole product).
     chunk: usize,
     segment: usize,
-    /// Offset of the piece's pairs inside the step's panels.
+    /// Offset of the piece's groups inside the step's panels.
     poff: usize,
-    pairs: usize,
+    groups: usize,
     /// First / last piece of its chunk.
     first: bool,
     last: bool,
@@ -76,61 +309,62 @@ struct Piece {
 #[derive(Debug, Default)]
 struct Step {
     pieces: Vec<Piece>,
+    /// The K range of each piece (same order).
     ranges: Vec<(usize, usize)>,
-    pairs: usize,
+    groups: usize,
 }
 
-/// Groups chunks into steps of at most `kc_pairs` pairs; returns the steps and whether any
-/// chunk spans more than one step.
-fn build_steps(chunks: &[(usize, usize, usize)], kc_pairs: usize) -> (Vec<Step>, bool) {
+/// Groups chunks into steps of at most `kc` groups of `ku` values; returns the steps and
+/// whether any chunk spans more than one step.
+fn build_steps(chunks: &[(usize, usize, usize)], ku: usize, kc: usize) -> (Vec<Step>, bool) {
     let mut steps = Vec::new();
     let mut cur = Step::default();
     let mut multi = false;
     for (ci, &(s, k0, k1)) in chunks.iter().enumerate() {
-        let q = (k1 - k0).div_ceil(2);
-        if q <= kc_pairs {
-            if cur.pairs + q > kc_pairs {
+        let q = (k1 - k0).div_ceil(ku);
+        if q <= kc {
+            if cur.groups + q > kc {
                 steps.push(std::mem::take(&mut cur));
             }
             cur.pieces.push(Piece {
                 chunk: ci,
                 segment: s,
-                poff: cur.pairs,
-                pairs: q,
+                poff: cur.groups,
+                groups: q,
                 first: true,
                 last: true,
             });
             cur.ranges.push((k0, k1));
-            cur.pairs += q;
+            cur.groups += q;
         } else {
             multi = true;
-            if cur.pairs > 0 {
+            if cur.groups > 0 {
                 steps.push(std::mem::take(&mut cur));
             }
             // Split into equal parts so that the last step is not a sliver.
-            let parts = q.div_ceil(kc_pairs);
+            let parts = q.div_ceil(kc);
             let per = q.div_ceil(parts);
             let mut p0 = 0;
             while p0 < q {
                 let p1 = (p0 + per).min(q);
-                let (a, b) = (k0 + 2 * p0, (k0 + 2 * p1).min(k1));
+                let (a, b) = (k0 + ku * p0, (k0 + ku * p1).min(k1));
                 steps.push(Step {
                     pieces: vec![Piece {
                         chunk: ci,
                         segment: s,
                         poff: 0,
-                        pairs: p1 - p0,
+                        groups: p1 - p0,
                         first: p0 == 0,
                         last: p1 == q,
                     }],
                     ranges: vec![(a, b)],
-                    pairs: p1 - p0,
+                    groups: p1 - p0,
                 });
                 p0 = p1;
             }
         }
     }
-    if cur.pairs > 0 {
+    if cur.groups > 0 {
         steps.push(cur);
     }
     (steps, multi)
@@ -145,11 +379,49 @@ pub(crate) struct Block {
     pub n1: usize,
 }
 
-/// Cuts C into blocks for `threads` workers, splitting the longer of M and N (never K).
+thread_local! {
+    /// Set inside [`serial`]: GEMMs started on this thread run on it alone.
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every GEMM it starts on this thread kept on this thread (one block, no
+/// parallel split). For callers that already run independent GEMMs in parallel (one chunk of
+/// examples per task): the other threads are busy with their own chunks, and each chunk's
+/// operands stay in the cache of the core that wrote them. Results are the same bits either
+/// way (blocking never changes them).
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// The worker count GEMMs started on this thread may use.
+pub(crate) fn gemm_threads() -> usize {
+    if SERIAL.with(|s| s.get()) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
+/// Cuts C into blocks for `threads` workers, splitting the longer of M and N (never K) at
+/// multiples of the tile side `mr` / `nr`.
 ///
 /// A few more blocks than threads even out a busy core; each block keeps at least `min_cols`
 /// columns / `min_rows` rows so that packing the other operand stays cheap.
-pub(crate) fn partition(m: usize, n: usize, macs: usize, threads: usize) -> Vec<Block> {
+pub(crate) fn partition(
+    m: usize,
+    n: usize,
+    macs: usize,
+    threads: usize,
+    mr: usize,
+    nr: usize,
+) -> Vec<Block> {
     let whole = vec![Block {
         m0: 0,
         m1: m,
@@ -160,7 +432,7 @@ pub(crate) fn partition(m: usize, n: usize, macs: usize, threads: usize) -> Vec<
         return whole;
     }
     let split_n = n >= m;
-    let (len, align, min_len) = if split_n { (n, NR, 64) } else { (m, MR, 48) };
+    let (len, align, min_len) = if split_n { (n, nr, 64) } else { (m, mr, 48) };
     let units = len.div_ceil(align);
     // Two blocks per thread even out a core shared with other work, when blocks stay wide
     // enough (each block repacks the whole other operand).
@@ -202,22 +474,27 @@ pub(crate) fn partition(m: usize, n: usize, macs: usize, threads: usize) -> Vec<
 /// reads, and the first piece of a chunk overwrites its accumulator tile, so stale contents
 /// never reach a result.
 #[derive(Default)]
-struct Workspace {
-    a: Vec<i16>,
-    b: Vec<i16>,
-    acc: Vec<[i32; TILE]>,
+pub(crate) struct Workspace {
+    a16: Vec<i16>,
+    b16: Vec<i16>,
+    a8: Vec<i8>,
+    b8: Vec<u8>,
+    sums: Vec<i32>,
+    acc: Vec<i32>,
 }
 
 thread_local! {
     static WORKSPACE: std::cell::RefCell<Workspace> = std::cell::RefCell::new(Workspace::default());
 }
 
-/// `len` elements of `buf` starting on a 32-byte boundary (grows `buf` if needed).
-fn aligned(buf: &mut Vec<i16>, len: usize) -> &mut [i16] {
-    if buf.len() < len + 16 {
-        buf.resize(len + 16, 0);
+/// `len` elements of `buf` starting on a 64-byte boundary (grows `buf` if needed).
+fn aligned<E: Copy + Default>(buf: &mut Vec<E>, len: usize) -> &mut [E] {
+    let size = std::mem::size_of::<E>();
+    let pad = 64 / size;
+    if buf.len() < len + pad {
+        buf.resize(len + pad, E::default());
     }
-    let off = (32 - (buf.as_ptr() as usize) % 32) % 32 / 2;
+    let off = (64 - (buf.as_ptr() as usize) % 64) % 64 / size;
     &mut buf[off..off + len]
 }
 
@@ -231,79 +508,103 @@ struct Ctx<'a, T> {
 }
 
 /// Runs the blocked GEMM over all blocks of `blocks` on the current rayon pool.
-fn run_blocks<T: QElem>(ctx: &Ctx<'_, T>, blocks: &[Block]) {
+fn run_blocks<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blocks: &[Block]) {
     use rayon::prelude::*;
     if blocks.len() == 1 {
-        run_block(ctx, blocks[0]);
+        run_block::<T, F>(ctx, blocks[0]);
     } else {
-        blocks.par_iter().for_each(|&blk| run_block(ctx, blk));
+        blocks
+            .par_iter()
+            .for_each(|&blk| run_block::<T, F>(ctx, blk));
     }
 }
 
-fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
+fn run_block<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block) {
     WORKSPACE.with(|ws| match ws.try_borrow_mut() {
-        Ok(mut ws) => run_block_in(ctx, blk, &mut ws),
+        Ok(mut ws) => run_block_in::<T, F>(ctx, blk, &mut ws),
         // Not expected (nothing below re-enters rayon), but never share a borrowed workspace.
-        Err(_) => run_block_in(ctx, blk, &mut Workspace::default()),
+        Err(_) => run_block_in::<T, F>(ctx, blk, &mut Workspace::default()),
     })
 }
 
-fn run_block_in<T: QElem>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut Workspace) {
+fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut Workspace) {
+    let (mr, nr, ku) = (F::MR, F::NR, F::KU);
+    let tile_len = mr * nr;
     let (mt, nt) = (blk.m1 - blk.m0, blk.n1 - blk.n0);
     if mt == 0 || nt == 0 {
         return;
     }
-    let max_pairs = ctx.steps.iter().map(|s| s.pairs).max().unwrap_or(0);
-    let mtiles = mt.div_ceil(MR);
+    let max_groups = ctx.steps.iter().map(|s| s.groups).max().unwrap_or(0);
+    let max_ranges = ctx.steps.iter().map(|s| s.ranges.len()).max().unwrap_or(0);
+    let mtiles = mt.div_ceil(mr);
     let nc_max = if ctx.multi {
-        let cols = ACC_BUF_BYTES / (mtiles * MR * 4);
-        (cols / NR * NR).clamp(NR, NC)
+        let cols = ACC_BUF_BYTES / (mtiles * mr * 4);
+        (cols / nr * nr).clamp(nr, F::NC)
     } else {
-        NC
+        F::NC
     };
     // Equal column blocks: a thin remainder block would repack all of A for a few columns.
-    let nc = nt.div_ceil(nt.div_ceil(nc_max)).div_ceil(NR) * NR;
-    let mc = MC.min(mt.div_ceil(MR) * MR);
-    let ntiles_c = nc / NR;
-    let Workspace { a: wa, b: wb, acc } = ws;
-    let ap = aligned(wa, mc * max_pairs * 2);
-    let bp = aligned(wb, nc * max_pairs * 2);
-    if ctx.multi && acc.len() < mtiles * ntiles_c {
-        acc.resize(mtiles * ntiles_c, [0i32; TILE]);
+    let nc = nt.div_ceil(nt.div_ceil(nc_max)).div_ceil(nr) * nr;
+    let mc = F::MC.min(mt.div_ceil(mr) * mr);
+    let ntiles_c = nc / nr;
+    if ctx.multi && ws.acc.len() < mtiles * ntiles_c * tile_len {
+        ws.acc.resize(mtiles * ntiles_c * tile_len, 0);
     }
-    let accbuf = &mut acc[..];
-    let mut local = [0i32; TILE];
+    let mut accbuf = std::mem::take(&mut ws.acc);
+    let (wa, wb, wsums) = F::buffers(ws);
+    let ap = aligned(wa, mc * max_groups * ku);
+    let bp = aligned(wb, nc * max_groups * ku);
+    let sums_len = mc.div_ceil(mr) * max_ranges * mr;
+    if wsums.len() < sums_len {
+        wsums.resize(sums_len, 0);
+    }
+    let sums = &mut wsums[..];
+    let mut local = [0i32; TILE_MAX];
     let mut jc = blk.n0;
     while jc < blk.n1 {
         let ncur = nc.min(blk.n1 - jc);
         for step in &ctx.steps {
-            pack_b(ctx.isa, &ctx.b, jc, ncur, &step.ranges, step.pairs, bp);
-            let bstrip = step.pairs * NR * 2;
+            F::pack_b(ctx.isa, &ctx.b, jc, ncur, &step.ranges, step.groups, bp);
+            let bstrip = step.groups * nr * ku;
+            let nranges = step.ranges.len();
             let mut ic = blk.m0;
             while ic < blk.m1 {
                 let mcur = mc.min(blk.m1 - ic);
-                pack_a(ctx.isa, &ctx.a, ic, mcur, &step.ranges, step.pairs, ap);
-                let astrip = step.pairs * MR * 2;
-                let (jrs, irs) = (ncur.div_ceil(NR), mcur.div_ceil(MR));
+                F::pack_a(
+                    ctx.isa,
+                    &ctx.a,
+                    ic,
+                    mcur,
+                    &step.ranges,
+                    step.groups,
+                    ap,
+                    sums,
+                );
+                let astrip = step.groups * mr * ku;
+                let (jrs, irs) = (ncur.div_ceil(nr), mcur.div_ceil(mr));
                 // Usually B's micro-panel stays in L1 while A's strips pass (ir inner). With
                 // short steps all of B~ fits in L2, and ir outer makes each C row a sequential
                 // write stream instead of one 64-byte piece per row per visit: much kinder to
                 // DRAM when C is large and K small (576x64x131072).
-                let ir_outer = step.pairs <= SHORT_STEP_PAIRS;
+                let ir_outer = step.groups <= F::SHORT_STEP;
                 let (outer, inner) = if ir_outer { (irs, jrs) } else { (jrs, irs) };
                 for o in 0..outer {
                     for i in 0..inner {
                         let (jr, ir) = if ir_outer { (i, o) } else { (o, i) };
-                        let n = jc + jr * NR;
-                        let nvalid = NR.min(jc + ncur - n);
-                        let m = ic + ir * MR;
-                        let mvalid = MR.min(ic + mcur - m);
+                        let n = jc + jr * nr;
+                        let nvalid = nr.min(jc + ncur - n);
+                        let m = ic + ir * mr;
+                        let mvalid = mr.min(ic + mcur - m);
                         // Tile-major by column strip, so the tiles of consecutive `ir` are adjacent.
-                        let tile_idx = jr * mtiles + (m - blk.m0) / MR;
-                        for pc in &step.pieces {
-                            // In bounds: strips hold `step.pairs` pairs, `poff + pairs <= step.pairs`.
-                            let a_ptr = ap[ir * astrip + pc.poff * 2..].as_ptr();
-                            let b_ptr = bp[jr * bstrip + pc.poff * NR * 2..].as_ptr();
+                        let tile_idx = jr * mtiles + (m - blk.m0) / mr;
+                        for (pi, pc) in step.pieces.iter().enumerate() {
+                            // In bounds: strips hold `step.groups` groups,
+                            // `poff + groups <= step.groups`; the sums hold `nranges` pieces of
+                            // `mr` rows per strip.
+                            let a_ptr =
+                                ap[ir * astrip + F::a_piece(step.groups, pc.poff)..].as_ptr();
+                            let b_ptr = bp[jr * bstrip + pc.poff * nr * ku..].as_ptr();
+                            let s_ptr = sums[(ir * nranges + pi) * mr..].as_ptr();
                             if let Out::Q {
                                 c,
                                 ldc,
@@ -312,8 +613,9 @@ fn run_block_in<T: QElem>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut Workspace) {
                                 accumulate,
                             } = ctx.out
                             {
-                                if pc.first && pc.last && mvalid == MR && nvalid == NR {
-                                    let (sav, sbv) = tile_scales(&sa, &sb, pc.segment, m, n);
+                                if pc.first && pc.last && mvalid == mr && nvalid == nr {
+                                    let (sav, sbv) =
+                                        tile_scales(&sa, &sb, pc.segment, m, mr, n, nr);
                                     let mode = if !accumulate && pc.chunk == 0 {
                                         Store::Overwrite
                                     } else {
@@ -322,11 +624,12 @@ fn run_block_in<T: QElem>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut Workspace) {
                                     // SAFETY: panels as below; (m, n) is a full tile of this
                                     // task's block of C.
                                     unsafe {
-                                        ukernel::run_q(
+                                        F::tile_q(
                                             ctx.isa,
-                                            pc.pairs,
+                                            pc.groups,
                                             a_ptr,
-                                            step.pairs * 2,
+                                            step.groups,
+                                            s_ptr,
                                             b_ptr,
                                             c.0.add(m * ldc + n),
                                             ldc,
@@ -338,28 +641,30 @@ fn run_block_in<T: QElem>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut Workspace) {
                                     continue;
                                 }
                             }
-                            let tile: &mut [i32; TILE] = if pc.first && pc.last {
-                                &mut local
+                            let t: &mut [i32] = if pc.first && pc.last {
+                                &mut local[..tile_len]
                             } else {
-                                &mut accbuf[tile_idx]
+                                &mut accbuf[tile_idx * tile_len..][..tile_len]
                             };
-                            // SAFETY: the packed panels hold `step.pairs` pairs per strip and
-                            // `pc.poff + pc.pairs <= step.pairs`; the isa was checked.
+                            // SAFETY: the packed panels hold `step.groups` groups per strip and
+                            // `pc.poff + pc.groups <= step.groups`; `t` holds a whole tile; the
+                            // isa was checked.
                             unsafe {
-                                ukernel::run(
+                                F::tile(
                                     ctx.isa,
-                                    pc.pairs,
+                                    pc.groups,
                                     a_ptr,
-                                    step.pairs * 2,
+                                    step.groups,
+                                    s_ptr,
                                     b_ptr,
-                                    tile,
+                                    t.as_mut_ptr(),
                                     pc.first,
                                 );
                             }
                             if pc.last {
                                 // SAFETY: (m, n) lies in this task's block of C.
                                 unsafe {
-                                    epilogue(ctx, tile, m, mvalid, n, nvalid, pc);
+                                    epilogue(ctx, t, nr, m, mvalid, n, nvalid, pc);
                                 }
                             }
                         }
@@ -370,34 +675,38 @@ fn run_block_in<T: QElem>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut Workspace) {
         }
         jc += ncur;
     }
+    ws.acc = accbuf;
 }
 
-/// The scales of one tile: `sa(s, m + r)` and `sb(s, n + c)`, clamped to the matrix (entries
-/// past its edge are never used, and are read from the last valid index).
+/// The scales of one tile: `sa(s, m + r)` for `r < mr` and `sb(s, n + c)` for `c < nr`,
+/// clamped to the matrix (entries past its edge are never used, and are read from the last
+/// valid index).
 #[inline]
 fn tile_scales(
     sa: &Scales<'_>,
     sb: &Scales<'_>,
     s: usize,
     m: usize,
+    mr: usize,
     n: usize,
-) -> ([f32; MR], [f32; NR]) {
+    nr: usize,
+) -> ([f32; SIDE_MAX], [f32; SIDE_MAX]) {
     #[inline]
-    fn fill<const L: usize>(sc: &Scales<'_>, s: usize, i0: usize) -> [f32; L] {
+    fn fill(sc: &Scales<'_>, s: usize, i0: usize, len: usize) -> [f32; SIDE_MAX] {
         let base = s * sc.seg_stride;
         if sc.group == usize::MAX {
-            return [sc.values[base]; L];
+            return [sc.values[base]; SIDE_MAX];
         }
-        let mut out = [0f32; L];
+        let mut out = [0f32; SIDE_MAX];
         if sc.group == 1 {
-            let avail = sc.values.len().saturating_sub(base + i0).min(L);
+            let avail = sc.values.len().saturating_sub(base + i0).min(len);
             out[..avail].copy_from_slice(&sc.values[base + i0..base + i0 + avail]);
         } else {
             // One division per tile, not per element: groups are long (a feature map), so
             // the index advances at most a few times inside a tile.
             let last = sc.values.len() - 1;
             let (mut g, mut left) = (i0 / sc.group, sc.group - i0 % sc.group);
-            for v in out.iter_mut() {
+            for v in out[..len].iter_mut() {
                 *v = sc.values[(base + g).min(last)];
                 left -= 1;
                 if left == 0 {
@@ -408,17 +717,19 @@ fn tile_scales(
         }
         out
     }
-    (fill::<MR>(sa, s, m), fill::<NR>(sb, s, n))
+    (fill(sa, s, m, mr), fill(sb, s, n, nr))
 }
 
-/// Applies one finished chunk's tile to C.
+/// Applies one finished chunk's tile (`nr` columns per row) to C.
 ///
 /// # Safety
 /// Rows `m..m+mvalid`, columns `n..n+nvalid` of C must be inside C and owned by this task.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 unsafe fn epilogue<T>(
     ctx: &Ctx<'_, T>,
-    tile: &[i32; TILE],
+    tile: &[i32],
+    nr: usize,
     m: usize,
     mvalid: usize,
     n: usize,
@@ -429,7 +740,7 @@ unsafe fn epilogue<T>(
         Out::I32 { c, ldc } => {
             for r in 0..mvalid {
                 let dst = c.0.add((m + r) * ldc + n);
-                std::ptr::copy_nonoverlapping(tile.as_ptr().add(r * NR), dst, nvalid);
+                std::ptr::copy_nonoverlapping(tile.as_ptr().add(r * nr), dst, nvalid);
             }
         }
         Out::Q {
@@ -440,10 +751,10 @@ unsafe fn epilogue<T>(
             accumulate,
         } => {
             let zero_init = !accumulate && pc.chunk == 0;
-            let (sav, sbv) = tile_scales(&sa, &sb, pc.segment, m, n);
+            let (sav, sbv) = tile_scales(&sa, &sb, pc.segment, m, mvalid, n, nvalid);
             let dst = c.0.add(m * ldc + n);
             epilogue_rows(
-                ctx.isa, tile, &sav, &sbv, dst, ldc, mvalid, nvalid, zero_init,
+                ctx.isa, tile, nr, &sav, &sbv, dst, ldc, mvalid, nvalid, zero_init,
             );
         }
     }
@@ -451,8 +762,7 @@ unsafe fn epilogue<T>(
 
 /// Tile epilogue for rows `..mvalid` and columns `..nvalid` of the tile, vectorised by the
 /// compiler (AVX2 when available). Partial tiles (the last row strip when M is not a multiple
-/// of `MR`: every layer with 16, 32 or 64 output channels) take the same vector path row by
-/// row as long as the columns are whole.
+/// of `MR`) take the same vector path row by row as long as the columns are whole.
 ///
 /// # Safety
 /// `c` must address an `mvalid x nvalid` block with leading dimension `ldc`.
@@ -460,9 +770,10 @@ unsafe fn epilogue<T>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn epilogue_rows(
     isa: Isa,
-    tile: &[i32; TILE],
-    sa: &[f32; MR],
-    sb: &[f32; NR],
+    tile: &[i32],
+    nr: usize,
+    sa: &[f32; SIDE_MAX],
+    sb: &[f32; SIDE_MAX],
     c: *mut f32,
     ldc: usize,
     mvalid: usize,
@@ -484,47 +795,43 @@ unsafe fn epilogue_rows(
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn body(
-        tile: &[i32; TILE],
-        sa: &[f32; MR],
-        sb: &[f32; NR],
+        tile: &[i32],
+        nr: usize,
+        sa: &[f32; SIDE_MAX],
+        sb: &[f32; SIDE_MAX],
         c: *mut f32,
         ldc: usize,
         mvalid: usize,
         nvalid: usize,
         zero_init: bool,
     ) {
-        for r in 0..mvalid.min(MR) {
-            let row = std::slice::from_raw_parts_mut(c.add(r * ldc), nvalid);
-            let w = nvalid.min(NR);
-            row_body(
-                &mut row[..w],
-                &tile[r * NR..][..w],
-                sa[r],
-                &sb[..w],
-                zero_init,
-            );
+        let w = nvalid.min(nr);
+        for r in 0..mvalid {
+            let row = std::slice::from_raw_parts_mut(c.add(r * ldc), w);
+            row_body(row, &tile[r * nr..][..w], sa[r], &sb[..w], zero_init);
         }
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn body_avx2(
-        tile: &[i32; TILE],
-        sa: &[f32; MR],
-        sb: &[f32; NR],
+        tile: &[i32],
+        nr: usize,
+        sa: &[f32; SIDE_MAX],
+        sb: &[f32; SIDE_MAX],
         c: *mut f32,
         ldc: usize,
         mvalid: usize,
         nvalid: usize,
         zero_init: bool,
     ) {
-        body(tile, sa, sb, c, ldc, mvalid, nvalid, zero_init)
+        body(tile, nr, sa, sb, c, ldc, mvalid, nvalid, zero_init)
     }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => body_avx2(tile, sa, sb, c, ldc, mvalid, nvalid, zero_init),
-        _ => body(tile, sa, sb, c, ldc, mvalid, nvalid, zero_init),
+    #[cfg(target_arch = "x86_64")]
+    if isa.has_avx2() {
+        return body_avx2(tile, nr, sa, sb, c, ldc, mvalid, nvalid, zero_init);
     }
+    body(tile, nr, sa, sb, c, ldc, mvalid, nvalid, zero_init)
 }
 
 /// Fast element-range check: the same verdict and message as
@@ -569,7 +876,7 @@ pub(crate) fn check_range<T: QElem>(
     // Large operands are scanned by the pool too: the scan is bound by memory bandwidth,
     // which two cores have more of than one.
     let parallel = q.rows * q.cols >= 1 << 22;
-    let avx2 = Isa::detect() == Isa::Avx2;
+    let avx2 = Isa::detect().has_avx2();
     fn scan<'d, T: QElem>(
         lines: usize,
         parallel: bool,
@@ -632,25 +939,52 @@ pub fn gemm_q<T: QElem>(
     if crate::smallseg::eligible::<T>(&chunks, a.max_abs, b.max_abs) {
         return crate::smallseg::run(isa, &a, &b, &chunks, spec.accumulate, c);
     }
-    let (steps, multi) = build_steps(&chunks, KC_PAIRS);
     let ldc = c.ld;
-    let ctx = Ctx {
-        isa,
-        a: a.mat,
-        b: b.mat,
-        steps,
-        multi,
-        out: Out::Q {
-            c: SendPtr(c.data.as_mut_ptr()),
-            ldc,
-            sa: a.scales,
-            sb: b.scales,
-            accumulate: spec.accumulate,
-        },
+    let out = Out::Q {
+        c: SendPtr(c.data.as_mut_ptr()),
+        ldc,
+        sa: a.scales,
+        sb: b.scales,
+        accumulate: spec.accumulate,
     };
-    let blocks = partition(m, n, m * n * k, rayon::current_num_threads());
-    run_blocks(&ctx, &blocks);
+    run_family(isa, a.mat, b.mat, &chunks, out);
     Ok(())
+}
+
+/// Runs the chunks of `A * B` into `out` on the family `isa` selects: k-quads for 8-bit
+/// mantissas where the family uses them, k-pairs otherwise.
+fn run_family<T: QElem>(
+    isa: Isa,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    chunks: &[(usize, usize, usize)],
+    out: Out<'_>,
+) {
+    fn go<T: QElem, F: Family<T>>(
+        isa: Isa,
+        a: MatRef<'_, T>,
+        b: MatRef<'_, T>,
+        chunks: &[(usize, usize, usize)],
+        out: Out<'_>,
+    ) {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        let (steps, multi) = build_steps(chunks, F::KU, F::KC);
+        let ctx = Ctx {
+            isa,
+            a,
+            b,
+            steps,
+            multi,
+            out,
+        };
+        let blocks = partition(m, n, m * n * k, gemm_threads(), F::MR, F::NR);
+        run_blocks::<T, F>(&ctx, &blocks);
+    }
+    if isa.uses_quads() && T::as_i8(&a).is_some() {
+        go::<T, Quads>(isa, a, b, chunks, out)
+    } else {
+        go::<T, Pairs>(isa.pair_isa(), a, b, chunks, out)
+    }
 }
 
 /// Exact `C = A * B` in i32 on the given kernel family.
@@ -672,20 +1006,11 @@ pub fn gemm_i8_i32_with(
         }
         return Ok(());
     }
-    let (steps, multi) = build_steps(&[(0, 0, k)], KC_PAIRS);
-    let ctx = Ctx {
-        isa,
-        a,
-        b,
-        steps,
-        multi,
-        out: Out::I32 {
-            c: SendPtr(c.data.as_mut_ptr()),
-            ldc: c.ld,
-        },
+    let out = Out::I32 {
+        c: SendPtr(c.data.as_mut_ptr()),
+        ldc: c.ld,
     };
-    let blocks = partition(m, n, m * n * k, rayon::current_num_threads());
-    run_blocks(&ctx, &blocks);
+    run_family(isa, a, b, &[(0, 0, k)], out);
     Ok(())
 }
 
@@ -701,28 +1026,27 @@ mod tests {
             (1301, 600, 512),
         ] {
             let chunks = k_chunks(k, seg, ks);
-            let (steps, multi) = build_steps(&chunks, KC_PAIRS);
-            let mut covered = Vec::new();
-            for st in &steps {
-                assert!(st.pairs <= KC_PAIRS);
-                for (pc, &(a, b)) in st.pieces.iter().zip(&st.ranges) {
-                    assert_eq!(pc.pairs, (b - a).div_ceil(2));
-                    covered.push((pc.chunk, a, b, pc.first, pc.last));
+            for (ku, kc) in [(2, 256), (4, 128)] {
+                let (steps, multi) = build_steps(&chunks, ku, kc);
+                let mut covered = Vec::new();
+                for st in &steps {
+                    assert!(st.groups <= kc);
+                    for (pc, &(a, b)) in st.pieces.iter().zip(&st.ranges) {
+                        assert_eq!(pc.groups, (b - a).div_ceil(ku));
+                        covered.push((pc.chunk, a, b, pc.first, pc.last));
+                    }
                 }
+                // Ranges tile 0..k in order, each chunk opened once and closed once.
+                let mut next = 0;
+                for &(ci, a, b, first, last) in &covered {
+                    assert_eq!(a, next);
+                    next = b;
+                    assert_eq!(first, a == chunks[ci].1);
+                    assert_eq!(last, b == chunks[ci].2);
+                }
+                assert_eq!(next, k);
+                assert_eq!(multi, chunks.iter().any(|c| (c.2 - c.1).div_ceil(ku) > kc));
             }
-            // Ranges tile 0..k in order, each chunk opened once and closed once.
-            let mut next = 0;
-            for &(ci, a, b, first, last) in &covered {
-                assert_eq!(a, next);
-                next = b;
-                assert_eq!(first, a == chunks[ci].1);
-                assert_eq!(last, b == chunks[ci].2);
-            }
-            assert_eq!(next, k);
-            assert_eq!(
-                multi,
-                chunks.iter().any(|c| (c.2 - c.1).div_ceil(2) > KC_PAIRS)
-            );
         }
     }
 
@@ -735,7 +1059,7 @@ mod tests {
             (7, 5, 2),
             (1, 1000, 3),
         ] {
-            let blocks = partition(m, n, m * n * 4096, t);
+            let blocks = partition(m, n, m * n * 4096, t, 6, 16);
             let mut seen = vec![0u8; m * n];
             for b in &blocks {
                 for i in b.m0..b.m1 {

@@ -64,7 +64,14 @@ pub(crate) fn run<T: QElem>(
         ldc: c.ld,
     };
     // The direct path does about 4 vector operations per 8 MACs: weigh it as more work.
-    let blocks = partition(m, n, m * n * k * 4, rayon::current_num_threads());
+    let blocks = partition(
+        m,
+        n,
+        m * n * k * 4,
+        crate::qgemm::gemm_threads(),
+        crate::ukernel::MR,
+        crate::ukernel::NR,
+    );
     if blocks.len() == 1 {
         run_block(&ctx, blocks[0]);
     } else {
@@ -203,12 +210,12 @@ fn row_block_dispatch(
     ) {
         row_block(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow)
     }
-    match isa {
-        // SAFETY: the Avx2 isa is only chosen when the CPU has AVX2 and FMA.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow) },
-        _ => row_block(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow),
+    // SAFETY: AVX2 isas are only chosen when the CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    if isa.has_avx2() {
+        return unsafe { avx2(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow) };
     }
+    row_block(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow)
 }
 
 /// One C row block of `W` columns over every chunk, kept in registers.

@@ -23,13 +23,22 @@ pub const NR: usize = 16;
 /// i32 elements in one tile, row-major with leading dimension `NR`.
 pub const TILE: usize = MR * NR;
 
-/// Which microkernel family runs.
+/// Which microkernels run: an instruction set and, with it, a kernel family (the k-pair i16
+/// panels of this module, or the k-quad byte panels of [`crate::quad`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
-    /// Portable scalar Rust (the compiler may vectorise it for the baseline target).
+    /// Portable scalar Rust on k-pair panels (the compiler may vectorise it for the baseline
+    /// target).
     Generic,
-    /// AVX2 `vpmaddwd` kernel, selected when the CPU has AVX2 and FMA.
+    /// AVX2 `vpmaddwd` 6x16 kernel on k-pair panels, when the CPU has AVX2 and FMA.
     Avx2,
+    /// Portable Rust version of the k-quad family (8x32 tiles, biased byte panels): the packing
+    /// and driver of `Avx512Vnni` with a scalar microkernel, so that they are tested bit for
+    /// bit on every CPU.
+    GenericQuad,
+    /// AVX-512 VNNI `vpdpbusd` 8x32 kernel on k-quad panels (8-bit mantissas; 16-bit ones run
+    /// the AVX2 kernel), when the CPU has AVX-512 F, BW, VL and VNNI besides AVX2 and FMA.
+    Avx512Vnni,
 }
 
 impl Isa {
@@ -37,20 +46,48 @@ impl Isa {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+                    return Isa::Avx512Vnni;
+                }
                 return Isa::Avx2;
             }
         }
         Isa::Generic
     }
 
-    /// `self` if this CPU can run it, otherwise the portable kernels.
+    /// `self` if this CPU can run it, otherwise the best family below it that it can
+    /// (`Avx512Vnni` -> `Avx2` -> `Generic`).
     pub fn or_supported(self) -> Self {
+        let best = Isa::detect();
         match self {
-            Isa::Avx2 if Isa::detect() == Isa::Avx2 => Isa::Avx2,
+            Isa::Generic | Isa::GenericQuad => self,
+            Isa::Avx2 if best.has_avx2() => Isa::Avx2,
+            Isa::Avx512Vnni if best == Isa::Avx512Vnni => Isa::Avx512Vnni,
+            Isa::Avx512Vnni if best.has_avx2() => Isa::Avx2,
             _ => Isa::Generic,
+        }
+    }
+
+    /// Whether code compiled for AVX2 + FMA may run under this family.
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
+    }
+
+    /// Whether 8-bit GEMMs run on the k-quad family.
+    pub fn uses_quads(self) -> bool {
+        matches!(self, Isa::GenericQuad | Isa::Avx512Vnni)
+    }
+
+    /// The k-pair kernels this family uses for what it does not run on quads (16-bit
+    /// mantissas, exact i32 products): `Avx2` or `Generic`.
+    /// Assumes `self` is supported (see [`Isa::or_supported`]).
+    pub fn pair_isa(self) -> Self {
+        if self.has_avx2() {
+            Isa::Avx2
+        } else {
+            Isa::Generic
         }
     }
 }
@@ -70,7 +107,7 @@ pub unsafe fn run(
     tile: &mut [i32; TILE],
     first: bool,
 ) {
-    match isa {
+    match isa.pair_isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::kernel(kp, a, a_stride, b, tile, first),
         _ => generic(kp, a, a_stride, b, tile, first),
@@ -136,7 +173,7 @@ pub unsafe fn run_q(
     sb: &[f32; NR],
     mode: Store,
 ) {
-    match isa {
+    match isa.pair_isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::kernel_q(kp, a, a_stride, b, c, ldc, sa, sb, mode),
         _ => {

@@ -9,7 +9,7 @@ use lowprec_kernels::{
     MatRef, QMatRef, Scales,
 };
 
-const ISAS: [Isa; 2] = [Isa::Generic, Isa::Avx2];
+const ISAS: [Isa; 4] = [Isa::Generic, Isa::Avx2, Isa::GenericQuad, Isa::Avx512Vnni];
 
 /// How the scales of one test vary.
 #[derive(Clone, Copy, Debug)]

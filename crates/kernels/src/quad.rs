@@ -1,0 +1,939 @@
+//! The k-quad kernel family, for CPUs with AVX-512 VNNI: `vpdpbusd` multiplies 4 unsigned by 4
+//! signed bytes and adds the 4 products into an i32 lane, 64 MACs per instruction with the add
+//! fused (AVX2's `vpmaddwd` does 16 and needs a separate `vpaddd`).
+//!
+//! Exact s8 x s8 through a u8 x s8 instruction: B is packed biased, `b + 128` (its sign bit
+//! flipped), so the kernel sums `a * (b + 128) = a * b + 128 * a`, and each row's accumulators
+//! start at `-128 * sum_k a[r, k]` over the piece (row sums made while packing A). Everything
+//! wraps modulo 2^32, and the true sum of a chunk fits in i32 (the `k_safe` chunking of
+//! [`crate::types`]), so the wrapped result is the exact sum even where a biased partial sum
+//! would overflow. Pads in A are 0, so whatever B holds opposite them adds nothing.
+//!
+//! Layouts, with `Q` the step's total quads (each K sub-range padded with zeros to a multiple
+//! of 4, so that a quad never straddles two chunks):
+//!
+//! * A~: strip `s` (rows `MR*s ..`) at `s * Q * MR * 4`; quad `q`, row `r`, byte `h` at
+//!   `(q * MR + r) * 4 + h`: quad-major, so the kernel broadcasts each row's dword from a fixed
+//!   offset. Rows past the matrix and pads are 0.
+//! * Row sums: strip `s`, sub-range `i`, row `r` at `(s * ranges + i) * MR + r`.
+//! * B~: strip `j` (columns `NR*j ..`) at `j * Q * NR * 4`; quad `q`, column `c`, byte `h` at
+//!   `(q * NR + c) * 4 + h`, holding `b ^ 0x80` (`b + 128` as u8). Pads hold 0x80 (b = 0);
+//!   columns past the matrix are never read back into C.
+//!
+//! Each piece here has a portable version ([`Isa::GenericQuad`]) that runs on any CPU, so the
+//! packing and the driver of this family are tested bit for bit on every machine, and the
+//! AVX-512 kernel wherever the CPU has it.
+
+use crate::types::MatRef;
+use crate::ukernel::{Isa, Store};
+
+/// Rows of the C tile (A broadcasts per quad).
+pub const MR: usize = 8;
+/// Columns of the C tile (two 16-lane i32 vectors).
+pub const NR: usize = 32;
+/// i32 elements in one tile, row-major with leading dimension `NR`.
+pub const TILE: usize = MR * NR;
+/// Quads per step: the B micro-panel (`KC_QUADS * NR * 4` bytes = 16 KiB) stays in L1.
+pub const KC_QUADS: usize = 128;
+
+/// Whether `isa` runs the AVX-512 code of this family on this CPU.
+#[inline]
+fn vnni(isa: Isa) -> bool {
+    isa.or_supported() == Isa::Avx512Vnni
+}
+
+/// Packs rows `m0 .. m0 + mlen` of A for the k sub-ranges `ranges` (total `quads` quads) and
+/// writes each strip's row sums per sub-range into `sums`.
+#[allow(clippy::too_many_arguments)]
+pub fn pack_a(
+    isa: Isa,
+    a: &MatRef<'_, i8>,
+    m0: usize,
+    mlen: usize,
+    ranges: &[(usize, usize)],
+    quads: usize,
+    out: &mut [i8],
+    sums: &mut [i32],
+) {
+    let strips = mlen.div_ceil(MR);
+    let strip_len = quads * MR * 4;
+    let out = &mut out[..strips * strip_len];
+    let sums = &mut sums[..strips * ranges.len() * MR];
+    let fast = vnni(isa) && a.col_stride == 1;
+    for (s, dst) in out.chunks_exact_mut(strip_len).enumerate() {
+        let r0 = m0 + s * MR;
+        let valid = MR.min(m0 + mlen - r0);
+        let mut qoff = 0;
+        for (i, &(k0, k1)) in ranges.iter().enumerate() {
+            let nq = (k1 - k0).div_ceil(4);
+            let seg = &mut dst[qoff * MR * 4..(qoff + nq) * MR * 4];
+            qoff += nq;
+            let done = if fast && valid == MR {
+                // SAFETY: rows r0..r0+MR, columns k0..k1 lie in the view (checked by the
+                // caller's `MatRef::check`), so every line read is inside `a.data`; AVX2 is
+                // present (implied by AVX-512).
+                unsafe {
+                    avx2::transpose_lines(
+                        a.data,
+                        r0 * a.row_stride + k0,
+                        a.row_stride,
+                        k0,
+                        k1,
+                        MR,
+                        MR,
+                        as_bytes_mut(seg),
+                        0x00,
+                    )
+                }
+            } else {
+                k0
+            };
+            pack_a_generic(a, r0, valid, done, k1, &mut seg[(done - k0) / 4 * MR * 4..]);
+            for r in 0..MR {
+                sums[(s * ranges.len() + i) * MR + r] = if r < valid {
+                    row_sum(isa, a, r0 + r, k0, k1)
+                } else {
+                    0
+                };
+            }
+        }
+    }
+}
+
+/// The bytes of an i8 slice, for the byte shuffles shared with B.
+fn as_bytes_mut(s: &mut [i8]) -> &mut [u8] {
+    // SAFETY: i8 and u8 have the same size, alignment and validity.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut u8, s.len()) }
+}
+
+/// Portable A packing of rows `r0 .. r0 + valid` (zeros up to `MR`), columns `k0 .. k1`.
+fn pack_a_generic(
+    a: &MatRef<'_, i8>,
+    r0: usize,
+    valid: usize,
+    k0: usize,
+    k1: usize,
+    seg: &mut [i8],
+) {
+    for q in 0..(k1 - k0).div_ceil(4) {
+        for r in 0..MR {
+            for h in 0..4 {
+                let k = k0 + 4 * q + h;
+                seg[(q * MR + r) * 4 + h] = if r < valid && k < k1 {
+                    a.at(r0 + r, k)
+                } else {
+                    0
+                };
+            }
+        }
+    }
+}
+
+/// `sum_{k0 <= k < k1} a[row, k]` (exact: at most 2^31 / 128 terms of |v| <= 128).
+fn row_sum(isa: Isa, a: &MatRef<'_, i8>, row: usize, k0: usize, k1: usize) -> i32 {
+    #[inline(always)]
+    fn body(line: &[i8]) -> i32 {
+        line.iter().map(|&v| v as i32).sum()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn body_avx2(line: &[i8]) -> i32 {
+        body(line)
+    }
+    if a.col_stride == 1 {
+        let line = &a.data[row * a.row_stride + k0..row * a.row_stride + k1];
+        #[cfg(target_arch = "x86_64")]
+        if isa.or_supported().has_avx2() {
+            // SAFETY: AVX2 is present.
+            return unsafe { body_avx2(line) };
+        }
+        let _ = isa;
+        body(line)
+    } else {
+        (k0..k1).map(|k| a.at(row, k) as i32).sum()
+    }
+}
+
+/// Packs columns `n0 .. n0 + nlen` of B for the k sub-ranges `ranges` (total `quads` quads).
+pub fn pack_b(
+    isa: Isa,
+    b: &MatRef<'_, i8>,
+    n0: usize,
+    nlen: usize,
+    ranges: &[(usize, usize)],
+    quads: usize,
+    out: &mut [u8],
+) {
+    let strips = nlen.div_ceil(NR);
+    let strip_len = quads * NR * 4;
+    let out = &mut out[..strips * strip_len];
+    let full = nlen / NR;
+    let mut first = 0;
+    if vnni(isa) && b.col_stride == 1 && full > 0 {
+        // Row-contiguous B: rows are read once, in order, for all full strips (strip by strip
+        // a power-of-two row stride would thrash one cache set).
+        let mut qoff = 0;
+        for &(k0, k1) in ranges {
+            if k1 > k0 {
+                let last = (k1 - 1) * b.row_stride + n0 + full * NR;
+                assert!(last <= b.data.len());
+                // SAFETY: rows k0..k1 at columns n0..n0+full*NR are inside `data` (asserted);
+                // writes stay inside `full` strips of `strip_len` bytes; AVX2 is present.
+                unsafe {
+                    avx2::b_rows(
+                        b.data.as_ptr(),
+                        b.row_stride,
+                        n0,
+                        full,
+                        k0,
+                        k1,
+                        out.as_mut_ptr().add(qoff * NR * 4),
+                        strip_len,
+                    )
+                };
+            }
+            qoff += (k1 - k0).div_ceil(4);
+        }
+        first = full;
+    }
+    for (j, dst) in out.chunks_exact_mut(strip_len).enumerate().skip(first) {
+        let n = n0 + j * NR;
+        let valid = NR.min(n0 + nlen - n);
+        let mut qoff = 0;
+        for &(k0, k1) in ranges {
+            let nq = (k1 - k0).div_ceil(4);
+            let seg = &mut dst[qoff * NR * 4..(qoff + nq) * NR * 4];
+            qoff += nq;
+            let (done, lines) = if vnni(isa) && b.row_stride == 1 && valid >= 8 {
+                // Column-contiguous B (a transposed view): each column's quads are dwords.
+                // Whole groups of 8 columns go through the AVX2 transpose, the rest of a
+                // partial strip (the last of a 144-column weight gradient) through the loop.
+                let lines = valid / 8 * 8;
+                // SAFETY: columns n..n+valid, rows k0..k1 lie in the view, checked by the
+                // caller.
+                let done = unsafe {
+                    avx2::transpose_lines(
+                        b.data,
+                        n * b.col_stride + k0,
+                        b.col_stride,
+                        k0,
+                        k1,
+                        lines,
+                        NR,
+                        seg,
+                        0x80,
+                    )
+                };
+                (done, lines)
+            } else {
+                (k0, NR)
+            };
+            let split = (done - k0) / 4 * NR * 4;
+            if lines < NR {
+                pack_b_generic(b, n, lines, valid, k0, done, &mut seg[..split]);
+            }
+            pack_b_generic(b, n, 0, valid, done, k1, &mut seg[split..]);
+        }
+    }
+}
+
+/// Portable B packing of strip columns `c0 .. NR` (matrix columns `n + c`, those from
+/// `valid` on pads), rows `k0 .. k1`.
+fn pack_b_generic(
+    b: &MatRef<'_, i8>,
+    n: usize,
+    c0: usize,
+    valid: usize,
+    k0: usize,
+    k1: usize,
+    seg: &mut [u8],
+) {
+    for q in 0..(k1 - k0).div_ceil(4) {
+        for c in c0..NR {
+            for h in 0..4 {
+                let k = k0 + 4 * q + h;
+                let v = if c < valid && k < k1 {
+                    b.at(k, n + c)
+                } else {
+                    0
+                };
+                seg[(q * NR + c) * 4 + h] = (v as u8) ^ 0x80;
+            }
+        }
+    }
+}
+
+/// `tile = (first ? 0 : tile) + sum_{q < kq} A~[q] (x) B~[q]` for one `MR x NR` tile, exact
+/// (wrapping) i32; `sums` holds the piece's `MR` row sums of A.
+///
+/// # Safety
+/// `a` must hold `kq * MR * 4` readable bytes, `b` `kq * NR * 4`, `sums` `MR` values, and
+/// `tile` `TILE` writable values; `isa` must be supported by this CPU.
+#[inline]
+pub unsafe fn run(
+    isa: Isa,
+    kq: usize,
+    a: *const i8,
+    sums: *const i32,
+    b: *const u8,
+    tile: *mut i32,
+    first: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        return avx512::kernel(kq, a, sums, b, tile, first);
+    }
+    generic(kq, a, sums, b, tile, first)
+}
+
+/// Portable microkernel (same contract as [`run`]).
+///
+/// # Safety
+/// See [`run`].
+pub unsafe fn generic(
+    kq: usize,
+    a: *const i8,
+    sums: *const i32,
+    b: *const u8,
+    tile: *mut i32,
+    first: bool,
+) {
+    let a = std::slice::from_raw_parts(a, kq * MR * 4);
+    let b = std::slice::from_raw_parts(b, kq * NR * 4);
+    let sums = std::slice::from_raw_parts(sums, MR);
+    let tile = std::slice::from_raw_parts_mut(tile, TILE);
+    for r in 0..MR {
+        for c in 0..NR {
+            let mut acc = if first { 0i32 } else { tile[r * NR + c] };
+            acc = acc.wrapping_sub(sums[r].wrapping_mul(128));
+            for q in 0..kq {
+                for h in 0..4 {
+                    let p = (a[(q * MR + r) * 4 + h] as i32) * (b[(q * NR + c) * 4 + h] as i32);
+                    acc = acc.wrapping_add(p);
+                }
+            }
+            tile[r * NR + c] = acc;
+        }
+    }
+}
+
+/// One whole chunk for a full tile, fused with its epilogue:
+/// `C[r, c] = (C or 0.0) + ((acc[r, c] as f32) * sa[r]) * sb[c]`.
+///
+/// # Safety
+/// As [`run`] for the panels; `c` must address an `MR x NR` block with leading dimension
+/// `ldc`; `sa` holds at least `MR` and `sb` at least `NR` scales.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn run_q(
+    isa: Isa,
+    kq: usize,
+    a: *const i8,
+    sums: *const i32,
+    b: *const u8,
+    c: *mut f32,
+    ldc: usize,
+    sa: &[f32],
+    sb: &[f32],
+    mode: Store,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        return avx512::kernel_q(kq, a, sums, b, c, ldc, sa, sb, mode);
+    }
+    let mut tile = [0i32; TILE];
+    generic(kq, a, sums, b, tile.as_mut_ptr(), true);
+    for r in 0..MR {
+        let row = std::slice::from_raw_parts_mut(c.add(r * ldc), NR);
+        for (cc, v) in row.iter_mut().enumerate() {
+            let t = ((tile[r * NR + cc] as f32) * sa[r]) * sb[cc];
+            *v = if mode == Store::Accumulate {
+                *v + t
+            } else {
+                0.0 + t
+            };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Transposes an 8x8 block of dwords: lane `i` of `out[q]` is lane `q` of `v[i]`.
+    #[inline(always)]
+    unsafe fn transpose8(v: [__m256i; 8]) -> [__m256i; 8] {
+        let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
+        let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+        let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
+        let t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+        let t4 = _mm256_unpacklo_epi32(v[4], v[5]);
+        let t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+        let t6 = _mm256_unpacklo_epi32(v[6], v[7]);
+        let t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+        let u0 = _mm256_unpacklo_epi64(t0, t2);
+        let u1 = _mm256_unpackhi_epi64(t0, t2);
+        let u2 = _mm256_unpacklo_epi64(t1, t3);
+        let u3 = _mm256_unpackhi_epi64(t1, t3);
+        let u4 = _mm256_unpacklo_epi64(t4, t6);
+        let u5 = _mm256_unpackhi_epi64(t4, t6);
+        let u6 = _mm256_unpacklo_epi64(t5, t7);
+        let u7 = _mm256_unpackhi_epi64(t5, t7);
+        [
+            _mm256_permute2x128_si256(u0, u4, 0x20),
+            _mm256_permute2x128_si256(u1, u5, 0x20),
+            _mm256_permute2x128_si256(u2, u6, 0x20),
+            _mm256_permute2x128_si256(u3, u7, 0x20),
+            _mm256_permute2x128_si256(u0, u4, 0x31),
+            _mm256_permute2x128_si256(u1, u5, 0x31),
+            _mm256_permute2x128_si256(u2, u6, 0x31),
+            _mm256_permute2x128_si256(u3, u7, 0x31),
+        ]
+    }
+
+    /// Quad-major packing of `lines` k-contiguous lines (8 rows of A, or up to the 32 columns
+    /// of a B strip), line `i` starting at `data[base + i * stride]` with k = `k0`: for every
+    /// whole block of 32 k (8 quads), quad `q` of line `i` goes to `out[(q * width + i) * 4 ..]`,
+    /// XORed with `flip`. Returns the k where it stopped (the rest is the portable packer's).
+    ///
+    /// # Safety
+    /// AVX2 must be present (the bounds are asserted).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn transpose_lines(
+        data: &[i8],
+        base: usize,
+        stride: usize,
+        k0: usize,
+        k1: usize,
+        lines: usize,
+        width: usize,
+        out: &mut [u8],
+        flip: u8,
+    ) -> usize {
+        let blocks = (k1 - k0) / 32;
+        if blocks == 0 || lines == 0 {
+            return k0;
+        }
+        assert!(lines.is_multiple_of(8) && lines <= width);
+        assert!(base + (lines - 1) * stride + blocks * 32 <= data.len());
+        assert!(out.len() >= blocks * 8 * width * 4);
+        let (src, dst) = (data.as_ptr().add(base), out.as_mut_ptr());
+        let fl = _mm256_set1_epi8(flip as i8);
+        for g in 0..lines / 8 {
+            for t in 0..blocks {
+                let v: [__m256i; 8] = std::array::from_fn(|i| {
+                    _mm256_loadu_si256(src.add((8 * g + i) * stride + 32 * t) as *const __m256i)
+                });
+                for (q, o) in transpose8(v).iter().enumerate() {
+                    let at = ((8 * t + q) * width + 8 * g) * 4;
+                    _mm256_storeu_si256(dst.add(at) as *mut __m256i, _mm256_xor_si256(*o, fl));
+                }
+            }
+        }
+        k0 + blocks * 32
+    }
+
+    /// Row-contiguous B, all `full` strips: each quad of rows is read once, its four 32-byte
+    /// runs per strip interleaved byte-wise into 32 dwords (`b ^ 0x80`; rows past `k1` read
+    /// as 0) and stored to the strips, `strip_len` bytes apart.
+    ///
+    /// # Safety
+    /// Rows `k0..k1` at columns `n0 .. n0 + 32 * full` must be readable; `out` must have
+    /// room for `full` strips of `strip_len` bytes, each holding the quads of `k0..k1` from
+    /// its start; AVX2 must be present.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn b_rows(
+        data: *const i8,
+        row_stride: usize,
+        n0: usize,
+        full: usize,
+        k0: usize,
+        k1: usize,
+        out: *mut u8,
+        strip_len: usize,
+    ) {
+        let fl = _mm256_set1_epi8(0x80u8 as i8);
+        let (mut k, mut q) = (k0, 0);
+        while k < k1 {
+            let row = |h: usize| (k + h < k1).then(|| data.add((k + h) * row_stride + n0));
+            let rows = [row(0), row(1), row(2), row(3)];
+            for j in 0..full {
+                let ld = |r: Option<*const i8>| {
+                    let v = match r {
+                        Some(p) => _mm256_loadu_si256(p.add(32 * j) as *const __m256i),
+                        None => _mm256_setzero_si256(),
+                    };
+                    _mm256_xor_si256(v, fl)
+                };
+                let (x0, x1, x2, x3) = (ld(rows[0]), ld(rows[1]), ld(rows[2]), ld(rows[3]));
+                let t0 = _mm256_unpacklo_epi8(x0, x1);
+                let t1 = _mm256_unpackhi_epi8(x0, x1);
+                let t2 = _mm256_unpacklo_epi8(x2, x3);
+                let t3 = _mm256_unpackhi_epi8(x2, x3);
+                let u0 = _mm256_unpacklo_epi16(t0, t2); // columns 0..4 | 16..20
+                let u1 = _mm256_unpackhi_epi16(t0, t2); // 4..8 | 20..24
+                let u2 = _mm256_unpacklo_epi16(t1, t3); // 8..12 | 24..28
+                let u3 = _mm256_unpackhi_epi16(t1, t3); // 12..16 | 28..32
+                let o = out.add(j * strip_len + q * 128) as *mut __m256i;
+                _mm256_storeu_si256(o, _mm256_permute2x128_si256(u0, u1, 0x20));
+                _mm256_storeu_si256(o.add(1), _mm256_permute2x128_si256(u2, u3, 0x20));
+                _mm256_storeu_si256(o.add(2), _mm256_permute2x128_si256(u0, u1, 0x31));
+                _mm256_storeu_si256(o.add(3), _mm256_permute2x128_si256(u2, u3, 0x31));
+            }
+            k += 4;
+            q += 1;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Store, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Runs `kq` quads of the 8x32 tile on the accumulators (row `r`, half `h` at
+    /// `acc[2 * r + h]`): per quad 2 B loads, 8 broadcasts, 16 `vpdpbusd`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn accumulate(
+        kq: usize,
+        a: *const i8,
+        b: *const u8,
+        acc: [__m512i; 16],
+    ) -> [__m512i; 16] {
+        let [mut c0, mut c1, mut c2, mut c3, mut c4, mut c5, mut c6, mut c7, mut c8, mut c9, mut c10, mut c11, mut c12, mut c13, mut c14, mut c15] =
+            acc;
+        // The k loop in assembly, as for the AVX2 kernel: the accumulators stay in zmm16..31,
+        // the B vectors in zmm0/1 and the row broadcasts in zmm2..9.
+        std::arch::asm!(
+            "cmp {n}, 4",
+            "jb 3f",
+            "2:",
+            "vmovdqu64 zmm0, zmmword ptr [{b} + 0]",
+            "vmovdqu64 zmm1, zmmword ptr [{b} + 64]",
+            "vpbroadcastd zmm2, dword ptr [{a} + 0]",
+            "vpdpbusd zmm16, zmm0, zmm2",
+            "vpdpbusd zmm17, zmm1, zmm2",
+            "vpbroadcastd zmm3, dword ptr [{a} + 4]",
+            "vpdpbusd zmm18, zmm0, zmm3",
+            "vpdpbusd zmm19, zmm1, zmm3",
+            "vpbroadcastd zmm4, dword ptr [{a} + 8]",
+            "vpdpbusd zmm20, zmm0, zmm4",
+            "vpdpbusd zmm21, zmm1, zmm4",
+            "vpbroadcastd zmm5, dword ptr [{a} + 12]",
+            "vpdpbusd zmm22, zmm0, zmm5",
+            "vpdpbusd zmm23, zmm1, zmm5",
+            "vpbroadcastd zmm6, dword ptr [{a} + 16]",
+            "vpdpbusd zmm24, zmm0, zmm6",
+            "vpdpbusd zmm25, zmm1, zmm6",
+            "vpbroadcastd zmm7, dword ptr [{a} + 20]",
+            "vpdpbusd zmm26, zmm0, zmm7",
+            "vpdpbusd zmm27, zmm1, zmm7",
+            "vpbroadcastd zmm8, dword ptr [{a} + 24]",
+            "vpdpbusd zmm28, zmm0, zmm8",
+            "vpdpbusd zmm29, zmm1, zmm8",
+            "vpbroadcastd zmm9, dword ptr [{a} + 28]",
+            "vpdpbusd zmm30, zmm0, zmm9",
+            "vpdpbusd zmm31, zmm1, zmm9",
+            "vmovdqu64 zmm0, zmmword ptr [{b} + 128]",
+            "vmovdqu64 zmm1, zmmword ptr [{b} + 192]",
+            "vpbroadcastd zmm2, dword ptr [{a} + 32]",
+            "vpdpbusd zmm16, zmm0, zmm2",
+            "vpdpbusd zmm17, zmm1, zmm2",
+            "vpbroadcastd zmm3, dword ptr [{a} + 36]",
+            "vpdpbusd zmm18, zmm0, zmm3",
+            "vpdpbusd zmm19, zmm1, zmm3",
+            "vpbroadcastd zmm4, dword ptr [{a} + 40]",
+            "vpdpbusd zmm20, zmm0, zmm4",
+            "vpdpbusd zmm21, zmm1, zmm4",
+            "vpbroadcastd zmm5, dword ptr [{a} + 44]",
+            "vpdpbusd zmm22, zmm0, zmm5",
+            "vpdpbusd zmm23, zmm1, zmm5",
+            "vpbroadcastd zmm6, dword ptr [{a} + 48]",
+            "vpdpbusd zmm24, zmm0, zmm6",
+            "vpdpbusd zmm25, zmm1, zmm6",
+            "vpbroadcastd zmm7, dword ptr [{a} + 52]",
+            "vpdpbusd zmm26, zmm0, zmm7",
+            "vpdpbusd zmm27, zmm1, zmm7",
+            "vpbroadcastd zmm8, dword ptr [{a} + 56]",
+            "vpdpbusd zmm28, zmm0, zmm8",
+            "vpdpbusd zmm29, zmm1, zmm8",
+            "vpbroadcastd zmm9, dword ptr [{a} + 60]",
+            "vpdpbusd zmm30, zmm0, zmm9",
+            "vpdpbusd zmm31, zmm1, zmm9",
+            "vmovdqu64 zmm0, zmmword ptr [{b} + 256]",
+            "vmovdqu64 zmm1, zmmword ptr [{b} + 320]",
+            "vpbroadcastd zmm2, dword ptr [{a} + 64]",
+            "vpdpbusd zmm16, zmm0, zmm2",
+            "vpdpbusd zmm17, zmm1, zmm2",
+            "vpbroadcastd zmm3, dword ptr [{a} + 68]",
+            "vpdpbusd zmm18, zmm0, zmm3",
+            "vpdpbusd zmm19, zmm1, zmm3",
+            "vpbroadcastd zmm4, dword ptr [{a} + 72]",
+            "vpdpbusd zmm20, zmm0, zmm4",
+            "vpdpbusd zmm21, zmm1, zmm4",
+            "vpbroadcastd zmm5, dword ptr [{a} + 76]",
+            "vpdpbusd zmm22, zmm0, zmm5",
+            "vpdpbusd zmm23, zmm1, zmm5",
+            "vpbroadcastd zmm6, dword ptr [{a} + 80]",
+            "vpdpbusd zmm24, zmm0, zmm6",
+            "vpdpbusd zmm25, zmm1, zmm6",
+            "vpbroadcastd zmm7, dword ptr [{a} + 84]",
+            "vpdpbusd zmm26, zmm0, zmm7",
+            "vpdpbusd zmm27, zmm1, zmm7",
+            "vpbroadcastd zmm8, dword ptr [{a} + 88]",
+            "vpdpbusd zmm28, zmm0, zmm8",
+            "vpdpbusd zmm29, zmm1, zmm8",
+            "vpbroadcastd zmm9, dword ptr [{a} + 92]",
+            "vpdpbusd zmm30, zmm0, zmm9",
+            "vpdpbusd zmm31, zmm1, zmm9",
+            "vmovdqu64 zmm0, zmmword ptr [{b} + 384]",
+            "vmovdqu64 zmm1, zmmword ptr [{b} + 448]",
+            "vpbroadcastd zmm2, dword ptr [{a} + 96]",
+            "vpdpbusd zmm16, zmm0, zmm2",
+            "vpdpbusd zmm17, zmm1, zmm2",
+            "vpbroadcastd zmm3, dword ptr [{a} + 100]",
+            "vpdpbusd zmm18, zmm0, zmm3",
+            "vpdpbusd zmm19, zmm1, zmm3",
+            "vpbroadcastd zmm4, dword ptr [{a} + 104]",
+            "vpdpbusd zmm20, zmm0, zmm4",
+            "vpdpbusd zmm21, zmm1, zmm4",
+            "vpbroadcastd zmm5, dword ptr [{a} + 108]",
+            "vpdpbusd zmm22, zmm0, zmm5",
+            "vpdpbusd zmm23, zmm1, zmm5",
+            "vpbroadcastd zmm6, dword ptr [{a} + 112]",
+            "vpdpbusd zmm24, zmm0, zmm6",
+            "vpdpbusd zmm25, zmm1, zmm6",
+            "vpbroadcastd zmm7, dword ptr [{a} + 116]",
+            "vpdpbusd zmm26, zmm0, zmm7",
+            "vpdpbusd zmm27, zmm1, zmm7",
+            "vpbroadcastd zmm8, dword ptr [{a} + 120]",
+            "vpdpbusd zmm28, zmm0, zmm8",
+            "vpdpbusd zmm29, zmm1, zmm8",
+            "vpbroadcastd zmm9, dword ptr [{a} + 124]",
+            "vpdpbusd zmm30, zmm0, zmm9",
+            "vpdpbusd zmm31, zmm1, zmm9",
+            "add {a}, 128",
+            "add {b}, 512",
+            "sub {n}, 4",
+            "cmp {n}, 4",
+            "jae 2b",
+            "3:",
+            "test {n}, {n}",
+            "jz 5f",
+            "4:",
+            "vmovdqu64 zmm0, zmmword ptr [{b} + 0]",
+            "vmovdqu64 zmm1, zmmword ptr [{b} + 64]",
+            "vpbroadcastd zmm2, dword ptr [{a} + 0]",
+            "vpdpbusd zmm16, zmm0, zmm2",
+            "vpdpbusd zmm17, zmm1, zmm2",
+            "vpbroadcastd zmm3, dword ptr [{a} + 4]",
+            "vpdpbusd zmm18, zmm0, zmm3",
+            "vpdpbusd zmm19, zmm1, zmm3",
+            "vpbroadcastd zmm4, dword ptr [{a} + 8]",
+            "vpdpbusd zmm20, zmm0, zmm4",
+            "vpdpbusd zmm21, zmm1, zmm4",
+            "vpbroadcastd zmm5, dword ptr [{a} + 12]",
+            "vpdpbusd zmm22, zmm0, zmm5",
+            "vpdpbusd zmm23, zmm1, zmm5",
+            "vpbroadcastd zmm6, dword ptr [{a} + 16]",
+            "vpdpbusd zmm24, zmm0, zmm6",
+            "vpdpbusd zmm25, zmm1, zmm6",
+            "vpbroadcastd zmm7, dword ptr [{a} + 20]",
+            "vpdpbusd zmm26, zmm0, zmm7",
+            "vpdpbusd zmm27, zmm1, zmm7",
+            "vpbroadcastd zmm8, dword ptr [{a} + 24]",
+            "vpdpbusd zmm28, zmm0, zmm8",
+            "vpdpbusd zmm29, zmm1, zmm8",
+            "vpbroadcastd zmm9, dword ptr [{a} + 28]",
+            "vpdpbusd zmm30, zmm0, zmm9",
+            "vpdpbusd zmm31, zmm1, zmm9",
+            "add {a}, 32",
+            "add {b}, 128",
+            "dec {n}",
+            "jnz 4b",
+            "5:",
+
+            a = inout(reg) a => _,
+            b = inout(reg) b => _,
+            n = inout(reg) kq => _,
+            out("zmm0") _,
+            out("zmm1") _,
+            out("zmm2") _,
+            out("zmm3") _,
+            out("zmm4") _,
+            out("zmm5") _,
+            out("zmm6") _,
+            out("zmm7") _,
+            out("zmm8") _,
+            out("zmm9") _,
+            inout("zmm16") c0,
+            inout("zmm17") c1,
+            inout("zmm18") c2,
+            inout("zmm19") c3,
+            inout("zmm20") c4,
+            inout("zmm21") c5,
+            inout("zmm22") c6,
+            inout("zmm23") c7,
+            inout("zmm24") c8,
+            inout("zmm25") c9,
+            inout("zmm26") c10,
+            inout("zmm27") c11,
+            inout("zmm28") c12,
+            inout("zmm29") c13,
+            inout("zmm30") c14,
+            inout("zmm31") c15,
+            options(nostack, readonly),
+        );
+        [
+            c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
+        ]
+    }
+
+    /// The accumulators' start: `-128 * sums[r]` (wrapping), plus the tile when continuing.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn start(sums: *const i32, tile: Option<*const i32>) -> [__m512i; 16] {
+        std::array::from_fn(|i| {
+            let corr = _mm512_set1_epi32((*sums.add(i / 2)).wrapping_mul(-128));
+            match tile {
+                Some(t) => _mm512_add_epi32(_mm512_loadu_si512(t.add(16 * i) as *const _), corr),
+                None => corr,
+            }
+        })
+    }
+
+    /// The tile kernel of [`super::run`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn kernel(
+        kq: usize,
+        a: *const i8,
+        sums: *const i32,
+        b: *const u8,
+        tile: *mut i32,
+        first: bool,
+    ) {
+        let acc = start(sums, (!first).then_some(tile as *const i32));
+        let acc = accumulate(kq, a, b, acc);
+        for (i, v) in acc.iter().enumerate() {
+            _mm512_storeu_si512(tile.add(16 * i) as *mut _, *v);
+        }
+    }
+
+    /// A whole chunk straight into C (see [`super::run_q`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn kernel_q(
+        kq: usize,
+        a: *const i8,
+        sums: *const i32,
+        b: *const u8,
+        c: *mut f32,
+        ldc: usize,
+        sa: &[f32],
+        sb: &[f32],
+        mode: Store,
+    ) {
+        let acc = accumulate(kq, a, b, start(sums, None));
+        assert!(sa.len() >= MR && sb.len() >= NR);
+        let sb0 = _mm512_loadu_ps(sb.as_ptr());
+        let sb1 = _mm512_loadu_ps(sb.as_ptr().add(16));
+        let zero = _mm512_setzero_ps();
+        for r in 0..MR {
+            let s = _mm512_set1_ps(sa[r]);
+            let row = c.add(r * ldc);
+            let t0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[2 * r]), s), sb0);
+            let t1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[2 * r + 1]), s), sb1);
+            let (base0, base1) = match mode {
+                Store::Accumulate => (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16))),
+                // `0.0 + t`: the semantics start from 0.0, which turns -0.0 into +0.0.
+                Store::Overwrite => (zero, zero),
+            };
+            _mm512_storeu_ps(row, _mm512_add_ps(base0, t0));
+            _mm512_storeu_ps(row.add(16), _mm512_add_ps(base1, t1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn val(i: usize) -> i8 {
+        ((i.wrapping_mul(2_654_435_761) >> 7) % 256) as u8 as i8
+    }
+
+    fn quads_of(ranges: &[(usize, usize)]) -> usize {
+        ranges.iter().map(|(a, b)| (b - a).div_ceil(4)).sum()
+    }
+
+    const RANGE_SETS: [&[(usize, usize)]; 6] = [
+        &[(0, 77)],
+        &[(3, 19)],
+        &[(0, 32), (32, 65), (70, 71)],
+        &[(5, 6), (6, 75)],
+        &[(1, 77)],
+        &[(0, 64)],
+    ];
+
+    /// The AVX2/AVX-512 packing paths write exactly what the portable ones write, for row- and
+    /// column-contiguous operands, short and odd k ranges, several ranges, partial strips.
+    #[test]
+    fn fast_packing_matches_portable() {
+        if Isa::detect() != Isa::Avx512Vnni {
+            eprintln!("no AVX-512 VNNI on this CPU: only the portable quad packing runs here");
+            return;
+        }
+        let (rows, cols) = (77, 83);
+        let data: Vec<i8> = (0..rows * cols).map(val).collect();
+        let row_major = MatRef::row_major(&data, rows, cols).unwrap();
+        let col_major = MatRef::row_major(&data, cols, rows).unwrap().t(); // rows x cols view
+        for view in [row_major, col_major] {
+            for ranges in RANGE_SETS {
+                let quads = quads_of(ranges);
+                for (n0, nlen) in [(0usize, 83usize), (5, 32), (37, 16), (2, 75), (40, 43)] {
+                    let len = nlen.div_ceil(NR) * quads * NR * 4;
+                    let mut fast = vec![7u8; len];
+                    let mut slow = vec![9u8; len];
+                    pack_b(Isa::Avx512Vnni, &view, n0, nlen, ranges, quads, &mut fast);
+                    pack_b(Isa::GenericQuad, &view, n0, nlen, ranges, quads, &mut slow);
+                    assert_eq!(fast, slow, "B ranges {ranges:?} cols {n0}+{nlen}");
+                }
+                // A: rows are the view's columns here (k runs along the view's rows).
+                let at = view.t();
+                for (m0, mlen) in [(0usize, 83usize), (4, 7), (47, 16), (60, 23)] {
+                    let strips = mlen.div_ceil(MR);
+                    let len = strips * MR * quads * 4;
+                    let (mut fast, mut slow) = (vec![7i8; len], vec![9i8; len]);
+                    let slen = strips * ranges.len() * MR;
+                    let (mut sf, mut ss) = (vec![7i32; slen], vec![9i32; slen]);
+                    pack_a(
+                        Isa::Avx512Vnni,
+                        &at,
+                        m0,
+                        mlen,
+                        ranges,
+                        quads,
+                        &mut fast,
+                        &mut sf,
+                    );
+                    pack_a(
+                        Isa::GenericQuad,
+                        &at,
+                        m0,
+                        mlen,
+                        ranges,
+                        quads,
+                        &mut slow,
+                        &mut ss,
+                    );
+                    assert_eq!(fast, slow, "A ranges {ranges:?} rows {m0}+{mlen}");
+                    assert_eq!(sf, ss, "A sums, ranges {ranges:?} rows {m0}+{mlen}");
+                }
+            }
+        }
+    }
+
+    /// Packed panels hold the values at the documented positions (B biased by 128), padded,
+    /// and the row sums are the sums of each sub-range.
+    #[test]
+    fn packed_layout_is_as_documented() {
+        let (rows, cols) = (11, 40);
+        let data: Vec<i8> = (0..rows * cols).map(val).collect();
+        let m = MatRef::row_major(&data, rows, cols).unwrap();
+        for isa in [Isa::GenericQuad, Isa::Avx512Vnni] {
+            let ranges = [(0, 5), (5, 11)];
+            let quads = quads_of(&ranges);
+            let mut out = vec![0u8; 2 * quads * NR * 4];
+            pack_b(isa, &m, 0, cols, &ranges, quads, &mut out);
+            for (j, strip) in out.chunks_exact(quads * NR * 4).enumerate() {
+                let mut qoff = 0;
+                for &(k0, k1) in &ranges {
+                    for q in 0..(k1 - k0).div_ceil(4) {
+                        for c in 0..NR {
+                            for h in 0..4 {
+                                let (k, n) = (k0 + 4 * q + h, j * NR + c);
+                                let v = if k < k1 && n < cols { m.at(k, n) } else { 0 };
+                                let got = strip[((qoff + q) * NR + c) * 4 + h];
+                                assert_eq!(got, (v as u8) ^ 0x80, "{isa:?} B k {k} n {n}");
+                            }
+                        }
+                    }
+                    qoff += (k1 - k0).div_ceil(4);
+                }
+            }
+            // A: the 11 x 40 matrix, k ranges over its columns.
+            let ranges = [(0, 7), (7, 40)];
+            let quads = quads_of(&ranges);
+            let mut out = vec![0i8; 2 * MR * quads * 4];
+            let mut sums = vec![0i32; 2 * ranges.len() * MR];
+            pack_a(isa, &m, 0, rows, &ranges, quads, &mut out, &mut sums);
+            for s in 0..2 {
+                let strip = &out[s * quads * MR * 4..][..quads * MR * 4];
+                let mut qoff = 0;
+                for (i, &(k0, k1)) in ranges.iter().enumerate() {
+                    for r in 0..MR {
+                        let row = s * MR + r;
+                        let mut want_sum = 0;
+                        for q in 0..(k1 - k0).div_ceil(4) {
+                            for h in 0..4 {
+                                let k = k0 + 4 * q + h;
+                                let v = if k < k1 && row < rows {
+                                    m.at(row, k)
+                                } else {
+                                    0
+                                };
+                                want_sum += v as i32;
+                                let got = strip[((qoff + q) * MR + r) * 4 + h];
+                                assert_eq!(got, v, "{isa:?} A row {row} k {k}");
+                            }
+                        }
+                        assert_eq!(sums[(s * ranges.len() + i) * MR + r], want_sum);
+                    }
+                    qoff += (k1 - k0).div_ceil(4);
+                }
+            }
+        }
+    }
+
+    /// The biased kernel is exact at the extremes: all -128 against all -128 and +127, with
+    /// the row sums the packer makes.
+    #[test]
+    fn kernels_exact_at_extremes() {
+        let kq = 37;
+        for isa in [Isa::GenericQuad, Isa::Avx512Vnni] {
+            let isa = isa.or_supported();
+            if !isa.uses_quads() {
+                continue;
+            }
+            for (av, bv) in [
+                (-128i8, -128i8),
+                (-128, 127),
+                (127, -128),
+                (127, 127),
+                (0, -128),
+            ] {
+                let a = vec![av; MR * kq * 4];
+                let b: Vec<u8> = vec![(bv as u8) ^ 0x80; NR * kq * 4];
+                let sums = [(av as i32) * (kq as i32) * 4; MR];
+                let mut tile = [0i32; TILE];
+                // SAFETY: panels hold kq quads; the tile holds TILE values.
+                unsafe {
+                    run(
+                        isa,
+                        kq,
+                        a.as_ptr(),
+                        sums.as_ptr(),
+                        b.as_ptr(),
+                        tile.as_mut_ptr(),
+                        true,
+                    )
+                };
+                let want = (av as i32) * (bv as i32) * (kq as i32) * 4;
+                assert!(tile.iter().all(|&t| t == want), "{isa:?} {av} x {bv}");
+            }
+        }
+    }
+}
