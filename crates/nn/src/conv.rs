@@ -39,6 +39,7 @@
 use lowprec_formats::{Block, NumberFormat, StreamKey};
 use lowprec_kernels::{GemmSpec, MatMut, MatRef, QMatRef, Scales};
 use rayon::prelude::*;
+use std::time::{Duration, Instant};
 
 use crate::ctx::{Category, StreamKind};
 use crate::im2col::{col2im, im2col, ConvGeom};
@@ -282,11 +283,33 @@ fn chunk_for(g: &ConvGeom) -> usize {
     (COL_BUDGET / (g.col_rows() * g.out_pixels()).max(1)).max(1)
 }
 
+/// Busy time of one chunk's task per category (see [`Ctx::charge_parallel`]).
+#[derive(Clone, Copy, Default)]
+struct ChunkTimes {
+    im2col: Duration,
+    gemm: Duration,
+    other: Duration,
+}
+
+/// `f()`, adding its duration to `*acc`.
+fn clock<R>(acc: &mut Duration, f: impl FnOnce() -> R) -> R {
+    let t0 = Instant::now();
+    let r = f();
+    *acc += t0.elapsed();
+    r
+}
+
 /// `y[j] = W x[j] (+ bias)` for every example of `x` through im2col and one GEMM per chunk of
 /// examples: `[Cout, rows] x col[rows, nb*P]`, scattered to `[nb, Cout, P]`. Integer GEMM when
 /// both operands are 8-bit mantissas (weights with one scale or one per row, examples with one
 /// scale each), float GEMM otherwise. The forward pass and the transposed convolution of the
 /// backward pass (stride 1) both run through here.
+///
+/// Chunks run in parallel, each on one thread from im2col to scatter (its GEMM kept serial by
+/// [`lowprec_kernels::serial`]): a chunk's column matrix is read by the core that wrote it,
+/// while it is in that core's L2, and there is no synchronisation per GEMM. Splitting every
+/// chunk's GEMM across both cores instead left 2 threads no faster than 1 on PreResNet-20.
+/// Chunks and results depend only on the shapes, never on the thread count.
 fn conv_gemm(
     ctx: &mut Ctx<'_>,
     name: &str,
@@ -296,108 +319,152 @@ fn conv_gemm(
     xq: &Batch,
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>, NnError> {
-    let (rows, p) = (g.col_rows(), g.out_pixels());
+    let p = g.out_pixels();
     let b = match xq {
         Batch::Q { scales, .. } => scales.len(),
         Batch::F(v) => v.len() / g.in_len(),
     };
     let backend = ctx.backend;
     let mut y = vec![0f32; b * cout * p];
+    if y.is_empty() {
+        return Ok(y);
+    }
     let chunk = chunk_for(g);
-    let kerr = |e| NnError::kernel(name, e);
     let wf = match (wq, xq) {
         (Weights::Q { .. }, Batch::Q { .. }) => None,
         _ => Some(wq.floats(cout)),
     };
-    for b0 in (0..b).step_by(chunk) {
-        let nb = chunk.min(b - b0);
-        let n = nb * p;
-        let mut cbuf = Scratch::<f32>::new(cout * n);
-        let mut out_t = false;
-        match (wq, xq) {
-            (
-                Weights::Q {
-                    mant: wm,
-                    scales: ws,
-                    per_channel,
-                    max_abs: wmax,
+    let t0 = Instant::now();
+    let times: Vec<Result<ChunkTimes, NnError>> = y
+        .par_chunks_mut(chunk * cout * p)
+        .enumerate()
+        .map(|(ci, yc)| {
+            let (b0, nb) = (ci * chunk, yc.len() / (cout * p));
+            lowprec_kernels::serial(|| {
+                conv_chunk(backend, name, g, cout, wq, wf.as_deref(), xq, bias, b0, nb, yc)
+            })
+        })
+        .collect();
+    let wall = t0.elapsed();
+    let mut total = ChunkTimes::default();
+    for t in times {
+        let t = t?;
+        total.im2col += t.im2col;
+        total.gemm += t.gemm;
+        total.other += t.other;
+    }
+    ctx.charge_parallel(
+        wall,
+        &[
+            (Category::Im2col, total.im2col),
+            (Category::Gemm, total.gemm),
+            (Category::Other, total.other),
+        ],
+    );
+    Ok(y)
+}
+
+/// One chunk of [`conv_gemm`]: examples `b0 .. b0 + nb` into `yc` (`[nb, Cout, P]`).
+#[allow(clippy::too_many_arguments)]
+fn conv_chunk(
+    backend: &dyn lowprec_kernels::GemmBackend,
+    name: &str,
+    g: &ConvGeom,
+    cout: usize,
+    wq: &Weights,
+    wf: Option<&[f32]>,
+    xq: &Batch,
+    bias: Option<&[f32]>,
+    b0: usize,
+    nb: usize,
+    yc: &mut [f32],
+) -> Result<ChunkTimes, NnError> {
+    let (rows, p) = (g.col_rows(), g.out_pixels());
+    let n = nb * p;
+    let kerr = |e| NnError::kernel(name, e);
+    let mut t = ChunkTimes::default();
+    let mut cbuf = Scratch::<f32>::new(cout * n);
+    let out_t = match (wq, xq) {
+        (
+            Weights::Q {
+                mant: wm,
+                scales: ws,
+                per_channel,
+                max_abs: wmax,
+            },
+            Batch::Q {
+                mant: xm,
+                scales: xs,
+                max_abs: xmax,
+            },
+        ) => {
+            let mut col = Scratch::<i8>::new(rows * n);
+            let xin = &xm[b0 * g.in_len()..(b0 + nb) * g.in_len()];
+            clock(&mut t.im2col, || im2col(g, xin, nb, &mut col));
+            let a = QMatRef {
+                mat: row_major(wm, cout, rows),
+                scales: if *per_channel {
+                    Scales::per_index(ws)
+                } else {
+                    Scales::uniform(ws)
                 },
-                Batch::Q {
-                    mant: xm,
-                    scales: xs,
-                    max_abs: xmax,
-                },
-            ) => {
-                let mut col = Scratch::<i8>::new(rows * n);
-                let xin = &xm[b0 * g.in_len()..(b0 + nb) * g.in_len()];
-                ctx.timed(Category::Im2col, |_| im2col(g, xin, nb, &mut col));
-                let a = QMatRef {
-                    mat: row_major(wm, cout, rows),
-                    scales: if *per_channel {
-                        Scales::per_index(ws)
-                    } else {
-                        Scales::uniform(ws)
-                    },
-                    max_abs: *wmax,
-                };
-                let bq = QMatRef {
-                    mat: row_major(&col, rows, n),
-                    scales: Scales::per_group(&xs[b0..b0 + nb], p),
-                    max_abs: *xmax,
-                };
-                let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
-                ctx.timed(Category::Gemm, |_| {
-                    backend.gemm_q8(a, bq, GemmSpec::whole_k(), cm)
-                })
+                max_abs: *wmax,
+            };
+            let bq = QMatRef {
+                mat: row_major(&col, rows, n),
+                scales: Scales::per_group(&xs[b0..b0 + nb], p),
+                max_abs: *xmax,
+            };
+            let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
+            clock(&mut t.gemm, || backend.gemm_q8(a, bq, GemmSpec::whole_k(), cm))
                 .map_err(kerr)?;
-            }
-            _ => {
-                // Float GEMM transposed, Y^T[n, Cout] = col^T W^T: the f32 GEMM ran 2.7x faster
-                // with the short Cout dimension as N (16 channels of 32x32 at batch 128:
-                // 131072x144x16 against 16x144x131072 in `lowprec bench gemm`).
-                let wf = wf.as_ref().expect("float weights prepared above");
-                let xf = xq.floats(b0, nb, g.in_len());
-                let mut col = Scratch::<f32>::new(rows * n);
-                ctx.timed(Category::Im2col, |_| im2col(g, &xf, nb, &mut col));
-                let a = MatRef {
-                    data: &col[..],
-                    rows: n,
-                    cols: rows,
-                    row_stride: 1,
-                    col_stride: n,
-                };
-                let cm = MatMut::row_major(&mut cbuf, n, cout).map_err(kerr)?;
-                ctx.timed(Category::Gemm, |_| {
-                    backend.gemm_f32(a, row_major(wf, cout, rows).t(), false, cm)
-                })
-                .map_err(kerr)?;
-                out_t = true;
-            }
+            false
         }
-        // Scatter [Cout, nb*P] (or its transpose) to [nb, Cout, P] and add the bias.
-        let cb = &cbuf;
-        let yc = &mut y[b0 * cout * p..(b0 + nb) * cout * p];
-        ctx.timed(Category::Other, |_| {
-            yc.par_chunks_mut(cout * p).enumerate().for_each(|(j, ex)| {
-                for (co, out) in ex.chunks_mut(p).enumerate() {
-                    let bv = bias.map_or(0.0, |bv| bv[co]);
-                    if out_t {
-                        let src = &cb[j * p * cout..][..p * cout];
-                        for (o, s) in out.iter_mut().zip(src.iter().skip(co).step_by(cout)) {
-                            *o = s + bv;
-                        }
-                    } else {
-                        let src = &cb[co * n + j * p..][..p];
-                        match bias {
-                            Some(_) => out.iter_mut().zip(src).for_each(|(o, s)| *o = s + bv),
-                            None => out.copy_from_slice(src),
-                        }
+        _ => {
+            // Float GEMM transposed, Y^T[n, Cout] = col^T W^T: the f32 GEMM ran 2.7x faster
+            // with the short Cout dimension as N (16 channels of 32x32 at batch 128:
+            // 131072x144x16 against 16x144x131072 in `lowprec bench gemm`).
+            let wf = wf.expect("float weights prepared by the caller");
+            let xf = xq.floats(b0, nb, g.in_len());
+            let mut col = Scratch::<f32>::new(rows * n);
+            clock(&mut t.im2col, || im2col(g, &xf, nb, &mut col));
+            let a = MatRef {
+                data: &col[..],
+                rows: n,
+                cols: rows,
+                row_stride: 1,
+                col_stride: n,
+            };
+            let cm = MatMut::row_major(&mut cbuf, n, cout).map_err(kerr)?;
+            clock(&mut t.gemm, || {
+                backend.gemm_f32(a, row_major(wf, cout, rows).t(), false, cm)
+            })
+            .map_err(kerr)?;
+            true
+        }
+    };
+    // Scatter [Cout, nb*P] (or its transpose) to [nb, Cout, P] and add the bias.
+    let cb = &cbuf;
+    clock(&mut t.other, || {
+        for (j, ex) in yc.chunks_mut(cout * p).enumerate() {
+            for (co, out) in ex.chunks_mut(p).enumerate() {
+                let bv = bias.map_or(0.0, |bv| bv[co]);
+                if out_t {
+                    let src = &cb[j * p * cout..][..p * cout];
+                    for (o, s) in out.iter_mut().zip(src.iter().skip(co).step_by(cout)) {
+                        *o = s + bv;
+                    }
+                } else {
+                    let src = &cb[co * n + j * p..][..p];
+                    match bias {
+                        Some(_) => out.iter_mut().zip(src).for_each(|(o, s)| *o = s + bv),
+                        None => out.copy_from_slice(src),
                     }
                 }
-            })
-        });
-    }
-    Ok(y)
+            }
+        }
+    });
+    Ok(t)
 }
 
 impl Conv2d {

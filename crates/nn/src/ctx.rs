@@ -99,6 +99,24 @@ impl<'a> Ctx<'a> {
         )
     }
 
+    /// Charges `wall`, the elapsed time of a parallel section, to the current layer's categories
+    /// in proportion to `busy`, the time its tasks spent in each (summed over threads), so that
+    /// the categories of a layer still add up to its wall time.
+    pub fn charge_parallel(&mut self, wall: Duration, busy: &[(Category, Duration)]) {
+        let total: f64 = busy.iter().map(|(_, d)| d.as_secs_f64()).sum();
+        let (layer, backward) = (self.layer_index, self.backward);
+        if let Some(p) = self.profile.as_mut() {
+            for &(cat, d) in busy {
+                let share = if total > 0.0 {
+                    d.as_secs_f64() / total
+                } else {
+                    1.0 / busy.len() as f64
+                };
+                *p.times.entry((layer, backward, cat)).or_default() += wall.mul_f64(share);
+            }
+        }
+    }
+
     /// Runs `f`, charging its time to `cat` of the current layer when profiling.
     pub fn timed<R>(&mut self, cat: Category, f: impl FnOnce(&mut Self) -> R) -> R {
         if self.profile.is_none() {
