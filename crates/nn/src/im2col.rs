@@ -106,6 +106,12 @@ fn valid_range(n_out: usize, n_in: usize, stride: usize, off: usize, pad: usize)
 /// against 0.33 for 16 channels of 32x32, 1 thread).
 const TABLE_MAX_WIDTH: usize = 8;
 
+/// Widths from which "same" convolutions take the shifted-plane copy instead of the tables
+/// (8-bit im2col, `lowprec profile`, 1 thread, Zen 5): PreResNet-20's 64-channel 8x8 layers
+/// 2.45 -> 0.47 ms forward; VGG16's 4x4 layers 4.6 -> 4.0 ms; its 2x2 layers 1.2 -> 3.4 ms, so
+/// those stay on the tables.
+const SHIFT_MIN_WIDTH: usize = 3;
+
 /// For each kernel offset `(ki, kj)`, the input index `iy * w + ix` read by each output pixel,
 /// or -1 where it falls in the padding: `k * k * P` entries.
 fn gather_tables(g: &ConvGeom) -> Vec<i32> {
@@ -139,13 +145,13 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
         return;
     }
     let (k, hw) = (g.k, g.h * g.w);
-    if g.stride == 1 && g.wo == g.w && g.ho == g.h && g.wo > TABLE_MAX_WIDTH {
+    if g.stride == 1 && g.wo == g.w && g.ho == g.h && g.wo >= SHIFT_MIN_WIDTH {
         // "Same" convolutions: each row of `col` is its input plane shifted by a constant
         // offset, so one copy per (row, example) plus zeroing the rows and border columns that
         // fall in the padding (where the shifted copy wrapped around), instead of one short
         // copy per output row (PreResNet-20's 16-channel 32x32 layers at batch 128: 10 -> 3.5 ms
-        // per im2col). Maps of 8 or fewer columns stay on the tables below, which were faster
-        // there (VGG16's 2x2 layers: 3 against 12 ms), the per-example loop dominating.
+        // per im2col). Maps narrower than `SHIFT_MIN_WIDTH` stay on the tables below, the
+        // per-example loop dominating there.
         col.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
             let (c, ki, kj) = (r / (k * k), (r / k) % k, r % k);
             let (oy_lo, oy_hi) = g.valid_oy(ki);
