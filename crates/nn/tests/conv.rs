@@ -39,9 +39,13 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (2, 11, 12, 3, 1, 1, 3),
     (3, 10, 20, 3, 2, 1, 2),
     (1, 9, 33, 5, 1, 2, 1),
-    // "Same" convolutions (stride 1, output = input size) wider than 8 take the shifted-plane
-    // im2col; kernels wider than the map wrap around more than one border column.
+    // "Same" convolutions (stride 1, output = input size) from width 3 on take the
+    // shifted-plane im2col; kernels wider than the map wrap around more than one border column.
     (5, 2, 2, 3, 1, 1, 3),
+    (2, 8, 8, 3, 1, 1, 2),
+    (3, 4, 4, 3, 1, 1, 2),
+    (2, 3, 3, 3, 1, 1, 2),
+    (1, 6, 4, 5, 1, 2, 1),
     (3, 1, 9, 3, 1, 1, 2),
     (2, 4, 10, 7, 1, 3, 2),
     (2, 3, 9, 9, 1, 4, 1),
