@@ -1,8 +1,8 @@
 //! Run kernels: quantise one contiguous run of elements that share a scale.
 //!
-//! [`quantize_run`] picks the AVX2 kernel at run time when the CPU has it and otherwise the
-//! portable kernel; both follow [`crate::scalar::round_scaled_f32`] and are tested bit for bit
-//! against [`crate::scalar::quantize_scalar_ref`].
+//! [`quantize_run`] picks the widest kernel the CPU runs (AVX-512, AVX2, else portable) at run
+//! time; all follow [`crate::scalar::round_scaled_f32`] and are tested bit for bit against
+//! [`crate::scalar::quantize_scalar_ref`] (see [`RunKernel`]).
 
 use crate::format::Rounding;
 use crate::rng::{hash_lo, StreamKey};
@@ -59,20 +59,71 @@ impl RunSink for f32 {
     }
 }
 
+/// The implementations of [`quantize_run`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunKernel {
+    /// Element by element, portable.
+    Generic,
+    /// 8 lanes (AVX2 + FMA).
+    Avx2,
+    /// 16 lanes (AVX-512 F): twice the AVX2 kernel's elements per instruction, which is what
+    /// stochastic rounding (two hash rounds per element) is bound by.
+    Avx512,
+}
+
+impl RunKernel {
+    /// The kernels this CPU can run, portable first.
+    pub fn available() -> Vec<RunKernel> {
+        let mut v = vec![RunKernel::Generic];
+        if has_avx2() {
+            v.push(RunKernel::Avx2);
+        }
+        if has_avx512() {
+            v.push(RunKernel::Avx512);
+        }
+        v
+    }
+    /// The kernel [`quantize_run`] uses on this CPU.
+    pub fn best() -> RunKernel {
+        if has_avx512() {
+            RunKernel::Avx512
+        } else if has_avx2() {
+            RunKernel::Avx2
+        } else {
+            RunKernel::Generic
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            RunKernel::Generic => "generic",
+            RunKernel::Avx2 => "avx2",
+            RunKernel::Avx512 => "avx512",
+        }
+    }
+}
+
 /// Which implementation [`quantize_run`] uses on this CPU.
 pub fn kernel_name() -> &'static str {
-    if has_avx2() {
-        "avx2"
-    } else {
-        "generic"
-    }
+    RunKernel::best().name()
 }
 
 #[inline]
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2")
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[inline]
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2() && std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -83,15 +134,33 @@ fn has_avx2() -> bool {
 /// Quantises `x` (elements `base..base + x.len()` of a tensor) into `out` under `p`.
 /// `key` is required for stochastic rounding.
 pub fn quantize_run(x: &[f32], out: OutRun<'_>, p: &ScaledInt, key: StreamKey, base: u64) {
+    let done = quantize_run_with(RunKernel::best(), x, out, p, key, base);
+    debug_assert!(done.is_some(), "the best kernel is always available");
+}
+
+/// [`quantize_run`] on a chosen kernel (tests compare them); `None` when the CPU cannot run it.
+pub fn quantize_run_with(
+    kernel: RunKernel,
+    x: &[f32],
+    out: OutRun<'_>,
+    p: &ScaledInt,
+    key: StreamKey,
+    base: u64,
+) -> Option<()> {
     assert_eq!(x.len(), out.len(), "run output length");
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA presence checked above (FMA ships with every AVX2 CPU we
-        // target; the kernel only uses AVX/AVX2 instructions).
-        unsafe { avx2::quantize_run_avx2(x, out, p, key, base) };
-        return;
+    match kernel {
+        RunKernel::Generic => quantize_run_generic(x, out, p, key, base),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA presence checked.
+        RunKernel::Avx2 if has_avx2() => unsafe { avx2::quantize_run_avx2(x, out, p, key, base) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 F presence checked.
+        RunKernel::Avx512 if has_avx512() => unsafe {
+            avx512::quantize_run_avx512(x, out, p, key, base)
+        },
+        _ => return None,
     }
-    quantize_run_generic(x, out, p, key, base)
+    Some(())
 }
 
 /// The portable kernel (element by element, the f32 formulation).
@@ -292,44 +361,144 @@ mod avx2 {
             quantize_run_generic(&x[done..], tail, p, key, base + done as u64);
         }
     }
+}
 
-    fn split_out(out: OutRun<'_>, at: usize) -> (OutRun<'_>, OutRun<'_>) {
-        match out {
-            OutRun::I8(o) => {
-                let (a, b) = o.split_at_mut(at);
-                (OutRun::I8(a), OutRun::I8(b))
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn fmix32_v(mut h: __m512i) -> __m512i {
+        h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+        h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0x85EB_CA6Bu32 as i32));
+        h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
+        h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0xC2B2_AE35u32 as i32));
+        _mm512_xor_si512(h, _mm512_srli_epi32(h, 16))
+    }
+
+    /// The AVX2 kernel's operations, 16 lanes at a time, with mask registers for its
+    /// comparisons: the same value in every lane, so the same bits.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub unsafe fn quantize_run_avx512(
+        x: &[f32],
+        mut out: OutRun<'_>,
+        p: &ScaledInt,
+        key: StreamKey,
+        base: u64,
+    ) {
+        let n = x.len();
+        // Keep the high word of the element index constant inside one SIMD loop.
+        let first_wrap = (((base >> 32) + 1) << 32).saturating_sub(base) as usize;
+        if first_wrap < n {
+            let (xa, xb) = x.split_at(first_wrap);
+            let (oa, ob) = split_out(out, first_wrap);
+            quantize_run_avx512(xa, oa, p, key, base);
+            quantize_run_avx512(xb, ob, p, key, base + first_wrap as u64);
+            return;
+        }
+        let (f0, f1) = p.factors();
+        let vf0 = _mm512_set1_ps(f0);
+        let vf1 = _mm512_set1_ps(f1);
+        let vlo = _mm512_set1_ps(p.lo as f32);
+        let vhi = _mm512_set1_ps(p.hi as f32);
+        let vulp = _mm512_set1_ps(p.ulp());
+        let absmask = _mm512_set1_epi32(0x7fff_ffff);
+        let signmask = _mm512_set1_epi32(i32::MIN);
+        let one = _mm512_set1_ps(1.0);
+        let half = _mm512_set1_ps(0.5);
+        let zero = _mm512_setzero_ps();
+        let inv24 = _mm512_set1_ps(1.0 / 16_777_216.0);
+        let (k1, k2) = key.round_keys((base >> 32) as u32);
+        let vk1 = _mm512_set1_epi32(k1 as i32);
+        let vk2 = _mm512_set1_epi32(k2 as i32);
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let rounding = p.rounding;
+        let chunks = n / 16;
+        let xp = x.as_ptr();
+        for c in 0..chunks {
+            let xv = _mm512_loadu_ps(xp.add(c * 16));
+            let y = _mm512_mul_ps(_mm512_mul_ps(xv, vf0), vf1);
+            let yb = _mm512_castps_si512(y);
+            let q = match rounding {
+                Rounding::NearestEven => {
+                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y)
+                }
+                Rounding::TowardZero => {
+                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y)
+                }
+                Rounding::NearestAway | Rounding::Stochastic => {
+                    let a = _mm512_castsi512_ps(_mm512_and_si512(yb, absmask));
+                    let fa =
+                        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(a);
+                    let fr = _mm512_sub_ps(a, fa);
+                    let sign = _mm512_and_si512(yb, signmask);
+                    let bump: __mmask16 = if rounding == Rounding::NearestAway {
+                        _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fr, half)
+                    } else {
+                        let lo = (base as u32).wrapping_add((c * 16) as u32);
+                        let idx = _mm512_add_epi32(_mm512_set1_epi32(lo as i32), lane);
+                        let h = fmix32_v(_mm512_xor_si512(idx, vk1));
+                        let h = fmix32_v(_mm512_add_epi32(h, vk2));
+                        let r = _mm512_srli_epi32(h, 8);
+                        let u = _mm512_mul_ps(_mm512_cvtepi32_ps(r), inv24);
+                        let pos_bump = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fr, _mm512_sub_ps(one, u));
+                        let r_zero = _mm512_cmpeq_epi32_mask(r, _mm512_setzero_si512());
+                        let x_nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(xv, zero);
+                        let below_one = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, one);
+                        let neg_bump = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(fr, u)
+                            | (r_zero & x_nonzero & below_one);
+                        let is_neg = _mm512_test_epi32_mask(yb, signmask);
+                        (is_neg & neg_bump) | (!is_neg & pos_bump)
+                    };
+                    let m = _mm512_mask_add_ps(fa, bump, fa, one);
+                    _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(m), sign))
+                }
+            };
+            let q = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(q, vlo), vhi), zero);
+            let off = c * 16;
+            match &mut out {
+                OutRun::F32(o) => _mm512_storeu_ps(o.as_mut_ptr().add(off), _mm512_mul_ps(q, vulp)),
+                OutRun::I32(o) => _mm512_storeu_si512(
+                    o.as_mut_ptr().add(off) as *mut __m512i,
+                    _mm512_cvtps_epi32(q),
+                ),
+                OutRun::I16(o) => _mm256_storeu_si256(
+                    o.as_mut_ptr().add(off) as *mut __m256i,
+                    _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(q)),
+                ),
+                OutRun::I8(o) => _mm_storeu_si128(
+                    o.as_mut_ptr().add(off) as *mut __m128i,
+                    _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(q)),
+                ),
             }
-            OutRun::I16(o) => {
-                let (a, b) = o.split_at_mut(at);
-                (OutRun::I16(a), OutRun::I16(b))
-            }
-            OutRun::I32(o) => {
-                let (a, b) = o.split_at_mut(at);
-                (OutRun::I32(a), OutRun::I32(b))
-            }
-            OutRun::F32(o) => {
-                let (a, b) = o.split_at_mut(at);
-                (OutRun::F32(a), OutRun::F32(b))
-            }
+        }
+        let done = chunks * 16;
+        if done < n {
+            let (_, tail) = split_out(out, done);
+            super::avx2::quantize_run_avx2(&x[done..], tail, p, key, base + done as u64);
         }
     }
 }
 
-/// Runs the AVX2 kernel directly (tests compare it with the generic one); `None` when the CPU
-/// lacks AVX2.
-pub fn quantize_run_avx2_checked(
-    x: &[f32],
-    out: OutRun<'_>,
-    p: &ScaledInt,
-    key: StreamKey,
-    base: u64,
-) -> Option<()> {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 checked.
-        unsafe { avx2::quantize_run_avx2(x, out, p, key, base) };
-        return Some(());
+/// `out` split at element `at`.
+fn split_out(out: OutRun<'_>, at: usize) -> (OutRun<'_>, OutRun<'_>) {
+    match out {
+        OutRun::I8(o) => {
+            let (a, b) = o.split_at_mut(at);
+            (OutRun::I8(a), OutRun::I8(b))
+        }
+        OutRun::I16(o) => {
+            let (a, b) = o.split_at_mut(at);
+            (OutRun::I16(a), OutRun::I16(b))
+        }
+        OutRun::I32(o) => {
+            let (a, b) = o.split_at_mut(at);
+            (OutRun::I32(a), OutRun::I32(b))
+        }
+        OutRun::F32(o) => {
+            let (a, b) = o.split_at_mut(at);
+            (OutRun::F32(a), OutRun::F32(b))
+        }
     }
-    let _ = (x, out, p, key, base);
-    None
 }

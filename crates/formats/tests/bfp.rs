@@ -3,7 +3,7 @@ mod common;
 use common::TestRng;
 use lowprec_formats::bfp::floor_log2_bits;
 use lowprec_formats::format::pow2;
-use lowprec_formats::run::{quantize_run_avx2_checked, quantize_run_generic, OutRun};
+use lowprec_formats::run::{quantize_run_generic, quantize_run_with, OutRun, RunKernel};
 use lowprec_formats::scalar::{quantize_scalar_ref, ScaledInt};
 use lowprec_formats::*;
 
@@ -151,22 +151,29 @@ fn simd_run_kernel_matches_generic_and_reference_bit_for_bit() {
                         g, r,
                         "generic vs reference k={k} {rounding} n={n} base={base}"
                     );
-                    let mut s = vec![0i32; n];
-                    if quantize_run_avx2_checked(&x, OutRun::I32(&mut s), &p, key, base).is_some() {
-                        assert_eq!(s, g, "avx2 vs generic k={k} {rounding} n={n} base={base}");
+                    for kern in RunKernel::available() {
+                        let what =
+                            format!("{kern:?} vs generic k={k} {rounding} n={n} base={base}");
+                        let mut s = vec![0i32; n];
+                        quantize_run_with(kern, &x, OutRun::I32(&mut s), &p, key, base).unwrap();
+                        assert_eq!(s, g, "{what}");
                         let mut s8 = vec![0i8; n];
-                        quantize_run_avx2_checked(&x, OutRun::I8(&mut s8), &p, key, base);
-                        assert!(s8.iter().zip(&g).all(|(&a, &b)| a as i32 == b));
+                        quantize_run_with(kern, &x, OutRun::I8(&mut s8), &p, key, base).unwrap();
+                        assert!(s8.iter().zip(&g).all(|(&a, &b)| a as i32 == b), "{what} i8");
                         let mut s16 = vec![0i16; n];
-                        quantize_run_avx2_checked(&x, OutRun::I16(&mut s16), &p, key, base);
-                        assert!(s16.iter().zip(&g).all(|(&a, &b)| a as i32 == b));
+                        quantize_run_with(kern, &x, OutRun::I16(&mut s16), &p, key, base).unwrap();
+                        assert!(
+                            s16.iter().zip(&g).all(|(&a, &b)| a as i32 == b),
+                            "{what} i16"
+                        );
                         let mut sf = vec![0f32; n];
-                        quantize_run_avx2_checked(&x, OutRun::F32(&mut sf), &p, key, base);
+                        quantize_run_with(kern, &x, OutRun::F32(&mut sf), &p, key, base).unwrap();
                         let mut gf = vec![0f32; n];
                         quantize_run_generic(&x, OutRun::F32(&mut gf), &p, key, base);
                         assert_eq!(
                             sf.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                            gf.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                            gf.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{what} f32"
                         );
                     }
                 }
@@ -445,9 +452,10 @@ fn zero_draw_leaves_negative_integers_alone_in_every_kernel() {
             let mut g = vec![0i32; 16];
             quantize_run_generic(&v, OutRun::I32(&mut g), &p, key, base);
             assert_eq!(g[3], w, "generic {x}");
-            let mut s = vec![0i32; 16];
-            if quantize_run_avx2_checked(&v, OutRun::I32(&mut s), &p, key, base).is_some() {
-                assert_eq!(s[3], w, "avx2 {x}");
+            for kern in RunKernel::available() {
+                let mut s = vec![0i32; 16];
+                quantize_run_with(kern, &v, OutRun::I32(&mut s), &p, key, base).unwrap();
+                assert_eq!(s[3], w, "{kern:?} {x}");
             }
         }
     }

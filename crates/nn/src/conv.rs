@@ -341,7 +341,19 @@ fn conv_gemm(
         .map(|(ci, yc)| {
             let (b0, nb) = (ci * chunk, yc.len() / (cout * p));
             lowprec_kernels::serial(|| {
-                conv_chunk(backend, name, g, cout, wq, wf.as_deref(), xq, bias, b0, nb, yc)
+                conv_chunk(
+                    backend,
+                    name,
+                    g,
+                    cout,
+                    wq,
+                    wf.as_deref(),
+                    xq,
+                    bias,
+                    b0,
+                    nb,
+                    yc,
+                )
             })
         })
         .collect();
@@ -416,8 +428,10 @@ fn conv_chunk(
                 max_abs: *xmax,
             };
             let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
-            clock(&mut t.gemm, || backend.gemm_q8(a, bq, GemmSpec::whole_k(), cm))
-                .map_err(kerr)?;
+            clock(&mut t.gemm, || {
+                backend.gemm_q8(a, bq, GemmSpec::whole_k(), cm)
+            })
+            .map_err(kerr)?;
             false
         }
         _ => {
