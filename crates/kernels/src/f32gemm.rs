@@ -28,6 +28,27 @@ impl F32Impl {
     }
 }
 
+/// Whether a product whose C has a short side of `short` rows or columns (a convolution's
+/// output channels) runs faster with that side as M than as N on this CPU's f32 kernels.
+///
+/// Measured with the `gemm` crate (`lowprec bench gemm --kernels f32-gemm`, 1 thread): on AVX2
+/// (Zen 3) the short side as N was 2.7x faster for 16 channels (131072x144x16 against
+/// 16x144x131072). With its AVX-512 kernels (Zen 5) it is the other way for 16 channels and
+/// back again from 32: 16x144x7168 188 GFLOP/s against 7168x144x16 129, 16x7168x144 247
+/// against 144x7168x16 142; 7168x288x32 266 against 32x288x7168 209; 7168x576x64 259 against
+/// 64x576x7168 177.
+pub fn short_side_as_m(short: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        short < 32 && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = short;
+        false
+    }
+}
+
 /// Columns (or rows) of C per block: small enough for 2-3 threads to share skinny shapes,
 /// large enough that repacking the other operand per block stays cheap.
 const F32_BLOCK_MIN: usize = 256;

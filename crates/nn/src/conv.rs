@@ -435,26 +435,27 @@ fn conv_chunk(
             false
         }
         _ => {
-            // Float GEMM transposed, Y^T[n, Cout] = col^T W^T: the f32 GEMM ran 2.7x faster
-            // with the short Cout dimension as N (16 channels of 32x32 at batch 128:
-            // 131072x144x16 against 16x144x131072 in `lowprec bench gemm`).
+            // Float GEMM with the short Cout side where this CPU's f32 kernels prefer it
+            // (`short_side_as_m`): Y[Cout, n] = W col, or transposed, Y^T[n, Cout] = col^T W^T
+            // (AVX2: 2.7x faster for 16 channels than Cout as M).
             let wf = wf.expect("float weights prepared by the caller");
             let xf = xq.floats(b0, nb, g.in_len());
             let mut col = Scratch::<f32>::new(rows * n);
             clock(&mut t.im2col, || im2col(g, &xf, nb, &mut col));
-            let a = MatRef {
-                data: &col[..],
-                rows: n,
-                cols: rows,
-                row_stride: 1,
-                col_stride: n,
-            };
-            let cm = MatMut::row_major(&mut cbuf, n, cout).map_err(kerr)?;
-            clock(&mut t.gemm, || {
-                backend.gemm_f32(a, row_major(wf, cout, rows).t(), false, cm)
-            })
-            .map_err(kerr)?;
-            true
+            let w = row_major(wf, cout, rows);
+            if lowprec_kernels::f32gemm::short_side_as_m(cout) {
+                let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
+                clock(&mut t.gemm, || {
+                    backend.gemm_f32(w, row_major(&col, rows, n), false, cm)
+                })
+                .map_err(kerr)?;
+                false
+            } else {
+                let cm = MatMut::row_major(&mut cbuf, n, cout).map_err(kerr)?;
+                let col_t = row_major(&col, rows, n).t();
+                clock(&mut t.gemm, || backend.gemm_f32(col_t, w.t(), false, cm)).map_err(kerr)?;
+                true
+            }
         }
     };
     // Scatter [Cout, nb*P] (or its transpose) to [nb, Cout, P] and add the bias.
@@ -901,7 +902,10 @@ impl Layer for Conv2d {
                     // Float path (fp32, or formats the integer GEMM cannot take), transposed:
                     // dW^T[rows, Cout] (+)= col[rows, n] dY^T[n, Cout]. The f32 GEMM ran 2-4x
                     // faster with the short Cout dimension as N than as M (16 channels:
-                    // 144x131072x16 against 16x131072x144 in `lowprec bench gemm`).
+                    // 144x131072x16 against 16x131072x144 in `lowprec bench gemm`, AVX2); with
+                    // the AVX-512 kernels Cout as M is faster on row-major operands, but here
+                    // B = col^T is column-major and PreResNet-20 fp32's 16-channel dW went
+                    // from 10.9 to 30.5 ms per layer that way.
                     let ef = dyq.floats(b0, nb, cout * p);
                     let et_t = ctx.timed(Category::Im2col, |_| gather_errors_t(cout, p, &ef));
                     let eft = need_dcol.then(|| {
