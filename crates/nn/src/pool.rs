@@ -124,7 +124,12 @@ impl Layer for Pool2d {
         };
         ctx.timed(Category::Other, |_| {
             let inv = 1.0 / (g.k * g.k) as f32;
-            if kind == PoolKind::Max {
+            if kind == PoolKind::Max && g.k == 2 && g.stride == 2 {
+                y.par_chunks_mut(po)
+                    .zip(arg.par_chunks_mut(po))
+                    .enumerate()
+                    .for_each(|(i, (yo, ao))| max2x2_plane(&x.data[i * hw..][..hw], &g, yo, ao));
+            } else if kind == PoolKind::Max {
                 y.par_chunks_mut(po)
                     .zip(arg.par_chunks_mut(po))
                     .enumerate()
@@ -187,6 +192,13 @@ impl Layer for Pool2d {
         let kind = self.kind;
         ctx.timed(Category::Other, |_| {
             let inv = 1.0 / (g.k * g.k) as f32;
+            if let (PoolKind::Max, Some(a), 2, 2) = (kind, &arg, g.k, g.stride) {
+                dx.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
+                    let (d, at) = (&dy.data[i * po..][..po], &a[i * po..][..po]);
+                    unmax2x2_plane(d, at, &g, plane)
+                });
+                return;
+            }
             dx.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
                 let d = &dy.data[i * po..][..po];
                 for oy in 0..g.ho {
@@ -219,6 +231,51 @@ impl Layer for Pool2d {
     fn clear_saved(&mut self) {
         self.argmax = None;
         self.batch = None;
+    }
+}
+
+/// 2x2 max pooling with stride 2 of one plane: the general loop's result (first maximum in
+/// window order, a NaN wins over numbers), without its per-element branches and bounds checks
+/// (VGG16 fp32 b32's first pool: 6.7 ms with the general loop).
+fn max2x2_plane(plane: &[f32], g: &ConvGeom, yo: &mut [f32], ao: &mut [u8]) {
+    /// Whether `v` replaces `best` (strictly greater, or the first NaN).
+    #[inline(always)]
+    fn wins(v: f32, best: f32) -> bool {
+        v > best || (v.is_nan() & !best.is_nan())
+    }
+    for oy in 0..g.ho {
+        let r0 = &plane[2 * oy * g.w..][..2 * g.wo];
+        let r1 = &plane[(2 * oy + 1) * g.w..][..2 * g.wo];
+        let (yr, ar) = (&mut yo[oy * g.wo..][..g.wo], &mut ao[oy * g.wo..][..g.wo]);
+        for (ox, (yv, av)) in yr.iter_mut().zip(ar.iter_mut()).enumerate() {
+            let (mut best, mut at) = (r0[2 * ox], 0u8);
+            for (v, idx) in [(r0[2 * ox + 1], 1u8), (r1[2 * ox], 2), (r1[2 * ox + 1], 3)] {
+                let w = wins(v, best);
+                best = if w { v } else { best };
+                at = if w { idx } else { at };
+            }
+            *yv = best;
+            *av = at;
+        }
+    }
+}
+
+/// The gradient of [`max2x2_plane`]: each output's error to its window's winner, 0 elsewhere
+/// (windows do not overlap, so every input is written once; rows and columns past the last
+/// whole window stay 0).
+fn unmax2x2_plane(d: &[f32], at: &[u8], g: &ConvGeom, plane: &mut [f32]) {
+    for oy in 0..g.ho {
+        let (dr, ar) = (&d[oy * g.wo..][..g.wo], &at[oy * g.wo..][..g.wo]);
+        let (top, bottom) = plane[2 * oy * g.w..].split_at_mut(g.w);
+        let (r0, r1) = (&mut top[..2 * g.wo], &mut bottom[..2 * g.wo]);
+        for ox in 0..g.wo {
+            let (v, a) = (dr[ox], ar[ox]);
+            let pick = |i: u8| if a == i { v } else { 0.0 };
+            r0[2 * ox] = pick(0);
+            r0[2 * ox + 1] = pick(1);
+            r1[2 * ox] = pick(2);
+            r1[2 * ox + 1] = pick(3);
+        }
     }
 }
 

@@ -906,6 +906,72 @@ fn pooling_forward_and_gradients() {
     assert!(mp.forward(&mut ctx, &[&t], false).unwrap().data[0].is_nan());
 }
 
+/// The 2x2 stride-2 max pool (a fast path) against a plain reference on random planes with
+/// ties, NaNs and odd sizes (the last row/column outside every window gets no gradient).
+#[test]
+fn maxpool_2x2_matches_reference_with_ties_nans_and_odd_sizes() {
+    let backend = CpuBackend;
+    let policy = Precision::fp32();
+    let mut ctx = Ctx::new(&backend, &policy, 1);
+    for (i, &(c, h, w)) in [
+        (3usize, 7usize, 5usize),
+        (2, 4, 4),
+        (1, 2, 2),
+        (5, 9, 16),
+        (1, 3, 2),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let b = 2;
+        let n = b * c * h * w;
+        let x: Vec<f32> = rand_vec(n, 40 + i as u64)
+            .iter()
+            .enumerate()
+            .map(|(j, &v)| match j % 11 {
+                3 => f32::NAN,
+                5 | 7 => 0.5, // ties
+                _ => (v * 4.0).round() / 4.0,
+            })
+            .collect();
+        let mut mp = Pool2d::new("mp", PoolKind::Max, &[c, h, w], 2, 2).unwrap();
+        let xt = Tensor::new(x.clone(), vec![b, c, h, w]).unwrap();
+        let y = mp.forward(&mut ctx, &[&xt], true).unwrap();
+        let (ho, wo) = (h / 2, w / 2);
+        let d = rand_vec(b * c * ho * wo, 50 + i as u64);
+        let dx = mp
+            .backward(&mut ctx, &Tensor::new(d.clone(), y.shape.clone()).unwrap())
+            .unwrap()
+            .remove(0);
+        let mut want_dx = vec![0f32; n];
+        for pl in 0..b * c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut best: Option<(f32, usize)> = None;
+                    for ki in 0..2 {
+                        for kj in 0..2 {
+                            let at = pl * h * w + (2 * oy + ki) * w + 2 * ox + kj;
+                            let v = x[at];
+                            best = match best {
+                                None => Some((v, at)),
+                                Some((bv, _)) if v > bv || (v.is_nan() && !bv.is_nan()) => {
+                                    Some((v, at))
+                                }
+                                keep => keep,
+                            };
+                        }
+                    }
+                    let (bv, at) = best.unwrap();
+                    let o = (pl * ho + oy) * wo + ox;
+                    assert_eq!(y.data[o].to_bits(), bv.to_bits(), "{c}x{h}x{w} output {o}");
+                    want_dx[at] = d[o];
+                }
+            }
+        }
+        assert_eq!(dx.data, want_dx, "{c}x{h}x{w} gradient");
+    }
+}
+
 #[test]
 fn residual_add_sums_and_splits_gradients() {
     let backend = CpuBackend;
