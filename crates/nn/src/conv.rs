@@ -324,6 +324,12 @@ fn chunk_for(g: &ConvGeom) -> usize {
     (COL_BUDGET / (g.col_rows() * g.out_pixels()).max(1)).max(1)
 }
 
+/// Chunks per worker from which [`conv_gemm`] runs chunks in parallel (each on one thread)
+/// rather than one after another with each GEMM split across the threads: with few chunks, a
+/// thread left with the last one idles the other (VGG16's 4x4 layers at batch 32: 3 chunks).
+/// Either way the chunks, and so the results, are the same.
+const PAR_CHUNKS_PER_THREAD: usize = 4;
+
 /// Busy time of one chunk's task per category (see [`Ctx::charge_parallel`]).
 #[derive(Clone, Copy, Default)]
 struct ChunkTimes {
@@ -346,11 +352,12 @@ fn clock<R>(acc: &mut Duration, f: impl FnOnce() -> R) -> R {
 /// scale each), float GEMM otherwise. The forward pass and the transposed convolution of the
 /// backward pass (stride 1) both run through here.
 ///
-/// Chunks run in parallel, each on one thread from im2col to scatter (its GEMM kept serial by
-/// [`lowprec_kernels::serial`]): a chunk's column matrix is read by the core that wrote it,
-/// while it is in that core's L2, and there is no synchronisation per GEMM. Splitting every
-/// chunk's GEMM across both cores instead left 2 threads no faster than 1 on PreResNet-20.
-/// Chunks and results depend only on the shapes, never on the thread count.
+/// With enough chunks ([`PAR_CHUNKS_PER_THREAD`]), chunks run in parallel, each on one thread
+/// from im2col to scatter (its GEMM kept serial by [`lowprec_kernels::serial`]): a chunk's
+/// column matrix is read by the core that wrote it, while it is in that core's L2, and there is
+/// no synchronisation per GEMM. Splitting every chunk's GEMM across both cores instead left 2
+/// threads no faster than 1 on PreResNet-20. Chunks and results depend only on the shapes,
+/// never on the thread count.
 fn conv_gemm(
     ctx: &mut Ctx<'_>,
     name: &str,
@@ -376,28 +383,20 @@ fn conv_gemm(
         _ => Some(wq.floats(cout)),
     };
     let t0 = Instant::now();
-    let times: Vec<Result<ChunkTimes, NnError>> = y
-        .par_chunks_mut(chunk * cout * p)
-        .enumerate()
-        .map(|(ci, yc)| {
-            let (b0, nb) = (ci * chunk, yc.len() / (cout * p));
-            lowprec_kernels::serial(|| {
-                conv_chunk(
-                    backend,
-                    name,
-                    g,
-                    cout,
-                    wq,
-                    wf.as_deref(),
-                    xq,
-                    bias,
-                    b0,
-                    nb,
-                    yc,
-                )
-            })
-        })
-        .collect();
+    let run = |(ci, yc): (usize, &mut [f32])| {
+        let (b0, nb) = (ci * chunk, yc.len() / (cout * p));
+        conv_chunk(backend, name, g, cout, wq, wf.as_deref(), xq, bias, b0, nb, yc)
+    };
+    let chunks = b.div_ceil(chunk);
+    let times: Vec<Result<ChunkTimes, NnError>> =
+        if chunks >= PAR_CHUNKS_PER_THREAD * rayon::current_num_threads() {
+            y.par_chunks_mut(chunk * cout * p)
+                .enumerate()
+                .map(|c| lowprec_kernels::serial(|| run(c)))
+                .collect()
+        } else {
+            y.chunks_mut(chunk * cout * p).enumerate().map(run).collect()
+        };
     let wall = t0.elapsed();
     let mut total = ChunkTimes::default();
     for t in times {
