@@ -385,7 +385,19 @@ fn conv_gemm(
     let t0 = Instant::now();
     let run = |(ci, yc): (usize, &mut [f32])| {
         let (b0, nb) = (ci * chunk, yc.len() / (cout * p));
-        conv_chunk(backend, name, g, cout, wq, wf.as_deref(), xq, bias, b0, nb, yc)
+        conv_chunk(
+            backend,
+            name,
+            g,
+            cout,
+            wq,
+            wf.as_deref(),
+            xq,
+            bias,
+            b0,
+            nb,
+            yc,
+        )
     };
     let chunks = b.div_ceil(chunk);
     let times: Vec<Result<ChunkTimes, NnError>> =
@@ -395,7 +407,10 @@ fn conv_gemm(
                 .map(|c| lowprec_kernels::serial(|| run(c)))
                 .collect()
         } else {
-            y.chunks_mut(chunk * cout * p).enumerate().map(run).collect()
+            y.chunks_mut(chunk * cout * p)
+                .enumerate()
+                .map(run)
+                .collect()
         };
     let wall = t0.elapsed();
     let mut total = ChunkTimes::default();
@@ -520,6 +535,164 @@ fn conv_chunk(
         }
     });
     Ok(t)
+}
+
+/// Groups of chunks in the backward pass (see `Conv2d::backward`): enough for two or three
+/// threads to share, few enough that the float path's per-group dW^T buffers stay small.
+const BACKWARD_GROUPS: usize = 8;
+
+/// What every chunk of the backward pass reads: the float path's weight gradient and the
+/// strided layers' dX through col2im.
+struct BackwardChunks<'a> {
+    backend: &'a dyn lowprec_kernels::GemmBackend,
+    name: &'a str,
+    g: &'a ConvGeom,
+    cout: usize,
+    wq: Option<&'a Weights>,
+    wf: Option<&'a [f32]>,
+    dyq: &'a Batch,
+    xq: &'a Batch,
+    chunk: usize,
+    need_dcol: bool,
+    float_dw: bool,
+}
+
+impl BackwardChunks<'_> {
+    /// Examples `e0 .. e1` (whole chunks) on this thread: returns the float path's dW^T sum
+    /// over them (`[rows, Cout]`, chunks added in order) and writes their dX into `dx` (the
+    /// strided layers' col2im route).
+    fn run(
+        &self,
+        e0: usize,
+        e1: usize,
+        dx: &mut [f32],
+    ) -> Result<(Option<Vec<f32>>, ChunkTimes), NnError> {
+        let (g, cout) = (self.g, self.cout);
+        let (rows, p) = (g.col_rows(), g.out_pixels());
+        let kerr = |e| NnError::kernel(self.name, e);
+        let backend = self.backend;
+        let mut t = ChunkTimes::default();
+        let mut gwt: Option<Vec<f32>> = None;
+        for b0 in (e0..e1).step_by(self.chunk) {
+            let nb = self.chunk.min(e1 - b0);
+            let n = nb * p;
+            let dxc = if self.need_dcol {
+                &mut dx[(b0 - e0) * g.in_len()..(b0 - e0 + nb) * g.in_len()]
+            } else {
+                &mut []
+            };
+            // The errors as `[Cout, n]` for the dcol GEMM.
+            let mut eft: Option<Vec<f32>> = None;
+            let mut et_q: Option<Vec<i8>> = None;
+            if self.float_dw {
+                // Float path (fp32, or formats the integer GEMM cannot take), transposed:
+                // dW^T[rows, Cout] (+)= col[rows, n] dY^T[n, Cout]. The f32 GEMM ran 2-4x
+                // faster with the short Cout dimension as N than as M (16 channels:
+                // 144x131072x16 against 16x131072x144 in `lowprec bench gemm`, AVX2); with
+                // the AVX-512 kernels Cout as M is faster on row-major operands, but here
+                // B = col^T is column-major and PreResNet-20 fp32's 16-channel dW went
+                // from 10.9 to 30.5 ms per layer that way.
+                let ef = self.dyq.floats(b0, nb, cout * p);
+                let et_t = clock(&mut t.im2col, || gather_errors_t(cout, p, &ef));
+                if self.need_dcol {
+                    eft = Some(clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb)));
+                }
+                drop(ef);
+                let xf = self.xq.floats(b0, nb, g.in_len());
+                let mut col = Scratch::<f32>::new(rows * n);
+                clock(&mut t.im2col, || im2col(g, &xf, nb, &mut col));
+                drop(xf);
+                let accumulate = gwt.is_some();
+                let acc = gwt.get_or_insert_with(|| vec![0f32; rows * cout]);
+                let cm = MatMut::row_major(acc, rows, cout).map_err(kerr)?;
+                clock(&mut t.gemm, || {
+                    backend.gemm_f32(
+                        row_major(&col, rows, n),
+                        row_major(&et_t, n, cout),
+                        accumulate,
+                        cm,
+                    )
+                })
+                .map_err(kerr)?;
+            } else if let Batch::Q { mant: em, .. } = self.dyq {
+                et_q = Some(clock(&mut t.im2col, || gather_errors(cout, p, em, b0, nb)));
+            }
+            if !self.need_dcol {
+                continue;
+            }
+            // dX of a strided layer: dcol[rows, n] = W^T dY, then col2im.
+            let mut dcol = vec![0f32; rows * n];
+            match (self.wq, self.dyq, &et_q) {
+                (
+                    Some(Weights::Q {
+                        mant: wm,
+                        scales: ws,
+                        per_channel,
+                        max_abs: wmax,
+                    }),
+                    Batch::Q {
+                        scales: es,
+                        max_abs: emax,
+                        ..
+                    },
+                    Some(et),
+                ) => {
+                    // W^T: per-channel scales run along K, so one segment per K index; a
+                    // tensor scale needs no segments.
+                    let (sa, segment) = if *per_channel {
+                        (Scales::per_segment(ws), 1)
+                    } else {
+                        (Scales::uniform(ws), usize::MAX)
+                    };
+                    let a = QMatRef {
+                        mat: row_major(wm, cout, rows).t(),
+                        scales: sa,
+                        max_abs: *wmax,
+                    };
+                    let bq = QMatRef {
+                        mat: row_major(et, cout, n),
+                        scales: Scales::per_group(&es[b0..b0 + nb], p),
+                        max_abs: *emax,
+                    };
+                    let spec = GemmSpec {
+                        segment,
+                        accumulate: false,
+                    };
+                    let cm = MatMut::row_major(&mut dcol, rows, n).map_err(kerr)?;
+                    clock(&mut t.gemm, || backend.gemm_q8(a, bq, spec, cm)).map_err(kerr)?;
+                }
+                _ => {
+                    let wfl;
+                    let wf = match self.wf {
+                        Some(w) => w,
+                        None => {
+                            wfl = self.wq.expect("checked by the caller").floats(cout);
+                            &wfl
+                        }
+                    };
+                    let eft = match eft {
+                        Some(e) => e,
+                        None => {
+                            let ef = self.dyq.floats(b0, nb, cout * p);
+                            clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb))
+                        }
+                    };
+                    let cm = MatMut::row_major(&mut dcol, rows, n).map_err(kerr)?;
+                    clock(&mut t.gemm, || {
+                        backend.gemm_f32(
+                            row_major(wf, cout, rows).t(),
+                            row_major(&eft, cout, n),
+                            false,
+                            cm,
+                        )
+                    })
+                    .map_err(kerr)?;
+                }
+            }
+            clock(&mut t.im2col, || col2im(g, &dcol, nb, dxc));
+        }
+        Ok((gwt, t))
+    }
 }
 
 impl Conv2d {
@@ -843,7 +1016,6 @@ impl Layer for Conv2d {
             });
         }
         let backend = ctx.backend;
-        let kerr = |e| NnError::kernel(&self.name, e);
         let chunk = self.chunk_examples();
         let wq = self.wq.as_ref().map(|w| &w.1);
         // dX as the transposed convolution (stride 1): im2col of the errors, then one GEMM
@@ -871,135 +1043,87 @@ impl Layer for Conv2d {
             Some(w) if need_dcol && !matches!(dyq, Batch::Q { .. }) => Some(w.floats(cout)),
             _ => None,
         };
+        // Chunks of examples, in groups (a function of the shape only): a group's chunks run
+        // one after another on one thread, accumulating the float path's dW^T into the group's
+        // own buffer; the groups run in parallel when there are enough chunks (each GEMM on
+        // its own thread, as in `conv_gemm`), else one after another with parallel GEMMs; the
+        // group buffers are then added in group order. The same sums in the same order at
+        // any thread count.
+        let float_dw = !matches!((&dyq, &xq), (Batch::Q { .. }, Batch::Q { .. }));
         let mut gw_t_f: Option<Vec<f32>> = None;
-        for b0 in (0..b).step_by(chunk) {
-            let nb = chunk.min(b - b0);
-            let n = nb * p;
-            let accumulate = b0 > 0;
-            // Weight gradient: dW[Cout, rows] (+)= dY[Cout, n] col^T[n, rows].
-            match (&dyq, &xq) {
-                (
-                    Batch::Q {
-                        mant: em,
-                        scales: es,
-                        max_abs: emax,
-                    },
-                    Batch::Q { .. },
-                ) => {
-                    // dW was done above; here only the strided layers' dX.
-                    if !need_dcol {
-                        continue;
-                    }
-                    let et = ctx.timed(Category::Im2col, |_| gather_errors(cout, p, em, b0, nb));
-                    {
-                        let mut dcol = vec![0f32; rows * n];
-                        match wq {
-                            Some(Weights::Q {
-                                mant: wm,
-                                scales: ws,
-                                per_channel,
-                                max_abs: wmax,
-                            }) => {
-                                // W^T: per-channel scales run along K, so one segment per K
-                                // index; a tensor scale needs no segments.
-                                let (sa, segment) = if *per_channel {
-                                    (Scales::per_segment(ws), 1)
-                                } else {
-                                    (Scales::uniform(ws), usize::MAX)
-                                };
-                                let a = QMatRef {
-                                    mat: row_major(wm, cout, rows).t(),
-                                    scales: sa,
-                                    max_abs: *wmax,
-                                };
-                                let bq = QMatRef {
-                                    mat: row_major(&et, cout, n),
-                                    scales: Scales::per_group(&es[b0..b0 + nb], p),
-                                    max_abs: *emax,
-                                };
-                                let spec = GemmSpec {
-                                    segment,
-                                    accumulate: false,
-                                };
-                                let cm = MatMut::row_major(&mut dcol, rows, n).map_err(kerr)?;
-                                ctx.timed(Category::Gemm, |_| backend.gemm_q8(a, bq, spec, cm))
-                                    .map_err(kerr)?;
-                            }
-                            _ => {
-                                let wf = wf.as_ref().expect("float weights prepared");
-                                let ef = dyq.floats(b0, nb, cout * p);
-                                let eft = gather_errors(cout, p, &ef, 0, nb);
-                                let cm = MatMut::row_major(&mut dcol, rows, n).map_err(kerr)?;
-                                ctx.timed(Category::Gemm, |_| {
-                                    backend.gemm_f32(
-                                        row_major(wf, cout, rows).t(),
-                                        row_major(&eft, cout, n),
-                                        false,
-                                        cm,
-                                    )
-                                })
-                                .map_err(kerr)?;
-                            }
-                        }
-                        let dxc = &mut dx[b0 * g.in_len()..(b0 + nb) * g.in_len()];
-                        ctx.timed(Category::Im2col, |_| col2im(&g, &dcol, nb, dxc));
-                    }
-                }
-                _ => {
-                    // Float path (fp32, or formats the integer GEMM cannot take), transposed:
-                    // dW^T[rows, Cout] (+)= col[rows, n] dY^T[n, Cout]. The f32 GEMM ran 2-4x
-                    // faster with the short Cout dimension as N than as M (16 channels:
-                    // 144x131072x16 against 16x131072x144 in `lowprec bench gemm`, AVX2); with
-                    // the AVX-512 kernels Cout as M is faster on row-major operands, but here
-                    // B = col^T is column-major and PreResNet-20 fp32's 16-channel dW went
-                    // from 10.9 to 30.5 ms per layer that way.
-                    let ef = dyq.floats(b0, nb, cout * p);
-                    let et_t = ctx.timed(Category::Im2col, |_| gather_errors_t(cout, p, &ef));
-                    let eft = need_dcol.then(|| {
-                        ctx.timed(Category::Im2col, |_| gather_errors(cout, p, &ef, 0, nb))
-                    });
-                    drop(ef);
-                    let xf = xq.floats(b0, nb, g.in_len());
-                    let mut col = Scratch::<f32>::new(rows * n);
-                    ctx.timed(Category::Im2col, |_| im2col(&g, &xf, nb, &mut col));
-                    drop(xf);
-                    let gwt = gw_t_f.get_or_insert_with(|| vec![0f32; rows * cout]);
-                    let cm = MatMut::row_major(gwt, rows, cout).map_err(kerr)?;
-                    ctx.timed(Category::Gemm, |_| {
-                        backend.gemm_f32(
-                            row_major(&col, rows, n),
-                            row_major(&et_t, n, cout),
-                            accumulate,
-                            cm,
-                        )
-                    })
-                    .map_err(kerr)?;
-                    drop(col);
-                    if need_dcol {
-                        let wfl;
-                        let wf = match &wf {
-                            Some(w) => w.as_ref(),
-                            None => {
-                                wfl = wq.expect("checked above").floats(cout);
-                                wfl.as_ref()
-                            }
-                        };
-                        let mut dcol = vec![0f32; rows * n];
-                        let cm = MatMut::row_major(&mut dcol, rows, n).map_err(kerr)?;
-                        ctx.timed(Category::Gemm, |_| {
-                            backend.gemm_f32(
-                                row_major(wf, cout, rows).t(),
-                                row_major(eft.as_ref().expect("gathered for dcol"), cout, n),
-                                false,
-                                cm,
-                            )
-                        })
-                        .map_err(kerr)?;
-                        let dxc = &mut dx[b0 * g.in_len()..(b0 + nb) * g.in_len()];
-                        ctx.timed(Category::Im2col, |_| col2im(&g, &dcol, nb, dxc));
-                    }
-                }
+        if float_dw || need_dcol {
+            let chunks = b.div_ceil(chunk);
+            let ngroups = chunks.min(BACKWARD_GROUPS);
+            // Group `gi` holds chunks `[gi * chunks / ngroups, (gi + 1) * chunks / ngroups)`.
+            let bounds: Vec<usize> = (0..=ngroups)
+                .map(|gi| (gi * chunks / ngroups * chunk).min(b))
+                .collect();
+            let mut dx_parts: Vec<&mut [f32]> = Vec::with_capacity(ngroups);
+            let mut rest: &mut [f32] = &mut dx;
+            for gi in 0..ngroups {
+                let len = if need_dcol {
+                    (bounds[gi + 1] - bounds[gi]) * g.in_len()
+                } else {
+                    0
+                };
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+                dx_parts.push(head);
+                rest = tail;
             }
+            let job = BackwardChunks {
+                backend,
+                name: &self.name,
+                g: &g,
+                cout,
+                wq,
+                wf: wf.as_deref(),
+                dyq: &dyq,
+                xq: &xq,
+                chunk,
+                need_dcol,
+                float_dw,
+            };
+            let t0 = Instant::now();
+            let run = |(gi, dxp): (usize, &mut [f32])| job.run(bounds[gi], bounds[gi + 1], dxp);
+            let parts: Vec<Result<(Option<Vec<f32>>, ChunkTimes), NnError>> =
+                if chunks >= PAR_CHUNKS_PER_THREAD * rayon::current_num_threads() {
+                    dx_parts
+                        .into_par_iter()
+                        .enumerate()
+                        .map(|c| lowprec_kernels::serial(|| run(c)))
+                        .collect()
+                } else {
+                    dx_parts.into_iter().enumerate().map(run).collect()
+                };
+            let mut total = ChunkTimes::default();
+            let mut sums = Vec::new();
+            for part in parts {
+                let (gwt, t) = part?;
+                total.im2col += t.im2col;
+                total.gemm += t.gemm;
+                total.other += t.other;
+                sums.extend(gwt);
+            }
+            let t1 = Instant::now();
+            let mut sums = sums.into_iter();
+            gw_t_f = sums.next().map(|mut acc| {
+                for part in sums {
+                    acc.par_iter_mut()
+                        .with_min_len(1 << 14)
+                        .zip(&part)
+                        .for_each(|(a, v)| *a += v);
+                }
+                acc
+            });
+            total.other += t1.elapsed();
+            ctx.charge_parallel(
+                t0.elapsed(),
+                &[
+                    (Category::Im2col, total.im2col),
+                    (Category::Gemm, total.gemm),
+                    (Category::Other, total.other),
+                ],
+            );
         }
         if let Some(gwt) = gw_t_f {
             let gw = &mut self.weight.grad;
