@@ -541,6 +541,9 @@ fn conv_chunk(
 /// threads to share, few enough that the float path's per-group dW^T buffers stay small.
 const BACKWARD_GROUPS: usize = 8;
 
+/// One backward group's float dW^T sum (if the float path ran) and its busy times.
+type GroupResult = (Option<Vec<f32>>, ChunkTimes);
+
 /// What every chunk of the backward pass reads: the float path's weight gradient and the
 /// strided layers' dX through col2im.
 struct BackwardChunks<'a> {
@@ -561,12 +564,7 @@ impl BackwardChunks<'_> {
     /// Examples `e0 .. e1` (whole chunks) on this thread: returns the float path's dW^T sum
     /// over them (`[rows, Cout]`, chunks added in order) and writes their dX into `dx` (the
     /// strided layers' col2im route).
-    fn run(
-        &self,
-        e0: usize,
-        e1: usize,
-        dx: &mut [f32],
-    ) -> Result<(Option<Vec<f32>>, ChunkTimes), NnError> {
+    fn run(&self, e0: usize, e1: usize, dx: &mut [f32]) -> Result<GroupResult, NnError> {
         let (g, cout) = (self.g, self.cout);
         let (rows, p) = (g.col_rows(), g.out_pixels());
         let kerr = |e| NnError::kernel(self.name, e);
@@ -1085,7 +1083,7 @@ impl Layer for Conv2d {
             };
             let t0 = Instant::now();
             let run = |(gi, dxp): (usize, &mut [f32])| job.run(bounds[gi], bounds[gi + 1], dxp);
-            let parts: Vec<Result<(Option<Vec<f32>>, ChunkTimes), NnError>> =
+            let parts: Vec<Result<GroupResult, NnError>> =
                 if chunks >= PAR_CHUNKS_PER_THREAD * rayon::current_num_threads() {
                     dx_parts
                         .into_par_iter()
