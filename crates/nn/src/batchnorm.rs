@@ -16,6 +16,16 @@ use crate::ctx::Category;
 use crate::layer::{Layer, Param};
 use crate::{Ctx, NnError, Tensor};
 
+/// ReLU as the `relu` layer computes it (NaN becomes 0).
+#[inline(always)]
+fn relu_f32(v: f32) -> f32 {
+    if v > 0.0 {
+        v
+    } else {
+        0.0
+    }
+}
+
 pub struct BatchNorm2d {
     name: String,
     pub c: usize,
@@ -29,6 +39,8 @@ pub struct BatchNorm2d {
     pub running_var: Vec<f32>,
     /// Examples averaged so far while recomputing statistics (`None`: momentum updates).
     recompute: Option<u64>,
+    /// A ReLU absorbed from the next layer (see [`Layer::absorb_relu`]).
+    relu: bool,
     /// Normalised input and 1/std per channel, kept for backward.
     saved: Option<(Vec<f32>, Vec<f32>, usize)>,
 }
@@ -61,6 +73,7 @@ impl BatchNorm2d {
             running_mean: vec![0.0; c],
             running_var: vec![1.0; c],
             recompute: None,
+            relu: false,
             saved: None,
         })
     }
@@ -118,8 +131,11 @@ impl Layer for BatchNorm2d {
     }
     fn describe(&self) -> String {
         format!(
-            "batchnorm {} eps={} momentum={}",
-            self.c, self.eps, self.momentum
+            "batchnorm {} eps={} momentum={}{}",
+            self.c,
+            self.eps,
+            self.momentum,
+            if self.relu { " +relu" } else { "" }
         )
     }
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, NnError> {
@@ -224,20 +240,32 @@ impl Layer for BatchNorm2d {
             } else {
                 Vec::new()
             };
+            let relu = self.relu;
             let work = |i: usize, yo: &mut [f32], xo: Option<&mut [f32]>| {
                 let ch = i % c;
                 let xi = &x.data[i * hw..][..hw];
                 let (mu, is, g, be) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
-                match xo {
-                    Some(xo) => {
+                match (xo, relu) {
+                    (Some(xo), false) => {
                         for ((yv, xh), &v) in yo.iter_mut().zip(xo.iter_mut()).zip(xi) {
                             *xh = (v - mu) * is;
                             *yv = *xh * g + be;
                         }
                     }
-                    None => {
+                    (Some(xo), true) => {
+                        for ((yv, xh), &v) in yo.iter_mut().zip(xo.iter_mut()).zip(xi) {
+                            *xh = (v - mu) * is;
+                            *yv = relu_f32(*xh * g + be);
+                        }
+                    }
+                    (None, false) => {
                         for (yv, &v) in yo.iter_mut().zip(xi) {
                             *yv = (v - mu) * is * g + be;
+                        }
+                    }
+                    (None, true) => {
+                        for (yv, &v) in yo.iter_mut().zip(xi) {
+                            *yv = relu_f32((v - mu) * is * g + be);
                         }
                     }
                 }
@@ -269,9 +297,20 @@ impl Layer for BatchNorm2d {
         }
         let (c, hw) = (self.c, self.hw);
         let count = (b * hw) as f64;
+        let (relu, gamma, beta) = (self.relu, self.gamma.value.clone(), self.beta.value.clone());
+        // With an absorbed ReLU the incoming gradient passes where the output was positive:
+        // `xhat * gamma + beta`, the forward's own expression, so the same mask bit for bit.
+        let masked = |ch: usize, g: f32, xh: f32| {
+            if !relu || xh * gamma[ch] + beta[ch] > 0.0 {
+                g
+            } else {
+                0.0
+            }
+        };
         let dx = ctx.timed(Category::Other, |_| {
             // dbeta = sum dy, dgamma = sum dy * xhat
-            let sums = self.channel_sums(&dy.data, &xhat, b, |_, v, xh| {
+            let sums = self.channel_sums(&dy.data, &xhat, b, |ch, v, xh| {
+                let v = masked(ch, v, xh);
                 (v as f64, v as f64 * xh as f64)
             });
             for (ch, &(dbeta, dgamma)) in sums.iter().enumerate() {
@@ -279,7 +318,6 @@ impl Layer for BatchNorm2d {
                 self.gamma.grad[ch] = dgamma as f32;
             }
             // dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
-            let gamma = &self.gamma.value;
             let mut dx = vec![0f32; dy.len()];
             dx.par_chunks_mut(hw).enumerate().for_each(|(i, d)| {
                 let ch = i % c;
@@ -287,8 +325,14 @@ impl Layer for BatchNorm2d {
                 let (dbeta, dgamma) = sums[ch];
                 let (mdy, mdyx) = ((dbeta / count) as f32, (dgamma / count) as f32);
                 let (dyi, xi) = (&dy.data[i * hw..][..hw], &xhat[i * hw..][..hw]);
-                for ((o, &g), &xh) in d.iter_mut().zip(dyi).zip(xi) {
-                    *o = k * (g - mdy - xh * mdyx);
+                if relu {
+                    for ((o, &g), &xh) in d.iter_mut().zip(dyi).zip(xi) {
+                        *o = k * (masked(ch, g, xh) - mdy - xh * mdyx);
+                    }
+                } else {
+                    for ((o, &g), &xh) in d.iter_mut().zip(dyi).zip(xi) {
+                        *o = k * (g - mdy - xh * mdyx);
+                    }
                 }
             });
             dx
@@ -323,6 +367,10 @@ impl Layer for BatchNorm2d {
     }
     fn clear_saved(&mut self) {
         self.saved = None;
+    }
+    fn absorb_relu(&mut self) -> bool {
+        self.relu = true;
+        true
     }
     fn begin_stats_recompute(&mut self) {
         self.running_mean.fill(0.0);

@@ -73,6 +73,13 @@ pub trait Layer: Send {
     /// Batch-statistics recomputation (SWA with batch norm): `begin` resets the running
     /// statistics and switches to a cumulative average over the following training-mode
     /// forwards; `end` switches back. Layers without batch statistics ignore both.
+    /// Asks the layer to apply a ReLU to its own output (forward) and to mask its incoming
+    /// gradient by it (backward), bit for bit what a separate ReLU layer after it would do;
+    /// returns whether it will. The model asks when a ReLU is the only reader of this layer's
+    /// output, and then skips that ReLU: one pass over the data less each way.
+    fn absorb_relu(&mut self) -> bool {
+        false
+    }
     fn begin_stats_recompute(&mut self) {}
     fn end_stats_recompute(&mut self) {}
 }

@@ -22,6 +22,9 @@ pub struct Node {
     pub layer: Box<dyn Layer>,
     /// Value indices read: 0 is the network input, `i + 1` the output of node `i`.
     pub inputs: Vec<usize>,
+    /// A ReLU whose work the layer before it does (see [`Layer::absorb_relu`]): its output is
+    /// its input, moved, and its gradient passes straight through.
+    pub absorbed: bool,
 }
 
 pub struct Model {
@@ -138,6 +141,18 @@ impl Model {
         seed: u64,
         factory: LayerFactory,
     ) -> Result<Model, NnError> {
+        Self::build_with_fusion(spec, seed, factory, true)
+    }
+
+    /// [`Model::build_with`], choosing whether ReLUs may be folded into the layer before them
+    /// (`false` runs every layer as described: the reference the fused model is tested against,
+    /// bit for bit).
+    pub fn build_with_fusion(
+        spec: &NetworkSpec,
+        seed: u64,
+        factory: LayerFactory,
+        fuse: bool,
+    ) -> Result<Model, NnError> {
         if spec.input.is_empty() || spec.input.contains(&0) {
             return Err(NnError::Spec(format!(
                 "input shape {:?} must be non-empty with no zero dimension",
@@ -182,7 +197,11 @@ impl Model {
                 .map_err(|e| NnError::Spec(format!("{e}")))?;
             shapes.push(out);
             names.insert(name, i + 1);
-            nodes.push(Node { layer, inputs });
+            nodes.push(Node {
+                layer,
+                inputs,
+                absorbed: false,
+            });
         }
         let mut requires_grad = vec![false; shapes.len()];
         for (i, n) in nodes.iter().enumerate() {
@@ -190,9 +209,25 @@ impl Model {
                 !n.layer.params().is_empty() || n.inputs.iter().any(|&v| requires_grad[v]);
         }
         let mut last_use = vec![0usize; shapes.len()];
+        let mut readers = vec![0usize; shapes.len()];
         for (i, n) in nodes.iter().enumerate() {
             for &v in &n.inputs {
                 last_use[v] = i;
+                readers[v] += 1;
+            }
+        }
+        if fuse {
+            // A ReLU that is the only reader of a layer's output is folded into that layer
+            // when the layer can apply it itself (batch norm before a convolution in
+            // PreResNet's blocks).
+            for i in 0..nodes.len() {
+                let relu = matches!(spec.layers[i].kind, LayerSpec::Relu);
+                if let ([v], true) = (nodes[i].inputs.as_slice(), relu) {
+                    let v = *v;
+                    if v >= 1 && readers[v] == 1 && !nodes[v - 1].absorbed {
+                        nodes[i].absorbed = nodes[v - 1].layer.absorb_relu();
+                    }
+                }
             }
         }
         Ok(Model {
@@ -231,6 +266,11 @@ impl Model {
         for i in 0..n {
             ctx.layer_index = i;
             let node = &mut self.nodes[i];
+            if node.absorbed {
+                // Its only input, already passed through the ReLU by the layer that made it.
+                values[i + 1] = values[node.inputs[0]].take();
+                continue;
+            }
             let out = {
                 let ins: Vec<&Tensor> = node
                     .inputs
@@ -264,6 +304,11 @@ impl Model {
                 continue;
             };
             let node = &mut self.nodes[i];
+            if node.absorbed {
+                // The layer that made the input masks this gradient itself.
+                grads[node.inputs[0]] = Some(g);
+                continue;
+            }
             ctx.need_input_grad = node.inputs.iter().any(|&v| self.requires_grad[v]);
             if !ctx.need_input_grad && node.layer.params().is_empty() {
                 continue; // nothing upstream learns from this gradient
@@ -367,11 +412,16 @@ impl Model {
         let mut s = format!("input {:?}\n", self.spec.input);
         for (i, n) in self.nodes.iter().enumerate() {
             let p: usize = n.layer.params().iter().map(|p| p.value.len()).sum();
+            let describe = if n.absorbed {
+                format!("{} (in the layer before)", n.layer.describe())
+            } else {
+                n.layer.describe()
+            };
             s += &format!(
                 "{:>3} {:<12} {:<40} -> {:?}{}\n",
                 i + 1,
                 n.layer.name(),
-                n.layer.describe(),
+                describe,
                 self.shapes[i + 1],
                 if p > 0 {
                     format!("  ({p} params)")

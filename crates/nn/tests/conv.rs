@@ -470,10 +470,23 @@ fn bit_exact_case(policy: &Precision) {
 }
 
 fn run_net(spec: &str, precision: &str, threads: usize, b: usize) -> (Vec<u32>, Vec<u32>) {
+    run_net_fused(spec, precision, threads, b, true)
+}
+
+/// Forward (training mode) and backward of `spec` on a random batch: the output bits, then the
+/// parameter gradients' bits followed by the evaluation-mode output's.
+fn run_net_fused(
+    spec: &str,
+    precision: &str,
+    threads: usize,
+    b: usize,
+    fuse: bool,
+) -> (Vec<u32>, Vec<u32>) {
     let spec: NetworkSpec = toml::from_str(spec).unwrap();
     let policy: Precision = precision.parse().unwrap();
     pool(threads).install(|| {
-        let mut model = Model::build(&spec, 3).unwrap();
+        let mut model =
+            Model::build_with_fusion(&spec, 3, lowprec_nn::model::build_layer, fuse).unwrap();
         let backend = CpuBackend;
         let mut ctx = Ctx::new(&backend, &policy, 5);
         let mut shape = vec![b];
@@ -483,13 +496,47 @@ fn run_net(spec: &str, precision: &str, threads: usize, b: usize) -> (Vec<u32>, 
         let y = model.forward(&mut ctx, x, true).unwrap();
         let dy = Tensor::new(rand_vec(y.len(), 62), y.shape.clone()).unwrap();
         model.backward(&mut ctx, dy).unwrap();
-        let grads: Vec<u32> = model
+        let mut grads: Vec<u32> = model
             .params()
             .iter()
             .flat_map(|p| p.grad.iter().map(|v| v.to_bits()))
             .collect();
+        let x = Tensor::new(
+            rand_vec(n, 63),
+            y.shape[..1].iter().chain(&spec.input).copied().collect(),
+        )
+        .unwrap();
+        let ye = model.forward(&mut ctx, x, false).unwrap();
+        grads.extend(ye.data.iter().map(|v| v.to_bits()));
         (y.data.iter().map(|v| v.to_bits()).collect(), grads)
     })
+}
+
+/// Batch norm with the following ReLU folded in computes exactly what the two layers compute
+/// one after the other: outputs, every parameter gradient, evaluation outputs.
+#[test]
+fn relu_folded_into_batch_norm_gives_the_same_bits() {
+    let spec: NetworkSpec = toml::from_str(SMALL_RESNET).unwrap();
+    let fused = Model::build(&spec, 3).unwrap();
+    assert_eq!(
+        fused.summary().matches("+relu").count(),
+        2,
+        "{}",
+        fused.summary()
+    );
+    assert_eq!(fused.nodes.iter().filter(|n| n.absorbed).count(), 2);
+    let plain = Model::build_with_fusion(&spec, 3, lowprec_nn::model::build_layer, false).unwrap();
+    assert!(!plain.summary().contains("+relu"));
+    for precision in ["bfp8", "fp32"] {
+        for threads in [1, 2] {
+            let a = run_net_fused(SMALL_RESNET, precision, threads, 5, true);
+            let b = run_net_fused(SMALL_RESNET, precision, threads, 5, false);
+            assert!(
+                a == b,
+                "{precision} at {threads} threads: folding changed the bits"
+            );
+        }
+    }
 }
 
 const SMALL_RESNET: &str = r#"
