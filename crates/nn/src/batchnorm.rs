@@ -16,6 +16,16 @@ use crate::ctx::Category;
 use crate::layer::{Layer, Param};
 use crate::{Ctx, NnError, Tensor};
 
+/// The gradient an absorbed ReLU lets through: `g` where the output `xh * gm + bt` (the
+/// forward's own expression, so the same mask bit for bit) was positive, else +0.0 as the ReLU
+/// layer gives. Branch-free, a select on the bits: the signs are random, and a branch
+/// mispredicted half the time made the pass many times slower.
+#[inline(always)]
+fn relu_grad(g: f32, xh: f32, gm: f32, bt: f32) -> f32 {
+    let keep = ((xh * gm + bt > 0.0) as u32).wrapping_neg();
+    f32::from_bits(g.to_bits() & keep)
+}
+
 /// ReLU as the `relu` layer computes it (NaN becomes 0).
 #[inline(always)]
 fn relu_f32(v: f32) -> f32 {
@@ -23,6 +33,156 @@ fn relu_f32(v: f32) -> f32 {
         v
     } else {
         0.0
+    }
+}
+
+/// Eight f64 lanes and a tail per sum: how every channel sum below accumulates one plane
+/// after another (lanes combined at the end, in a fixed order), so that the sums vectorise and
+/// the bits do not depend on the thread count or the instruction set.
+#[derive(Clone, Copy, Default)]
+struct LaneSums {
+    l0: [f64; 8],
+    l1: [f64; 8],
+    t0: f64,
+    t1: f64,
+}
+
+impl LaneSums {
+    fn total(&self) -> (f64, f64) {
+        (
+            self.l0.iter().sum::<f64>() + self.t0,
+            self.l1.iter().sum::<f64>() + self.t1,
+        )
+    }
+}
+
+// The plane kernels are compiled for AVX-512 and AVX2 besides the baseline and chosen at run
+// time (`multiversion`); none lets the compiler contract or reorder float operations, so every
+// version gives the same bits.
+
+/// `(sum d, sum d^2)` with `d = x - shift` in f64 (the forward statistics).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+fn plane_shifted_sums(x: &[f32], shift: f64, s: &mut LaneSums) {
+    let cx = x.chunks_exact(8);
+    for &v in cx.remainder() {
+        let d = v as f64 - shift;
+        s.t0 += d;
+        s.t1 += d * d;
+    }
+    for c8 in cx {
+        for l in 0..8 {
+            let d = c8[l] as f64 - shift;
+            s.l0[l] += d;
+            s.l1[l] += d * d;
+        }
+    }
+}
+
+/// `(sum g, sum g * xhat)` (the backward sums), with `g = relu_grad(dy, xhat, gm, bt)` when
+/// a ReLU is absorbed.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+fn plane_grad_sums(dy: &[f32], xh: &[f32], relu: Option<(f32, f32)>, s: &mut LaneSums) {
+    let (cd, cx) = (dy.chunks_exact(8), xh.chunks_exact(8));
+    let (rd, rx) = (cd.remainder(), cx.remainder());
+    match relu {
+        None => {
+            for (&g, &x) in rd.iter().zip(rx) {
+                s.t0 += g as f64;
+                s.t1 += g as f64 * x as f64;
+            }
+            for (d8, x8) in cd.zip(cx) {
+                for l in 0..8 {
+                    s.l0[l] += d8[l] as f64;
+                    s.l1[l] += d8[l] as f64 * x8[l] as f64;
+                }
+            }
+        }
+        Some((gm, bt)) => {
+            for (&g, &x) in rd.iter().zip(rx) {
+                let g = relu_grad(g, x, gm, bt) as f64;
+                s.t0 += g;
+                s.t1 += g * x as f64;
+            }
+            for (d8, x8) in cd.zip(cx) {
+                for l in 0..8 {
+                    let g = relu_grad(d8[l], x8[l], gm, bt) as f64;
+                    s.l0[l] += g;
+                    s.l1[l] += g * x8[l] as f64;
+                }
+            }
+        }
+    }
+}
+
+/// The forward's normalisation of one plane: `xhat = (x - mu) * is` (kept when `xo` is given),
+/// `y = xhat * g + be`, then the absorbed ReLU if any.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+fn plane_normalise(
+    x: &[f32],
+    y: &mut [f32],
+    xo: Option<&mut [f32]>,
+    (mu, is, g, be): (f32, f32, f32, f32),
+    relu: bool,
+) {
+    match (xo, relu) {
+        (Some(xo), false) => {
+            for ((yv, xh), &v) in y.iter_mut().zip(xo.iter_mut()).zip(x) {
+                *xh = (v - mu) * is;
+                *yv = *xh * g + be;
+            }
+        }
+        (Some(xo), true) => {
+            for ((yv, xh), &v) in y.iter_mut().zip(xo.iter_mut()).zip(x) {
+                *xh = (v - mu) * is;
+                *yv = relu_f32(*xh * g + be);
+            }
+        }
+        (None, false) => {
+            for (yv, &v) in y.iter_mut().zip(x) {
+                *yv = (v - mu) * is * g + be;
+            }
+        }
+        (None, true) => {
+            for (yv, &v) in y.iter_mut().zip(x) {
+                *yv = relu_f32((v - mu) * is * g + be);
+            }
+        }
+    }
+}
+
+/// The backward's `dx = k * (g - mdy - xhat * mdyx)` for one plane, `g` masked by the
+/// absorbed ReLU if any.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+fn plane_input_grad(
+    dy: &[f32],
+    xh: &[f32],
+    dx: &mut [f32],
+    (k, mdy, mdyx): (f32, f32, f32),
+    relu: Option<(f32, f32)>,
+) {
+    match relu {
+        None => {
+            for ((o, &g), &x) in dx.iter_mut().zip(dy).zip(xh) {
+                *o = k * (g - mdy - x * mdyx);
+            }
+        }
+        Some((gm, bt)) => {
+            for ((o, &g), &x) in dx.iter_mut().zip(dy).zip(xh) {
+                *o = k * (relu_grad(g, x, gm, bt) - mdy - x * mdyx);
+            }
+        }
     }
 }
 
@@ -78,48 +238,22 @@ impl BatchNorm2d {
         })
     }
 
-    /// Per channel `(sum_i f(a_i, b_i).0, sum_i f(a_i, b_i).1)` over the batch (`b` may be
-    /// empty: then `f(a, 0)`): two sums in one read of the data. One task per channel, eight
-    /// f64 lanes per sum (so the sums vectorise) combined in a fixed order: the same bits at any
-    /// thread count.
+    /// Per channel, `plane(ch, base, sums)` over the channel's planes in batch order (`base`
+    /// is the plane's offset): one task per channel, so the same bits at any thread count.
     fn channel_sums(
         &self,
-        a: &[f32],
-        b: &[f32],
         batch: usize,
-        f: impl Fn(usize, f32, f32) -> (f64, f64) + Sync,
+        plane: impl Fn(usize, usize, &mut LaneSums) + Sync,
     ) -> Vec<(f64, f64)> {
         let (c, hw) = (self.c, self.hw);
         (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mut l0, mut l1) = ([0f64; 8], [0f64; 8]);
-                let (mut t0, mut t1) = (0f64, 0f64);
-                let zeros = vec![0f32; if b.is_empty() { hw } else { 0 }];
+                let mut s = LaneSums::default();
                 for j in 0..batch {
-                    let base = (j * c + ch) * hw;
-                    let pa = &a[base..base + hw];
-                    let pb = if b.is_empty() {
-                        &zeros[..]
-                    } else {
-                        &b[base..base + hw]
-                    };
-                    let (ca, cb) = (pa.chunks_exact(8), pb.chunks_exact(8));
-                    let (ra, rb) = (ca.remainder(), cb.remainder());
-                    for (xa, xb) in ca.zip(cb) {
-                        for l in 0..8 {
-                            let (u, v) = f(ch, xa[l], xb[l]);
-                            l0[l] += u;
-                            l1[l] += v;
-                        }
-                    }
-                    for (&x, &y) in ra.iter().zip(rb) {
-                        let (u, v) = f(ch, x, y);
-                        t0 += u;
-                        t1 += v;
-                    }
+                    plane(ch, (j * c + ch) * hw, &mut s);
                 }
-                (l0.iter().sum::<f64>() + t0, l1.iter().sum::<f64>() + t1)
+                s.total()
             })
             .collect()
     }
@@ -185,9 +319,8 @@ impl Layer for BatchNorm2d {
                 // that a mean far from zero does not cancel the variance away:
                 // var = E[(x - s)^2] - (E[x - s])^2, in f64.
                 let shift: Vec<f64> = (0..c).map(|ch| x.data[ch * hw] as f64).collect();
-                let sums = self.channel_sums(&x.data, &[], b, |ch, v, _| {
-                    let d = v as f64 - shift[ch];
-                    (d, d * d)
+                let sums = self.channel_sums(b, |ch, base, s| {
+                    plane_shifted_sums(&x.data[base..base + hw], shift[ch], s)
                 });
                 let mean64: Vec<f64> = sums
                     .iter()
@@ -243,32 +376,8 @@ impl Layer for BatchNorm2d {
             let relu = self.relu;
             let work = |i: usize, yo: &mut [f32], xo: Option<&mut [f32]>| {
                 let ch = i % c;
-                let xi = &x.data[i * hw..][..hw];
-                let (mu, is, g, be) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
-                match (xo, relu) {
-                    (Some(xo), false) => {
-                        for ((yv, xh), &v) in yo.iter_mut().zip(xo.iter_mut()).zip(xi) {
-                            *xh = (v - mu) * is;
-                            *yv = *xh * g + be;
-                        }
-                    }
-                    (Some(xo), true) => {
-                        for ((yv, xh), &v) in yo.iter_mut().zip(xo.iter_mut()).zip(xi) {
-                            *xh = (v - mu) * is;
-                            *yv = relu_f32(*xh * g + be);
-                        }
-                    }
-                    (None, false) => {
-                        for (yv, &v) in yo.iter_mut().zip(xi) {
-                            *yv = (v - mu) * is * g + be;
-                        }
-                    }
-                    (None, true) => {
-                        for (yv, &v) in yo.iter_mut().zip(xi) {
-                            *yv = relu_f32((v - mu) * is * g + be);
-                        }
-                    }
-                }
+                let consts = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+                plane_normalise(&x.data[i * hw..][..hw], yo, xo, consts, relu);
             };
             if train {
                 y.par_chunks_mut(hw)
@@ -298,20 +407,13 @@ impl Layer for BatchNorm2d {
         let (c, hw) = (self.c, self.hw);
         let count = (b * hw) as f64;
         let (relu, gamma, beta) = (self.relu, self.gamma.value.clone(), self.beta.value.clone());
-        // With an absorbed ReLU the incoming gradient passes where the output was positive:
-        // `xhat * gamma + beta`, the forward's own expression, so the same mask bit for bit.
-        let masked = |ch: usize, g: f32, xh: f32| {
-            if !relu || xh * gamma[ch] + beta[ch] > 0.0 {
-                g
-            } else {
-                0.0
-            }
-        };
+        // With an absorbed ReLU the incoming gradient passes where the output was positive
+        // (`relu_grad`).
         let dx = ctx.timed(Category::Other, |_| {
             // dbeta = sum dy, dgamma = sum dy * xhat
-            let sums = self.channel_sums(&dy.data, &xhat, b, |ch, v, xh| {
-                let v = masked(ch, v, xh);
-                (v as f64, v as f64 * xh as f64)
+            let sums = self.channel_sums(b, |ch, base, s| {
+                let r = relu.then(|| (gamma[ch], beta[ch]));
+                plane_grad_sums(&dy.data[base..base + hw], &xhat[base..base + hw], r, s)
             });
             for (ch, &(dbeta, dgamma)) in sums.iter().enumerate() {
                 self.beta.grad[ch] = dbeta as f32;
@@ -325,15 +427,8 @@ impl Layer for BatchNorm2d {
                 let (dbeta, dgamma) = sums[ch];
                 let (mdy, mdyx) = ((dbeta / count) as f32, (dgamma / count) as f32);
                 let (dyi, xi) = (&dy.data[i * hw..][..hw], &xhat[i * hw..][..hw]);
-                if relu {
-                    for ((o, &g), &xh) in d.iter_mut().zip(dyi).zip(xi) {
-                        *o = k * (masked(ch, g, xh) - mdy - xh * mdyx);
-                    }
-                } else {
-                    for ((o, &g), &xh) in d.iter_mut().zip(dyi).zip(xi) {
-                        *o = k * (g - mdy - xh * mdyx);
-                    }
-                }
+                let r = relu.then(|| (gamma[ch], beta[ch]));
+                plane_input_grad(dyi, xi, d, (k, mdy, mdyx), r);
             });
             dx
         });
