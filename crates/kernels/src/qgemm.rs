@@ -560,6 +560,7 @@ fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut W
     }
     let sums = &mut wsums[..];
     let mut local = [0i32; TILE_MAX];
+    let mut sb_cache: Option<(usize, usize, [f32; SIDE_MAX])> = None;
     let mut jc = blk.n0;
     while jc < blk.n1 {
         let ncur = nc.min(blk.n1 - jc);
@@ -614,8 +615,17 @@ fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut W
                             } = ctx.out
                             {
                                 if pc.first && pc.last && mvalid == mr && nvalid == nr {
-                                    let (sav, sbv) =
-                                        tile_scales(&sa, &sb, pc.segment, m, mr, n, nr);
+                                    // B's scales are the same for every row strip of a column
+                                    // strip: filled once per (strip, segment), not per tile.
+                                    let sbv = match sb_cache {
+                                        Some((cn, cs, v)) if cn == n && cs == pc.segment => v,
+                                        _ => {
+                                            let v = scale_run(&sb, pc.segment, n, nr);
+                                            sb_cache = Some((n, pc.segment, v));
+                                            v
+                                        }
+                                    };
+                                    let sav = scale_run(&sa, pc.segment, m, mr);
                                     let mode = if !accumulate && pc.chunk == 0 {
                                         Store::Overwrite
                                     } else {
@@ -678,46 +688,33 @@ fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut W
     ws.acc = accbuf;
 }
 
-/// The scales of one tile: `sa(s, m + r)` for `r < mr` and `sb(s, n + c)` for `c < nr`,
-/// clamped to the matrix (entries past its edge are never used, and are read from the last
-/// valid index).
+/// `scale(s, i0 + j)` for `j < len` (entries past the matrix's edge are never used, and are
+/// read from the last valid index).
 #[inline]
-fn tile_scales(
-    sa: &Scales<'_>,
-    sb: &Scales<'_>,
-    s: usize,
-    m: usize,
-    mr: usize,
-    n: usize,
-    nr: usize,
-) -> ([f32; SIDE_MAX], [f32; SIDE_MAX]) {
-    #[inline]
-    fn fill(sc: &Scales<'_>, s: usize, i0: usize, len: usize) -> [f32; SIDE_MAX] {
-        let base = s * sc.seg_stride;
-        if sc.group == usize::MAX {
-            return [sc.values[base]; SIDE_MAX];
-        }
-        let mut out = [0f32; SIDE_MAX];
-        if sc.group == 1 {
-            let avail = sc.values.len().saturating_sub(base + i0).min(len);
-            out[..avail].copy_from_slice(&sc.values[base + i0..base + i0 + avail]);
-        } else {
-            // One division per tile, not per element: groups are long (a feature map), so
-            // the index advances at most a few times inside a tile.
-            let last = sc.values.len() - 1;
-            let (mut g, mut left) = (i0 / sc.group, sc.group - i0 % sc.group);
-            for v in out[..len].iter_mut() {
-                *v = sc.values[(base + g).min(last)];
-                left -= 1;
-                if left == 0 {
-                    g += 1;
-                    left = sc.group;
-                }
+fn scale_run(sc: &Scales<'_>, s: usize, i0: usize, len: usize) -> [f32; SIDE_MAX] {
+    let base = s * sc.seg_stride;
+    if sc.group == usize::MAX {
+        return [sc.values[base]; SIDE_MAX];
+    }
+    let mut out = [0f32; SIDE_MAX];
+    if sc.group == 1 {
+        let avail = sc.values.len().saturating_sub(base + i0).min(len);
+        out[..avail].copy_from_slice(&sc.values[base + i0..base + i0 + avail]);
+    } else {
+        // One division per run, not per element: groups are long (a feature map), so the
+        // index advances at most a few times inside a tile.
+        let last = sc.values.len() - 1;
+        let (mut g, mut left) = (i0 / sc.group, sc.group - i0 % sc.group);
+        for v in out[..len].iter_mut() {
+            *v = sc.values[(base + g).min(last)];
+            left -= 1;
+            if left == 0 {
+                g += 1;
+                left = sc.group;
             }
         }
-        out
     }
-    (fill(sa, s, m, mr), fill(sb, s, n, nr))
+    out
 }
 
 /// Applies one finished chunk's tile (`nr` columns per row) to C.
@@ -751,7 +748,10 @@ unsafe fn epilogue<T>(
             accumulate,
         } => {
             let zero_init = !accumulate && pc.chunk == 0;
-            let (sav, sbv) = tile_scales(&sa, &sb, pc.segment, m, mvalid, n, nvalid);
+            let (sav, sbv) = (
+                scale_run(&sa, pc.segment, m, mvalid),
+                scale_run(&sb, pc.segment, n, nvalid),
+            );
             let dst = c.0.add(m * ldc + n);
             epilogue_rows(
                 ctx.isa, tile, nr, &sav, &sbv, dst, ldc, mvalid, nvalid, zero_init,
