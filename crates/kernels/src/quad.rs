@@ -72,15 +72,14 @@ pub fn pack_a(
                 // SAFETY: rows r0..r0+MR, columns k0..k1 lie in the view (checked by the
                 // caller's `MatRef::check`), so every line read is inside `a.data`; AVX2 is
                 // present (implied by AVX-512).
-                unsafe {
+                k0 + unsafe {
                     avx2::transpose_lines(
                         a.data,
                         r0 * a.row_stride + k0,
                         a.row_stride,
-                        k0,
-                        k1,
+                        k1 - k0,
                         MR,
-                        MR,
+                        0,
                         as_bytes_mut(seg),
                         0x00,
                     )
@@ -222,35 +221,80 @@ pub fn pack_b(
             let nq = (k1 - k0).div_ceil(4);
             let seg = &mut dst[qoff * NR * 4..(qoff + nq) * NR * 4];
             qoff += nq;
-            let (done, lines) = if vnni(isa) && b.row_stride == 1 && valid >= 8 {
-                // Column-contiguous B (a transposed view): each column's quads are dwords.
-                // Whole groups of 8 columns go through the AVX2 transpose, the rest of a
-                // partial strip (the last of a 144-column weight gradient) through the loop.
-                let lines = valid / 8 * 8;
-                // SAFETY: columns n..n+valid, rows k0..k1 lie in the view, checked by the
-                // caller.
-                let done = unsafe {
-                    avx2::transpose_lines(
-                        b.data,
-                        n * b.col_stride + k0,
-                        b.col_stride,
-                        k0,
-                        k1,
-                        lines,
-                        NR,
-                        seg,
-                        0x80,
-                    )
-                };
-                (done, lines)
+            if vnni(isa) && b.row_stride == 1 {
+                pack_b_cols(b, n, 0, valid, k0, k1, seg);
+                pad_b_cols(valid, seg);
             } else {
-                (k0, NR)
-            };
-            let split = (done - k0) / 4 * NR * 4;
-            if lines < NR {
-                pack_b_generic(b, n, lines, valid, k0, done, &mut seg[..split]);
+                pack_b_generic(b, n, 0, valid, k0, k1, seg);
             }
-            pack_b_generic(b, n, 0, valid, done, k1, &mut seg[split..]);
+        }
+    }
+}
+
+/// Column-contiguous B (a transposed view, the weight gradient's `col^T`): strip columns
+/// `c0 .. c1` (matrix columns `n + c`, all inside the matrix), rows `k0 .. k1`, into `seg` (the
+/// strip's quads from `k0`). Each column's quads are dwords: 16 columns at a time go through a
+/// 16x16 dword transpose (AVX-512), 8 through the 8x8 one (AVX2), the rest and the k tails
+/// through the portable loop. Only for the VNNI family (the caller checks).
+fn pack_b_cols(
+    b: &MatRef<'_, i8>,
+    n: usize,
+    c0: usize,
+    c1: usize,
+    k0: usize,
+    k1: usize,
+    seg: &mut [u8],
+) {
+    let cs = b.col_stride;
+    let mut c = c0;
+    for width in [16, 8] {
+        while c1 - c >= width {
+            let base = (n + c) * cs + k0;
+            // SAFETY: columns n+c .. n+c+width, rows k0..k1 lie in the view (checked by the
+            // caller's `MatRef::check`; the transposers assert their reads); the VNNI family
+            // implies AVX-512 F/BW and AVX2.
+            let done = unsafe {
+                if width == 16 {
+                    avx512::transpose16_lines(b.data, base, cs, k1 - k0, NR, c, seg, 0x80)
+                } else {
+                    avx2::transpose_lines(b.data, base, cs, k1 - k0, NR, c, seg, 0x80)
+                }
+            };
+            let q = done / 4;
+            pack_b_generic_cols(b, n, c, c + width, k0 + done, k1, &mut seg[q * NR * 4..]);
+            c += width;
+        }
+    }
+    pack_b_generic_cols(b, n, c, c1, k0, k1, seg);
+}
+
+/// Portable packing of strip columns `ca .. cb` (all inside the matrix), rows `k0 .. k1`, into
+/// `seg` from its first quad.
+fn pack_b_generic_cols(
+    b: &MatRef<'_, i8>,
+    n: usize,
+    ca: usize,
+    cb: usize,
+    k0: usize,
+    k1: usize,
+    seg: &mut [u8],
+) {
+    for q in 0..(k1.saturating_sub(k0)).div_ceil(4) {
+        for c in ca..cb {
+            for h in 0..4 {
+                let k = k0 + 4 * q + h;
+                let v = if k < k1 { b.at(k, n + c) } else { 0 };
+                seg[(q * NR + c) * 4 + h] = (v as u8) ^ 0x80;
+            }
+        }
+    }
+}
+
+/// Fills strip columns `valid .. NR` of every quad of `seg` with the pad byte.
+fn pad_b_cols(valid: usize, seg: &mut [u8]) {
+    if valid < NR {
+        for quad in seg.chunks_exact_mut(NR * 4) {
+            quad[valid * 4..].fill(0x80);
         }
     }
 }
@@ -266,18 +310,18 @@ fn pack_b_generic(
     k1: usize,
     seg: &mut [u8],
 ) {
+    let live = valid.max(c0);
     for q in 0..(k1 - k0).div_ceil(4) {
-        for c in c0..NR {
+        for c in c0..live {
             for h in 0..4 {
                 let k = k0 + 4 * q + h;
-                let v = if c < valid && k < k1 {
-                    b.at(k, n + c)
-                } else {
-                    0
-                };
+                let v = if k < k1 { b.at(k, n + c) } else { 0 };
                 seg[(q * NR + c) * 4 + h] = (v as u8) ^ 0x80;
             }
         }
+        // Columns past the matrix: one fill per quad (byte by byte, they were most of the
+        // packing time of a 144-column weight gradient's last strip).
+        seg[(q * NR + live) * 4..(q + 1) * NR * 4].fill(0x80);
     }
 }
 
@@ -409,10 +453,10 @@ mod avx2 {
         ]
     }
 
-    /// Quad-major packing of `lines` k-contiguous lines (8 rows of A, or up to the 32 columns
-    /// of a B strip), line `i` starting at `data[base + i * stride]` with k = `k0`: for every
-    /// whole block of 32 k (8 quads), quad `q` of line `i` goes to `out[(q * width + i) * 4 ..]`,
-    /// XORed with `flip`. Returns the k where it stopped (the rest is the portable packer's).
+    /// Quad-major packing of 8 k-contiguous lines (8 rows of A, or 8 columns of a B strip),
+    /// line `i` starting at `data[base + i * stride]`: for every whole block of 32 k (8 quads),
+    /// quad `q` of line `i` goes to `out[(q * width + col + i) * 4 ..]`, XORed with `flip`.
+    /// Returns how many k it packed (the rest is the portable packer's).
     ///
     /// # Safety
     /// AVX2 must be present (the bounds are asserted).
@@ -422,34 +466,31 @@ mod avx2 {
         data: &[i8],
         base: usize,
         stride: usize,
-        k0: usize,
-        k1: usize,
-        lines: usize,
+        klen: usize,
         width: usize,
+        col: usize,
         out: &mut [u8],
         flip: u8,
     ) -> usize {
-        let blocks = (k1 - k0) / 32;
-        if blocks == 0 || lines == 0 {
-            return k0;
+        let blocks = klen / 32;
+        if blocks == 0 {
+            return 0;
         }
-        assert!(lines.is_multiple_of(8) && lines <= width);
-        assert!(base + (lines - 1) * stride + blocks * 32 <= data.len());
+        assert!(col + 8 <= width);
+        assert!(base + 7 * stride + blocks * 32 <= data.len());
         assert!(out.len() >= blocks * 8 * width * 4);
         let (src, dst) = (data.as_ptr().add(base), out.as_mut_ptr());
         let fl = _mm256_set1_epi8(flip as i8);
-        for g in 0..lines / 8 {
-            for t in 0..blocks {
-                let v: [__m256i; 8] = std::array::from_fn(|i| {
-                    _mm256_loadu_si256(src.add((8 * g + i) * stride + 32 * t) as *const __m256i)
-                });
-                for (q, o) in transpose8(v).iter().enumerate() {
-                    let at = ((8 * t + q) * width + 8 * g) * 4;
-                    _mm256_storeu_si256(dst.add(at) as *mut __m256i, _mm256_xor_si256(*o, fl));
-                }
+        for t in 0..blocks {
+            let v: [__m256i; 8] = std::array::from_fn(|i| {
+                _mm256_loadu_si256(src.add(i * stride + 32 * t) as *const __m256i)
+            });
+            for (q, o) in transpose8(v).iter().enumerate() {
+                let at = ((8 * t + q) * width + col) * 4;
+                _mm256_storeu_si256(dst.add(at) as *mut __m256i, _mm256_xor_si256(*o, fl));
             }
         }
-        k0 + blocks * 32
+        blocks * 32
     }
 
     /// Row-contiguous B, all `full` strips: each quad of rows is read once, its four 32-byte
@@ -796,6 +837,71 @@ mod avx512 {
             k += 4;
             q += 1;
         }
+    }
+
+    /// [`super::avx2::transpose_lines`] for 16 lines and blocks of 64 k (16 quads): a 16x16
+    /// dword transpose (unpacks within 128-bit lanes, then `vshufi32x4` across them).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW must be present (the bounds are asserted).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn transpose16_lines(
+        data: &[i8],
+        base: usize,
+        stride: usize,
+        klen: usize,
+        width: usize,
+        col: usize,
+        out: &mut [u8],
+        flip: u8,
+    ) -> usize {
+        let blocks = klen / 64;
+        if blocks == 0 {
+            return 0;
+        }
+        assert!(col + 16 <= width);
+        assert!(base + 15 * stride + blocks * 64 <= data.len());
+        assert!(out.len() >= blocks * 16 * width * 4);
+        let (src, dst) = (data.as_ptr().add(base), out.as_mut_ptr());
+        let fl = _mm512_set1_epi8(flip as i8);
+        for t in 0..blocks {
+            let mut v = [_mm512_setzero_si512(); 16];
+            for (i, vi) in v.iter_mut().enumerate() {
+                *vi = _mm512_loadu_si512(src.add(i * stride + 64 * t) as *const _);
+            }
+            // In each 128-bit lane L, u[4 * i + j] holds dword 4L + j of lines 4i .. 4i + 4.
+            let mut u = [_mm512_setzero_si512(); 16];
+            for i in 0..4 {
+                let (v0, v1, v2, v3) = (v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
+                let t0 = _mm512_unpacklo_epi32(v0, v1);
+                let t1 = _mm512_unpackhi_epi32(v0, v1);
+                let t2 = _mm512_unpacklo_epi32(v2, v3);
+                let t3 = _mm512_unpackhi_epi32(v2, v3);
+                u[4 * i] = _mm512_unpacklo_epi64(t0, t2);
+                u[4 * i + 1] = _mm512_unpackhi_epi64(t0, t2);
+                u[4 * i + 2] = _mm512_unpacklo_epi64(t1, t3);
+                u[4 * i + 3] = _mm512_unpackhi_epi64(t1, t3);
+            }
+            for j in 0..4 {
+                let x1 = _mm512_shuffle_i32x4::<0b10_00_10_00>(u[j], u[4 + j]);
+                let x2 = _mm512_shuffle_i32x4::<0b11_01_11_01>(u[j], u[4 + j]);
+                let y1 = _mm512_shuffle_i32x4::<0b10_00_10_00>(u[8 + j], u[12 + j]);
+                let y2 = _mm512_shuffle_i32x4::<0b11_01_11_01>(u[8 + j], u[12 + j]);
+                // Quad 4L + j of the 16 lines, for lanes L = 0, 1, 2, 3.
+                let quads = [
+                    _mm512_shuffle_i32x4::<0b10_00_10_00>(x1, y1),
+                    _mm512_shuffle_i32x4::<0b10_00_10_00>(x2, y2),
+                    _mm512_shuffle_i32x4::<0b11_01_11_01>(x1, y1),
+                    _mm512_shuffle_i32x4::<0b11_01_11_01>(x2, y2),
+                ];
+                for (l, qv) in quads.iter().enumerate() {
+                    let at = ((16 * t + 4 * l + j) * width + col) * 4;
+                    _mm512_storeu_si512(dst.add(at) as *mut _, _mm512_xor_si512(*qv, fl));
+                }
+            }
+        }
+        blocks * 64
     }
 
     /// The tile kernel of [`super::run`].
