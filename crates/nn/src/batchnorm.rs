@@ -11,6 +11,9 @@
 //! `(example, channel)` plane, so the bits do not depend on the thread count.
 
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+use crate::scratch::Fill;
 
 use crate::ctx::Category;
 use crate::layer::{Layer, Param};
@@ -121,46 +124,51 @@ fn plane_grad_sums(dy: &[f32], xh: &[f32], relu: Option<(f32, f32)>, s: &mut Lan
 }
 
 /// The forward's normalisation of one plane: `xhat = (x - mu) * is` (kept when `xo` is given),
-/// `y = xhat * g + be`, then the absorbed ReLU if any.
+/// `y = xhat * g + be`, then the absorbed ReLU if any. Writes every slot of `y` (and `xo`).
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
     "x86_64+avx2+fma"
 ))]
 fn plane_normalise(
     x: &[f32],
-    y: &mut [f32],
-    xo: Option<&mut [f32]>,
+    y: &mut [MaybeUninit<f32>],
+    xo: Option<&mut [MaybeUninit<f32>]>,
     (mu, is, g, be): (f32, f32, f32, f32),
     relu: bool,
 ) {
+    assert_eq!(x.len(), y.len());
     match (xo, relu) {
         (Some(xo), false) => {
+            assert_eq!(x.len(), xo.len());
             for ((yv, xh), &v) in y.iter_mut().zip(xo.iter_mut()).zip(x) {
-                *xh = (v - mu) * is;
-                *yv = *xh * g + be;
+                let h = (v - mu) * is;
+                xh.write(h);
+                yv.write(h * g + be);
             }
         }
         (Some(xo), true) => {
+            assert_eq!(x.len(), xo.len());
             for ((yv, xh), &v) in y.iter_mut().zip(xo.iter_mut()).zip(x) {
-                *xh = (v - mu) * is;
-                *yv = relu_f32(*xh * g + be);
+                let h = (v - mu) * is;
+                xh.write(h);
+                yv.write(relu_f32(h * g + be));
             }
         }
         (None, false) => {
             for (yv, &v) in y.iter_mut().zip(x) {
-                *yv = (v - mu) * is * g + be;
+                yv.write((v - mu) * is * g + be);
             }
         }
         (None, true) => {
             for (yv, &v) in y.iter_mut().zip(x) {
-                *yv = relu_f32((v - mu) * is * g + be);
+                yv.write(relu_f32((v - mu) * is * g + be));
             }
         }
     }
 }
 
 /// The backward's `dx = k * (g - mdy - xhat * mdyx)` for one plane, `g` masked by the
-/// absorbed ReLU if any.
+/// absorbed ReLU if any. Writes every slot of `dx`.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
     "x86_64+avx2+fma"
@@ -168,19 +176,20 @@ fn plane_normalise(
 fn plane_input_grad(
     dy: &[f32],
     xh: &[f32],
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     (k, mdy, mdyx): (f32, f32, f32),
     relu: Option<(f32, f32)>,
 ) {
+    assert!(dy.len() == dx.len() && xh.len() == dx.len());
     match relu {
         None => {
             for ((o, &g), &x) in dx.iter_mut().zip(dy).zip(xh) {
-                *o = k * (g - mdy - x * mdyx);
+                o.write(k * (g - mdy - x * mdyx));
             }
         }
         Some((gm, bt)) => {
             for ((o, &g), &x) in dx.iter_mut().zip(dy).zip(xh) {
-                *o = k * (relu_grad(g, x, gm, bt) - mdy - x * mdyx);
+                o.write(k * (relu_grad(g, x, gm, bt) - mdy - x * mdyx));
             }
         }
     }
@@ -367,31 +376,33 @@ impl Layer for BatchNorm2d {
                 )
             };
             let (gamma, beta) = (&self.gamma.value, &self.beta.value);
-            let mut y = vec![0f32; x.len()];
-            let mut xhat = if train {
-                vec![0f32; x.len()]
-            } else {
-                Vec::new()
-            };
+            // Every plane is written whole by `plane_normalise`.
+            let mut y = Fill::<f32>::new(x.len());
+            let mut xhat = Fill::<f32>::new(if train { x.len() } else { 0 });
             let relu = self.relu;
-            let work = |i: usize, yo: &mut [f32], xo: Option<&mut [f32]>| {
-                let ch = i % c;
-                let consts = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
-                plane_normalise(&x.data[i * hw..][..hw], yo, xo, consts, relu);
-            };
+            let work =
+                |i: usize, yo: &mut [MaybeUninit<f32>], xo: Option<&mut [MaybeUninit<f32>]>| {
+                    let ch = i % c;
+                    let consts = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+                    plane_normalise(&x.data[i * hw..][..hw], yo, xo, consts, relu);
+                };
             if train {
-                y.par_chunks_mut(hw)
-                    .zip(xhat.par_chunks_mut(hw))
+                y.slots()
+                    .par_chunks_mut(hw)
+                    .zip(xhat.slots().par_chunks_mut(hw))
                     .enumerate()
                     .for_each(|(i, (yo, xo))| work(i, yo, Some(xo)));
-                self.saved = Some((xhat, inv_std, b));
+                // SAFETY: `work` wrote every plane of both.
+                self.saved = Some((unsafe { xhat.assume_init() }, inv_std, b));
             } else {
-                y.par_chunks_mut(hw)
+                y.slots()
+                    .par_chunks_mut(hw)
                     .enumerate()
                     .for_each(|(i, yo)| work(i, yo, None));
                 self.saved = None;
             }
-            Tensor::new(y, x.shape.clone())
+            // SAFETY: as above.
+            Tensor::new(unsafe { y.assume_init() }, x.shape.clone())
         })
     }
     fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
@@ -420,17 +431,21 @@ impl Layer for BatchNorm2d {
                 self.gamma.grad[ch] = dgamma as f32;
             }
             // dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
-            let mut dx = vec![0f32; dy.len()];
-            dx.par_chunks_mut(hw).enumerate().for_each(|(i, d)| {
-                let ch = i % c;
-                let k = gamma[ch] * inv_std[ch];
-                let (dbeta, dgamma) = sums[ch];
-                let (mdy, mdyx) = ((dbeta / count) as f32, (dgamma / count) as f32);
-                let (dyi, xi) = (&dy.data[i * hw..][..hw], &xhat[i * hw..][..hw]);
-                let r = relu.then(|| (gamma[ch], beta[ch]));
-                plane_input_grad(dyi, xi, d, (k, mdy, mdyx), r);
-            });
-            dx
+            let mut dx = Fill::<f32>::new(dy.len());
+            dx.slots()
+                .par_chunks_mut(hw)
+                .enumerate()
+                .for_each(|(i, d)| {
+                    let ch = i % c;
+                    let k = gamma[ch] * inv_std[ch];
+                    let (dbeta, dgamma) = sums[ch];
+                    let (mdy, mdyx) = ((dbeta / count) as f32, (dgamma / count) as f32);
+                    let (dyi, xi) = (&dy.data[i * hw..][..hw], &xhat[i * hw..][..hw]);
+                    let r = relu.then(|| (gamma[ch], beta[ch]));
+                    plane_input_grad(dyi, xi, d, (k, mdy, mdyx), r);
+                });
+            // SAFETY: `plane_input_grad` wrote every plane.
+            unsafe { dx.assume_init() }
         });
         Ok(vec![Tensor::new(dx, dy.shape.clone())?])
     }

@@ -39,6 +39,7 @@
 use lowprec_formats::{Block, NumberFormat, StreamKey};
 use lowprec_kernels::{GemmSpec, MatMut, MatRef, QMatRef, Scales};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use crate::ctx::{Category, StreamKind};
@@ -373,17 +374,18 @@ fn conv_gemm(
         Batch::F(v) => v.len() / g.in_len(),
     };
     let backend = ctx.backend;
-    let mut y = vec![0f32; b * cout * p];
-    if y.is_empty() {
-        return Ok(y);
+    if b * cout * p == 0 {
+        return Ok(Vec::new());
     }
+    // Every chunk writes all of its examples' outputs (the scatter below).
+    let mut y = crate::scratch::Fill::<f32>::new(b * cout * p);
     let chunk = chunk_for(g);
     let wf = match (wq, xq) {
         (Weights::Q { .. }, Batch::Q { .. }) => None,
         _ => Some(wq.floats(cout)),
     };
     let t0 = Instant::now();
-    let run = |(ci, yc): (usize, &mut [f32])| {
+    let run = |(ci, yc): (usize, &mut [MaybeUninit<f32>])| {
         let (b0, nb) = (ci * chunk, yc.len() / (cout * p));
         conv_chunk(
             backend,
@@ -402,12 +404,14 @@ fn conv_gemm(
     let chunks = b.div_ceil(chunk);
     let times: Vec<Result<ChunkTimes, NnError>> =
         if chunks >= PAR_CHUNKS_PER_THREAD * rayon::current_num_threads() {
-            y.par_chunks_mut(chunk * cout * p)
+            y.slots()
+                .par_chunks_mut(chunk * cout * p)
                 .enumerate()
                 .map(|c| lowprec_kernels::serial(|| run(c)))
                 .collect()
         } else {
-            y.chunks_mut(chunk * cout * p)
+            y.slots()
+                .chunks_mut(chunk * cout * p)
                 .enumerate()
                 .map(run)
                 .collect()
@@ -428,7 +432,9 @@ fn conv_gemm(
             (Category::Other, total.other),
         ],
     );
-    Ok(y)
+    // SAFETY: every chunk succeeded (errors returned above), and each wrote all of its
+    // examples' outputs; the chunks cover the batch.
+    Ok(unsafe { y.assume_init() })
 }
 
 /// One chunk of [`conv_gemm`]: examples `b0 .. b0 + nb` into `yc` (`[nb, Cout, P]`).
@@ -444,7 +450,7 @@ fn conv_chunk(
     bias: Option<&[f32]>,
     b0: usize,
     nb: usize,
-    yc: &mut [f32],
+    yc: &mut [MaybeUninit<f32>],
 ) -> Result<ChunkTimes, NnError> {
     let (rows, p) = (g.col_rows(), g.out_pixels());
     let n = nb * p;
@@ -519,16 +525,21 @@ fn conv_chunk(
         for (j, ex) in yc.chunks_mut(cout * p).enumerate() {
             for (co, out) in ex.chunks_mut(p).enumerate() {
                 let bv = bias.map_or(0.0, |bv| bv[co]);
+                // Every slot of `out` is written (the caller relies on it).
                 if out_t {
                     let src = &cb[j * p * cout..][..p * cout];
                     for (o, s) in out.iter_mut().zip(src.iter().skip(co).step_by(cout)) {
-                        *o = s + bv;
+                        o.write(s + bv);
                     }
                 } else {
                     let src = &cb[co * n + j * p..][..p];
                     match bias {
-                        Some(_) => out.iter_mut().zip(src).for_each(|(o, s)| *o = s + bv),
-                        None => out.copy_from_slice(src),
+                        Some(_) => out.iter_mut().zip(src).for_each(|(o, s)| {
+                            o.write(s + bv);
+                        }),
+                        None => out.iter_mut().zip(src).for_each(|(o, &s)| {
+                            o.write(s);
+                        }),
                     }
                 }
             }
