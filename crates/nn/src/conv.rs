@@ -61,6 +61,12 @@ pub const COL_BUDGET: usize = 1 << 20;
 /// of dW against 1 MB of columns per 14 examples) longer GEMMs matter more than the buffer.
 pub const COL_BUDGET_I8: usize = 1 << 23;
 
+/// Smallest 8-bit im2col buffer (bytes) of one weight-gradient GEMM: between this and
+/// [`COL_BUDGET_I8`], a piece's columns are four times the weight gradient's bytes, so small
+/// layers (PreResNet-20's 16 channels: a 9 KB dW) get pieces that stay in L2 while they are
+/// packed, and large ones still read and write dW rarely.
+pub const COL_MIN_I8: usize = 1 << 20;
+
 /// A batch of examples after Q_a or Q_e: 8-bit mantissas with one scale per example, or floats
 /// (fp32, non-BFP formats, or BFP layouts the GEMM cannot take per example).
 #[derive(Clone, Debug)]
@@ -760,7 +766,8 @@ impl Conv2d {
     /// ```text
     /// groups: the examples with the same scale product qe_j * qa_j, in order of first
     ///         appearance in the batch; each group cut into pieces of at most
-    ///         COL_BUDGET_I8 / (rows * P) examples, in batch order
+    ///         clamp(16 * Cout * rows, COL_MIN_I8, COL_BUDGET_I8) / (rows * P) examples, in
+    ///         batch order
     /// dW = 0;  for each piece:  dW += tofloat(dY~[Cout, piece] col[piece]^T, qe_j * qa_j)
     /// ```
     ///
@@ -804,7 +811,8 @@ impl Conv2d {
                 None => groups.push((prod, vec![j])),
             }
         }
-        let piece_max = (COL_BUDGET_I8 / (rows * p).max(1)).max(1);
+        let budget = (4 * 4 * cout * rows).clamp(COL_MIN_I8, COL_BUDGET_I8);
+        let piece_max = (budget / (rows * p).max(1)).max(1);
         let backend = ctx.backend;
         let kerr = |e| NnError::kernel(&self.name, e);
         let gw = &mut self.weight.grad;

@@ -132,7 +132,11 @@ pub fn quantize_matrix(
             }))
         }
         NumberFormat::F32 => {
-            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            // The vectorised bit scan first (Inf and NaN are the bit patterns from 0x7f80_0000
+            // up); the position only when there is one (an early-exit search does not
+            // vectorise).
+            let bad = lowprec_formats::run::max_abs_bits(x) >= 0x7f80_0000;
+            if let Some(i) = bad.then(|| x.iter().position(|v| !v.is_finite())).flatten() {
                 return Err(NnError::NonFinite {
                     tensor: tensor.to_string(),
                     layer: layer.to_string(),
