@@ -50,8 +50,10 @@ pub fn short_side_as_m(short: usize) -> bool {
 }
 
 /// Columns (or rows) of C per block: small enough for 2-3 threads to share skinny shapes,
-/// large enough that repacking the other operand per block stays cheap.
-const F32_BLOCK_MIN: usize = 256;
+/// large enough that repacking the other operand per block stays cheap. 128, not 256: VGG16's
+/// 8x8 layers at batch 32 (C of 448 x 256 per chunk) were one block, so a second thread had
+/// nothing to do (VGG16 b32 fp32, 2 threads: about 260 -> 240 ms per iteration).
+const F32_BLOCK_MIN: usize = 128;
 const F32_MAX_BLOCKS: usize = 16;
 
 /// Blocks of C for the f32 GEMM: a function of the shape only.
