@@ -845,53 +845,104 @@ impl Conv2d {
             }
         }
         let budget = (4 * 4 * cout * rows).clamp(COL_MIN_I8, COL_BUDGET_I8);
-        let piece_max = (budget / (rows * p).max(1)).max(1);
+        // A piece is also one exact integer reduction (at most `k_safe` products per sum), so
+        // that its tofloat is one rounding and pieces can be computed apart and added after.
+        let k_max = lowprec_kernels::k_safe(*emax, *xmax);
+        let piece_max = (budget / (rows * p).max(1)).min(k_max / p.max(1)).max(1);
+        let pieces: Vec<(f32, &[usize])> = groups
+            .iter()
+            .flat_map(|(prod, members)| members.chunks(piece_max).map(move |pc| (*prod, pc)))
+            .collect();
         let backend = ctx.backend;
-        let kerr = |e| NnError::kernel(&self.name, e);
-        let gw = &mut self.weight.grad;
-        gw.fill(0.0);
-        let mut first = true;
-        let one = [1f32];
-        for (prod, members) in &groups {
-            let prod = [*prod];
-            for piece in members.chunks(piece_max) {
-                let nb = piece.len();
-                let n = nb * p;
-                let (et, col) = ctx.timed(Category::Im2col, |_| {
-                    let mut et = Scratch::<i8>::new(cout * n);
-                    et.par_chunks_mut(n).enumerate().for_each(|(co, row)| {
-                        for (i, &j) in piece.iter().enumerate() {
-                            row[i * p..][..p].copy_from_slice(&em[(j * cout + co) * p..][..p]);
-                        }
-                    });
-                    let mut xin = Scratch::<i8>::new(nb * inl);
+        let name = self.name.as_str();
+        // One piece: its errors and columns gathered, then dW(piece) (+)= dY~ col^T.
+        let piece_gemm = |prod: f32, piece: &[usize], acc: bool, gw: &mut [f32]| {
+            let kerr = |e| NnError::kernel(name, e);
+            let mut t = ChunkTimes::default();
+            let nb = piece.len();
+            let n = nb * p;
+            let (et, col) = clock(&mut t.im2col, || {
+                let mut et = Scratch::<i8>::new(cout * n);
+                et.par_chunks_mut(n).enumerate().for_each(|(co, row)| {
                     for (i, &j) in piece.iter().enumerate() {
-                        xin[i * inl..][..inl].copy_from_slice(&xm[j * inl..][..inl]);
+                        row[i * p..][..p].copy_from_slice(&em[(j * cout + co) * p..][..p]);
                     }
-                    let mut col = Scratch::<i8>::new(rows * n);
-                    im2col(&g, &xin, nb, &mut col);
-                    (et, col)
                 });
-                let a = QMatRef {
-                    mat: row_major(&et, cout, n),
-                    scales: Scales::uniform(&prod),
-                    max_abs: *emax,
-                };
-                let bq = QMatRef {
-                    mat: row_major(&col, rows, n).t(),
-                    scales: Scales::uniform(&one),
-                    max_abs: *xmax,
-                };
-                let spec = GemmSpec {
-                    segment: usize::MAX,
-                    accumulate: !first,
-                };
-                first = false;
-                let cm = MatMut::row_major(gw, cout, rows).map_err(kerr)?;
-                ctx.timed(Category::Gemm, |_| backend.gemm_q8(a, bq, spec, cm))
-                    .map_err(kerr)?;
+                let mut xin = Scratch::<i8>::new(nb * inl);
+                for (i, &j) in piece.iter().enumerate() {
+                    xin[i * inl..][..inl].copy_from_slice(&xm[j * inl..][..inl]);
+                }
+                let mut col = Scratch::<i8>::new(rows * n);
+                im2col(&g, &xin, nb, &mut col);
+                (et, col)
+            });
+            let prod = [prod];
+            let one = [1f32];
+            let a = QMatRef {
+                mat: row_major(&et, cout, n),
+                scales: Scales::uniform(&prod),
+                max_abs: *emax,
+            };
+            let bq = QMatRef {
+                mat: row_major(&col, rows, n).t(),
+                scales: Scales::uniform(&one),
+                max_abs: *xmax,
+            };
+            let spec = GemmSpec {
+                segment: usize::MAX,
+                accumulate: acc,
+            };
+            let cm = MatMut::row_major(gw, cout, rows).map_err(kerr)?;
+            clock(&mut t.gemm, || backend.gemm_q8(a, bq, spec, cm)).map_err(kerr)?;
+            Ok::<ChunkTimes, NnError>(t)
+        };
+        let t0 = Instant::now();
+        let mut total = ChunkTimes::default();
+        let gw = &mut self.weight.grad;
+        let threads = rayon::current_num_threads();
+        // Small weight gradients (PreResNet-20's 9 KB) with enough pieces: pieces in parallel,
+        // each into its own buffer (`0 + t`, one rounding), then added in piece order, which is
+        // what accumulating one after another computes (`gw + t`, bit for bit). Otherwise one
+        // piece after another with each GEMM split across the threads.
+        if threads > 1 && pieces.len() >= 2 * threads && cout * rows * 4 <= 1 << 20 {
+            let parts: Vec<Result<(Vec<f32>, ChunkTimes), NnError>> = pieces
+                .par_iter()
+                .map(|&(prod, piece)| {
+                    lowprec_kernels::serial(|| {
+                        let mut part = vec![0f32; cout * rows];
+                        let t = piece_gemm(prod, piece, false, &mut part)?;
+                        Ok((part, t))
+                    })
+                })
+                .collect();
+            let t1 = Instant::now();
+            for (k, part) in parts.into_iter().enumerate() {
+                let (part, t) = part?;
+                total.im2col += t.im2col;
+                total.gemm += t.gemm;
+                if k == 0 {
+                    gw.copy_from_slice(&part);
+                } else {
+                    gw.iter_mut().zip(&part).for_each(|(a, v)| *a += v);
+                }
+            }
+            total.other += t1.elapsed();
+        } else {
+            gw.fill(0.0);
+            for (k, &(prod, piece)) in pieces.iter().enumerate() {
+                let t = piece_gemm(prod, piece, k > 0, gw)?;
+                total.im2col += t.im2col;
+                total.gemm += t.gemm;
             }
         }
+        ctx.charge_parallel(
+            t0.elapsed(),
+            &[
+                (Category::Im2col, total.im2col),
+                (Category::Gemm, total.gemm),
+                (Category::Other, total.other),
+            ],
+        );
         Ok(())
     }
 

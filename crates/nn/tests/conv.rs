@@ -615,6 +615,47 @@ fn same_bits_at_one_and_two_threads() {
     }
 }
 
+/// The bfp8 weight gradient from many pieces (examples of many exponents): the same bits
+/// whether the pieces run one after another (1 thread) or in parallel into their own buffers
+/// and are added after (2 and 3 threads).
+#[test]
+fn bfp8_weight_gradient_pieces_same_bits_at_any_thread_count() {
+    let policy: Precision = "bfp8".parse().unwrap();
+    let (cin, h, w, cout, b) = (2, 12, 12, 4, 24);
+    let run = |threads: usize| {
+        pool(threads).install(|| {
+            let backend = CpuBackend;
+            let mut conv = Conv2d::new(1, "c", &[cin, h, w], cout, 3, 1, 1, false, 9).unwrap();
+            let n = cin * h * w;
+            // Seven magnitudes 2^0 .. 2^18 apart: several groups and pieces, whose sums round.
+            let x: Vec<f32> = rand_vec(b * n, 71)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * (1u32 << (3 * ((i / n) % 7))) as f32)
+                .collect();
+            let mut ctx = Ctx::new(&backend, &policy, 4);
+            let y = conv
+                .forward(
+                    &mut ctx,
+                    &[&Tensor::new(x, vec![b, cin, h, w]).unwrap()],
+                    true,
+                )
+                .unwrap();
+            let dy = Tensor::new(rand_vec(y.len(), 72), y.shape.clone()).unwrap();
+            conv.backward(&mut ctx, &dy).unwrap();
+            conv.weight
+                .grad
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<u32>>()
+        })
+    };
+    let one = run(1);
+    assert!(one.iter().any(|&v| v != 0));
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
+}
+
 #[test]
 fn conv_chunking_keeps_bfp8_weight_gradients() {
     // One more example than fits in COL_BUDGET: the layer processes two chunks, accumulating
