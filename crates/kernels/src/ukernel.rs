@@ -152,6 +152,37 @@ pub enum Store {
     Overwrite,
 }
 
+/// The portable epilogue of a whole `mr x nr` tile (row-major i32): `C[r, c] = (C or 0.0) +
+/// ((tile[r, c] as f32) * sa[r]) * sb[c]`, shared by both families' portable kernels.
+///
+/// # Safety
+/// `c` must address an `mr x nr` block with leading dimension `ldc`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn store_tile(
+    tile: &[i32],
+    mr: usize,
+    nr: usize,
+    c: *mut f32,
+    ldc: usize,
+    sa: &[f32],
+    sb: &[f32],
+    mode: Store,
+) {
+    for r in 0..mr {
+        let row = std::slice::from_raw_parts_mut(c.add(r * ldc), nr);
+        for (cc, v) in row.iter_mut().enumerate() {
+            let t = ((tile[r * nr + cc] as f32) * sa[r]) * sb[cc];
+            // `0.0 + t` (not `t`) when overwriting: the semantics start from 0.0, which turns
+            // a -0.0 product into +0.0.
+            *v = if mode == Store::Accumulate {
+                *v + t
+            } else {
+                0.0 + t
+            };
+        }
+    }
+}
+
 /// One whole chunk for a full tile, fused with its epilogue:
 /// `C[r, c] = (C or 0.0) + ((acc[r, c] as f32) * sa[r]) * sb[c]` with
 /// `acc = sum_{p < kp} A~[p] (x) B~[p]`. Skips the i32 tile round trip, which matters when
@@ -179,17 +210,7 @@ pub unsafe fn run_q(
         _ => {
             let mut tile = [0i32; TILE];
             generic(kp, a, a_stride, b, &mut tile, true);
-            for r in 0..MR {
-                let row = std::slice::from_raw_parts_mut(c.add(r * ldc), NR);
-                for (cc, v) in row.iter_mut().enumerate() {
-                    let t = ((tile[r * NR + cc] as f32) * sa[r]) * sb[cc];
-                    *v = if mode == Store::Accumulate {
-                        *v + t
-                    } else {
-                        0.0 + t
-                    };
-                }
-            }
+            store_tile(&tile, MR, NR, c, ldc, sa, sb, mode);
         }
     }
 }
