@@ -46,7 +46,7 @@ use crate::ctx::{Category, StreamKind};
 use crate::im2col::{col2im, im2col, ConvGeom};
 use crate::init;
 use crate::layer::{Layer, Param};
-use crate::operand::{quantize_matrix, Operand, QData};
+use crate::operand::{quantize_matrix, Operand, QData, QMatrix};
 use crate::scratch::Scratch;
 use crate::{Ctx, NnError, Tensor};
 
@@ -155,12 +155,15 @@ enum Weights {
         max_abs: u32,
     },
     F(Vec<f32>),
+    /// The float weights themselves (weights in fp32): read from the parameter at use, not
+    /// copied once per step (60 MB per iteration for VGG16).
+    Raw,
 }
 
 impl Weights {
     /// The weights of the transposed convolution: `W[co, ci, ki, kj]` becomes
     /// `Wt[ci, co, k-1-ki, k-1-kj]` (same scale; a tensor scale only, see `backward`).
-    fn flipped(&self, cout: usize, cin: usize, k: usize) -> Weights {
+    fn flipped(&self, cout: usize, cin: usize, k: usize, raw: &[f32]) -> Weights {
         fn flip<T: Copy + Default + Send + Sync>(
             w: &[T],
             cout: usize,
@@ -208,12 +211,15 @@ impl Weights {
                 }
             }
             Weights::F(v) => Weights::F(flip(v, cout, cin, k)),
+            Weights::Raw => Weights::F(flip(raw, cout, cin, k)),
         }
     }
 
-    fn floats(&self, rows: usize) -> std::borrow::Cow<'_, [f32]> {
+    /// The weights as floats; `raw` is the parameter (what [`Weights::Raw`] stands for).
+    fn floats<'a>(&'a self, rows: usize, raw: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
         match self {
             Weights::F(v) => std::borrow::Cow::Borrowed(v),
+            Weights::Raw => std::borrow::Cow::Borrowed(raw),
             Weights::Q {
                 mant,
                 scales,
@@ -381,6 +387,7 @@ fn conv_gemm(
     g: &ConvGeom,
     cout: usize,
     wq: &Weights,
+    raw: &[f32],
     xq: &Batch,
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>, NnError> {
@@ -398,7 +405,7 @@ fn conv_gemm(
     let chunk = even_chunk(chunk_for(g), b);
     let wf = match (wq, xq) {
         (Weights::Q { .. }, Batch::Q { .. }) => None,
-        _ => Some(wq.floats(cout)),
+        _ => Some(wq.floats(cout, raw)),
     };
     let t0 = Instant::now();
     let run = |(ci, yc): (usize, &mut [MaybeUninit<f32>])| {
@@ -602,6 +609,8 @@ struct BackwardChunks<'a> {
     g: &'a ConvGeom,
     cout: usize,
     wq: Option<&'a Weights>,
+    /// The weight parameter (what `Weights::Raw` stands for).
+    raw: &'a [f32],
     wf: Option<&'a [f32]>,
     dyq: &'a Batch,
     xq: &'a Batch,
@@ -714,7 +723,10 @@ impl BackwardChunks<'_> {
                     let wf = match self.wf {
                         Some(w) => w,
                         None => {
-                            wfl = self.wq.expect("checked by the caller").floats(cout);
+                            wfl = self
+                                .wq
+                                .expect("checked by the caller")
+                                .floats(cout, self.raw);
                             &wfl
                         }
                     };
@@ -955,19 +967,27 @@ impl Conv2d {
         let tensor = format!("weights of {}", self.name);
         let (o, i) = (self.cout, self.geom.col_rows());
         let (w, fmt, step) = (&self.weight.value, ctx.policy.weights, ctx.step);
+        if fmt == NumberFormat::F32 {
+            // Only the finiteness check of fp32 "quantisation"; the values are used in place.
+            if lowprec_formats::run::max_abs_bits(w) >= 0x7f80_0000 {
+                quantize_matrix(w, o, i, &fmt, key, &tensor, &self.name, step)?;
+            }
+            self.wq = Some((v, Weights::Raw));
+            return Ok(());
+        }
         let op = ctx.timed(Category::Quantize, |_| {
             quantize_matrix(w, o, i, &fmt, key, &tensor, &self.name, step)
         })?;
         let q = match op {
             Operand::F { data, .. } => Weights::F(data),
-            Operand::Q(q) => match (&q.data, q.fmt.block) {
-                (QData::I8(m), Block::Tensor | Block::Axis(0)) => Weights::Q {
-                    mant: m.clone(),
-                    scales: q.scales.clone(),
+            Operand::Q(q) => match (q.data, q.fmt.block) {
+                (QData::I8(mant), Block::Tensor | Block::Axis(0)) => Weights::Q {
+                    mant,
+                    scales: q.scales,
                     per_channel: q.fmt.block == Block::Axis(0),
                     max_abs: q.fmt.max_abs(),
                 },
-                _ => Weights::F(Operand::Q(q).to_f32()),
+                (data, _) => Weights::F(Operand::Q(QMatrix { data, ..q }).to_f32()),
             },
         };
         self.wq = Some((v, q));
@@ -1042,7 +1062,7 @@ impl Layer for Conv2d {
         self.quantized_weights(ctx)?;
         let wq = &self.wq.as_ref().expect("quantised above").1;
         let bias = self.bias.as_ref().map(|p| p.value.as_slice());
-        let y = conv_gemm(ctx, &self.name, &g, cout, wq, &xq, bias)?;
+        let y = conv_gemm(ctx, &self.name, &g, cout, wq, &self.weight.value, &xq, bias)?;
         self.saved_x = if train { Some(xq) } else { None };
         Tensor::new(y, vec![b, cout, g.ho, g.wo])
     }
@@ -1140,8 +1160,10 @@ impl Layer for Conv2d {
             Vec::new()
         };
         let wf = match wq {
-            Some(w @ Weights::F(_)) => Some(w.floats(cout)),
-            Some(w) if need_dcol && !matches!(dyq, Batch::Q { .. }) => Some(w.floats(cout)),
+            Some(w @ (Weights::F(_) | Weights::Raw)) => Some(w.floats(cout, &self.weight.value)),
+            Some(w) if need_dcol && !matches!(dyq, Batch::Q { .. }) => {
+                Some(w.floats(cout, &self.weight.value))
+            }
             _ => None,
         };
         // Chunks of examples, in groups (a function of the shape only): a group's chunks run
@@ -1177,6 +1199,7 @@ impl Layer for Conv2d {
                 g: &g,
                 cout,
                 wq,
+                raw: &self.weight.value,
                 wf: wf.as_deref(),
                 dyq: &dyq,
                 xq: &xq,
@@ -1238,8 +1261,10 @@ impl Layer for Conv2d {
                 .map_err(|e| NnError::Spec(format!("{}: transposed geometry: {e}", self.name)))?;
             debug_assert_eq!((tg.ho, tg.wo), (g.h, g.w));
             let w = self.wq.as_ref().map(|w| &w.1).expect("checked above");
-            let wt = ctx.timed(Category::Other, |_| w.flipped(cout, g.cin, g.k));
-            dx = conv_gemm(ctx, &self.name, &tg, g.cin, &wt, &dyq, None)?;
+            let raw = &self.weight.value;
+            let wt = ctx.timed(Category::Other, |_| w.flipped(cout, g.cin, g.k, raw));
+            // `wt` is never `Raw` (flipping copies), so no parameter slice is needed.
+            dx = conv_gemm(ctx, &self.name, &tg, g.cin, &wt, &[], &dyq, None)?;
         }
         Ok(vec![Tensor::new(dx, vec![b, g.cin, g.h, g.w])?])
     }
