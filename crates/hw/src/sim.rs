@@ -775,6 +775,12 @@ impl GemmBackend for FpgaSim {
         self.run_q8(a, b, spec, c)
     }
 
+    /// One core with a resident matrix: the call order decides the DMA cycles counted, so
+    /// calls come one at a time, in the layers' order.
+    fn concurrent_calls(&self) -> bool {
+        false
+    }
+
     /// The 002 core is 8-bit only: wider mantissas run on the processor.
     fn gemm_q16(
         &self,

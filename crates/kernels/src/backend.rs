@@ -39,6 +39,13 @@ pub trait GemmBackend: Send + Sync {
         accumulate: bool,
         c: MatMut<'_, f32>,
     ) -> Result<(), KernelError>;
+
+    /// Whether layers may issue independent GEMMs from several threads at once. A backend
+    /// whose state carries from call to call (the FPGA simulator's resident matrix and cycle
+    /// counters) says no, and then sees its calls in one fixed order.
+    fn concurrent_calls(&self) -> bool {
+        true
+    }
 }
 
 /// The CPU backend: the fastest kernels this machine supports, chosen at run time.

@@ -425,20 +425,21 @@ fn conv_gemm(
         )
     };
     let chunks = b.div_ceil(chunk);
-    let times: Vec<Result<ChunkTimes, NnError>> =
-        if chunks >= PAR_CHUNKS_PER_THREAD * rayon::current_num_threads() {
-            y.slots()
-                .par_chunks_mut(chunk * cout * p)
-                .enumerate()
-                .map(|c| lowprec_kernels::serial(|| run(c)))
-                .collect()
-        } else {
-            y.slots()
-                .chunks_mut(chunk * cout * p)
-                .enumerate()
-                .map(run)
-                .collect()
-        };
+    let times: Vec<Result<ChunkTimes, NnError>> = if backend.concurrent_calls()
+        && chunks >= PAR_CHUNKS_PER_THREAD * rayon::current_num_threads()
+    {
+        y.slots()
+            .par_chunks_mut(chunk * cout * p)
+            .enumerate()
+            .map(|c| lowprec_kernels::serial(|| run(c)))
+            .collect()
+    } else {
+        y.slots()
+            .chunks_mut(chunk * cout * p)
+            .enumerate()
+            .map(run)
+            .collect()
+    };
     let wall = t0.elapsed();
     let mut total = ChunkTimes::default();
     for t in times {
@@ -916,7 +917,11 @@ impl Conv2d {
         // each into its own buffer (`0 + t`, one rounding), then added in piece order, which is
         // what accumulating one after another computes (`gw + t`, bit for bit). Otherwise one
         // piece after another with each GEMM split across the threads.
-        if threads > 1 && pieces.len() >= 2 * threads && cout * rows * 4 <= 1 << 20 {
+        if backend.concurrent_calls()
+            && threads > 1
+            && pieces.len() >= 2 * threads
+            && cout * rows * 4 <= 1 << 20
+        {
             let parts: Vec<Result<(Vec<f32>, ChunkTimes), NnError>> = pieces
                 .par_iter()
                 .map(|&(prod, piece)| {
@@ -1209,16 +1214,17 @@ impl Layer for Conv2d {
             };
             let t0 = Instant::now();
             let run = |(gi, dxp): (usize, &mut [f32])| job.run(bounds[gi], bounds[gi + 1], dxp);
-            let parts: Vec<Result<GroupResult, NnError>> =
-                if chunks >= PAR_CHUNKS_PER_THREAD * rayon::current_num_threads() {
-                    dx_parts
-                        .into_par_iter()
-                        .enumerate()
-                        .map(|c| lowprec_kernels::serial(|| run(c)))
-                        .collect()
-                } else {
-                    dx_parts.into_iter().enumerate().map(run).collect()
-                };
+            let parts: Vec<Result<GroupResult, NnError>> = if backend.concurrent_calls()
+                && chunks >= PAR_CHUNKS_PER_THREAD * rayon::current_num_threads()
+            {
+                dx_parts
+                    .into_par_iter()
+                    .enumerate()
+                    .map(|c| lowprec_kernels::serial(|| run(c)))
+                    .collect()
+            } else {
+                dx_parts.into_iter().enumerate().map(run).collect()
+            };
             let mut total = ChunkTimes::default();
             let mut sums = Vec::new();
             for part in parts {
