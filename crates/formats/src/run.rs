@@ -66,7 +66,7 @@ pub enum RunKernel {
     Generic,
     /// 8 lanes (AVX2 + FMA).
     Avx2,
-    /// 16 lanes (AVX-512 F and BW): twice the AVX2 kernel's elements per instruction, which is what
+    /// 16 lanes (AVX-512 F): twice the AVX2 kernel's elements per instruction, which is what
     /// stochastic rounding (two hash rounds per element) is bound by.
     Avx512,
 }
@@ -123,9 +123,7 @@ fn has_avx2() -> bool {
 fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        has_avx2()
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
+        has_avx2() && std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -150,19 +148,34 @@ pub fn quantize_run_with(
     base: u64,
 ) -> Option<()> {
     assert_eq!(x.len(), out.len(), "run output length");
-    match kernel {
-        RunKernel::Generic => quantize_run_generic(x, out, p, key, base),
+    type Simd = unsafe fn(&[f32], OutRun<'_>, &ScaledInt, StreamKey, u64);
+    let simd: Simd = match kernel {
+        RunKernel::Generic => {
+            quantize_run_generic(x, out, p, key, base);
+            return Some(());
+        }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 and FMA presence checked.
-        RunKernel::Avx2 if has_avx2() => unsafe { avx2::quantize_run_avx2(x, out, p, key, base) },
+        RunKernel::Avx2 if has_avx2() => avx2::quantize_run_avx2,
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512 F presence checked.
-        RunKernel::Avx512 if has_avx512() => unsafe {
-            avx512::quantize_run_avx512(x, out, p, key, base)
-        },
+        RunKernel::Avx512 if has_avx512() => avx512::quantize_run_avx512,
         _ => return None,
+    };
+    // The SIMD kernels keep the high word of the element index constant inside a call (one
+    // pair of round keys): the run is cut where it changes.
+    let (mut x, mut out, mut base) = (x, out, base);
+    loop {
+        let to_wrap = ((((base >> 32) + 1) << 32) - base) as usize;
+        if to_wrap >= x.len() {
+            // SAFETY: the kernel's instruction set was checked above.
+            unsafe { simd(x, out, p, key, base) };
+            return Some(());
+        }
+        let (xa, xb) = x.split_at(to_wrap);
+        let (oa, ob) = split_out(out, to_wrap);
+        // SAFETY: as above.
+        unsafe { simd(xa, oa, p, key, base) };
+        (x, out, base) = (xb, ob, base + to_wrap as u64);
     }
-    Some(())
 }
 
 /// The portable kernel (element by element, the f32 formulation).
@@ -253,6 +266,9 @@ mod avx2 {
         _mm256_xor_si256(h, _mm256_srli_epi32(h, 16))
     }
 
+    /// # Safety
+    /// AVX2 and FMA must be present; the element indices `base .. base + x.len()` must share
+    /// their high 32 bits (`quantize_run_with` cuts runs there).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn quantize_run_avx2(
         x: &[f32],
@@ -262,15 +278,7 @@ mod avx2 {
         base: u64,
     ) {
         let n = x.len();
-        // Keep the high word of the element index constant inside one SIMD loop.
-        let first_wrap = (((base >> 32) + 1) << 32).saturating_sub(base) as usize;
-        if first_wrap < n {
-            let (xa, xb) = x.split_at(first_wrap);
-            let (oa, ob) = split_out(out, first_wrap);
-            quantize_run_avx2(xa, oa, p, key, base);
-            quantize_run_avx2(xb, ob, p, key, base + first_wrap as u64);
-            return;
-        }
+        debug_assert!(base >> 32 == (base + n.saturating_sub(1) as u64) >> 32);
         let (f0, f1) = p.factors();
         let vf0 = _mm256_set1_ps(f0);
         let vf1 = _mm256_set1_ps(f1);
@@ -381,7 +389,10 @@ mod avx512 {
 
     /// The AVX2 kernel's operations, 16 lanes at a time, with mask registers for its
     /// comparisons: the same value in every lane, so the same bits.
-    #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
+    ///
+    /// # Safety
+    /// AVX-512 F (and AVX2) must be present; indices as for the AVX2 kernel.
+    #[target_feature(enable = "avx2,fma,avx512f")]
     pub unsafe fn quantize_run_avx512(
         x: &[f32],
         mut out: OutRun<'_>,
@@ -390,15 +401,7 @@ mod avx512 {
         base: u64,
     ) {
         let n = x.len();
-        // Keep the high word of the element index constant inside one SIMD loop.
-        let first_wrap = (((base >> 32) + 1) << 32).saturating_sub(base) as usize;
-        if first_wrap < n {
-            let (xa, xb) = x.split_at(first_wrap);
-            let (oa, ob) = split_out(out, first_wrap);
-            quantize_run_avx512(xa, oa, p, key, base);
-            quantize_run_avx512(xb, ob, p, key, base + first_wrap as u64);
-            return;
-        }
+        debug_assert!(base >> 32 == (base + n.saturating_sub(1) as u64) >> 32);
         let (f0, f1) = p.factors();
         let vf0 = _mm512_set1_ps(f0);
         let vf1 = _mm512_set1_ps(f1);
@@ -418,91 +421,61 @@ mod avx512 {
         let rounding = p.rounding;
         let chunks = n / 16;
         let xp = x.as_ptr();
-        // One vector of results (rounded, clamped) for chunk `$c` under `$rounding`; a macro so
-        // that the hot loop below gets it with the rounding a constant (the general loop's
-        // per-vector branches on rounding and output kind cost about a quarter).
-        macro_rules! round_vec {
-            ($c:expr, $rounding:expr) => {{
-                let c: usize = $c;
-                let rounding: Rounding = $rounding;
-                let xv = _mm512_loadu_ps(xp.add(c * 16));
-                let y = _mm512_mul_ps(_mm512_mul_ps(xv, vf0), vf1);
-                let yb = _mm512_castps_si512(y);
-                let q = match rounding {
-                    Rounding::NearestEven => {
-                        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y)
-                    }
-                    Rounding::TowardZero => {
-                        _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y)
-                    }
-                    Rounding::NearestAway | Rounding::Stochastic => {
-                        let a = _mm512_castsi512_ps(_mm512_and_si512(yb, absmask));
-                        let fa = _mm512_roundscale_ps::<
-                            { _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC },
-                        >(a);
-                        let fr = _mm512_sub_ps(a, fa);
-                        let sign = _mm512_and_si512(yb, signmask);
-                        let bump: __mmask16 = if rounding == Rounding::NearestAway {
-                            _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fr, half)
-                        } else {
-                            let lo = (base as u32).wrapping_add((c * 16) as u32);
-                            let idx = _mm512_add_epi32(_mm512_set1_epi32(lo as i32), lane);
-                            let h = fmix32_v(_mm512_xor_si512(idx, vk1));
-                            let h = fmix32_v(_mm512_add_epi32(h, vk2));
-                            let r = _mm512_srli_epi32(h, 8);
-                            let u = _mm512_mul_ps(_mm512_cvtepi32_ps(r), inv24);
-                            let pos_bump =
-                                _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fr, _mm512_sub_ps(one, u));
-                            let r_zero = _mm512_cmpeq_epi32_mask(r, _mm512_setzero_si512());
-                            let x_nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(xv, zero);
-                            let below_one = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, one);
-                            let neg_bump = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(fr, u)
-                                | (r_zero & x_nonzero & below_one);
-                            let is_neg = _mm512_test_epi32_mask(yb, signmask);
-                            (is_neg & neg_bump) | (!is_neg & pos_bump)
-                        };
-                        let m = _mm512_mask_add_ps(fa, bump, fa, one);
-                        _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(m), sign))
-                    }
-                };
-                let q = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(q, vlo), vhi), zero);
-                q
-            }};
-        }
-        match (rounding, &mut out) {
-            // Stochastic BFP8, what training runs: no branch in the loop.
-            (Rounding::Stochastic, OutRun::I8(o)) => {
-                let op = o.as_mut_ptr();
-                for c in 0..chunks {
-                    let q = round_vec!(c, Rounding::Stochastic);
-                    _mm_storeu_si128(
-                        op.add(c * 16) as *mut __m128i,
-                        _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(q)),
-                    );
+        for c in 0..chunks {
+            let xv = _mm512_loadu_ps(xp.add(c * 16));
+            let y = _mm512_mul_ps(_mm512_mul_ps(xv, vf0), vf1);
+            let yb = _mm512_castps_si512(y);
+            let q = match rounding {
+                Rounding::NearestEven => {
+                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y)
                 }
-            }
-            _ => {
-                for c in 0..chunks {
-                    let q = round_vec!(c, rounding);
-                    let off = c * 16;
-                    match &mut out {
-                        OutRun::F32(o) => {
-                            _mm512_storeu_ps(o.as_mut_ptr().add(off), _mm512_mul_ps(q, vulp))
-                        }
-                        OutRun::I32(o) => _mm512_storeu_si512(
-                            o.as_mut_ptr().add(off) as *mut __m512i,
-                            _mm512_cvtps_epi32(q),
-                        ),
-                        OutRun::I16(o) => _mm256_storeu_si256(
-                            o.as_mut_ptr().add(off) as *mut __m256i,
-                            _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(q)),
-                        ),
-                        OutRun::I8(o) => _mm_storeu_si128(
-                            o.as_mut_ptr().add(off) as *mut __m128i,
-                            _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(q)),
-                        ),
-                    }
+                Rounding::TowardZero => {
+                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y)
                 }
+                Rounding::NearestAway | Rounding::Stochastic => {
+                    let a = _mm512_castsi512_ps(_mm512_and_si512(yb, absmask));
+                    let fa =
+                        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(a);
+                    let fr = _mm512_sub_ps(a, fa);
+                    let sign = _mm512_and_si512(yb, signmask);
+                    let bump: __mmask16 = if rounding == Rounding::NearestAway {
+                        _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fr, half)
+                    } else {
+                        let lo = (base as u32).wrapping_add((c * 16) as u32);
+                        let idx = _mm512_add_epi32(_mm512_set1_epi32(lo as i32), lane);
+                        let h = fmix32_v(_mm512_xor_si512(idx, vk1));
+                        let h = fmix32_v(_mm512_add_epi32(h, vk2));
+                        let r = _mm512_srli_epi32(h, 8);
+                        let u = _mm512_mul_ps(_mm512_cvtepi32_ps(r), inv24);
+                        let pos_bump = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fr, _mm512_sub_ps(one, u));
+                        let r_zero = _mm512_cmpeq_epi32_mask(r, _mm512_setzero_si512());
+                        let x_nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(xv, zero);
+                        let below_one = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, one);
+                        let neg_bump = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(fr, u)
+                            | (r_zero & x_nonzero & below_one);
+                        let is_neg = _mm512_test_epi32_mask(yb, signmask);
+                        (is_neg & neg_bump) | (!is_neg & pos_bump)
+                    };
+                    let m = _mm512_mask_add_ps(fa, bump, fa, one);
+                    _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(m), sign))
+                }
+            };
+            let q = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(q, vlo), vhi), zero);
+            let off = c * 16;
+            match &mut out {
+                OutRun::F32(o) => _mm512_storeu_ps(o.as_mut_ptr().add(off), _mm512_mul_ps(q, vulp)),
+                OutRun::I32(o) => _mm512_storeu_si512(
+                    o.as_mut_ptr().add(off) as *mut __m512i,
+                    _mm512_cvtps_epi32(q),
+                ),
+                OutRun::I16(o) => _mm256_storeu_si256(
+                    o.as_mut_ptr().add(off) as *mut __m256i,
+                    _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(q)),
+                ),
+                OutRun::I8(o) => _mm_storeu_si128(
+                    o.as_mut_ptr().add(off) as *mut __m128i,
+                    _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(q)),
+                ),
             }
         }
         let done = chunks * 16;

@@ -436,10 +436,11 @@ mod avx2_pack {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn val(i: usize) -> i8 {
+    /// Scattered bytes of every value for packing tests (shared with `quad`'s).
+    pub(crate) fn val(i: usize) -> i8 {
         ((i.wrapping_mul(2_654_435_761) >> 7) % 256) as u8 as i8
     }
 

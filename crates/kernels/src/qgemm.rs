@@ -85,8 +85,10 @@ pub(crate) trait Family<T: QElem> {
         groups: usize,
         out: &mut [Self::PB],
     );
-    /// Offset of a piece starting at group `poff` inside an A strip of `groups` groups.
-    fn a_piece(groups: usize, poff: usize) -> usize;
+    /// Whether `pack_a` writes per-piece row sums that the kernels read.
+    const ROW_SUMS: bool;
+    /// Offset of a piece starting at group `poff` inside an A strip.
+    fn a_piece(poff: usize) -> usize;
     /// The i32 tile (`MR x NR`, row-major) of a piece (see the families' `run`).
     ///
     /// # Safety
@@ -162,7 +164,8 @@ impl<T: QElem> Family<T> for Pairs {
     ) {
         pack_b(isa.pair_isa(), b, n0, nlen, ranges, groups, out)
     }
-    fn a_piece(_groups: usize, poff: usize) -> usize {
+    const ROW_SUMS: bool = false;
+    fn a_piece(poff: usize) -> usize {
         poff * 2
     }
     unsafe fn tile(
@@ -245,7 +248,8 @@ impl<T: QElem> Family<T> for Quads {
         let b = T::as_i8(b).expect("the quad family takes 8-bit mantissas");
         quad::pack_b(isa, &b, n0, nlen, ranges, groups, out)
     }
-    fn a_piece(_groups: usize, poff: usize) -> usize {
+    const ROW_SUMS: bool = true;
+    fn a_piece(poff: usize) -> usize {
         poff * quad::MR * 4
     }
     unsafe fn tile(
@@ -554,7 +558,11 @@ fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut W
     let (wa, wb, wsums) = F::buffers(ws);
     let ap = aligned(wa, mc * max_groups * ku);
     let bp = aligned(wb, nc * max_groups * ku);
-    let sums_len = mc.div_ceil(mr) * max_ranges * mr;
+    let sums_len = if F::ROW_SUMS {
+        mc.div_ceil(mr) * max_ranges * mr
+    } else {
+        0
+    };
     if wsums.len() < sums_len {
         wsums.resize(sums_len, 0);
     }
@@ -602,10 +610,13 @@ fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut W
                             // In bounds: strips hold `step.groups` groups,
                             // `poff + groups <= step.groups`; the sums hold `nranges` pieces of
                             // `mr` rows per strip.
-                            let a_ptr =
-                                ap[ir * astrip + F::a_piece(step.groups, pc.poff)..].as_ptr();
+                            let a_ptr = ap[ir * astrip + F::a_piece(pc.poff)..].as_ptr();
                             let b_ptr = bp[jr * bstrip + pc.poff * nr * ku..].as_ptr();
-                            let s_ptr = sums[(ir * nranges + pi) * mr..].as_ptr();
+                            let s_ptr = if F::ROW_SUMS {
+                                sums[(ir * nranges + pi) * mr..].as_ptr()
+                            } else {
+                                std::ptr::null()
+                            };
                             if let Out::Q {
                                 c,
                                 ldc,

@@ -59,7 +59,8 @@ pub fn pack_a(
     let strip_len = quads * MR * 4;
     let out = &mut out[..strips * strip_len];
     let sums = &mut sums[..strips * ranges.len() * MR];
-    let fast = vnni(isa) && a.col_stride == 1;
+    let isa = isa.or_supported();
+    let (avx2, fast) = (isa.has_avx2(), isa == Isa::Avx512Vnni && a.col_stride == 1);
     for (s, dst) in out.chunks_exact_mut(strip_len).enumerate() {
         let r0 = m0 + s * MR;
         let valid = MR.min(m0 + mlen - r0);
@@ -90,7 +91,7 @@ pub fn pack_a(
             pack_a_generic(a, r0, valid, done, k1, &mut seg[(done - k0) / 4 * MR * 4..]);
             for r in 0..MR {
                 sums[(s * ranges.len() + i) * MR + r] = if r < valid {
-                    row_sum(isa, a, r0 + r, k0, k1)
+                    row_sum(avx2, a, r0 + r, k0, k1)
                 } else {
                     0
                 };
@@ -128,8 +129,9 @@ fn pack_a_generic(
     }
 }
 
-/// `sum_{k0 <= k < k1} a[row, k]` (exact: at most 2^31 / 128 terms of |v| <= 128).
-fn row_sum(isa: Isa, a: &MatRef<'_, i8>, row: usize, k0: usize, k1: usize) -> i32 {
+/// `sum_{k0 <= k < k1} a[row, k]` (exact: at most 2^31 / 128 terms of |v| <= 128); `avx2`
+/// says whether this CPU has AVX2.
+fn row_sum(avx2: bool, a: &MatRef<'_, i8>, row: usize, k0: usize, k1: usize) -> i32 {
     #[inline(always)]
     fn body(line: &[i8]) -> i32 {
         line.iter().map(|&v| v as i32).sum()
@@ -142,11 +144,11 @@ fn row_sum(isa: Isa, a: &MatRef<'_, i8>, row: usize, k0: usize, k1: usize) -> i3
     if a.col_stride == 1 {
         let line = &a.data[row * a.row_stride + k0..row * a.row_stride + k1];
         #[cfg(target_arch = "x86_64")]
-        if isa.or_supported().has_avx2() {
+        if avx2 {
             // SAFETY: AVX2 is present.
             return unsafe { body_avx2(line) };
         }
-        let _ = isa;
+        let _ = avx2;
         body(line)
     } else {
         (k0..k1).map(|k| a.at(row, k) as i32).sum()
@@ -167,8 +169,9 @@ pub fn pack_b(
     let strip_len = quads * NR * 4;
     let out = &mut out[..strips * strip_len];
     let full = nlen / NR;
+    let vnni = vnni(isa);
     let mut first = 0;
-    if vnni(isa) && b.col_stride == 1 && full > 0 {
+    if vnni && b.col_stride == 1 && full > 0 {
         // Row-contiguous B: rows are read once, in order, for all full strips (strip by strip
         // a power-of-two row stride would thrash one cache set).
         let mut qoff = 0;
@@ -177,36 +180,18 @@ pub fn pack_b(
                 let last = (k1 - 1) * b.row_stride + n0 + full * NR;
                 assert!(last <= b.data.len());
                 // SAFETY: rows k0..k1 at columns n0..n0+full*NR are inside `data` (asserted);
-                // writes stay inside `full` strips of `strip_len` bytes; AVX2 is present.
+                // writes stay inside `full` strips of `strip_len` bytes; AVX-512 is present.
                 unsafe {
-                    // Pairs of strips 64 columns at a time with AVX-512, a last odd one with
-                    // AVX2.
-                    let pairs = full / 2;
-                    let dst = out.as_mut_ptr().add(qoff * NR * 4);
-                    if pairs > 0 {
-                        avx512::b_rows_pairs(
-                            b.data.as_ptr(),
-                            b.row_stride,
-                            n0,
-                            pairs,
-                            k0,
-                            k1,
-                            dst,
-                            strip_len,
-                        );
-                    }
-                    if full % 2 == 1 {
-                        avx2::b_rows(
-                            b.data.as_ptr(),
-                            b.row_stride,
-                            n0 + 2 * pairs * NR,
-                            1,
-                            k0,
-                            k1,
-                            dst.add(2 * pairs * strip_len),
-                            strip_len,
-                        );
-                    }
+                    avx512::b_rows(
+                        b.data.as_ptr(),
+                        b.row_stride,
+                        n0,
+                        full,
+                        k0,
+                        k1,
+                        out.as_mut_ptr().add(qoff * NR * 4),
+                        strip_len,
+                    )
                 };
             }
             qoff += (k1 - k0).div_ceil(4);
@@ -221,12 +206,12 @@ pub fn pack_b(
             let nq = (k1 - k0).div_ceil(4);
             let seg = &mut dst[qoff * NR * 4..(qoff + nq) * NR * 4];
             qoff += nq;
-            if vnni(isa) && b.row_stride == 1 {
+            if vnni && b.row_stride == 1 {
                 pack_b_cols(b, n, 0, valid, k0, k1, seg);
-                pad_b_cols(valid, seg);
             } else {
-                pack_b_generic(b, n, 0, valid, k0, k1, seg);
+                pack_b_generic_cols(b, n, 0, valid, k0, k1, seg);
             }
+            pad_b_cols(valid, seg);
         }
     }
 }
@@ -296,32 +281,6 @@ fn pad_b_cols(valid: usize, seg: &mut [u8]) {
         for quad in seg.chunks_exact_mut(NR * 4) {
             quad[valid * 4..].fill(0x80);
         }
-    }
-}
-
-/// Portable B packing of strip columns `c0 .. NR` (matrix columns `n + c`, those from
-/// `valid` on pads), rows `k0 .. k1`.
-fn pack_b_generic(
-    b: &MatRef<'_, i8>,
-    n: usize,
-    c0: usize,
-    valid: usize,
-    k0: usize,
-    k1: usize,
-    seg: &mut [u8],
-) {
-    let live = valid.max(c0);
-    for q in 0..(k1 - k0).div_ceil(4) {
-        for c in c0..live {
-            for h in 0..4 {
-                let k = k0 + 4 * q + h;
-                let v = if k < k1 { b.at(k, n + c) } else { 0 };
-                seg[(q * NR + c) * 4 + h] = (v as u8) ^ 0x80;
-            }
-        }
-        // Columns past the matrix: one fill per quad (byte by byte, they were most of the
-        // packing time of a 144-column weight gradient's last strip).
-        seg[(q * NR + live) * 4..(q + 1) * NR * 4].fill(0x80);
     }
 }
 
@@ -482,59 +441,6 @@ mod avx2 {
         }
         blocks * 32
     }
-
-    /// Row-contiguous B, all `full` strips: each quad of rows is read once, its four 32-byte
-    /// runs per strip interleaved byte-wise into 32 dwords (`b ^ 0x80`; rows past `k1` read
-    /// as 0) and stored to the strips, `strip_len` bytes apart.
-    ///
-    /// # Safety
-    /// Rows `k0..k1` at columns `n0 .. n0 + 32 * full` must be readable; `out` must have
-    /// room for `full` strips of `strip_len` bytes, each holding the quads of `k0..k1` from
-    /// its start; AVX2 must be present.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn b_rows(
-        data: *const i8,
-        row_stride: usize,
-        n0: usize,
-        full: usize,
-        k0: usize,
-        k1: usize,
-        out: *mut u8,
-        strip_len: usize,
-    ) {
-        let fl = _mm256_set1_epi8(0x80u8 as i8);
-        let (mut k, mut q) = (k0, 0);
-        while k < k1 {
-            let row = |h: usize| (k + h < k1).then(|| data.add((k + h) * row_stride + n0));
-            let rows = [row(0), row(1), row(2), row(3)];
-            for j in 0..full {
-                let ld = |r: Option<*const i8>| {
-                    let v = match r {
-                        Some(p) => _mm256_loadu_si256(p.add(32 * j) as *const __m256i),
-                        None => _mm256_setzero_si256(),
-                    };
-                    _mm256_xor_si256(v, fl)
-                };
-                let (x0, x1, x2, x3) = (ld(rows[0]), ld(rows[1]), ld(rows[2]), ld(rows[3]));
-                let t0 = _mm256_unpacklo_epi8(x0, x1);
-                let t1 = _mm256_unpackhi_epi8(x0, x1);
-                let t2 = _mm256_unpacklo_epi8(x2, x3);
-                let t3 = _mm256_unpackhi_epi8(x2, x3);
-                let u0 = _mm256_unpacklo_epi16(t0, t2); // columns 0..4 | 16..20
-                let u1 = _mm256_unpackhi_epi16(t0, t2); // 4..8 | 20..24
-                let u2 = _mm256_unpacklo_epi16(t1, t3); // 8..12 | 24..28
-                let u3 = _mm256_unpackhi_epi16(t1, t3); // 12..16 | 28..32
-                let o = out.add(j * strip_len + q * 128) as *mut __m256i;
-                _mm256_storeu_si256(o, _mm256_permute2x128_si256(u0, u1, 0x20));
-                _mm256_storeu_si256(o.add(1), _mm256_permute2x128_si256(u2, u3, 0x20));
-                _mm256_storeu_si256(o.add(2), _mm256_permute2x128_si256(u0, u1, 0x31));
-                _mm256_storeu_si256(o.add(3), _mm256_permute2x128_si256(u2, u3, 0x31));
-            }
-            k += 4;
-            q += 1;
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -691,20 +597,22 @@ mod avx512 {
         acc
     }
 
-    /// [`super::avx2::b_rows`] for `pairs` pairs of strips (64 columns) at a time: the four
-    /// rows of a quad interleaved byte-wise in 128-bit lanes, then the lanes regrouped per strip
-    /// with `vshufi32x4`.
+    /// Row-contiguous B, all `full` strips: each quad of rows is read once, 64 columns (two
+    /// strips) at a time, the four rows interleaved byte-wise in 128-bit lanes (`b ^ 0x80`;
+    /// rows past `k1` read as 0), then the lanes regrouped per strip with `vshufi32x4`. An odd
+    /// last strip is loaded as 32 bytes, zero-extended, and only its strip stored.
     ///
     /// # Safety
-    /// Rows `k0..k1` at columns `n0 .. n0 + 64 * pairs` must be readable; `out` must have room
-    /// for `2 * pairs` strips of `strip_len` bytes; AVX-512 F/BW must be present.
+    /// Rows `k0..k1` at columns `n0 .. n0 + 32 * full` must be readable; `out` must have room
+    /// for `full` strips of `strip_len` bytes, each holding the quads of `k0..k1` from its start;
+    /// AVX-512 F/BW must be present.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn b_rows_pairs(
+    pub unsafe fn b_rows(
         data: *const i8,
         row_stride: usize,
         n0: usize,
-        pairs: usize,
+        full: usize,
         k0: usize,
         k1: usize,
         out: *mut u8,
@@ -715,10 +623,14 @@ mod avx512 {
         while k < k1 {
             let row = |h: usize| (k + h < k1).then(|| data.add((k + h) * row_stride + n0));
             let rows = [row(0), row(1), row(2), row(3)];
-            for j in 0..pairs {
+            for j in 0..full.div_ceil(2) {
+                let both = 2 * j + 1 < full;
                 let ld = |r: Option<*const i8>| {
                     let v = match r {
-                        Some(p) => _mm512_loadu_si512(p.add(64 * j) as *const _),
+                        Some(p) if both => _mm512_loadu_si512(p.add(64 * j) as *const _),
+                        Some(p) => _mm512_zextsi256_si512(_mm256_loadu_si256(
+                            p.add(64 * j) as *const __m256i
+                        )),
                         None => _mm512_setzero_si512(),
                     };
                     _mm512_xor_si512(v, fl)
@@ -738,19 +650,21 @@ mod avx512 {
                 let b = _mm512_shuffle_i32x4::<0b10_00_10_00>(u2, u3);
                 let c = _mm512_shuffle_i32x4::<0b11_01_11_01>(u0, u1); // u0.L1 u0.L3 u1.L1 u1.L3
                 let d = _mm512_shuffle_i32x4::<0b11_01_11_01>(u2, u3);
+                // Strip 2j: columns 0..16 from lane 0, 16..32 from lane 1; strip 2j+1: lanes 2, 3.
                 let s0 = out.add(2 * j * strip_len + q * 128);
-                let s1 = out.add((2 * j + 1) * strip_len + q * 128);
-                // Strip 0: columns 0..16 from lane 0, 16..32 from lane 1; strip 1: lanes 2, 3.
                 _mm512_storeu_si512(s0 as *mut _, _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b));
                 _mm512_storeu_si512(
                     s0.add(64) as *mut _,
                     _mm512_shuffle_i32x4::<0b10_00_10_00>(c, d),
                 );
-                _mm512_storeu_si512(s1 as *mut _, _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b));
-                _mm512_storeu_si512(
-                    s1.add(64) as *mut _,
-                    _mm512_shuffle_i32x4::<0b11_01_11_01>(c, d),
-                );
+                if both {
+                    let s1 = out.add((2 * j + 1) * strip_len + q * 128);
+                    _mm512_storeu_si512(s1 as *mut _, _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b));
+                    _mm512_storeu_si512(
+                        s1.add(64) as *mut _,
+                        _mm512_shuffle_i32x4::<0b11_01_11_01>(c, d),
+                    );
+                }
             }
             k += 4;
             q += 1;
@@ -877,10 +791,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn val(i: usize) -> i8 {
-        ((i.wrapping_mul(2_654_435_761) >> 7) % 256) as u8 as i8
-    }
+    use crate::pack::tests::val;
 
     fn quads_of(ranges: &[(usize, usize)]) -> usize {
         ranges.iter().map(|(a, b)| (b - a).div_ceil(4)).sum()

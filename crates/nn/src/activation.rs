@@ -19,6 +19,16 @@ fn one_input<'a>(name: &str, inputs: &[&'a Tensor]) -> Result<&'a Tensor, NnErro
     }
 }
 
+/// ReLU of one value, as every layer applies it (NaN becomes 0).
+#[inline(always)]
+pub(crate) fn relu(v: f32) -> f32 {
+    if v > 0.0 {
+        v
+    } else {
+        0.0
+    }
+}
+
 /// `y = max(x, 0)`; keeps a one-byte mask for backward.
 pub struct Relu {
     name: String,
@@ -59,7 +69,7 @@ impl Layer for Relu {
                 .data
                 .par_iter()
                 .with_min_len(1 << 14)
-                .map(|&v| if v > 0.0 { v } else { 0.0 })
+                .map(|&v| relu(v))
                 .collect();
             self.mask = train.then(|| {
                 x.data

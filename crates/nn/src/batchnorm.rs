@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
+use crate::activation;
 use crate::scratch::Fill;
 
 use crate::ctx::Category;
@@ -27,16 +28,6 @@ use crate::{Ctx, NnError, Tensor};
 fn relu_grad(g: f32, xh: f32, gm: f32, bt: f32) -> f32 {
     let keep = ((xh * gm + bt > 0.0) as u32).wrapping_neg();
     f32::from_bits(g.to_bits() & keep)
-}
-
-/// ReLU as the `relu` layer computes it (NaN becomes 0).
-#[inline(always)]
-fn relu_f32(v: f32) -> f32 {
-    if v > 0.0 {
-        v
-    } else {
-        0.0
-    }
 }
 
 /// Eight f64 lanes and a tail per sum: how every channel sum below accumulates one plane
@@ -151,7 +142,7 @@ fn plane_normalise(
             for ((yv, xh), &v) in y.iter_mut().zip(xo.iter_mut()).zip(x) {
                 let h = (v - mu) * is;
                 xh.write(h);
-                yv.write(relu_f32(h * g + be));
+                yv.write(activation::relu(h * g + be));
             }
         }
         (None, false) => {
@@ -161,7 +152,7 @@ fn plane_normalise(
         }
         (None, true) => {
             for (yv, &v) in y.iter_mut().zip(x) {
-                yv.write(relu_f32((v - mu) * is * g + be));
+                yv.write(activation::relu((v - mu) * is * g + be));
             }
         }
     }

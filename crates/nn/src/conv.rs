@@ -46,7 +46,7 @@ use crate::ctx::{Category, StreamKind};
 use crate::im2col::{col2im, im2col, ConvGeom};
 use crate::init;
 use crate::layer::{Layer, Param};
-use crate::operand::{quantize_matrix, Operand, QData, QMatrix};
+use crate::operand::{check_finite, quantize_matrix, Operand, QData, QMatrix};
 use crate::scratch::Scratch;
 use crate::{Ctx, NnError, Tensor};
 
@@ -294,30 +294,39 @@ fn gather_errors_t(cout: usize, p: usize, e: &[f32]) -> Scratch<f32> {
     out
 }
 
-/// `dst[c * rows + r] = src[r * cols + c]` (`src` is `rows x cols`), in 32x32 tiles (one
-/// task per band of 32 destination rows): a row-by-row transpose reads one column of `src` per
-/// destination row, a cache line per element (5-7 ms for VGG16's 512x4608 weight gradients).
+/// Side of the tiles the transposes below walk in.
+const TRANSPOSE_TILE: usize = 32;
+
+/// Visits `(r, c)` for `r < rows` and `c0 <= c < c0 + cw` tile by tile, `r` innermost, so
+/// that writes to a transposed position `c * rows + r` run contiguous while the tile's
+/// `TRANSPOSE_TILE` source rows stay in cache: a column-by-column transpose reads a cache line
+/// per value (5-7 ms for VGG16's 512x4608 weight gradients).
+#[inline(always)]
+fn transpose_band(rows: usize, c0: usize, cw: usize, mut f: impl FnMut(usize, usize)) {
+    for r0 in (0..rows).step_by(TRANSPOSE_TILE) {
+        for c in c0..c0 + cw {
+            for r in r0..(r0 + TRANSPOSE_TILE).min(rows) {
+                f(r, c);
+            }
+        }
+    }
+}
+
+/// `dst[c * rows + r] = src[r * cols + c]` (`src` is `rows x cols`), one task per band of
+/// `TRANSPOSE_TILE` destination rows.
 fn transpose_into<T: Copy + Send + Sync>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
-    const TB: usize = 32;
     assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
     if rows == 0 || cols == 0 {
         return;
     }
     dst[..rows * cols]
-        .par_chunks_mut(TB * rows)
+        .par_chunks_mut(TRANSPOSE_TILE * rows)
         .enumerate()
         .for_each(|(band, out)| {
-            let c0 = band * TB;
-            let cw = out.len() / rows;
-            for r0 in (0..rows).step_by(TB) {
-                let rh = TB.min(rows - r0);
-                for c in 0..cw {
-                    let o = &mut out[c * rows + r0..][..rh];
-                    for (i, v) in o.iter_mut().enumerate() {
-                        *v = src[(r0 + i) * cols + c0 + c];
-                    }
-                }
-            }
+            let c0 = band * TRANSPOSE_TILE;
+            transpose_band(rows, c0, out.len() / rows, |r, c| {
+                out[(c - c0) * rows + r] = src[r * cols + c]
+            });
         });
 }
 
@@ -359,6 +368,27 @@ struct ChunkTimes {
     im2col: Duration,
     gemm: Duration,
     other: Duration,
+}
+
+impl ChunkTimes {
+    fn add(&mut self, t: &ChunkTimes) {
+        self.im2col += t.im2col;
+        self.gemm += t.gemm;
+        self.other += t.other;
+    }
+
+    /// Charges `wall`, the elapsed time of the section these busy times come from, to the
+    /// current layer.
+    fn charge(&self, ctx: &mut Ctx<'_>, wall: Duration) {
+        ctx.charge_parallel(
+            wall,
+            &[
+                (Category::Im2col, self.im2col),
+                (Category::Gemm, self.gemm),
+                (Category::Other, self.other),
+            ],
+        );
+    }
 }
 
 /// `f()`, adding its duration to `*acc`.
@@ -443,27 +473,17 @@ fn conv_gemm(
     let wall = t0.elapsed();
     let mut total = ChunkTimes::default();
     for t in times {
-        let t = t?;
-        total.im2col += t.im2col;
-        total.gemm += t.gemm;
-        total.other += t.other;
+        total.add(&t?);
     }
-    ctx.charge_parallel(
-        wall,
-        &[
-            (Category::Im2col, total.im2col),
-            (Category::Gemm, total.gemm),
-            (Category::Other, total.other),
-        ],
-    );
+    total.charge(ctx, wall);
     // SAFETY: every chunk succeeded (errors returned above), and each wrote all of its
     // examples' outputs; the chunks cover the batch.
     Ok(unsafe { y.assume_init() })
 }
 
 /// `out[c * p + q] = src[q * cout + c] (+ bias[c])` for one example (`src` is `[P, Cout]`,
-/// the transposed GEMM's output), in 16x16 tiles: a channel-by-channel gather reads a cache
-/// line per value (5 ms for VGG16 b32's first layer). Writes every slot of `out`.
+/// the transposed GEMM's output), tiled as [`transpose_into`] (a channel-by-channel gather was
+/// 5 ms for VGG16 b32's first layer). Writes every slot of `out`.
 fn scatter_transposed(
     src: &[f32],
     p: usize,
@@ -471,19 +491,10 @@ fn scatter_transposed(
     bias: Option<&[f32]>,
     out: &mut [MaybeUninit<f32>],
 ) {
-    const T: usize = 16;
     assert!(src.len() == p * cout && out.len() == p * cout);
-    for q0 in (0..p).step_by(T) {
-        let q1 = (q0 + T).min(p);
-        for c0 in (0..cout).step_by(T) {
-            for c in c0..(c0 + T).min(cout) {
-                let bv = bias.map_or(0.0, |b| b[c]);
-                for (q, o) in out[c * p + q0..c * p + q1].iter_mut().enumerate() {
-                    o.write(src[(q0 + q) * cout + c] + bv);
-                }
-            }
-        }
-    }
+    transpose_band(p, 0, cout, |q, c| {
+        out[c * p + q].write(src[q * cout + c] + bias.map_or(0.0, |b| b[c]));
+    });
 }
 
 /// One chunk of [`conv_gemm`]: examples `b0 .. b0 + nb` into `yc` (`[nb, Cout, P]`).
@@ -610,8 +621,7 @@ struct BackwardChunks<'a> {
     g: &'a ConvGeom,
     cout: usize,
     wq: Option<&'a Weights>,
-    /// The weight parameter (what `Weights::Raw` stands for).
-    raw: &'a [f32],
+    /// The weights as floats, when the strided layers' dcol GEMM runs in float.
     wf: Option<&'a [f32]>,
     dyq: &'a Batch,
     xq: &'a Batch,
@@ -720,17 +730,7 @@ impl BackwardChunks<'_> {
                     clock(&mut t.gemm, || backend.gemm_q8(a, bq, spec, cm)).map_err(kerr)?;
                 }
                 _ => {
-                    let wfl;
-                    let wf = match self.wf {
-                        Some(w) => w,
-                        None => {
-                            wfl = self
-                                .wq
-                                .expect("checked by the caller")
-                                .floats(cout, self.raw);
-                            &wfl
-                        }
-                    };
+                    let wf = self.wf.expect("float weights prepared by the caller");
                     let eft = match eft {
                         Some(e) => e,
                         None => {
@@ -935,8 +935,7 @@ impl Conv2d {
             let t1 = Instant::now();
             for (k, part) in parts.into_iter().enumerate() {
                 let (part, t) = part?;
-                total.im2col += t.im2col;
-                total.gemm += t.gemm;
+                total.add(&t);
                 if k == 0 {
                     gw.copy_from_slice(&part);
                 } else {
@@ -947,19 +946,10 @@ impl Conv2d {
         } else {
             gw.fill(0.0);
             for (k, &(prod, piece)) in pieces.iter().enumerate() {
-                let t = piece_gemm(prod, piece, k > 0, gw)?;
-                total.im2col += t.im2col;
-                total.gemm += t.gemm;
+                total.add(&piece_gemm(prod, piece, k > 0, gw)?);
             }
         }
-        ctx.charge_parallel(
-            t0.elapsed(),
-            &[
-                (Category::Im2col, total.im2col),
-                (Category::Gemm, total.gemm),
-                (Category::Other, total.other),
-            ],
-        );
+        total.charge(ctx, t0.elapsed());
         Ok(())
     }
 
@@ -973,10 +963,8 @@ impl Conv2d {
         let (o, i) = (self.cout, self.geom.col_rows());
         let (w, fmt, step) = (&self.weight.value, ctx.policy.weights, ctx.step);
         if fmt == NumberFormat::F32 {
-            // Only the finiteness check of fp32 "quantisation"; the values are used in place.
-            if lowprec_formats::run::max_abs_bits(w) >= 0x7f80_0000 {
-                quantize_matrix(w, o, i, &fmt, key, &tensor, &self.name, step)?;
-            }
+            // fp32 "quantisation" is the finiteness check; the values are used in place.
+            check_finite(w, &tensor, &self.name, step)?;
             self.wq = Some((v, Weights::Raw));
             return Ok(());
         }
@@ -1164,11 +1152,13 @@ impl Layer for Conv2d {
         } else {
             Vec::new()
         };
+        // Float weights for the strided layers' dcol GEMM unless it runs on 8-bit weights and
+        // errors (the float dW path leaves the errors without their gather).
+        let float_dw = !matches!((&dyq, &xq), (Batch::Q { .. }, Batch::Q { .. }));
+        let int_dcol =
+            !float_dw && matches!((wq, &dyq), (Some(Weights::Q { .. }), Batch::Q { .. }));
         let wf = match wq {
-            Some(w @ (Weights::F(_) | Weights::Raw)) => Some(w.floats(cout, &self.weight.value)),
-            Some(w) if need_dcol && !matches!(dyq, Batch::Q { .. }) => {
-                Some(w.floats(cout, &self.weight.value))
-            }
+            Some(w) if need_dcol && !int_dcol => Some(w.floats(cout, &self.weight.value)),
             _ => None,
         };
         // Chunks of examples, in groups (a function of the shape only): a group's chunks run
@@ -1177,7 +1167,6 @@ impl Layer for Conv2d {
         // its own thread, as in `conv_gemm`), else one after another with parallel GEMMs; the
         // group buffers are then added in group order. The same sums in the same order at
         // any thread count.
-        let float_dw = !matches!((&dyq, &xq), (Batch::Q { .. }, Batch::Q { .. }));
         let mut gw_t_f: Option<Vec<f32>> = None;
         if float_dw || need_dcol {
             let chunks = b.div_ceil(chunk);
@@ -1204,7 +1193,6 @@ impl Layer for Conv2d {
                 g: &g,
                 cout,
                 wq,
-                raw: &self.weight.value,
                 wf: wf.as_deref(),
                 dyq: &dyq,
                 xq: &xq,
@@ -1229,9 +1217,7 @@ impl Layer for Conv2d {
             let mut sums = Vec::new();
             for part in parts {
                 let (gwt, t) = part?;
-                total.im2col += t.im2col;
-                total.gemm += t.gemm;
-                total.other += t.other;
+                total.add(&t);
                 sums.extend(gwt);
             }
             let t1 = Instant::now();
@@ -1246,14 +1232,7 @@ impl Layer for Conv2d {
                 acc
             });
             total.other += t1.elapsed();
-            ctx.charge_parallel(
-                t0.elapsed(),
-                &[
-                    (Category::Im2col, total.im2col),
-                    (Category::Gemm, total.gemm),
-                    (Category::Other, total.other),
-                ],
-            );
+            total.charge(ctx, t0.elapsed());
         }
         if let Some(gwt) = gw_t_f {
             let gw = &mut self.weight.grad;

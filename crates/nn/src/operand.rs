@@ -132,19 +132,7 @@ pub fn quantize_matrix(
             }))
         }
         NumberFormat::F32 => {
-            // The vectorised bit scan first (Inf and NaN are the bit patterns from 0x7f80_0000
-            // up); the position only when there is one (an early-exit search does not
-            // vectorise).
-            let bad = lowprec_formats::run::max_abs_bits(x) >= 0x7f80_0000;
-            if let Some(i) = bad.then(|| x.iter().position(|v| !v.is_finite())).flatten() {
-                return Err(NnError::NonFinite {
-                    tensor: tensor.to_string(),
-                    layer: layer.to_string(),
-                    step,
-                    index: i,
-                    value: x[i],
-                });
-            }
+            check_finite(x, tensor, layer, step)?;
             Ok(Operand::F {
                 data: x.to_vec(),
                 rows,
@@ -160,6 +148,26 @@ pub fn quantize_matrix(
                 cols,
             })
         }
+    }
+}
+
+/// The fp32 "quantiser": an error naming the tensor, layer, step and first element that is
+/// Inf or NaN. The vectorised bit scan first (Inf and NaN are the bit patterns from
+/// 0x7f80_0000 up), the position only when there is one (an early-exit search does not
+/// vectorise).
+pub fn check_finite(x: &[f32], tensor: &str, layer: &str, step: u64) -> Result<(), NnError> {
+    if lowprec_formats::run::max_abs_bits(x) < 0x7f80_0000 {
+        return Ok(());
+    }
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(NnError::NonFinite {
+            tensor: tensor.to_string(),
+            layer: layer.to_string(),
+            step,
+            index: i,
+            value: x[i],
+        }),
+        None => Ok(()),
     }
 }
 
