@@ -175,16 +175,19 @@ impl Weights {
             // One task per block of 16 input channels, output channels inner: each task
             // writes a contiguous run and reads 16 short runs per output channel.
             const CB: usize = 16;
+            // Output channels outer: each step reads one contiguous run of the block's input
+            // channels and writes `CB` streams (input channels outer read 16 runs a cache
+            // line apart per output channel: 3% of VGG16 b32 fp32's iteration).
             t.par_chunks_mut((CB * cout * kk).max(1))
                 .enumerate()
                 .for_each(|(blk, out)| {
                     let ci0 = blk * CB;
-                    for (dci, dst_ci) in out.chunks_mut(cout * kk).enumerate() {
-                        let ci = ci0 + dci;
-                        for co in 0..cout {
-                            let src = &w[(co * cin + ci) * kk..][..kk];
-                            let dst = &mut dst_ci[co * kk..][..kk];
-                            for (o, &v) in dst.iter_mut().zip(src.iter().rev()) {
+                    let nci = out.len() / (cout * kk);
+                    for co in 0..cout {
+                        let src = &w[(co * cin + ci0) * kk..][..nci * kk];
+                        for (dci, s) in src.chunks_exact(kk).enumerate() {
+                            let dst = &mut out[(dci * cout + co) * kk..][..kk];
+                            for (o, &v) in dst.iter_mut().zip(s.iter().rev()) {
                                 *o = v;
                             }
                         }
@@ -285,11 +288,9 @@ fn gather_errors_t(cout: usize, p: usize, e: &[f32]) -> Scratch<f32> {
     out.par_chunks_mut((cout * p).max(1))
         .zip(e.par_chunks((cout * p).max(1)))
         .for_each(|(dst, src)| {
-            for (co, plane) in src.chunks_exact(p).enumerate() {
-                for (q, &v) in plane.iter().enumerate() {
-                    dst[q * cout + co] = v;
-                }
-            }
+            // Tile by tile (a plane at a time wrote a cache line per value: 3% of VGG16 b32
+            // fp32's iteration).
+            transpose_band(cout, 0, p, |co, q| dst[q * cout + co] = src[co * p + q]);
         });
     out
 }
@@ -628,6 +629,23 @@ struct BackwardChunks<'a> {
     chunk: usize,
     need_dcol: bool,
     float_dw: bool,
+    /// The float dW as `dW[Cout, rows] (+)= dY[Cout, n] col^T[n, rows]` (see
+    /// [`float_dw_cout_major`]) rather than transposed.
+    dw_cout_major: bool,
+}
+
+/// Output channels from which the float weight gradient runs with Cout as M, written in the
+/// parameter's own layout, rather than as `dW^T[rows, Cout] = col dY^T` and transposed after.
+/// With few channels the transposed form wins (PreResNet-20 fp32's 16-channel dW: 10.9 ms
+/// against 30.5 ms the other way; VGG16's 128- and 256-channel layers lost 2-3 ms of GEMM
+/// each to save 0.5 ms of transposes); with 512, the transposes of the errors and of dW cost
+/// more than the column-major `col^T` costs the GEMM (`lowprec profile vgg16-cifar --batch
+/// 32 --precision fp32 --threads 1`: the 4x4 layers' backward 32.2 -> 30.2 ms, the 2x2 ones'
+/// 11.5 -> 10.5 ms).
+const DW_COUT_MAJOR_MIN: usize = 512;
+
+fn float_dw_cout_major(cout: usize) -> bool {
+    cout >= DW_COUT_MAJOR_MIN
 }
 
 impl BackwardChunks<'_> {
@@ -661,10 +679,16 @@ impl BackwardChunks<'_> {
                 // B = col^T is column-major and PreResNet-20 fp32's 16-channel dW went
                 // from 10.9 to 30.5 ms per layer that way.
                 let ef = self.dyq.floats(b0, nb, cout * p);
-                let et_t = clock(&mut t.im2col, || gather_errors_t(cout, p, &ef));
-                if self.need_dcol {
-                    eft = Some(clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb)));
-                }
+                let (et_t, ec) = if self.dw_cout_major {
+                    let ec = clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb));
+                    (None, Some(ec))
+                } else {
+                    let et_t = clock(&mut t.im2col, || gather_errors_t(cout, p, &ef));
+                    let ec = self
+                        .need_dcol
+                        .then(|| clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb)));
+                    (Some(et_t), ec)
+                };
                 drop(ef);
                 let xf = self.xq.floats(b0, nb, g.in_len());
                 let mut col = Scratch::<f32>::new(rows * n);
@@ -672,16 +696,25 @@ impl BackwardChunks<'_> {
                 drop(xf);
                 let accumulate = gwt.is_some();
                 let acc = gwt.get_or_insert_with(|| vec![0f32; rows * cout]);
-                let cm = MatMut::row_major(acc, rows, cout).map_err(kerr)?;
-                clock(&mut t.gemm, || {
-                    backend.gemm_f32(
+                clock(&mut t.gemm, || match (&et_t, &ec) {
+                    (Some(et_t), _) => backend.gemm_f32(
                         row_major(&col, rows, n),
-                        row_major(&et_t, n, cout),
+                        row_major(et_t, n, cout),
                         accumulate,
-                        cm,
-                    )
+                        MatMut::row_major(acc, rows, cout)?,
+                    ),
+                    (None, Some(ec)) => backend.gemm_f32(
+                        row_major(ec, cout, n),
+                        row_major(&col, rows, n).t(),
+                        accumulate,
+                        MatMut::row_major(acc, cout, rows)?,
+                    ),
+                    (None, None) => unreachable!("one of the two error layouts is gathered"),
                 })
                 .map_err(kerr)?;
+                if self.need_dcol {
+                    eft = ec;
+                }
             } else if let Batch::Q { mant: em, .. } = self.dyq {
                 et_q = Some(clock(&mut t.im2col, || gather_errors(cout, p, em, b0, nb)));
             }
@@ -1168,6 +1201,7 @@ impl Layer for Conv2d {
         // group buffers are then added in group order. The same sums in the same order at
         // any thread count.
         let mut gw_t_f: Option<Vec<f32>> = None;
+        let dw_cout_major = float_dw_cout_major(cout);
         if float_dw || need_dcol {
             let chunks = b.div_ceil(chunk);
             let ngroups = chunks.min(BACKWARD_GROUPS);
@@ -1199,6 +1233,7 @@ impl Layer for Conv2d {
                 chunk,
                 need_dcol,
                 float_dw,
+                dw_cout_major,
             };
             let t0 = Instant::now();
             let run = |(gi, dxp): (usize, &mut [f32])| job.run(bounds[gi], bounds[gi + 1], dxp);
@@ -1236,7 +1271,11 @@ impl Layer for Conv2d {
         }
         if let Some(gwt) = gw_t_f {
             let gw = &mut self.weight.grad;
-            ctx.timed(Category::Other, |_| transpose_into(&gwt, rows, cout, gw));
+            if dw_cout_major {
+                *gw = gwt;
+            } else {
+                ctx.timed(Category::Other, |_| transpose_into(&gwt, rows, cout, gw));
+            }
         }
         if !need_dx {
             return Ok(vec![Tensor::zeros(vec![0])]);
