@@ -54,6 +54,10 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (3, 9, 9, 3, 1, 1, 33),
     (33, 5, 6, 3, 1, 1, 4),
     (2, 6, 5, 3, 2, 1, 40),
+    // 512 channels or more: the float weight gradient with Cout as M (`DW_COUT_MAJOR_MIN`),
+    // stride 1 and 2.
+    (2, 3, 4, 3, 1, 1, 513),
+    (3, 5, 5, 3, 2, 1, 512),
 ];
 
 #[test]
