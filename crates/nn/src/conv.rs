@@ -652,7 +652,15 @@ impl BackwardChunks<'_> {
     /// Examples `e0 .. e1` (whole chunks) on this thread: returns the float path's dW^T sum
     /// over them (`[rows, Cout]`, chunks added in order) and writes their dX into `dx` (the
     /// strided layers' col2im route).
-    fn run(&self, e0: usize, e1: usize, dx: &mut [f32]) -> Result<GroupResult, NnError> {
+    ///
+    /// `store`, when given, is storage for the dW sum (its contents are overwritten).
+    fn run(
+        &self,
+        e0: usize,
+        e1: usize,
+        dx: &mut [f32],
+        mut store: Option<Vec<f32>>,
+    ) -> Result<GroupResult, NnError> {
         let (g, cout) = (self.g, self.cout);
         let (rows, p) = (g.col_rows(), g.out_pixels());
         let kerr = |e| NnError::kernel(self.name, e);
@@ -695,7 +703,11 @@ impl BackwardChunks<'_> {
                 clock(&mut t.im2col, || im2col(g, &xf, nb, &mut col));
                 drop(xf);
                 let accumulate = gwt.is_some();
-                let acc = gwt.get_or_insert_with(|| vec![0f32; rows * cout]);
+                let acc = gwt.get_or_insert_with(|| match store.take() {
+                    // The first GEMM does not accumulate: any contents do.
+                    Some(v) if v.len() == rows * cout => v,
+                    _ => vec![0f32; rows * cout],
+                });
                 clock(&mut t.gemm, || match (&et_t, &ec) {
                     (Some(et_t), _) => backend.gemm_f32(
                         row_major(&col, rows, n),
@@ -1204,7 +1216,14 @@ impl Layer for Conv2d {
         let dw_cout_major = float_dw_cout_major(cout);
         if float_dw || need_dcol {
             let chunks = b.div_ceil(chunk);
-            let ngroups = chunks.min(BACKWARD_GROUPS);
+            // Groups run in parallel only from `PAR_CHUNKS_PER_THREAD` chunks per thread, so
+            // below two threads' worth they never do: one group then, whose chunks add into
+            // one dW buffer (VGG16's 4x4 layers at batch 32 summed three 9.4 MB buffers).
+            let ngroups = if chunks < 2 * PAR_CHUNKS_PER_THREAD {
+                1
+            } else {
+                chunks.min(BACKWARD_GROUPS)
+            };
             // Group `gi` holds chunks `[gi * chunks / ngroups, (gi + 1) * chunks / ngroups)`.
             let bounds: Vec<usize> = (0..=ngroups)
                 .map(|gi| (gi * chunks / ngroups * chunk).min(b))
@@ -1236,17 +1255,33 @@ impl Layer for Conv2d {
                 dw_cout_major,
             };
             let t0 = Instant::now();
-            let run = |(gi, dxp): (usize, &mut [f32])| job.run(bounds[gi], bounds[gi + 1], dxp);
+            // The parameter's gradient storage holds group 0's dW sum when it is in the
+            // parameter's layout (it is overwritten below anyway).
+            let mut store0 = (float_dw && dw_cout_major)
+                .then(|| std::mem::take(&mut self.weight.grad))
+                .filter(|v| v.len() == rows * cout);
+            let stores: Vec<Option<Vec<f32>>> = (0..ngroups)
+                .map(|gi| if gi == 0 { store0.take() } else { None })
+                .collect();
+            let run = |((gi, dxp), store): ((usize, &mut [f32]), Option<Vec<f32>>)| {
+                job.run(bounds[gi], bounds[gi + 1], dxp, store)
+            };
             let parts: Vec<Result<GroupResult, NnError>> = if backend.concurrent_calls()
                 && chunks >= PAR_CHUNKS_PER_THREAD * rayon::current_num_threads()
             {
                 dx_parts
                     .into_par_iter()
                     .enumerate()
+                    .zip(stores)
                     .map(|c| lowprec_kernels::serial(|| run(c)))
                     .collect()
             } else {
-                dx_parts.into_iter().enumerate().map(run).collect()
+                dx_parts
+                    .into_iter()
+                    .enumerate()
+                    .zip(stores)
+                    .map(run)
+                    .collect()
             };
             let mut total = ChunkTimes::default();
             let mut sums = Vec::new();
