@@ -208,26 +208,39 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
         let (c, ki, kj) = (r / (k * k), (r / k) % k, r % k);
         let (oy_lo, oy_hi) = g.valid_oy(ki);
         let (ox_lo, ox_hi) = g.valid_ox(kj);
+        let ix0 = (ox_lo * g.stride + kj).saturating_sub(g.pad);
+        let width = ox_hi.saturating_sub(ox_lo);
         for j in 0..nb {
             let plane = &x[(j * g.cin + c) * hw..][..hw];
             let dst = &mut row[j * p..][..p];
-            for oy in 0..g.ho {
-                let out = &mut dst[oy * g.wo..][..g.wo];
-                if oy < oy_lo || oy >= oy_hi {
-                    out.fill(T::default());
-                    continue;
-                }
+            // One fill of the example's whole row, then the valid part of each output row
+            // over it: two short fills per output row (the padding columns, 0 or 1 values)
+            // were two `memset` calls each (`lowprec profile preresnet20-cifar --batch 128
+            // --precision bfp8 --threads 1`, the 16x16 stride-2 layer's forward im2col: 2.1
+            // -> 1.4 ms).
+            dst.fill(T::default());
+            if width == 0 {
+                continue;
+            }
+            for oy in oy_lo..oy_hi {
                 let iy = oy * g.stride + ki - g.pad;
-                let src = &plane[iy * g.w..][..g.w];
-                out[..ox_lo].fill(T::default());
-                out[ox_hi..].fill(T::default());
-                if ox_lo < ox_hi {
-                    let ix0 = ox_lo * g.stride + kj - g.pad;
-                    if g.stride == 1 {
-                        out[ox_lo..ox_hi].copy_from_slice(&src[ix0..ix0 + (ox_hi - ox_lo)]);
-                    } else {
-                        for (o, ix) in out[ox_lo..ox_hi].iter_mut().zip((ix0..).step_by(g.stride)) {
-                            *o = src[ix];
+                let src = &plane[iy * g.w + ix0..(iy + 1) * g.w];
+                let out = &mut dst[oy * g.wo + ox_lo..][..width];
+                match g.stride {
+                    1 => out.copy_from_slice(&src[..width]),
+                    // Pairs, which the compiler reads with vector loads and shuffles.
+                    2 => {
+                        let full = (src.len() / 2).min(width);
+                        for (o, pair) in out[..full].iter_mut().zip(src.chunks_exact(2)) {
+                            *o = pair[0];
+                        }
+                        if full < width {
+                            out[full] = src[2 * full];
+                        }
+                    }
+                    s => {
+                        for (o, v) in out.iter_mut().zip(src.iter().step_by(s)) {
+                            *o = *v;
                         }
                     }
                 }
