@@ -39,6 +39,7 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (2, 11, 12, 3, 1, 1, 3),
     (3, 10, 20, 3, 2, 1, 2),
     (1, 9, 33, 5, 1, 2, 1),
+    (2, 7, 30, 3, 3, 1, 2),
     // "Same" convolutions (stride 1, output = input size) from width 3 on take the
     // shifted-plane im2col; kernels wider than the map wrap around more than one border column.
     (5, 2, 2, 3, 1, 1, 3),
