@@ -158,8 +158,15 @@ fn plane_normalise(
     }
 }
 
+/// Where the backward's `dx` of a plane goes: written, or added onto a gradient already there
+/// (see [`Layer::backward_onto`]).
+enum DxOut<'a> {
+    Write(&'a mut [MaybeUninit<f32>]),
+    Onto(&'a mut [f32]),
+}
+
 /// The backward's `dx = k * (g - mdy - xhat * mdyx)` for one plane, `g` masked by the
-/// absorbed ReLU if any. Writes every slot of `dx`.
+/// absorbed ReLU if any: written into every slot, or added onto `acc` as `acc + dx`.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
     "x86_64+avx2+fma"
@@ -167,20 +174,34 @@ fn plane_normalise(
 fn plane_input_grad(
     dy: &[f32],
     xh: &[f32],
-    dx: &mut [MaybeUninit<f32>],
+    dx: DxOut<'_>,
     (k, mdy, mdyx): (f32, f32, f32),
     relu: Option<(f32, f32)>,
 ) {
-    assert!(dy.len() == dx.len() && xh.len() == dx.len());
-    match relu {
-        None => {
+    assert!(dy.len() == xh.len());
+    match (dx, relu) {
+        (DxOut::Write(dx), None) => {
+            assert!(dx.len() == dy.len());
             for ((o, &g), &x) in dx.iter_mut().zip(dy).zip(xh) {
                 o.write(k * (g - mdy - x * mdyx));
             }
         }
-        Some((gm, bt)) => {
+        (DxOut::Write(dx), Some((gm, bt))) => {
+            assert!(dx.len() == dy.len());
             for ((o, &g), &x) in dx.iter_mut().zip(dy).zip(xh) {
                 o.write(k * (relu_grad(g, x, gm, bt) - mdy - x * mdyx));
+            }
+        }
+        (DxOut::Onto(acc), None) => {
+            assert!(acc.len() == dy.len());
+            for ((o, &g), &x) in acc.iter_mut().zip(dy).zip(xh) {
+                *o += k * (g - mdy - x * mdyx);
+            }
+        }
+        (DxOut::Onto(acc), Some((gm, bt))) => {
+            assert!(acc.len() == dy.len());
+            for ((o, &g), &x) in acc.iter_mut().zip(dy).zip(xh) {
+                *o += k * (relu_grad(g, x, gm, bt) - mdy - x * mdyx);
             }
         }
     }
@@ -240,6 +261,69 @@ impl BatchNorm2d {
 
     /// Per channel, `plane(ch, base, sums)` over the channel's planes in batch order (`base`
     /// is the plane's offset): one task per channel, so the same bits at any thread count.
+    /// The backward pass: dgamma and dbeta into the parameters, and dx, written into a new
+    /// tensor or added onto `onto`.
+    fn input_grad(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        dy: &Tensor,
+        onto: Option<Tensor>,
+    ) -> Result<Tensor, NnError> {
+        let (xhat, inv_std, b) = self.saved.take().ok_or_else(|| NnError::NoForward {
+            layer: self.name.clone(),
+        })?;
+        if dy.len() != xhat.len() || onto.as_ref().is_some_and(|t| t.shape != dy.shape) {
+            return Err(NnError::shape(
+                &self.name,
+                format!("gradient {:?} does not match the forward pass", dy.shape),
+            ));
+        }
+        let (c, hw) = (self.c, self.hw);
+        let count = (b * hw) as f64;
+        let (relu, gamma, beta) = (self.relu, self.gamma.value.clone(), self.beta.value.clone());
+        // With an absorbed ReLU the incoming gradient passes where the output was positive
+        // (`relu_grad`).
+        ctx.timed(Category::Other, |_| {
+            // dbeta = sum dy, dgamma = sum dy * xhat
+            let sums = self.channel_sums(b, |ch, base, s| {
+                let r = relu.then(|| (gamma[ch], beta[ch]));
+                plane_grad_sums(&dy.data[base..base + hw], &xhat[base..base + hw], r, s)
+            });
+            for (ch, &(dbeta, dgamma)) in sums.iter().enumerate() {
+                self.beta.grad[ch] = dbeta as f32;
+                self.gamma.grad[ch] = dgamma as f32;
+            }
+            // dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
+            let plane = |i: usize, out: DxOut<'_>| {
+                let ch = i % c;
+                let k = gamma[ch] * inv_std[ch];
+                let (dbeta, dgamma) = sums[ch];
+                let (mdy, mdyx) = ((dbeta / count) as f32, (dgamma / count) as f32);
+                let (dyi, xi) = (&dy.data[i * hw..][..hw], &xhat[i * hw..][..hw]);
+                let r = relu.then(|| (gamma[ch], beta[ch]));
+                plane_input_grad(dyi, xi, out, (k, mdy, mdyx), r);
+            };
+            match onto {
+                Some(mut acc) => {
+                    acc.data
+                        .par_chunks_mut(hw)
+                        .enumerate()
+                        .for_each(|(i, d)| plane(i, DxOut::Onto(d)));
+                    Ok(acc)
+                }
+                None => {
+                    let mut dx = Fill::<f32>::new(dy.len());
+                    dx.slots()
+                        .par_chunks_mut(hw)
+                        .enumerate()
+                        .for_each(|(i, d)| plane(i, DxOut::Write(d)));
+                    // SAFETY: `plane_input_grad` wrote every plane.
+                    Tensor::new(unsafe { dx.assume_init() }, dy.shape.clone())
+                }
+            }
+        })
+    }
+
     fn channel_sums(
         &self,
         batch: usize,
@@ -397,48 +481,15 @@ impl Layer for BatchNorm2d {
         })
     }
     fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
-        let (xhat, inv_std, b) = self.saved.take().ok_or_else(|| NnError::NoForward {
-            layer: self.name.clone(),
-        })?;
-        if dy.len() != xhat.len() {
-            return Err(NnError::shape(
-                &self.name,
-                format!("gradient {:?} does not match the forward pass", dy.shape),
-            ));
-        }
-        let (c, hw) = (self.c, self.hw);
-        let count = (b * hw) as f64;
-        let (relu, gamma, beta) = (self.relu, self.gamma.value.clone(), self.beta.value.clone());
-        // With an absorbed ReLU the incoming gradient passes where the output was positive
-        // (`relu_grad`).
-        let dx = ctx.timed(Category::Other, |_| {
-            // dbeta = sum dy, dgamma = sum dy * xhat
-            let sums = self.channel_sums(b, |ch, base, s| {
-                let r = relu.then(|| (gamma[ch], beta[ch]));
-                plane_grad_sums(&dy.data[base..base + hw], &xhat[base..base + hw], r, s)
-            });
-            for (ch, &(dbeta, dgamma)) in sums.iter().enumerate() {
-                self.beta.grad[ch] = dbeta as f32;
-                self.gamma.grad[ch] = dgamma as f32;
-            }
-            // dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
-            let mut dx = Fill::<f32>::new(dy.len());
-            dx.slots()
-                .par_chunks_mut(hw)
-                .enumerate()
-                .for_each(|(i, d)| {
-                    let ch = i % c;
-                    let k = gamma[ch] * inv_std[ch];
-                    let (dbeta, dgamma) = sums[ch];
-                    let (mdy, mdyx) = ((dbeta / count) as f32, (dgamma / count) as f32);
-                    let (dyi, xi) = (&dy.data[i * hw..][..hw], &xhat[i * hw..][..hw]);
-                    let r = relu.then(|| (gamma[ch], beta[ch]));
-                    plane_input_grad(dyi, xi, d, (k, mdy, mdyx), r);
-                });
-            // SAFETY: `plane_input_grad` wrote every plane.
-            unsafe { dx.assume_init() }
-        });
-        Ok(vec![Tensor::new(dx, dy.shape.clone())?])
+        Ok(vec![self.input_grad(ctx, dy, None)?])
+    }
+    fn backward_onto(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        dy: &Tensor,
+        acc: Tensor,
+    ) -> Result<Tensor, NnError> {
+        self.input_grad(ctx, dy, Some(acc))
     }
     fn params(&self) -> Vec<&Param> {
         vec![&self.gamma, &self.beta]

@@ -47,6 +47,36 @@ pub trait Layer: Send {
         train: bool,
     ) -> Result<Tensor, NnError>;
     fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError>;
+    /// [`Layer::backward`] given the gradient by value (what the model calls): a layer that
+    /// passes it on unchanged hands it over instead of copying it.
+    fn backward_owned(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
+        self.backward(ctx, &dy)
+    }
+    /// The backward of a one-input layer whose input has another reader that already sent
+    /// back `acc`: returns `acc + dx`, element by element (`acc` first, the same bits as
+    /// adding after [`Layer::backward`], which is what this default does). A layer whose
+    /// last pass writes `dx` adds there instead: one pass over the data less.
+    fn backward_onto(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        dy: &Tensor,
+        mut acc: Tensor,
+    ) -> Result<Tensor, NnError> {
+        let dx = self.backward(ctx, dy)?.into_iter().next();
+        match dx {
+            Some(dx) if dx.shape == acc.shape => {
+                crate::activation::add_into(&mut acc.data, &dx.data);
+                Ok(acc)
+            }
+            _ => Err(NnError::shape(
+                self.name(),
+                format!(
+                    "backward gave no input gradient of the accumulated shape {:?}",
+                    acc.shape
+                ),
+            )),
+        }
+    }
     fn params(&self) -> Vec<&Param> {
         Vec::new()
     }
@@ -70,9 +100,6 @@ pub trait Layer: Send {
     }
     /// Drops what the last forward saved (evaluation, or memory accounting).
     fn clear_saved(&mut self) {}
-    /// Batch-statistics recomputation (SWA with batch norm): `begin` resets the running
-    /// statistics and switches to a cumulative average over the following training-mode
-    /// forwards; `end` switches back. Layers without batch statistics ignore both.
     /// Asks the layer to apply a ReLU to its own output (forward) and to mask its incoming
     /// gradient by it (backward), bit for bit what a separate ReLU layer after it would do;
     /// returns whether it will. The model asks when a ReLU is the only reader of this layer's
@@ -80,6 +107,9 @@ pub trait Layer: Send {
     fn absorb_relu(&mut self) -> bool {
         false
     }
+    /// Batch-statistics recomputation (SWA with batch norm): `begin` resets the running
+    /// statistics and switches to a cumulative average over the following training-mode
+    /// forwards; `end` switches back. Layers without batch statistics ignore both.
     fn begin_stats_recompute(&mut self) {}
     fn end_stats_recompute(&mut self) {}
 }

@@ -6,8 +6,6 @@
 
 use std::collections::HashMap;
 
-use rayon::prelude::*;
-
 use crate::activation::{Dropout, Flatten, Relu};
 use crate::batchnorm::BatchNorm2d;
 use crate::conv::Conv2d;
@@ -314,7 +312,17 @@ impl Model {
                 continue; // nothing upstream learns from this gradient
             }
             ctx.layer_index = i;
-            let dxs = node.layer.backward(ctx, &g)?;
+            // A one-input layer whose input already has a gradient from another reader (a
+            // residual block's input) adds its own onto it.
+            if let [v] = node.inputs[..] {
+                if self.requires_grad[v] {
+                    if let Some(acc) = grads[v].take() {
+                        grads[v] = Some(node.layer.backward_onto(ctx, &g, acc)?);
+                        continue;
+                    }
+                }
+            }
+            let dxs = node.layer.backward_owned(ctx, g)?;
             let mut dxs = dxs.into_iter();
             for &v in &node.inputs {
                 let dx = dxs.next();
@@ -325,12 +333,7 @@ impl Model {
                     NnError::shape(node.layer.name(), "backward returned too few gradients")
                 })?;
                 match &mut grads[v] {
-                    Some(acc) => acc
-                        .data
-                        .par_iter_mut()
-                        .with_min_len(1 << 14)
-                        .zip(&dx.data)
-                        .for_each(|(a, b)| *a += b),
+                    Some(acc) => crate::activation::add_into(&mut acc.data, &dx.data),
                     slot => *slot = Some(dx),
                 }
             }

@@ -1126,3 +1126,54 @@ from = ["a", "input"]
     let bad = "input = [1, 4, 4]\nloss = \"cross-entropy\"\n[[layer]]\ntype = \"conv\"\nout = 2\nkernel = 3\nstrides = 2\n";
     assert!(toml::from_str::<NetworkSpec>(bad).is_err());
 }
+
+#[test]
+fn batchnorm_backward_onto_a_gradient_gives_the_bits_of_adding_after() {
+    // What a residual block's input gets: the shortcut's gradient plus batch norm's dx, added
+    // in batch norm's last pass instead of after it.
+    let backend = CpuBackend;
+    let policy = Precision::fp32();
+    for (relu, (b, c, h, w)) in [
+        (false, (3, 4, 7, 5)),
+        (true, (2, 3, 33, 1)),
+        (true, (1, 1, 1, 2)),
+    ] {
+        let n = b * c * h * w;
+        let x = Tensor::new(rand_vec(n, 500 + n as u64), vec![b, c, h, w]).unwrap();
+        let dy = Tensor::new(rand_vec(n, 600 + n as u64), vec![b, c, h, w]).unwrap();
+        let acc = Tensor::new(rand_vec(n, 700 + n as u64), vec![b, c, h, w]).unwrap();
+        let run = |onto: bool| {
+            let mut bn = BatchNorm2d::new("bn", &[c, h, w], 1e-5, 0.1).unwrap();
+            if relu {
+                assert!(bn.absorb_relu());
+            }
+            let mut ctx = Ctx::new(&backend, &policy, 1);
+            bn.forward(&mut ctx, &[&x], true).unwrap();
+            let sum = if onto {
+                bn.backward_onto(&mut ctx, &dy, acc.clone()).unwrap()
+            } else {
+                let dx = bn.backward(&mut ctx, &dy).unwrap().remove(0);
+                let data = acc.data.iter().zip(&dx.data).map(|(a, d)| a + d).collect();
+                Tensor::new(data, acc.shape.clone()).unwrap()
+            };
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            (bits(&sum.data), bits(&bn.gamma.grad), bits(&bn.beta.grad))
+        };
+        assert!(
+            run(true) == run(false),
+            "relu {relu}, shape {:?}",
+            (b, c, h, w)
+        );
+    }
+    // A gradient of another shape is refused, naming the layer.
+    let mut bn = BatchNorm2d::new("bn7", &[1, 2, 2], 1e-5, 0.1).unwrap();
+    let mut ctx = Ctx::new(&backend, &policy, 1);
+    let x = Tensor::new(rand_vec(8, 1), vec![2, 1, 2, 2]).unwrap();
+    bn.forward(&mut ctx, &[&x], true).unwrap();
+    let wrong = Tensor::new(vec![0.0; 4], vec![1, 1, 2, 2]).unwrap();
+    let err = bn
+        .backward_onto(&mut ctx, &x, wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bn7"), "{err}");
+}
