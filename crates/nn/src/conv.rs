@@ -1181,9 +1181,17 @@ impl Layer for Conv2d {
         // `W^T[Cin, Cout*k*k] x ecol` whose output is already the size of dX. The col2im route
         // writes and re-reads a float `dcol` k*k times that size (VGG16's 64-channel layers at
         // batch 128: 302 MB per layer), which cost more than the GEMM itself. Every product
-        // of an input pixel's gradient lands in one integer sum, rescaled once.
+        // of an input pixel's gradient lands in one integer sum, rescaled once. But the
+        // transposed convolution flips the weights first, a copy of `Cout * Cin * k * k`
+        // values against the `Cin * k * k * B * P` of `dcol`: with float weights and no more
+        // output pixels in the batch than output channels, col2im runs instead (`lowprec
+        // profile vgg16-cifar --batch 32 --precision fp32 --threads 1`: the 512-channel 4x4
+        // layers' backward 29 -> 26.4 ms, the 2x2 ones' 10.6 -> 5.9 ms). With 8-bit weights
+        // the integer dcol GEMM was the slower (the 4x4 layers' backward 9.5 -> 18 ms).
+        let float_weights = !matches!(wq, Some(Weights::Q { .. }));
         let transposed = need_dx
             && g.stride == 1
+            && (!float_weights || cout < b * p)
             && !matches!(
                 wq,
                 Some(Weights::Q {
