@@ -261,6 +261,10 @@ pub fn col2im(g: &ConvGeom, col: &[f32], nb: usize, dx: &mut [f32]) {
     if hw == 0 {
         return;
     }
+    if g.k == 3 && g.stride == 2 && g.pad == 1 && g.h == 2 * g.ho && g.w == 2 * g.wo {
+        col2im_k3s2p1(g, col, nb, dx);
+        return;
+    }
     if g.wo <= TABLE_MAX_WIDTH {
         // Same order of additions as below: kernel offsets in (ki, kj) order, and one offset
         // never adds twice to an input pixel.
@@ -315,6 +319,47 @@ pub fn col2im(g: &ConvGeom, col: &[f32], nb: usize, dx: &mut [f32]) {
     });
 }
 
+/// [`col2im`] of the 3x3, stride-2, padding-1 convolutions that halve an even-sized map
+/// (ResNets' downsampling), input row by input row. An even input row `2t` takes kernel row 1
+/// of output row `t`; an odd one `2t + 1` kernel row 0 of output row `t + 1`, then kernel row
+/// 2 of output row `t`; within a row, even columns `2u` take kernel column 1 of output column
+/// `u`, odd ones kernel column 0 of `u + 1`, then kernel column 2 of `u`. Each input pixel
+/// gets its terms in the `(ki, kj)` order of the general loop, from 0, so the sums are the
+/// same bits; but each row is written once, in one pass with contiguous reads, instead of
+/// nine strided passes over the plane (PreResNet-20's 16-channel downsampling layer at batch
+/// 128, bfp8, 1 thread: backward col2im and im2col 3.95 -> 3.1 ms; the 32-channel one 2.5
+/// -> 1.9 ms, where it replaces the gather tables).
+fn col2im_k3s2p1(g: &ConvGeom, col: &[f32], nb: usize, dx: &mut [f32]) {
+    let (p, n, hw, wo) = (g.out_pixels(), nb * g.out_pixels(), g.h * g.w, g.wo);
+    dx.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
+        let (j, c) = (i / g.cin, i % g.cin);
+        // Output row `oy` of kernel offset `(ki, kj)`.
+        let src = |ki: usize, kj: usize, oy: usize| {
+            let r = (c * 3 + ki) * 3 + kj;
+            &col[r * n + j * p + oy * wo..][..wo]
+        };
+        for (iy, d) in plane.chunks_exact_mut(g.w).enumerate() {
+            d.fill(0.0);
+            let t = iy / 2;
+            let terms: [Option<(usize, usize)>; 2] = if iy % 2 == 0 {
+                [Some((1, t)), None]
+            } else {
+                [(t + 1 < g.ho).then_some((0, t + 1)), Some((2, t))]
+            };
+            for (ki, oy) in terms.into_iter().flatten() {
+                let (s0, s1, s2) = (src(ki, 0, oy), src(ki, 1, oy), src(ki, 2, oy));
+                for (u, pair) in d.chunks_exact_mut(2).enumerate() {
+                    pair[0] += s1[u];
+                    if u + 1 < wo {
+                        pair[1] += s0[u + 1];
+                    }
+                    pair[1] += s2[u];
+                }
+            }
+        }
+    });
+}
+
 /// Plain scalar im2col (the reference the tests compare [`im2col`] against).
 pub fn im2col_ref<T: Copy + Default>(g: &ConvGeom, x: &[T], nb: usize) -> Vec<T> {
     let p = g.out_pixels();
@@ -340,4 +385,31 @@ pub fn im2col_ref<T: Copy + Default>(g: &ConvGeom, x: &[T], nb: usize) -> Vec<T>
         }
     }
     col
+}
+
+/// Plain scalar col2im (the reference the tests compare [`col2im`] against): every term added
+/// in f32 onto zeros, kernel offsets in `(ki, kj)` order.
+pub fn col2im_ref(g: &ConvGeom, col: &[f32], nb: usize) -> Vec<f32> {
+    let (p, n) = (g.out_pixels(), nb * g.out_pixels());
+    let mut dx = vec![0f32; nb * g.in_len()];
+    for c in 0..g.cin {
+        for ki in 0..g.k {
+            for kj in 0..g.k {
+                let r = (c * g.k + ki) * g.k + kj;
+                for j in 0..nb {
+                    for oy in 0..g.ho {
+                        for ox in 0..g.wo {
+                            let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+                            let ix = (ox * g.stride + kj) as isize - g.pad as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                                dx[((j * g.cin + c) * g.h + iy as usize) * g.w + ix as usize] +=
+                                    col[r * n + j * p + oy * g.wo + ox];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dx
 }

@@ -6,7 +6,7 @@ use lowprec_kernels::CpuBackend;
 use lowprec_nn::batchnorm::BatchNorm2d;
 use lowprec_nn::conv::Conv2d;
 use lowprec_nn::ctx::StreamKind;
-use lowprec_nn::im2col::{col2im, im2col, im2col_ref, ConvGeom};
+use lowprec_nn::im2col::{col2im, col2im_ref, im2col, im2col_ref, ConvGeom};
 use lowprec_nn::operand::{quantize_matrix, Operand, QData};
 use lowprec_nn::pool::{GlobalAvgPool, Pool2d, PoolKind};
 use lowprec_nn::residual::Add;
@@ -99,6 +99,34 @@ fn col2im_is_the_adjoint_of_im2col() {
             (lhs - rhs).abs() <= 1e-5 * (1.0 + lhs.abs()),
             "{g:?}: {lhs} vs {rhs}"
         );
+    }
+}
+
+#[test]
+fn col2im_matches_reference_bit_for_bit() {
+    // The SHAPES, then halving 3x3 stride-2 layers (their own row-by-row path), narrow and
+    // wide, and one whose input is odd (the general loop).
+    let extra = [
+        (2, 8, 6, 3, 2, 1),
+        (1, 2, 2, 3, 2, 1),
+        (3, 32, 32, 3, 2, 1),
+        (2, 4, 34, 3, 2, 1),
+        (2, 9, 8, 3, 2, 1),
+    ];
+    let shapes = SHAPES
+        .iter()
+        .map(|&(cin, h, w, k, s, p, _)| (cin, h, w, k, s, p))
+        .chain(extra);
+    for (i, (cin, h, w, k, s, p)) in shapes.enumerate() {
+        let g = ConvGeom::new(cin, h, w, k, s, p).unwrap();
+        for nb in [1, 3] {
+            let col = rand_vec(g.col_rows() * nb * g.out_pixels(), 40 + i as u64);
+            let mut dx = vec![f32::NAN; nb * g.in_len()];
+            col2im(&g, &col, nb, &mut dx);
+            let want = col2im_ref(&g, &col, nb);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&dx) == bits(&want), "{g:?}, {nb} examples");
+        }
     }
 }
 
