@@ -360,11 +360,11 @@ fn col2im_k3s2p1(g: &ConvGeom, col: &[f32], nb: usize, dx: &mut [f32]) {
     });
 }
 
-/// Plain scalar im2col (the reference the tests compare [`im2col`] against).
-pub fn im2col_ref<T: Copy + Default>(g: &ConvGeom, x: &[T], nb: usize) -> Vec<T> {
-    let p = g.out_pixels();
-    let n = nb * p;
-    let mut col = vec![T::default(); g.col_rows() * n];
+/// Visits every tap of the convolution that falls inside the input as `(index in col, index
+/// in x)`, rows `(c, ki, kj)` outer and output pixels inner (so each input pixel sees its
+/// kernel offsets in `(ki, kj)` order): the plain loops of the two references below.
+fn for_each_tap(g: &ConvGeom, nb: usize, mut f: impl FnMut(usize, usize)) {
+    let (p, n) = (g.out_pixels(), nb * g.out_pixels());
     for c in 0..g.cin {
         for ki in 0..g.k {
             for kj in 0..g.k {
@@ -375,8 +375,10 @@ pub fn im2col_ref<T: Copy + Default>(g: &ConvGeom, x: &[T], nb: usize) -> Vec<T>
                             let iy = (oy * g.stride + ki) as isize - g.pad as isize;
                             let ix = (ox * g.stride + kj) as isize - g.pad as isize;
                             if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                                col[r * n + j * p + oy * g.wo + ox] =
-                                    x[((j * g.cin + c) * g.h + iy as usize) * g.w + ix as usize];
+                                f(
+                                    r * n + j * p + oy * g.wo + ox,
+                                    ((j * g.cin + c) * g.h + iy as usize) * g.w + ix as usize,
+                                );
                             }
                         }
                     }
@@ -384,32 +386,19 @@ pub fn im2col_ref<T: Copy + Default>(g: &ConvGeom, x: &[T], nb: usize) -> Vec<T>
             }
         }
     }
+}
+
+/// Plain scalar im2col (the reference the tests compare [`im2col`] against).
+pub fn im2col_ref<T: Copy + Default>(g: &ConvGeom, x: &[T], nb: usize) -> Vec<T> {
+    let mut col = vec![T::default(); g.col_rows() * nb * g.out_pixels()];
+    for_each_tap(g, nb, |ci, xi| col[ci] = x[xi]);
     col
 }
 
 /// Plain scalar col2im (the reference the tests compare [`col2im`] against): every term added
 /// in f32 onto zeros, kernel offsets in `(ki, kj)` order.
 pub fn col2im_ref(g: &ConvGeom, col: &[f32], nb: usize) -> Vec<f32> {
-    let (p, n) = (g.out_pixels(), nb * g.out_pixels());
     let mut dx = vec![0f32; nb * g.in_len()];
-    for c in 0..g.cin {
-        for ki in 0..g.k {
-            for kj in 0..g.k {
-                let r = (c * g.k + ki) * g.k + kj;
-                for j in 0..nb {
-                    for oy in 0..g.ho {
-                        for ox in 0..g.wo {
-                            let iy = (oy * g.stride + ki) as isize - g.pad as isize;
-                            let ix = (ox * g.stride + kj) as isize - g.pad as isize;
-                            if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                                dx[((j * g.cin + c) * g.h + iy as usize) * g.w + ix as usize] +=
-                                    col[r * n + j * p + oy * g.wo + ox];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    for_each_tap(g, nb, |ci, xi| dx[xi] += col[ci]);
     dx
 }
