@@ -39,6 +39,7 @@
 use lowprec_formats::{Block, NumberFormat, StreamKey};
 use lowprec_kernels::{GemmSpec, MatMut, MatRef, QMatRef, Scales};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
@@ -909,6 +910,250 @@ impl Conv2d {
         chunk_for(&self.geom)
     }
 
+    /// The backward pass from the errors `dy` (`shape`): by [`Layer::backward`] (borrowed)
+    /// and [`Layer::backward_owned`] (handed over).
+    fn backward_errors(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        shape: &[usize],
+        dy: Cow<'_, [f32]>,
+    ) -> Result<Vec<Tensor>, NnError> {
+        let xq = self.saved_x.take().ok_or_else(|| NnError::NoForward {
+            layer: self.name.clone(),
+        })?;
+        let g = self.geom;
+        let (rows, p, cout) = (g.col_rows(), g.out_pixels(), self.cout);
+        let b = shape.first().copied().unwrap_or(0);
+        let saved_b = match &xq {
+            Batch::Q { scales, .. } => scales.len(),
+            Batch::F(v) => v.len() / g.in_len(),
+        };
+        if shape.iter().skip(1).product::<usize>() != cout * p || saved_b != b {
+            return Err(NnError::shape(
+                &self.name,
+                format!("gradient {shape:?} does not match the forward pass"),
+            ));
+        }
+        if b == 0 {
+            self.weight.grad.fill(0.0);
+            if let Some(bias) = &mut self.bias {
+                bias.grad.fill(0.0);
+            }
+            let shape = if ctx.need_input_grad {
+                vec![0, g.cin, g.h, g.w]
+            } else {
+                vec![0]
+            };
+            return Ok(vec![Tensor::zeros(shape)]);
+        }
+        if let Some(bias) = &mut self.bias {
+            let d = &dy;
+            ctx.timed(Category::Other, |_| {
+                bias.grad.par_iter_mut().enumerate().for_each(|(co, gb)| {
+                    // Eight f64 lanes (a sequential f64 sum waits for each add: 2 ms of
+                    // VGG16 b32's first layers), added in a fixed order.
+                    let mut lanes = [0f64; 8];
+                    let mut tail = 0f64;
+                    for j in 0..b {
+                        let plane = &d[(j * cout + co) * p..][..p];
+                        let chunks = plane.chunks_exact(8);
+                        tail += chunks.remainder().iter().map(|&v| v as f64).sum::<f64>();
+                        for c8 in chunks {
+                            for (l, &v) in lanes.iter_mut().zip(c8) {
+                                *l += v as f64;
+                            }
+                        }
+                    }
+                    *gb = (lanes.iter().sum::<f64>() + tail) as f32;
+                })
+            });
+        }
+        // Q_e on the incoming errors, one exponent per example.
+        let key = ctx.key(self.id, StreamKind::Errors);
+        let (fmt, step) = (ctx.policy.errors, ctx.step);
+        let tensor = format!("errors of {}", self.name);
+        let dyq = ctx.timed(Category::Quantize, |_| match fmt {
+            // fp32 errors handed over become the float operand as they are (after the check
+            // for Inf and NaN) instead of a copy: 3 ms of a PreResNet-20 fp32 iteration.
+            NumberFormat::F32 if matches!(dy, Cow::Owned(_)) => {
+                check_finite(&dy, &tensor, &self.name, step)?;
+                Ok(Batch::F(dy.into_owned()))
+            }
+            _ => quantize_batch(&dy, b, cout * p, &fmt, key, &tensor, &self.name, step),
+        })?;
+        // Weight gradient with 8-bit operands: one GEMM per group of examples sharing a scale
+        // (see `weight_grad_grouped`); the float path below does it chunk by chunk.
+        if let (Batch::Q { .. }, Batch::Q { .. }) = (&dyq, &xq) {
+            self.weight_grad_grouped(ctx, &dyq, &xq)?;
+        }
+        let need_dx = ctx.need_input_grad;
+        if need_dx && self.wq.is_none() {
+            return Err(NnError::NoForward {
+                layer: self.name.clone(),
+            });
+        }
+        let backend = ctx.backend;
+        let chunk = even_chunk(self.chunk_examples(), b);
+        let wq = self.wq.as_ref().map(|w| &w.1);
+        // dX as the transposed convolution (stride 1): im2col of the errors, then one GEMM
+        // `W^T[Cin, Cout*k*k] x ecol` whose output is already the size of dX. The col2im route
+        // writes and re-reads a float `dcol` k*k times that size (VGG16's 64-channel layers at
+        // batch 128: 302 MB per layer), which cost more than the GEMM itself. Every product
+        // of an input pixel's gradient lands in one integer sum, rescaled once. But the
+        // transposed convolution flips the weights first, a copy of `Cout * Cin * k * k`
+        // values against the `Cin * k * k * B * P` of `dcol`: with float weights and no more
+        // output pixels in the batch than output channels, col2im runs instead (`lowprec
+        // profile vgg16-cifar --batch 32 --precision fp32 --threads 1`: the 512-channel 4x4
+        // layers' backward 29 -> 26.4 ms, the 2x2 ones' 10.6 -> 5.9 ms). With 8-bit weights
+        // the integer dcol GEMM was the slower (the 4x4 layers' backward 9.5 -> 18 ms).
+        let float_weights = !matches!(wq, Some(Weights::Q { .. }));
+        let transposed = need_dx
+            && g.stride == 1
+            && (!float_weights || cout < b * p)
+            && !matches!(
+                wq,
+                Some(Weights::Q {
+                    per_channel: true,
+                    ..
+                })
+            );
+        let need_dcol = need_dx && !transposed;
+        let mut dx = if need_dx && !transposed {
+            vec![0f32; b * g.in_len()]
+        } else {
+            Vec::new()
+        };
+        // Float weights for the strided layers' dcol GEMM unless it runs on 8-bit weights and
+        // errors (the float dW path leaves the errors without their gather).
+        let float_dw = !matches!((&dyq, &xq), (Batch::Q { .. }, Batch::Q { .. }));
+        let int_dcol =
+            !float_dw && matches!((wq, &dyq), (Some(Weights::Q { .. }), Batch::Q { .. }));
+        let wf = match wq {
+            Some(w) if need_dcol && !int_dcol => Some(w.floats(cout, &self.weight.value)),
+            _ => None,
+        };
+        // Chunks of examples, in groups (a function of the shape only): a group's chunks run
+        // one after another on one thread, accumulating the float path's dW^T into the group's
+        // own buffer; the groups run in parallel when there are enough chunks (each GEMM on
+        // its own thread, as in `conv_gemm`), else one after another with parallel GEMMs; the
+        // group buffers are then added in group order. The same sums in the same order at
+        // any thread count.
+        let mut gw_t_f: Option<Vec<f32>> = None;
+        let dw_cout_major = float_dw_cout_major(cout);
+        if float_dw || need_dcol {
+            let chunks = b.div_ceil(chunk);
+            // Groups run in parallel only from `PAR_CHUNKS_PER_THREAD` chunks per thread, so
+            // below two threads' worth they never do: one group then, whose chunks add into
+            // one dW buffer (VGG16's 4x4 layers at batch 32 summed three 9.4 MB buffers).
+            let ngroups = if chunks < 2 * PAR_CHUNKS_PER_THREAD {
+                1
+            } else {
+                chunks.min(BACKWARD_GROUPS)
+            };
+            // Group `gi` holds chunks `[gi * chunks / ngroups, (gi + 1) * chunks / ngroups)`.
+            let bounds: Vec<usize> = (0..=ngroups)
+                .map(|gi| (gi * chunks / ngroups * chunk).min(b))
+                .collect();
+            let mut dx_parts: Vec<&mut [f32]> = Vec::with_capacity(ngroups);
+            let mut rest: &mut [f32] = &mut dx;
+            for gi in 0..ngroups {
+                let len = if need_dcol {
+                    (bounds[gi + 1] - bounds[gi]) * g.in_len()
+                } else {
+                    0
+                };
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+                dx_parts.push(head);
+                rest = tail;
+            }
+            let job = BackwardChunks {
+                backend,
+                name: &self.name,
+                g: &g,
+                cout,
+                wq,
+                wf: wf.as_deref(),
+                dyq: &dyq,
+                xq: &xq,
+                chunk,
+                need_dcol,
+                float_dw,
+                dw_cout_major,
+            };
+            let t0 = Instant::now();
+            // The parameter's gradient storage holds group 0's dW sum when it is in the
+            // parameter's layout (it is overwritten below anyway).
+            let mut store0 = (float_dw && dw_cout_major)
+                .then(|| std::mem::take(&mut self.weight.grad))
+                .filter(|v| v.len() == rows * cout);
+            let stores: Vec<Option<Vec<f32>>> = (0..ngroups)
+                .map(|gi| if gi == 0 { store0.take() } else { None })
+                .collect();
+            let run = |((gi, dxp), store): ((usize, &mut [f32]), Option<Vec<f32>>)| {
+                job.run(bounds[gi], bounds[gi + 1], dxp, store)
+            };
+            let parts: Vec<Result<GroupResult, NnError>> = if backend.concurrent_calls()
+                && chunks >= PAR_CHUNKS_PER_THREAD * rayon::current_num_threads()
+            {
+                dx_parts
+                    .into_par_iter()
+                    .enumerate()
+                    .zip(stores)
+                    .map(|c| lowprec_kernels::serial(|| run(c)))
+                    .collect()
+            } else {
+                dx_parts
+                    .into_iter()
+                    .enumerate()
+                    .zip(stores)
+                    .map(run)
+                    .collect()
+            };
+            let mut total = ChunkTimes::default();
+            let mut sums = Vec::new();
+            for part in parts {
+                let (gwt, t) = part?;
+                total.add(&t);
+                sums.extend(gwt);
+            }
+            let t1 = Instant::now();
+            let mut sums = sums.into_iter();
+            gw_t_f = sums.next().map(|mut acc| {
+                for part in sums {
+                    acc.par_iter_mut()
+                        .with_min_len(1 << 14)
+                        .zip(&part)
+                        .for_each(|(a, v)| *a += v);
+                }
+                acc
+            });
+            total.other += t1.elapsed();
+            total.charge(ctx, t0.elapsed());
+        }
+        if let Some(gwt) = gw_t_f {
+            let gw = &mut self.weight.grad;
+            if dw_cout_major {
+                *gw = gwt;
+            } else {
+                ctx.timed(Category::Other, |_| transpose_into(&gwt, rows, cout, gw));
+            }
+        }
+        if !need_dx {
+            return Ok(vec![Tensor::zeros(vec![0])]);
+        }
+        if transposed {
+            let tg = ConvGeom::new(cout, g.ho, g.wo, g.k, 1, g.k - 1 - g.pad)
+                .map_err(|e| NnError::Spec(format!("{}: transposed geometry: {e}", self.name)))?;
+            debug_assert_eq!((tg.ho, tg.wo), (g.h, g.w));
+            let w = self.wq.as_ref().map(|w| &w.1).expect("checked above");
+            let raw = &self.weight.value;
+            let wt = ctx.timed(Category::Other, |_| w.flipped(cout, g.cin, g.k, raw));
+            // `wt` is never `Raw` (flipping copies), so no parameter slice is needed.
+            dx = conv_gemm(ctx, &self.name, &tg, g.cin, &wt, &[], &dyq, None)?;
+        }
+        Ok(vec![Tensor::new(dx, vec![b, g.cin, g.h, g.w])?])
+    }
+
     /// dW from 8-bit errors and activations, exactly summed per group of examples:
     ///
     /// ```text
@@ -1163,236 +1408,11 @@ impl Layer for Conv2d {
     }
 
     fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
-        let xq = self.saved_x.take().ok_or_else(|| NnError::NoForward {
-            layer: self.name.clone(),
-        })?;
-        let g = self.geom;
-        let (rows, p, cout) = (g.col_rows(), g.out_pixels(), self.cout);
-        let b = dy.batch();
-        let saved_b = match &xq {
-            Batch::Q { scales, .. } => scales.len(),
-            Batch::F(v) => v.len() / g.in_len(),
-        };
-        if dy.per_example() != cout * p || saved_b != b {
-            return Err(NnError::shape(
-                &self.name,
-                format!("gradient {:?} does not match the forward pass", dy.shape),
-            ));
-        }
-        if b == 0 {
-            self.weight.grad.fill(0.0);
-            if let Some(bias) = &mut self.bias {
-                bias.grad.fill(0.0);
-            }
-            let shape = if ctx.need_input_grad {
-                vec![0, g.cin, g.h, g.w]
-            } else {
-                vec![0]
-            };
-            return Ok(vec![Tensor::zeros(shape)]);
-        }
-        // Q_e on the incoming errors, one exponent per example.
-        let key = ctx.key(self.id, StreamKind::Errors);
-        let (fmt, step) = (ctx.policy.errors, ctx.step);
-        let tensor = format!("errors of {}", self.name);
-        let dyq = ctx.timed(Category::Quantize, |_| {
-            quantize_batch(&dy.data, b, cout * p, &fmt, key, &tensor, &self.name, step)
-        })?;
-        if let Some(bias) = &mut self.bias {
-            let d = &dy.data;
-            ctx.timed(Category::Other, |_| {
-                bias.grad.par_iter_mut().enumerate().for_each(|(co, gb)| {
-                    // Eight f64 lanes (a sequential f64 sum waits for each add: 2 ms of
-                    // VGG16 b32's first layers), added in a fixed order.
-                    let mut lanes = [0f64; 8];
-                    let mut tail = 0f64;
-                    for j in 0..b {
-                        let plane = &d[(j * cout + co) * p..][..p];
-                        let chunks = plane.chunks_exact(8);
-                        tail += chunks.remainder().iter().map(|&v| v as f64).sum::<f64>();
-                        for c8 in chunks {
-                            for (l, &v) in lanes.iter_mut().zip(c8) {
-                                *l += v as f64;
-                            }
-                        }
-                    }
-                    *gb = (lanes.iter().sum::<f64>() + tail) as f32;
-                })
-            });
-        }
-        // Weight gradient with 8-bit operands: one GEMM per group of examples sharing a scale
-        // (see `weight_grad_grouped`); the float path below does it chunk by chunk.
-        if let (Batch::Q { .. }, Batch::Q { .. }) = (&dyq, &xq) {
-            self.weight_grad_grouped(ctx, &dyq, &xq)?;
-        }
-        let need_dx = ctx.need_input_grad;
-        if need_dx && self.wq.is_none() {
-            return Err(NnError::NoForward {
-                layer: self.name.clone(),
-            });
-        }
-        let backend = ctx.backend;
-        let chunk = even_chunk(self.chunk_examples(), b);
-        let wq = self.wq.as_ref().map(|w| &w.1);
-        // dX as the transposed convolution (stride 1): im2col of the errors, then one GEMM
-        // `W^T[Cin, Cout*k*k] x ecol` whose output is already the size of dX. The col2im route
-        // writes and re-reads a float `dcol` k*k times that size (VGG16's 64-channel layers at
-        // batch 128: 302 MB per layer), which cost more than the GEMM itself. Every product
-        // of an input pixel's gradient lands in one integer sum, rescaled once. But the
-        // transposed convolution flips the weights first, a copy of `Cout * Cin * k * k`
-        // values against the `Cin * k * k * B * P` of `dcol`: with float weights and no more
-        // output pixels in the batch than output channels, col2im runs instead (`lowprec
-        // profile vgg16-cifar --batch 32 --precision fp32 --threads 1`: the 512-channel 4x4
-        // layers' backward 29 -> 26.4 ms, the 2x2 ones' 10.6 -> 5.9 ms). With 8-bit weights
-        // the integer dcol GEMM was the slower (the 4x4 layers' backward 9.5 -> 18 ms).
-        let float_weights = !matches!(wq, Some(Weights::Q { .. }));
-        let transposed = need_dx
-            && g.stride == 1
-            && (!float_weights || cout < b * p)
-            && !matches!(
-                wq,
-                Some(Weights::Q {
-                    per_channel: true,
-                    ..
-                })
-            );
-        let need_dcol = need_dx && !transposed;
-        let mut dx = if need_dx && !transposed {
-            vec![0f32; b * g.in_len()]
-        } else {
-            Vec::new()
-        };
-        // Float weights for the strided layers' dcol GEMM unless it runs on 8-bit weights and
-        // errors (the float dW path leaves the errors without their gather).
-        let float_dw = !matches!((&dyq, &xq), (Batch::Q { .. }, Batch::Q { .. }));
-        let int_dcol =
-            !float_dw && matches!((wq, &dyq), (Some(Weights::Q { .. }), Batch::Q { .. }));
-        let wf = match wq {
-            Some(w) if need_dcol && !int_dcol => Some(w.floats(cout, &self.weight.value)),
-            _ => None,
-        };
-        // Chunks of examples, in groups (a function of the shape only): a group's chunks run
-        // one after another on one thread, accumulating the float path's dW^T into the group's
-        // own buffer; the groups run in parallel when there are enough chunks (each GEMM on
-        // its own thread, as in `conv_gemm`), else one after another with parallel GEMMs; the
-        // group buffers are then added in group order. The same sums in the same order at
-        // any thread count.
-        let mut gw_t_f: Option<Vec<f32>> = None;
-        let dw_cout_major = float_dw_cout_major(cout);
-        if float_dw || need_dcol {
-            let chunks = b.div_ceil(chunk);
-            // Groups run in parallel only from `PAR_CHUNKS_PER_THREAD` chunks per thread, so
-            // below two threads' worth they never do: one group then, whose chunks add into
-            // one dW buffer (VGG16's 4x4 layers at batch 32 summed three 9.4 MB buffers).
-            let ngroups = if chunks < 2 * PAR_CHUNKS_PER_THREAD {
-                1
-            } else {
-                chunks.min(BACKWARD_GROUPS)
-            };
-            // Group `gi` holds chunks `[gi * chunks / ngroups, (gi + 1) * chunks / ngroups)`.
-            let bounds: Vec<usize> = (0..=ngroups)
-                .map(|gi| (gi * chunks / ngroups * chunk).min(b))
-                .collect();
-            let mut dx_parts: Vec<&mut [f32]> = Vec::with_capacity(ngroups);
-            let mut rest: &mut [f32] = &mut dx;
-            for gi in 0..ngroups {
-                let len = if need_dcol {
-                    (bounds[gi + 1] - bounds[gi]) * g.in_len()
-                } else {
-                    0
-                };
-                let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
-                dx_parts.push(head);
-                rest = tail;
-            }
-            let job = BackwardChunks {
-                backend,
-                name: &self.name,
-                g: &g,
-                cout,
-                wq,
-                wf: wf.as_deref(),
-                dyq: &dyq,
-                xq: &xq,
-                chunk,
-                need_dcol,
-                float_dw,
-                dw_cout_major,
-            };
-            let t0 = Instant::now();
-            // The parameter's gradient storage holds group 0's dW sum when it is in the
-            // parameter's layout (it is overwritten below anyway).
-            let mut store0 = (float_dw && dw_cout_major)
-                .then(|| std::mem::take(&mut self.weight.grad))
-                .filter(|v| v.len() == rows * cout);
-            let stores: Vec<Option<Vec<f32>>> = (0..ngroups)
-                .map(|gi| if gi == 0 { store0.take() } else { None })
-                .collect();
-            let run = |((gi, dxp), store): ((usize, &mut [f32]), Option<Vec<f32>>)| {
-                job.run(bounds[gi], bounds[gi + 1], dxp, store)
-            };
-            let parts: Vec<Result<GroupResult, NnError>> = if backend.concurrent_calls()
-                && chunks >= PAR_CHUNKS_PER_THREAD * rayon::current_num_threads()
-            {
-                dx_parts
-                    .into_par_iter()
-                    .enumerate()
-                    .zip(stores)
-                    .map(|c| lowprec_kernels::serial(|| run(c)))
-                    .collect()
-            } else {
-                dx_parts
-                    .into_iter()
-                    .enumerate()
-                    .zip(stores)
-                    .map(run)
-                    .collect()
-            };
-            let mut total = ChunkTimes::default();
-            let mut sums = Vec::new();
-            for part in parts {
-                let (gwt, t) = part?;
-                total.add(&t);
-                sums.extend(gwt);
-            }
-            let t1 = Instant::now();
-            let mut sums = sums.into_iter();
-            gw_t_f = sums.next().map(|mut acc| {
-                for part in sums {
-                    acc.par_iter_mut()
-                        .with_min_len(1 << 14)
-                        .zip(&part)
-                        .for_each(|(a, v)| *a += v);
-                }
-                acc
-            });
-            total.other += t1.elapsed();
-            total.charge(ctx, t0.elapsed());
-        }
-        if let Some(gwt) = gw_t_f {
-            let gw = &mut self.weight.grad;
-            if dw_cout_major {
-                *gw = gwt;
-            } else {
-                ctx.timed(Category::Other, |_| transpose_into(&gwt, rows, cout, gw));
-            }
-        }
-        if !need_dx {
-            return Ok(vec![Tensor::zeros(vec![0])]);
-        }
-        if transposed {
-            let tg = ConvGeom::new(cout, g.ho, g.wo, g.k, 1, g.k - 1 - g.pad)
-                .map_err(|e| NnError::Spec(format!("{}: transposed geometry: {e}", self.name)))?;
-            debug_assert_eq!((tg.ho, tg.wo), (g.h, g.w));
-            let w = self.wq.as_ref().map(|w| &w.1).expect("checked above");
-            let raw = &self.weight.value;
-            let wt = ctx.timed(Category::Other, |_| w.flipped(cout, g.cin, g.k, raw));
-            // `wt` is never `Raw` (flipping copies), so no parameter slice is needed.
-            dx = conv_gemm(ctx, &self.name, &tg, g.cin, &wt, &[], &dyq, None)?;
-        }
-        Ok(vec![Tensor::new(dx, vec![b, g.cin, g.h, g.w])?])
+        self.backward_errors(ctx, &dy.shape, Cow::Borrowed(&dy.data))
     }
-
+    fn backward_owned(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
+        self.backward_errors(ctx, &dy.shape, Cow::Owned(dy.data))
+    }
     fn params(&self) -> Vec<&Param> {
         std::iter::once(&self.weight)
             .chain(self.bias.as_ref())
