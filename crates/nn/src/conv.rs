@@ -625,12 +625,14 @@ fn conv_chunk(
     };
     // Scatter [Cout, nb*P] (or its transpose) to [nb, Cout, P] and add the bias.
     let cb = &cbuf;
+    // One task per example: chunks that run one after another (too few to share out) would
+    // otherwise scatter on one thread (PreResNet-20 fp32's 8x8 layers, 2 threads).
     clock(&mut t.other, || {
-        for (j, ex) in yc.chunks_mut(cout * p).enumerate() {
+        yc.par_chunks_mut(cout * p).enumerate().for_each(|(j, ex)| {
             if out_t {
                 // Every slot of `ex` is written (the caller relies on it).
                 scatter_transposed(&cb[j * p * cout..][..p * cout], p, cout, bias, ex);
-                continue;
+                return;
             }
             for (co, out) in ex.chunks_mut(p).enumerate() {
                 let bv = bias.map_or(0.0, |bv| bv[co]);
@@ -645,7 +647,7 @@ fn conv_chunk(
                     }),
                 }
             }
-        }
+        });
     });
     Ok(t)
 }
