@@ -76,6 +76,31 @@ impl Sgd {
                 StreamKey::new(seed, stream_id(&[0x0971, pi as u64, kind as u64, step]))
             };
             let decay = if p.decay { wd } else { 0.0 };
+            if policy.grads.is_f32() && policy.momentum.is_f32() && policy.master.is_f32() {
+                // Nothing to round between the three steps below: one pass over the weights,
+                // gradient and momentum with the same operations in the same order (three
+                // passes and a gradient copy were 10 ms of a VGG16 b32 iteration, 1 thread).
+                let upd = |((w, gr), b): ((&mut f32, &f32), &mut f32)| {
+                    let g = gr + decay * *w;
+                    *b = mom * *b + g;
+                    *w -= lr * *b;
+                };
+                if p.value.len() >= PAR_MIN {
+                    p.value
+                        .par_iter_mut()
+                        .zip(p.grad.par_iter())
+                        .zip(buf.par_iter_mut())
+                        .for_each(upd);
+                } else {
+                    p.value
+                        .iter_mut()
+                        .zip(p.grad.iter())
+                        .zip(buf.iter_mut())
+                        .for_each(upd);
+                }
+                p.version = step + 1;
+                continue;
+            }
             // g = grad + wd * w
             let mut g: Vec<f32> = if p.value.len() >= PAR_MIN {
                 p.grad
@@ -162,5 +187,46 @@ impl Swa {
             }
         }
         self.n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lowprec_formats::rng::uniform_f32;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let key = StreamKey::new(seed, 7);
+        (0..n as u64)
+            .map(|i| uniform_f32(key, i) * 2.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn fp32_step_is_the_three_formulas_bit_for_bit() {
+        // One tensor below and one above the parallel threshold, with and without decay.
+        for (n, decay) in [(7, true), (PAR_MIN + 33, false), (PAR_MIN * 2, true)] {
+            let mut p = Param::new("w".into(), vec![n], rand(n, 1), decay);
+            let mut sgd = Sgd::new(0.9, 5e-4, &[&p]);
+            let (mut w, mut buf) = (p.value.clone(), vec![0f32; n]);
+            for step in 0..3 {
+                p.grad = rand(n, 10 + step);
+                sgd.step(&mut [&mut p], 0.05, &Precision::fp32(), 0, step)
+                    .unwrap();
+                let wd = if decay { 5e-4f32 } else { 0.0 };
+                for i in 0..n {
+                    let g = p.grad[i] + wd * w[i];
+                    buf[i] = 0.9 * buf[i] + g;
+                    w[i] -= 0.05 * buf[i];
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&p.value) == bits(&w), "weights, n {n}, step {step}");
+                assert!(
+                    bits(&sgd.buffers[0]) == bits(&buf),
+                    "momentum, n {n}, step {step}"
+                );
+                assert_eq!(p.version, step + 1);
+            }
+        }
     }
 }
