@@ -214,6 +214,45 @@ fn negative_subnormal_scaled_value_with_zero_draw_rounds_to_minus_one() {
 }
 
 #[test]
+fn every_kernel_rounds_an_underflowed_negative_with_a_zero_draw_to_minus_one() {
+    // The case above inside the SIMD kernels, where it is tested for apart from the main
+    // comparison: a zero draw lands on a lane whose x underflows to y = -0.0; its neighbours
+    // hold the other zeros and tiny values of both signs.
+    let key = StreamKey::new(5, 9);
+    let i0 = (17u64..1 << 28)
+        .find(|&i| rng_draw(key, i) == 0)
+        .expect("a zero draw among 2^28 indices");
+    let p = ScaledInt {
+        k: -121,
+        lo: -127,
+        hi: 127,
+        rounding: Rounding::Stochastic,
+    };
+    let base = i0 - 17;
+    let x: Vec<f32> = (0..40)
+        .map(|i| match i % 5 {
+            0 => -1e-30,
+            1 => 0.0,
+            2 => -0.0,
+            3 => 1e-30,
+            _ => -f32::from_bits(1),
+        })
+        .collect();
+    for xi in [-1e-30f32, -f32::from_bits(1), 0.0, -0.0, 1e-30] {
+        let mut x = x.clone();
+        x[17] = xi;
+        let mut g = vec![0i32; x.len()];
+        quantize_run_generic(&x, OutRun::I32(&mut g), &p, key, base);
+        assert_eq!(g[17], quantize_scalar_ref(xi, &p, 0), "generic, x = {xi:e}");
+        for kern in RunKernel::available() {
+            let mut s = vec![0i32; x.len()];
+            quantize_run_with(kern, &x, OutRun::I32(&mut s), &p, key, base).unwrap();
+            assert_eq!(s, g, "{kern:?}, x[17] = {xi:e}");
+        }
+    }
+}
+
+#[test]
 fn same_bits_at_one_and_two_threads() {
     let mut rng = TestRng::fresh("threads");
     let shape = [64usize, 3, 1000];
