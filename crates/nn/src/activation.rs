@@ -29,15 +29,6 @@ pub(crate) fn relu(v: f32) -> f32 {
     }
 }
 
-/// `acc[i] += x[i]` (gradients of one tensor from two readers), in parallel pieces.
-pub(crate) fn add_into(acc: &mut [f32], x: &[f32]) {
-    assert_eq!(acc.len(), x.len(), "gradient sum of unequal lengths");
-    acc.par_iter_mut()
-        .with_min_len(1 << 14)
-        .zip(x)
-        .for_each(|(a, b)| *a += b);
-}
-
 /// `y = max(x, 0)`; keeps a one-byte mask for backward.
 pub struct Relu {
     name: String,

@@ -175,34 +175,37 @@ fn plane_input_grad(
     dy: &[f32],
     xh: &[f32],
     dx: DxOut<'_>,
-    (k, mdy, mdyx): (f32, f32, f32),
+    consts: (f32, f32, f32),
     relu: Option<(f32, f32)>,
 ) {
-    assert!(dy.len() == xh.len());
+    /// The formula once, over any output slots (`put` stores or adds): each of the four
+    /// uses below is its own loop, with nothing decided per element.
+    #[inline(always)]
+    fn each<O>(
+        out: &mut [O],
+        dy: &[f32],
+        xh: &[f32],
+        (k, mdy, mdyx): (f32, f32, f32),
+        mask: impl Fn(f32, f32) -> f32,
+        put: impl Fn(&mut O, f32),
+    ) {
+        assert!(out.len() == dy.len() && xh.len() == dy.len());
+        for ((o, &g), &x) in out.iter_mut().zip(dy).zip(xh) {
+            put(o, k * (mask(g, x) - mdy - x * mdyx));
+        }
+    }
+    let write = |o: &mut MaybeUninit<f32>, v: f32| {
+        o.write(v);
+    };
+    let onto = |o: &mut f32, v: f32| *o += v;
     match (dx, relu) {
-        (DxOut::Write(dx), None) => {
-            assert!(dx.len() == dy.len());
-            for ((o, &g), &x) in dx.iter_mut().zip(dy).zip(xh) {
-                o.write(k * (g - mdy - x * mdyx));
-            }
+        (DxOut::Write(d), None) => each(d, dy, xh, consts, |g, _| g, write),
+        (DxOut::Write(d), Some((gm, bt))) => {
+            each(d, dy, xh, consts, |g, x| relu_grad(g, x, gm, bt), write)
         }
-        (DxOut::Write(dx), Some((gm, bt))) => {
-            assert!(dx.len() == dy.len());
-            for ((o, &g), &x) in dx.iter_mut().zip(dy).zip(xh) {
-                o.write(k * (relu_grad(g, x, gm, bt) - mdy - x * mdyx));
-            }
-        }
-        (DxOut::Onto(acc), None) => {
-            assert!(acc.len() == dy.len());
-            for ((o, &g), &x) in acc.iter_mut().zip(dy).zip(xh) {
-                *o += k * (g - mdy - x * mdyx);
-            }
-        }
-        (DxOut::Onto(acc), Some((gm, bt))) => {
-            assert!(acc.len() == dy.len());
-            for ((o, &g), &x) in acc.iter_mut().zip(dy).zip(xh) {
-                *o += k * (relu_grad(g, x, gm, bt) - mdy - x * mdyx);
-            }
+        (DxOut::Onto(a), None) => each(a, dy, xh, consts, |g, _| g, onto),
+        (DxOut::Onto(a), Some((gm, bt))) => {
+            each(a, dy, xh, consts, |g, x| relu_grad(g, x, gm, bt), onto)
         }
     }
 }

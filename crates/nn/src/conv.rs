@@ -90,9 +90,9 @@ impl Batch {
     }
 
     /// Examples `[b0, b0 + nb)` of `per` values as floats (borrowed when already floats).
-    fn floats(&self, b0: usize, nb: usize, per: usize) -> std::borrow::Cow<'_, [f32]> {
+    fn floats(&self, b0: usize, nb: usize, per: usize) -> Cow<'_, [f32]> {
         match self {
-            Batch::F(v) => std::borrow::Cow::Borrowed(&v[b0 * per..(b0 + nb) * per]),
+            Batch::F(v) => Cow::Borrowed(&v[b0 * per..(b0 + nb) * per]),
             Batch::Q { mant, scales, .. } => {
                 let mut out = vec![0f32; nb * per];
                 out.par_chunks_mut(per.max(1))
@@ -102,17 +102,19 @@ impl Batch {
                         let m = &mant[(b0 + j) * per..][..per];
                         o.iter_mut().zip(m).for_each(|(d, &v)| *d = v as f32 * s);
                     });
-                std::borrow::Cow::Owned(out)
+                Cow::Owned(out)
             }
         }
     }
 }
 
 /// Applies `fmt` to `b` examples of `per` values; keeps 8-bit mantissas when the blocks are
-/// per example or per tensor.
+/// per example or per tensor. fp32 values handed over become the float batch as they are,
+/// after the check for Inf and NaN, instead of a copy (a conv's incoming errors: 3 ms of a
+/// PreResNet-20 fp32 iteration).
 #[allow(clippy::too_many_arguments)]
 pub fn quantize_batch(
-    x: &[f32],
+    x: Cow<'_, [f32]>,
     b: usize,
     per: usize,
     fmt: &NumberFormat,
@@ -121,7 +123,11 @@ pub fn quantize_batch(
     layer: &str,
     step: u64,
 ) -> Result<Batch, NnError> {
-    let op = quantize_matrix(x, b, per, fmt, key, tensor, layer, step)?;
+    if let (NumberFormat::F32, Cow::Owned(_)) = (fmt, &x) {
+        check_finite(&x, tensor, layer, step)?;
+        return Ok(Batch::F(x.into_owned()));
+    }
+    let op = quantize_matrix(&x, b, per, fmt, key, tensor, layer, step)?;
     Ok(match op {
         Operand::F { data, .. } => Batch::F(data),
         Operand::Q(q) => match (&q.data, q.fmt.block) {
@@ -176,19 +182,16 @@ impl Weights {
             // One task per block of 16 input channels, output channels inner: each task
             // writes a contiguous run and reads 16 short runs per output channel.
             const CB: usize = 16;
-            // Output channels outer: each step reads one contiguous run of the block's input
-            // channels and writes `CB` streams (input channels outer read 16 runs a cache
-            // line apart per output channel: 3% of VGG16 b32 fp32's iteration).
             t.par_chunks_mut((CB * cout * kk).max(1))
                 .enumerate()
                 .for_each(|(blk, out)| {
                     let ci0 = blk * CB;
-                    let nci = out.len() / (cout * kk);
-                    for co in 0..cout {
-                        let src = &w[(co * cin + ci0) * kk..][..nci * kk];
-                        for (dci, s) in src.chunks_exact(kk).enumerate() {
-                            let dst = &mut out[(dci * cout + co) * kk..][..kk];
-                            for (o, &v) in dst.iter_mut().zip(s.iter().rev()) {
+                    for (dci, dst_ci) in out.chunks_mut(cout * kk).enumerate() {
+                        let ci = ci0 + dci;
+                        for co in 0..cout {
+                            let src = &w[(co * cin + ci) * kk..][..kk];
+                            let dst = &mut dst_ci[co * kk..][..kk];
+                            for (o, &v) in dst.iter_mut().zip(src.iter().rev()) {
                                 *o = v;
                             }
                         }
@@ -220,10 +223,10 @@ impl Weights {
     }
 
     /// The weights as floats; `raw` is the parameter (what [`Weights::Raw`] stands for).
-    fn floats<'a>(&'a self, rows: usize, raw: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+    fn floats<'a>(&'a self, rows: usize, raw: &'a [f32]) -> Cow<'a, [f32]> {
         match self {
-            Weights::F(v) => std::borrow::Cow::Borrowed(v),
-            Weights::Raw => std::borrow::Cow::Borrowed(raw),
+            Weights::F(v) => Cow::Borrowed(v),
+            Weights::Raw => Cow::Borrowed(raw),
             Weights::Q {
                 mant,
                 scales,
@@ -231,7 +234,7 @@ impl Weights {
                 ..
             } => {
                 let cols = mant.len() / rows.max(1);
-                std::borrow::Cow::Owned(
+                Cow::Owned(
                     mant.iter()
                         .enumerate()
                         .map(|(i, &m)| {
@@ -288,51 +291,30 @@ fn gather_errors_t(cout: usize, p: usize, e: &[f32]) -> Scratch<f32> {
     let mut out = Scratch::new(e.len());
     out.par_chunks_mut((cout * p).max(1))
         .zip(e.par_chunks((cout * p).max(1)))
-        .for_each(|(dst, src)| {
-            // Tile by tile (a plane at a time wrote a cache line per value: 3% of VGG16 b32
-            // fp32's iteration).
-            transpose_blocks(src, cout, p, dst, |d, v, _| *d = v);
-        });
+        .for_each(|(dst, src)| transpose_blocks(src, cout, p, p, dst, |d, v, _| *d = v));
     out
 }
 
-/// Side of the tiles the transposes below walk in.
-const TRANSPOSE_TILE: usize = 32;
-
-/// Visits `(r, c)` for `r < rows` and `c0 <= c < c0 + cw` tile by tile, `r` innermost, so
-/// that writes to a transposed position `c * rows + r` run contiguous while the tile's
-/// `TRANSPOSE_TILE` source rows stay in cache: a column-by-column transpose reads a cache line
-/// per value (5-7 ms for VGG16's 512x4608 weight gradients).
-#[inline(always)]
-fn transpose_band(rows: usize, c0: usize, cw: usize, mut f: impl FnMut(usize, usize)) {
-    for r0 in (0..rows).step_by(TRANSPOSE_TILE) {
-        for c in c0..c0 + cw {
-            for r in r0..(r0 + TRANSPOSE_TILE).min(rows) {
-                f(r, c);
-            }
-        }
-    }
-}
-
-/// `put(&mut dst[c * rows + r], src[r * cols + c], c)` for all of `src` (`rows x cols`) on
-/// one thread, in 8x8 blocks held in registers (a block is 8 contiguous reads and 8
-/// contiguous writes): the tiled element-by-element loop of [`transpose_band`] took 2 ns per
-/// value on the errors of VGG16's first layers (2.7% of a b32 fp32 iteration).
+/// `put(&mut dst[c * rows + r], src[r * ld + c], c)` for `r < rows`, `c < cols` on one
+/// thread, in 8x8 blocks held in registers (a block is 8 contiguous reads and 8 contiguous
+/// writes): element by element, even tiled, took 2 ns per value on the errors of VGG16's
+/// first layers (2.7% of a b32 fp32 iteration), and a column-by-column transpose read a
+/// cache line per value (5-7 ms for VGG16's 512x4608 weight gradients).
 fn transpose_blocks<T: Copy + Default, D>(
     src: &[T],
     rows: usize,
     cols: usize,
+    ld: usize,
     dst: &mut [D],
     put: impl Fn(&mut D, T, usize),
 ) {
-    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
     const B: usize = 8;
     let (rb, cb) = (rows / B * B, cols / B * B);
     for r0 in (0..rb).step_by(B) {
         for c0 in (0..cb).step_by(B) {
             let mut t = [[T::default(); B]; B];
             for (i, row) in t.iter_mut().enumerate() {
-                row.copy_from_slice(&src[(r0 + i) * cols + c0..][..B]);
+                row.copy_from_slice(&src[(r0 + i) * ld + c0..][..B]);
             }
             for j in 0..B {
                 let out = &mut dst[(c0 + j) * rows + r0..][..B];
@@ -346,26 +328,33 @@ fn transpose_blocks<T: Copy + Default, D>(
     for r in 0..rows {
         let c_from = if r < rb { cb } else { 0 };
         for c in c_from..cols {
-            put(&mut dst[c * rows + r], src[r * cols + c], c);
+            put(&mut dst[c * rows + r], src[r * ld + c], c);
         }
     }
 }
 
+/// Destination rows per task of [`transpose_into`].
+const TRANSPOSE_BAND: usize = 32;
+
 /// `dst[c * rows + r] = src[r * cols + c]` (`src` is `rows x cols`), one task per band of
-/// `TRANSPOSE_TILE` destination rows.
-fn transpose_into<T: Copy + Send + Sync>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+/// `TRANSPOSE_BAND` destination rows.
+fn transpose_into<T: Copy + Default + Send + Sync>(
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    dst: &mut [T],
+) {
     assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
     if rows == 0 || cols == 0 {
         return;
     }
     dst[..rows * cols]
-        .par_chunks_mut(TRANSPOSE_TILE * rows)
+        .par_chunks_mut(TRANSPOSE_BAND * rows)
         .enumerate()
         .for_each(|(band, out)| {
-            let c0 = band * TRANSPOSE_TILE;
-            transpose_band(rows, c0, out.len() / rows, |r, c| {
-                out[(c - c0) * rows + r] = src[r * cols + c]
-            });
+            let c0 = band * TRANSPOSE_BAND;
+            let cw = out.len() / rows;
+            transpose_blocks(&src[c0..], rows, cw, cols, out, |d, v, _| *d = v);
         });
 }
 
@@ -532,10 +521,10 @@ fn scatter_transposed(
 ) {
     assert!(src.len() == p * cout && out.len() == p * cout);
     match bias {
-        Some(b) => transpose_blocks(src, p, cout, out, |o, v, c| {
+        Some(b) => transpose_blocks(src, p, cout, cout, out, |o, v, c| {
             o.write(v + b[c]);
         }),
-        None => transpose_blocks(src, p, cout, out, |o, v, _| {
+        None => transpose_blocks(src, p, cout, cout, out, |o, v, _| {
             o.write(v);
         }),
     }
@@ -635,12 +624,11 @@ fn conv_chunk(
                 return;
             }
             for (co, out) in ex.chunks_mut(p).enumerate() {
-                let bv = bias.map_or(0.0, |bv| bv[co]);
                 // Every slot of `out` is written (the caller relies on it).
                 let src = &cb[co * n + j * p..][..p];
                 match bias {
-                    Some(_) => out.iter_mut().zip(src).for_each(|(o, s)| {
-                        o.write(s + bv);
+                    Some(b) => out.iter_mut().zip(src).for_each(|(o, s)| {
+                        o.write(s + b[co]);
                     }),
                     None => out.iter_mut().zip(src).for_each(|(o, &s)| {
                         o.write(s);
@@ -739,53 +727,35 @@ impl BackwardChunks<'_> {
             let mut eft: Option<Vec<f32>> = None;
             let mut et_q: Option<Vec<i8>> = None;
             if self.float_dw {
-                // Float path (fp32, or formats the integer GEMM cannot take), transposed:
-                // dW^T[rows, Cout] (+)= col[rows, n] dY^T[n, Cout]. The f32 GEMM ran 2-4x
-                // faster with the short Cout dimension as N than as M (16 channels:
-                // 144x131072x16 against 16x131072x144 in `lowprec bench gemm`, AVX2); with
-                // the AVX-512 kernels Cout as M is faster on row-major operands, but here
-                // B = col^T is column-major and PreResNet-20 fp32's 16-channel dW went
-                // from 10.9 to 30.5 ms per layer that way.
-                let ef = self.dyq.floats(b0, nb, cout * p);
-                let (et_t, ec) = if self.dw_cout_major {
-                    let ec = clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb));
-                    (None, Some(ec))
-                } else {
-                    let et_t = clock(&mut t.im2col, || gather_errors_t(cout, p, &ef));
-                    let ec = self
-                        .need_dcol
-                        .then(|| clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb)));
-                    (Some(et_t), ec)
-                };
-                drop(ef);
+                // Float path (fp32, or formats the integer GEMM cannot take), in the
+                // orientation `float_dw_cout_major` chooses for this layer.
                 let xf = self.xq.floats(b0, nb, g.in_len());
                 let mut col = Scratch::<f32>::new(rows * n);
                 clock(&mut t.im2col, || im2col(g, &xf, nb, &mut col));
                 drop(xf);
+                let ef = self.dyq.floats(b0, nb, cout * p);
                 let accumulate = gwt.is_some();
                 let acc = gwt.get_or_insert_with(|| match store.take() {
                     // The first GEMM does not accumulate: any contents do.
                     Some(v) if v.len() == rows * cout => v,
                     _ => vec![0f32; rows * cout],
                 });
-                clock(&mut t.gemm, || match (&et_t, &ec) {
-                    (Some(et_t), _) => backend.gemm_f32(
-                        row_major(&col, rows, n),
-                        row_major(et_t, n, cout),
-                        accumulate,
-                        MatMut::row_major(acc, rows, cout)?,
-                    ),
-                    (None, Some(ec)) => backend.gemm_f32(
-                        row_major(ec, cout, n),
-                        row_major(&col, rows, n).t(),
-                        accumulate,
-                        MatMut::row_major(acc, cout, rows)?,
-                    ),
-                    (None, None) => unreachable!("one of the two error layouts is gathered"),
-                })
-                .map_err(kerr)?;
-                if self.need_dcol {
-                    eft = ec;
+                if self.dw_cout_major {
+                    // dW[Cout, rows] (+)= dY[Cout, n] col^T[n, rows]
+                    let ec = clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb));
+                    let cm = MatMut::row_major(acc, cout, rows).map_err(kerr)?;
+                    let (a, b) = (row_major(&ec, cout, n), row_major(&col, rows, n).t());
+                    clock(&mut t.gemm, || backend.gemm_f32(a, b, accumulate, cm)).map_err(kerr)?;
+                    eft = Some(ec);
+                } else {
+                    // dW^T[rows, Cout] (+)= col[rows, n] dY^T[n, Cout]
+                    let et_t = clock(&mut t.im2col, || gather_errors_t(cout, p, &ef));
+                    let cm = MatMut::row_major(acc, rows, cout).map_err(kerr)?;
+                    let (a, b) = (row_major(&col, rows, n), row_major(&et_t, n, cout));
+                    clock(&mut t.gemm, || backend.gemm_f32(a, b, accumulate, cm)).map_err(kerr)?;
+                    if self.need_dcol {
+                        eft = Some(clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb)));
+                    }
                 }
             } else if let Batch::Q { mant: em, .. } = self.dyq {
                 et_q = Some(clock(&mut t.im2col, || gather_errors(cout, p, em, b0, nb)));
@@ -793,8 +763,9 @@ impl BackwardChunks<'_> {
             if !self.need_dcol {
                 continue;
             }
-            // dX of a strided layer: dcol[rows, n] = W^T dY, then col2im.
-            let mut dcol = vec![0f32; rows * n];
+            // dX of a strided layer: dcol[rows, n] = W^T dY (written whole by the GEMM), then
+            // col2im.
+            let mut dcol = Scratch::<f32>::new(rows * n);
             match (self.wq, self.dyq, &et_q) {
                 (
                     Some(Weights::Q {
@@ -974,14 +945,8 @@ impl Conv2d {
         let key = ctx.key(self.id, StreamKind::Errors);
         let (fmt, step) = (ctx.policy.errors, ctx.step);
         let tensor = format!("errors of {}", self.name);
-        let dyq = ctx.timed(Category::Quantize, |_| match fmt {
-            // fp32 errors handed over become the float operand as they are (after the check
-            // for Inf and NaN) instead of a copy: 3 ms of a PreResNet-20 fp32 iteration.
-            NumberFormat::F32 if matches!(dy, Cow::Owned(_)) => {
-                check_finite(&dy, &tensor, &self.name, step)?;
-                Ok(Batch::F(dy.into_owned()))
-            }
-            _ => quantize_batch(&dy, b, cout * p, &fmt, key, &tensor, &self.name, step),
+        let dyq = ctx.timed(Category::Quantize, |_| {
+            quantize_batch(dy, b, cout * p, &fmt, key, &tensor, &self.name, step)
         })?;
         // Weight gradient with 8-bit operands: one GEMM per group of examples sharing a scale
         // (see `weight_grad_grouped`); the float path below does it chunk by chunk.
@@ -1008,19 +973,14 @@ impl Conv2d {
         // profile vgg16-cifar --batch 32 --precision fp32 --threads 1`: the 512-channel 4x4
         // layers' backward 29 -> 26.4 ms, the 2x2 ones' 10.6 -> 5.9 ms). With 8-bit weights
         // the integer dcol GEMM was the slower (the 4x4 layers' backward 9.5 -> 18 ms).
-        let float_weights = !matches!(wq, Some(Weights::Q { .. }));
         let transposed = need_dx
             && g.stride == 1
-            && (!float_weights || cout < b * p)
-            && !matches!(
-                wq,
-                Some(Weights::Q {
-                    per_channel: true,
-                    ..
-                })
-            );
+            && match wq {
+                Some(Weights::Q { per_channel, .. }) => !per_channel,
+                _ => cout < b * p,
+            };
         let need_dcol = need_dx && !transposed;
-        let mut dx = if need_dx && !transposed {
+        let mut dx = if need_dcol {
             vec![0f32; b * g.in_len()]
         } else {
             Vec::new()
@@ -1039,8 +999,8 @@ impl Conv2d {
         // own buffer; the groups run in parallel when there are enough chunks (each GEMM on
         // its own thread, as in `conv_gemm`), else one after another with parallel GEMMs; the
         // group buffers are then added in group order. The same sums in the same order at
-        // any thread count.
-        let mut gw_t_f: Option<Vec<f32>> = None;
+        // any thread count. The sum is dW, or dW^T (see `float_dw_cout_major`).
+        let mut gw_float: Option<Vec<f32>> = None;
         let dw_cout_major = float_dw_cout_major(cout);
         if float_dw || need_dcol {
             let chunks = b.div_ceil(chunk);
@@ -1120,24 +1080,21 @@ impl Conv2d {
             }
             let t1 = Instant::now();
             let mut sums = sums.into_iter();
-            gw_t_f = sums.next().map(|mut acc| {
+            gw_float = sums.next().map(|mut acc| {
                 for part in sums {
-                    acc.par_iter_mut()
-                        .with_min_len(1 << 14)
-                        .zip(&part)
-                        .for_each(|(a, v)| *a += v);
+                    crate::tensor::add_into(&mut acc, &part);
                 }
                 acc
             });
             total.other += t1.elapsed();
             total.charge(ctx, t0.elapsed());
         }
-        if let Some(gwt) = gw_t_f {
+        if let Some(gwf) = gw_float {
             let gw = &mut self.weight.grad;
             if dw_cout_major {
-                *gw = gwt;
+                *gw = gwf;
             } else {
-                ctx.timed(Category::Other, |_| transpose_into(&gwt, rows, cout, gw));
+                ctx.timed(Category::Other, |_| transpose_into(&gwf, rows, cout, gw));
             }
         }
         if !need_dx {
@@ -1288,7 +1245,7 @@ impl Conv2d {
                 if k == 0 {
                     gw.copy_from_slice(&part);
                 } else {
-                    gw.iter_mut().zip(&part).for_each(|(a, v)| *a += v);
+                    crate::tensor::add_into(gw, &part);
                 }
             }
             total.other += t1.elapsed();
@@ -1399,7 +1356,8 @@ impl Layer for Conv2d {
         let (fmt, step) = (ctx.policy.acts, ctx.step);
         let tensor = format!("input activations of {}", self.name);
         let xq = ctx.timed(Category::Quantize, |_| {
-            quantize_batch(&x.data, b, g.in_len(), &fmt, key, &tensor, &self.name, step)
+            let x = Cow::Borrowed(x.data.as_slice());
+            quantize_batch(x, b, g.in_len(), &fmt, key, &tensor, &self.name, step)
         })?;
         self.quantized_weights(ctx)?;
         let wq = &self.wq.as_ref().expect("quantised above").1;

@@ -228,7 +228,9 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
                 let out = &mut dst[oy * g.wo + ox_lo..][..width];
                 match g.stride {
                     1 => out.copy_from_slice(&src[..width]),
-                    // Pairs, which the compiler reads with vector loads and shuffles.
+                    // Pairs, which the compiler reads with vector loads and shuffles (the
+                    // `step_by` loop below: the 16-channel stride-2 layer's im2col 2.33 ms
+                    // against 1.45, same profile command).
                     2 => {
                         let full = (src.len() / 2).min(width);
                         for (o, pair) in out[..full].iter_mut().zip(src.chunks_exact(2)) {

@@ -65,7 +65,7 @@ pub trait Layer: Send {
         let dx = self.backward(ctx, dy)?.into_iter().next();
         match dx {
             Some(dx) if dx.shape == acc.shape => {
-                crate::activation::add_into(&mut acc.data, &dx.data);
+                crate::tensor::add_into(&mut acc.data, &dx.data);
                 Ok(acc)
             }
             _ => Err(NnError::shape(

@@ -333,7 +333,7 @@ impl Model {
                     NnError::shape(node.layer.name(), "backward returned too few gradients")
                 })?;
                 match &mut grads[v] {
-                    Some(acc) => crate::activation::add_into(&mut acc.data, &dx.data),
+                    Some(acc) => crate::tensor::add_into(&mut acc.data, &dx.data),
                     slot => *slot = Some(dx),
                 }
             }

@@ -88,20 +88,15 @@ impl Layer for Add {
             // SAFETY: the inputs have the output's length (checked above): every slot written.
             let mut y = unsafe { y.assume_init() };
             for t in &inputs[2..] {
-                crate::activation::add_into(&mut y, &t.data);
+                crate::tensor::add_into(&mut y, &t.data);
             }
             y
         });
         self.trained = train;
         Tensor::new(y, inputs[0].shape.clone())
     }
-    fn backward(&mut self, _ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
-        if !std::mem::take(&mut self.trained) {
-            return Err(NnError::NoForward {
-                layer: self.name.clone(),
-            });
-        }
-        Ok(vec![dy.clone(); self.inputs])
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
+        self.backward_owned(ctx, dy.clone())
     }
     fn backward_owned(&mut self, _ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
         if !std::mem::take(&mut self.trained) {

@@ -1,5 +1,7 @@
 //! A batch of values: a flat buffer and a shape whose first axis is the batch.
 
+use rayon::prelude::*;
+
 use crate::NnError;
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -45,4 +47,14 @@ impl Tensor {
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
+}
+
+/// `acc[i] += x[i]`, in parallel pieces (two readers' gradients of one tensor, or partial
+/// weight gradients added in a fixed order: the same sums at any thread count).
+pub(crate) fn add_into(acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "sum of unequal lengths");
+    acc.par_iter_mut()
+        .with_min_len(1 << 14)
+        .zip(x)
+        .for_each(|(a, b)| *a += b);
 }
