@@ -81,6 +81,38 @@ impl Layer for Relu {
             Tensor::new(y, x.shape.clone())
         })
     }
+    /// In place over the handed-over input, the mask made in the same pass: no fresh output
+    /// buffer (VGG16 b32 fp32 at 2 threads: its first ReLUs took 0.3 to 1.5 ms each way,
+    /// mostly faulting in new pages, for 2M values).
+    fn forward_owned(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        mut x: Tensor,
+        train: bool,
+    ) -> Result<Tensor, NnError> {
+        ctx.timed(Category::Other, |_| {
+            if train {
+                let mask = x
+                    .data
+                    .par_iter_mut()
+                    .with_min_len(1 << 14)
+                    .map(|v| {
+                        let m = (*v > 0.0) as u8;
+                        *v = relu(*v);
+                        m
+                    })
+                    .collect();
+                self.mask = Some(mask);
+            } else {
+                x.data
+                    .par_iter_mut()
+                    .with_min_len(1 << 14)
+                    .for_each(|v| *v = relu(*v));
+                self.mask = None;
+            }
+        });
+        Ok(x)
+    }
     fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
         let mask = self.mask.take().ok_or_else(|| NnError::NoForward {
             layer: self.name.clone(),
@@ -100,6 +132,31 @@ impl Layer for Relu {
                 .collect()
         });
         Ok(vec![Tensor::new(dx, dy.shape.clone())?])
+    }
+    /// Masks the handed-over gradient in place.
+    fn backward_owned(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        mut dy: Tensor,
+    ) -> Result<Vec<Tensor>, NnError> {
+        let mask = self.mask.take().ok_or_else(|| NnError::NoForward {
+            layer: self.name.clone(),
+        })?;
+        if mask.len() != dy.len() {
+            return Err(NnError::shape(
+                &self.name,
+                "gradient does not match the forward pass",
+            ));
+        }
+        ctx.timed(Category::Other, |_| {
+            dy.data
+                .par_iter_mut()
+                .with_min_len(1 << 14)
+                .zip(&mask)
+                // A store to every slot (a conditional store does not vectorise).
+                .for_each(|(g, &m)| *g = if m != 0 { *g } else { 0.0 })
+        });
+        Ok(vec![dy])
     }
     fn saved_bytes(&self) -> usize {
         self.mask.as_ref().map_or(0, |m| m.len())

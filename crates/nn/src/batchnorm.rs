@@ -76,40 +76,52 @@ fn plane_shifted_sums(x: &[f32], shift: f64, s: &mut LaneSums) {
 }
 
 /// `(sum g, sum g * xhat)` (the backward sums), with `g = relu_grad(dy, xhat, gm, bt)` when
-/// a ReLU is absorbed.
+/// a ReLU is absorbed. `xs` holds `xhat`, or with `norm = Some((mu, is))` the input itself,
+/// whose `xhat = (x - mu) * is` is then recomputed exactly as the forward made it.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
     "x86_64+avx2+fma"
 ))]
-fn plane_grad_sums(dy: &[f32], xh: &[f32], relu: Option<(f32, f32)>, s: &mut LaneSums) {
-    let (cd, cx) = (dy.chunks_exact(8), xh.chunks_exact(8));
-    let (rd, rx) = (cd.remainder(), cx.remainder());
-    match relu {
-        None => {
-            for (&g, &x) in rd.iter().zip(rx) {
-                s.t0 += g as f64;
-                s.t1 += g as f64 * x as f64;
-            }
-            for (d8, x8) in cd.zip(cx) {
-                for l in 0..8 {
-                    s.l0[l] += d8[l] as f64;
-                    s.l1[l] += d8[l] as f64 * x8[l] as f64;
-                }
+fn plane_grad_sums(
+    dy: &[f32],
+    xs: &[f32],
+    norm: Option<(f32, f32)>,
+    relu: Option<(f32, f32)>,
+    s: &mut LaneSums,
+) {
+    /// The sums once, for any `xhat` source and gradient mask: each use below is its own
+    /// loop, with nothing decided per element.
+    #[inline(always)]
+    fn sums(
+        dy: &[f32],
+        xs: &[f32],
+        xh: impl Fn(f32) -> f32,
+        mask: impl Fn(f32, f32) -> f32,
+        s: &mut LaneSums,
+    ) {
+        let (cd, cx) = (dy.chunks_exact(8), xs.chunks_exact(8));
+        let (rd, rx) = (cd.remainder(), cx.remainder());
+        for (&g, &v) in rd.iter().zip(rx) {
+            let x = xh(v);
+            let g = mask(g, x) as f64;
+            s.t0 += g;
+            s.t1 += g * x as f64;
+        }
+        for (d8, x8) in cd.zip(cx) {
+            for l in 0..8 {
+                let x = xh(x8[l]);
+                let g = mask(d8[l], x) as f64;
+                s.l0[l] += g;
+                s.l1[l] += g * x as f64;
             }
         }
-        Some((gm, bt)) => {
-            for (&g, &x) in rd.iter().zip(rx) {
-                let g = relu_grad(g, x, gm, bt) as f64;
-                s.t0 += g;
-                s.t1 += g * x as f64;
-            }
-            for (d8, x8) in cd.zip(cx) {
-                for l in 0..8 {
-                    let g = relu_grad(d8[l], x8[l], gm, bt) as f64;
-                    s.l0[l] += g;
-                    s.l1[l] += g * x8[l] as f64;
-                }
-            }
+    }
+    match (norm, relu) {
+        (None, None) => sums(dy, xs, |v| v, |g, _| g, s),
+        (None, Some((gm, bt))) => sums(dy, xs, |v| v, |g, x| relu_grad(g, x, gm, bt), s),
+        (Some((mu, is)), None) => sums(dy, xs, |v| (v - mu) * is, |g, _| g, s),
+        (Some((mu, is)), Some((gm, bt))) => {
+            sums(dy, xs, |v| (v - mu) * is, |g, x| relu_grad(g, x, gm, bt), s)
         }
     }
 }
@@ -173,39 +185,53 @@ enum DxOut<'a> {
 ))]
 fn plane_input_grad(
     dy: &[f32],
-    xh: &[f32],
+    xs: &[f32],
+    norm: Option<(f32, f32)>,
     dx: DxOut<'_>,
     consts: (f32, f32, f32),
     relu: Option<(f32, f32)>,
 ) {
-    /// The formula once, over any output slots (`put` stores or adds): each of the four
-    /// uses below is its own loop, with nothing decided per element.
+    /// The formula once, over any output slots (`put` stores or adds), `xs` holding `xhat`
+    /// or the input (`norm`, as in [`plane_grad_sums`]): each use below is its own loop,
+    /// with nothing decided per element.
     #[inline(always)]
     fn each<O>(
         out: &mut [O],
         dy: &[f32],
-        xh: &[f32],
+        xs: &[f32],
+        norm: Option<(f32, f32)>,
         (k, mdy, mdyx): (f32, f32, f32),
         mask: impl Fn(f32, f32) -> f32,
         put: impl Fn(&mut O, f32),
     ) {
-        assert!(out.len() == dy.len() && xh.len() == dy.len());
-        for ((o, &g), &x) in out.iter_mut().zip(dy).zip(xh) {
-            put(o, k * (mask(g, x) - mdy - x * mdyx));
+        assert!(out.len() == dy.len() && xs.len() == dy.len());
+        match norm {
+            None => {
+                for ((o, &g), &x) in out.iter_mut().zip(dy).zip(xs) {
+                    put(o, k * (mask(g, x) - mdy - x * mdyx));
+                }
+            }
+            Some((mu, is)) => {
+                for ((o, &g), &v) in out.iter_mut().zip(dy).zip(xs) {
+                    let x = (v - mu) * is;
+                    put(o, k * (mask(g, x) - mdy - x * mdyx));
+                }
+            }
         }
     }
     let write = |o: &mut MaybeUninit<f32>, v: f32| {
         o.write(v);
     };
     let onto = |o: &mut f32, v: f32| *o += v;
+    let (n, c) = (norm, consts);
     match (dx, relu) {
-        (DxOut::Write(d), None) => each(d, dy, xh, consts, |g, _| g, write),
+        (DxOut::Write(d), None) => each(d, dy, xs, n, c, |g, _| g, write),
         (DxOut::Write(d), Some((gm, bt))) => {
-            each(d, dy, xh, consts, |g, x| relu_grad(g, x, gm, bt), write)
+            each(d, dy, xs, n, c, |g, x| relu_grad(g, x, gm, bt), write)
         }
-        (DxOut::Onto(a), None) => each(a, dy, xh, consts, |g, _| g, onto),
+        (DxOut::Onto(a), None) => each(a, dy, xs, n, c, |g, _| g, onto),
         (DxOut::Onto(a), Some((gm, bt))) => {
-            each(a, dy, xh, consts, |g, x| relu_grad(g, x, gm, bt), onto)
+            each(a, dy, xs, n, c, |g, x| relu_grad(g, x, gm, bt), onto)
         }
     }
 }
@@ -225,8 +251,19 @@ pub struct BatchNorm2d {
     recompute: Option<u64>,
     /// A ReLU absorbed from the next layer (see [`Layer::absorb_relu`]).
     relu: bool,
-    /// Normalised input and 1/std per channel, kept for backward.
-    saved: Option<(Vec<f32>, Vec<f32>, usize)>,
+    /// What the training forward kept for backward.
+    saved: Option<Saved>,
+}
+
+/// The training forward's values for backward: `xhat`, or the input itself when the model
+/// handed it over (`forward_owned`), with the batch means to recompute `xhat` from it. Keeping
+/// the input saves writing `xhat` (one pass over the data less; the same bytes kept).
+struct Saved {
+    /// `xhat` (`mean` is `None`) or the input.
+    data: Vec<f32>,
+    mean: Option<Vec<f32>>,
+    inv_std: Vec<f32>,
+    batch: usize,
 }
 
 impl BatchNorm2d {
@@ -272,10 +309,15 @@ impl BatchNorm2d {
         dy: &Tensor,
         onto: Option<Tensor>,
     ) -> Result<Tensor, NnError> {
-        let (xhat, inv_std, b) = self.saved.take().ok_or_else(|| NnError::NoForward {
+        let Saved {
+            data: xs,
+            mean,
+            inv_std,
+            batch: b,
+        } = self.saved.take().ok_or_else(|| NnError::NoForward {
             layer: self.name.clone(),
         })?;
-        if dy.len() != xhat.len() || onto.as_ref().is_some_and(|t| t.shape != dy.shape) {
+        if dy.len() != xs.len() || onto.as_ref().is_some_and(|t| t.shape != dy.shape) {
             return Err(NnError::shape(
                 &self.name,
                 format!("gradient {:?} does not match the forward pass", dy.shape),
@@ -288,9 +330,11 @@ impl BatchNorm2d {
         // (`relu_grad`).
         ctx.timed(Category::Other, |_| {
             // dbeta = sum dy, dgamma = sum dy * xhat
+            let norm = |ch: usize| mean.as_ref().map(|m| (m[ch], inv_std[ch]));
             let sums = self.channel_sums(b, |ch, base, s| {
                 let r = relu.then(|| (gamma[ch], beta[ch]));
-                plane_grad_sums(&dy.data[base..base + hw], &xhat[base..base + hw], r, s)
+                let (dyp, xp) = (&dy.data[base..base + hw], &xs[base..base + hw]);
+                plane_grad_sums(dyp, xp, norm(ch), r, s)
             });
             for (ch, &(dbeta, dgamma)) in sums.iter().enumerate() {
                 self.beta.grad[ch] = dbeta as f32;
@@ -302,9 +346,9 @@ impl BatchNorm2d {
                 let k = gamma[ch] * inv_std[ch];
                 let (dbeta, dgamma) = sums[ch];
                 let (mdy, mdyx) = ((dbeta / count) as f32, (dgamma / count) as f32);
-                let (dyi, xi) = (&dy.data[i * hw..][..hw], &xhat[i * hw..][..hw]);
+                let (dyi, xi) = (&dy.data[i * hw..][..hw], &xs[i * hw..][..hw]);
                 let r = relu.then(|| (gamma[ch], beta[ch]));
-                plane_input_grad(dyi, xi, out, (k, mdy, mdyx), r);
+                plane_input_grad(dyi, xi, norm(ch), out, (k, mdy, mdyx), r);
             };
             match onto {
                 Some(mut acc) => {
@@ -327,70 +371,18 @@ impl BatchNorm2d {
         })
     }
 
-    fn channel_sums(
-        &self,
-        batch: usize,
-        plane: impl Fn(usize, usize, &mut LaneSums) + Sync,
-    ) -> Vec<(f64, f64)> {
-        let (c, hw) = (self.c, self.hw);
-        (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let mut s = LaneSums::default();
-                for j in 0..batch {
-                    plane(ch, (j * c + ch) * hw, &mut s);
-                }
-                s.total()
-            })
-            .collect()
-    }
-}
-
-impl Layer for BatchNorm2d {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn describe(&self) -> String {
-        format!(
-            "batchnorm {} eps={} momentum={}{}",
-            self.c,
-            self.eps,
-            self.momentum,
-            if self.relu { " +relu" } else { "" }
-        )
-    }
-    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, NnError> {
-        match inputs {
-            [s] if *s == self.in_shape.as_slice() => Ok(self.in_shape.clone()),
-            _ => Err(NnError::shape(
-                &self.name,
-                format!("unexpected inputs {inputs:?}"),
-            )),
-        }
-    }
-    fn forward(
+    /// The forward pass over `x`; in training keeps `xhat` (`keep_xhat`) or the batch means
+    /// for the caller to keep the input with (see [`Saved`]).
+    fn normalise(
         &mut self,
         ctx: &mut Ctx<'_>,
-        inputs: &[&Tensor],
+        x: &Tensor,
         train: bool,
+        keep_xhat: bool,
     ) -> Result<Tensor, NnError> {
-        let x = match inputs {
-            [x] if x.shape.len() == self.in_shape.len() + 1
-                && x.shape[1..] == self.in_shape[..] =>
-            {
-                *x
-            }
-            _ => {
-                return Err(NnError::shape(
-                    &self.name,
-                    format!(
-                        "expects one input of example shape {:?}, got {:?}",
-                        self.in_shape,
-                        inputs.iter().map(|t| &t.shape).collect::<Vec<_>>()
-                    ),
-                ))
-            }
-        };
+        if x.shape.len() != self.in_shape.len() + 1 || x.shape[1..] != self.in_shape[..] {
+            return Err(self.bad_inputs(&[x]));
+        }
         let b = x.batch();
         let (c, hw) = (self.c, self.hw);
         let count = (b * hw) as f64;
@@ -456,7 +448,7 @@ impl Layer for BatchNorm2d {
             let (gamma, beta) = (&self.gamma.value, &self.beta.value);
             // Every plane is written whole by `plane_normalise`.
             let mut y = Fill::<f32>::new(x.len());
-            let mut xhat = Fill::<f32>::new(if train { x.len() } else { 0 });
+            let mut xhat = Fill::<f32>::new(if train && keep_xhat { x.len() } else { 0 });
             let relu = self.relu;
             let work =
                 |i: usize, yo: &mut [MaybeUninit<f32>], xo: Option<&mut [MaybeUninit<f32>]>| {
@@ -464,14 +456,32 @@ impl Layer for BatchNorm2d {
                     let consts = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
                     plane_normalise(&x.data[i * hw..][..hw], yo, xo, consts, relu);
                 };
-            if train {
+            if train && keep_xhat {
                 y.slots()
                     .par_chunks_mut(hw)
                     .zip(xhat.slots().par_chunks_mut(hw))
                     .enumerate()
                     .for_each(|(i, (yo, xo))| work(i, yo, Some(xo)));
-                // SAFETY: `work` wrote every plane of both.
-                self.saved = Some((unsafe { xhat.assume_init() }, inv_std, b));
+                self.saved = Some(Saved {
+                    // SAFETY: `work` wrote every plane of both.
+                    data: unsafe { xhat.assume_init() },
+                    mean: None,
+                    inv_std,
+                    batch: b,
+                });
+            } else if train {
+                // The same `y` bits as above (`plane_normalise` computes `xhat` first either
+                // way); the caller stores the input in `data`.
+                y.slots()
+                    .par_chunks_mut(hw)
+                    .enumerate()
+                    .for_each(|(i, yo)| work(i, yo, None));
+                self.saved = Some(Saved {
+                    data: Vec::new(),
+                    mean: Some(mean),
+                    inv_std,
+                    batch: b,
+                });
             } else {
                 y.slots()
                     .par_chunks_mut(hw)
@@ -482,6 +492,84 @@ impl Layer for BatchNorm2d {
             // SAFETY: as above.
             Tensor::new(unsafe { y.assume_init() }, x.shape.clone())
         })
+    }
+
+    fn bad_inputs(&self, inputs: &[&Tensor]) -> NnError {
+        NnError::shape(
+            &self.name,
+            format!(
+                "expects one input of example shape {:?}, got {:?}",
+                self.in_shape,
+                inputs.iter().map(|t| &t.shape).collect::<Vec<_>>()
+            ),
+        )
+    }
+
+    fn channel_sums(
+        &self,
+        batch: usize,
+        plane: impl Fn(usize, usize, &mut LaneSums) + Sync,
+    ) -> Vec<(f64, f64)> {
+        let (c, hw) = (self.c, self.hw);
+        (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let mut s = LaneSums::default();
+                for j in 0..batch {
+                    plane(ch, (j * c + ch) * hw, &mut s);
+                }
+                s.total()
+            })
+            .collect()
+    }
+}
+
+impl Layer for BatchNorm2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn describe(&self) -> String {
+        format!(
+            "batchnorm {} eps={} momentum={}{}",
+            self.c,
+            self.eps,
+            self.momentum,
+            if self.relu { " +relu" } else { "" }
+        )
+    }
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, NnError> {
+        match inputs {
+            [s] if *s == self.in_shape.as_slice() => Ok(self.in_shape.clone()),
+            _ => Err(NnError::shape(
+                &self.name,
+                format!("unexpected inputs {inputs:?}"),
+            )),
+        }
+    }
+    fn forward(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        inputs: &[&Tensor],
+        train: bool,
+    ) -> Result<Tensor, NnError> {
+        let x = match inputs {
+            [x] => *x,
+            _ => return Err(self.bad_inputs(inputs)),
+        };
+        self.normalise(ctx, x, train, true)
+    }
+    /// Keeps the handed-over input for backward instead of writing `xhat` (see [`Saved`]).
+    fn forward_owned(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        x: Tensor,
+        train: bool,
+    ) -> Result<Tensor, NnError> {
+        let y = self.normalise(ctx, &x, train, false)?;
+        if let Some(saved) = &mut self.saved {
+            saved.data = x.data;
+        }
+        Ok(y)
     }
     fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
         Ok(vec![self.input_grad(ctx, dy, None)?])
@@ -516,9 +604,9 @@ impl Layer for BatchNorm2d {
         ]
     }
     fn saved_bytes(&self) -> usize {
-        self.saved
-            .as_ref()
-            .map_or(0, |(x, s, _)| 4 * (x.len() + s.len()))
+        self.saved.as_ref().map_or(0, |s| {
+            4 * (s.data.len() + s.inv_std.len() + s.mean.as_ref().map_or(0, |m| m.len()))
+        })
     }
     fn clear_saved(&mut self) {
         self.saved = None;

@@ -46,6 +46,19 @@ pub trait Layer: Send {
         inputs: &[&Tensor],
         train: bool,
     ) -> Result<Tensor, NnError>;
+    /// [`Layer::forward`] of a one-input layer given its input by value, which the model does
+    /// when no later layer reads it: a layer whose output has the input's shape can write it
+    /// in place of the input instead of into fresh memory (whose first touch the kernel must
+    /// clear page by page). The same bits as [`Layer::forward`], which is what this default
+    /// calls.
+    fn forward_owned(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        x: Tensor,
+        train: bool,
+    ) -> Result<Tensor, NnError> {
+        self.forward(ctx, &[&x], train)
+    }
     fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError>;
     /// [`Layer::backward`] given the gradient by value (what the model calls): a layer that
     /// passes it on unchanged hands it over instead of copying it.

@@ -269,6 +269,14 @@ impl Model {
                 values[i + 1] = values[node.inputs[0]].take();
                 continue;
             }
+            // An input no later layer reads is handed over (`forward_owned`).
+            if let [v] = node.inputs[..] {
+                if self.last_use[v] == i {
+                    let x = values[v].take().expect("value computed and not yet freed");
+                    values[i + 1] = Some(node.layer.forward_owned(ctx, x, train)?);
+                    continue;
+                }
+            }
             let out = {
                 let ins: Vec<&Tensor> = node
                     .inputs

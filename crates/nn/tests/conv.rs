@@ -1205,3 +1205,81 @@ fn batchnorm_backward_onto_a_gradient_gives_the_bits_of_adding_after() {
         .to_string();
     assert!(err.contains("bn7"), "{err}");
 }
+
+#[test]
+fn batchnorm_keeping_its_handed_over_input_gives_the_bits_of_keeping_xhat() {
+    // `forward_owned` keeps the input and recomputes xhat in backward instead of writing it
+    // in forward: outputs, parameter gradients and dx (written or added onto a gradient) must
+    // not change by a bit, with and without the absorbed ReLU, on awkward shapes, with a mean
+    // far from zero and a constant channel.
+    let backend = CpuBackend;
+    let policy = Precision::fp32();
+    for (relu, onto, (b, c, h, w)) in [
+        (false, false, (3, 4, 7, 5)),
+        (true, false, (2, 3, 33, 1)),
+        (true, true, (5, 2, 1, 1)),
+        (false, true, (1, 3, 32, 33)),
+        (true, false, (1, 1, 1, 2)),
+    ] {
+        let n = b * c * h * w;
+        let mut xv = rand_vec(n, 800 + n as u64);
+        let hw = h * w;
+        for j in 0..b {
+            // channel 0: offset by 1000; the last channel constant.
+            for v in &mut xv[(j * c) * hw..(j * c + 1) * hw] {
+                *v += 1000.0;
+            }
+            if c > 1 {
+                xv[(j * c + c - 1) * hw..(j * c + c) * hw].fill(0.25);
+            }
+        }
+        let x = Tensor::new(xv, vec![b, c, h, w]).unwrap();
+        let dy = Tensor::new(rand_vec(n, 900 + n as u64), vec![b, c, h, w]).unwrap();
+        let acc = Tensor::new(rand_vec(n, 950 + n as u64), vec![b, c, h, w]).unwrap();
+        let run = |owned: bool| {
+            let mut bn = BatchNorm2d::new("bn", &[c, h, w], 1e-5, 0.1).unwrap();
+            if relu {
+                assert!(bn.absorb_relu());
+            }
+            let mut ctx = Ctx::new(&backend, &policy, 1);
+            let y = if owned {
+                bn.forward_owned(&mut ctx, x.clone(), true).unwrap()
+            } else {
+                bn.forward(&mut ctx, &[&x], true).unwrap()
+            };
+            let saved = bn.saved_bytes();
+            let dx = if onto {
+                bn.backward_onto(&mut ctx, &dy, acc.clone()).unwrap()
+            } else {
+                bn.backward(&mut ctx, &dy).unwrap().remove(0)
+            };
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let stats = (bits(&bn.running_mean), bits(&bn.running_var));
+            (
+                bits(&y.data),
+                bits(&dx.data),
+                bits(&bn.gamma.grad),
+                bits(&bn.beta.grad),
+                stats,
+                saved >= 4 * n,
+            )
+        };
+        assert!(
+            run(true) == run(false),
+            "relu {relu}, onto {onto}, shape {:?}",
+            (b, c, h, w)
+        );
+    }
+    // Evaluation keeps nothing; a wrong shape is refused by name.
+    let mut bn = BatchNorm2d::new("bn9", &[2, 2, 2], 1e-5, 0.1).unwrap();
+    let mut ctx = Ctx::new(&backend, &policy, 1);
+    let x = Tensor::new(rand_vec(16, 3), vec![2, 2, 2, 2]).unwrap();
+    bn.forward_owned(&mut ctx, x.clone(), false).unwrap();
+    assert_eq!(bn.saved_bytes(), 0);
+    let wrong = Tensor::new(rand_vec(16, 3), vec![2, 4, 2, 1]).unwrap();
+    let err = bn
+        .forward_owned(&mut ctx, wrong, true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bn9"), "{err}");
+}

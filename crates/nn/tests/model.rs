@@ -281,3 +281,53 @@ fn precision_policies_parse_with_overrides() {
         assert!(bad.parse::<Precision>().is_err(), "{bad}");
     }
 }
+
+/// The in-place ReLU (input and gradient handed over) against the allocating one, bit for
+/// bit, on awkward lengths with zeros of both signs, NaN, infinities and the largest floats.
+#[test]
+fn relu_in_place_matches_the_allocating_relu() {
+    use lowprec_nn::activation::Relu;
+    use lowprec_nn::Layer;
+    let policy = Precision::fp32();
+    let backend = CpuBackend;
+    let mut rng = TestRng::fresh("relu_in_place");
+    let specials = [
+        0.0,
+        -0.0,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -f32::MAX,
+        f32::MIN_POSITIVE,
+        -1e-45,
+    ];
+    for n in [0usize, 1, 7, 33, 1000, 70_001] {
+        let mut x = rng.vec(n, 2.0);
+        for (i, s) in specials.iter().enumerate() {
+            if i < n {
+                x[(i * 7919) % n] = *s;
+            }
+        }
+        let dy = rng.vec(n, 1.0);
+        let xt = Tensor::new(x, vec![1, n]).unwrap();
+        let dyt = Tensor::new(dy, vec![1, n]).unwrap();
+        let mut ctx = Ctx::new(&backend, &policy, 3);
+        let (mut a, mut b) = (Relu::new("a"), Relu::new("b"));
+        let ya = a.forward(&mut ctx, &[&xt], true).unwrap();
+        let yb = b.forward_owned(&mut ctx, xt.clone(), true).unwrap();
+        let bits = |t: &Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&ya), bits(&yb), "forward, n = {n}");
+        let da = a.backward(&mut ctx, &dyt).unwrap();
+        let db = b.backward_owned(&mut ctx, dyt.clone()).unwrap();
+        assert_eq!(bits(&da[0]), bits(&db[0]), "backward, n = {n}");
+        assert!(
+            b.backward_owned(&mut ctx, dyt).is_err(),
+            "no second backward"
+        );
+        // Evaluation keeps no mask.
+        let ye = b.forward_owned(&mut ctx, xt, false).unwrap();
+        assert_eq!(bits(&ye), bits(&ya));
+        assert_eq!(b.saved_bytes(), 0);
+    }
+}
