@@ -6,6 +6,7 @@
 //! same three methods later without touching the layers. Every backend must follow the
 //! semantics in [`crate::types`] so that results are bit-identical across backends.
 
+use crate::im2col_b::QIm2colRef;
 use crate::types::{GemmSpec, MatMut, MatRef, QMatRef};
 use crate::KernelError;
 
@@ -21,6 +22,32 @@ pub trait GemmBackend: Send + Sync {
         spec: GemmSpec,
         c: MatMut<'_, f32>,
     ) -> Result<(), KernelError>;
+
+    /// [`GemmBackend::gemm_q8`] with B the im2col matrix of 8-bit maps
+    /// ([`crate::im2col_b`]). By default the matrix is materialised (by its definition, one
+    /// element at a time) and handed to `gemm_q8`: the same bits, the same calls.
+    fn gemm_q8_im2col(
+        &self,
+        a: QMatRef<'_, i8>,
+        b: QIm2colRef<'_>,
+        spec: GemmSpec,
+        c: MatMut<'_, f32>,
+    ) -> Result<(), KernelError> {
+        let col = b.src.materialize();
+        let mat = MatRef::row_major(&col, b.src.rows(), b.src.cols())?;
+        let bm = QMatRef {
+            mat,
+            scales: b.scales,
+            max_abs: b.max_abs,
+        };
+        self.gemm_q8(a, bm, spec, c)
+    }
+
+    /// Whether [`GemmBackend::gemm_q8_im2col`] packs B from the maps, faster than a layer's
+    /// own im2col followed by `gemm_q8`; layers ask before choosing.
+    fn packs_im2col(&self) -> bool {
+        false
+    }
 
     /// Quantised GEMM with 9..16-bit mantissas stored as i16.
     fn gemm_q16(
@@ -64,6 +91,20 @@ impl GemmBackend for CpuBackend {
         c: MatMut<'_, f32>,
     ) -> Result<(), KernelError> {
         crate::gemm_q8(a, b, spec, c)
+    }
+    fn gemm_q8_im2col(
+        &self,
+        a: QMatRef<'_, i8>,
+        b: QIm2colRef<'_>,
+        spec: GemmSpec,
+        c: MatMut<'_, f32>,
+    ) -> Result<(), KernelError> {
+        crate::gemm_q8_im2col(a, b, spec, c)
+    }
+    /// On CPUs with the k-quad kernels (AVX-512 VNNI); elsewhere B would be materialised
+    /// element by element, slower than the layers' own im2col.
+    fn packs_im2col(&self) -> bool {
+        crate::Isa::detect().uses_quads()
     }
     fn gemm_q16(
         &self,

@@ -16,6 +16,7 @@
 
 pub mod bench;
 pub mod f32gemm;
+pub mod im2col_b;
 pub mod pack;
 pub mod qgemm;
 pub mod quad;
@@ -25,7 +26,8 @@ pub mod types;
 pub mod ukernel;
 
 pub use f32gemm::{gemm_f32_with, F32Impl};
-pub use qgemm::{gemm_i8_i32_with, gemm_q, serial};
+pub use im2col_b::{Im2colRef, QIm2colRef};
+pub use qgemm::{gemm_i8_i32_with, gemm_q, gemm_q8_im2col_with, serial};
 pub use types::{k_chunks, k_safe, segment_count, GemmSpec, MatMut, MatRef, QMatRef, Scales};
 pub use ukernel::Isa;
 
@@ -50,6 +52,18 @@ pub fn gemm_q8(
     c: MatMut<'_, f32>,
 ) -> Result<(), KernelError> {
     qgemm::gemm_q(Isa::detect(), a, b, spec, c)
+}
+
+/// [`gemm_q8`] with B the im2col matrix of 8-bit maps ([`im2col_b`]), packed from the maps on
+/// the k-quad kernels (materialised first on CPUs without them); the same bits as
+/// [`gemm_q8`] of the materialised matrix.
+pub fn gemm_q8_im2col(
+    a: QMatRef<'_, i8>,
+    b: QIm2colRef<'_>,
+    spec: GemmSpec,
+    c: MatMut<'_, f32>,
+) -> Result<(), KernelError> {
+    qgemm::gemm_q8_im2col_with(Isa::detect(), a, b, spec, c)
 }
 
 /// Quantised 9..16-bit GEMM (mantissas in i16); same bits as [`reference::gemm_q16_ref`].

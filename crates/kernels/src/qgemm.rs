@@ -22,6 +22,7 @@
 //! Threads split M or N (never K) and the integer sums are exact, so the result is the same bits
 //! for any thread count, any blocking and any kernel family.
 
+use crate::im2col_b::{Im2colPlan, QIm2colRef};
 use crate::pack::{pack_a, pack_b, QElem};
 use crate::reference::{validate_i32_shapes, validate_q_shapes};
 use crate::types::{k_chunks, k_safe, GemmSpec, MatMut, MatRef, QMatRef, Scales};
@@ -85,6 +86,19 @@ pub(crate) trait Family<T: QElem> {
         groups: usize,
         out: &mut [Self::PB],
     );
+    /// Packs columns `n0 .. n0 + nlen` of an im2col B (see [`crate::im2col_b`]). Only the
+    /// quad family has one: [`gemm_q8_im2col_with`] materialises B for the others.
+    fn pack_b_im2col(
+        _isa: Isa,
+        _plan: &Im2colPlan<'_>,
+        _n0: usize,
+        _nlen: usize,
+        _ranges: &[(usize, usize)],
+        _groups: usize,
+        _out: &mut [Self::PB],
+    ) {
+        unreachable!("im2col operands run on the quad family only");
+    }
     /// Whether `pack_a` writes per-piece row sums that the kernels read.
     const ROW_SUMS: bool;
     /// Offset of a piece starting at group `poff` inside an A strip.
@@ -247,6 +261,17 @@ impl<T: QElem> Family<T> for Quads {
     ) {
         let b = T::as_i8(b).expect("the quad family takes 8-bit mantissas");
         quad::pack_b(isa, &b, n0, nlen, ranges, groups, out)
+    }
+    fn pack_b_im2col(
+        isa: Isa,
+        plan: &Im2colPlan<'_>,
+        n0: usize,
+        nlen: usize,
+        ranges: &[(usize, usize)],
+        groups: usize,
+        out: &mut [u8],
+    ) {
+        quad::pack_b_im2col(isa, plan, n0, nlen, ranges, groups, out)
     }
     const ROW_SUMS: bool = true;
     fn a_piece(poff: usize) -> usize {
@@ -505,7 +530,9 @@ fn aligned<E: Copy + Default>(buf: &mut Vec<E>, len: usize) -> &mut [E] {
 struct Ctx<'a, T> {
     isa: Isa,
     a: MatRef<'a, T>,
+    /// B, or only its shape when `im2col` packs it.
     b: MatRef<'a, T>,
+    im2col: Option<&'a Im2colPlan<'a>>,
     steps: Vec<Step>,
     multi: bool,
     out: Out<'a>,
@@ -573,7 +600,12 @@ fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut W
     while jc < blk.n1 {
         let ncur = nc.min(blk.n1 - jc);
         for step in &ctx.steps {
-            F::pack_b(ctx.isa, &ctx.b, jc, ncur, &step.ranges, step.groups, bp);
+            match ctx.im2col {
+                Some(plan) => {
+                    F::pack_b_im2col(ctx.isa, plan, jc, ncur, &step.ranges, step.groups, bp)
+                }
+                None => F::pack_b(ctx.isa, &ctx.b, jc, ncur, &step.ranges, step.groups, bp),
+            }
             let bstrip = step.groups * nr * ku;
             let nranges = step.ranges.len();
             let mut ic = blk.m0;
@@ -967,25 +999,117 @@ pub fn gemm_q<T: QElem>(
         sb: b.scales,
         accumulate: spec.accumulate,
     };
-    run_family(isa, a.mat, b.mat, &chunks, out);
+    run_family(isa, a.mat, b.mat, None, &chunks, out);
+    Ok(())
+}
+
+/// [`gemm_q`] for 8-bit mantissas with B an im2col matrix ([`crate::im2col_b`]): packed from
+/// the maps on the quad family, materialised (by its definition) and handed to [`gemm_q`]
+/// otherwise. The same bits either way, and as [`gemm_q`] of the materialised matrix.
+pub fn gemm_q8_im2col_with(
+    isa: Isa,
+    a: QMatRef<'_, i8>,
+    b: QIm2colRef<'_>,
+    spec: GemmSpec,
+    c: MatMut<'_, f32>,
+) -> Result<(), KernelError> {
+    let isa = isa.or_supported();
+    let (m, k, n) = (a.mat.rows, a.mat.cols, b.src.cols());
+    if b.src.rows() != k {
+        return Err(KernelError::Shape(format!(
+            "A is {m}x{k} but the im2col B is {}x{n}: inner dimensions differ",
+            b.src.rows()
+        )));
+    }
+    // The materialised route where this CPU has no quad kernels or the segments are short
+    // enough for the direct path (which reads B by element).
+    let short = spec.segment > 0
+        && crate::smallseg::eligible::<i8>(
+            &k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs)),
+            a.max_abs,
+            b.max_abs,
+        );
+    if !isa.uses_quads() || short {
+        let col = b.src.materialize();
+        let bm = QMatRef {
+            mat: MatRef::row_major(&col, k, n)?,
+            scales: b.scales,
+            max_abs: b.max_abs,
+        };
+        return gemm_q(isa, a, bm, spec, c);
+    }
+    // Shape checks of `validate_q_shapes`, B's from the im2col view.
+    if c.rows != m || c.cols != n || c.ld < n || (m > 0 && c.data.len() < (m - 1) * c.ld + n) {
+        return Err(KernelError::Shape(format!(
+            "C is {}x{} (ld {}, {} elements) but A*B is {m}x{n}",
+            c.rows,
+            c.cols,
+            c.ld,
+            c.data.len()
+        )));
+    }
+    if spec.segment == 0 {
+        return Err(KernelError::Shape("segment length must be >= 1".into()));
+    }
+    a.mat.check("A")?;
+    let segs = crate::types::segment_count(k, spec.segment);
+    a.scales.check("A scales", segs, m)?;
+    b.scales.check("B scales", segs, n)?;
+    check_range("A", &a.mat, a.max_abs)?;
+    // B holds the maps' values and zeros: the maps' range is B's.
+    let maps = MatRef::row_major(b.src.maps, 1, b.src.maps.len())?;
+    check_range("B (maps)", &maps, b.max_abs)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !spec.accumulate {
+            for r in 0..m {
+                c.data[r * c.ld..r * c.ld + n].fill(0.0);
+            }
+        }
+        return Ok(());
+    }
+    let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
+    let plan = Im2colPlan::new(b.src);
+    let out = Out::Q {
+        c: SendPtr(c.data.as_mut_ptr()),
+        ldc: c.ld,
+        sa: a.scales,
+        sb: b.scales,
+        accumulate: spec.accumulate,
+    };
+    // B's shape only: the packer reads the maps through `plan`.
+    let shape = MatRef {
+        data: &[],
+        rows: k,
+        cols: n,
+        row_stride: 0,
+        col_stride: 0,
+    };
+    run_family(isa, a.mat, shape, Some(&plan), &chunks, out);
     Ok(())
 }
 
 /// Runs the chunks of `A * B` into `out` on the family `isa` selects: k-quads for 8-bit
 /// mantissas where the family uses them, k-pairs otherwise.
-fn run_family<T: QElem>(
+///
+/// `im2col`, when given, packs B (whose view then only gives the shape): quad family only.
+fn run_family<'a, T: QElem>(
     isa: Isa,
-    a: MatRef<'_, T>,
-    b: MatRef<'_, T>,
+    a: MatRef<'a, T>,
+    b: MatRef<'a, T>,
+    im2col: Option<&'a Im2colPlan<'a>>,
     chunks: &[(usize, usize, usize)],
-    out: Out<'_>,
+    out: Out<'a>,
 ) {
-    fn go<T: QElem, F: Family<T>>(
+    fn go<'a, T: QElem, F: Family<T>>(
         isa: Isa,
-        a: MatRef<'_, T>,
-        b: MatRef<'_, T>,
+        a: MatRef<'a, T>,
+        b: MatRef<'a, T>,
+        im2col: Option<&'a Im2colPlan<'a>>,
         chunks: &[(usize, usize, usize)],
-        out: Out<'_>,
+        out: Out<'a>,
     ) {
         let (m, k, n) = (a.rows, a.cols, b.cols);
         let (steps, multi) = build_steps(chunks, F::KU, F::KC);
@@ -993,6 +1117,7 @@ fn run_family<T: QElem>(
             isa,
             a,
             b,
+            im2col,
             steps,
             multi,
             out,
@@ -1001,9 +1126,13 @@ fn run_family<T: QElem>(
         run_blocks::<T, F>(&ctx, &blocks);
     }
     if isa.uses_quads() && T::as_i8(&a).is_some() {
-        go::<T, Quads>(isa, a, b, chunks, out)
+        go::<T, Quads>(isa, a, b, im2col, chunks, out)
     } else {
-        go::<T, Pairs>(isa.pair_isa(), a, b, chunks, out)
+        assert!(
+            im2col.is_none(),
+            "im2col operands run on the quad family only"
+        );
+        go::<T, Pairs>(isa.pair_isa(), a, b, None, chunks, out)
     }
 }
 
@@ -1030,7 +1159,7 @@ pub fn gemm_i8_i32_with(
         c: SendPtr(c.data.as_mut_ptr()),
         ldc: c.ld,
     };
-    run_family(isa, a, b, &[(0, 0, k)], out);
+    run_family(isa, a, b, None, &[(0, 0, k)], out);
     Ok(())
 }
 

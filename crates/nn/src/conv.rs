@@ -37,7 +37,7 @@
 //! `normal(0, sqrt(2/n))` in uniform form); biases start at 0.
 
 use lowprec_formats::{Block, NumberFormat, StreamKey};
-use lowprec_kernels::{GemmSpec, MatMut, MatRef, QMatRef, Scales};
+use lowprec_kernels::{GemmSpec, Im2colRef, MatMut, MatRef, QIm2colRef, QMatRef, Scales};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
@@ -564,9 +564,7 @@ fn conv_chunk(
                 max_abs: xmax,
             },
         ) => {
-            let mut col = Scratch::<i8>::new(rows * n);
             let xin = &xm[b0 * g.in_len()..(b0 + nb) * g.in_len()];
-            clock(&mut t.im2col, || im2col(g, xin, nb, &mut col));
             let a = QMatRef {
                 mat: row_major(wm, cout, rows),
                 scales: if *per_channel {
@@ -576,16 +574,36 @@ fn conv_chunk(
                 },
                 max_abs: *wmax,
             };
-            let bq = QMatRef {
-                mat: row_major(&col, rows, n),
-                scales: Scales::per_group(&xs[b0..b0 + nb], p),
-                max_abs: i8_operand_bound(*xmax),
-            };
+            let (sb, bound) = (
+                Scales::per_group(&xs[b0..b0 + nb], p),
+                i8_operand_bound(*xmax),
+            );
             let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
-            clock(&mut t.gemm, || {
-                backend.gemm_q8(a, bq, GemmSpec::whole_k(), cm)
-            })
-            .map_err(kerr)?;
+            if packs_from_maps(backend, g) {
+                // The backend packs the columns from the maps (no im2col matrix).
+                let src = Im2colRef::new(xin, nb, g.cin, g.h, g.w, g.k).map_err(kerr)?;
+                let bq = QIm2colRef {
+                    src,
+                    scales: sb,
+                    max_abs: bound,
+                };
+                clock(&mut t.gemm, || {
+                    backend.gemm_q8_im2col(a, bq, GemmSpec::whole_k(), cm)
+                })
+                .map_err(kerr)?;
+            } else {
+                let mut col = Scratch::<i8>::new(rows * n);
+                clock(&mut t.im2col, || im2col(g, xin, nb, &mut col));
+                let bq = QMatRef {
+                    mat: row_major(&col, rows, n),
+                    scales: sb,
+                    max_abs: bound,
+                };
+                clock(&mut t.gemm, || {
+                    backend.gemm_q8(a, bq, GemmSpec::whole_k(), cm)
+                })
+                .map_err(kerr)?;
+            }
             false
         }
         _ => {
@@ -638,6 +656,20 @@ fn conv_chunk(
         });
     });
     Ok(t)
+}
+
+/// Whether the integer GEMM of `g` takes its columns straight from the 8-bit maps
+/// ([`lowprec_kernels::im2col_b`]): "same" convolutions whose output maps are whole 32-column
+/// strips (32x32, 16x16 and 8x8 maps; not VGG16's 4x4 and 2x2), on a backend that packs them
+/// (AVX-512 VNNI). The layer's own im2col wrote a matrix 9 times the maps that the GEMM's
+/// packer then read back (`lowprec profile preresnet20-cifar --batch 128 --precision bfp8`).
+fn packs_from_maps(backend: &dyn lowprec_kernels::GemmBackend, g: &ConvGeom) -> bool {
+    g.stride == 1
+        && g.k % 2 == 1
+        && g.pad == g.k / 2
+        && (g.ho, g.wo) == (g.h, g.w)
+        && g.out_pixels().is_multiple_of(32)
+        && backend.packs_im2col()
 }
 
 /// The bound declared to the integer GEMM for a large 8-bit operand built here (im2col

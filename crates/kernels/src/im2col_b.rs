@@ -1,0 +1,164 @@
+//! A GEMM B operand that is the im2col matrix of 8-bit feature maps, packed by the k-quad
+//! family straight from the maps instead of from a materialised column matrix.
+//!
+//! For a "same" convolution (stride 1, odd kernel side `k`, padding `k / 2`) over `E` examples
+//! of `C` planes `h x w`, the column matrix has `C * k * k` rows (tap `(c, ky, kx)`) and
+//! `E * h * w` columns (output pixel `(e, oy, ox)`):
+//!
+//! ```text
+//! B[(c, ky, kx), (e, oy, ox)] = maps[e, c, oy + ky - pad, ox + kx - pad]   (0 outside the plane)
+//! ```
+//!
+//! Row `(c, ky, kx)` of one example is the plane shifted by a constant offset with the
+//! border zeroed, so 32 consecutive columns of one example are one masked 32-byte load. The
+//! convolution layers used to write this matrix whole (`K x N` bytes, 9 times the maps) and the
+//! packer read it back; here the packer reads the maps (in cache) and the matrix never exists.
+//! [`Im2colRef::at`] is the plain definition the packers and tests are checked against.
+
+use crate::types::Scales;
+use crate::KernelError;
+
+/// The im2col matrix of `examples x channels x h x w` 8-bit maps for a `k x k` "same"
+/// convolution (see the module docs). A view: nothing is copied.
+#[derive(Clone, Copy, Debug)]
+pub struct Im2colRef<'a> {
+    pub maps: &'a [i8],
+    pub examples: usize,
+    pub channels: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+}
+
+impl<'a> Im2colRef<'a> {
+    /// Checks that `maps` holds the examples and that `k` is an odd kernel side.
+    pub fn new(
+        maps: &'a [i8],
+        examples: usize,
+        channels: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+    ) -> Result<Self, KernelError> {
+        if k.is_multiple_of(2) {
+            return Err(KernelError::Shape(format!(
+                "im2col operand: kernel side {k} must be odd for a same-size convolution"
+            )));
+        }
+        let need = examples * channels * h * w;
+        if maps.len() != need {
+            return Err(KernelError::Shape(format!(
+                "im2col operand: {examples} examples of {channels}x{h}x{w} need {need} values, \
+                 got {}",
+                maps.len()
+            )));
+        }
+        Ok(Im2colRef {
+            maps,
+            examples,
+            channels,
+            h,
+            w,
+            k,
+        })
+    }
+
+    /// Rows of the column matrix (`channels * k * k`).
+    pub fn rows(&self) -> usize {
+        self.channels * self.k * self.k
+    }
+
+    /// Columns of the column matrix (`examples * h * w`).
+    pub fn cols(&self) -> usize {
+        self.examples * self.h * self.w
+    }
+
+    pub fn pad(&self) -> usize {
+        self.k / 2
+    }
+
+    /// Element `(r, n)` of the column matrix, by the definition.
+    pub fn at(&self, r: usize, n: usize) -> i8 {
+        let (k, hw) = (self.k, self.h * self.w);
+        let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        let (e, p) = (n / hw, n % hw);
+        let iy = (p / self.w + ky) as isize - self.pad() as isize;
+        let ix = (p % self.w + kx) as isize - self.pad() as isize;
+        if iy < 0 || ix < 0 || iy >= self.h as isize || ix >= self.w as isize {
+            return 0;
+        }
+        self.maps[((e * self.channels + c) * self.h + iy as usize) * self.w + ix as usize]
+    }
+
+    /// The whole column matrix, row-major (`rows x cols`), by the definition.
+    pub fn materialize(&self) -> Vec<i8> {
+        let (rows, cols) = (self.rows(), self.cols());
+        let mut out = Vec::with_capacity(rows * cols);
+        for r in 0..rows {
+            out.extend((0..cols).map(|n| self.at(r, n)));
+        }
+        out
+    }
+}
+
+/// An im2col B operand with its block scales (per column, as a [`crate::QMatRef`]'s) and a
+/// bound on its magnitudes (that of the maps; padding adds zeros).
+#[derive(Clone, Copy, Debug)]
+pub struct QIm2colRef<'a> {
+    pub src: Im2colRef<'a>,
+    pub scales: Scales<'a>,
+    pub max_abs: u32,
+}
+
+/// What the packer needs per row and per 32-column strip, computed once per GEMM.
+pub(crate) struct Im2colPlan<'a> {
+    pub src: Im2colRef<'a>,
+    /// Per row `(c, ky, kx)`: the offset of its source value from the output pixel's own
+    /// position, `c * h * w + (ky - pad) * w + (kx - pad)`, and its tap `ky * k + kx`.
+    pub row_offset: Vec<isize>,
+    pub row_tap: Vec<usize>,
+    /// Whether the strips of 32 columns lie inside one example each (`h * w % 32 == 0`), so
+    /// that the masked-load packer applies.
+    pub strips: bool,
+    /// `masks[tap * strips_per_example + s]`: bit `i` set when column `32 s + i` of an example
+    /// reads inside the plane at that tap.
+    pub masks: Vec<u32>,
+}
+
+impl<'a> Im2colPlan<'a> {
+    pub fn new(src: Im2colRef<'a>) -> Self {
+        let (k, h, w) = (src.k, src.h, src.w);
+        let (hw, pad) = (h * w, src.pad() as isize);
+        let rows = src.rows();
+        let mut row_offset = Vec::with_capacity(rows);
+        let mut row_tap = Vec::with_capacity(rows);
+        for r in 0..rows {
+            let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+            row_offset
+                .push((c * hw) as isize + (ky as isize - pad) * w as isize + kx as isize - pad);
+            row_tap.push(ky * k + kx);
+        }
+        let strips = hw % 32 == 0;
+        let per = hw / 32;
+        let mut masks = Vec::new();
+        if strips {
+            masks.resize(k * k * per, 0u32);
+            for tap in 0..k * k {
+                let (ky, kx) = ((tap / k) as isize - pad, (tap % k) as isize - pad);
+                for p in 0..hw {
+                    let (iy, ix) = ((p / w) as isize + ky, (p % w) as isize + kx);
+                    if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                        masks[tap * per + p / 32] |= 1 << (p % 32);
+                    }
+                }
+            }
+        }
+        Im2colPlan {
+            src,
+            row_offset,
+            row_tap,
+            strips,
+            masks,
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The im2col B operand: its definition against a direct loop over the convolution's taps, and
+//! the GEMM that packs it from the maps against the reference GEMM of the materialised matrix,
+//! bit for bit, on every kernel family and at 1 and 2 threads.
+
+mod common;
+
+use common::*;
+use lowprec_kernels::reference::gemm_q8_ref;
+use lowprec_kernels::{
+    gemm_q8_im2col_with, GemmSpec, Im2colRef, Isa, KernelError, MatMut, MatRef, QIm2colRef,
+    QMatRef, Scales,
+};
+
+const ISAS: [Isa; 4] = [Isa::Generic, Isa::Avx2, Isa::GenericQuad, Isa::Avx512Vnni];
+
+/// The column matrix of a same-size convolution, written tap by tap (seven loops).
+fn im2col_direct(maps: &[i8], e: usize, c: usize, h: usize, w: usize, k: usize) -> Vec<i8> {
+    let (p, cols) = (k / 2, e * h * w);
+    let mut out = vec![0i8; c * k * k * cols];
+    for ex in 0..e {
+        for ch in 0..c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    for oy in 0..h {
+                        for ox in 0..w {
+                            let (iy, ix) = (oy + ky, ox + kx);
+                            if iy < p || ix < p || iy - p >= h || ix - p >= w {
+                                continue;
+                            }
+                            let r = (ch * k + ky) * k + kx;
+                            let col = (ex * h + oy) * w + ox;
+                            out[r * cols + col] = maps[((ex * c + ch) * h + iy - p) * w + ix - p];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Maps of (examples, channels, h, w, k), M, and the maps' bound.
+const CASES: [(usize, usize, usize, usize, usize, usize, u32); 9] = [
+    (1, 1, 1, 1, 1, 1, 127),
+    (1, 1, 1, 7, 3, 7, 127),
+    (2, 3, 5, 7, 3, 33, 128),
+    (3, 16, 8, 8, 3, 16, 128),
+    (2, 16, 32, 32, 3, 16, 128),
+    (1, 5, 8, 4, 5, 9, 100),
+    (4, 32, 16, 16, 3, 32, 128),
+    (7, 2, 4, 8, 1, 3, 128),
+    (2, 64, 8, 8, 3, 64, 128),
+];
+
+#[test]
+fn definition_matches_the_direct_loop() {
+    for (seed, &(e, c, h, w, k, _, max)) in CASES.iter().enumerate() {
+        let maps = rand_i8(seed as u64, 1, e * c * h * w, max);
+        let src = Im2colRef::new(&maps, e, c, h, w, k).unwrap();
+        assert_eq!(
+            src.materialize(),
+            im2col_direct(&maps, e, c, h, w, k),
+            "{e}x{c}x{h}x{w} k{k}"
+        );
+    }
+}
+
+#[test]
+fn gemm_from_the_maps_matches_the_reference_on_the_matrix() {
+    for (seed, &(e, c, h, w, k, m, max)) in CASES.iter().enumerate() {
+        let seed = 50 + seed as u64;
+        let mut maps = rand_i8(seed, 1, e * c * h * w, max);
+        // Extremes at both ends of the maps.
+        maps[0] = -(max.min(128) as i64) as i8;
+        let last = maps.len() - 1;
+        maps[last] = max.min(127) as i8;
+        let src = Im2colRef::new(&maps, e, c, h, w, k).unwrap();
+        let (kk, n) = (src.rows(), src.cols());
+        let col = src.materialize();
+        let wdata = rand_i8(seed, 2, m * kk, 127);
+        let sa = rand_scales(seed, 3, m);
+        let sb = rand_scales(seed, 4, e);
+        for accumulate in [false, true] {
+            let qa = QMatRef {
+                mat: MatRef::row_major(&wdata, m, kk).unwrap(),
+                scales: Scales::per_index(&sa),
+                max_abs: 127,
+            };
+            let sbs = Scales::per_group(&sb, h * w);
+            let qb = QMatRef {
+                mat: MatRef::row_major(&col, kk, n).unwrap(),
+                scales: sbs,
+                max_abs: max,
+            };
+            let spec = GemmSpec {
+                segment: usize::MAX,
+                accumulate,
+            };
+            let c0: Vec<f32> = (0..m * n)
+                .map(|i| f32_in(seed, 5, i as u64, -2.0, 2.0))
+                .collect();
+            let mut want = c0.clone();
+            gemm_q8_ref(qa, qb, spec, MatMut::row_major(&mut want, m, n).unwrap()).unwrap();
+            let bq = QIm2colRef {
+                src,
+                scales: sbs,
+                max_abs: max,
+            };
+            for isa in ISAS {
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut got = c0.clone();
+                    pool.install(|| {
+                        let cm = MatMut::row_major(&mut got, m, n).unwrap();
+                        gemm_q8_im2col_with(isa, qa, bq, spec, cm).unwrap()
+                    });
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(
+                        same,
+                        "{isa:?} {threads} threads, maps {e}x{c}x{h}x{w} k{k} M {m} acc {accumulate}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_operands_are_clear_errors() {
+    let maps = vec![3i8; 2 * 3 * 4 * 4];
+    // Length and kernel side.
+    let e = Im2colRef::new(&maps[1..], 2, 3, 4, 4, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("need 96 values, got 95"), "{e}");
+    let e = Im2colRef::new(&maps, 2, 3, 4, 4, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("must be odd"), "{e}");
+    let src = Im2colRef::new(&maps, 2, 3, 4, 4, 3).unwrap();
+    let (kk, n) = (src.rows(), src.cols());
+    let w = vec![1i8; 4 * kk];
+    let s = [1.0f32];
+    let mut c = vec![0f32; 4 * n];
+    let qa = |cols: usize| QMatRef {
+        mat: MatRef::row_major(&w, 4, cols).unwrap(),
+        scales: Scales::uniform(&s),
+        max_abs: 127,
+    };
+    let qb = |max_abs| QIm2colRef {
+        src,
+        scales: Scales::uniform(&s),
+        max_abs,
+    };
+    for isa in [Isa::GenericQuad, Isa::Avx2] {
+        // Inner dimensions.
+        let cm = MatMut::row_major(&mut c, 4, n).unwrap();
+        let e = gemm_q8_im2col_with(isa, qa(kk - 1), qb(127), GemmSpec::whole_k(), cm);
+        assert!(matches!(e, Err(KernelError::Shape(_))), "{e:?}");
+        // The maps exceed the declared bound.
+        let cm = MatMut::row_major(&mut c, 4, n).unwrap();
+        let e = gemm_q8_im2col_with(isa, qa(kk), qb(2), GemmSpec::whole_k(), cm);
+        assert!(matches!(e, Err(KernelError::Range(_))), "{e:?}");
+        // C of the wrong shape.
+        let cm = MatMut::row_major(&mut c, 4, n - 1).unwrap();
+        let e = gemm_q8_im2col_with(isa, qa(kk), qb(127), GemmSpec::whole_k(), cm);
+        assert!(matches!(e, Err(KernelError::Shape(_))), "{e:?}");
+    }
+}
