@@ -35,6 +35,7 @@ pub trait GemmBackend: Send + Sync {
     ) -> Result<(), KernelError> {
         let col = b.src.materialize();
         let mat = MatRef::row_major(&col, b.src.rows(), b.src.cols())?;
+        let mat = if b.transposed { mat.t() } else { mat };
         let bm = QMatRef {
             mat,
             scales: b.scales,

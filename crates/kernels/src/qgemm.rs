@@ -370,9 +370,18 @@ fn build_steps(chunks: &[(usize, usize, usize)], ku: usize, kc: usize) -> (Vec<S
             if cur.groups > 0 {
                 steps.push(std::mem::take(&mut cur));
             }
-            // Split into equal parts so that the last step is not a sliver.
+            // Split into equal parts so that the last step is not a sliver, each a whole
+            // number of 16 groups where the step allows (steps of the im2col operand's
+            // transposed packer then start on 64-pixel blocks: 472-pixel steps left a tail of
+            // 24 to its scalar path in every step). The sums are exact: any split gives the
+            // same bits.
             let parts = q.div_ceil(kc);
             let per = q.div_ceil(parts);
+            let per = if kc >= 16 {
+                (per.div_ceil(16) * 16).min(kc)
+            } else {
+                per
+            };
             let mut p0 = 0;
             while p0 < q {
                 let p1 = (p0 + per).min(q);
@@ -1014,11 +1023,11 @@ pub fn gemm_q8_im2col_with(
     c: MatMut<'_, f32>,
 ) -> Result<(), KernelError> {
     let isa = isa.or_supported();
-    let (m, k, n) = (a.mat.rows, a.mat.cols, b.src.cols());
-    if b.src.rows() != k {
+    let (brows, n) = b.shape();
+    let (m, k) = (a.mat.rows, a.mat.cols);
+    if brows != k {
         return Err(KernelError::Shape(format!(
-            "A is {m}x{k} but the im2col B is {}x{n}: inner dimensions differ",
-            b.src.rows()
+            "A is {m}x{k} but the im2col B is {brows}x{n}: inner dimensions differ"
         )));
     }
     // The materialised route where this CPU has no quad kernels or the segments are short
@@ -1031,8 +1040,9 @@ pub fn gemm_q8_im2col_with(
         );
     if !isa.uses_quads() || short {
         let col = b.src.materialize();
+        let mat = MatRef::row_major(&col, b.src.rows(), b.src.cols())?;
         let bm = QMatRef {
-            mat: MatRef::row_major(&col, k, n)?,
+            mat: if b.transposed { mat.t() } else { mat },
             scales: b.scales,
             max_abs: b.max_abs,
         };
@@ -1071,7 +1081,7 @@ pub fn gemm_q8_im2col_with(
         return Ok(());
     }
     let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
-    let plan = Im2colPlan::new(b.src);
+    let plan = Im2colPlan::new(b.src, b.transposed);
     let out = Out::Q {
         c: SendPtr(c.data.as_mut_ptr()),
         ldc: c.ld,

@@ -233,6 +233,9 @@ pub(crate) fn pack_b_im2col(
     let strips = nlen.div_ceil(NR);
     let strip_len = quads * NR * 4;
     let out = &mut out[..strips * strip_len];
+    if plan.transposed {
+        return pack_b_im2col_t(isa, plan, n0, nlen, ranges, quads, out);
+    }
     let fast = vnni(isa) && plan.strips && n0.is_multiple_of(NR);
     let src = &plan.src;
     // One strip at a time: two strips per 64-byte masked load, interleaved as `b_rows` does,
@@ -264,6 +267,68 @@ pub(crate) fn pack_b_im2col(
                     }
                 }
             }
+            pad_b_cols(valid, seg);
+        }
+    }
+}
+
+/// [`pack_b_im2col`] for B = `col^T` (rows are pixels, columns taps: the weight gradient's
+/// operand). Sixteen taps at a time go through [`pack_b_cols`]'s 16x16 dword transpose, each
+/// tap's 64 pixels one masked load from its shifted plane (AVX-512, maps of whole 64-pixel
+/// blocks, ranges starting on one); the rest through [`crate::im2col_b::Im2colRef::at`].
+fn pack_b_im2col_t(
+    isa: Isa,
+    plan: &Im2colPlan<'_>,
+    n0: usize,
+    nlen: usize,
+    ranges: &[(usize, usize)],
+    quads: usize,
+    out: &mut [u8],
+) {
+    let strips = nlen.div_ceil(NR);
+    let strip_len = quads * NR * 4;
+    let out = &mut out[..strips * strip_len];
+    let src = &plan.src;
+    let blocks64 = vnni(isa) && plan.strips && (src.h * src.w).is_multiple_of(64);
+    // Columns `ca .. cb` of the strip at tap `n`, pixels `ks .. k1` into `seg` (whose quad 0
+    // is pixel `k0`).
+    let generic =
+        |n: usize, ca: usize, cb: usize, k0: usize, ks: usize, k1: usize, seg: &mut [u8]| {
+            for q in (ks - k0) / 4..(k1 - k0).div_ceil(4) {
+                for c in ca..cb {
+                    for h in 0..4 {
+                        let k = k0 + 4 * q + h;
+                        let v = if k < k1 { src.at(n + c, k) } else { 0 };
+                        seg[(q * NR + c) * 4 + h] = (v as u8) ^ 0x80;
+                    }
+                }
+            }
+        };
+    for (j, dst) in out.chunks_exact_mut(strip_len).enumerate() {
+        let n = n0 + j * NR;
+        let valid = NR.min(n0 + nlen - n);
+        let mut qoff = 0;
+        for &(k0, k1) in ranges {
+            let nq = (k1 - k0).div_ceil(4);
+            let seg = &mut dst[qoff * NR * 4..(qoff + nq) * NR * 4];
+            qoff += nq;
+            let mut c = 0;
+            if blocks64 && k0.is_multiple_of(64) {
+                while valid - c >= 16 {
+                    let blocks = (k1 - k0) / 64;
+                    // SAFETY: the VNNI family implies AVX-512 F/BW/VL; taps `n + c ..` and
+                    // the 64-pixel blocks from `k0` lie in the matrix, each block inside one
+                    // example (`h * w % 64 == 0`, `k0 % 64 == 0`); `seg` holds the strip's
+                    // quads of `k0..k1` (asserted).
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        avx512::im2col_t_lines(plan, n + c, k0, blocks, c, seg)
+                    };
+                    generic(n, c, c + 16, k0, k0 + 64 * blocks, k1, seg);
+                    c += 16;
+                }
+            }
+            generic(n, c, valid, k0, k0, k1, seg);
             pad_b_cols(valid, seg);
         }
     }
@@ -813,12 +878,37 @@ mod avx512 {
         assert!(col + 16 <= width);
         assert!(base + 15 * stride + blocks * 64 <= data.len());
         assert!(out.len() >= blocks * 16 * width * 4);
-        let (src, dst) = (data.as_ptr().add(base), out.as_mut_ptr());
+        let src = data.as_ptr().add(base);
         let fl = _mm512_set1_epi8(flip as i8);
+        transpose16_blocks(blocks, width, col, out.as_mut_ptr(), |i, t| {
+            _mm512_xor_si512(
+                _mm512_loadu_si512(src.add(i * stride + 64 * t) as *const _),
+                fl,
+            )
+        });
+        blocks * 64
+    }
+
+    /// The 16x16 dword transpose of [`transpose16_lines`] over `blocks` blocks of 16 lines x
+    /// 64 bytes, line `i` of block `t` given by `load(i, t)` (already flipped): quad `4L + j`
+    /// of the 16 lines goes to `dst + ((16 t + 4 L + j) * width + col) * 4`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW must be present; `dst` must have room for `blocks * 16` quads of `width`
+    /// columns.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn transpose16_blocks(
+        blocks: usize,
+        width: usize,
+        col: usize,
+        dst: *mut u8,
+        load: impl Fn(usize, usize) -> __m512i,
+    ) {
         for t in 0..blocks {
             let mut v = [_mm512_setzero_si512(); 16];
             for (i, vi) in v.iter_mut().enumerate() {
-                *vi = _mm512_loadu_si512(src.add(i * stride + 64 * t) as *const _);
+                *vi = load(i, t);
             }
             // In each 128-bit lane L, u[4 * i + j] holds dword 4L + j of lines 4i .. 4i + 4.
             let mut u = [_mm512_setzero_si512(); 16];
@@ -847,11 +937,48 @@ mod avx512 {
                 ];
                 for (l, qv) in quads.iter().enumerate() {
                     let at = ((16 * t + 4 * l + j) * width + col) * 4;
-                    _mm512_storeu_si512(dst.add(at) as *mut _, _mm512_xor_si512(*qv, fl));
+                    _mm512_storeu_si512(dst.add(at) as *mut _, *qv);
                 }
             }
         }
-        blocks * 64
+    }
+
+    /// Sixteen taps `r0 .. r0 + 16` of a transposed im2col B (`col^T`, see
+    /// [`super::pack_b_im2col_t`]) over `blocks` blocks of 64 pixels from `px0`, into strip
+    /// columns `col ..` of `seg`: each tap's block is one masked 64-byte load from its shifted
+    /// plane (masked-off bytes are never read), flipped, then [`transpose16_blocks`].
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL must be present; `plan.strips` with `h * w % 64 == 0` and
+    /// `px0 % 64 == 0`; taps and pixels inside the matrix and `col + 16 <= NR` (asserted).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn im2col_t_lines(
+        plan: &Im2colPlan<'_>,
+        r0: usize,
+        px0: usize,
+        blocks: usize,
+        col: usize,
+        seg: &mut [u8],
+    ) {
+        let src = &plan.src;
+        let hw = src.h * src.w;
+        let per = hw / 32;
+        assert!(col + 16 <= NR && r0 + 16 <= plan.row_offset.len());
+        assert!(px0 + 64 * blocks <= src.cols() && seg.len() >= blocks * 16 * NR * 4);
+        let fl = _mm512_set1_epi8(0x80u8 as i8);
+        let maps = src.maps.as_ptr();
+        transpose16_blocks(blocks, NR, col, seg.as_mut_ptr(), |i, t| {
+            let (r, px) = (r0 + i, px0 + 64 * t);
+            let (e, p0) = (px / hw, px % hw);
+            let m = plan.row_tap[r] * per + p0 / 32;
+            let mask = plan.masks[m] as u64 | (plan.masks[m + 1] as u64) << 32;
+            // Only lanes whose tap lies inside the plane are read (`wrapping_*`: the others
+            // may point outside `maps`).
+            let p = maps
+                .wrapping_add(e * src.channels * hw + p0)
+                .wrapping_offset(plan.row_offset[r]);
+            _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, p), fl)
+        });
     }
 
     /// The tile kernel of [`super::run`].
@@ -941,10 +1068,12 @@ mod tests {
             (2, 3, 5, 7, 3),
             (2, 1, 8, 4, 5),
             (1, 4, 4, 8, 1),
+            (2, 4, 16, 16, 3),
+            (3, 16, 8, 8, 3),
         ] {
             let maps: Vec<i8> = (0..e * c * h * w).map(|i| val(i * 7 + 3)).collect();
             let src = Im2colRef::new(&maps, e, c, h, w, k).unwrap();
-            let plan = Im2colPlan::new(src);
+            let plan = Im2colPlan::new(src, false);
             let (rows, cols) = (src.rows(), src.cols());
             let col = src.materialize();
             let mat = MatRef::row_major(&col, rows, cols).unwrap();
@@ -970,6 +1099,33 @@ mod tests {
                         assert!(
                             got == want,
                             "{isa:?} maps {e}x{c}x{h}x{w} k {k} ranges {ranges:?} cols {n0}+{nlen}"
+                        );
+                    }
+                }
+            }
+            // B = col^T: pixels are K, taps the columns.
+            let tplan = Im2colPlan::new(src, true);
+            let tmat = mat.t();
+            let whole = [(0, cols)];
+            let from64 = [(64.min(cols), cols)];
+            let odd = [(0, cols.min(70)), (cols.min(70), cols)];
+            let short = [(0, cols.min(37))];
+            for ranges in [&whole[..], &from64[..], &odd[..], &short[..]] {
+                let quads = quads_of(ranges);
+                for (n0, nlen) in [(0, rows), (rows / 2, rows - rows / 2), (0, 17.min(rows))] {
+                    if nlen == 0 || quads == 0 {
+                        continue;
+                    }
+                    let len = nlen.div_ceil(NR) * quads * NR * 4;
+                    for &isa in &isas {
+                        let mut want = vec![0u8; len];
+                        pack_b(Isa::GenericQuad, &tmat, n0, nlen, ranges, quads, &mut want);
+                        let mut got = vec![0x55u8; len];
+                        pack_b_im2col(isa, &tplan, n0, nlen, ranges, quads, &mut got);
+                        assert!(
+                            got == want,
+                            "col^T {isa:?} maps {e}x{c}x{h}x{w} k {k} ranges {ranges:?} \
+                             taps {n0}+{nlen}"
                         );
                     }
                 }

@@ -103,6 +103,7 @@ fn gemm_from_the_maps_matches_the_reference_on_the_matrix() {
             gemm_q8_ref(qa, qb, spec, MatMut::row_major(&mut want, m, n).unwrap()).unwrap();
             let bq = QIm2colRef {
                 src,
+                transposed: false,
                 scales: sbs,
                 max_abs: max,
             };
@@ -155,6 +156,7 @@ fn bad_operands_are_clear_errors() {
     };
     let qb = |max_abs| QIm2colRef {
         src,
+        transposed: false,
         scales: Scales::uniform(&s),
         max_abs,
     };
@@ -171,5 +173,71 @@ fn bad_operands_are_clear_errors() {
         let cm = MatMut::row_major(&mut c, 4, n - 1).unwrap();
         let e = gemm_q8_im2col_with(isa, qa(kk), qb(127), GemmSpec::whole_k(), cm);
         assert!(matches!(e, Err(KernelError::Shape(_))), "{e:?}");
+    }
+}
+
+/// The weight gradient's shape: `dW[M, taps] = E[M, pixels] col^T`, B the transposed column
+/// matrix packed from the maps, against the reference on the materialised `col^T`, with one
+/// scale per product (a group of examples sharing their exponents) and with accumulation.
+#[test]
+fn weight_gradient_gemm_from_the_maps_matches_the_reference() {
+    for (seed, &(e, c, h, w, k, m, max)) in CASES.iter().enumerate() {
+        let seed = 90 + seed as u64;
+        let maps = rand_i8(seed, 1, e * c * h * w, max);
+        let src = Im2colRef::new(&maps, e, c, h, w, k).unwrap();
+        let (taps, px) = (src.rows(), src.cols());
+        let col = src.materialize();
+        let errs = rand_i8(seed, 2, m * px, 127);
+        let sa = rand_scales(seed, 3, 1);
+        let one = [1.0f32];
+        for accumulate in [false, true] {
+            let qa = QMatRef {
+                mat: MatRef::row_major(&errs, m, px).unwrap(),
+                scales: Scales::uniform(&sa),
+                max_abs: 127,
+            };
+            let qb = QMatRef {
+                mat: MatRef::row_major(&col, taps, px).unwrap().t(),
+                scales: Scales::uniform(&one),
+                max_abs: max,
+            };
+            let spec = GemmSpec {
+                segment: usize::MAX,
+                accumulate,
+            };
+            let c0: Vec<f32> = (0..m * taps)
+                .map(|i| f32_in(seed, 5, i as u64, -2.0, 2.0))
+                .collect();
+            let mut want = c0.clone();
+            gemm_q8_ref(qa, qb, spec, MatMut::row_major(&mut want, m, taps).unwrap()).unwrap();
+            let bq = QIm2colRef {
+                src,
+                transposed: true,
+                scales: Scales::uniform(&one),
+                max_abs: max,
+            };
+            assert_eq!(bq.shape(), (px, taps));
+            for isa in ISAS {
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut got = c0.clone();
+                    pool.install(|| {
+                        let cm = MatMut::row_major(&mut got, m, taps).unwrap();
+                        gemm_q8_im2col_with(isa, qa, bq, spec, cm).unwrap()
+                    });
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(
+                        same,
+                        "{isa:?} {threads} threads, col^T of {e}x{c}x{h}x{w} k{k} M {m} acc {accumulate}"
+                    );
+                }
+            }
+        }
     }
 }

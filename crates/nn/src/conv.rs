@@ -584,6 +584,7 @@ fn conv_chunk(
                 let src = Im2colRef::new(xin, nb, g.cin, g.h, g.w, g.k).map_err(kerr)?;
                 let bq = QIm2colRef {
                     src,
+                    transposed: false,
                     scales: sb,
                     max_abs: bound,
                 };
@@ -1212,7 +1213,7 @@ impl Conv2d {
             let mut t = ChunkTimes::default();
             let nb = piece.len();
             let n = nb * p;
-            let (et, col) = clock(&mut t.im2col, || {
+            let (et, xin) = clock(&mut t.im2col, || {
                 let mut et = Scratch::<i8>::new(cout * n);
                 et.par_chunks_mut(n).enumerate().for_each(|(co, row)| {
                     for (i, &j) in piece.iter().enumerate() {
@@ -1223,9 +1224,7 @@ impl Conv2d {
                 for (i, &j) in piece.iter().enumerate() {
                     xin[i * inl..][..inl].copy_from_slice(&xm[j * inl..][..inl]);
                 }
-                let mut col = Scratch::<i8>::new(rows * n);
-                im2col(&g, &xin, nb, &mut col);
-                (et, col)
+                (et, xin)
             });
             let prod = [prod];
             let one = [1f32];
@@ -1234,17 +1233,34 @@ impl Conv2d {
                 scales: Scales::uniform(&prod),
                 max_abs: *emax,
             };
-            let bq = QMatRef {
-                mat: row_major(&col, rows, n).t(),
-                scales: Scales::uniform(&one),
-                max_abs: i8_operand_bound(*xmax),
-            };
+            let (sb, bound) = (Scales::uniform(&one), i8_operand_bound(*xmax));
             let spec = GemmSpec {
                 segment: usize::MAX,
                 accumulate: acc,
             };
             let cm = MatMut::row_major(gw, cout, rows).map_err(kerr)?;
-            clock(&mut t.gemm, || backend.gemm_q8(a, bq, spec, cm)).map_err(kerr)?;
+            if packs_from_maps(backend, &g) && p.is_multiple_of(64) && rows.is_multiple_of(16) {
+                // col^T packed from the piece's maps: 64-pixel blocks of one example, taps in
+                // sixteens (the first layer's 27 taps would leave 11 to the scalar path, which
+                // made it 20 ms slower).
+                let src = Im2colRef::new(&xin, nb, g.cin, g.h, g.w, g.k).map_err(kerr)?;
+                let bq = QIm2colRef {
+                    src,
+                    transposed: true,
+                    scales: sb,
+                    max_abs: bound,
+                };
+                clock(&mut t.gemm, || backend.gemm_q8_im2col(a, bq, spec, cm)).map_err(kerr)?;
+            } else {
+                let mut col = Scratch::<i8>::new(rows * n);
+                clock(&mut t.im2col, || im2col(&g, &xin, nb, &mut col));
+                let bq = QMatRef {
+                    mat: row_major(&col, rows, n).t(),
+                    scales: sb,
+                    max_abs: bound,
+                };
+                clock(&mut t.gemm, || backend.gemm_q8(a, bq, spec, cm)).map_err(kerr)?;
+            }
             Ok::<ChunkTimes, NnError>(t)
         };
         let t0 = Instant::now();
