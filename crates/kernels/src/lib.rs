@@ -10,7 +10,9 @@
 //!
 //! Layout: [`qgemm`] (blocked driver, threading, epilogue), [`ukernel`] (6x16 `vpmaddwd`
 //! microkernel in AVX2 assembly + portable kernel, chosen at run time by [`Isa::detect`]),
-//! [`pack`] (k-pair i16 panels), `smallseg` (direct path for segments of <= 3 elements),
+//! [`pack`] (k-pair i16 panels), [`quad`] (k-quad byte panels and the AVX-512 VNNI kernel),
+//! [`im2col_b`] (B operands packed straight from 8-bit feature maps, for convolutions),
+//! `smallseg` (direct path for segments of <= 3 elements),
 //! [`f32gemm`] (the `gemm` / `matrixmultiply` crates on shape-determined blocks), [`mod@bench`]
 //! (throughput tables for `lowprec bench gemm`).
 
