@@ -24,7 +24,7 @@
 
 use crate::im2col_b::{Im2colPlan, QIm2colRef};
 use crate::pack::{pack_a, pack_b, QElem};
-use crate::reference::{validate_i32_shapes, validate_q_shapes};
+use crate::reference::{validate_i32_shapes, validate_q_dims, validate_q_shapes};
 use crate::types::{k_chunks, k_safe, GemmSpec, MatMut, MatRef, QMatRef, Scales};
 use crate::ukernel::{self, Isa, Store};
 use crate::{quad, KernelError};
@@ -985,15 +985,8 @@ pub fn gemm_q<T: QElem>(
     check_range("A", &a.mat, a.max_abs)?;
     check_range("B", &b.mat, b.max_abs)?;
     let (m, k, n) = (a.mat.rows, a.mat.cols, b.mat.cols);
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        if !spec.accumulate {
-            for r in 0..m {
-                c.data[r * c.ld..r * c.ld + n].fill(0.0);
-            }
-        }
+    if m == 0 || n == 0 || k == 0 {
+        empty_k(c, m, n, k, spec.accumulate);
         return Ok(());
     }
     let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
@@ -1010,6 +1003,15 @@ pub fn gemm_q<T: QElem>(
     };
     run_family(isa, a.mat, b.mat, None, &chunks, out);
     Ok(())
+}
+
+/// An empty product (`m`, `n` or `k` zero): C is 0.0 unless the call accumulates.
+fn empty_k(c: MatMut<'_, f32>, m: usize, n: usize, k: usize, accumulate: bool) {
+    if k == 0 && !accumulate {
+        for r in 0..m {
+            c.data[r * c.ld..r * c.ld + n].fill(0.0);
+        }
+    }
 }
 
 /// [`gemm_q`] for 8-bit mantissas with B an im2col matrix ([`crate::im2col_b`]): packed from
@@ -1030,6 +1032,8 @@ pub fn gemm_q8_im2col_with(
             "A is {m}x{k} but the im2col B is {brows}x{n}: inner dimensions differ"
         )));
     }
+    // Before any materialising: the same checks for both routes.
+    validate_q_dims(&a, (brows, n), None, &b.scales, &spec, &c)?;
     // The materialised route where this CPU has no quad kernels or the segments are short
     // enough for the direct path (which reads B by element).
     let short = spec.segment > 0
@@ -1048,36 +1052,12 @@ pub fn gemm_q8_im2col_with(
         };
         return gemm_q(isa, a, bm, spec, c);
     }
-    // Shape checks of `validate_q_shapes`, B's from the im2col view.
-    if c.rows != m || c.cols != n || c.ld < n || (m > 0 && c.data.len() < (m - 1) * c.ld + n) {
-        return Err(KernelError::Shape(format!(
-            "C is {}x{} (ld {}, {} elements) but A*B is {m}x{n}",
-            c.rows,
-            c.cols,
-            c.ld,
-            c.data.len()
-        )));
-    }
-    if spec.segment == 0 {
-        return Err(KernelError::Shape("segment length must be >= 1".into()));
-    }
-    a.mat.check("A")?;
-    let segs = crate::types::segment_count(k, spec.segment);
-    a.scales.check("A scales", segs, m)?;
-    b.scales.check("B scales", segs, n)?;
     check_range("A", &a.mat, a.max_abs)?;
     // B holds the maps' values and zeros: the maps' range is B's.
     let maps = MatRef::row_major(b.src.maps, 1, b.src.maps.len())?;
     check_range("B (maps)", &maps, b.max_abs)?;
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        if !spec.accumulate {
-            for r in 0..m {
-                c.data[r * c.ld..r * c.ld + n].fill(0.0);
-            }
-        }
+    if m == 0 || n == 0 || k == 0 {
+        empty_k(c, m, n, k, spec.accumulate);
         return Ok(());
     }
     let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));

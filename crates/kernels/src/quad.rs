@@ -219,8 +219,17 @@ pub fn pack_b(
 
 /// Packs columns `n0 .. n0 + nlen` of an im2col B ([`crate::im2col_b`]) for the k sub-ranges
 /// `ranges` (total `quads` quads): the same bytes as [`pack_b`] of the materialised matrix.
-/// Whole strips of one example go through masked 32-byte loads from the maps (AVX-512); the
-/// rest through [`crate::im2col_b::Im2colRef::at`].
+///
+/// * B the column matrix: whole strips of one example go through one masked 32-byte load per
+///   tap (AVX-512). Two strips per 64-byte load, interleaved as `b_rows` does, were slower
+///   (`lowprec bench train preresnet20-cifar --batch 128 --precision bfp8 --threads 2`: 75
+///   against 81 ms, alternating runs).
+/// * B = `col^T` (rows are pixels, columns taps: the weight gradient's operand): sixteen taps
+///   at a time go through [`pack_b_cols`]'s 16x16 dword transpose, each tap's 64 pixels one
+///   masked load from its shifted plane (maps of whole 64-pixel blocks, ranges starting on
+///   one).
+///
+/// The rest goes through [`crate::im2col_b::Im2colRef::at`].
 pub(crate) fn pack_b_im2col(
     isa: Isa,
     plan: &Im2colPlan<'_>,
@@ -233,72 +242,22 @@ pub(crate) fn pack_b_im2col(
     let strips = nlen.div_ceil(NR);
     let strip_len = quads * NR * 4;
     let out = &mut out[..strips * strip_len];
-    if plan.transposed {
-        return pack_b_im2col_t(isa, plan, n0, nlen, ranges, quads, out);
-    }
-    let fast = vnni(isa) && plan.strips && n0.is_multiple_of(NR);
-    let src = &plan.src;
-    // One strip at a time: two strips per 64-byte masked load, interleaved as `b_rows` does,
-    // were slower (`lowprec bench train preresnet20-cifar --batch 128 --precision bfp8
-    // --threads 2`: 75 against 81 ms, alternating runs).
-    for (j, dst) in out.chunks_exact_mut(strip_len).enumerate() {
-        let n = n0 + j * NR;
-        let valid = NR.min(n0 + nlen - n);
-        let mut qoff = 0;
-        for &(k0, k1) in ranges {
-            let nq = (k1 - k0).div_ceil(4);
-            let seg = &mut dst[qoff * NR * 4..(qoff + nq) * NR * 4];
-            qoff += nq;
-            if fast && valid == NR {
-                // SAFETY: the VNNI family implies AVX-512 F/BW/VL; `n` starts a strip inside
-                // one example (`plan.strips`, `n0 % NR == 0`), rows `k0..k1` are the plan's.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    avx512::im2col_strip(plan, n, k0, k1, seg)
-                };
-                continue;
-            }
-            for q in 0..nq {
-                for c in 0..valid {
-                    for h in 0..4 {
-                        let k = k0 + 4 * q + h;
-                        let v = if k < k1 { src.at(k, n + c) } else { 0 };
-                        seg[(q * NR + c) * 4 + h] = (v as u8) ^ 0x80;
-                    }
-                }
-            }
-            pad_b_cols(valid, seg);
-        }
-    }
-}
-
-/// [`pack_b_im2col`] for B = `col^T` (rows are pixels, columns taps: the weight gradient's
-/// operand). Sixteen taps at a time go through [`pack_b_cols`]'s 16x16 dword transpose, each
-/// tap's 64 pixels one masked load from its shifted plane (AVX-512, maps of whole 64-pixel
-/// blocks, ranges starting on one); the rest through [`crate::im2col_b::Im2colRef::at`].
-fn pack_b_im2col_t(
-    isa: Isa,
-    plan: &Im2colPlan<'_>,
-    n0: usize,
-    nlen: usize,
-    ranges: &[(usize, usize)],
-    quads: usize,
-    out: &mut [u8],
-) {
-    let strips = nlen.div_ceil(NR);
-    let strip_len = quads * NR * 4;
-    let out = &mut out[..strips * strip_len];
-    let src = &plan.src;
-    let blocks64 = vnni(isa) && plan.strips && (src.h * src.w).is_multiple_of(64);
-    // Columns `ca .. cb` of the strip at tap `n`, pixels `ks .. k1` into `seg` (whose quad 0
-    // is pixel `k0`).
+    let (src, t) = (&plan.src, plan.transposed);
+    let strips_fast = vnni(isa) && plan.strips && !t && n0.is_multiple_of(NR);
+    let blocks_fast = vnni(isa) && plan.strips && t && (src.h * src.w).is_multiple_of(64);
+    // Columns `ca .. cb` of the strip at column `n`, k from `ks` to `k1`, into `seg` (whose
+    // quad 0 is `k0`), by the definition.
     let generic =
         |n: usize, ca: usize, cb: usize, k0: usize, ks: usize, k1: usize, seg: &mut [u8]| {
             for q in (ks - k0) / 4..(k1 - k0).div_ceil(4) {
                 for c in ca..cb {
                     for h in 0..4 {
                         let k = k0 + 4 * q + h;
-                        let v = if k < k1 { src.at(n + c, k) } else { 0 };
+                        let v = match (k < k1, t) {
+                            (false, _) => 0,
+                            (true, false) => src.at(k, n + c),
+                            (true, true) => src.at(n + c, k),
+                        };
                         seg[(q * NR + c) * 4 + h] = (v as u8) ^ 0x80;
                     }
                 }
@@ -312,8 +271,18 @@ fn pack_b_im2col_t(
             let nq = (k1 - k0).div_ceil(4);
             let seg = &mut dst[qoff * NR * 4..(qoff + nq) * NR * 4];
             qoff += nq;
+            // Columns the fast paths packed.
             let mut c = 0;
-            if blocks64 && k0.is_multiple_of(64) {
+            if strips_fast && valid == NR {
+                // SAFETY: the VNNI family implies AVX-512 F/BW/VL; `n` starts a strip inside
+                // one example (`plan.strips`, `n0 % NR == 0`), rows `k0..k1` are the plan's.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::im2col_strip(plan, n, k0, k1, seg)
+                };
+                c = NR;
+            }
+            if blocks_fast && k0.is_multiple_of(64) {
                 while valid - c >= 16 {
                     let blocks = (k1 - k0) / 64;
                     // SAFETY: the VNNI family implies AVX-512 F/BW/VL; taps `n + c ..` and
@@ -944,7 +913,7 @@ mod avx512 {
     }
 
     /// Sixteen taps `r0 .. r0 + 16` of a transposed im2col B (`col^T`, see
-    /// [`super::pack_b_im2col_t`]) over `blocks` blocks of 64 pixels from `px0`, into strip
+    /// [`super::pack_b_im2col`]) over `blocks` blocks of 64 pixels from `px0`, into strip
     /// columns `col ..` of `seg`: each tap's block is one masked 64-byte load from its shifted
     /// plane (masked-off bytes are never read), flipped, then [`transpose16_blocks`].
     ///
@@ -1058,10 +1027,36 @@ mod tests {
     #[test]
     fn im2col_packing_matches_packing_the_matrix() {
         use crate::im2col_b::Im2colRef;
-        let isas: Vec<Isa> = [Isa::GenericQuad, Isa::Avx512Vnni]
-            .into_iter()
-            .filter(|i| i.or_supported() == *i)
-            .collect();
+        // Every supported isa's im2col packing of `plan` against `pack_b` of `mat`, the
+        // materialised matrix, for each set of k ranges and of columns `(n0, nlen)`.
+        fn check(
+            plan: &Im2colPlan<'_>,
+            mat: &MatRef<'_, i8>,
+            range_sets: &[&[(usize, usize)]],
+            col_sets: &[(usize, usize)],
+            what: &str,
+        ) {
+            let isas = [Isa::GenericQuad, Isa::Avx512Vnni];
+            for ranges in range_sets {
+                let quads = quads_of(ranges);
+                for &(n0, nlen) in col_sets {
+                    if nlen == 0 || quads == 0 {
+                        continue;
+                    }
+                    let len = nlen.div_ceil(NR) * quads * NR * 4;
+                    let mut want = vec![0u8; len];
+                    pack_b(Isa::GenericQuad, mat, n0, nlen, ranges, quads, &mut want);
+                    for isa in isas.into_iter().filter(|i| i.or_supported() == *i) {
+                        let mut got = vec![0x55u8; len];
+                        pack_b_im2col(isa, plan, n0, nlen, ranges, quads, &mut got);
+                        assert!(
+                            got == want,
+                            "{isa:?} {what} ranges {ranges:?} columns {n0}+{nlen}"
+                        );
+                    }
+                }
+            }
+        }
         for (e, c, h, w, k) in [
             (1, 1, 8, 4, 3),
             (3, 2, 8, 8, 3),
@@ -1080,56 +1075,25 @@ mod tests {
             let whole = [(0, rows)];
             let odd = [(0, rows.min(5)), (rows.min(5), rows)];
             let late = [(rows / 3, rows)];
-            for ranges in [&whole[..], &odd[..], &late[..]] {
-                let quads = quads_of(ranges);
-                for (n0, nlen) in [
-                    (0, cols),
-                    (32.min(cols), cols - 32.min(cols)),
-                    (0, 33.min(cols)),
-                ] {
-                    if nlen == 0 {
-                        continue;
-                    }
-                    let len = nlen.div_ceil(NR) * quads * NR * 4;
-                    for &isa in &isas {
-                        let mut want = vec![0u8; len];
-                        pack_b(Isa::GenericQuad, &mat, n0, nlen, ranges, quads, &mut want);
-                        let mut got = vec![0x55u8; len];
-                        pack_b_im2col(isa, &plan, n0, nlen, ranges, quads, &mut got);
-                        assert!(
-                            got == want,
-                            "{isa:?} maps {e}x{c}x{h}x{w} k {k} ranges {ranges:?} cols {n0}+{nlen}"
-                        );
-                    }
-                }
-            }
+            let what = format!("maps {e}x{c}x{h}x{w} k {k}");
+            let c32 = 32.min(cols);
+            let col_sets = [(0, cols), (c32, cols - c32), (0, 33.min(cols))];
+            check(&plan, &mat, &[&whole, &odd, &late], &col_sets, &what);
             // B = col^T: pixels are K, taps the columns.
             let tplan = Im2colPlan::new(src, true);
-            let tmat = mat.t();
             let whole = [(0, cols)];
             let from64 = [(64.min(cols), cols)];
             let odd = [(0, cols.min(70)), (cols.min(70), cols)];
             let short = [(0, cols.min(37))];
-            for ranges in [&whole[..], &from64[..], &odd[..], &short[..]] {
-                let quads = quads_of(ranges);
-                for (n0, nlen) in [(0, rows), (rows / 2, rows - rows / 2), (0, 17.min(rows))] {
-                    if nlen == 0 || quads == 0 {
-                        continue;
-                    }
-                    let len = nlen.div_ceil(NR) * quads * NR * 4;
-                    for &isa in &isas {
-                        let mut want = vec![0u8; len];
-                        pack_b(Isa::GenericQuad, &tmat, n0, nlen, ranges, quads, &mut want);
-                        let mut got = vec![0x55u8; len];
-                        pack_b_im2col(isa, &tplan, n0, nlen, ranges, quads, &mut got);
-                        assert!(
-                            got == want,
-                            "col^T {isa:?} maps {e}x{c}x{h}x{w} k {k} ranges {ranges:?} \
-                             taps {n0}+{nlen}"
-                        );
-                    }
-                }
-            }
+            let tap_sets = [(0, rows), (rows / 2, rows - rows / 2), (0, 17.min(rows))];
+            let what = format!("col^T of {what}");
+            check(
+                &tplan,
+                &mat.t(),
+                &[&whole, &from64, &odd, &short],
+                &tap_sets,
+                &what,
+            );
         }
     }
 

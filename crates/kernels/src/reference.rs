@@ -1,7 +1,7 @@
 //! Plain scalar references: obviously correct, slow, and the yardstick every fast kernel and
 //! every backend is tested against bit for bit.
 
-use crate::types::{k_chunks, k_safe, segment_count, GemmSpec, MatMut, MatRef, QMatRef};
+use crate::types::{k_chunks, k_safe, segment_count, GemmSpec, MatMut, MatRef, QMatRef, Scales};
 use crate::KernelError;
 
 /// Checks shapes, scales and the declared magnitude bound; shared by every implementation.
@@ -23,11 +23,30 @@ pub fn validate_q_shapes<T: Copy>(
     spec: &GemmSpec,
     c: &MatMut<'_, f32>,
 ) -> Result<(), KernelError> {
-    let (m, k, n) = (a.mat.rows, a.mat.cols, b.mat.cols);
-    if b.mat.rows != k {
+    validate_q_dims(
+        a,
+        (b.mat.rows, b.mat.cols),
+        Some(&b.mat),
+        &b.scales,
+        spec,
+        c,
+    )
+}
+
+/// The checks of [`validate_q_shapes`] for a B given by its shape and scales, and its view
+/// when it has one (an im2col operand's storage is the maps, checked where it is made).
+pub fn validate_q_dims<T: Copy>(
+    a: &QMatRef<'_, T>,
+    (brows, n): (usize, usize),
+    bmat: Option<&MatRef<'_, T>>,
+    bscales: &Scales<'_>,
+    spec: &GemmSpec,
+    c: &MatMut<'_, f32>,
+) -> Result<(), KernelError> {
+    let (m, k) = (a.mat.rows, a.mat.cols);
+    if brows != k {
         return Err(KernelError::Shape(format!(
-            "A is {m}x{k} but B is {}x{n}: inner dimensions differ",
-            b.mat.rows
+            "A is {m}x{k} but B is {brows}x{n}: inner dimensions differ"
         )));
     }
     if c.rows != m || c.cols != n || c.ld < n || (m > 0 && c.data.len() < (m - 1) * c.ld + n) {
@@ -43,10 +62,12 @@ pub fn validate_q_shapes<T: Copy>(
         return Err(KernelError::Shape("segment length must be >= 1".into()));
     }
     a.mat.check("A")?;
-    b.mat.check("B")?;
+    if let Some(b) = bmat {
+        b.check("B")?;
+    }
     let segs = segment_count(k, spec.segment);
     a.scales.check("A scales", segs, m)?;
-    b.scales.check("B scales", segs, n)?;
+    bscales.check("B scales", segs, n)?;
     Ok(())
 }
 

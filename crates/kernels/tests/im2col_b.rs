@@ -52,6 +52,37 @@ const CASES: [(usize, usize, usize, usize, usize, usize, u32); 9] = [
     (2, 64, 8, 8, 3, 64, 128),
 ];
 
+/// `gemm_q8_im2col_with` on every kernel family at 1 and 2 threads, from `c0`, against `want`
+/// bit for bit.
+fn check_every_family(
+    qa: QMatRef<'_, i8>,
+    bq: QIm2colRef<'_>,
+    spec: GemmSpec,
+    c0: &[f32],
+    want: &[f32],
+    what: &str,
+) {
+    let (m, n) = (qa.mat.rows, bq.shape().1);
+    for isa in ISAS {
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut got = c0.to_vec();
+            pool.install(|| {
+                let cm = MatMut::row_major(&mut got, m, n).unwrap();
+                gemm_q8_im2col_with(isa, qa, bq, spec, cm).unwrap()
+            });
+            let same = got
+                .iter()
+                .zip(want)
+                .all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(same, "{isa:?} {threads} threads, {what}");
+        }
+    }
+}
+
 #[test]
 fn definition_matches_the_direct_loop() {
     for (seed, &(e, c, h, w, k, _, max)) in CASES.iter().enumerate() {
@@ -107,27 +138,8 @@ fn gemm_from_the_maps_matches_the_reference_on_the_matrix() {
                 scales: sbs,
                 max_abs: max,
             };
-            for isa in ISAS {
-                for threads in [1, 2] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let mut got = c0.clone();
-                    pool.install(|| {
-                        let cm = MatMut::row_major(&mut got, m, n).unwrap();
-                        gemm_q8_im2col_with(isa, qa, bq, spec, cm).unwrap()
-                    });
-                    let same = got
-                        .iter()
-                        .zip(&want)
-                        .all(|(g, w)| g.to_bits() == w.to_bits());
-                    assert!(
-                        same,
-                        "{isa:?} {threads} threads, maps {e}x{c}x{h}x{w} k{k} M {m} acc {accumulate}"
-                    );
-                }
-            }
+            let what = format!("maps {e}x{c}x{h}x{w} k{k} M {m} acc {accumulate}");
+            check_every_family(qa, bq, spec, &c0, &want, &what);
         }
     }
 }
@@ -217,27 +229,8 @@ fn weight_gradient_gemm_from_the_maps_matches_the_reference() {
                 max_abs: max,
             };
             assert_eq!(bq.shape(), (px, taps));
-            for isa in ISAS {
-                for threads in [1, 2] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let mut got = c0.clone();
-                    pool.install(|| {
-                        let cm = MatMut::row_major(&mut got, m, taps).unwrap();
-                        gemm_q8_im2col_with(isa, qa, bq, spec, cm).unwrap()
-                    });
-                    let same = got
-                        .iter()
-                        .zip(&want)
-                        .all(|(g, w)| g.to_bits() == w.to_bits());
-                    assert!(
-                        same,
-                        "{isa:?} {threads} threads, col^T of {e}x{c}x{h}x{w} k{k} M {m} acc {accumulate}"
-                    );
-                }
-            }
+            let what = format!("col^T of {e}x{c}x{h}x{w} k{k} M {m} acc {accumulate}");
+            check_every_family(qa, bq, spec, &c0, &want, &what);
         }
     }
 }

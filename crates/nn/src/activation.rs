@@ -44,6 +44,22 @@ impl Relu {
     }
 }
 
+impl Relu {
+    /// The forward's mask, for a gradient of `len` values.
+    fn take_mask(&mut self, len: usize) -> Result<Vec<u8>, NnError> {
+        let mask = self.mask.take().ok_or_else(|| NnError::NoForward {
+            layer: self.name.clone(),
+        })?;
+        if mask.len() != len {
+            return Err(NnError::shape(
+                &self.name,
+                "gradient does not match the forward pass",
+            ));
+        }
+        Ok(mask)
+    }
+}
+
 impl Layer for Relu {
     fn name(&self) -> &str {
         &self.name
@@ -114,15 +130,7 @@ impl Layer for Relu {
         Ok(x)
     }
     fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
-        let mask = self.mask.take().ok_or_else(|| NnError::NoForward {
-            layer: self.name.clone(),
-        })?;
-        if mask.len() != dy.len() {
-            return Err(NnError::shape(
-                &self.name,
-                "gradient does not match the forward pass",
-            ));
-        }
+        let mask = self.take_mask(dy.len())?;
         let dx = ctx.timed(Category::Other, |_| {
             dy.data
                 .par_iter()
@@ -139,15 +147,7 @@ impl Layer for Relu {
         ctx: &mut Ctx<'_>,
         mut dy: Tensor,
     ) -> Result<Vec<Tensor>, NnError> {
-        let mask = self.mask.take().ok_or_else(|| NnError::NoForward {
-            layer: self.name.clone(),
-        })?;
-        if mask.len() != dy.len() {
-            return Err(NnError::shape(
-                &self.name,
-                "gradient does not match the forward pass",
-            ));
-        }
+        let mask = self.take_mask(dy.len())?;
         ctx.timed(Category::Other, |_| {
             dy.data
                 .par_iter_mut()
