@@ -33,20 +33,12 @@ pub trait GemmBackend: Send + Sync {
         spec: GemmSpec,
         c: MatMut<'_, f32>,
     ) -> Result<(), KernelError> {
-        let col = b.src.materialize();
-        let mat = MatRef::row_major(&col, b.src.rows(), b.src.cols())?;
-        let mat = if b.transposed { mat.t() } else { mat };
-        let bm = QMatRef {
-            mat,
-            scales: b.scales,
-            max_abs: b.max_abs,
-        };
-        self.gemm_q8(a, bm, spec, c)
+        b.with_materialized(|bm| self.gemm_q8(a, bm, spec, c))
     }
 
-    /// Whether [`GemmBackend::gemm_q8_im2col`] packs B from the maps, faster than a layer's
-    /// own im2col followed by `gemm_q8`; layers ask before choosing.
-    fn packs_im2col(&self) -> bool {
+    /// Whether [`GemmBackend::gemm_q8_im2col`] packs this B from the maps, faster than a
+    /// layer's own im2col followed by `gemm_q8`; layers ask before choosing.
+    fn packs_im2col(&self, _b: &QIm2colRef<'_>) -> bool {
         false
     }
 
@@ -102,10 +94,11 @@ impl GemmBackend for CpuBackend {
     ) -> Result<(), KernelError> {
         crate::gemm_q8_im2col(a, b, spec, c)
     }
-    /// On CPUs with the k-quad kernels (AVX-512 VNNI); elsewhere B would be materialised
-    /// element by element, slower than the layers' own im2col.
-    fn packs_im2col(&self) -> bool {
-        crate::Isa::detect().uses_quads()
+    /// On CPUs with the k-quad kernels (AVX-512 VNNI), for operands they pack whole
+    /// ([`QIm2colRef::packs_whole`]); elsewhere B would be materialised element by element,
+    /// slower than the layers' own im2col.
+    fn packs_im2col(&self, b: &QIm2colRef<'_>) -> bool {
+        crate::Isa::detect().uses_quads() && b.packs_whole()
     }
     fn gemm_q16(
         &self,

@@ -1025,32 +1025,14 @@ pub fn gemm_q8_im2col_with(
     c: MatMut<'_, f32>,
 ) -> Result<(), KernelError> {
     let isa = isa.or_supported();
-    let (brows, n) = b.shape();
-    let (m, k) = (a.mat.rows, a.mat.cols);
-    if brows != k {
-        return Err(KernelError::Shape(format!(
-            "A is {m}x{k} but the im2col B is {brows}x{n}: inner dimensions differ"
-        )));
-    }
+    let (m, k, n) = (a.mat.rows, a.mat.cols, b.shape().1);
     // Before any materialising: the same checks for both routes.
-    validate_q_dims(&a, (brows, n), None, &b.scales, &spec, &c)?;
+    validate_q_dims(&a, b.shape(), None, &b.scales, &spec, &c)?;
+    let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
     // The materialised route where this CPU has no quad kernels or the segments are short
     // enough for the direct path (which reads B by element).
-    let short = spec.segment > 0
-        && crate::smallseg::eligible::<i8>(
-            &k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs)),
-            a.max_abs,
-            b.max_abs,
-        );
-    if !isa.uses_quads() || short {
-        let col = b.src.materialize();
-        let mat = MatRef::row_major(&col, b.src.rows(), b.src.cols())?;
-        let bm = QMatRef {
-            mat: if b.transposed { mat.t() } else { mat },
-            scales: b.scales,
-            max_abs: b.max_abs,
-        };
-        return gemm_q(isa, a, bm, spec, c);
+    if !isa.uses_quads() || crate::smallseg::eligible::<i8>(&chunks, a.max_abs, b.max_abs) {
+        return b.with_materialized(|bm| gemm_q(isa, a, bm, spec, c));
     }
     check_range("A", &a.mat, a.max_abs)?;
     // B holds the maps' values and zeros: the maps' range is B's.
@@ -1060,7 +1042,6 @@ pub fn gemm_q8_im2col_with(
         empty_k(c, m, n, k, spec.accumulate);
         return Ok(());
     }
-    let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
     let plan = Im2colPlan::new(b.src, b.transposed);
     let out = Out::Q {
         c: SendPtr(c.data.as_mut_ptr()),

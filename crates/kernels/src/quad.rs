@@ -210,7 +210,7 @@ pub fn pack_b(
             if vnni && b.row_stride == 1 {
                 pack_b_cols(b, n, 0, valid, k0, k1, seg);
             } else {
-                pack_b_generic_cols(b, n, 0, valid, k0, k1, seg);
+                pack_b_generic_cols(|k, c| b.at(k, c), n, 0, valid, k0, k1, seg);
             }
             pad_b_cols(valid, seg);
         }
@@ -245,24 +245,8 @@ pub(crate) fn pack_b_im2col(
     let (src, t) = (&plan.src, plan.transposed);
     let strips_fast = vnni(isa) && plan.strips && !t && n0.is_multiple_of(NR);
     let blocks_fast = vnni(isa) && plan.strips && t && (src.h * src.w).is_multiple_of(64);
-    // Columns `ca .. cb` of the strip at column `n`, k from `ks` to `k1`, into `seg` (whose
-    // quad 0 is `k0`), by the definition.
-    let generic =
-        |n: usize, ca: usize, cb: usize, k0: usize, ks: usize, k1: usize, seg: &mut [u8]| {
-            for q in (ks - k0) / 4..(k1 - k0).div_ceil(4) {
-                for c in ca..cb {
-                    for h in 0..4 {
-                        let k = k0 + 4 * q + h;
-                        let v = match (k < k1, t) {
-                            (false, _) => 0,
-                            (true, false) => src.at(k, n + c),
-                            (true, true) => src.at(n + c, k),
-                        };
-                        seg[(q * NR + c) * 4 + h] = (v as u8) ^ 0x80;
-                    }
-                }
-            }
-        };
+    // B's element `(k, column)`, by the definition.
+    let at = |k: usize, n: usize| if t { src.at(n, k) } else { src.at(k, n) };
     for (j, dst) in out.chunks_exact_mut(strip_len).enumerate() {
         let n = n0 + j * NR;
         let valid = NR.min(n0 + nlen - n);
@@ -293,11 +277,12 @@ pub(crate) fn pack_b_im2col(
                     unsafe {
                         avx512::im2col_t_lines(plan, n + c, k0, blocks, c, seg)
                     };
-                    generic(n, c, c + 16, k0, k0 + 64 * blocks, k1, seg);
+                    let (ks, tail) = (k0 + 64 * blocks, &mut seg[16 * blocks * NR * 4..]);
+                    pack_b_generic_cols(at, n, c, c + 16, ks, k1, tail);
                     c += 16;
                 }
             }
-            generic(n, c, valid, k0, k0, k1, seg);
+            pack_b_generic_cols(at, n, c, valid, k0, k1, seg);
             pad_b_cols(valid, seg);
         }
     }
@@ -333,17 +318,18 @@ fn pack_b_cols(
                 }
             };
             let q = done / 4;
-            pack_b_generic_cols(b, n, c, c + width, k0 + done, k1, &mut seg[q * NR * 4..]);
+            let tail = &mut seg[q * NR * 4..];
+            pack_b_generic_cols(|k, c| b.at(k, c), n, c, c + width, k0 + done, k1, tail);
             c += width;
         }
     }
-    pack_b_generic_cols(b, n, c, c1, k0, k1, seg);
+    pack_b_generic_cols(|k, c| b.at(k, c), n, c, c1, k0, k1, seg);
 }
 
 /// Portable packing of strip columns `ca .. cb` (all inside the matrix), rows `k0 .. k1`, into
-/// `seg` from its first quad.
+/// `seg` from its first quad; `at(k, column)` is B's element.
 fn pack_b_generic_cols(
-    b: &MatRef<'_, i8>,
+    at: impl Fn(usize, usize) -> i8,
     n: usize,
     ca: usize,
     cb: usize,
@@ -355,7 +341,7 @@ fn pack_b_generic_cols(
         for c in ca..cb {
             for h in 0..4 {
                 let k = k0 + 4 * q + h;
-                let v = if k < k1 { b.at(k, n + c) } else { 0 };
+                let v = if k < k1 { at(k, n + c) } else { 0 };
                 seg[(q * NR + c) * 4 + h] = (v as u8) ^ 0x80;
             }
         }

@@ -579,32 +579,15 @@ fn conv_chunk(
                 i8_operand_bound(*xmax),
             );
             let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
-            if packs_from_maps(backend, g) {
-                // The backend packs the columns from the maps (no im2col matrix).
-                let src = Im2colRef::new(xin, nb, g.cin, g.h, g.w, g.k).map_err(kerr)?;
-                let bq = QIm2colRef {
-                    src,
-                    transposed: false,
-                    scales: sb,
-                    max_abs: bound,
-                };
-                clock(&mut t.gemm, || {
-                    backend.gemm_q8_im2col(a, bq, GemmSpec::whole_k(), cm)
-                })
-                .map_err(kerr)?;
-            } else {
-                let mut col = Scratch::<i8>::new(rows * n);
-                clock(&mut t.im2col, || im2col(g, xin, nb, &mut col));
-                let bq = QMatRef {
-                    mat: row_major(&col, rows, n),
-                    scales: sb,
-                    max_abs: bound,
-                };
-                clock(&mut t.gemm, || {
-                    backend.gemm_q8(a, bq, GemmSpec::whole_k(), cm)
-                })
-                .map_err(kerr)?;
-            }
+            let cols = Columns {
+                g,
+                maps: xin,
+                examples: nb,
+                transposed: false,
+                scales: sb,
+                bound,
+            };
+            gemm_on_columns(backend, a, &cols, GemmSpec::whole_k(), cm, &mut t).map_err(kerr)?;
             false
         }
         _ => {
@@ -659,18 +642,51 @@ fn conv_chunk(
     Ok(t)
 }
 
-/// Whether the integer GEMM of `g` takes its columns straight from the 8-bit maps
-/// ([`lowprec_kernels::im2col_b`]): "same" convolutions whose output maps are whole 32-column
-/// strips (32x32, 16x16 and 8x8 maps; not VGG16's 4x4 and 2x2), on a backend that packs them
-/// (AVX-512 VNNI). The layer's own im2col wrote a matrix 9 times the maps that the GEMM's
-/// packer then read back (`lowprec profile preresnet20-cifar --batch 128 --precision bfp8`).
-fn packs_from_maps(backend: &dyn lowprec_kernels::GemmBackend, g: &ConvGeom) -> bool {
-    g.stride == 1
-        && g.k % 2 == 1
-        && g.pad == g.k / 2
-        && (g.ho, g.wo) == (g.h, g.w)
-        && g.out_pixels().is_multiple_of(32)
-        && backend.packs_im2col()
+/// The 8-bit im2col columns of `examples` maps of a layer (`col`, or `col^T` with
+/// `transposed`) as a GEMM's B operand, with their scales and declared bound.
+struct Columns<'a> {
+    g: &'a ConvGeom,
+    maps: &'a [i8],
+    examples: usize,
+    transposed: bool,
+    scales: Scales<'a>,
+    bound: u32,
+}
+
+/// `C (+)= A B` with B the columns: packed by the backend straight from the maps
+/// ([`lowprec_kernels::im2col_b`]) for "same" convolutions it packs whole, else through this
+/// layer's im2col matrix. The maps route saves writing a matrix 9 times the maps and the
+/// GEMM's packer reading it back (PreResNet-20 bfp8, 2 threads: 81 -> 65 ms per iteration).
+fn gemm_on_columns(
+    backend: &dyn lowprec_kernels::GemmBackend,
+    a: QMatRef<'_, i8>,
+    b: &Columns<'_>,
+    spec: GemmSpec,
+    c: MatMut<'_, f32>,
+    t: &mut ChunkTimes,
+) -> Result<(), lowprec_kernels::KernelError> {
+    let g = b.g;
+    if g.is_same() {
+        let bq = QIm2colRef {
+            src: Im2colRef::new(b.maps, b.examples, g.cin, g.h, g.w, g.k)?,
+            transposed: b.transposed,
+            scales: b.scales,
+            max_abs: b.bound,
+        };
+        if backend.packs_im2col(&bq) {
+            return clock(&mut t.gemm, || backend.gemm_q8_im2col(a, bq, spec, c));
+        }
+    }
+    let (rows, n) = (g.col_rows(), b.examples * g.out_pixels());
+    let mut col = Scratch::<i8>::new(rows * n);
+    clock(&mut t.im2col, || im2col(g, b.maps, b.examples, &mut col));
+    let mat = row_major(&col, rows, n);
+    let bq = QMatRef {
+        mat: if b.transposed { mat.t() } else { mat },
+        scales: b.scales,
+        max_abs: b.bound,
+    };
+    clock(&mut t.gemm, || backend.gemm_q8(a, bq, spec, c))
 }
 
 /// The bound declared to the integer GEMM for a large 8-bit operand built here (im2col
@@ -1233,34 +1249,20 @@ impl Conv2d {
                 scales: Scales::uniform(&prod),
                 max_abs: *emax,
             };
-            let (sb, bound) = (Scales::uniform(&one), i8_operand_bound(*xmax));
             let spec = GemmSpec {
                 segment: usize::MAX,
                 accumulate: acc,
             };
             let cm = MatMut::row_major(gw, cout, rows).map_err(kerr)?;
-            if packs_from_maps(backend, &g) && p.is_multiple_of(64) && rows.is_multiple_of(16) {
-                // col^T packed from the piece's maps: 64-pixel blocks of one example, taps in
-                // sixteens (the first layer's 27 taps would leave 11 to the scalar path, which
-                // made it 20 ms slower).
-                let src = Im2colRef::new(&xin, nb, g.cin, g.h, g.w, g.k).map_err(kerr)?;
-                let bq = QIm2colRef {
-                    src,
-                    transposed: true,
-                    scales: sb,
-                    max_abs: bound,
-                };
-                clock(&mut t.gemm, || backend.gemm_q8_im2col(a, bq, spec, cm)).map_err(kerr)?;
-            } else {
-                let mut col = Scratch::<i8>::new(rows * n);
-                clock(&mut t.im2col, || im2col(&g, &xin, nb, &mut col));
-                let bq = QMatRef {
-                    mat: row_major(&col, rows, n).t(),
-                    scales: sb,
-                    max_abs: bound,
-                };
-                clock(&mut t.gemm, || backend.gemm_q8(a, bq, spec, cm)).map_err(kerr)?;
-            }
+            let cols = Columns {
+                g: &g,
+                maps: &xin,
+                examples: nb,
+                transposed: true,
+                scales: Scales::uniform(&one),
+                bound: i8_operand_bound(*xmax),
+            };
+            gemm_on_columns(backend, a, &cols, spec, cm, &mut t).map_err(kerr)?;
             Ok::<ChunkTimes, NnError>(t)
         };
         let t0 = Instant::now();

@@ -66,6 +66,12 @@ impl ConvGeom {
         })
     }
 
+    /// A "same" convolution: stride 1 and an output as large as the input (so an odd kernel
+    /// with padding `k / 2`), whose every im2col row is its input plane shifted.
+    pub fn is_same(&self) -> bool {
+        self.stride == 1 && (self.ho, self.wo) == (self.h, self.w)
+    }
+
     /// Rows of `col` (the GEMM's K): `cin * k * k`.
     pub fn col_rows(&self) -> usize {
         self.cin * self.k * self.k
@@ -145,7 +151,7 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
         return;
     }
     let (k, hw) = (g.k, g.h * g.w);
-    if g.stride == 1 && g.wo == g.w && g.ho == g.h && g.wo >= SHIFT_MIN_WIDTH {
+    if g.is_same() && g.wo >= SHIFT_MIN_WIDTH {
         // "Same" convolutions: each row of `col` is its input plane shifted by a constant
         // offset, so one copy per (row, example) plus zeroing the rows and border columns that
         // fall in the padding (where the shifted copy wrapped around), instead of one short

@@ -1207,11 +1207,11 @@ fn batchnorm_backward_onto_a_gradient_gives_the_bits_of_adding_after() {
 }
 
 #[test]
-fn batchnorm_keeping_its_handed_over_input_gives_the_bits_of_keeping_xhat() {
-    // `forward_owned` keeps the input and recomputes xhat in backward instead of writing it
-    // in forward: outputs, parameter gradients and dx (written or added onto a gradient) must
-    // not change by a bit, with and without the absorbed ReLU, on awkward shapes, with a mean
-    // far from zero and a constant channel.
+fn batchnorm_keeping_its_handed_over_input_gives_the_bits_of_a_borrowed_one() {
+    // `forward_owned` keeps the input itself where `forward` keeps a copy made in its pass:
+    // outputs, parameter gradients and dx (written or added onto a gradient) must not change
+    // by a bit, with and without the absorbed ReLU, on awkward shapes, with a mean far from
+    // zero and a constant channel.
     let backend = CpuBackend;
     let policy = Precision::fp32();
     for (relu, onto, (b, c, h, w)) in [

@@ -282,8 +282,9 @@ fn precision_policies_parse_with_overrides() {
     }
 }
 
-/// The in-place ReLU (input and gradient handed over) against the allocating one, bit for
-/// bit, on awkward lengths with zeros of both signs, NaN, infinities and the largest floats.
+/// The in-place ReLU (input and gradient handed over) against the borrowing one and against
+/// the definition (`max(x, 0)` with NaN to 0; the gradient where `x > 0`), bit for bit, on
+/// awkward lengths with zeros of both signs, NaN, infinities and the largest floats.
 #[test]
 fn relu_in_place_matches_the_allocating_relu() {
     use lowprec_nn::activation::Relu;
@@ -318,9 +319,23 @@ fn relu_in_place_matches_the_allocating_relu() {
         let yb = b.forward_owned(&mut ctx, xt.clone(), true).unwrap();
         let bits = |t: &Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&ya), bits(&yb), "forward, n = {n}");
+        let want: Vec<u32> = xt
+            .data
+            .iter()
+            .map(|&v| if v > 0.0 { v } else { 0.0 }.to_bits())
+            .collect();
+        assert_eq!(bits(&yb), want, "forward against the definition, n = {n}");
+        let want_dx: Vec<u32> = (xt.data.iter().zip(&dyt.data))
+            .map(|(&v, &g)| if v > 0.0 { g } else { 0.0 }.to_bits())
+            .collect();
         let da = a.backward(&mut ctx, &dyt).unwrap();
         let db = b.backward_owned(&mut ctx, dyt.clone()).unwrap();
         assert_eq!(bits(&da[0]), bits(&db[0]), "backward, n = {n}");
+        assert_eq!(
+            bits(&db[0]),
+            want_dx,
+            "backward against the definition, n = {n}"
+        );
         assert!(
             b.backward_owned(&mut ctx, dyt).is_err(),
             "no second backward"

@@ -85,19 +85,13 @@ impl Sgd {
                     *b = mom * *b + g;
                     *w -= lr * *b;
                 };
-                if p.value.len() >= PAR_MIN {
-                    p.value
-                        .par_iter_mut()
-                        .zip(p.grad.par_iter())
-                        .zip(buf.par_iter_mut())
-                        .for_each(upd);
-                } else {
-                    p.value
-                        .iter_mut()
-                        .zip(p.grad.iter())
-                        .zip(buf.iter_mut())
-                        .for_each(upd);
-                }
+                // Pieces of at least PAR_MIN values: a small tensor stays one piece.
+                p.value
+                    .par_iter_mut()
+                    .with_min_len(PAR_MIN)
+                    .zip(p.grad.par_iter())
+                    .zip(buf.par_iter_mut())
+                    .for_each(upd);
                 p.version = step + 1;
                 continue;
             }
