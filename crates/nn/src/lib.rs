@@ -17,6 +17,7 @@ pub mod error;
 pub mod im2col;
 pub mod init;
 pub mod layer;
+pub mod limits;
 pub mod linear;
 pub mod loss;
 pub mod model;
