@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lowprec_data::{BatchConfig, EpochBatches};
 use lowprec_kernels::GemmBackend;
 use lowprec_nn::loss::Target;
-use lowprec_nn::{Ctx, Loss, Model, Tensor};
+use lowprec_nn::{Ctx, Loss, Model, PrecisionPlan, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -102,6 +102,10 @@ pub struct Trainer {
     pub history: Vec<EpochMetrics>,
     /// Configuration changes accepted at resumes (`--allow-config-change`), oldest first.
     pub config_changes: Vec<String>,
+    /// The formats of every layer (uniform in `cfg.precision` unless changed).
+    pub plan: PrecisionPlan,
+    /// The layer of every parameter (for the optimiser's per-layer formats).
+    param_layers: Vec<usize>,
     opts: RunOptions,
     loss: Loss,
     /// The claimed output directory (locked while the trainer lives).
@@ -148,6 +152,8 @@ impl Trainer {
         model.check_training_memory(cfg.train.batch)?;
         let sgd = Sgd::new(cfg.train.momentum, cfg.train.weight_decay, &model.params());
         let loss = Loss::new(cfg.model.loss);
+        let plan = PrecisionPlan::uniform(cfg.precision.clone(), model.num_layers());
+        let param_layers = model.param_layers();
         let mut t = Trainer {
             cfg,
             model,
@@ -158,6 +164,8 @@ impl Trainer {
             step: 0,
             history: Vec::new(),
             config_changes: Vec::new(),
+            plan,
+            param_layers,
             opts,
             loss,
             run_dir,
@@ -268,7 +276,7 @@ impl Trainer {
             batches.fill_batch(b, &mut batch)?;
             let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
             let backend = self.opts.backend.clone();
-            let mut ctx = Ctx::new(backend.as_ref(), &self.cfg.precision, self.cfg.seed);
+            let mut ctx = Ctx::with_plan(backend.as_ref(), &self.plan, self.cfg.seed);
             ctx.step = self.step;
             let out = self.model.forward(&mut ctx, x, true)?;
             let lo = self.loss.forward(&out, Target::Labels(&batch.labels))?;
@@ -288,10 +296,11 @@ impl Trainer {
                 epoch as f64 + b as f64 / nb as f64,
             );
             let mut params = self.model.params_mut();
-            self.sgd.step(
+            self.sgd.step_plan(
                 &mut params,
                 lr as f32,
-                &self.cfg.precision,
+                &self.plan,
+                &self.param_layers,
                 self.cfg.seed,
                 self.step,
             )?;
@@ -374,7 +383,7 @@ impl Trainer {
             batches.fill_batch(b, &mut batch)?;
             let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
             let backend = self.opts.backend.clone();
-            let mut ctx = Ctx::new(backend.as_ref(), &self.cfg.precision, self.cfg.seed);
+            let mut ctx = Ctx::with_plan(backend.as_ref(), &self.plan, self.cfg.seed);
             ctx.step = EVAL_STEP_BASE + b as u64;
             let out = self.model.forward(&mut ctx, x, false)?;
             let lo = self.loss.forward(&out, Target::Labels(&batch.labels))?;
@@ -445,7 +454,7 @@ impl Trainer {
             batches.fill_batch(b, &mut batch)?;
             let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
             let backend = self.opts.backend.clone();
-            let mut ctx = Ctx::new(backend.as_ref(), &self.cfg.precision, self.cfg.seed);
+            let mut ctx = Ctx::with_plan(backend.as_ref(), &self.plan, self.cfg.seed);
             ctx.step = EVAL_STEP_BASE + (1 << 40) + b as u64;
             let out = self.model.forward(&mut ctx, x, true)?;
             batch.images = out.data;
