@@ -31,6 +31,24 @@ pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.is_dir() {
+            return Err(DataError::io(
+                path,
+                "writing",
+                std::io::Error::other("is a directory"),
+            ));
+        }
+        if !meta.is_file() {
+            // a device or pipe (`--json /dev/null`, `/dev/stdout`): written in place, since
+            // renaming a temp file over it would replace the device with a regular file
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| DataError::io(path, "opening", e))?;
+            return write(&mut f).map_err(|e| DataError::io(path, "writing", e));
+        }
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|e| DataError::io(dir, "creating directory", e))?;
     }
