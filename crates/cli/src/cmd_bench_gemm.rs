@@ -157,15 +157,18 @@ fn print_table(
             println!("{line}");
         }
     }
+    use lowprec_formats::isa;
+    let family = format!(
+        "i8 kernels: {:?}; LOWPREC_ISA cap {} on a CPU with {}; f32-gemm picks its own kernels",
+        Isa::detect(),
+        isa::cap().name(),
+        isa::cpu_level().name()
+    );
     match peak {
         Some((p, what)) => println!(
-            "(median of the timed runs; 1 MAC = 2 ops; i8 kernels: {:?}; % peak is of {p} GOP/s per thread, {what})",
-            Isa::detect()
+            "(median of the timed runs; 1 MAC = 2 ops; {family}; % peak is of {p} GOP/s per thread, {what})"
         ),
-        None => println!(
-            "(median of the timed runs; 1 MAC = 2 ops; i8 kernels: {:?})",
-            Isa::detect()
-        ),
+        None => println!("(median of the timed runs; 1 MAC = 2 ops; {family})"),
     }
 }
 

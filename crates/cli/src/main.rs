@@ -81,6 +81,10 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if let Err(e) = lowprec_formats::isa::cap_from_env() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = run(cli) {
         eprintln!("error: {}", error_text(&e));
         std::process::exit(1);

@@ -9,6 +9,7 @@
 
 pub mod bfp;
 pub mod format;
+pub mod isa;
 pub mod layout;
 pub mod peer;
 pub mod rng;

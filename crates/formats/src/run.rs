@@ -85,9 +85,10 @@ impl RunKernel {
     }
     /// The kernel [`quantize_run`] uses on this CPU.
     pub fn best() -> RunKernel {
-        if has_avx512() {
+        use crate::isa::{allows, IsaLevel};
+        if has_avx512() && allows(IsaLevel::Avx512) {
             RunKernel::Avx512
-        } else if has_avx2() {
+        } else if has_avx2() && allows(IsaLevel::Avx2) {
             RunKernel::Avx2
         } else {
             RunKernel::Generic

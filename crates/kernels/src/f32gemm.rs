@@ -40,7 +40,9 @@ impl F32Impl {
 pub fn short_side_as_m(short: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        short < 32 && std::arch::is_x86_feature_detected!("avx512f")
+        short < 32
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && lowprec_formats::isa::allows(lowprec_formats::isa::IsaLevel::Avx512)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -1087,7 +1087,7 @@ mod tests {
     /// column-contiguous operands, short and odd k ranges, several ranges, partial strips.
     #[test]
     fn fast_packing_matches_portable() {
-        if Isa::detect() != Isa::Avx512Vnni {
+        if Isa::cpu_best() != Isa::Avx512Vnni {
             eprintln!("no AVX-512 VNNI on this CPU: only the portable quad packing runs here");
             return;
         }

@@ -42,8 +42,20 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best kernel family this CPU supports.
+    /// The best kernel family this CPU supports under the `LOWPREC_ISA` cap
+    /// ([`lowprec_formats::isa`]).
     pub fn detect() -> Self {
+        use lowprec_formats::isa::{allows, IsaLevel};
+        let cpu = Isa::cpu_best();
+        match cpu {
+            Isa::Avx512Vnni if allows(IsaLevel::Avx512) => Isa::Avx512Vnni,
+            Isa::Avx512Vnni | Isa::Avx2 if allows(IsaLevel::Avx2) => Isa::Avx2,
+            _ => Isa::Generic,
+        }
+    }
+
+    /// The best kernel family this CPU supports, ignoring the cap (what tests compare).
+    pub fn cpu_best() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
@@ -60,7 +72,7 @@ impl Isa {
     /// `self` if this CPU can run it, otherwise the best family below it that it can
     /// (`Avx512Vnni` -> `Avx2` -> `Generic`).
     pub fn or_supported(self) -> Self {
-        let best = Isa::detect();
+        let best = Isa::cpu_best();
         match self {
             Isa::Generic | Isa::GenericQuad => self,
             Isa::Avx2 if best.has_avx2() => Isa::Avx2,

@@ -51,14 +51,11 @@ impl LaneSums {
 }
 
 // The plane kernels are compiled for AVX-512 and AVX2 besides the baseline and chosen at run
-// time (`multiversion`); none lets the compiler contract or reorder float operations, so every
+// time under the `LOWPREC_ISA` cap (`isa_versions!`); none lets the compiler contract or reorder float operations, so every
 // version gives the same bits.
 
+lowprec_formats::isa_versions! {
 /// `(sum d, sum d^2)` with `d = x - shift` in f64 (the forward statistics).
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
-    "x86_64+avx2+fma"
-))]
 fn plane_shifted_sums(x: &[f32], shift: f64, s: &mut LaneSums) {
     let cx = x.chunks_exact(8);
     for &v in cx.remainder() {
@@ -74,18 +71,16 @@ fn plane_shifted_sums(x: &[f32], shift: f64, s: &mut LaneSums) {
         }
     }
 }
+}
 
+lowprec_formats::isa_versions! {
 /// `(sum g, sum g * xhat)` (the backward sums), with `g = relu_grad(dy, xhat, gm, bt)` when
 /// a ReLU is absorbed; `xhat = (x - mu) * is` is recomputed from the input `x` exactly as the
 /// forward made it.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
-    "x86_64+avx2+fma"
-))]
 fn plane_grad_sums(
     dy: &[f32],
     x: &[f32],
-    (mu, is): (f32, f32),
+    norm: (f32, f32),
     relu: Option<(f32, f32)>,
     s: &mut LaneSums,
 ) {
@@ -116,25 +111,23 @@ fn plane_grad_sums(
             }
         }
     }
-    let norm = (mu, is);
     match relu {
         None => sums(dy, x, norm, |g, _| g, s),
         Some((gm, bt)) => sums(dy, x, norm, |g, h| relu_grad(g, h, gm, bt), s),
     }
 }
+}
 
+lowprec_formats::isa_versions! {
 /// The forward's normalisation of one plane, `y = (x - mu) * is * g + be`, then the absorbed
 /// ReLU if any. Writes every slot of `y`.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
-    "x86_64+avx2+fma"
-))]
 fn plane_normalise(
     x: &[f32],
     y: &mut [MaybeUninit<f32>],
-    (mu, is, g, be): (f32, f32, f32, f32),
+    affine: (f32, f32, f32, f32),
     relu: bool,
 ) {
+    let (mu, is, g, be) = affine;
     assert_eq!(x.len(), y.len());
     if relu {
         for (yv, &v) in y.iter_mut().zip(x) {
@@ -146,6 +139,7 @@ fn plane_normalise(
         }
     }
 }
+}
 
 /// Where the backward's `dx` of a plane goes: written, or added onto a gradient already there
 /// (see [`Layer::backward_onto`]).
@@ -154,17 +148,14 @@ enum DxOut<'a> {
     Onto(&'a mut [f32]),
 }
 
+lowprec_formats::isa_versions! {
 /// The backward's `dx = k * (g - mdy - xhat * mdyx)` for one plane, `g` masked by the
 /// absorbed ReLU if any: written into every slot, or added onto `acc` as `acc + dx`.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
-    "x86_64+avx2+fma"
-))]
-fn plane_input_grad(
+fn plane_input_grad<'a>(
     dy: &[f32],
     x: &[f32],
     norm: (f32, f32),
-    dx: DxOut<'_>,
+    dx: DxOut<'a>,
     consts: (f32, f32, f32),
     relu: Option<(f32, f32)>,
 ) {
@@ -202,6 +193,7 @@ fn plane_input_grad(
             each(a, dy, x, n, c, |g, h| relu_grad(g, h, gm, bt), onto)
         }
     }
+}
 }
 
 pub struct BatchNorm2d {
