@@ -707,7 +707,25 @@ impl ModelArgs {
 pub struct DetectArgs {
     /// Recording: SigMF base name or either file; a raw cf32_le file with --raw; `-` reads raw
     /// cf32_le from stdin.
-    pub input: PathBuf,
+    #[arg(required_unless_present = "vectors")]
+    pub input: Option<PathBuf>,
+    /// Pre-windowed feature vectors instead of a recording: an N x D float32/float64 .npy, one
+    /// window per row; the first --train-windows rows train, the rest are scored.
+    #[arg(long, conflicts_with_all = ["input", "raw", "meta", "sample_rate", "zero_non_finite", "no_verify", "refresh_every"])]
+    pub vectors: Option<PathBuf>,
+    /// Labels of the --vectors rows: a .npy of N values, 0 (normal) or 1 (anomalous).
+    #[arg(long, requires = "vectors")]
+    pub labels: Option<PathBuf>,
+    /// Labelled vectors (.npy, with --calibrate-labels) whose scores set the threshold
+    /// (--calibrate-target) instead of the unsupervised rule.
+    #[arg(long, requires_all = ["vectors", "calibrate_labels"])]
+    pub calibrate: Option<PathBuf>,
+    #[arg(long, requires = "calibrate")]
+    pub calibrate_labels: Option<PathBuf>,
+    /// `f1` (the threshold with the best F1 on the calibration rows) or `far:R` (the lowest
+    /// threshold with a false-alarm rate of at most R on their normal rows).
+    #[arg(long, default_value = "f1")]
+    pub calibrate_target: String,
     /// Treat INPUT as a raw headerless cf32_le file.
     #[arg(long)]
     pub raw: bool,
@@ -776,7 +794,59 @@ fn make_backend(spec: &str) -> Result<Box<dyn GemmBackend>> {
     Ok(Box::new(sim))
 }
 
+/// `rf detect --vectors`: the auto-encoder on rows of feature vectors.
+fn detect_vectors(a: &DetectArgs, path: &Path) -> Result<()> {
+    let data = lowprec_rf::vectors::read_vectors(path, a.labels.as_deref())?;
+    let calibration = match &a.calibrate {
+        Some(c) => Some(lowprec_rf::vectors::read_vectors(
+            c,
+            a.calibrate_labels.as_deref(),
+        )?),
+        None => None,
+    };
+    let precision: Precision = a.precision.parse()?;
+    let cfg = lowprec_rf::vectors::VectorConfig {
+        train_rows: a.train_windows,
+        ae: a.model.config(data.dim, precision)?,
+        calibration: Some(a.calibrate_target.parse()?),
+    };
+    let backend = make_backend(&a.backend)?;
+    let report =
+        lowprec_rf::vectors::run_vectors(&data, calibration.as_ref(), &cfg, backend.as_ref())?;
+    // One JSON line per scored row.
+    let mut out = String::with_capacity(report.scores.len() * 48);
+    let labels = data.labels.as_deref();
+    for (k, &s) in report.scores.iter().enumerate() {
+        let row = a.train_windows + k;
+        let line = serde_json::json!({
+            "row": row,
+            "score": s,
+            "anomalous": s > report.summary.threshold,
+            "label": labels.map(|l| l[row]),
+        });
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    if a.out.as_os_str() == "-" {
+        std::io::stdout().lock().write_all(out.as_bytes())?;
+    } else {
+        write_file_atomic(&a.out, out.as_bytes())?;
+    }
+    let mut text = serde_json::to_vec_pretty(&report.summary)?;
+    text.push(b'\n');
+    if let Some(p) = &a.summary {
+        write_file_atomic(p, &text)?;
+    }
+    eprintln!("{}", String::from_utf8_lossy(&text).trim_end());
+    Ok(())
+}
+
 fn detect(a: &DetectArgs) -> Result<()> {
+    let input = match (&a.vectors, &a.input) {
+        (Some(v), _) => return detect_vectors(a, v),
+        (None, Some(i)) => i.clone(),
+        (None, None) => bail!("give a recording (INPUT) or --vectors FILE.npy"),
+    };
     let policy = if a.zero_non_finite {
         NonFinitePolicy::Zero
     } else {
@@ -810,7 +880,7 @@ fn detect(a: &DetectArgs) -> Result<()> {
         }
         None => None,
     };
-    let is_stdin = a.input.as_os_str() == "-";
+    let is_stdin = input.as_os_str() == "-";
     let (meta, mut stream): (Option<SigMfMeta>, SampleStream<Box<dyn std::io::Read>>) = if is_stdin
     {
         let r: Box<dyn std::io::Read> = Box::new(std::io::BufReader::with_capacity(
@@ -819,18 +889,18 @@ fn detect(a: &DetectArgs) -> Result<()> {
         ));
         (side_meta, SampleStream::new(r, "<stdin>", policy))
     } else if a.raw {
-        let f = std::fs::File::open(&a.input)
-            .with_context(|| format!("opening {}", a.input.display()))?;
+        let f =
+            std::fs::File::open(&input).with_context(|| format!("opening {}", input.display()))?;
         let r: Box<dyn std::io::Read> = Box::new(std::io::BufReader::with_capacity(1 << 20, f));
         (
             side_meta,
-            SampleStream::new(r, a.input.display().to_string(), policy),
+            SampleStream::new(r, input.display().to_string(), policy),
         )
     } else {
         if side_meta.is_some() {
             bail!("--meta is for raw input or stdin; a SigMF recording has its own");
         }
-        let (meta, s) = open_sigmf(&a.input, opts)?;
+        let (meta, s) = open_sigmf(&input, opts)?;
         (Some(meta), rebox(s))
     };
     if is_stdin || a.raw {
@@ -998,6 +1068,8 @@ fn experiment(a: &ExperimentArgs) -> Result<()> {
                 "projected_seconds": f.projected_seconds,
                 "backends_agree": f.backends_agree,
                 "fpga_cycles": f.fpga_cycles,
+                "test": f.test,
+                "rules": f.rules,
             }),
         );
     }

@@ -34,7 +34,7 @@ use std::time::Instant;
 use lowprec_kernels::GemmBackend;
 
 use crate::autoencoder::{AeConfig, Autoencoder};
-use crate::metrics::{percentile, Confusion};
+use crate::metrics::{best_f1, percentile, pr_auc, roc_auc, Confusion};
 use crate::sigmf::SampleStream;
 use crate::window::{LabelRange, Normaliser, WindowConfig, WindowStream, Windows};
 use crate::{Iq, RfError};
@@ -187,6 +187,12 @@ pub struct DetectSummary {
     pub sample_rate_hz: Option<f64>,
     /// Against the annotations (annotated recordings only).
     pub confusion: Option<ConfusionJson>,
+    /// Threshold-free figures over every scored window (annotated recordings only): ROC AUC,
+    /// PR AUC and the best-threshold F1, beside the F1 at the thresholds used in `confusion`.
+    /// Scores after a refresh come from the refreshed model.
+    pub roc_auc: Option<f64>,
+    pub pr_auc: Option<f64>,
+    pub best_f1: Option<f64>,
 }
 
 /// Confusion counts and ratios for JSON.
@@ -229,6 +235,8 @@ struct Running<'a> {
     next_index: u64,
     since_refresh: u64,
     confusion: Confusion,
+    /// Every scored window's error and label (annotated recordings only).
+    labelled_scores: Vec<(f32, bool)>,
     flagged: u64,
     refreshes: u64,
     skipped_refreshes: u64,
@@ -270,6 +278,7 @@ impl Running<'_> {
                     self.ring.push(&self.pending.inputs[w * d..(w + 1) * d]);
                 }
                 if let Some(l) = label {
+                    self.labelled_scores.push((error, l));
                     match (flag, l) {
                         (true, true) => self.confusion.tp += 1,
                         (true, false) => self.confusion.fp += 1,
@@ -435,6 +444,7 @@ pub fn run_detector<R: Read>(
         next_index: 0,
         since_refresh: 0,
         confusion: Confusion::default(),
+        labelled_scores: Vec::new(),
         flagged: 0,
         refreshes: 0,
         skipped_refreshes: 0,
@@ -472,6 +482,16 @@ pub fn run_detector<R: Read>(
     let seconds = t_start.elapsed().as_secs_f64();
     let samples = stream.position();
     let samples_per_second = samples as f64 / seconds.max(1e-12);
+    let (scores, labels): (Vec<f32>, Vec<bool>) = run.labelled_scores.iter().copied().unzip();
+    let (roc, pr, best) = if has_labels && !scores.is_empty() {
+        (
+            roc_auc(&scores, &labels)?,
+            pr_auc(&scores, &labels)?,
+            Some(best_f1(&scores, &labels)?.1.f1()),
+        )
+    } else {
+        (None, None, None)
+    };
     Ok(DetectSummary {
         samples,
         windows: run.next_index,
@@ -495,6 +515,9 @@ pub fn run_detector<R: Read>(
         realtime_factor: sample_rate_hz.map(|fs| samples_per_second / fs),
         sample_rate_hz,
         confusion: has_labels.then(|| run.confusion.into()),
+        roc_auc: roc,
+        pr_auc: pr,
+        best_f1: best,
     })
 }
 
