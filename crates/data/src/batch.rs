@@ -378,7 +378,7 @@ impl<'a> EpochBatches<'a> {
             }
             Augment::CropFlip { pad } => {
                 let d = crop_flip_decision(self.cfg.seed, self.epoch, index, pad);
-                for c in 0..c_n {
+                for (c, &z) in zero.iter().enumerate() {
                     let plane = c * h * w;
                     let out = &mut dst[plane..plane + h * w];
                     for y in 0..h {
@@ -386,7 +386,7 @@ impl<'a> EpochBatches<'a> {
                         // Source row in the unpadded image; rows in the padding are all zero.
                         let sy = (y + d.dy).wrapping_sub(pad);
                         if sy >= h {
-                            row.fill(zero[c]);
+                            row.fill(z);
                             continue;
                         }
                         for (x, o) in row.iter_mut().enumerate() {
@@ -395,7 +395,7 @@ impl<'a> EpochBatches<'a> {
                             *o = if sx < w {
                                 px(c, plane + sy * w + sx)
                             } else {
-                                zero[c]
+                                z
                             };
                         }
                     }

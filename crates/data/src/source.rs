@@ -185,7 +185,7 @@ pub fn load_idx_dir(dir: &Path, opts: &SourceOptions) -> Result<Splits> {
             ),
         ));
     }
-    for (name, _) in &opts.sha256 {
+    for name in opts.sha256.keys() {
         let known = paths
             .iter()
             .any(|p| p.file_name().is_some_and(|f| f.to_string_lossy() == *name));

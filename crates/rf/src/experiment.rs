@@ -299,6 +299,7 @@ pub fn run_experiment(
         let mut agree = sim.as_ref().map(|_| true);
         let (mut seconds, mut gemm, mut fpga, mut projected) = (0.0, 0.0, 0.0, 0.0);
         let mut first_hit = None;
+        let mut last = None;
         for it in 0..ae_cfg.iterations {
             let (lr, avg) = (ae_cfg.lr_at(it), ae_cfg.averages_at(it));
             let mut profile = Profile::default();
@@ -323,7 +324,10 @@ pub fn run_experiment(
                 projected += dt;
             }
             ae.publish();
-            let threshold = ae.fit_threshold(&cpu, &train.inputs)?;
+            // One scoring of the training batch gives both the threshold and the rule
+            // comparison (a second would draw other stochastic-rounding bits).
+            let train_scores = ae.scores(&cpu, &train.inputs)?;
+            let threshold = select_threshold(&train_scores, ae_cfg.threshold)?;
             let scores = ae.scores(&cpu, &test.inputs)?;
             let c = Confusion::from_scores(&scores, &test.labels, threshold)?;
             if first_hit.is_none() && c.f1() >= cfg.target_f1 {
@@ -344,14 +348,15 @@ pub fn run_experiment(
                 projected_seconds: cfg.fpga.as_ref().map(|_| projected),
                 roc_auc: roc_auc(&scores, &test.labels)?,
             });
+            last = Some((threshold, train_scores, scores));
         }
-        let threshold = ae.fit_threshold(&cpu, &train.inputs)?;
-        let train_scores = ae.scores(&cpu, &train.inputs)?;
-        let test_scores = ae.scores(&cpu, &test.inputs)?;
+        let (threshold, train_scores, test_scores) = last.ok_or_else(|| {
+            RfError::InvalidArgument("the experiment needs at least one iteration".into())
+        })?;
         let summary = ScoreSummary::new(&test_scores, &test.labels, threshold)?;
         let rules = compare_rules(&compared_rules(), &train_scores, &test_scores, &test.labels)?;
-        let last = curve.last().cloned();
-        let (f1, p, r) = last
+        let last_point = curve.last().cloned();
+        let (f1, p, r) = last_point
             .as_ref()
             .map_or((0.0, 0.0, 0.0), |l| (l.f1, l.precision_score, l.recall));
         finals.push(FinalResult {

@@ -269,7 +269,7 @@ fn vectors_bad_input_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     let err = |r: Result<lowprec_rf::vectors::Vectors, lowprec_rf::RfError>| {
-        r.err().expect("an error").to_string()
+        r.expect_err("an error").to_string()
     };
     write_npy(&p("int.npy"), &[1i32, 2, 3, 4], &[2, 2]);
     assert!(err(read_vectors(&p("int.npy"), None)).contains("int.npy"));

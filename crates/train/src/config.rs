@@ -164,10 +164,8 @@ impl DataConfig {
     /// data's own statistics (`dataset`).
     pub fn set_source(&mut self, kind_path: &str) -> Result<(), String> {
         let (kind, path) = lowprec_data::parse_kind_path(kind_path).map_err(|e| e.to_string())?;
-        if !self.is_own() {
-            if self.normalize == "mnist" {
-                self.normalize = "dataset".into();
-            }
+        if !self.is_own() && self.normalize == "mnist" {
+            self.normalize = "dataset".into();
         }
         self.dataset = kind.name().into();
         self.path = Some(path.display().to_string());
