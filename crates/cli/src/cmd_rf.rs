@@ -1097,16 +1097,29 @@ fn experiment(a: &ExperimentArgs) -> Result<()> {
     write_file_atomic(&a.out.join("final.json"), &text)?;
     plot_experiment(&r, &a.out.join("fig9.png"))?;
     println!(
-        "{:<8} {:>7} {:>9} {:>7} {:>14} {:>10} {:>12}",
-        "policy", "F1", "precision", "recall", "iters to F1>=", "seconds", "projected s"
+        "{:<8} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>14} {:>10} {:>12}",
+        "policy",
+        "F1",
+        "precision",
+        "recall",
+        "best F1",
+        "ROC AUC",
+        "PR AUC",
+        "iters to F1>=",
+        "seconds",
+        "projected s"
     );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     for f in &r.finals {
         println!(
-            "{:<8} {:>7.4} {:>9.4} {:>7.4} {:>14} {:>10.4} {:>12}",
+            "{:<8} {:>7.4} {:>9.4} {:>7.4} {:>7.4} {:>7} {:>7} {:>14} {:>10.4} {:>12}",
             f.precision,
             f.f1,
             f.precision_score,
             f.recall,
+            f.test.best_f1,
+            opt(f.test.roc_auc),
+            opt(f.test.pr_auc),
             f.iterations_to_target
                 .map_or("never".to_string(), |i| i.to_string()),
             f.seconds,
