@@ -716,11 +716,12 @@ pub struct DetectArgs {
     /// Labels of the --vectors rows: a .npy of N values, 0 (normal) or 1 (anomalous).
     #[arg(long, requires = "vectors")]
     pub labels: Option<PathBuf>,
-    /// Labelled vectors (.npy, with --calibrate-labels) whose scores set the threshold
-    /// (--calibrate-target) instead of the unsupervised rule.
-    #[arg(long, requires_all = ["vectors", "calibrate_labels"])]
+    /// Labelled windows whose scores set the threshold (--calibrate-target) instead of the
+    /// unsupervised rule: an annotated SigMF recording (windowed and normalised like INPUT;
+    /// refreshes recalibrate), or with --vectors a .npy of vectors with --calibrate-labels.
+    #[arg(long)]
     pub calibrate: Option<PathBuf>,
-    #[arg(long, requires = "calibrate")]
+    #[arg(long, requires_all = ["calibrate", "vectors"])]
     pub calibrate_labels: Option<PathBuf>,
     /// `f1` (the threshold with the best F1 on the calibration rows) or `far:R` (the lowest
     /// threshold with a false-alarm rate of at most R on their normal rows).
@@ -796,6 +797,9 @@ fn make_backend(spec: &str) -> Result<Box<dyn GemmBackend>> {
 
 /// `rf detect --vectors`: the auto-encoder on rows of feature vectors.
 fn detect_vectors(a: &DetectArgs, path: &Path) -> Result<()> {
+    if a.calibrate.is_some() && a.calibrate_labels.is_none() {
+        bail!("--calibrate with --vectors needs --calibrate-labels");
+    }
     let data = lowprec_rf::vectors::read_vectors(path, a.labels.as_deref())?;
     let calibration = match &a.calibrate {
         Some(c) => Some(lowprec_rf::vectors::read_vectors(
@@ -859,6 +863,25 @@ fn detect(a: &DetectArgs) -> Result<()> {
     let wcfg = a.windows.config();
     wcfg.validate()?;
     let precision: Precision = a.precision.parse()?;
+    let calibration = match &a.calibrate {
+        None => None,
+        Some(c) => {
+            let rec = read_recording(c, opts)?;
+            let labels = rec.label_ranges()?;
+            if labels.is_empty() {
+                bail!(
+                    "--calibrate {}: the recording has no annotations to calibrate on",
+                    c.display()
+                );
+            }
+            Some(lowprec_rf::detect::StreamCalibration {
+                name: c.display().to_string(),
+                samples: rec.samples,
+                labels,
+                target: a.calibrate_target.parse()?,
+            })
+        }
+    };
     let cfg = DetectConfig {
         window: wcfg,
         train_windows: a.train_windows,
@@ -869,6 +892,7 @@ fn detect(a: &DetectArgs) -> Result<()> {
         chunk_samples: 1 << 16,
         max_spread: a.max_spread,
         max_attempts: a.max_attempts,
+        calibration,
     };
     cfg.validate()?;
     let backend = make_backend(&a.backend)?;

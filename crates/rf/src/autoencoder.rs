@@ -412,6 +412,11 @@ impl Autoencoder {
         Ok(scores)
     }
 
+    /// Sets the threshold directly (a calibrated one).
+    pub fn set_threshold(&mut self, threshold: f32) {
+        self.threshold = Some(threshold);
+    }
+
     /// Sets the threshold from the scores of `normal` windows (the training batch) under the
     /// scoring model, by the configured rule. Returns it.
     pub fn fit_threshold(

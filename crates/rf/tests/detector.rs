@@ -261,3 +261,38 @@ fn bad_streams_give_clear_errors() {
     bad.ae.lr = f64::NAN;
     assert!(detect(&bytes_of(&p.train[..20_000]), &[], &bad).is_err());
 }
+
+/// A calibration recording sets the threshold (and recalibrates after refreshes); the summary
+/// says so, and the threshold-free figures are there with labels.
+#[test]
+fn calibrated_threshold_and_threshold_free_figures() {
+    let p = pair();
+    let (samples, labels) = stream_samples(&p);
+    let mut cfg = small_detect_config(Precision::fp32());
+    let (_, plain) = detect(&bytes_of(&samples), &labels, &cfg).unwrap();
+    let (roc, best) = (plain.roc_auc.unwrap(), plain.best_f1.unwrap());
+    assert!(roc > 0.9 && roc <= 1.0, "{roc}");
+    assert!(best >= plain.confusion.as_ref().unwrap().f1);
+    assert!(plain.pr_auc.unwrap() > 0.5);
+    cfg.calibration = Some(lowprec_rf::detect::StreamCalibration {
+        name: "cal".into(),
+        samples: samples.clone(),
+        labels: labels.clone(),
+        target: lowprec_rf::Calibration::FalseAlarmRate(0.02),
+    });
+    let (_, s) = detect(&bytes_of(&samples), &labels, &cfg).unwrap();
+    let c = s.calibration.as_ref().unwrap();
+    assert_eq!(s.threshold_rule, "calibrated:far:0.02");
+    assert_eq!(c.threshold, s.thresholds[0]);
+    assert!(c.false_alarm_rate <= 0.02, "{c:?}");
+    assert_eq!(s.thresholds.len() as u64, 1 + s.refreshes);
+    // A calibration recording without anomalies cannot calibrate for F1.
+    cfg.calibration = Some(lowprec_rf::detect::StreamCalibration {
+        name: "clean".into(),
+        samples: samples.clone(),
+        labels: Vec::new(),
+        target: lowprec_rf::Calibration::MaxF1,
+    });
+    let e = detect(&bytes_of(&samples), &labels, &cfg).unwrap_err();
+    assert!(e.to_string().contains("anomalous"), "{e}");
+}
