@@ -2,8 +2,9 @@
 //! directory of `.npy` files) and image folders. Shapes and class counts come from the data.
 //!
 //! * `idx:DIR`: `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`,
-//!   `t10k-labels-idx1-ubyte`, each raw or as `<name>.gz`; optionally each file's sha256 (of the
-//!   file as stored) is checked.
+//!   `t10k-labels-idx1-ubyte`, each raw or as `<name>.gz`, of any IDX dtype (unsigned bytes
+//!   stay bytes; signed integers and floats become f32 features); optionally each file's sha256
+//!   (of the file as stored) is checked.
 //! * `npz:FILE` / `npy:DIR`: arrays `x_train`, `y_train`, `x_test`, `y_test` (in the archive, or
 //!   as `DIR/<name>.npy`). Features: uint8 (kept as bytes, like images) or float/integer (kept
 //!   as f32), any shape `[N, ...]`; labels: integers `[N]` (or `[N, 1]`), 0 ..= 255.
@@ -213,11 +214,16 @@ pub fn load_idx_dir(dir: &Path, opts: &SourceOptions) -> Result<Splits> {
                 });
             }
         }
-        let a = idx::read_idx(p)?;
+        let (dims, values) = idx::read_idx_values(p)?;
         arrays.push(NpyArray {
-            shape: a.dims,
-            dtype: "u1".into(),
-            values: NpyValues::U8(a.data),
+            shape: dims,
+            dtype: match values {
+                NpyValues::U8(_) => "idx u8",
+                NpyValues::I64(_) => "idx int",
+                NpyValues::F32(_) => "idx float",
+            }
+            .into(),
+            values,
             origin: p.clone(),
         });
     }

@@ -427,3 +427,63 @@ fn float_sets_batch_like_their_reference() {
     assert_eq!(sub.feature_row(0), ds.feature_row(4));
     assert_eq!(sub.labels, vec![ds.labels[4], ds.labels[1]]);
 }
+
+/// An IDX file of `dtype` with big-endian `values` (given as f64, converted to the type).
+fn typed_idx(dtype: u8, dims: &[u32], values: &[f64]) -> Vec<u8> {
+    let mut b = vec![0, 0, dtype, dims.len() as u8];
+    for d in dims {
+        b.extend_from_slice(&d.to_be_bytes());
+    }
+    for &v in values {
+        match dtype {
+            0x08 => b.push(v as u8),
+            0x09 => b.push(v as i8 as u8),
+            0x0B => b.extend_from_slice(&(v as i16).to_be_bytes()),
+            0x0C => b.extend_from_slice(&(v as i32).to_be_bytes()),
+            0x0D => b.extend_from_slice(&(v as f32).to_be_bytes()),
+            _ => b.extend_from_slice(&v.to_be_bytes()),
+        }
+    }
+    b
+}
+
+#[test]
+fn idx_of_every_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let x: Vec<f64> = (0..12).map(|i| f64::from(i) * 0.5 - 2.0).collect();
+    let xi: Vec<f64> = (0..12).map(|i| f64::from(i) - 6.0).collect();
+    for (xt, yt) in [(0x0D, 0x0C), (0x0E, 0x0B), (0x0C, 0x09), (0x09, 0x08)] {
+        let xs = if xt == 0x0D || xt == 0x0E { &x } else { &xi };
+        let write =
+            |k: usize, b: Vec<u8>| std::fs::write(dir.path().join(IDX_FILE_NAMES[k]), b).unwrap();
+        write(0, typed_idx(xt, &[3, 2, 2], xs));
+        write(1, typed_idx(yt, &[3], &[0.0, 2.0, 1.0]));
+        write(2, typed_idx(xt, &[3, 2, 2], xs));
+        write(3, typed_idx(yt, &[3], &[1.0, 1.0, 0.0]));
+        let s = load_idx_dir(dir.path(), &opts()).unwrap();
+        assert!(s.train.is_float(), "dtype {xt:#x}");
+        let want: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
+        assert_eq!(s.train.features, want, "dtype {xt:#x}");
+        assert_eq!(
+            (s.train.classes, s.train.labels.clone()),
+            (3, vec![0, 2, 1])
+        );
+        assert_eq!((s.train.channels, s.train.height, s.train.width), (1, 2, 2));
+    }
+    // Negative labels and a truncated float file are named.
+    let write =
+        |k: usize, b: Vec<u8>| std::fs::write(dir.path().join(IDX_FILE_NAMES[k]), b).unwrap();
+    write(1, typed_idx(0x09, &[3], &[0.0, -1.0, 1.0]));
+    assert_err_mentions(
+        load_idx_dir(dir.path(), &opts()),
+        &[IDX_FILE_NAMES[1], "label -1 at index 1"],
+    );
+    write(1, typed_idx(0x08, &[3], &[0.0, 1.0, 1.0]));
+    let mut b = typed_idx(0x0D, &[3, 2, 2], &x);
+    b.truncate(b.len() - 2);
+    write(0, b);
+    assert_err_mentions(
+        load_idx_dir(dir.path(), &opts()),
+        &[IDX_FILE_NAMES[0], "truncated IDX data", "need 48 bytes"],
+    );
+}
