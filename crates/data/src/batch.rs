@@ -347,26 +347,33 @@ impl<'a> EpochBatches<'a> {
     fn fill_sample(&self, index: usize, dst: &mut [f32]) {
         if self.ds.features.is_empty() {
             let src = self.ds.image(index);
-            self.fill_with(index, dst, |c, k| self.tables[c][usize::from(src[k])]);
+            self.fill_with(
+                index,
+                dst,
+                |c, k| self.tables[c][usize::from(src[k])],
+                |c| self.tables[c][0],
+            );
         } else {
             let src = self.ds.feature_row(index);
-            self.fill_with(index, dst, |c, k| self.norm.apply_f32(c, src[k]));
+            self.fill_with(
+                index,
+                dst,
+                |c, k| self.norm.apply_f32(c, src[k]),
+                |c| self.norm.apply_f32(c, 0.0),
+            );
         }
     }
 
     /// Fills one sample; `px(c, k)` is the normalised value of the sample's raw value `k` (in
-    /// channel `c`). Padding is raw value zero, normalised like any other.
-    fn fill_with(&self, index: usize, dst: &mut [f32], px: impl Fn(usize, usize) -> f32) {
+    /// channel `c`), `zero(c)` that of a raw zero (the padding).
+    fn fill_with(
+        &self,
+        index: usize,
+        dst: &mut [f32],
+        px: impl Fn(usize, usize) -> f32,
+        zero: impl Fn(usize) -> f32,
+    ) {
         let (c_n, h, w) = (self.ds.channels, self.ds.height, self.ds.width);
-        let zero: Vec<f32> = (0..c_n)
-            .map(|c| {
-                if self.ds.features.is_empty() {
-                    self.tables[c][0]
-                } else {
-                    self.norm.apply_f32(c, 0.0)
-                }
-            })
-            .collect();
         match self.cfg.augment {
             Augment::None => {
                 for c in 0..c_n {
@@ -378,7 +385,8 @@ impl<'a> EpochBatches<'a> {
             }
             Augment::CropFlip { pad } => {
                 let d = crop_flip_decision(self.cfg.seed, self.epoch, index, pad);
-                for (c, &z) in zero.iter().enumerate() {
+                for c in 0..c_n {
+                    let z = zero(c);
                     let plane = c * h * w;
                     let out = &mut dst[plane..plane + h * w];
                     for y in 0..h {

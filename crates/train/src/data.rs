@@ -62,18 +62,10 @@ pub fn load(cfg: &DataConfig, data_dir: Option<PathBuf>) -> Result<DataSplits, T
     let norm = match cfg.normalize.as_str() {
         "unit" => Normalization::unit(train.channels),
         "mnist" => Normalization::mnist(),
-        "explicit" => {
-            let (mean, std) = (cfg.mean.clone(), cfg.std.clone());
-            let norm = Normalization::new(mean.unwrap_or_default(), std.unwrap_or_default())?;
-            if norm.mean.len() != train.channels {
-                return Err(TrainError::Config(format!(
-                    "data.mean and data.std have {} values; the data has {} channels",
-                    norm.mean.len(),
-                    train.channels
-                )));
-            }
-            norm
-        }
+        "explicit" => Normalization::new(
+            cfg.mean.clone().unwrap_or_default(),
+            cfg.std.clone().unwrap_or_default(),
+        )?,
         _ => Normalization::from_dataset(&train)?,
     };
     if norm.mean.len() != train.channels {
