@@ -347,6 +347,21 @@ impl<'a> EpochBatches<'a> {
     fn fill_sample(&self, index: usize, dst: &mut [f32]) {
         if self.ds.features.is_empty() {
             let src = self.ds.image(index);
+            if self.cfg.augment == Augment::None {
+                // The common case as one table lookup per byte, without index arithmetic.
+                let plane = self.ds.height * self.ds.width;
+                for (c, (d, s)) in dst
+                    .chunks_exact_mut(plane)
+                    .zip(src.chunks_exact(plane))
+                    .enumerate()
+                {
+                    let t = &self.tables[c];
+                    d.iter_mut()
+                        .zip(s)
+                        .for_each(|(d, &v)| *d = t[usize::from(v)]);
+                }
+                return;
+            }
             self.fill_with(
                 index,
                 dst,
