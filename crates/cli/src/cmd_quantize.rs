@@ -1,7 +1,7 @@
 //! `lowprec quantize`: a `.npy` in, its quantised version out — how a numpy or QPyTorch user
 //! checks lowprec's numbers against their own.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use lowprec_formats::{quantize_bfp, BfpTensor, Clamp, Mantissas, NumberFormat, StreamKey};
 use std::path::{Path, PathBuf};
@@ -30,62 +30,20 @@ pub struct QuantizeArgs {
     pub exponents: Option<PathBuf>,
 }
 
-/// Reads a float32/float64 `.npy` as f32 values plus its shape.
+/// Reads a float32/float64 `.npy` (lowprec_data's reader) as f32 values plus its shape.
 pub fn read_npy_f32(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..])
-        .with_context(|| format!("{}: not a valid .npy file", path.display()))?;
-    if npy.order() != npyz::Order::C {
-        bail!(
-            "{}: Fortran-order arrays are not supported; save with np.ascontiguousarray",
-            path.display()
-        );
-    }
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let descr = npy.dtype().descr();
-    let data: Vec<f32> = match descr.as_str() {
-        "'<f4'" | "'|f4'" => npy.into_vec::<f32>()?,
-        "'<f8'" | "'|f8'" => npy
-            .into_vec::<f64>()?
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
-        other => bail!(
-            "{}: dtype {other} is not supported (float32 or float64 expected)",
-            path.display()
-        ),
-    };
-    let n: usize = shape.iter().product();
-    if data.len() != n {
-        bail!(
-            "{}: truncated: shape {shape:?} needs {n} values, file holds {}",
+    let a = lowprec_data::read_npy(path)?;
+    match a.values {
+        lowprec_data::NpyValues::F32(v) => Ok((v, a.shape)),
+        _ => bail!(
+            "{}: dtype {} is not supported (float32 or float64 expected)",
             path.display(),
-            data.len()
-        );
+            a.dtype
+        ),
     }
-    Ok((data, shape))
 }
 
-/// Writes a `.npy` atomically (temp file + rename).
-pub fn write_npy<T: npyz::AutoSerialize + Copy>(
-    path: &Path,
-    data: &[T],
-    shape: &[usize],
-) -> Result<()> {
-    let mut buf = Vec::new();
-    {
-        let shape64: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-        use npyz::WriterBuilder;
-        let mut w = npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(&shape64)
-            .writer(&mut buf)
-            .begin_nd()?;
-        w.extend(data.iter().copied())?;
-        w.finish()?;
-    }
-    crate::util::write_atomic(path, &buf)
-}
+pub use lowprec_data::write_npy;
 
 pub fn run(a: &QuantizeArgs) -> Result<()> {
     let mut fmt: NumberFormat = a.format.parse()?;

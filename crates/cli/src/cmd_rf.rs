@@ -712,7 +712,26 @@ impl ModelArgs {
 pub struct DetectArgs {
     /// Recording: SigMF base name or either file; a raw cf32_le file with --raw; `-` reads raw
     /// cf32_le from stdin.
-    pub input: PathBuf,
+    #[arg(required_unless_present = "vectors")]
+    pub input: Option<PathBuf>,
+    /// Pre-windowed feature vectors instead of a recording: an N x D float32/float64 .npy, one
+    /// window per row; the first --train-windows rows train, the rest are scored.
+    #[arg(long, conflicts_with_all = ["input", "raw", "meta", "sample_rate", "zero_non_finite", "no_verify", "refresh_every"])]
+    pub vectors: Option<PathBuf>,
+    /// Labels of the --vectors rows: a .npy of N values, 0 (normal) or 1 (anomalous).
+    #[arg(long, requires = "vectors")]
+    pub labels: Option<PathBuf>,
+    /// Labelled windows whose scores set the threshold (--calibrate-target) instead of the
+    /// unsupervised rule: an annotated SigMF recording (windowed and normalised like INPUT;
+    /// refreshes recalibrate), or with --vectors a .npy of vectors with --calibrate-labels.
+    #[arg(long)]
+    pub calibrate: Option<PathBuf>,
+    #[arg(long, requires_all = ["calibrate", "vectors"])]
+    pub calibrate_labels: Option<PathBuf>,
+    /// `f1` (the threshold with the best F1 on the calibration rows) or `far:R` (the lowest
+    /// threshold with a false-alarm rate of at most R on their normal rows).
+    #[arg(long, default_value = "f1")]
+    pub calibrate_target: String,
     /// Treat INPUT as a raw headerless cf32_le file.
     #[arg(long)]
     pub raw: bool,
@@ -781,7 +800,62 @@ fn make_backend(spec: &str) -> Result<Box<dyn GemmBackend>> {
     Ok(Box::new(sim))
 }
 
+/// `rf detect --vectors`: the auto-encoder on rows of feature vectors.
+fn detect_vectors(a: &DetectArgs, path: &Path) -> Result<()> {
+    if a.calibrate.is_some() && a.calibrate_labels.is_none() {
+        bail!("--calibrate with --vectors needs --calibrate-labels");
+    }
+    let data = lowprec_rf::vectors::read_vectors(path, a.labels.as_deref())?;
+    let calibration = match &a.calibrate {
+        Some(c) => Some(lowprec_rf::vectors::read_vectors(
+            c,
+            a.calibrate_labels.as_deref(),
+        )?),
+        None => None,
+    };
+    let precision: Precision = a.precision.parse()?;
+    let cfg = lowprec_rf::vectors::VectorConfig {
+        train_rows: a.train_windows,
+        ae: a.model.config(data.dim, precision)?,
+        calibration: Some(a.calibrate_target.parse()?),
+    };
+    let backend = make_backend(&a.backend)?;
+    let report =
+        lowprec_rf::vectors::run_vectors(&data, calibration.as_ref(), &cfg, backend.as_ref())?;
+    // One JSON line per scored row.
+    let mut out = String::with_capacity(report.scores.len() * 48);
+    let labels = data.labels.as_deref();
+    for (k, &s) in report.scores.iter().enumerate() {
+        let row = a.train_windows + k;
+        let line = serde_json::json!({
+            "row": row,
+            "score": s,
+            "anomalous": s > report.summary.threshold,
+            "label": labels.map(|l| l[row]),
+        });
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    if a.out.as_os_str() == "-" {
+        std::io::stdout().lock().write_all(out.as_bytes())?;
+    } else {
+        write_file_atomic(&a.out, out.as_bytes())?;
+    }
+    let mut text = serde_json::to_vec_pretty(&report.summary)?;
+    text.push(b'\n');
+    if let Some(p) = &a.summary {
+        write_file_atomic(p, &text)?;
+    }
+    eprintln!("{}", String::from_utf8_lossy(&text).trim_end());
+    Ok(())
+}
+
 fn detect(a: &DetectArgs) -> Result<()> {
+    let input = match (&a.vectors, &a.input) {
+        (Some(v), _) => return detect_vectors(a, v),
+        (None, Some(i)) => i.clone(),
+        (None, None) => bail!("give a recording (INPUT) or --vectors FILE.npy"),
+    };
     let policy = if a.zero_non_finite {
         NonFinitePolicy::Zero
     } else {
@@ -794,6 +868,25 @@ fn detect(a: &DetectArgs) -> Result<()> {
     let wcfg = a.windows.config();
     wcfg.validate()?;
     let precision: Precision = a.precision.parse()?;
+    let calibration = match &a.calibrate {
+        None => None,
+        Some(c) => {
+            let rec = read_recording(c, opts)?;
+            let labels = rec.label_ranges()?;
+            if labels.is_empty() {
+                bail!(
+                    "--calibrate {}: the recording has no annotations to calibrate on",
+                    c.display()
+                );
+            }
+            Some(lowprec_rf::detect::StreamCalibration {
+                name: c.display().to_string(),
+                samples: rec.samples,
+                labels,
+                target: a.calibrate_target.parse()?,
+            })
+        }
+    };
     let cfg = DetectConfig {
         window: wcfg,
         train_windows: a.train_windows,
@@ -804,6 +897,7 @@ fn detect(a: &DetectArgs) -> Result<()> {
         chunk_samples: 1 << 16,
         max_spread: a.max_spread,
         max_attempts: a.max_attempts,
+        calibration,
     };
     cfg.validate()?;
     let backend = make_backend(&a.backend)?;
@@ -815,7 +909,7 @@ fn detect(a: &DetectArgs) -> Result<()> {
         }
         None => None,
     };
-    let is_stdin = a.input.as_os_str() == "-";
+    let is_stdin = input.as_os_str() == "-";
     let (meta, mut stream): (Option<SigMfMeta>, SampleStream<Box<dyn std::io::Read>>) = if is_stdin
     {
         let r: Box<dyn std::io::Read> = Box::new(std::io::BufReader::with_capacity(
@@ -824,18 +918,18 @@ fn detect(a: &DetectArgs) -> Result<()> {
         ));
         (side_meta, SampleStream::new(r, "<stdin>", policy))
     } else if a.raw {
-        let f = std::fs::File::open(&a.input)
-            .with_context(|| format!("opening {}", a.input.display()))?;
+        let f =
+            std::fs::File::open(&input).with_context(|| format!("opening {}", input.display()))?;
         let r: Box<dyn std::io::Read> = Box::new(std::io::BufReader::with_capacity(1 << 20, f));
         (
             side_meta,
-            SampleStream::new(r, a.input.display().to_string(), policy),
+            SampleStream::new(r, input.display().to_string(), policy),
         )
     } else {
         if side_meta.is_some() {
             bail!("--meta is for raw input or stdin; a SigMF recording has its own");
         }
-        let (meta, s) = open_sigmf(&a.input, opts)?;
+        let (meta, s) = open_sigmf(&input, opts)?;
         (Some(meta), rebox(s))
     };
     if is_stdin || a.raw {
@@ -1003,6 +1097,8 @@ fn experiment(a: &ExperimentArgs) -> Result<()> {
                 "projected_seconds": f.projected_seconds,
                 "backends_agree": f.backends_agree,
                 "fpga_cycles": f.fpga_cycles,
+                "test": f.test,
+                "rules": f.rules,
             }),
         );
     }
@@ -1030,16 +1126,29 @@ fn experiment(a: &ExperimentArgs) -> Result<()> {
     write_file_atomic(&a.out.join("final.json"), &text)?;
     plot_experiment(&r, &a.out.join("fig9.png"))?;
     println!(
-        "{:<8} {:>7} {:>9} {:>7} {:>14} {:>10} {:>12}",
-        "policy", "F1", "precision", "recall", "iters to F1>=", "seconds", "projected s"
+        "{:<8} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>14} {:>10} {:>12}",
+        "policy",
+        "F1",
+        "precision",
+        "recall",
+        "best F1",
+        "ROC AUC",
+        "PR AUC",
+        "iters to F1>=",
+        "seconds",
+        "projected s"
     );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     for f in &r.finals {
         println!(
-            "{:<8} {:>7.4} {:>9.4} {:>7.4} {:>14} {:>10.4} {:>12}",
+            "{:<8} {:>7.4} {:>9.4} {:>7.4} {:>7.4} {:>7} {:>7} {:>14} {:>10.4} {:>12}",
             f.precision,
             f.f1,
             f.precision_score,
             f.recall,
+            f.test.best_f1,
+            opt(f.test.roc_auc),
+            opt(f.test.pr_auc),
             f.iterations_to_target
                 .map_or("never".to_string(), |i| i.to_string()),
             f.seconds,

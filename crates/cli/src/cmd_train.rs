@@ -45,6 +45,11 @@ pub struct TrainArgs {
     /// Data directory (default: $LOWPREC_DATA, else the user's cache directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Train on a data set of one's own instead of the preset's: `idx:DIR` (the four IDX files
+    /// under their MNIST names, raw or .gz), `npz:FILE` (x_train, y_train, x_test, y_test),
+    /// `npy:DIR` (those four as .npy files) or `image-folder:DIR` (DIR/{train,test}/<class>/*).
+    #[arg(long, value_name = "KIND:PATH")]
+    pub data: Option<String>,
     /// GEMM backend: `cpu`, or `fpga-sim:<board>-<N>x<N>` (e.g. fpga-sim:zcu111-32x32).
     #[arg(long, default_value = "cpu")]
     pub backend: String,
@@ -75,6 +80,11 @@ pub fn backend(name: &str) -> Result<Arc<dyn GemmBackend>> {
 }
 
 fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
+    if let Some(d) = &a.data {
+        cfg.data
+            .set_source(d)
+            .map_err(|e| anyhow::anyhow!("--data {d}: {e}"))?;
+    }
     if let Some(p) = &a.precision {
         cfg.precision = p.parse::<Precision>()?;
     }
@@ -219,6 +229,9 @@ pub struct EvalArgs {
     pub checkpoint: PathBuf,
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Evaluate on another data set than the one trained on (`KIND:PATH`, as for train).
+    #[arg(long, value_name = "KIND:PATH")]
+    pub data: Option<String>,
     #[arg(long)]
     pub threads: Option<usize>,
     #[arg(long, default_value = "cpu")]
@@ -227,10 +240,15 @@ pub struct EvalArgs {
 
 pub fn run_eval(a: &EvalArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
-    let cfg = TrainConfig::from_toml(
+    let mut cfg = TrainConfig::from_toml(
         &ck.config_toml,
         &format!("config stored in {}", a.checkpoint.display()),
     )?;
+    if let Some(d) = &a.data {
+        cfg.data
+            .set_source(d)
+            .map_err(|e| anyhow::anyhow!("--data {d}: {e}"))?;
+    }
     let threads = crate::util::threads_or_default(a.threads)?;
     let opts = RunOptions {
         out_dir: None,

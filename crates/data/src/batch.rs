@@ -56,7 +56,8 @@ pub fn epoch_permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
-/// Per-channel normalisation of pixels scaled to [0, 1]: `(v / 255 - mean[c]) / std[c]`.
+/// Per-channel normalisation: of bytes scaled to [0, 1], `(v / 255 - mean[c]) / std[c]`; of
+/// f32 features (no scaling), `(v - mean[c]) / std[c]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Normalization {
     pub mean: Vec<f32>,
@@ -86,7 +87,7 @@ impl Normalization {
         Ok(Normalization { mean, std })
     }
 
-    /// Plain `v / 255` for each of `channels` channels.
+    /// Plain `v / 255` (bytes) or `v` (features) for each of `channels` channels.
     pub fn unit(channels: usize) -> Self {
         Normalization {
             mean: vec![0.0; channels],
@@ -117,6 +118,12 @@ impl Normalization {
     #[inline]
     pub fn apply(&self, c: usize, v: u8) -> f32 {
         (f32::from(v) / 255.0 - self.mean[c]) / self.std[c]
+    }
+
+    /// The normalised value of f32 feature `v` in channel `c`.
+    #[inline]
+    pub fn apply_f32(&self, c: usize, v: f32) -> f32 {
+        (v - self.mean[c]) / self.std[c]
     }
 
     fn tables(&self) -> Vec<[f32; 256]> {
@@ -338,43 +345,80 @@ impl<'a> EpochBatches<'a> {
     }
 
     fn fill_sample(&self, index: usize, dst: &mut [f32]) {
+        if self.ds.features.is_empty() {
+            let src = self.ds.image(index);
+            if self.cfg.augment == Augment::None {
+                // The common case as one table lookup per byte, without index arithmetic.
+                let plane = self.ds.height * self.ds.width;
+                for (c, (d, s)) in dst
+                    .chunks_exact_mut(plane)
+                    .zip(src.chunks_exact(plane))
+                    .enumerate()
+                {
+                    let t = &self.tables[c];
+                    d.iter_mut()
+                        .zip(s)
+                        .for_each(|(d, &v)| *d = t[usize::from(v)]);
+                }
+                return;
+            }
+            self.fill_with(
+                index,
+                dst,
+                |c, k| self.tables[c][usize::from(src[k])],
+                |c| self.tables[c][0],
+            );
+        } else {
+            let src = self.ds.feature_row(index);
+            self.fill_with(
+                index,
+                dst,
+                |c, k| self.norm.apply_f32(c, src[k]),
+                |c| self.norm.apply_f32(c, 0.0),
+            );
+        }
+    }
+
+    /// Fills one sample; `px(c, k)` is the normalised value of the sample's raw value `k` (in
+    /// channel `c`), `zero(c)` that of a raw zero (the padding).
+    fn fill_with(
+        &self,
+        index: usize,
+        dst: &mut [f32],
+        px: impl Fn(usize, usize) -> f32,
+        zero: impl Fn(usize) -> f32,
+    ) {
         let (c_n, h, w) = (self.ds.channels, self.ds.height, self.ds.width);
-        let src = self.ds.image(index);
         match self.cfg.augment {
             Augment::None => {
                 for c in 0..c_n {
-                    let t = &self.tables[c];
                     let plane = c * h * w;
-                    for (d, &v) in dst[plane..plane + h * w]
-                        .iter_mut()
-                        .zip(&src[plane..plane + h * w])
-                    {
-                        *d = t[usize::from(v)];
+                    for (k, d) in dst[plane..plane + h * w].iter_mut().enumerate() {
+                        *d = px(c, plane + k);
                     }
                 }
             }
             Augment::CropFlip { pad } => {
                 let d = crop_flip_decision(self.cfg.seed, self.epoch, index, pad);
                 for c in 0..c_n {
-                    let t = &self.tables[c];
-                    let plane = &src[c * h * w..(c + 1) * h * w];
-                    let out = &mut dst[c * h * w..(c + 1) * h * w];
+                    let z = zero(c);
+                    let plane = c * h * w;
+                    let out = &mut dst[plane..plane + h * w];
                     for y in 0..h {
                         let row = &mut out[y * w..(y + 1) * w];
                         // Source row in the unpadded image; rows in the padding are all zero.
                         let sy = (y + d.dy).wrapping_sub(pad);
                         if sy >= h {
-                            row.fill(t[0]);
+                            row.fill(z);
                             continue;
                         }
-                        let src_row = &plane[sy * w..(sy + 1) * w];
                         for (x, o) in row.iter_mut().enumerate() {
                             let xc = if d.flip { w - 1 - x } else { x };
                             let sx = (xc + d.dx).wrapping_sub(pad);
                             *o = if sx < w {
-                                t[usize::from(src_row[sx])]
+                                px(c, plane + sy * w + sx)
                             } else {
-                                t[0]
+                                z
                             };
                         }
                     }
@@ -431,7 +475,19 @@ pub fn reference_sample(
     index: usize,
 ) -> Vec<f32> {
     let (c_n, h, w) = (ds.channels, ds.height, ds.width);
-    let src = ds.image(index);
+    // Raw values as f32 (bytes exactly), normalised at the end by the formula of their kind.
+    let src: Vec<f32> = if ds.features.is_empty() {
+        ds.image(index).iter().map(|&v| f32::from(v)).collect()
+    } else {
+        ds.feature_row(index).to_vec()
+    };
+    let normalise = |c: usize, v: f32| {
+        if ds.features.is_empty() {
+            norm.apply(c, v as u8)
+        } else {
+            norm.apply_f32(c, v)
+        }
+    };
     let mut out = Vec::with_capacity(c_n * h * w);
     let (pad, d) = match augment {
         Augment::None => (
@@ -447,7 +503,7 @@ pub fn reference_sample(
     for c in 0..c_n {
         // The zero-padded image, (h + 2 pad) x (w + 2 pad).
         let (ph, pw) = (h + 2 * pad, w + 2 * pad);
-        let mut padded = vec![0u8; ph * pw];
+        let mut padded = vec![0f32; ph * pw];
         for y in 0..h {
             for x in 0..w {
                 padded[(y + pad) * pw + x + pad] = src[(c * h + y) * w + x];
@@ -457,7 +513,7 @@ pub fn reference_sample(
             for x in 0..w {
                 let cropped_x = if d.flip { w - 1 - x } else { x };
                 let v = padded[(y + d.dy) * pw + cropped_x + d.dx];
-                out.push(norm.apply(c, v));
+                out.push(normalise(c, v));
             }
         }
     }

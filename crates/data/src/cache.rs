@@ -47,6 +47,11 @@ fn dim_u32(v: usize, what: &str) -> Result<u32> {
 
 /// Writes `ds` to `path` atomically with the given source key.
 pub fn write_cache(path: &Path, ds: &Dataset, source_key: &[u8; 32]) -> Result<()> {
+    if ds.is_float() {
+        return Err(DataError::InvalidArgument(
+            "the decoded cache holds byte images; this set is f32 features".into(),
+        ));
+    }
     let mut header = Vec::with_capacity(CACHE_HEADER_LEN);
     header.extend_from_slice(&CACHE_MAGIC);
     header.extend_from_slice(&CACHE_VERSION.to_le_bytes());

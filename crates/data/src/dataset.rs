@@ -1,22 +1,26 @@
-//! The in-memory data set every loader produces: u8 images, channels-first, and u8 labels.
+//! The in-memory data set every loader produces: u8 images (or f32 features), channels-first,
+//! and u8 labels.
 
 use crate::error::{DataError, Result};
 
 /// A training split and a test split.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Splits {
     pub train: Dataset,
     pub test: Dataset,
 }
 
-/// A labelled image data set held in memory.
+/// A labelled data set held in memory.
 ///
-/// `images` holds `len() x channels x height x width` bytes, sample-major and channels-first
-/// (sample `i`, channel `c`, row `y`, column `x` is at `((i * C + c) * H + y) * W + x`).
-/// Every label is below `classes`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Pixels are bytes in `images` (images, decoded or from IDX/uint8 arrays) or, for feature
+/// sets given as floats or integers wider than a byte, f32 values in `features`; the other
+/// vector is empty. Either holds `len() x channels x height x width` values, sample-major and
+/// channels-first (sample `i`, channel `c`, row `y`, column `x` is at
+/// `((i * C + c) * H + y) * W + x`). Every label is below `classes`.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
     pub images: Vec<u8>,
+    pub features: Vec<f32>,
     pub labels: Vec<u8>,
     pub channels: usize,
     pub height: usize,
@@ -35,6 +39,57 @@ impl Dataset {
         width: usize,
         classes: usize,
     ) -> Result<Self> {
+        let sample = Self::check_shape(images.len(), &labels, channels, height, width, classes)?;
+        debug_assert!(sample > 0);
+        Ok(Dataset {
+            images,
+            features: Vec::new(),
+            labels,
+            channels,
+            height,
+            width,
+            classes,
+        })
+    }
+
+    /// Builds a data set of f32 features; as [`Dataset::new`], and every value must be finite.
+    pub fn from_f32(
+        features: Vec<f32>,
+        labels: Vec<u8>,
+        channels: usize,
+        height: usize,
+        width: usize,
+        classes: usize,
+    ) -> Result<Self> {
+        let sample = Self::check_shape(features.len(), &labels, channels, height, width, classes)?;
+        if let Some(k) = features.iter().position(|v| !v.is_finite()) {
+            return Err(DataError::InvalidArgument(format!(
+                "feature {} of sample {} is {}",
+                k % sample,
+                k / sample,
+                features[k]
+            )));
+        }
+        Ok(Dataset {
+            images: Vec::new(),
+            features,
+            labels,
+            channels,
+            height,
+            width,
+            classes,
+        })
+    }
+
+    /// Checks sizes and labels; returns the values per sample.
+    fn check_shape(
+        values: usize,
+        labels: &[u8],
+        channels: usize,
+        height: usize,
+        width: usize,
+        classes: usize,
+    ) -> Result<usize> {
         if channels == 0 || height == 0 || width == 0 {
             return Err(DataError::InvalidArgument(format!(
                 "image shape {channels}x{height}x{width} has a zero dimension"
@@ -53,11 +108,10 @@ impl Dataset {
             .len()
             .checked_mul(sample)
             .ok_or_else(|| DataError::InvalidArgument("data set size overflows usize".into()))?;
-        if images.len() != expected {
+        if values != expected {
             return Err(DataError::InvalidArgument(format!(
-                "{} labels of {channels}x{height}x{width} images need {expected} image bytes, got {}",
+                "{} labels of {channels}x{height}x{width} samples need {expected} values, got {values}",
                 labels.len(),
-                images.len()
             )));
         }
         if let Some((i, &l)) = labels
@@ -69,14 +123,12 @@ impl Dataset {
                 "label {l} of sample {i} is not below the class count {classes}"
             )));
         }
-        Ok(Dataset {
-            images,
-            labels,
-            channels,
-            height,
-            width,
-            classes,
-        })
+        Ok(sample)
+    }
+
+    /// True when the pixels are f32 features rather than bytes.
+    pub fn is_float(&self) -> bool {
+        !self.features.is_empty()
     }
 
     /// Number of samples.
@@ -94,10 +146,23 @@ impl Dataset {
         self.channels * self.height * self.width
     }
 
-    /// The pixels of sample `i`, channels-first. Panics if `i >= len()`, like slice indexing.
+    /// The pixels of sample `i` of a byte set, channels-first (empty for a float set).
+    /// Panics if `i >= len()`, like slice indexing.
     pub fn image(&self, i: usize) -> &[u8] {
+        if self.images.is_empty() {
+            return &[];
+        }
         let s = self.sample_len();
         &self.images[i * s..(i + 1) * s]
+    }
+
+    /// The features of sample `i` of a float set (empty for a byte set).
+    pub fn feature_row(&self, i: usize) -> &[f32] {
+        if self.features.is_empty() {
+            return &[];
+        }
+        let s = self.sample_len();
+        &self.features[i * s..(i + 1) * s]
     }
 
     /// The first `n` samples, as a new data set. `n` larger than the set is an error.
@@ -108,10 +173,40 @@ impl Dataset {
                 self.len()
             )));
         }
+        self.select(&(0..n).collect::<Vec<_>>())
+    }
+
+    /// The samples at `indices`, in that order, as a new data set.
+    pub fn select(&self, indices: &[usize]) -> Result<Dataset> {
+        if let Some(&i) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(DataError::InvalidArgument(format!(
+                "sample {i} asked from a data set of {}",
+                self.len()
+            )));
+        }
+        let s = self.sample_len();
+        let labels = indices.iter().map(|&i| self.labels[i]).collect();
+        let (images, features) = if self.features.is_empty() {
+            let mut v = Vec::with_capacity(indices.len() * s);
+            indices
+                .iter()
+                .for_each(|&i| v.extend_from_slice(self.image(i)));
+            (v, Vec::new())
+        } else {
+            let mut v = Vec::with_capacity(indices.len() * s);
+            indices
+                .iter()
+                .for_each(|&i| v.extend_from_slice(self.feature_row(i)));
+            (Vec::new(), v)
+        };
         Ok(Dataset {
-            images: self.images[..n * self.sample_len()].to_vec(),
-            labels: self.labels[..n].to_vec(),
-            ..*self
+            images,
+            features,
+            labels,
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            classes: self.classes,
         })
     }
 
@@ -125,7 +220,8 @@ impl Dataset {
     }
 
     /// Per-channel mean and (population) standard deviation of the pixels scaled to [0, 1],
-    /// accumulated exactly in integers and finished in f64. An empty set is an error.
+    /// accumulated exactly in integers and finished in f64; of a float set, of the features as
+    /// they are, accumulated in f64. An empty set is an error.
     pub fn channel_stats(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         if self.is_empty() {
             return Err(DataError::InvalidArgument(
@@ -133,6 +229,27 @@ impl Dataset {
             ));
         }
         let plane = self.height * self.width;
+        if !self.features.is_empty() {
+            let mut sum = vec![0f64; self.channels];
+            for (p, chunk) in self.features.chunks_exact(plane).enumerate() {
+                sum[p % self.channels] += chunk.iter().map(|&v| f64::from(v)).sum::<f64>();
+            }
+            let count = (self.len() * plane) as f64;
+            let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+            // Two passes: the centred sum of squares keeps its precision for large offsets.
+            let mut sq = vec![0f64; self.channels];
+            for (p, chunk) in self.features.chunks_exact(plane).enumerate() {
+                let m = mean[p % self.channels];
+                sq[p % self.channels] += chunk
+                    .iter()
+                    .map(|&v| (f64::from(v) - m).powi(2))
+                    .sum::<f64>();
+            }
+            return Ok((
+                mean.iter().map(|&m| m as f32).collect(),
+                sq.iter().map(|&q| (q / count).sqrt() as f32).collect(),
+            ));
+        }
         let mut sum = vec![0u64; self.channels];
         let mut sum_sq = vec![0u64; self.channels];
         for (p, chunk) in self.images.chunks_exact(plane).enumerate() {

@@ -1,11 +1,13 @@
 //! IDX files (the MNIST format): a 4-byte magic `00 00 <dtype> <ndims>`, `ndims` big-endian u32
-//! dimensions, then the values. Only dtype 0x08 (unsigned byte) is supported, which is what
-//! MNIST uses. Files may be raw or gzipped; gzip is detected by its magic bytes, not the name.
+//! dimensions, then the values, big-endian. [`parse_idx`] reads unsigned bytes (0x08, MNIST's);
+//! [`parse_idx_values`] reads every IDX type (u8, i8, i16, i32, f32, f64). Files may be raw or
+//! gzipped; gzip is detected by its magic bytes, not the name.
 
 use std::path::Path;
 
 use crate::error::{DataError, Result};
 use crate::fsutil;
+use crate::npy::NpyValues;
 
 /// IDX dtype code for unsigned bytes.
 pub const IDX_DTYPE_U8: u8 = 0x08;
@@ -29,8 +31,19 @@ fn dtype_name(code: u8) -> &'static str {
     }
 }
 
-/// Parses IDX bytes (already gunzipped). `path` only names the source in errors.
-pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
+/// Bytes per value of an IDX dtype, `None` for an unknown code.
+fn dtype_size(code: u8) -> Option<usize> {
+    match code {
+        0x08 | 0x09 => Some(1),
+        0x0B => Some(2),
+        0x0C | 0x0D => Some(4),
+        0x0E => Some(8),
+        _ => None,
+    }
+}
+
+/// Checks the header and the data length: `(dtype, dims, header_len)`.
+fn parse_header(bytes: &[u8], path: &Path) -> Result<(u8, Vec<usize>, usize)> {
     if bytes.len() < 4 {
         return Err(DataError::malformed(
             path,
@@ -50,15 +63,8 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
         ));
     }
     let dtype = bytes[2];
-    if dtype != IDX_DTYPE_U8 {
-        return Err(DataError::malformed(
-            path,
-            format!(
-                "unsupported IDX dtype 0x{dtype:02x} ({}); only 0x08 (unsigned byte) is supported",
-                dtype_name(dtype)
-            ),
-        ));
-    }
+    let size = dtype_size(dtype)
+        .ok_or_else(|| DataError::malformed(path, format!("unknown IDX dtype 0x{dtype:02x}")))?;
     let ndims = usize::from(bytes[3]);
     if ndims == 0 {
         return Err(DataError::malformed(
@@ -82,7 +88,7 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
         .collect();
     let count = dims
         .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .try_fold(size, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| DataError::malformed(path, format!("IDX dimensions {dims:?} overflow")))?;
     let body = bytes.len() - header_len;
     if body < count {
@@ -100,10 +106,65 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
             ),
         ));
     }
+    Ok((dtype, dims, header_len))
+}
+
+/// Parses IDX bytes (already gunzipped) of unsigned bytes. `path` only names the source in
+/// errors.
+pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
+    if bytes.len() >= 4 && bytes[0] == 0 && bytes[1] == 0 && bytes[2] != IDX_DTYPE_U8 {
+        return Err(DataError::malformed(
+            path,
+            format!(
+                "unsupported IDX dtype 0x{:02x} ({}); only 0x08 (unsigned byte) is supported",
+                bytes[2],
+                dtype_name(bytes[2])
+            ),
+        ));
+    }
+    let (_, dims, header_len) = parse_header(bytes, path)?;
     Ok(IdxArray {
         dims,
         data: bytes[header_len..].to_vec(),
     })
+}
+
+/// Parses IDX bytes of any dtype: unsigned bytes stay bytes, signed integers become i64 and
+/// floats f32 (f64 rounded), in [`NpyValues`] like NumPy arrays.
+pub fn parse_idx_values(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, NpyValues)> {
+    let (dtype, dims, header_len) = parse_header(bytes, path)?;
+    let body = &bytes[header_len..];
+    let values = match dtype {
+        0x08 => NpyValues::U8(body.to_vec()),
+        0x09 => NpyValues::I64(body.iter().map(|&b| i64::from(b as i8)).collect()),
+        0x0B => NpyValues::I64(
+            body.chunks_exact(2)
+                .map(|c| i64::from(i16::from_be_bytes([c[0], c[1]])))
+                .collect(),
+        ),
+        0x0C => NpyValues::I64(
+            body.chunks_exact(4)
+                .map(|c| i64::from(i32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+        ),
+        0x0D => NpyValues::F32(
+            body.chunks_exact(4)
+                .map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        _ => NpyValues::F32(
+            body.chunks_exact(8)
+                .map(|c| f64::from_be_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+        ),
+    };
+    Ok((dims, values))
+}
+
+/// Reads an IDX file of any dtype, raw or gzipped.
+pub fn read_idx_values(path: &Path) -> Result<(Vec<usize>, NpyValues)> {
+    let bytes = fsutil::read_maybe_gz(path)?;
+    parse_idx_values(&bytes, path)
 }
 
 /// Reads an IDX file, raw or gzipped.

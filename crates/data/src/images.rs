@@ -16,7 +16,9 @@ use crate::dataset::{Dataset, Splits};
 use crate::error::{DataError, Result};
 
 /// What an image set looks like: its class directory names in label order, and the shape every
-/// image must have after conversion (`channels` 1 = grey, 3 = RGB).
+/// image must have after conversion (`channels` 1 = grey, 3 = RGB). With `resize`, images of
+/// another size are resized to `height x width` (bilinear, aspect ratio not kept); without it
+/// they are an error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageSetSpec {
     pub classes: Vec<String>,
@@ -25,6 +27,7 @@ pub struct ImageSetSpec {
     pub width: usize,
     pub train_split: String,
     pub test_split: String,
+    pub resize: bool,
 }
 
 impl ImageSetSpec {
@@ -37,7 +40,46 @@ impl ImageSetSpec {
             width: CIFAR_SIDE,
             train_split: "train".into(),
             test_split: "test".into(),
+            resize: false,
         }
+    }
+
+    /// A folder's own classes: the sorted names of the directories under `<root>/train`, images
+    /// converted to `channels` and resized to `height x width`.
+    pub fn discover(root: &Path, channels: usize, height: usize, width: usize) -> Result<Self> {
+        let train = root.join("train");
+        let listing = std::fs::read_dir(&train).map_err(|e| {
+            DataError::io(
+                &train,
+                "listing the train split (expected <root>/train/<class>/*.png|jpg)",
+                e,
+            )
+        })?;
+        let mut classes = Vec::new();
+        for entry in listing {
+            let entry = entry.map_err(|e| DataError::io(&train, "listing split directory", e))?;
+            if entry.path().is_dir() {
+                classes.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        if classes.is_empty() {
+            return Err(DataError::malformed(
+                &train,
+                "no class directories (expected <root>/train/<class>/*.png|jpg)",
+            ));
+        }
+        classes.sort();
+        let spec = ImageSetSpec {
+            classes,
+            channels,
+            height,
+            width,
+            train_split: "train".into(),
+            test_split: "test".into(),
+            resize: true,
+        };
+        spec.check()?;
+        Ok(spec)
     }
 
     fn check(&self) -> Result<()> {
@@ -65,13 +107,14 @@ impl ImageSetSpec {
     /// A stable description, part of the decoded cache's key.
     pub fn describe(&self) -> String {
         format!(
-            "classes={};shape={}x{}x{};splits={},{}",
+            "classes={};shape={}x{}x{};splits={},{}{}",
             self.classes.join(","),
             self.channels,
             self.height,
             self.width,
             self.train_split,
-            self.test_split
+            self.test_split,
+            if self.resize { ";resize=triangle" } else { "" }
         )
     }
 }
@@ -144,8 +187,15 @@ fn decode_into(out: &mut [u8], item: &Encoded, spec: &ImageSetSpec) -> Result<()
     check_jpeg_complete(&item.bytes).map_err(|what| {
         DataError::malformed(&item.origin, format!("cannot decode image: {what}"))
     })?;
-    let img = image::load_from_memory(&item.bytes)
+    let mut img = image::load_from_memory(&item.bytes)
         .map_err(|e| DataError::malformed(&item.origin, format!("cannot decode image: {e}")))?;
+    if spec.resize && (img.height() as usize, img.width() as usize) != (spec.height, spec.width) {
+        img = img.resize_exact(
+            spec.width as u32,
+            spec.height as u32,
+            image::imageops::FilterType::Triangle,
+        );
+    }
     let (w, h) = (img.width() as usize, img.height() as usize);
     if (h, w) != (spec.height, spec.width) {
         return Err(DataError::malformed(
@@ -234,6 +284,7 @@ pub fn list_image_folder_split(
         }
         let listing = std::fs::read_dir(&dir)
             .map_err(|e| DataError::io(&dir, "listing class directory", e))?;
+        let before = files.len();
         for entry in listing {
             let entry = entry.map_err(|e| DataError::io(&dir, "listing class directory", e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -258,6 +309,14 @@ pub fn list_image_folder_split(
                 len: meta.len(),
                 modified_ns,
             });
+        }
+        // A class directory that exists but holds no image is a mistake (a failed copy, a
+        // wrong extension), not a class without samples.
+        if files.len() == before {
+            return Err(DataError::malformed(
+                &dir,
+                "empty class directory: no .jpg, .jpeg or .png file in it",
+            ));
         }
     }
     files.sort_by(|a, b| {

@@ -32,7 +32,7 @@ fn all_batches(ds: &Dataset, norm: &Normalization, cfg: BatchConfig, epoch: u64)
 fn dataset_checks_and_subset() {
     assert_err_mentions(
         Dataset::new(vec![0; 5], vec![0, 1], 1, 1, 2, 10),
-        &["need 4 image bytes, got 5"],
+        &["need 4 values, got 5"],
     );
     assert_err_mentions(
         Dataset::new(vec![0; 2], vec![0, 10], 1, 1, 1, 10),

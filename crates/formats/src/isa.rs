@@ -80,21 +80,6 @@ pub fn level() -> IsaLevel {
     cpu_level().min(cap())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_and_orders() {
-        assert_eq!(IsaLevel::parse("AVX2"), Ok(IsaLevel::Avx2));
-        assert_eq!(IsaLevel::parse("generic"), Ok(IsaLevel::Generic));
-        assert_eq!(IsaLevel::parse("avx512"), Ok(IsaLevel::Avx512));
-        assert!(IsaLevel::parse("sse9").unwrap_err().contains("sse9"));
-        assert!(IsaLevel::Generic < IsaLevel::Avx2 && IsaLevel::Avx2 < IsaLevel::Avx512);
-        assert!(level() <= cpu_level());
-    }
-}
-
 /// Defines `fn NAME(args) { body }` compiled three times (AVX-512, AVX2 + FMA, baseline) and
 /// dispatched at run time by [`level`], so it honours the `LOWPREC_ISA` cap (the role
 /// `multiversion` played, which cannot be capped). Arguments must be plain `name: Type` pairs.
@@ -135,4 +120,19 @@ macro_rules! isa_versions {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_orders() {
+        assert_eq!(IsaLevel::parse("AVX2"), Ok(IsaLevel::Avx2));
+        assert_eq!(IsaLevel::parse("generic"), Ok(IsaLevel::Generic));
+        assert_eq!(IsaLevel::parse("avx512"), Ok(IsaLevel::Avx512));
+        assert!(IsaLevel::parse("sse9").unwrap_err().contains("sse9"));
+        assert!(IsaLevel::Generic < IsaLevel::Avx2 && IsaLevel::Avx2 < IsaLevel::Avx512);
+        assert!(level() <= cpu_level());
+    }
 }

@@ -34,9 +34,11 @@ use std::time::Instant;
 use lowprec_kernels::GemmBackend;
 
 use crate::autoencoder::{AeConfig, Autoencoder};
-use crate::metrics::{percentile, Confusion};
+use crate::metrics::{
+    best_f1, calibrate_threshold, percentile, pr_auc, roc_auc, Calibration, Confusion,
+};
 use crate::sigmf::SampleStream;
-use crate::window::{LabelRange, Normaliser, WindowConfig, WindowStream, Windows};
+use crate::window::{make_windows, LabelRange, Normaliser, WindowConfig, WindowStream, Windows};
 use crate::{Iq, RfError};
 
 /// Settings of the online detector; the defaults are the documented schedule.
@@ -59,6 +61,33 @@ pub struct DetectConfig {
     /// model seed, up to `max_attempts` trainings in all. 0 disables the check.
     pub max_spread: f64,
     pub max_attempts: u32,
+    /// Set the threshold on labelled windows instead of by the rule (after the initial
+    /// training and after each refresh).
+    pub calibration: Option<StreamCalibration>,
+}
+
+/// A labelled recording whose windows (normalised like the stream's) calibrate the threshold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamCalibration {
+    /// Its name, for the summary.
+    pub name: String,
+    pub samples: Vec<Iq>,
+    pub labels: Vec<LabelRange>,
+    pub target: Calibration,
+}
+
+/// The calibration's result in the summary.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CalibrationJson {
+    pub source: String,
+    pub target: String,
+    pub windows: usize,
+    pub anomalous: usize,
+    /// Threshold after the initial training (refreshes recalibrate: see `thresholds`).
+    pub threshold: f32,
+    /// On the calibration windows, at that threshold.
+    pub f1: f64,
+    pub false_alarm_rate: f64,
 }
 
 impl Default for DetectConfig {
@@ -75,6 +104,7 @@ impl Default for DetectConfig {
             chunk_samples: 1 << 16,
             max_spread: 4.0,
             max_attempts: 4,
+            calibration: None,
         }
     }
 }
@@ -187,6 +217,14 @@ pub struct DetectSummary {
     pub sample_rate_hz: Option<f64>,
     /// Against the annotations (annotated recordings only).
     pub confusion: Option<ConfusionJson>,
+    /// Threshold-free figures over every scored window (annotated recordings only): ROC AUC,
+    /// PR AUC and the best-threshold F1, beside the F1 at the thresholds used in `confusion`.
+    /// Scores after a refresh come from the refreshed model.
+    pub roc_auc: Option<f64>,
+    pub pr_auc: Option<f64>,
+    pub best_f1: Option<f64>,
+    /// With a calibration recording: its windows and the threshold they set.
+    pub calibration: Option<CalibrationJson>,
 }
 
 /// Confusion counts and ratios for JSON.
@@ -229,6 +267,10 @@ struct Running<'a> {
     next_index: u64,
     since_refresh: u64,
     confusion: Confusion,
+    /// Calibration windows and target, when the threshold is calibrated.
+    calibration: Option<(Windows, Calibration)>,
+    /// Every scored window's error and label (annotated recordings only).
+    labelled_scores: Vec<(f32, bool)>,
     flagged: u64,
     refreshes: u64,
     skipped_refreshes: u64,
@@ -270,6 +312,7 @@ impl Running<'_> {
                     self.ring.push(&self.pending.inputs[w * d..(w + 1) * d]);
                 }
                 if let Some(l) = label {
+                    self.labelled_scores.push((error, l));
                     match (flag, l) {
                         (true, true) => self.confusion.tp += 1,
                         (true, false) => self.confusion.fp += 1,
@@ -296,9 +339,12 @@ impl Running<'_> {
             return Ok(());
         };
         let t0 = Instant::now();
-        let t = self
+        let mut t = self
             .ae
             .refresh(self.backend, &batch, self.cfg.refresh_iterations)?;
+        if let Some((w, target)) = &self.calibration {
+            t = calibrate(&mut self.ae, self.backend, w, *target)?.0;
+        }
         self.refresh_seconds += t0.elapsed().as_secs_f64();
         self.thresholds.push(t);
         self.refreshes += 1;
@@ -424,6 +470,31 @@ pub fn run_detector<R: Read>(
             break (ae, threshold);
         }
     };
+    // 2b. Calibration: the threshold from labelled windows instead of the rule.
+    let mut ae = ae;
+    let (threshold, calibration, calibration_json) = match &cfg.calibration {
+        None => (threshold, None, None),
+        Some(c) => {
+            let w = make_windows(&c.samples, wcfg, norm, &c.labels)?;
+            if w.is_empty() {
+                return Err(RfError::InvalidArgument(format!(
+                    "{}: the calibration recording has no complete window",
+                    c.name
+                )));
+            }
+            let (t, conf) = calibrate(&mut ae, backend, &w, c.target)?;
+            let json = CalibrationJson {
+                source: c.name.clone(),
+                target: c.target.to_string(),
+                windows: w.len(),
+                anomalous: w.anomalous(),
+                threshold: t,
+                f1: conf.f1(),
+                false_alarm_rate: conf.false_positive_rate(),
+            };
+            (t, Some((w, c.target)), Some(json))
+        }
+    };
     let initial_training_seconds = t0.elapsed().as_secs_f64();
     let mut run = Running {
         cfg,
@@ -435,6 +506,8 @@ pub fn run_detector<R: Read>(
         next_index: 0,
         since_refresh: 0,
         confusion: Confusion::default(),
+        calibration,
+        labelled_scores: Vec::new(),
         flagged: 0,
         refreshes: 0,
         skipped_refreshes: 0,
@@ -472,6 +545,16 @@ pub fn run_detector<R: Read>(
     let seconds = t_start.elapsed().as_secs_f64();
     let samples = stream.position();
     let samples_per_second = samples as f64 / seconds.max(1e-12);
+    let (scores, labels): (Vec<f32>, Vec<bool>) = run.labelled_scores.iter().copied().unzip();
+    let (roc, pr, best) = if has_labels && !scores.is_empty() {
+        (
+            roc_auc(&scores, &labels)?,
+            pr_auc(&scores, &labels)?,
+            Some(best_f1(&scores, &labels)?.1.f1()),
+        )
+    } else {
+        (None, None, None)
+    };
     Ok(DetectSummary {
         samples,
         windows: run.next_index,
@@ -484,7 +567,10 @@ pub fn run_detector<R: Read>(
         refreshes: run.refreshes,
         skipped_refreshes: run.skipped_refreshes,
         precision_policy: cfg.ae.precision.name.clone(),
-        threshold_rule: cfg.ae.threshold.to_string(),
+        threshold_rule: match &cfg.calibration {
+            Some(c) => c.target.to_string(),
+            None => cfg.ae.threshold.to_string(),
+        },
         normalisation_scale: norm.scale,
         thresholds: run.thresholds,
         seconds,
@@ -495,7 +581,25 @@ pub fn run_detector<R: Read>(
         realtime_factor: sample_rate_hz.map(|fs| samples_per_second / fs),
         sample_rate_hz,
         confusion: has_labels.then(|| run.confusion.into()),
+        roc_auc: roc,
+        pr_auc: pr,
+        best_f1: best,
+        calibration: calibration_json,
     })
+}
+
+/// Sets `ae`'s threshold from its scores of the labelled windows `w`; returns it and the
+/// confusion on `w`.
+fn calibrate(
+    ae: &mut Autoencoder,
+    backend: &dyn GemmBackend,
+    w: &Windows,
+    target: Calibration,
+) -> Result<(f32, Confusion), RfError> {
+    let scores = ae.scores(backend, &w.inputs)?;
+    let t = calibrate_threshold(&scores, &w.labels, target)?;
+    ae.set_threshold(t);
+    Ok((t, Confusion::from_scores(&scores, &w.labels, t)?))
 }
 
 /// Splits `w` after its first `at` windows, returning the rest.

@@ -33,7 +33,7 @@ use lowprec_nn::{Category, Precision, Profile};
 
 use crate::autoencoder::{AeConfig, Autoencoder};
 use crate::baseline::PcaDetector;
-use crate::metrics::{select_threshold, Confusion};
+use crate::metrics::{roc_auc, select_threshold, Confusion, ScoreSummary, ThresholdRule};
 use crate::pair::{standard_pair, StandardPairConfig};
 use crate::window::{make_windows, Normaliser, WindowConfig, Windows};
 use crate::RfError;
@@ -87,6 +87,8 @@ pub struct CurvePoint {
     pub fpga_gemm_seconds: Option<f64>,
     /// Cumulative projected time on 002's system (see the module docs).
     pub projected_seconds: Option<f64>,
+    /// Threshold-free: ROC AUC of this iteration's test scores.
+    pub roc_auc: Option<f64>,
 }
 
 /// The end of one precision's run.
@@ -105,6 +107,56 @@ pub struct FinalResult {
     pub backends_agree: Option<bool>,
     /// Simulated FPGA cycles of all training GEMMs.
     pub fpga_cycles: Option<u64>,
+    /// The final model's test scores at the chosen rule's threshold, with ROC AUC, PR AUC and
+    /// the best-threshold F1.
+    pub test: ScoreSummary,
+    /// F1 of the final model's test scores under each compared threshold rule (fitted on the
+    /// training batch), `(rule, threshold, f1)`.
+    pub rules: Vec<RuleResult>,
+}
+
+/// One threshold rule's result on the final model.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RuleResult {
+    pub rule: String,
+    pub threshold: f32,
+    pub f1: f64,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// The unsupervised rules every summary compares: the 99th percentile (002), mean + 3 std,
+/// median + 6 MAD and the EVT tail at 1e-4.
+pub fn compared_rules() -> Vec<ThresholdRule> {
+    vec![
+        ThresholdRule::Percentile(99.0),
+        ThresholdRule::MeanStd(3.0),
+        ThresholdRule::Mad(6.0),
+        ThresholdRule::Evt(1e-4),
+    ]
+}
+
+/// F1 of `test_scores` under each rule fitted on `train_scores`.
+pub fn compare_rules(
+    rules: &[ThresholdRule],
+    train_scores: &[f32],
+    test_scores: &[f32],
+    labels: &[bool],
+) -> Result<Vec<RuleResult>, RfError> {
+    rules
+        .iter()
+        .map(|&rule| {
+            let t = select_threshold(train_scores, rule)?;
+            let c = Confusion::from_scores(test_scores, labels, t)?;
+            Ok(RuleResult {
+                rule: rule.to_string(),
+                threshold: t,
+                f1: c.f1(),
+                precision: c.precision(),
+                recall: c.recall(),
+            })
+        })
+        .collect()
 }
 
 /// A baseline detector's result on the same windows.
@@ -247,6 +299,7 @@ pub fn run_experiment(
         let mut agree = sim.as_ref().map(|_| true);
         let (mut seconds, mut gemm, mut fpga, mut projected) = (0.0, 0.0, 0.0, 0.0);
         let mut first_hit = None;
+        let mut last = None;
         for it in 0..ae_cfg.iterations {
             let (lr, avg) = (ae_cfg.lr_at(it), ae_cfg.averages_at(it));
             let mut profile = Profile::default();
@@ -271,7 +324,10 @@ pub fn run_experiment(
                 projected += dt;
             }
             ae.publish();
-            let threshold = ae.fit_threshold(&cpu, &train.inputs)?;
+            // One scoring of the training batch gives both the threshold and the rule
+            // comparison (a second would draw other stochastic-rounding bits).
+            let train_scores = ae.scores(&cpu, &train.inputs)?;
+            let threshold = select_threshold(&train_scores, ae_cfg.threshold)?;
             let scores = ae.scores(&cpu, &test.inputs)?;
             let c = Confusion::from_scores(&scores, &test.labels, threshold)?;
             if first_hit.is_none() && c.f1() >= cfg.target_f1 {
@@ -290,10 +346,17 @@ pub fn run_experiment(
                 gemm_seconds: gemm,
                 fpga_gemm_seconds: sim.as_ref().map(|_| fpga),
                 projected_seconds: cfg.fpga.as_ref().map(|_| projected),
+                roc_auc: roc_auc(&scores, &test.labels)?,
             });
+            last = Some((threshold, train_scores, scores));
         }
-        let last = curve.last().cloned();
-        let (f1, p, r) = last
+        let (threshold, train_scores, test_scores) = last.ok_or_else(|| {
+            RfError::InvalidArgument("the experiment needs at least one iteration".into())
+        })?;
+        let summary = ScoreSummary::new(&test_scores, &test.labels, threshold)?;
+        let rules = compare_rules(&compared_rules(), &train_scores, &test_scores, &test.labels)?;
+        let last_point = curve.last().cloned();
+        let (f1, p, r) = last_point
             .as_ref()
             .map_or((0.0, 0.0, 0.0), |l| (l.f1, l.precision_score, l.recall));
         finals.push(FinalResult {
@@ -307,6 +370,8 @@ pub fn run_experiment(
             projected_seconds: cfg.fpga.as_ref().map(|_| projected),
             backends_agree: agree,
             fpga_cycles: sim.as_ref().map(|s| s.counters().total_cycles),
+            test: summary,
+            rules,
         });
     }
     Ok(ExperimentResult {

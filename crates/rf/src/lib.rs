@@ -2,7 +2,9 @@
 //! with injected anomalies (band-pass noise, linear chirp, complex sine) driven by a
 //! counter-based RNG, SigMF (`cf32_le`) recordings and raw/streamed cf32 input with
 //! validation, sliding I/Q windows with normalisation and per-window labels from annotations,
-//! detector-independent metrics (percentile thresholds, precision/recall/F1), a linear (PCA)
+//! detector-independent metrics (percentile, robust median + k MAD and extreme-value-tail
+//! thresholds, calibration on labelled windows, precision/recall/F1, ROC AUC, PR AUC and the
+//! best-threshold F1), detection on pre-windowed feature vectors ([`vectors`]), a linear (PCA)
 //! reference detector, the labelled train/test recording pairs, the low-precision
 //! auto-encoder detector of Fig. 8 ([`autoencoder`], trained with the nn/train crates on any
 //! GEMM backend), the online streaming detector ([`detect`]) and the Fig. 9 experiment
@@ -42,9 +44,10 @@ pub mod pair;
 pub mod rng;
 pub mod sigmf;
 pub mod signal;
+pub mod vectors;
 pub mod window;
 
-pub use metrics::{select_threshold, Confusion, ThresholdRule};
+pub use metrics::{select_threshold, Calibration, Confusion, ScoreSummary, ThresholdRule};
 pub use pair::{standard_pair, PairData, PairFm, StandardPair, StandardPairConfig};
 pub use sigmf::{
     read_recording, write_sigmf, NonFinitePolicy, ReadOptions, Recording, SampleStream, SigMfMeta,

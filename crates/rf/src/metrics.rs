@@ -9,6 +9,16 @@
 //!   `x[floor r] + (r - floor r) (x[ceil r] - x[floor r])`. So `p` percent of the training
 //!   windows (up to ties and interpolation) fall at or below the threshold.
 //! * `MeanStd(k)`: `mean + k * std` with the population standard deviation.
+//! * `Mad(k)`: `median + k * 1.4826 * MAD`, MAD the median absolute deviation from the median
+//!   (1.4826 MAD estimates the standard deviation of normal data). Robust: a few badly
+//!   reconstructed training windows move it little, where they drag a high percentile.
+//! * `Evt(q)`: peaks over threshold (Pickands-Balkema-de Haan): the errors above their 90th
+//!   percentile `u` are fitted with a generalised Pareto tail by the method of moments (mean
+//!   `m` and variance `v` of the excesses: shape `xi = (1 - m^2 / v) / 2`, scale
+//!   `sigma = m (m^2 / v + 1) / 2`), and the threshold is the level a normal window exceeds
+//!   with probability `q`: `u + sigma / xi ((q n / n_u)^-xi - 1)` (`u + sigma ln(n_u / (q n))`
+//!   when `xi` is 0). It extrapolates beyond the largest training error when `q` is below
+//!   `1 / n`, which no percentile can.
 //! * A ratio with a zero denominator (precision with no predicted positives, recall with no
 //!   actual positives, F1 with both zero) is 0.
 
@@ -25,6 +35,10 @@ pub enum ThresholdRule {
     Percentile(f64),
     /// Mean plus k population standard deviations.
     MeanStd(f64),
+    /// Median plus k scaled median absolute deviations.
+    Mad(f64),
+    /// The generalised-Pareto tail level exceeded with probability q.
+    Evt(f64),
 }
 
 impl Default for ThresholdRule {
@@ -38,6 +52,8 @@ impl fmt::Display for ThresholdRule {
         match self {
             ThresholdRule::Percentile(p) => write!(f, "p{p}"),
             ThresholdRule::MeanStd(k) => write!(f, "mean+{k}std"),
+            ThresholdRule::Mad(k) => write!(f, "median+{k}mad"),
+            ThresholdRule::Evt(q) => write!(f, "evt:{q}"),
         }
     }
 }
@@ -45,11 +61,13 @@ impl fmt::Display for ThresholdRule {
 impl FromStr for ThresholdRule {
     type Err = RfError;
 
-    /// Accepts `p99`, `p99.5`, `percentile:99` and `mean+3std`, `mean+2.5std`.
+    /// Accepts `p99`, `p99.5`, `percentile:99`, `mean+3std`, `mean+2.5std`, `median+6mad`
+    /// (or `mad:6`) and `evt:1e-4`.
     fn from_str(s: &str) -> Result<Self, RfError> {
         let bad = || {
             RfError::InvalidArgument(format!(
-                "threshold rule {s:?}: expected pNN (percentile, 0..=100) or mean+Kstd"
+                "threshold rule {s:?}: expected pNN (percentile, 0..=100), mean+Kstd, median+Kmad \
+                 or evt:Q (tail probability, 0 < Q < 0.1)"
             ))
         };
         let t = s.trim();
@@ -60,6 +78,14 @@ impl FromStr for ThresholdRule {
             ThresholdRule::Percentile(p.parse().map_err(|_| bad())?)
         } else if let Some(k) = t.strip_prefix("mean+").and_then(|r| r.strip_suffix("std")) {
             ThresholdRule::MeanStd(k.parse().map_err(|_| bad())?)
+        } else if let Some(k) = t
+            .strip_prefix("median+")
+            .and_then(|r| r.strip_suffix("mad"))
+            .or_else(|| t.strip_prefix("mad:"))
+        {
+            ThresholdRule::Mad(k.parse().map_err(|_| bad())?)
+        } else if let Some(q) = t.strip_prefix("evt:") {
+            ThresholdRule::Evt(q.parse().map_err(|_| bad())?)
         } else {
             return Err(bad());
         };
@@ -72,9 +98,11 @@ impl ThresholdRule {
     pub fn validate(&self) -> Result<(), RfError> {
         match *self {
             ThresholdRule::Percentile(p) if (0.0..=100.0).contains(&p) => Ok(()),
-            ThresholdRule::MeanStd(k) if k.is_finite() => Ok(()),
+            ThresholdRule::MeanStd(k) | ThresholdRule::Mad(k) if k.is_finite() => Ok(()),
+            ThresholdRule::Evt(q) if q > 0.0 && q < EVT_TAIL_FRACTION => Ok(()),
             _ => Err(RfError::InvalidArgument(format!(
-                "threshold rule {self}: percentile must be in [0, 100], k finite"
+                "threshold rule {self}: percentile must be in [0, 100], k finite, the EVT tail \
+                 probability in (0, {EVT_TAIL_FRACTION})"
             ))),
         }
     }
@@ -106,6 +134,55 @@ pub fn percentile(values: &[f32], p: f64) -> Result<f64, RfError> {
     Ok(a + (rank - lo as f64) * (b - a))
 }
 
+/// Fraction of the errors the EVT rule fits its tail to (those above the 90th percentile).
+pub const EVT_TAIL_FRACTION: f64 = 0.1;
+
+/// Median of `values` (the 50th percentile as defined above).
+pub fn median(values: &[f32]) -> Result<f64, RfError> {
+    percentile(values, 50.0)
+}
+
+/// `median + k * 1.4826 * MAD`.
+fn mad_threshold(errors: &[f32], k: f64) -> Result<f64, RfError> {
+    let m = median(errors)?;
+    let dev: Vec<f32> = errors
+        .iter()
+        .map(|&e| (f64::from(e) - m).abs() as f32)
+        .collect();
+    Ok(m + k * 1.4826 * median(&dev)?)
+}
+
+/// The peaks-over-threshold level exceeded with probability `q` (see the module docs).
+fn evt_threshold(errors: &[f32], q: f64) -> Result<f64, RfError> {
+    let u = percentile(errors, 100.0 * (1.0 - EVT_TAIL_FRACTION))?;
+    let excess: Vec<f64> = errors
+        .iter()
+        .map(|&e| f64::from(e) - u)
+        .filter(|&x| x > 0.0)
+        .collect();
+    if excess.len() < 3 {
+        return Err(RfError::InvalidArgument(format!(
+            "EVT threshold: {} errors above the 90th percentile; the tail fit needs at least 3 \
+             (more training windows, or a percentile rule)",
+            excess.len()
+        )));
+    }
+    let nu = excess.len() as f64;
+    let m = excess.iter().sum::<f64>() / nu;
+    let v = excess.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (nu - 1.0);
+    let ratio = q * errors.len() as f64 / nu;
+    if v <= 0.0 {
+        return Ok(u + m);
+    }
+    let xi = 0.5 * (1.0 - m * m / v);
+    let sigma = 0.5 * m * (m * m / v + 1.0);
+    Ok(if xi.abs() < 1e-9 {
+        u - sigma * ratio.ln()
+    } else {
+        u + sigma / xi * (ratio.powf(-xi) - 1.0)
+    })
+}
+
 /// The detection threshold for `errors` (reconstruction errors of normal training windows).
 pub fn select_threshold(errors: &[f32], rule: ThresholdRule) -> Result<f32, RfError> {
     check_scores("training errors", errors)?;
@@ -122,6 +199,8 @@ pub fn select_threshold(errors: &[f32], rule: ThresholdRule) -> Result<f32, RfEr
                 / n;
             mean + k * var.sqrt()
         }
+        ThresholdRule::Mad(k) => mad_threshold(errors, k)?,
+        ThresholdRule::Evt(q) => evt_threshold(errors, q)?,
     };
     Ok(t as f32)
 }
@@ -322,4 +401,195 @@ pub fn recall_by_kind(
         }
     }
     Ok(out)
+}
+
+/// Area under the ROC curve: the probability that a random anomalous window scores above a
+/// random normal one, ties counting one half (the Mann-Whitney statistic, from average
+/// ranks). `None` without both classes. NaN scores are an error.
+pub fn roc_auc(scores: &[f32], labels: &[bool]) -> Result<Option<f64>, RfError> {
+    let order = ranked(scores, labels)?;
+    let pos = labels.iter().filter(|&&l| l).count() as f64;
+    let neg = labels.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return Ok(None);
+    }
+    // Ascending order; ties share the mean of their ranks (1-based).
+    let mut rank_sum = 0.0;
+    let mut k = 0;
+    while k < order.len() {
+        let mut j = k;
+        while j < order.len() && scores[order[j]] == scores[order[k]] {
+            j += 1;
+        }
+        let mean_rank = (k + 1 + j) as f64 / 2.0;
+        rank_sum += mean_rank * order[k..j].iter().filter(|&&i| labels[i]).count() as f64;
+        k = j;
+    }
+    Ok(Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)))
+}
+
+/// Area under the precision-recall curve as average precision: the sum over the distinct
+/// thresholds, highest first, of precision times the recall gained there (scikit-learn's
+/// `average_precision_score`). `None` without anomalous windows.
+pub fn pr_auc(scores: &[f32], labels: &[bool]) -> Result<Option<f64>, RfError> {
+    let mut order = ranked(scores, labels)?;
+    order.reverse();
+    let pos = labels.iter().filter(|&&l| l).count() as f64;
+    if pos == 0.0 {
+        return Ok(None);
+    }
+    let (mut tp, mut seen, mut ap) = (0.0, 0.0, 0.0);
+    let mut k = 0;
+    while k < order.len() {
+        let mut j = k;
+        let mut gained = 0.0;
+        while j < order.len() && scores[order[j]] == scores[order[k]] {
+            if labels[order[j]] {
+                gained += 1.0;
+            }
+            j += 1;
+        }
+        tp += gained;
+        seen += (j - k) as f64;
+        ap += (tp / seen) * (gained / pos);
+        k = j;
+    }
+    Ok(Some(ap))
+}
+
+/// Indices sorted by ascending score, after checking lengths and NaNs.
+fn ranked(scores: &[f32], labels: &[bool]) -> Result<Vec<usize>, RfError> {
+    if scores.len() != labels.len() {
+        return Err(RfError::InvalidArgument(format!(
+            "{} scores but {} labels",
+            scores.len(),
+            labels.len()
+        )));
+    }
+    if let Some(k) = scores.iter().position(|s| s.is_nan()) {
+        return Err(RfError::InvalidArgument(format!("score {k} is NaN")));
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    Ok(order)
+}
+
+/// How `--calibrate` picks a threshold from labelled windows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Calibration {
+    /// The threshold with the best F1 on the calibration windows.
+    MaxF1,
+    /// The lowest threshold whose false-alarm rate on the calibration's normal windows is at
+    /// most this.
+    FalseAlarmRate(f64),
+}
+
+impl FromStr for Calibration {
+    type Err = RfError;
+    /// `f1` or `far:0.01`.
+    fn from_str(s: &str) -> Result<Self, RfError> {
+        if s == "f1" {
+            return Ok(Calibration::MaxF1);
+        }
+        match s.strip_prefix("far:").map(str::parse::<f64>) {
+            Some(Ok(r)) if (0.0..=1.0).contains(&r) => Ok(Calibration::FalseAlarmRate(r)),
+            _ => Err(RfError::InvalidArgument(format!(
+                "calibration target {s:?}: expected f1 or far:R (false-alarm rate, 0..=1)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Calibration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Calibration::MaxF1 => write!(f, "calibrated:f1"),
+            Calibration::FalseAlarmRate(r) => write!(f, "calibrated:far:{r}"),
+        }
+    }
+}
+
+/// The threshold `target` picks on labelled windows' scores.
+pub fn calibrate_threshold(
+    scores: &[f32],
+    labels: &[bool],
+    target: Calibration,
+) -> Result<f32, RfError> {
+    match target {
+        Calibration::MaxF1 => {
+            if !labels.iter().any(|&l| l) {
+                return Err(RfError::InvalidArgument(
+                    "calibration for F1 needs anomalous windows among the labelled ones".into(),
+                ));
+            }
+            Ok(best_f1(scores, labels)?.0)
+        }
+        Calibration::FalseAlarmRate(r) => {
+            ranked(scores, labels)?;
+            let mut normal: Vec<f32> = scores
+                .iter()
+                .zip(labels)
+                .filter(|(_, &l)| !l)
+                .map(|(&s, _)| s)
+                .collect();
+            if normal.is_empty() {
+                return Err(RfError::InvalidArgument(
+                    "calibration for a false-alarm rate needs normal windows among the labelled ones"
+                        .into(),
+                ));
+            }
+            normal.sort_by(|a, b| b.total_cmp(a));
+            // At most `allowed` normal windows may score strictly above the threshold; with
+            // ties at the cut, step up to the next distinct value.
+            let allowed = (r * normal.len() as f64).floor() as usize;
+            if allowed >= normal.len() {
+                return Ok(f32::NEG_INFINITY);
+            }
+            Ok(normal[allowed])
+        }
+    }
+}
+
+/// Threshold-free figures and F1 at a threshold, for a summary.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ScoreSummary {
+    pub windows: usize,
+    pub anomalous: usize,
+    pub threshold: f32,
+    pub tp: u64,
+    pub fp: u64,
+    pub tn: u64,
+    #[serde(rename = "fn")]
+    pub fn_: u64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// F1 at the best threshold for these labels (an oracle, for reference) and that threshold.
+    pub best_f1: f64,
+    pub best_threshold: f32,
+    pub roc_auc: Option<f64>,
+    pub pr_auc: Option<f64>,
+}
+
+impl ScoreSummary {
+    pub fn new(scores: &[f32], labels: &[bool], threshold: f32) -> Result<Self, RfError> {
+        let c = Confusion::from_scores(scores, labels, threshold)?;
+        let (best_threshold, best) = best_f1(scores, labels)?;
+        Ok(ScoreSummary {
+            windows: scores.len(),
+            anomalous: labels.iter().filter(|&&l| l).count(),
+            threshold,
+            tp: c.tp,
+            fp: c.fp,
+            tn: c.tn,
+            fn_: c.fn_,
+            precision: c.precision(),
+            recall: c.recall(),
+            f1: c.f1(),
+            best_f1: best.f1(),
+            best_threshold,
+            roc_auc: roc_auc(scores, labels)?,
+            pr_auc: pr_auc(scores, labels)?,
+        })
+    }
 }

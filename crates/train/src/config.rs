@@ -32,12 +32,32 @@ fn default_precision() -> Precision {
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// `mnist` or `cifar10` (the JPEG tarball) or `cifar10-binary` (a directory of the
-    /// canonical binary release).
+    /// canonical binary release), or a set of one's own at `path`: `idx` (a directory of the
+    /// four IDX files), `npz` (a file of x_train, y_train, x_test, y_test), `npy` (a directory
+    /// of those four .npy files) or `image-folder` (`path/{train,test}/<class>/*`); see
+    /// `lowprec_data::source`.
     pub dataset: String,
-    /// `unit` (x/255), `mnist` ((x/255 - 0.1307)/0.3081) or `dataset` (per-channel mean/std of
-    /// the training split).
+    /// `unit` (bytes x/255, float features as they are), `mnist` ((x/255 - 0.1307)/0.3081),
+    /// `dataset` (per-channel mean/std of the training split) or `explicit` (`mean`, `std`).
     #[serde(default = "default_normalize")]
     pub normalize: String,
+    /// Per-channel mean and std of `normalize = "explicit"` (on the x/255 scale for bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<Vec<f32>>,
+    /// Class count of a set of one's own (default: the largest label plus one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
+    /// `idx`: sha256 of files by name (as stored, `.gz` included), checked before loading.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sha256: std::collections::BTreeMap<String, String>,
+    /// `image-folder`: channels (1 grey or 3 RGB, default 3) and `[height, width]` every image
+    /// is resized to (default: the first training image's size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<[usize; 2]>,
     /// Random crop with 4-pixel padding and horizontal flip (CIFAR).
     #[serde(default)]
     pub augment: bool,
@@ -54,6 +74,103 @@ pub struct DataConfig {
 
 fn default_normalize() -> String {
     "unit".into()
+}
+
+impl DataConfig {
+    /// True for `idx`, `npz`, `npy` and `image-folder`: a set of one's own at `path`.
+    pub fn is_own(&self) -> bool {
+        self.dataset.parse::<lowprec_data::SourceKind>().is_ok()
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        match self.dataset.as_str() {
+            "mnist" | "cifar10" | "cifar10-binary" => {}
+            _ if self.is_own() => {
+                if self.path.as_deref().is_none_or(str::is_empty) {
+                    return Err(format!(
+                        "data.dataset = \"{}\" needs data.path",
+                        self.dataset
+                    ));
+                }
+            }
+            d => {
+                return Err(format!(
+                    "data.dataset = \"{d}\": use mnist, cifar10, cifar10-binary, idx, npz, npy or image-folder"
+                ))
+            }
+        }
+        match self.normalize.as_str() {
+            "unit" | "mnist" | "dataset" => {
+                if self.mean.is_some() || self.std.is_some() {
+                    return Err(format!(
+                        "data.mean / data.std are for normalize = \"explicit\", not \"{}\"",
+                        self.normalize
+                    ));
+                }
+            }
+            "explicit" => match (&self.mean, &self.std) {
+                (Some(m), Some(s)) if !m.is_empty() && m.len() == s.len() => {
+                    if let Some(v) = s.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                        return Err(format!("data.std holds {v}: each must be finite and > 0"));
+                    }
+                    if let Some(v) = m.iter().find(|v| !v.is_finite()) {
+                        return Err(format!("data.mean holds {v}: each must be finite"));
+                    }
+                }
+                _ => {
+                    return Err(
+                        "normalize = \"explicit\" needs data.mean and data.std, one value per channel each"
+                            .into(),
+                    )
+                }
+            },
+            n => {
+                return Err(format!(
+                    "data.normalize = \"{n}\": use unit, mnist, dataset or explicit"
+                ))
+            }
+        }
+        if !self.is_own()
+            && (self.classes.is_some()
+                || !self.sha256.is_empty()
+                || self.channels.is_some()
+                || self.image_size.is_some())
+        {
+            return Err(format!(
+                "data.classes, sha256, channels and image_size are for idx, npz, npy and image-folder sets, not {}",
+                self.dataset
+            ));
+        }
+        if let Some(c) = self.channels {
+            if c != 1 && c != 3 {
+                return Err(format!("data.channels = {c}: use 1 (grey) or 3 (RGB)"));
+            }
+        }
+        if let Some([h, w]) = self.image_size {
+            if h == 0 || w == 0 {
+                return Err(format!("data.image_size = [{h}, {w}] has a zero side"));
+            }
+        }
+        if let Some(k) = self.classes {
+            if !(1..=256).contains(&k) {
+                return Err(format!("data.classes = {k}: use 1..=256"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Points this description at a set of one's own: `KIND:PATH` (`idx:DIR`, `npz:FILE`,
+    /// `npy:DIR`, `image-folder:DIR`). A preset's MNIST normalisation gives way to the new
+    /// data's own statistics (`dataset`).
+    pub fn set_source(&mut self, kind_path: &str) -> Result<(), String> {
+        let (kind, path) = lowprec_data::parse_kind_path(kind_path).map_err(|e| e.to_string())?;
+        if !self.is_own() && self.normalize == "mnist" {
+            self.normalize = "dataset".into();
+        }
+        self.dataset = kind.name().into();
+        self.path = Some(path.display().to_string());
+        self.validate()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,22 +348,7 @@ impl TrainConfig {
                 _ => {}
             }
         }
-        match self.data.dataset.as_str() {
-            "mnist" | "cifar10" | "cifar10-binary" => {}
-            d => {
-                return Err(format!(
-                    "data.dataset = \"{d}\": use mnist, cifar10 or cifar10-binary"
-                ))
-            }
-        }
-        match self.data.normalize.as_str() {
-            "unit" | "mnist" | "dataset" => {}
-            n => {
-                return Err(format!(
-                    "data.normalize = \"{n}\": use unit, mnist or dataset"
-                ))
-            }
-        }
+        self.data.validate()?;
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! From a [`DataConfig`] to in-memory splits, their normalisation and augmentation.
 
-use lowprec_data::{Augment, DataDir, Dataset, Normalization};
-use std::path::PathBuf;
+use lowprec_data::{Augment, DataDir, Dataset, Normalization, SourceKind, SourceOptions};
+use std::path::{Path, PathBuf};
 
 use crate::config::DataConfig;
 use crate::TrainError;
@@ -19,22 +19,10 @@ pub fn spread_subset(ds: &Dataset, n: usize) -> Result<Dataset, TrainError> {
     if n == 0 || n >= ds.len() {
         return Ok(ds.clone());
     }
-    let s = ds.sample_len();
-    let mut images = Vec::with_capacity(n * s);
-    let mut labels = Vec::with_capacity(n);
-    for i in 0..n {
-        let j = (i as u128 * ds.len() as u128 / n as u128) as usize;
-        images.extend_from_slice(ds.image(j));
-        labels.push(ds.labels[j]);
-    }
-    Ok(Dataset::new(
-        images,
-        labels,
-        ds.channels,
-        ds.height,
-        ds.width,
-        ds.classes,
-    )?)
+    let picks: Vec<usize> = (0..n)
+        .map(|i| (i as u128 * ds.len() as u128 / n as u128) as usize)
+        .collect();
+    Ok(ds.select(&picks)?)
 }
 
 pub fn load(cfg: &DataConfig, data_dir: Option<PathBuf>) -> Result<DataSplits, TrainError> {
@@ -53,15 +41,41 @@ pub fn load(cfg: &DataConfig, data_dir: Option<PathBuf>) -> Result<DataSplits, T
             })?;
             lowprec_data::load_cifar_binary(std::path::Path::new(p))?
         }
-        d => return Err(TrainError::Config(format!("unknown data set `{d}`"))),
+        d => {
+            let kind: SourceKind = d
+                .parse()
+                .map_err(|_| TrainError::Config(format!("unknown data set `{d}`")))?;
+            let path = cfg.path.as_deref().ok_or_else(|| {
+                TrainError::Config(format!("data.dataset = \"{d}\" needs data.path"))
+            })?;
+            let opts = SourceOptions {
+                classes: cfg.classes,
+                sha256: cfg.sha256.clone(),
+                channels: cfg.channels,
+                image_size: cfg.image_size,
+            };
+            lowprec_data::load_source(kind, Path::new(path), &opts, &dir)?
+        }
     };
     let train = spread_subset(&splits.train, cfg.train_subset)?;
     let test = spread_subset(&splits.test, cfg.test_subset)?;
     let norm = match cfg.normalize.as_str() {
         "unit" => Normalization::unit(train.channels),
         "mnist" => Normalization::mnist(),
+        "explicit" => Normalization::new(
+            cfg.mean.clone().unwrap_or_default(),
+            cfg.std.clone().unwrap_or_default(),
+        )?,
         _ => Normalization::from_dataset(&train)?,
     };
+    if norm.mean.len() != train.channels {
+        return Err(TrainError::Config(format!(
+            "data.normalize = \"{}\" has {} channel(s); the data has {}",
+            cfg.normalize,
+            norm.mean.len(),
+            train.channels
+        )));
+    }
     let augment = if cfg.augment {
         Augment::CropFlip { pad: 4 }
     } else {

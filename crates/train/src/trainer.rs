@@ -142,14 +142,26 @@ impl Trainer {
         let spec_in: usize = cfg.model.input.iter().product();
         if spec_in != ds.channels * ds.height * ds.width {
             return Err(TrainError::Config(format!(
-                "model.input {:?} does not match the data's examples {want:?}",
-                cfg.model.input
+                "model.input {:?} ({spec_in} values) does not match the examples of the data ({}), \
+                 {want:?} ({} values)",
+                cfg.model.input,
+                cfg.data.path.as_deref().unwrap_or(&cfg.data.dataset),
+                ds.sample_len()
             )));
         }
         let mut cfg = cfg;
         cfg.model.input = want;
         let model = Model::build(&cfg.model, cfg.seed)?;
         model.check_training_memory(cfg.train.batch)?;
+        let outputs: usize = model.output_shape().iter().product();
+        if cfg.model.loss == lowprec_nn::LossKind::CrossEntropy && outputs != ds.classes {
+            return Err(TrainError::Config(format!(
+                "the data ({}) has {} classes but the network's last layer has {outputs} outputs: \
+                 change the last layer's `out` (or set data.classes)",
+                cfg.data.path.as_deref().unwrap_or(&cfg.data.dataset),
+                ds.classes
+            )));
+        }
         let sgd = Sgd::new(cfg.train.momentum, cfg.train.weight_decay, &model.params());
         let loss = Loss::new(cfg.model.loss);
         let plan = PrecisionPlan::uniform(cfg.precision.clone(), model.num_layers());

@@ -1,0 +1,271 @@
+//! NumPy arrays: `.npy` files (format 1.0-3.0, C order) and `.npz` archives of them, read with
+//! `npyz` (headers, dtypes) and `zip` (archives), written atomically.
+//!
+//! Values come back in one of three forms, whatever the stored dtype: bytes (`uint8`, kept exact
+//! so images stay images), f32 (`float32`, and `float64` rounded to f32)
+//! or i64 (every signed or unsigned integer type and `bool`). A file whose data is shorter or
+//! longer than its header says is an error naming the file, as is a Fortran-order array.
+
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+
+use crate::error::{DataError, Result};
+use crate::fsutil;
+
+/// The values of an array, converted to one of three element types.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NpyValues {
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+impl NpyValues {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            NpyValues::U8(v) => v.len(),
+            NpyValues::F32(v) => v.len(),
+            NpyValues::I64(v) => v.len(),
+        }
+    }
+
+    /// True when the array holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One array: its shape, the dtype as stored (`<f4`, `|u1`, ...) and its values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpyArray {
+    pub shape: Vec<usize>,
+    pub dtype: String,
+    pub values: NpyValues,
+    /// Where it was read from (`file.npy` or `file.npz:name`), for error messages.
+    pub origin: PathBuf,
+}
+
+impl NpyArray {
+    /// The values as f32 (bytes and integers converted; integers beyond 2^24 lose precision).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.values {
+            NpyValues::U8(v) => v.iter().map(|&x| f32::from(x)).collect(),
+            NpyValues::F32(v) => v.clone(),
+            NpyValues::I64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
+    /// Integer values (labels): bytes and integers as they are; floats only when every value
+    /// is a whole number, else an error naming the first one that is not.
+    pub fn to_i64(&self) -> Result<Vec<i64>> {
+        match &self.values {
+            NpyValues::U8(v) => Ok(v.iter().map(|&x| i64::from(x)).collect()),
+            NpyValues::I64(v) => Ok(v.clone()),
+            NpyValues::F32(v) => v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    if x.is_finite() && x.fract() == 0.0 && x.abs() < 16_777_216.0 {
+                        Ok(x as i64)
+                    } else {
+                        Err(DataError::malformed(
+                            &self.origin,
+                            format!("value {x} at index {i} is not an integer label"),
+                        ))
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// The first value that is NaN or infinite, as `(index, value)`.
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        match &self.values {
+            NpyValues::F32(v) => v
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !x.is_finite())
+                .map(|(i, &x)| (i, x)),
+            _ => None,
+        }
+    }
+}
+
+/// Parses the bytes of one `.npy` file; `origin` names it in errors.
+pub fn parse_npy(bytes: &[u8], origin: &Path) -> Result<NpyArray> {
+    let bad = |what: String| DataError::malformed(origin, what);
+    if !bytes.starts_with(b"\x93NUMPY") {
+        return Err(bad(
+            "not a .npy file (it does not start with \\x93NUMPY)".into()
+        ));
+    }
+    let mut cursor = Cursor::new(bytes);
+    let header = npyz::NpyHeader::from_reader(&mut cursor)
+        .map_err(|e| bad(format!("bad or truncated .npy header: {e}")))?;
+    let start = cursor.position() as usize;
+    let file = npyz::NpyFile::with_header(header, &bytes[start..]);
+    if file.order() != npyz::Order::C {
+        return Err(bad(
+            "Fortran-order array; save it with np.ascontiguousarray first".into(),
+        ));
+    }
+    let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
+    let dtype = file.dtype();
+    let descr = dtype.descr().trim_matches('\'').to_string();
+    let item = dtype
+        .num_bytes()
+        .ok_or_else(|| bad(format!("dtype {descr} has no fixed size")))?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    let need = count
+        .checked_mul(item)
+        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    let have = bytes.len() - start;
+    if have < need {
+        return Err(bad(format!(
+            "truncated .npy: shape {shape:?} of {descr} needs {need} data bytes, file has {have}"
+        )));
+    }
+    if have > need {
+        return Err(bad(format!(
+            "{} trailing bytes after the data of shape {shape:?} of {descr}",
+            have - need
+        )));
+    }
+    let read_err = |e: std::io::Error| bad(format!("reading {descr} values: {e}"));
+    let kind = descr.trim_start_matches(['<', '>', '|', '=']);
+    let values = match kind {
+        "u1" => NpyValues::U8(file.into_vec::<u8>().map_err(read_err)?),
+        "f4" => NpyValues::F32(file.into_vec::<f32>().map_err(read_err)?),
+        "f8" => NpyValues::F32(
+            file.into_vec::<f64>()
+                .map_err(read_err)?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+        ),
+        "b1" => NpyValues::I64(
+            file.into_vec::<bool>()
+                .map_err(read_err)?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        ),
+        "i1" => ints(file.into_vec::<i8>().map_err(read_err)?),
+        "i2" => ints(file.into_vec::<i16>().map_err(read_err)?),
+        "u2" => ints(file.into_vec::<u16>().map_err(read_err)?),
+        "i4" => ints(file.into_vec::<i32>().map_err(read_err)?),
+        "u4" => ints(file.into_vec::<u32>().map_err(read_err)?),
+        "i8" => ints(file.into_vec::<i64>().map_err(read_err)?),
+        "u8" => {
+            let v = file.into_vec::<u64>().map_err(read_err)?;
+            NpyValues::I64(
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, x)| {
+                        i64::try_from(x)
+                            .map_err(|_| bad(format!("uint64 value {x} at index {i} is too large")))
+                    })
+                    .collect::<Result<_>>()?,
+            )
+        }
+        _ => {
+            return Err(bad(format!(
+                "dtype {descr} is not supported (uint8, float32, float64, integers or bool)"
+            )))
+        }
+    };
+    Ok(NpyArray {
+        shape,
+        dtype: descr,
+        values,
+        origin: origin.to_path_buf(),
+    })
+}
+
+fn ints<T: Into<i64>>(v: Vec<T>) -> NpyValues {
+    NpyValues::I64(v.into_iter().map(Into::into).collect())
+}
+
+/// Reads a `.npy` file.
+pub fn read_npy(path: &Path) -> Result<NpyArray> {
+    parse_npy(&fsutil::read_file(path)?, path)
+}
+
+/// Reads the named arrays of a `.npz` archive (stored or deflated members `<name>.npy`).
+/// A missing name is an error listing the names the archive has.
+pub fn read_npz(path: &Path, names: &[&str]) -> Result<Vec<NpyArray>> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, "opening", e))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| DataError::malformed(path, format!("not a readable .npz (zip): {e}")))?;
+    let present: Vec<String> = zip
+        .file_names()
+        .filter_map(|n| n.strip_suffix(".npy").map(str::to_string))
+        .collect();
+    let mut out = Vec::with_capacity(names.len());
+    for &name in names {
+        let origin = PathBuf::from(format!("{}:{name}", path.display()));
+        let mut member = match zip.by_name(&format!("{name}.npy")) {
+            Ok(m) => m,
+            Err(zip::result::ZipError::FileNotFound) => {
+                let mut have = present.clone();
+                have.sort();
+                return Err(DataError::malformed(
+                    path,
+                    format!("no array '{name}' in the archive (it has {have:?})"),
+                ));
+            }
+            Err(e) => {
+                return Err(DataError::malformed(
+                    &origin,
+                    format!("corrupt .npz member: {e}"),
+                ))
+            }
+        };
+        let mut bytes = Vec::with_capacity(member.size() as usize);
+        member.read_to_end(&mut bytes).map_err(|e| {
+            DataError::malformed(&origin, format!("corrupt or truncated .npz member: {e}"))
+        })?;
+        out.push(parse_npy(&bytes, &origin)?);
+    }
+    Ok(out)
+}
+
+/// Encodes a C-order `.npy` (format 1.0) of `data` with `shape`.
+pub fn encode_npy<T: npyz::AutoSerialize + Copy>(data: &[T], shape: &[usize]) -> Result<Vec<u8>> {
+    let count: usize = shape.iter().product();
+    if count != data.len() {
+        return Err(DataError::InvalidArgument(format!(
+            "shape {shape:?} needs {count} values, got {}",
+            data.len()
+        )));
+    }
+    let mut buf = Vec::new();
+    let shape64: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let io = |e: std::io::Error| DataError::InvalidArgument(format!("encoding .npy: {e}"));
+    {
+        use npyz::WriterBuilder;
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape64)
+            .writer(&mut buf)
+            .begin_nd()
+            .map_err(io)?;
+        w.extend(data.iter().copied()).map_err(io)?;
+        w.finish().map_err(io)?;
+    }
+    Ok(buf)
+}
+
+/// Writes a `.npy` atomically (temp file + rename).
+pub fn write_npy<T: npyz::AutoSerialize + Copy>(
+    path: &Path,
+    data: &[T],
+    shape: &[usize],
+) -> Result<()> {
+    let bytes = encode_npy(data, shape)?;
+    fsutil::write_atomic(path, |w| w.write_all(&bytes))
+}

@@ -1,0 +1,133 @@
+//! Training on a data set of one's own (`[data] dataset = "npy"` / `--data KIND:PATH`): shapes
+//! and class counts from the data, and clear errors where they contradict the network.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use lowprec_kernels::CpuBackend;
+use lowprec_train::trainer::RunOptions;
+use lowprec_train::{TrainConfig, Trainer};
+
+fn opts(data_dir: &Path) -> RunOptions {
+    RunOptions {
+        out_dir: None,
+        resume_from: None,
+        data_dir: Some(data_dir.to_path_buf()),
+        backend: Arc::new(CpuBackend),
+        threads: 1,
+        progress: false,
+        stop_after: None,
+        verbose: false,
+        overwrite: false,
+        allow_config_change: false,
+    }
+}
+
+/// Three well-separated blobs in R^4 (float64 features, int64 labels), offset and scaled so
+/// that only a normalised input trains well at this learning rate.
+fn write_blobs(dir: &Path) {
+    for (split, n, salt) in [("train", 300usize, 1u64), ("test", 90, 2)] {
+        let mut x = Vec::with_capacity(n * 4);
+        let mut y = Vec::with_capacity(n);
+        for i in 0..n {
+            let class = (i % 3) as i64;
+            for d in 0..4 {
+                let h = (i as u64 * 4 + d as u64 + salt * 7919).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let noise = ((h >> 40) as f64 / (1u64 << 24) as f64) - 0.5;
+                let centre = if d as i64 == class { 3.0 } else { 0.0 };
+                x.push(100.0 + 20.0 * (centre + noise));
+            }
+            y.push(class);
+        }
+        lowprec_data::write_npy(&dir.join(format!("x_{split}.npy")), &x, &[n, 4]).unwrap();
+        lowprec_data::write_npy(&dir.join(format!("y_{split}.npy")), &y, &[n]).unwrap();
+    }
+}
+
+fn config(path: &Path, outputs: usize, input: &str) -> String {
+    format!(
+        r#"
+name = "blobs"
+precision = "bfp8"
+[data]
+dataset = "npy"
+path = "{}"
+normalize = "dataset"
+[model]
+input = {input}
+loss = "cross-entropy"
+[[model.layer]]
+type = "flatten"
+[[model.layer]]
+type = "linear"
+out = 16
+[[model.layer]]
+type = "relu"
+[[model.layer]]
+type = "linear"
+out = {outputs}
+[train]
+batch = 30
+epochs = 4
+lr = 0.05
+momentum = 0.9
+"#,
+        path.display()
+    )
+}
+
+#[test]
+fn npy_features_train_and_contradictions_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write_blobs(dir.path());
+    let cache = dir.path().join("cache");
+    let cfg = TrainConfig::from_toml(&config(dir.path(), 3, "[1, 1, 4]"), "blobs").unwrap();
+    let mut t = Trainer::new(cfg.clone(), opts(&cache)).unwrap();
+    assert_eq!(t.data.train.classes, 3);
+    assert!(t.data.train.is_float());
+    let r = t.run().unwrap();
+    assert!(r.test_acc > 0.95, "test accuracy {}", r.test_acc);
+    // The description round-trips (as stored in checkpoints).
+    assert_eq!(
+        TrainConfig::from_toml(&cfg.to_toml(), "again").unwrap(),
+        cfg
+    );
+
+    // Five outputs for three classes.
+    let bad = TrainConfig::from_toml(&config(dir.path(), 5, "[1, 1, 4]"), "blobs").unwrap();
+    let e = Trainer::new(bad, opts(&cache)).err().unwrap().to_string();
+    assert!(e.contains("3 classes") && e.contains("5 outputs"), "{e}");
+    // An input of another size.
+    let bad = TrainConfig::from_toml(&config(dir.path(), 3, "[1, 28, 28]"), "blobs").unwrap();
+    let e = Trainer::new(bad, opts(&cache)).err().unwrap().to_string();
+    assert!(e.contains("784") && e.contains("[1, 1, 4]"), "{e}");
+    // A declared class count below a label names the label file.
+    let mut bad = cfg.clone();
+    bad.data.classes = Some(2);
+    let e = Trainer::new(bad, opts(&cache)).err().unwrap().to_string();
+    assert!(
+        e.contains("y_train.npy") && e.contains("class count 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn data_overrides_and_validation() {
+    let mut cfg = TrainConfig::load("mnist-mlp").unwrap();
+    cfg.data.set_source("idx:/some/dir").unwrap();
+    assert_eq!(cfg.data.dataset, "idx");
+    assert_eq!(cfg.data.path.as_deref(), Some("/some/dir"));
+    assert!(cfg.data.set_source("csv:/x").is_err());
+    assert!(cfg.data.set_source("/no/kind").is_err());
+    let mut d = cfg.data.clone();
+    d.normalize = "explicit".into();
+    assert!(d.validate().unwrap_err().contains("data.mean"));
+    d.mean = Some(vec![0.5]);
+    d.std = Some(vec![0.0]);
+    assert!(d.validate().unwrap_err().contains("data.std"));
+    d.std = Some(vec![0.25]);
+    d.validate().unwrap();
+    let mut m = TrainConfig::load("mnist-mlp").unwrap().data;
+    m.classes = Some(10);
+    assert!(m.validate().unwrap_err().contains("not mnist"));
+}
