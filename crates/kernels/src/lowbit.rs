@@ -1,0 +1,661 @@
+//! Packed low-bit GEMMs of paper 001: ternary weights x k-bit unsigned activations as
+//! additions and subtractions over bit planes, and binary x binary as XNOR-popcount.
+//!
+//! Operands are integer codes (`i8`, from `lowprec_formats::lowbit`) packed 64 to a `u64`
+//! along K, each line (a row of A, a column of B) padded with zero bits to a multiple of 512
+//! bits so that no kernel needs a tail:
+//! - **ternary** A (codes in {-1, 0, +1}; binary weights {-1, +1} are a special case): two
+//!   masks per row, `plus` (code = +1) and `minus` (code = -1);
+//! - **unsigned planes** B (codes in `0..2^bits`, `bits` in 1..=7): one plane per bit;
+//! - **sign** A and B (codes in {-1, +1}): one bit per code, set for +1.
+//!
+//! Decompositions (exact integer identities, every kernel computes them in i32/u64):
+//! - ternary x unsigned: `sum_k a_k b_k = sum_p 2^p (popcnt(b_p & plus) - popcnt(b_p & minus))`;
+//! - sign x sign: `sum_k a_k b_k = K - 2 popcnt(a xor b)` (padding bits are 0 in both).
+//!
+//! Families, chosen at run time by [`BitIsa::detect`]: portable Rust (`count_ones`), AVX2
+//! (nibble-table popcount with `vpshufb`, byte counts folded by `vpsadbw`), AVX-512 with
+//! VPOPCNTDQ (`vpopcntq` on 512-bit words). All return the same integers as
+//! [`lowbit_gemm_ref`], the plain product of the codes. Threads take disjoint tiles of C over
+//! M and N (never splitting K), so results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+use crate::types::{MatMut, MatRef};
+use crate::KernelError;
+
+/// Bits of K per packed word.
+pub const WORD_BITS: usize = 64;
+/// Lines are padded to a multiple of this many words (512 bits, one AVX-512 register).
+pub const LINE_WORDS_MULTIPLE: usize = 8;
+
+/// Words per packed line of `k` codes.
+pub fn line_words(k: usize) -> usize {
+    k.div_ceil(WORD_BITS * LINE_WORDS_MULTIPLE) * LINE_WORDS_MULTIPLE
+}
+
+/// What the bits of a [`PackedBits`] mean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BitCode {
+    /// Codes in {-1, 0, +1}: plane 0 = (code == +1), plane 1 = (code == -1).
+    Ternary,
+    /// Codes in `0..2^bits`: plane p = bit p of the code.
+    Unsigned(u32),
+    /// Codes in {-1, +1}: plane 0 = (code == +1).
+    Sign,
+}
+
+impl BitCode {
+    fn planes(self) -> usize {
+        match self {
+            BitCode::Ternary => 2,
+            BitCode::Unsigned(b) => b as usize,
+            BitCode::Sign => 1,
+        }
+    }
+    /// The planes' bits of `code`, or `None` when the code is outside the format.
+    fn encode(self, code: i8) -> Option<u8> {
+        match self {
+            BitCode::Ternary => match code {
+                1 => Some(1),
+                -1 => Some(2),
+                0 => Some(0),
+                _ => None,
+            },
+            BitCode::Unsigned(b) => (code >= 0 && (code as u32) < (1 << b)).then_some(code as u8),
+            BitCode::Sign => match code {
+                1 => Some(1),
+                -1 => Some(0),
+                _ => None,
+            },
+        }
+    }
+    fn describe(self) -> String {
+        match self {
+            BitCode::Ternary => "ternary codes {-1, 0, +1}".into(),
+            BitCode::Unsigned(b) => format!("{b}-bit unsigned codes 0..={}", (1u32 << b) - 1),
+            BitCode::Sign => "binary codes {-1, +1}".into(),
+        }
+    }
+}
+
+/// `lines` packed lines of `k` codes: plane `p` of line `i` is
+/// `data[(i * planes + p) * words .. + words]`, bit `kk % 64` of word `kk / 64` for code `kk`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackedBits {
+    pub code: BitCode,
+    pub lines: usize,
+    pub k: usize,
+    pub words: usize,
+    pub data: Vec<u64>,
+}
+
+impl PackedBits {
+    pub fn planes(&self) -> usize {
+        self.code.planes()
+    }
+    #[inline]
+    fn plane(&self, line: usize, p: usize) -> &[u64] {
+        let s = (line * self.planes() + p) * self.words;
+        &self.data[s..s + self.words]
+    }
+    /// Packs the rows of `a` (each row one line along K).
+    pub fn from_rows(a: MatRef<'_, i8>, code: BitCode, what: &str) -> Result<Self, KernelError> {
+        a.check(what)?;
+        pack_lines(
+            a.rows,
+            a.cols,
+            code,
+            what,
+            |line, kk| a.at(line, kk),
+            |l, kk| (l, kk),
+        )
+    }
+    /// Packs the columns of `b` (a `K x N` matrix: each column one line along K).
+    pub fn from_cols(b: MatRef<'_, i8>, code: BitCode, what: &str) -> Result<Self, KernelError> {
+        b.check(what)?;
+        pack_lines(
+            b.cols,
+            b.rows,
+            code,
+            what,
+            |line, kk| b.at(kk, line),
+            |l, kk| (kk, l),
+        )
+    }
+}
+
+/// Lines per packing task: one task fills `LINES_PER_TASK` lines, reading K in its outer loop
+/// so a row-major B is read along its rows.
+const LINES_PER_TASK: usize = 64;
+
+fn pack_lines(
+    lines: usize,
+    k: usize,
+    code: BitCode,
+    what: &str,
+    get: impl Fn(usize, usize) -> i8 + Sync,
+    index: impl Fn(usize, usize) -> (usize, usize),
+) -> Result<PackedBits, KernelError> {
+    if let BitCode::Unsigned(b) = code {
+        if !(1..=7).contains(&b) {
+            return Err(KernelError::Range(format!(
+                "{what}: unsigned planes need 1..=7 bits, got {b}"
+            )));
+        }
+    }
+    // The first bad code in row-major order of the matrix, named by its position.
+    let mut bad: Option<(usize, usize, i8)> = None;
+    for kk in 0..k {
+        for line in 0..lines {
+            let v = get(line, kk);
+            if code.encode(v).is_none() {
+                let (r, c) = index(line, kk);
+                if bad.is_none_or(|(br, bc, _)| (r, c) < (br, bc)) {
+                    bad = Some((r, c, v));
+                }
+            }
+        }
+    }
+    if let Some((r, c, v)) = bad {
+        return Err(KernelError::Range(format!(
+            "{what}[{r},{c}] = {v} is not one of the {}",
+            code.describe()
+        )));
+    }
+    let planes = code.planes();
+    let words = line_words(k);
+    let mut data = vec![0u64; lines * planes * words];
+    let task = LINES_PER_TASK * planes * words;
+    if task > 0 {
+        data.par_chunks_mut(task).enumerate().for_each(|(t, out)| {
+            let l0 = t * LINES_PER_TASK;
+            let nl = out.len() / (planes * words);
+            for kk in 0..k {
+                let (w, bit) = (kk / WORD_BITS, kk % WORD_BITS);
+                for l in 0..nl {
+                    let e = code.encode(get(l0 + l, kk)).expect("validated") as u64;
+                    for p in 0..planes {
+                        out[(l * planes + p) * words + w] |= ((e >> p) & 1) << bit;
+                    }
+                }
+            }
+        });
+    }
+    Ok(PackedBits {
+        code,
+        lines,
+        k,
+        words,
+        data,
+    })
+}
+
+/// Reference: `C = A B` on the integer codes themselves, one product at a time (the
+/// yardstick of every packed kernel; K any length, sums exact in i64 and checked to fit i32).
+pub fn lowbit_gemm_ref(
+    a: MatRef<'_, i8>,
+    b: MatRef<'_, i8>,
+    c: MatMut<'_, i32>,
+) -> Result<(), KernelError> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    check_c(m, n, &c)?;
+    if b.rows != k {
+        return Err(KernelError::Shape(format!(
+            "A is {m}x{k} but B is {}x{n}: inner dimensions differ",
+            b.rows
+        )));
+    }
+    a.check("A")?;
+    b.check("B")?;
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0i64;
+            for kk in 0..k {
+                acc += a.at(i, kk) as i64 * b.at(kk, j) as i64;
+            }
+            c.data[i * c.ld + j] = i32::try_from(acc)
+                .map_err(|_| KernelError::Range(format!("C[{i},{j}] = {acc} overflows i32")))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_c(m: usize, n: usize, c: &MatMut<'_, i32>) -> Result<(), KernelError> {
+    if c.rows != m || c.cols != n || c.ld < n || (m > 0 && c.data.len() < (m - 1) * c.ld + n) {
+        return Err(KernelError::Shape(format!(
+            "C is {}x{} (ld {}, {} elements) but A*B is {m}x{n}",
+            c.rows,
+            c.cols,
+            c.ld,
+            c.data.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Kernel families of the packed GEMMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum BitIsa {
+    /// Portable Rust: `u64::count_ones` compiled for the baseline target.
+    Portable,
+    /// AVX2: nibble-table popcount (`vpshufb`), byte counts folded with `vpsadbw`.
+    Avx2,
+    /// AVX-512 F + VPOPCNTDQ: `vpopcntq` on 512 bits at a time.
+    Avx512Vpopcnt,
+}
+
+impl BitIsa {
+    /// The fastest family this CPU runs.
+    pub fn detect() -> Self {
+        *Self::available()
+            .last()
+            .expect("portable is always available")
+    }
+    /// Every family this CPU runs, slowest first (tests run them all).
+    pub fn available() -> Vec<Self> {
+        let mut v = vec![BitIsa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") {
+                v.push(BitIsa::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vpopcntdq") {
+                v.push(BitIsa::Avx512Vpopcnt);
+            }
+        }
+        v
+    }
+    fn check(self) -> Result<(), KernelError> {
+        if Self::available().contains(&self) {
+            Ok(())
+        } else {
+            Err(KernelError::Shape(format!(
+                "kernel family {self:?} is not supported by this CPU"
+            )))
+        }
+    }
+}
+
+/// Which product a packed GEMM computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Product {
+    /// Ternary A x unsigned-plane B.
+    TernaryPlanes,
+    /// Sign A x sign B.
+    Xnor,
+}
+
+/// Columns per microkernel call: one A line against up to four B lines shares A's loads.
+const NR: usize = 4;
+/// Rows and columns of C per threaded task.
+const TASK_ROWS: usize = 16;
+const TASK_COLS: usize = 256;
+
+/// Ternary weights x k-bit unsigned activations: `C = A B` in i32, on `isa`.
+pub fn gemm_ternary_planes_with(
+    isa: BitIsa,
+    a: &PackedBits,
+    b: &PackedBits,
+    c: MatMut<'_, i32>,
+) -> Result<(), KernelError> {
+    if a.code != BitCode::Ternary {
+        return Err(KernelError::Shape(format!(
+            "A must hold ternary codes, holds {:?}",
+            a.code
+        )));
+    }
+    let BitCode::Unsigned(bits) = b.code else {
+        return Err(KernelError::Shape(format!(
+            "B must hold unsigned bit planes, holds {:?}",
+            b.code
+        )));
+    };
+    if a.k as u64 * ((1u64 << bits) - 1) > i32::MAX as u64 {
+        return Err(KernelError::Range(format!(
+            "K = {} with {bits}-bit activations may overflow i32",
+            a.k
+        )));
+    }
+    drive(isa, Product::TernaryPlanes, a, b, c)
+}
+
+/// [`gemm_ternary_planes_with`] on the fastest family this CPU runs.
+pub fn gemm_ternary_planes(
+    a: &PackedBits,
+    b: &PackedBits,
+    c: MatMut<'_, i32>,
+) -> Result<(), KernelError> {
+    gemm_ternary_planes_with(BitIsa::detect(), a, b, c)
+}
+
+/// Binary x binary (codes in {-1, +1}): `C = A B` in i32 by XNOR-popcount, on `isa`.
+pub fn gemm_xnor_with(
+    isa: BitIsa,
+    a: &PackedBits,
+    b: &PackedBits,
+    c: MatMut<'_, i32>,
+) -> Result<(), KernelError> {
+    if a.code != BitCode::Sign || b.code != BitCode::Sign {
+        return Err(KernelError::Shape(format!(
+            "XNOR GEMM needs binary codes in A and B, got {:?} and {:?}",
+            a.code, b.code
+        )));
+    }
+    if a.k > i32::MAX as usize {
+        return Err(KernelError::Range(format!("K = {} overflows i32", a.k)));
+    }
+    drive(isa, Product::Xnor, a, b, c)
+}
+
+/// [`gemm_xnor_with`] on the fastest family this CPU runs.
+pub fn gemm_xnor(a: &PackedBits, b: &PackedBits, c: MatMut<'_, i32>) -> Result<(), KernelError> {
+    gemm_xnor_with(BitIsa::detect(), a, b, c)
+}
+
+fn drive(
+    isa: BitIsa,
+    prod: Product,
+    a: &PackedBits,
+    b: &PackedBits,
+    c: MatMut<'_, i32>,
+) -> Result<(), KernelError> {
+    isa.check()?;
+    let (m, n) = (a.lines, b.lines);
+    if a.k != b.k || a.words != b.words {
+        return Err(KernelError::Shape(format!(
+            "A has K = {} but B has K = {}",
+            a.k, b.k
+        )));
+    }
+    check_c(m, n, &c)?;
+    for (what, p) in [("A", a), ("B", b)] {
+        if p.words != line_words(p.k) || p.data.len() != p.lines * p.planes() * p.words {
+            return Err(KernelError::Shape(format!(
+                "{what}: packed data of {} words does not hold {} lines of K = {}",
+                p.data.len(),
+                p.lines,
+                p.k
+            )));
+        }
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let tasks: Vec<(usize, usize)> = (0..m.div_ceil(TASK_ROWS))
+        .flat_map(|ti| (0..n.div_ceil(TASK_COLS)).map(move |tj| (ti, tj)))
+        .collect();
+    let tiles: Vec<Vec<i32>> = tasks
+        .par_iter()
+        .map(|&(ti, tj)| {
+            let (i0, j0) = (ti * TASK_ROWS, tj * TASK_COLS);
+            let (mi, nj) = ((m - i0).min(TASK_ROWS), (n - j0).min(TASK_COLS));
+            let mut tile = vec![0i32; mi * nj];
+            let mut out = [0i64; NR];
+            for jb in (0..nj).step_by(NR) {
+                let nr = (nj - jb).min(NR);
+                for i in 0..mi {
+                    micro(isa, prod, a, b, i0 + i, j0 + jb, nr, &mut out);
+                    for q in 0..nr {
+                        tile[i * nj + jb + q] = out[q] as i32;
+                    }
+                }
+            }
+            tile
+        })
+        .collect();
+    for (&(ti, tj), tile) in tasks.iter().zip(&tiles) {
+        let (i0, j0) = (ti * TASK_ROWS, tj * TASK_COLS);
+        let nj = (n - j0).min(TASK_COLS);
+        for (r, row) in tile.chunks(nj).enumerate() {
+            let s = (i0 + r) * c.ld + j0;
+            c.data[s..s + nj].copy_from_slice(row);
+        }
+    }
+    Ok(())
+}
+
+/// `out[q]` = dot of A line `i` with B line `j0 + q`, `q < nr`.
+#[inline]
+fn micro(
+    isa: BitIsa,
+    prod: Product,
+    a: &PackedBits,
+    b: &PackedBits,
+    i: usize,
+    j0: usize,
+    nr: usize,
+    out: &mut [i64; NR],
+) {
+    let bp = b.planes();
+    let bl: [&[u64]; NR] = std::array::from_fn(|q| {
+        let s = ((j0 + q.min(nr - 1)) * bp) * b.words;
+        &b.data[s..s + bp * b.words]
+    });
+    match prod {
+        Product::TernaryPlanes => {
+            let (plus, minus) = (a.plane(i, 0), a.plane(i, 1));
+            *out = [0; NR];
+            for p in 0..bp {
+                let planes: [&[u64]; NR] =
+                    std::array::from_fn(|q| &bl[q][p * b.words..(p + 1) * b.words]);
+                let d = match isa {
+                    BitIsa::Portable => tern_portable(plus, minus, &planes),
+                    // SAFETY: `isa` was checked against the CPU in `drive`; every slice holds
+                    // `words` words, a multiple of 8.
+                    #[cfg(target_arch = "x86_64")]
+                    BitIsa::Avx2 => unsafe { x86::tern_avx2(plus, minus, &planes) },
+                    #[cfg(target_arch = "x86_64")]
+                    BitIsa::Avx512Vpopcnt => unsafe { x86::tern_avx512(plus, minus, &planes) },
+                    #[cfg(not(target_arch = "x86_64"))]
+                    _ => tern_portable(plus, minus, &planes),
+                };
+                for q in 0..NR {
+                    out[q] += d[q] << p;
+                }
+            }
+        }
+        Product::Xnor => {
+            let al = a.plane(i, 0);
+            let x = match isa {
+                BitIsa::Portable => xor_portable(al, &bl),
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                BitIsa::Avx2 => unsafe { x86::xor_avx2(al, &bl) },
+                #[cfg(target_arch = "x86_64")]
+                BitIsa::Avx512Vpopcnt => unsafe { x86::xor_avx512(al, &bl) },
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => xor_portable(al, &bl),
+            };
+            for q in 0..NR {
+                out[q] = a.k as i64 - 2 * x[q] as i64;
+            }
+        }
+    }
+}
+
+/// `popcnt(b & plus) - popcnt(b & minus)` for each of the four B lines.
+fn tern_portable(plus: &[u64], minus: &[u64], b: &[&[u64]; NR]) -> [i64; NR] {
+    std::array::from_fn(|q| {
+        let mut s = 0i64;
+        for w in 0..plus.len() {
+            s += (b[q][w] & plus[w]).count_ones() as i64;
+            s -= (b[q][w] & minus[w]).count_ones() as i64;
+        }
+        s
+    })
+}
+
+/// `popcnt(a xor b)` for each of the four B lines.
+fn xor_portable(a: &[u64], b: &[&[u64]; NR]) -> [u64; NR] {
+    std::array::from_fn(|q| {
+        a.iter()
+            .zip(b[q])
+            .map(|(x, y)| (x ^ y).count_ones() as u64)
+            .sum()
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// Byte-wise popcount of a 256-bit vector (nibble table).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn cnt8(x: __m256i, lut: __m256i, low: __m256i) -> __m256i {
+        let lo = _mm256_and_si256(x, low);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low);
+        _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hsum4(v: __m256i) -> u64 {
+        let mut t = [0u64; 4];
+        // SAFETY: `t` is 32 bytes; unaligned store.
+        unsafe { _mm256_storeu_si256(t.as_mut_ptr() as *mut __m256i, v) };
+        t.iter().sum()
+    }
+
+    /// Words `4c..4c+4` of `s`.
+    ///
+    /// # Safety
+    /// AVX2 must be available and `s` must hold at least `4c + 4` words.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn ld256(s: &[u64], c: usize) -> __m256i {
+        debug_assert!(s.len() >= 4 * c + 4);
+        unsafe { _mm256_loadu_si256(s.as_ptr().add(4 * c) as *const __m256i) }
+    }
+
+    /// Words `8c..8c+8` of `s`.
+    ///
+    /// # Safety
+    /// AVX-512 F must be available and `s` must hold at least `8c + 8` words.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn ld512(s: &[u64], c: usize) -> __m512i {
+        debug_assert!(s.len() >= 8 * c + 8);
+        unsafe { _mm512_loadu_si512(s.as_ptr().add(8 * c).cast()) }
+    }
+
+    fn lut() -> [i8; 32] {
+        let n: [i8; 16] = [0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4];
+        std::array::from_fn(|i| n[i % 16])
+    }
+
+    /// Chunks of 256 bits whose byte counts (at most 8 per chunk) fit a byte: 31 x 8 = 248.
+    const FOLD: usize = 31;
+
+    /// AVX2 `popcnt(b & plus) - popcnt(b & minus)` for four B lines.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `plus`, `minus` and every `b[q]` must have the same length,
+    /// a multiple of 4 words.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn tern_avx2(plus: &[u64], minus: &[u64], b: &[&[u64]; NR]) -> [i64; NR] {
+        let chunks = plus.len() / 4;
+        let t = lut();
+        let lut = unsafe { _mm256_loadu_si256(t.as_ptr() as *const __m256i) };
+        let low = _mm256_set1_epi8(0x0f);
+        let zero = _mm256_setzero_si256();
+        let ld = |s: &[u64], c: usize| unsafe { ld256(s, c) };
+        let mut pos = [zero; NR];
+        let mut neg = [zero; NR];
+        let mut c = 0;
+        while c < chunks {
+            let end = (c + FOLD).min(chunks);
+            let mut bp = [zero; NR];
+            let mut bn = [zero; NR];
+            for ch in c..end {
+                let (vp, vm) = (ld(plus, ch), ld(minus, ch));
+                for q in 0..NR {
+                    let vb = ld(b[q], ch);
+                    bp[q] = _mm256_add_epi8(bp[q], cnt8(_mm256_and_si256(vb, vp), lut, low));
+                    bn[q] = _mm256_add_epi8(bn[q], cnt8(_mm256_and_si256(vb, vm), lut, low));
+                }
+            }
+            for q in 0..NR {
+                pos[q] = _mm256_add_epi64(pos[q], _mm256_sad_epu8(bp[q], zero));
+                neg[q] = _mm256_add_epi64(neg[q], _mm256_sad_epu8(bn[q], zero));
+            }
+            c = end;
+        }
+        std::array::from_fn(|q| hsum4(pos[q]) as i64 - hsum4(neg[q]) as i64)
+    }
+
+    /// AVX2 `popcnt(a xor b)` for four B lines.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `a` and every `b[q]` must have the same length, a multiple
+    /// of 4 words.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn xor_avx2(a: &[u64], b: &[&[u64]; NR]) -> [u64; NR] {
+        let chunks = a.len() / 4;
+        let t = lut();
+        let lut = unsafe { _mm256_loadu_si256(t.as_ptr() as *const __m256i) };
+        let low = _mm256_set1_epi8(0x0f);
+        let zero = _mm256_setzero_si256();
+        let ld = |s: &[u64], c: usize| unsafe { ld256(s, c) };
+        let mut tot = [zero; NR];
+        let mut c = 0;
+        while c < chunks {
+            let end = (c + FOLD).min(chunks);
+            let mut bx = [zero; NR];
+            for ch in c..end {
+                let va = ld(a, ch);
+                for q in 0..NR {
+                    let x = _mm256_xor_si256(va, ld(b[q], ch));
+                    bx[q] = _mm256_add_epi8(bx[q], cnt8(x, lut, low));
+                }
+            }
+            for q in 0..NR {
+                tot[q] = _mm256_add_epi64(tot[q], _mm256_sad_epu8(bx[q], zero));
+            }
+            c = end;
+        }
+        std::array::from_fn(|q| hsum4(tot[q]))
+    }
+
+    /// AVX-512 `popcnt(b & plus) - popcnt(b & minus)` for four B lines.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and VPOPCNTDQ; `plus`, `minus` and every `b[q]` must
+    /// have the same length, a multiple of 8 words.
+    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    pub unsafe fn tern_avx512(plus: &[u64], minus: &[u64], b: &[&[u64]; NR]) -> [i64; NR] {
+        let ld = |s: &[u64], c: usize| unsafe { ld512(s, c) };
+        let mut acc = [_mm512_setzero_si512(); NR];
+        for ch in 0..plus.len() / 8 {
+            let (vp, vm) = (ld(plus, ch), ld(minus, ch));
+            for q in 0..NR {
+                let vb = ld(b[q], ch);
+                let p = _mm512_popcnt_epi64(_mm512_and_si512(vb, vp));
+                let m = _mm512_popcnt_epi64(_mm512_and_si512(vb, vm));
+                acc[q] = _mm512_add_epi64(acc[q], _mm512_sub_epi64(p, m));
+            }
+        }
+        std::array::from_fn(|q| _mm512_reduce_add_epi64(acc[q]))
+    }
+
+    /// AVX-512 `popcnt(a xor b)` for four B lines.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and VPOPCNTDQ; `a` and every `b[q]` must have the same
+    /// length, a multiple of 8 words.
+    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    pub unsafe fn xor_avx512(a: &[u64], b: &[&[u64]; NR]) -> [u64; NR] {
+        let ld = |s: &[u64], c: usize| unsafe { ld512(s, c) };
+        let mut acc = [_mm512_setzero_si512(); NR];
+        for ch in 0..a.len() / 8 {
+            let va = ld(a, ch);
+            for q in 0..NR {
+                let x = _mm512_xor_si512(va, ld(b[q], ch));
+                acc[q] = _mm512_add_epi64(acc[q], _mm512_popcnt_epi64(x));
+            }
+        }
+        std::array::from_fn(|q| _mm512_reduce_add_epi64(acc[q]) as u64)
+    }
+}
