@@ -89,7 +89,7 @@ fn group_len(
     match mode {
         ScaleMode::PerTensor => Ok(len),
         ScaleMode::PerChannel => {
-            if channels == 0 || len % channels != 0 {
+            if channels == 0 || !len.is_multiple_of(channels) {
                 return Err(QuantError::Shape(format!(
                     "{tensor}: {len} elements do not split into {channels} channels"
                 )));

@@ -94,11 +94,6 @@ impl PackedBits {
     pub fn planes(&self) -> usize {
         self.code.planes()
     }
-    #[inline]
-    fn plane(&self, line: usize, p: usize) -> &[u64] {
-        let s = (line * self.planes() + p) * self.words;
-        &self.data[s..s + self.words]
-    }
     /// Packs the rows of `a` (each row one line along K).
     pub fn from_rows(a: MatRef<'_, i8>, code: BitCode, what: &str) -> Result<Self, KernelError> {
         a.check(what)?;
@@ -125,8 +120,8 @@ impl PackedBits {
     }
 }
 
-/// Lines per packing task: one task fills `LINES_PER_TASK` lines, reading K in its outer loop
-/// so a row-major B is read along its rows.
+/// Lines per packing task: a task reads 64 codes of each of its lines in turn, so a row-major
+/// B's 64 x 64-byte block stays in L1 while its columns are packed.
 const LINES_PER_TASK: usize = 64;
 
 fn pack_lines(
@@ -135,7 +130,7 @@ fn pack_lines(
     code: BitCode,
     what: &str,
     get: impl Fn(usize, usize) -> i8 + Sync,
-    index: impl Fn(usize, usize) -> (usize, usize),
+    index: impl Fn(usize, usize) -> (usize, usize) + Sync,
 ) -> Result<PackedBits, KernelError> {
     if let BitCode::Unsigned(b) = code {
         if !(1..=7).contains(&b) {
@@ -144,43 +139,41 @@ fn pack_lines(
             )));
         }
     }
-    // The first bad code in row-major order of the matrix, named by its position.
-    let mut bad: Option<(usize, usize, i8)> = None;
-    for kk in 0..k {
-        for line in 0..lines {
-            let v = get(line, kk);
-            if code.encode(v).is_none() {
-                let (r, c) = index(line, kk);
-                if bad.is_none_or(|(br, bc, _)| (r, c) < (br, bc)) {
-                    bad = Some((r, c, v));
-                }
-            }
-        }
-    }
-    if let Some((r, c, v)) = bad {
-        return Err(KernelError::Range(format!(
-            "{what}[{r},{c}] = {v} is not one of the {}",
-            code.describe()
-        )));
-    }
     let planes = code.planes();
     let words = line_words(k);
     let mut data = vec![0u64; lines * planes * words];
     let task = LINES_PER_TASK * planes * words;
-    if task > 0 {
-        data.par_chunks_mut(task).enumerate().for_each(|(t, out)| {
-            let l0 = t * LINES_PER_TASK;
-            let nl = out.len() / (planes * words);
-            for kk in 0..k {
-                let (w, bit) = (kk / WORD_BITS, kk % WORD_BITS);
-                for l in 0..nl {
-                    let e = code.encode(get(l0 + l, kk)).expect("validated") as u64;
-                    for p in 0..planes {
-                        out[(l * planes + p) * words + w] |= ((e >> p) & 1) << bit;
-                    }
+    // Each task packs its lines word by word (64 codes of one line into `planes` registers),
+    // and reports the first bad code it met in row-major order of the matrix.
+    let bad: Vec<(usize, usize, i8)> = if task == 0 {
+        Vec::new()
+    } else {
+        data.par_chunks_mut(task)
+            .enumerate()
+            .filter_map(|(t, out)| {
+                let task = PackTask {
+                    l0: t * LINES_PER_TASK,
+                    k,
+                    words,
+                    code,
+                };
+                match planes {
+                    1 => task.run::<1>(out, &get, &index),
+                    2 => task.run::<2>(out, &get, &index),
+                    3 => task.run::<3>(out, &get, &index),
+                    4 => task.run::<4>(out, &get, &index),
+                    5 => task.run::<5>(out, &get, &index),
+                    6 => task.run::<6>(out, &get, &index),
+                    _ => task.run::<7>(out, &get, &index),
                 }
-            }
-        });
+            })
+            .collect()
+    };
+    if let Some(&(r, c, v)) = bad.iter().min_by_key(|&&(r, c, _)| (r, c)) {
+        return Err(KernelError::Range(format!(
+            "{what}[{r},{c}] = {v} is not one of the {}",
+            code.describe()
+        )));
     }
     Ok(PackedBits {
         code,
@@ -189,6 +182,58 @@ fn pack_lines(
         words,
         data,
     })
+}
+
+/// One packing task: lines `l0..` into `out`, with the plane count a constant so the
+/// per-code loop over planes unrolls.
+struct PackTask {
+    l0: usize,
+    k: usize,
+    words: usize,
+    code: BitCode,
+}
+
+impl PackTask {
+    /// Packs the task's lines word by word (64 codes of one line into `P` registers); returns
+    /// the first bad code met, in row-major order of the matrix.
+    fn run<const P: usize>(
+        &self,
+        out: &mut [u64],
+        get: &impl Fn(usize, usize) -> i8,
+        index: &impl Fn(usize, usize) -> (usize, usize),
+    ) -> Option<(usize, usize, i8)> {
+        let (words, k) = (self.words, self.k);
+        let nl = out.len() / (P * words);
+        let mut bad: Option<(usize, usize, i8)> = None;
+        for w in 0..k.div_ceil(WORD_BITS) {
+            let kk0 = w * WORD_BITS;
+            let kn = (k - kk0).min(WORD_BITS);
+            for l in 0..nl {
+                let line = self.l0 + l;
+                let mut acc = [0u64; P];
+                for bit in 0..kn {
+                    let v = get(line, kk0 + bit);
+                    let e = match self.code.encode(v) {
+                        Some(e) => e as u64,
+                        None => {
+                            let (r, c) = index(line, kk0 + bit);
+                            if bad.is_none_or(|(br, bc, _)| (r, c) < (br, bc)) {
+                                bad = Some((r, c, v));
+                            }
+                            0
+                        }
+                    };
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        *a |= ((e >> p) & 1) << bit;
+                    }
+                }
+                for (p, &a) in acc.iter().enumerate() {
+                    out[(l * P + p) * words + w] = a;
+                }
+            }
+        }
+        bad
+    }
 }
 
 /// Reference: `C = A B` on the integer codes themselves, one product at a time (the
@@ -286,7 +331,8 @@ enum Product {
     Xnor,
 }
 
-/// Columns per microkernel call: one A line against up to four B lines shares A's loads.
+/// Rows and columns per microkernel call: two A lines against four B lines share loads.
+const MR: usize = 2;
 const NR: usize = 4;
 /// Rows and columns of C per threaded task.
 const TASK_ROWS: usize = 16;
@@ -391,13 +437,16 @@ fn drive(
             let (i0, j0) = (ti * TASK_ROWS, tj * TASK_COLS);
             let (mi, nj) = ((m - i0).min(TASK_ROWS), (n - j0).min(TASK_COLS));
             let mut tile = vec![0i32; mi * nj];
-            let mut out = [0i64; NR];
+            let mut out = [[0i64; NR]; MR];
             for jb in (0..nj).step_by(NR) {
                 let nr = (nj - jb).min(NR);
-                for i in 0..mi {
-                    micro(isa, prod, a, b, i0 + i, j0 + jb, nr, &mut out);
-                    for q in 0..nr {
-                        tile[i * nj + jb + q] = out[q] as i32;
+                for ib in (0..mi).step_by(MR) {
+                    let mr = (mi - ib).min(MR);
+                    micro(isa, prod, a, b, (i0 + ib, mr), (j0 + jb, nr), &mut out);
+                    for r in 0..mr {
+                        for q in 0..nr {
+                            tile[(ib + r) * nj + jb + q] = out[r][q] as i32;
+                        }
                     }
                 }
             }
@@ -415,60 +464,69 @@ fn drive(
     Ok(())
 }
 
-/// `out[q]` = dot of A line `i` with B line `j0 + q`, `q < nr`.
+/// `out[r][q]` = dot of A line `i0 + r` with B line `j0 + q` (`r < mr`, `q < nr`; the other
+/// entries repeat the last line and are ignored).
 #[inline]
 fn micro(
     isa: BitIsa,
     prod: Product,
     a: &PackedBits,
     b: &PackedBits,
-    i: usize,
-    j0: usize,
-    nr: usize,
-    out: &mut [i64; NR],
+    (i0, mr): (usize, usize),
+    (j0, nr): (usize, usize),
+    out: &mut [[i64; NR]; MR],
 ) {
-    let bp = b.planes();
-    let bl: [&[u64]; NR] = std::array::from_fn(|q| {
-        let s = ((j0 + q.min(nr - 1)) * bp) * b.words;
-        &b.data[s..s + bp * b.words]
+    let (ap, bp, words) = (a.planes(), b.planes(), b.words);
+    let al: [&[u64]; MR] = std::array::from_fn(|r| {
+        let s = (i0 + r.min(mr - 1)) * ap * words;
+        &a.data[s..s + ap * words]
     });
-    match prod {
-        Product::TernaryPlanes => {
-            let (plus, minus) = (a.plane(i, 0), a.plane(i, 1));
-            *out = [0; NR];
-            for p in 0..bp {
-                let planes: [&[u64]; NR] =
-                    std::array::from_fn(|q| &bl[q][p * b.words..(p + 1) * b.words]);
-                let d = match isa {
-                    BitIsa::Portable => tern_portable(plus, minus, &planes),
-                    // SAFETY: `isa` was checked against the CPU in `drive`; every slice holds
-                    // `words` words, a multiple of 8.
-                    #[cfg(target_arch = "x86_64")]
-                    BitIsa::Avx2 => unsafe { x86::tern_avx2(plus, minus, &planes) },
-                    #[cfg(target_arch = "x86_64")]
-                    BitIsa::Avx512Vpopcnt => unsafe { x86::tern_avx512(plus, minus, &planes) },
-                    #[cfg(not(target_arch = "x86_64"))]
-                    _ => tern_portable(plus, minus, &planes),
-                };
-                for q in 0..NR {
-                    out[q] += d[q] << p;
+    let bl: [&[u64]; NR] = std::array::from_fn(|q| {
+        let s = (j0 + q.min(nr - 1)) * bp * words;
+        &b.data[s..s + bp * words]
+    });
+    #[cfg(target_arch = "x86_64")]
+    if isa == BitIsa::Avx512Vpopcnt {
+        // SAFETY: `drive` checked the CPU; every line holds its planes of `words` words, a
+        // multiple of 8.
+        *out = unsafe {
+            match prod {
+                Product::TernaryPlanes => x86::tern_tile_avx512(&al, &bl, words, bp),
+                Product::Xnor => x86::xnor_tile_avx512(&al, &bl, words, a.k as i64),
+            }
+        };
+        return;
+    }
+    for r in 0..MR {
+        match prod {
+            Product::TernaryPlanes => {
+                let (plus, minus) = (&al[r][..words], &al[r][words..]);
+                out[r] = [0; NR];
+                for p in 0..bp {
+                    let planes: [&[u64]; NR] =
+                        std::array::from_fn(|q| &bl[q][p * words..(p + 1) * words]);
+                    let d = match isa {
+                        // SAFETY: `drive` checked the CPU; slices of `words` words, a multiple
+                        // of 8.
+                        #[cfg(target_arch = "x86_64")]
+                        BitIsa::Avx2 => unsafe { x86::tern_avx2(plus, minus, &planes) },
+                        _ => tern_portable(plus, minus, &planes),
+                    };
+                    for q in 0..NR {
+                        out[r][q] += d[q] << p;
+                    }
                 }
             }
-        }
-        Product::Xnor => {
-            let al = a.plane(i, 0);
-            let x = match isa {
-                BitIsa::Portable => xor_portable(al, &bl),
-                // SAFETY: as above.
-                #[cfg(target_arch = "x86_64")]
-                BitIsa::Avx2 => unsafe { x86::xor_avx2(al, &bl) },
-                #[cfg(target_arch = "x86_64")]
-                BitIsa::Avx512Vpopcnt => unsafe { x86::xor_avx512(al, &bl) },
-                #[cfg(not(target_arch = "x86_64"))]
-                _ => xor_portable(al, &bl),
-            };
-            for q in 0..NR {
-                out[q] = a.k as i64 - 2 * x[q] as i64;
+            Product::Xnor => {
+                let x = match isa {
+                    // SAFETY: as above.
+                    #[cfg(target_arch = "x86_64")]
+                    BitIsa::Avx2 => unsafe { x86::xor_avx2(al[r], &bl) },
+                    _ => xor_portable(al[r], &bl),
+                };
+                for q in 0..NR {
+                    out[r][q] = a.k as i64 - 2 * x[q] as i64;
+                }
             }
         }
     }
@@ -498,7 +556,7 @@ fn xor_portable(a: &[u64], b: &[&[u64]; NR]) -> [u64; NR] {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::NR;
+    use super::{MR, NR};
     use std::arch::x86_64::*;
 
     /// Byte-wise popcount of a 256-bit vector (nibble table).
@@ -619,43 +677,70 @@ mod x86 {
         std::array::from_fn(|q| hsum4(tot[q]))
     }
 
-    /// AVX-512 `popcnt(b & plus) - popcnt(b & minus)` for four B lines.
+    /// AVX-512 ternary x unsigned planes on a 2 x 4 tile: `al[r]` holds `plus` then `minus`
+    /// (`words` each), `bl[q]` holds `planes` planes of `words` words.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F and VPOPCNTDQ; `plus`, `minus` and every `b[q]` must
-    /// have the same length, a multiple of 8 words.
+    /// The CPU must support AVX-512 F and VPOPCNTDQ; `words` must be a multiple of 8, every
+    /// `al[r]` must hold `2 words` words and every `bl[q]` `planes * words`.
     #[target_feature(enable = "avx512f,avx512vpopcntdq")]
-    pub unsafe fn tern_avx512(plus: &[u64], minus: &[u64], b: &[&[u64]; NR]) -> [i64; NR] {
+    pub unsafe fn tern_tile_avx512(
+        al: &[&[u64]; MR],
+        bl: &[&[u64]; NR],
+        words: usize,
+        planes: usize,
+    ) -> [[i64; NR]; MR] {
         let ld = |s: &[u64], c: usize| unsafe { ld512(s, c) };
-        let mut acc = [_mm512_setzero_si512(); NR];
-        for ch in 0..plus.len() / 8 {
-            let (vp, vm) = (ld(plus, ch), ld(minus, ch));
-            for q in 0..NR {
-                let vb = ld(b[q], ch);
-                let p = _mm512_popcnt_epi64(_mm512_and_si512(vb, vp));
-                let m = _mm512_popcnt_epi64(_mm512_and_si512(vb, vm));
-                acc[q] = _mm512_add_epi64(acc[q], _mm512_sub_epi64(p, m));
+        let chunks = words / 8;
+        let mut acc = [[_mm512_setzero_si512(); NR]; MR];
+        for p in 0..planes {
+            let mut accp = [[_mm512_setzero_si512(); NR]; MR];
+            for ch in 0..chunks {
+                let vp: [__m512i; MR] = std::array::from_fn(|r| ld(al[r], ch));
+                let vm: [__m512i; MR] = std::array::from_fn(|r| ld(al[r], chunks + ch));
+                for q in 0..NR {
+                    let vb = ld(bl[q], p * chunks + ch);
+                    for r in 0..MR {
+                        let pos = _mm512_popcnt_epi64(_mm512_and_si512(vb, vp[r]));
+                        let neg = _mm512_popcnt_epi64(_mm512_and_si512(vb, vm[r]));
+                        accp[r][q] = _mm512_sub_epi64(_mm512_add_epi64(accp[r][q], pos), neg);
+                    }
+                }
+            }
+            let sh = _mm_cvtsi64_si128(p as i64);
+            for r in 0..MR {
+                for q in 0..NR {
+                    acc[r][q] = _mm512_add_epi64(acc[r][q], _mm512_sll_epi64(accp[r][q], sh));
+                }
             }
         }
-        std::array::from_fn(|q| _mm512_reduce_add_epi64(acc[q]))
+        std::array::from_fn(|r| std::array::from_fn(|q| _mm512_reduce_add_epi64(acc[r][q])))
     }
 
-    /// AVX-512 `popcnt(a xor b)` for four B lines.
+    /// AVX-512 XNOR-popcount on a 2 x 4 tile: `k - 2 popcnt(a xor b)`.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F and VPOPCNTDQ; `a` and every `b[q]` must have the same
-    /// length, a multiple of 8 words.
+    /// The CPU must support AVX-512 F and VPOPCNTDQ; `words` must be a multiple of 8 and every
+    /// line must hold `words` words.
     #[target_feature(enable = "avx512f,avx512vpopcntdq")]
-    pub unsafe fn xor_avx512(a: &[u64], b: &[&[u64]; NR]) -> [u64; NR] {
+    pub unsafe fn xnor_tile_avx512(
+        al: &[&[u64]; MR],
+        bl: &[&[u64]; NR],
+        words: usize,
+        k: i64,
+    ) -> [[i64; NR]; MR] {
         let ld = |s: &[u64], c: usize| unsafe { ld512(s, c) };
-        let mut acc = [_mm512_setzero_si512(); NR];
-        for ch in 0..a.len() / 8 {
-            let va = ld(a, ch);
+        let mut acc = [[_mm512_setzero_si512(); NR]; MR];
+        for ch in 0..words / 8 {
+            let va: [__m512i; MR] = std::array::from_fn(|r| ld(al[r], ch));
             for q in 0..NR {
-                let x = _mm512_xor_si512(va, ld(b[q], ch));
-                acc[q] = _mm512_add_epi64(acc[q], _mm512_popcnt_epi64(x));
+                let vb = ld(bl[q], ch);
+                for r in 0..MR {
+                    let x = _mm512_popcnt_epi64(_mm512_xor_si512(va[r], vb));
+                    acc[r][q] = _mm512_add_epi64(acc[r][q], x);
+                }
             }
         }
-        std::array::from_fn(|q| _mm512_reduce_add_epi64(acc[q]) as u64)
+        std::array::from_fn(|r| std::array::from_fn(|q| k - 2 * _mm512_reduce_add_epi64(acc[r][q])))
     }
 }
