@@ -2,8 +2,7 @@
 //! additions and subtractions over bit planes, and binary x binary as XNOR-popcount.
 //!
 //! Operands are integer codes (`i8`, from `lowprec_formats::lowbit`) packed 64 to a `u64`
-//! along K, each line (a row of A, a column of B) padded with zero bits to a multiple of 512
-//! bits so that no kernel needs a tail:
+//! along K, each line (a row of A, a column of B) padded with zero bits to whole words:
 //! - **ternary** A (codes in {-1, 0, +1}; binary weights {-1, +1} are a special case): two
 //!   masks per row, `plus` (code = +1) and `minus` (code = -1);
 //! - **unsigned planes** B (codes in `0..2^bits`, `bits` in 1..=7): one plane per bit;
@@ -26,12 +25,10 @@ use crate::KernelError;
 
 /// Bits of K per packed word.
 pub const WORD_BITS: usize = 64;
-/// Lines are padded to a multiple of this many words (512 bits, one AVX-512 register).
-pub const LINE_WORDS_MULTIPLE: usize = 8;
 
 /// Words per packed line of `k` codes.
 pub fn line_words(k: usize) -> usize {
-    k.div_ceil(WORD_BITS * LINE_WORDS_MULTIPLE) * LINE_WORDS_MULTIPLE
+    k.div_ceil(WORD_BITS)
 }
 
 /// What the bits of a [`PackedBits`] mean.
@@ -109,7 +106,16 @@ impl PackedBits {
     /// Packs the columns of `b` (a `K x N` matrix: each column one line along K).
     pub fn from_cols(b: MatRef<'_, i8>, code: BitCode, what: &str) -> Result<Self, KernelError> {
         b.check(what)?;
-        pack_lines(
+        // Rows of B contiguous: 64 codes of one K index at a time, turned into bit masks.
+        #[cfg(target_arch = "x86_64")]
+        let fast = (b.col_stride == 1
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw"))
+        .then_some(b);
+        #[cfg(not(target_arch = "x86_64"))]
+        let fast = None;
+        pack_lines_with(
+            fast,
             b.cols,
             b.rows,
             code,
@@ -125,6 +131,20 @@ impl PackedBits {
 const LINES_PER_TASK: usize = 64;
 
 fn pack_lines(
+    lines: usize,
+    k: usize,
+    code: BitCode,
+    what: &str,
+    get: impl Fn(usize, usize) -> i8 + Sync,
+    index: impl Fn(usize, usize) -> (usize, usize) + Sync,
+) -> Result<PackedBits, KernelError> {
+    pack_lines_with(None, lines, k, code, what, get, index)
+}
+
+/// [`pack_lines`], from `fast` (a `K x N` matrix with contiguous rows whose columns are the
+/// lines) with AVX-512 BW when given: the same bits.
+fn pack_lines_with(
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] fast: Option<MatRef<'_, i8>>,
     lines: usize,
     k: usize,
     code: BitCode,
@@ -157,6 +177,22 @@ fn pack_lines(
                     words,
                     code,
                 };
+                #[cfg(target_arch = "x86_64")]
+                if let Some(bm) = fast {
+                    // SAFETY: `from_cols` checked AVX-512 F/BW and that `bm` addresses every
+                    // element of its K x N extent.
+                    return unsafe {
+                        match planes {
+                            1 => x86::pack_cols_avx512::<1>(&task, bm, out),
+                            2 => x86::pack_cols_avx512::<2>(&task, bm, out),
+                            3 => x86::pack_cols_avx512::<3>(&task, bm, out),
+                            4 => x86::pack_cols_avx512::<4>(&task, bm, out),
+                            5 => x86::pack_cols_avx512::<5>(&task, bm, out),
+                            6 => x86::pack_cols_avx512::<6>(&task, bm, out),
+                            _ => x86::pack_cols_avx512::<7>(&task, bm, out),
+                        }
+                    };
+                }
                 match planes {
                     1 => task.run::<1>(out, &get, &index),
                     2 => task.run::<2>(out, &get, &index),
@@ -233,6 +269,28 @@ impl PackTask {
             }
         }
         bad
+    }
+}
+
+/// Transposes a 64 x 64 bit matrix in place: bit `c` of `a[r]` becomes bit `r` of `a[c]`
+/// (block swaps of 32, 16, ..., 1 bits).
+pub fn transpose64(a: &mut [u64; 64]) {
+    const STEPS: [(usize, u64); 6] = [
+        (32, 0x0000_0000_FFFF_FFFF),
+        (16, 0x0000_FFFF_0000_FFFF),
+        (8, 0x00FF_00FF_00FF_00FF),
+        (4, 0x0F0F_0F0F_0F0F_0F0F),
+        (2, 0x3333_3333_3333_3333),
+        (1, 0x5555_5555_5555_5555),
+    ];
+    for (j, mask) in STEPS {
+        for k in 0..64 {
+            if k & j == 0 {
+                let t = ((a[k] >> j) ^ a[k + j]) & mask;
+                a[k] ^= t << j;
+                a[k + j] ^= t;
+            }
+        }
     }
 }
 
@@ -487,8 +545,7 @@ fn micro(
     });
     #[cfg(target_arch = "x86_64")]
     if isa == BitIsa::Avx512Vpopcnt {
-        // SAFETY: `drive` checked the CPU; every line holds its planes of `words` words, a
-        // multiple of 8.
+        // SAFETY: `drive` checked the CPU; every line holds its planes of `words` words.
         *out = unsafe {
             match prod {
                 Product::TernaryPlanes => x86::tern_tile_avx512(&al, &bl, words, bp),
@@ -506,8 +563,7 @@ fn micro(
                     let planes: [&[u64]; NR] =
                         std::array::from_fn(|q| &bl[q][p * words..(p + 1) * words]);
                     let d = match isa {
-                        // SAFETY: `drive` checked the CPU; slices of `words` words, a multiple
-                        // of 8.
+                        // SAFETY: `drive` checked the CPU; slices of `words` words each.
                         #[cfg(target_arch = "x86_64")]
                         BitIsa::Avx2 => unsafe { x86::tern_avx2(plus, minus, &planes) },
                         _ => tern_portable(plus, minus, &planes),
@@ -556,8 +612,79 @@ fn xor_portable(a: &[u64], b: &[&[u64]; NR]) -> [u64; NR] {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{MR, NR};
+    use super::{transpose64, BitCode, PackTask, MR, NR, WORD_BITS};
+    use crate::types::MatRef;
     use std::arch::x86_64::*;
+
+    /// [`PackTask::run`] for the columns of `b` (contiguous rows): per K index, the 64 codes
+    /// of the task's lines are compared at once into one bit mask per plane (bit = line), and
+    /// each 64 x 64 block of masks is transposed into the lines' words.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW; `b.col_stride` must be 1 and `b` must address
+    /// every element of its `rows x cols` extent; `out` holds the task's lines of `P` planes.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn pack_cols_avx512<const P: usize>(
+        task: &PackTask,
+        b: MatRef<'_, i8>,
+        out: &mut [u64],
+    ) -> Option<(usize, usize, i8)> {
+        let words = task.words;
+        let nl = out.len() / (P * words);
+        let j0 = task.l0;
+        let lanes: u64 = if nl == 64 { !0 } else { (1u64 << nl) - 1 };
+        let mut bad: Option<(usize, usize, i8)> = None;
+        let mut m = [[0u64; 64]; P];
+        for w in 0..words {
+            let kk0 = w * WORD_BITS;
+            let kn = (task.k - kk0).min(WORD_BITS);
+            for r in 0..kn {
+                let kk = kk0 + r;
+                let row = &b.data[kk * b.row_stride + j0..kk * b.row_stride + j0 + nl];
+                // SAFETY: masked-off lanes are not read; the first `nl` lie in `row`.
+                let v = unsafe { _mm512_maskz_loadu_epi8(lanes, row.as_ptr().cast()) };
+                let eq = |c: i8| _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(c));
+                let ok = match task.code {
+                    BitCode::Ternary => {
+                        m[0][r] = eq(1);
+                        if P > 1 {
+                            m[1][r] = eq(-1);
+                        }
+                        eq(0) | eq(1) | eq(-1)
+                    }
+                    BitCode::Sign => {
+                        m[0][r] = eq(1);
+                        eq(1) | eq(-1)
+                    }
+                    BitCode::Unsigned(bits) => {
+                        for (p, mp) in m.iter_mut().enumerate() {
+                            mp[r] = _mm512_test_epi8_mask(v, _mm512_set1_epi8(1 << p));
+                        }
+                        // Codes 0..2^bits: no bit at or above `bits` (the sign bit included).
+                        let high = (!((1u32 << bits) - 1)) as u8 as i8;
+                        _mm512_testn_epi8_mask(v, _mm512_set1_epi8(high))
+                    }
+                };
+                let wrong = !ok & lanes;
+                if wrong != 0 {
+                    let l = wrong.trailing_zeros() as usize;
+                    if bad.is_none_or(|(br, bc, _)| (kk, j0 + l) < (br, bc)) {
+                        bad = Some((kk, j0 + l, row[l]));
+                    }
+                }
+            }
+            for mp in m.iter_mut() {
+                mp[kn..].fill(0);
+                transpose64(mp);
+            }
+            for l in 0..nl {
+                for (p, mp) in m.iter().enumerate() {
+                    out[(l * P + p) * words + w] = mp[l];
+                }
+            }
+        }
+        bad
+    }
 
     /// Byte-wise popcount of a 256-bit vector (nibble table).
     #[inline]
@@ -588,15 +715,21 @@ mod x86 {
         unsafe { _mm256_loadu_si256(s.as_ptr().add(4 * c) as *const __m256i) }
     }
 
-    /// Words `8c..8c+8` of `s`.
+    /// Words `off..off+n` of `s` (`n <= 8`), zeros in the lanes past `n`.
     ///
     /// # Safety
-    /// AVX-512 F must be available and `s` must hold at least `8c + 8` words.
+    /// AVX-512 F must be available and `s` must hold at least `off + n` words.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn ld512(s: &[u64], c: usize) -> __m512i {
-        debug_assert!(s.len() >= 8 * c + 8);
-        unsafe { _mm512_loadu_si512(s.as_ptr().add(8 * c).cast()) }
+    unsafe fn ld512(s: &[u64], off: usize, n: usize) -> __m512i {
+        debug_assert!(n <= 8 && s.len() >= off + n);
+        let p = unsafe { s.as_ptr().add(off) };
+        if n == 8 {
+            unsafe { _mm512_loadu_si512(p.cast()) }
+        } else {
+            // Masked-off lanes are not read, so the load stays inside `s`.
+            unsafe { _mm512_maskz_loadu_epi64(((1u32 << n) - 1) as u8, p.cast()) }
+        }
     }
 
     fn lut() -> [i8; 32] {
@@ -607,11 +740,11 @@ mod x86 {
     /// Chunks of 256 bits whose byte counts (at most 8 per chunk) fit a byte: 31 x 8 = 248.
     const FOLD: usize = 31;
 
-    /// AVX2 `popcnt(b & plus) - popcnt(b & minus)` for four B lines.
+    /// AVX2 `popcnt(b & plus) - popcnt(b & minus)` for four B lines (words past the last
+    /// multiple of 4 counted with `popcnt` on scalars).
     ///
     /// # Safety
-    /// The CPU must support AVX2; `plus`, `minus` and every `b[q]` must have the same length,
-    /// a multiple of 4 words.
+    /// The CPU must support AVX2; `plus`, `minus` and every `b[q]` must have the same length.
     #[target_feature(enable = "avx2")]
     pub unsafe fn tern_avx2(plus: &[u64], minus: &[u64], b: &[&[u64]; NR]) -> [i64; NR] {
         let chunks = plus.len() / 4;
@@ -641,14 +774,21 @@ mod x86 {
             }
             c = end;
         }
-        std::array::from_fn(|q| hsum4(pos[q]) as i64 - hsum4(neg[q]) as i64)
+        std::array::from_fn(|q| {
+            let tail: i64 = (4 * chunks..plus.len())
+                .map(|w| {
+                    (b[q][w] & plus[w]).count_ones() as i64
+                        - (b[q][w] & minus[w]).count_ones() as i64
+                })
+                .sum();
+            hsum4(pos[q]) as i64 - hsum4(neg[q]) as i64 + tail
+        })
     }
 
-    /// AVX2 `popcnt(a xor b)` for four B lines.
+    /// AVX2 `popcnt(a xor b)` for four B lines (words past the last multiple of 4 on scalars).
     ///
     /// # Safety
-    /// The CPU must support AVX2; `a` and every `b[q]` must have the same length, a multiple
-    /// of 4 words.
+    /// The CPU must support AVX2; `a` and every `b[q]` must have the same length.
     #[target_feature(enable = "avx2")]
     pub unsafe fn xor_avx2(a: &[u64], b: &[&[u64]; NR]) -> [u64; NR] {
         let chunks = a.len() / 4;
@@ -674,15 +814,20 @@ mod x86 {
             }
             c = end;
         }
-        std::array::from_fn(|q| hsum4(tot[q]))
+        std::array::from_fn(|q| {
+            let tail: u64 = (4 * chunks..a.len())
+                .map(|w| (a[w] ^ b[q][w]).count_ones() as u64)
+                .sum();
+            hsum4(tot[q]) + tail
+        })
     }
 
     /// AVX-512 ternary x unsigned planes on a 2 x 4 tile: `al[r]` holds `plus` then `minus`
     /// (`words` each), `bl[q]` holds `planes` planes of `words` words.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F and VPOPCNTDQ; `words` must be a multiple of 8, every
-    /// `al[r]` must hold `2 words` words and every `bl[q]` `planes * words`.
+    /// The CPU must support AVX-512 F and VPOPCNTDQ; every `al[r]` must hold `2 words` words
+    /// and every `bl[q]` `planes * words`.
     #[target_feature(enable = "avx512f,avx512vpopcntdq")]
     pub unsafe fn tern_tile_avx512(
         al: &[&[u64]; MR],
@@ -690,16 +835,16 @@ mod x86 {
         words: usize,
         planes: usize,
     ) -> [[i64; NR]; MR] {
-        let ld = |s: &[u64], c: usize| unsafe { ld512(s, c) };
-        let chunks = words / 8;
+        let ld = |s: &[u64], off: usize, n: usize| unsafe { ld512(s, off, n) };
         let mut acc = [[_mm512_setzero_si512(); NR]; MR];
         for p in 0..planes {
             let mut accp = [[_mm512_setzero_si512(); NR]; MR];
-            for ch in 0..chunks {
-                let vp: [__m512i; MR] = std::array::from_fn(|r| ld(al[r], ch));
-                let vm: [__m512i; MR] = std::array::from_fn(|r| ld(al[r], chunks + ch));
+            for w in (0..words).step_by(8) {
+                let n = (words - w).min(8);
+                let vp: [__m512i; MR] = std::array::from_fn(|r| ld(al[r], w, n));
+                let vm: [__m512i; MR] = std::array::from_fn(|r| ld(al[r], words + w, n));
                 for q in 0..NR {
-                    let vb = ld(bl[q], p * chunks + ch);
+                    let vb = ld(bl[q], p * words + w, n);
                     for r in 0..MR {
                         let pos = _mm512_popcnt_epi64(_mm512_and_si512(vb, vp[r]));
                         let neg = _mm512_popcnt_epi64(_mm512_and_si512(vb, vm[r]));
@@ -720,8 +865,7 @@ mod x86 {
     /// AVX-512 XNOR-popcount on a 2 x 4 tile: `k - 2 popcnt(a xor b)`.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F and VPOPCNTDQ; `words` must be a multiple of 8 and every
-    /// line must hold `words` words.
+    /// The CPU must support AVX-512 F and VPOPCNTDQ; every line must hold `words` words.
     #[target_feature(enable = "avx512f,avx512vpopcntdq")]
     pub unsafe fn xnor_tile_avx512(
         al: &[&[u64]; MR],
@@ -729,12 +873,13 @@ mod x86 {
         words: usize,
         k: i64,
     ) -> [[i64; NR]; MR] {
-        let ld = |s: &[u64], c: usize| unsafe { ld512(s, c) };
+        let ld = |s: &[u64], off: usize, n: usize| unsafe { ld512(s, off, n) };
         let mut acc = [[_mm512_setzero_si512(); NR]; MR];
-        for ch in 0..words / 8 {
-            let va: [__m512i; MR] = std::array::from_fn(|r| ld(al[r], ch));
+        for w in (0..words).step_by(8) {
+            let n = (words - w).min(8);
+            let va: [__m512i; MR] = std::array::from_fn(|r| ld(al[r], w, n));
             for q in 0..NR {
-                let vb = ld(bl[q], ch);
+                let vb = ld(bl[q], w, n);
                 for r in 0..MR {
                     let x = _mm512_popcnt_epi64(_mm512_xor_si512(va[r], vb));
                     acc[r][q] = _mm512_add_epi64(acc[r][q], x);

@@ -343,3 +343,51 @@ fn empty_operands() {
         assert_eq!(c, [0; 6]);
     }
 }
+
+#[test]
+fn transpose64_matches_the_definition() {
+    let mut a: [u64; 64] = std::array::from_fn(|i| common::draw(5, 0, i as u64));
+    let orig = a;
+    lowprec_kernels::lowbit::transpose64(&mut a);
+    for r in 0..64 {
+        for c in 0..64 {
+            assert_eq!((a[c] >> r) & 1, (orig[r] >> c) & 1, "({r},{c})");
+        }
+    }
+}
+
+#[test]
+fn column_packing_reports_the_first_bad_code_in_row_major_order() {
+    // 70 columns (two packing tasks), bad codes in both; the first in row-major order wins.
+    let (k, n) = (130, 70);
+    let mut b = codes(9, 1, k * n, 0, 3, false);
+    b[100 * n + 3] = -1;
+    b[65 * n + 69] = 4;
+    b[65 * n + 68] = 9;
+    let e = PackedBits::from_cols(
+        MatRef::row_major(&b, k, n).unwrap(),
+        BitCode::Unsigned(2),
+        "act",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("act[65,68] = 9"), "{e}");
+    let mut t = codes(9, 2, k * n, -1, 1, false);
+    t[7 * n + 50] = 2;
+    let e = PackedBits::from_cols(MatRef::row_major(&t, k, n).unwrap(), BitCode::Ternary, "w")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("w[7,50] = 2"), "{e}");
+    t[7 * n + 50] = 0;
+    let e = PackedBits::from_cols(MatRef::row_major(&t, k, n).unwrap(), BitCode::Sign, "s")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("= 0 is not one of the binary codes"), "{e}");
+    // the ternary columns pack as the rows of the transpose
+    let tt: Vec<i8> = (0..n * k).map(|i| t[(i % k) * n + i / k]).collect();
+    assert_eq!(
+        PackedBits::from_cols(MatRef::row_major(&t, k, n).unwrap(), BitCode::Ternary, "w").unwrap(),
+        PackedBits::from_rows(MatRef::row_major(&tt, n, k).unwrap(), BitCode::Ternary, "w")
+            .unwrap()
+    );
+}
