@@ -15,8 +15,8 @@
 //! Families, chosen at run time by [`BitIsa::detect`]: portable Rust (`count_ones`), AVX2
 //! (nibble-table popcount with `vpshufb`, byte counts folded by `vpsadbw`), AVX-512 with
 //! VPOPCNTDQ (`vpopcntq` on 512-bit words). All return the same integers as
-//! [`lowbit_gemm_ref`], the plain product of the codes. Threads take disjoint tiles of C over
-//! M and N (never splitting K), so results do not depend on the thread count.
+//! [`lowbit_gemm_ref`], the plain product of the codes. Threads take disjoint row blocks of C
+//! (never splitting K), so results do not depend on the thread count.
 
 use rayon::prelude::*;
 
@@ -392,7 +392,8 @@ enum Product {
 /// Rows and columns per microkernel call: two A lines against four B lines share loads.
 const MR: usize = 2;
 const NR: usize = 4;
-/// Rows and columns of C per threaded task.
+/// Most rows of C per threaded task, and columns per block inside a task (A's rows stay in
+/// L1 across a block, B's four lines across the rows).
 const TASK_ROWS: usize = 16;
 const TASK_COLS: usize = 256;
 
@@ -486,39 +487,34 @@ fn drive(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let tasks: Vec<(usize, usize)> = (0..m.div_ceil(TASK_ROWS))
-        .flat_map(|ti| (0..n.div_ceil(TASK_COLS)).map(move |tj| (ti, tj)))
-        .collect();
-    let tiles: Vec<Vec<i32>> = tasks
-        .par_iter()
-        .map(|&(ti, tj)| {
-            let (i0, j0) = (ti * TASK_ROWS, tj * TASK_COLS);
-            let (mi, nj) = ((m - i0).min(TASK_ROWS), (n - j0).min(TASK_COLS));
-            let mut tile = vec![0i32; mi * nj];
+    // Row blocks small enough that every thread gets several, at most TASK_ROWS rows.
+    let threads = rayon::current_num_threads().max(1);
+    let rows = (m.div_ceil(4 * threads).div_ceil(MR) * MR).clamp(MR, TASK_ROWS);
+    let ld = c.ld;
+    let used = (m - 1) * ld + n;
+    c.data[..used]
+        .par_chunks_mut(rows * ld)
+        .enumerate()
+        .for_each(|(t, cblk)| {
+            let i0 = t * rows;
+            let mi = (m - i0).min(rows);
             let mut out = [[0i64; NR]; MR];
-            for jb in (0..nj).step_by(NR) {
-                let nr = (nj - jb).min(NR);
-                for ib in (0..mi).step_by(MR) {
-                    let mr = (mi - ib).min(MR);
-                    micro(isa, prod, a, b, (i0 + ib, mr), (j0 + jb, nr), &mut out);
-                    for r in 0..mr {
-                        for q in 0..nr {
-                            tile[(ib + r) * nj + jb + q] = out[r][q] as i32;
+            for j0 in (0..n).step_by(TASK_COLS) {
+                let nj = (n - j0).min(TASK_COLS);
+                for jb in (j0..j0 + nj).step_by(NR) {
+                    let nr = (j0 + nj - jb).min(NR);
+                    for ib in (0..mi).step_by(MR) {
+                        let mr = (mi - ib).min(MR);
+                        micro(isa, prod, a, b, (i0 + ib, mr), (jb, nr), &mut out);
+                        for r in 0..mr {
+                            for q in 0..nr {
+                                cblk[(ib + r) * ld + jb + q] = out[r][q] as i32;
+                            }
                         }
                     }
                 }
             }
-            tile
-        })
-        .collect();
-    for (&(ti, tj), tile) in tasks.iter().zip(&tiles) {
-        let (i0, j0) = (ti * TASK_ROWS, tj * TASK_COLS);
-        let nj = (n - j0).min(TASK_COLS);
-        for (r, row) in tile.chunks(nj).enumerate() {
-            let s = (i0 + r) * c.ld + j0;
-            c.data[s..s + nj].copy_from_slice(row);
-        }
-    }
+        });
     Ok(())
 }
 
