@@ -213,7 +213,7 @@ pub fn project(device: &IntelDevice, net: &Network, p: Precision) -> Result<Proj
     let cost = pe_cost(p);
     Ok(Projection {
         device: device.name.clone(),
-        network: net.name.clone(),
+        network: net.id.clone(),
         precision: p,
         clock_mhz: device.fmax_mhz,
         alms_per_mac: cost.total,

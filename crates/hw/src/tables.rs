@@ -193,7 +193,7 @@ pub fn table_001() -> Result<Vec<TableRow>> {
     Ok(vec![
         row(
             "001",
-            format!("{} AlexNet {}", a10.name, p.label()),
+            format!("{} alexnet {}", a10.id, p.label()),
             "images/s",
             "1/s",
             projection::PAPER_A10_ALEXNET_IMG_S,
@@ -202,7 +202,7 @@ pub fn table_001() -> Result<Vec<TableRow>> {
         ),
         row(
             "001",
-            format!("{} ResNet-34 {}", s10.name, p.label()),
+            format!("{} resnet34 {}", s10.id, p.label()),
             "TOPS (sustained)",
             "TOPS",
             projection::PAPER_S10_TOPS,
@@ -229,7 +229,7 @@ pub fn projections_001() -> Result<Vec<projection::Projection>> {
 /// Plain-text rendering of [`projections_001`].
 pub fn render_projections(rows: &[projection::Projection]) -> String {
     let mut s = format!(
-        "{:<26} {:<28} {:<12} {:>9} {:>7} {:>10} {:>9} {:>11} {:>10} {:>10}\n",
+        "{:<26} {:<9} {:<12} {:>9} {:>7} {:>10} {:>9} {:>11} {:>10} {:>10}\n",
         "device",
         "network",
         "w/a",
@@ -243,7 +243,7 @@ pub fn render_projections(rows: &[projection::Projection]) -> String {
     );
     for p in rows {
         s.push_str(&format!(
-            "{:<26} {:<28} {:<12} {:>9.2} {:>6.1}% {:>10.0} {:>9.0} {:>11.0} {:>10.2} {:>10.1}\n",
+            "{:<26} {:<9} {:<12} {:>9.2} {:>6.1}% {:>10.0} {:>9.0} {:>11.0} {:>10.2} {:>10.1}\n",
             p.device,
             p.network,
             p.precision.label(),

@@ -231,7 +231,7 @@ fn table_001_rows() {
     assert!(!rows[1].fitted && rows[1].paper == 55.5);
     let grid = tables::projections_001().unwrap();
     assert_eq!(grid.len(), 2 * 2 * projection::table_precisions().len());
-    assert!(tables::render_projections(&grid).contains("ResNet-34"));
+    assert!(tables::render_projections(&grid).contains("resnet34"));
 }
 
 #[test]
