@@ -342,9 +342,11 @@ fn check_c(m: usize, n: usize, c: &MatMut<'_, i32>) -> Result<(), KernelError> {
 pub enum BitIsa {
     /// Portable Rust: `u64::count_ones` compiled for the baseline target.
     Portable,
-    /// AVX2: nibble-table popcount (`vpshufb`), byte counts folded with `vpsadbw`.
+    /// AVX2: nibble-table popcount (`vpshufb`), byte counts folded with `vpsadbw`; lines of
+    /// fewer than 8 words on scalar `popcnt`.
     Avx2,
-    /// AVX-512 F + VPOPCNTDQ: `vpopcntq` on 512 bits at a time.
+    /// AVX-512 F + VPOPCNTDQ: `vpopcntq` on 512 bits at a time; lines of fewer than 8 words
+    /// on scalar `popcnt`.
     Avx512Vpopcnt,
 }
 
@@ -539,6 +541,13 @@ fn micro(
         let s = (j0 + q.min(nr - 1)) * bp * words;
         &b.data[s..s + bp * words]
     });
+    // Lines shorter than one 512-bit register: scalar `popcnt` beats vector reductions.
+    #[cfg(target_arch = "x86_64")]
+    if isa != BitIsa::Portable && words < 8 {
+        // SAFETY: both x86 families require `popcnt` (`BitIsa::available`).
+        *out = unsafe { x86::tile_popcnt(prod, &al, &bl, words, bp, a.k as i64) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if isa == BitIsa::Avx512Vpopcnt {
         // SAFETY: `drive` checked the CPU; every line holds its planes of `words` words.
@@ -608,7 +617,7 @@ fn xor_portable(a: &[u64], b: &[&[u64]; NR]) -> [u64; NR] {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{transpose64, BitCode, PackTask, MR, NR, WORD_BITS};
+    use super::{transpose64, BitCode, PackTask, Product, MR, NR, WORD_BITS};
     use crate::types::MatRef;
     use std::arch::x86_64::*;
 
@@ -680,6 +689,46 @@ mod x86 {
             }
         }
         bad
+    }
+
+    /// A 2 x 4 tile on scalar `popcnt`, for lines of a few words.
+    ///
+    /// # Safety
+    /// The CPU must support `popcnt`; every `al[r]` must hold its planes (2 for ternary, 1
+    /// for sign) of `words` words and every `bl[q]` `planes * words`.
+    #[target_feature(enable = "popcnt")]
+    pub unsafe fn tile_popcnt(
+        prod: Product,
+        al: &[&[u64]; MR],
+        bl: &[&[u64]; NR],
+        words: usize,
+        planes: usize,
+        k: i64,
+    ) -> [[i64; NR]; MR] {
+        std::array::from_fn(|r| {
+            std::array::from_fn(|q| match prod {
+                Product::TernaryPlanes => {
+                    let (plus, minus) = (&al[r][..words], &al[r][words..2 * words]);
+                    let mut acc = 0i64;
+                    for p in 0..planes {
+                        let bp = &bl[q][p * words..(p + 1) * words];
+                        let mut d = 0i64;
+                        for w in 0..words {
+                            d += (bp[w] & plus[w]).count_ones() as i64;
+                            d -= (bp[w] & minus[w]).count_ones() as i64;
+                        }
+                        acc += d << p;
+                    }
+                    acc
+                }
+                Product::Xnor => {
+                    let x: i64 = (0..words)
+                        .map(|w| (al[r][w] ^ bl[q][w]).count_ones() as i64)
+                        .sum();
+                    k - 2 * x
+                }
+            })
+        })
     }
 
     /// Byte-wise popcount of a 256-bit vector (nibble table).

@@ -68,7 +68,7 @@ fn check_xnor(a: &[i8], b: &[i8], m: usize, k: usize, n: usize) {
 }
 
 const SIZES: [usize; 6] = [1, 7, 33, 63, 65, 130];
-const KS: [usize; 9] = [1, 7, 63, 64, 65, 511, 513, 1000, 1600];
+const KS: [usize; 10] = [1, 7, 63, 64, 65, 511, 513, 900, 1000, 1600];
 
 #[test]
 fn families_present() {
