@@ -1,4 +1,5 @@
-//! `lowprec bench gemm`: exact i8 GEMM vs f32 GEMM throughput, side by side.
+//! `lowprec bench gemm`: exact i8 GEMM, f32 GEMM and the packed ternary / binary GEMMs'
+//! throughput, side by side.
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -40,8 +41,13 @@ pub struct BenchGemmArgs {
     )]
     pub shapes: Vec<String>,
     /// Kernels: i8, f32 (the implementation gemm_f32 picks), f32-gemm, f32-matrixmultiply,
-    /// f32-matrixmultiply-t.
-    #[arg(long, value_delimiter = ',', default_value = "i8,f32")]
+    /// f32-matrixmultiply-t, ternary-a2 (ternary weights x 2-bit activations, bit planes),
+    /// binary-xnor (binary x binary, XNOR-popcount).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "i8,f32,ternary-a2,binary-xnor"
+    )]
     pub kernels: Vec<String>,
     /// Shrink every dimension above 512 by 16x (at least 512) and use 2 repetitions: a smoke test.
     #[arg(long)]
@@ -111,15 +117,19 @@ fn print_table(
             .iter()
             .find(|r| r.kernel == k && r.m == s.m && r.k == s.k && r.n == s.n && r.threads == t)
     };
-    let floats: Vec<BenchKernel> = kernels
-        .iter()
-        .copied()
-        .filter(|&k| k != BenchKernel::I8)
-        .collect();
+    let floats: Vec<BenchKernel> = kernels.iter().copied().filter(|k| k.is_f32()).collect();
+    let lowbits: Vec<BenchKernel> = kernels.iter().copied().filter(|k| k.is_lowbit()).collect();
+    let has_i8 = kernels.contains(&BenchKernel::I8);
     let peak = int8_peak_gops_per_core(Isa::detect());
     let mut header = format!("{:<22} {:>7}", "shape MxKxN", "threads");
-    if kernels.contains(&BenchKernel::I8) {
+    if has_i8 {
         header += &format!(" {:>9} {:>8}", "i8 GOP/s", "% peak");
+    }
+    for l in &lowbits {
+        header += &format!(" {:>18}", format!("{} GOP/s", l.name()));
+        if has_i8 {
+            header += &format!(" {:>7}", "x i8");
+        }
     }
     for f in &floats {
         header += &format!(" {:>22}", format!("{} GFLOP/s", f.name()));
@@ -141,6 +151,24 @@ fn print_table(
                     None => line += &format!(" {:>9.1} {:>8}", r.gops, "-"),
                 }
             }
+            for &l in &lowbits {
+                match find(l, s, t) {
+                    Some(r) => {
+                        line += &format!(" {:>18.1}", r.gops);
+                        match i8r {
+                            Some(i) => line += &format!(" {:>6.2}x", r.gops / i.gops),
+                            None if has_i8 => line += &format!(" {:>7}", "-"),
+                            None => {}
+                        }
+                    }
+                    None => {
+                        line += &format!(" {:>18}", "-");
+                        if has_i8 {
+                            line += &format!(" {:>7}", "-");
+                        }
+                    }
+                }
+            }
             let mut best_f32: Option<f64> = None;
             for &f in &floats {
                 match find(f, s, t) {
@@ -156,6 +184,12 @@ fn print_table(
             }
             println!("{line}");
         }
+    }
+    if !lowbits.is_empty() {
+        println!(
+            "(packed low-bit kernels: {:?}; weights packed once outside the timing, activations packed from codes inside it)",
+            lowprec_kernels::lowbit::BitIsa::detect()
+        );
     }
     use lowprec_formats::isa;
     let family = format!(
@@ -202,7 +236,7 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let arr = v.as_array().unwrap();
-        assert_eq!(arr.len(), 2 * 2 * 2);
+        assert_eq!(arr.len(), 2 * 2 * 4);
         for r in arr {
             for key in ["kernel", "m", "k", "n", "threads", "gops"] {
                 assert!(r.get(key).is_some(), "record lacks {key}: {r}");

@@ -1,5 +1,5 @@
 //! `lowprec hw ...`: the accelerator model of paper 002 (boards, estimates, roofline, tables,
-//! projections, simulator throughput).
+//! simulator throughput) and paper 001's ternary/binary projections.
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -49,23 +49,26 @@ pub enum HwCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Regenerate Tables II, III, IV and VI beside the paper's numbers.
+    /// Regenerate Tables II, III, IV and VI (002) and the 001 figures beside the papers' numbers.
     Tables {
         /// Also write the rows as JSON (table, row, quantity, paper, model, rel_error, ...).
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Paper-001 projection (ternary/binary weights, 2-bit activations) and paper-004 fMAC.
+    /// Paper-001 projection (ternary/binary weights, low-bit activations) and paper-004 fMAC.
     Project {
         /// Intel device (arria10, stratix10).
         #[arg(long, default_value = "stratix10")]
         device: String,
-        /// ternary, binary or int8.
+        /// Weight width: ternary, binary, int8 or a bit count.
         #[arg(long, default_value = "ternary")]
         weights: String,
-        /// MACs per image (default: AlexNet, 724.4 M).
-        #[arg(long)]
-        macs_per_image: Option<f64>,
+        /// Activation width in bits (1 = binary).
+        #[arg(long, default_value_t = 2)]
+        acts: u32,
+        /// Network preset (alexnet, resnet34, vgg16, preresnet20, ...).
+        #[arg(long, default_value = "resnet34")]
+        network: String,
     },
     /// Measure the simulator's speed (simulated MACs per second) on VGG16 layer-8 GEMMs.
     Simbench {
@@ -159,6 +162,23 @@ pub fn run(cmd: &HwCommand) -> anyhow::Result<()> {
         HwCommand::Tables { json } => {
             let rows = tables::all()?;
             print!("{}", tables::render(&rows));
+            println!("\npaper 001 projections (first and last layers at 8 bits on the DSPs; efficiency fitted to the Arria 10 AlexNet point):");
+            print!(
+                "{}",
+                tables::render_projections(&tables::projections_001()?)
+            );
+            let s10 = Catalog::get().intel("stratix10")?;
+            println!(
+                "Stratix 10 clock at which ResNet-34 ternary/a2 reaches the paper's {} TOPS, all else equal: {:.0} MHz (model: {} MHz)",
+                projection::PAPER_S10_TOPS,
+                projection::clock_for_tops(
+                    s10,
+                    networks::get("resnet34")?,
+                    projection::Precision::new(2, 2)?,
+                    projection::PAPER_S10_TOPS
+                )?,
+                s10.fmax_mhz
+            );
             let cal = timing::calibration()?;
             println!("\ncalibrated processor costs (A53): {:?}", cal.a53);
             println!(
@@ -173,34 +193,48 @@ pub fn run(cmd: &HwCommand) -> anyhow::Result<()> {
         HwCommand::Project {
             device,
             weights,
-            macs_per_image,
+            acts,
+            network,
         } => {
             let dev = Catalog::get().intel(device)?;
-            let kind: projection::WeightKind = weights.parse()?;
-            let macs = macs_per_image.unwrap_or(projection::ALEXNET_MACS);
-            let p = projection::project(dev, kind, macs)?;
+            let w = projection::parse_weight_bits(weights)?;
+            let p = projection::Precision::new(w, *acts)?;
+            let net = networks::get(network)?;
+            let pr = projection::project(dev, net, p)?;
+            let cost = projection::pe_cost(p);
             println!(
-                "{} ({}): {:.0} MAC units, {:.1} TOPS, {:.0} images/s at {:.3} GMAC/image",
-                p.device,
-                weights,
-                p.mac_units,
-                p.tops,
-                p.images_per_s,
-                macs / 1e9
+                "{} at {} MHz, {} {}: {:.0} images/s, {:.2} TOPS sustained ({:.1} TOPS peak of the low-bit array)",
+                pr.device,
+                pr.clock_mhz,
+                pr.network,
+                p.label(),
+                pr.images_per_s,
+                pr.tops,
+                pr.peak_tops
             );
             println!(
-                "  fitted: {:.1} ALMs per ternary MAC (paper 001: Arria 10 AlexNet at {} images/s)",
-                projection::fitted_alms_per_ternary_mac()?,
+                "  PE: {:.2} ALMs per MAC ({}-bit products: multiplier {:.1} + adder tree {:.2} + registers {:.2}), {:.1}% of a soft 8x8-bit PE",
+                cost.total,
+                cost.product_bits,
+                cost.multiplier_alms,
+                cost.adder_tree_alms,
+                cost.register_alms,
+                100.0 * pr.cost_vs_int8
+            );
+            println!(
+                "  {:.0} soft MACs/cycle ({:.0}% of {} ALMs), {:.0} 8-bit DSP MACs/cycle for the first and last layers ({:.1}% of {:.3} G MACs/image)",
+                pr.soft_macs_per_cycle,
+                100.0 * projection::USABLE_ALM_FRACTION,
+                dev.alms,
+                pr.dsp_macs_per_cycle,
+                100.0 * (1.0 - pr.low_bit_macs / pr.macs_per_image),
+                pr.macs_per_image / 1e9
+            );
+            println!(
+                "  sustained efficiency {:.3} (fitted: paper 001's Arria 10 AlexNet at {} images/s)",
+                pr.efficiency,
                 projection::PAPER_A10_ALEXNET_IMG_S
             );
-            if dev.id.starts_with("stratix10") && kind == projection::WeightKind::Ternary {
-                println!(
-                    "  paper 001 quotes a {} TOPS Stratix 10 device: model {:.1} TOPS ({:+.0}%; 001's abstract gives no breakdown of that figure)",
-                    projection::PAPER_S10_TOPS,
-                    p.tops,
-                    100.0 * lowprec_hw::rel_error(p.tops, projection::PAPER_S10_TOPS)
-                );
-            }
             println!("paper 004 fMAC (2-bit chunks): throughput relative to 8x8-bit");
             for m in [2u32, 4, 6, 8] {
                 println!(

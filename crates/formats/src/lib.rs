@@ -5,12 +5,15 @@
 //! such as fp16/bf16/fp8), the counter-based random generator behind stochastic rounding
 //! ([`rng`]), the quantisers (a plain f64 scalar reference and vectorised, multi-threaded
 //! kernels that match it bit for bit), and packed storage ([`BfpTensor`]: `i8`/`i16`
-//! mantissas plus one small exponent per block, so 8-bit storage costs one byte per element).
+//! mantissas plus one small exponent per block, so 8-bit storage costs one byte per element),
+//! and paper 001's ternary / binary / k-bit quantisers with their straight-through gradients
+//! ([`lowbit`]: integer codes plus scales for the packed kernels).
 
 pub mod bfp;
 pub mod format;
 pub mod isa;
 pub mod layout;
+pub mod lowbit;
 pub mod peer;
 pub mod rng;
 pub mod run;
@@ -24,6 +27,7 @@ pub use format::{
     BfpFormat, Block, Clamp, FixedFormat, FloatFormat, FormatError, NumberFormat, Rounding,
 };
 pub use layout::BlockLayout;
+pub use lowbit::{LowBitCodes, ScaleMode};
 pub use rng::StreamKey;
 
 /// Errors from quantisation.

@@ -1,9 +1,11 @@
-//! Regenerates paper 002's Tables II, III, IV and VI from the models, each figure beside the
-//! paper's with its relative error, and whether the figure was used to fit a constant.
+//! Regenerates paper 002's Tables II, III, IV and VI and paper 001's two throughput figures
+//! (table `001`) from the models, each figure beside the paper's with its relative error, and
+//! whether the figure was used to fit a constant.
 
 use crate::catalog::Catalog;
 use crate::design::ArrayDesign;
 use crate::memory::{training_memory, TABLE_II};
+use crate::projection;
 use crate::timing::{self, TABLE_VI};
 use crate::{networks, rel_error, Result};
 
@@ -179,12 +181,91 @@ pub fn section_v() -> Result<Vec<TableRow>> {
     )])
 }
 
+/// Paper 001: the Arria 10 AlexNet point (ternary weights, 2-bit activations; the fitted
+/// efficiency's source) and the Stratix 10 ResNet-34 projection (a prediction).
+pub fn table_001() -> Result<Vec<TableRow>> {
+    let cat = Catalog::get();
+    let p = projection::Precision::new(2, 2)?;
+    let a10 = cat.intel("arria10-gx1150")?;
+    let s10 = cat.intel("stratix10-gx2800")?;
+    let alex = projection::project(a10, networks::get("alexnet")?, p)?;
+    let res = projection::project(s10, networks::get("resnet34")?, p)?;
+    Ok(vec![
+        row(
+            "001",
+            format!("{} alexnet {}", a10.id, p.label()),
+            "images/s",
+            "1/s",
+            projection::PAPER_A10_ALEXNET_IMG_S,
+            alex.images_per_s,
+            true,
+        ),
+        row(
+            "001",
+            format!("{} resnet34 {}", s10.id, p.label()),
+            "TOPS (sustained)",
+            "TOPS",
+            projection::PAPER_S10_TOPS,
+            res.tops,
+            false,
+        ),
+    ])
+}
+
+/// The paper-001 projection grid: every device x {AlexNet, ResNet-34} x precision.
+pub fn projections_001() -> Result<Vec<projection::Projection>> {
+    let cat = Catalog::get();
+    let mut out = Vec::new();
+    for dev in &cat.intel {
+        for net in ["alexnet", "resnet34"] {
+            for p in projection::table_precisions() {
+                out.push(projection::project(dev, networks::get(net)?, p)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Plain-text rendering of [`projections_001`].
+pub fn render_projections(rows: &[projection::Projection]) -> String {
+    let mut s = format!(
+        "{:<26} {:<9} {:<12} {:>9} {:>7} {:>10} {:>9} {:>11} {:>10} {:>10}\n",
+        "device",
+        "network",
+        "w/a",
+        "ALMs/MAC",
+        "vs int8",
+        "soft MAC/c",
+        "DSP MAC/c",
+        "images/s",
+        "TOPS",
+        "peak TOPS"
+    );
+    for p in rows {
+        s.push_str(&format!(
+            "{:<26} {:<9} {:<12} {:>9.2} {:>6.1}% {:>10.0} {:>9.0} {:>11.0} {:>10.2} {:>10.1}\n",
+            p.device,
+            p.network,
+            p.precision.label(),
+            p.alms_per_mac,
+            100.0 * p.cost_vs_int8,
+            p.soft_macs_per_cycle,
+            p.dsp_macs_per_cycle,
+            p.images_per_s,
+            p.tops,
+            p.peak_tops
+        ));
+    }
+    s
+}
+
 /// All reproduced tables.
 pub fn all() -> Result<Vec<TableRow>> {
     let mut v = table_ii()?;
     v.extend(table_iii_iv()?);
     v.extend(table_vi()?);
     v.extend(section_v()?);
+    v.extend(table_001()?);
     Ok(v)
 }
 

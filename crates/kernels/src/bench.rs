@@ -4,6 +4,7 @@
 //! requested size. One MAC counts as 2 operations.
 
 use crate::f32gemm::{gemm_f32_with, F32Impl};
+use crate::lowbit::{gemm_ternary_planes, gemm_xnor, BitCode, PackedBits};
 use crate::types::{GemmSpec, MatMut, MatRef, QMatRef, Scales};
 use crate::KernelError;
 use std::time::Instant;
@@ -26,6 +27,13 @@ pub enum BenchKernel {
     /// `matrixmultiply`, `C^T = B^T A^T`.
     #[serde(rename = "f32-matrixmultiply-t")]
     F32MmT,
+    /// [`crate::lowbit::gemm_ternary_planes`]: ternary weights x 2-bit activations; A packed
+    /// once outside the timing (weights), B's packing from codes inside it.
+    #[serde(rename = "ternary-a2")]
+    TernaryA2,
+    /// [`crate::lowbit::gemm_xnor`]: binary x binary; A packed outside, B inside the timing.
+    #[serde(rename = "binary-xnor")]
+    BinaryXnor,
 }
 
 impl BenchKernel {
@@ -36,7 +44,19 @@ impl BenchKernel {
             BenchKernel::F32Gemm => "f32-gemm",
             BenchKernel::F32Mm => "f32-matrixmultiply",
             BenchKernel::F32MmT => "f32-matrixmultiply-t",
+            BenchKernel::TernaryA2 => "ternary-a2",
+            BenchKernel::BinaryXnor => "binary-xnor",
         }
+    }
+
+    /// The packed low-bit kernels (integer codes in, i32 out).
+    pub fn is_lowbit(self) -> bool {
+        matches!(self, BenchKernel::TernaryA2 | BenchKernel::BinaryXnor)
+    }
+
+    /// The f32 kernels.
+    pub fn is_f32(self) -> bool {
+        !self.is_lowbit() && self != BenchKernel::I8
     }
 
     /// Parses [`BenchKernel::name`].
@@ -47,6 +67,8 @@ impl BenchKernel {
             BenchKernel::F32Gemm,
             BenchKernel::F32Mm,
             BenchKernel::F32MmT,
+            BenchKernel::TernaryA2,
+            BenchKernel::BinaryXnor,
         ]
         .into_iter()
         .find(|k| k.name() == s)
@@ -124,6 +146,22 @@ fn fill_i8(len: usize, salt: u64) -> Vec<i8> {
         .collect()
 }
 
+/// Deterministic codes in `lo..=hi` (0 mapped to 1 when `nonzero`).
+fn fill_codes(len: usize, salt: u64, lo: i8, hi: i8, nonzero: bool) -> Vec<i8> {
+    let span = (hi as i64 - lo as i64 + 1) as u64;
+    (0..len as u64)
+        .map(|i| {
+            let z = (i ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let v = (lo as i64 + ((z >> 40) % span) as i64) as i8;
+            if nonzero && v == 0 {
+                1
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
 fn fill_f32(len: usize, salt: u64) -> Vec<f32> {
     (0..len as u64)
         .map(|i| {
@@ -155,7 +193,26 @@ pub fn gemm_table_with(
     for &sh in shapes {
         let Shape { m, k, n } = sh;
         let needs_i8 = kernels.contains(&BenchKernel::I8);
-        let needs_f32 = kernels.iter().any(|&k| k != BenchKernel::I8);
+        let needs_f32 = kernels.iter().any(|k| k.is_f32());
+        let tern = if kernels.contains(&BenchKernel::TernaryA2) {
+            let a = fill_codes(m * k, 5, -1, 1, false);
+            let pa = PackedBits::from_rows(MatRef::row_major(&a, m, k)?, BitCode::Ternary, "A")?;
+            Some((pa, fill_codes(k * n, 6, 0, 3, false)))
+        } else {
+            None
+        };
+        let xnor = if kernels.contains(&BenchKernel::BinaryXnor) {
+            let a = fill_codes(m * k, 7, -1, 1, true);
+            let pa = PackedBits::from_rows(MatRef::row_major(&a, m, k)?, BitCode::Sign, "A")?;
+            Some((pa, fill_codes(k * n, 8, -1, 1, true)))
+        } else {
+            None
+        };
+        let mut ci = if tern.is_some() || xnor.is_some() {
+            vec![0i32; m * n]
+        } else {
+            Vec::new()
+        };
         let (a8, b8) = if needs_i8 {
             (fill_i8(m * k, 1), fill_i8(k * n, 2))
         } else {
@@ -174,6 +231,16 @@ pub fn gemm_table_with(
                 .map_err(|e| KernelError::Shape(format!("cannot build a {t}-thread pool: {e}")))?;
             for &kern in kernels {
                 let mut run = || -> Result<(), KernelError> {
+                    if let (BenchKernel::TernaryA2, Some((pa, b))) = (kern, &tern) {
+                        let bv = MatRef::row_major(b, k, n)?;
+                        let pb = PackedBits::from_cols(bv, BitCode::Unsigned(2), "B")?;
+                        return gemm_ternary_planes(pa, &pb, MatMut::row_major(&mut ci, m, n)?);
+                    }
+                    if let (BenchKernel::BinaryXnor, Some((pa, b))) = (kern, &xnor) {
+                        let bv = MatRef::row_major(b, k, n)?;
+                        let pb = PackedBits::from_cols(bv, BitCode::Sign, "B")?;
+                        return gemm_xnor(pa, &pb, MatMut::row_major(&mut ci, m, n)?);
+                    }
                     let cm = MatMut::row_major(&mut c, m, n)?;
                     match kern {
                         BenchKernel::I8 => {

@@ -13,12 +13,15 @@
 //! [`pack`] (k-pair i16 panels), [`quad`] (k-quad byte panels and the AVX-512 VNNI kernel),
 //! [`im2col_b`] (B operands packed straight from 8-bit feature maps, for convolutions),
 //! `smallseg` (direct path for segments of <= 3 elements),
-//! [`f32gemm`] (the `gemm` / `matrixmultiply` crates on shape-determined blocks), [`mod@bench`]
+//! [`f32gemm`] (the `gemm` / `matrixmultiply` crates on shape-determined blocks), [`mod@lowbit`]
+//! (paper 001's packed ternary x k-bit-plane and binary XNOR-popcount GEMMs, portable / AVX2 /
+//! AVX-512 VPOPCNTDQ chosen at run time by [`lowbit::BitIsa::detect`]), [`mod@bench`]
 //! (throughput tables for `lowprec bench gemm`).
 
 pub mod bench;
 pub mod f32gemm;
 pub mod im2col_b;
+pub mod lowbit;
 pub mod pack;
 pub mod qgemm;
 pub mod quad;
