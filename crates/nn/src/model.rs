@@ -351,6 +351,25 @@ impl Model {
         Ok(())
     }
 
+    /// Number of layers (nodes), the length of a [`crate::PrecisionPlan`] for this model.
+    pub fn num_layers(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The index (as [`Ctx::layer_index`] counts) of the layer named `name`.
+    pub fn layer_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.layer.name() == name)
+    }
+
+    /// The layer index of every parameter, in [`Model::params`] order.
+    pub fn param_layers(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| std::iter::repeat_n(i, n.layer.params().len()))
+            .collect()
+    }
+
     pub fn params(&self) -> Vec<&Param> {
         self.nodes.iter().flat_map(|n| n.layer.params()).collect()
     }

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lowprec_data::{BatchConfig, EpochBatches};
 use lowprec_kernels::GemmBackend;
 use lowprec_nn::loss::Target;
-use lowprec_nn::{Ctx, Loss, Model, Tensor};
+use lowprec_nn::{Ctx, Loss, Model, PrecisionPlan, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -93,6 +93,10 @@ pub struct Trainer {
     pub epoch: usize,
     pub step: u64,
     pub history: Vec<EpochMetrics>,
+    /// The formats of every layer (uniform in `cfg.precision` unless changed).
+    pub plan: PrecisionPlan,
+    /// The layer of every parameter (for the optimiser's per-layer formats).
+    param_layers: Vec<usize>,
     opts: RunOptions,
     loss: Loss,
 }
@@ -123,6 +127,8 @@ impl Trainer {
         let model = Model::build(&cfg.model, cfg.seed)?;
         let sgd = Sgd::new(cfg.train.momentum, cfg.train.weight_decay, &model.params());
         let loss = Loss::new(cfg.model.loss);
+        let plan = PrecisionPlan::uniform(cfg.precision.clone(), model.num_layers());
+        let param_layers = model.param_layers();
         let mut t = Trainer {
             cfg,
             model,
@@ -132,6 +138,8 @@ impl Trainer {
             epoch: 0,
             step: 0,
             history: Vec::new(),
+            plan,
+            param_layers,
             opts,
             loss,
         };
@@ -245,7 +253,7 @@ impl Trainer {
             batches.fill_batch(b, &mut batch)?;
             let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
             let backend = self.opts.backend.clone();
-            let mut ctx = Ctx::new(backend.as_ref(), &self.cfg.precision, self.cfg.seed);
+            let mut ctx = Ctx::with_plan(backend.as_ref(), &self.plan, self.cfg.seed);
             ctx.step = self.step;
             let out = self.model.forward(&mut ctx, x, true)?;
             let lo = self.loss.forward(&out, Target::Labels(&batch.labels))?;
@@ -265,10 +273,11 @@ impl Trainer {
                 epoch as f64 + b as f64 / nb as f64,
             );
             let mut params = self.model.params_mut();
-            self.sgd.step(
+            self.sgd.step_plan(
                 &mut params,
                 lr as f32,
-                &self.cfg.precision,
+                &self.plan,
+                &self.param_layers,
                 self.cfg.seed,
                 self.step,
             )?;
@@ -351,7 +360,7 @@ impl Trainer {
             batches.fill_batch(b, &mut batch)?;
             let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
             let backend = self.opts.backend.clone();
-            let mut ctx = Ctx::new(backend.as_ref(), &self.cfg.precision, self.cfg.seed);
+            let mut ctx = Ctx::with_plan(backend.as_ref(), &self.plan, self.cfg.seed);
             ctx.step = EVAL_STEP_BASE + b as u64;
             let out = self.model.forward(&mut ctx, x, false)?;
             let lo = self.loss.forward(&out, Target::Labels(&batch.labels))?;
@@ -422,7 +431,7 @@ impl Trainer {
             batches.fill_batch(b, &mut batch)?;
             let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
             let backend = self.opts.backend.clone();
-            let mut ctx = Ctx::new(backend.as_ref(), &self.cfg.precision, self.cfg.seed);
+            let mut ctx = Ctx::with_plan(backend.as_ref(), &self.plan, self.cfg.seed);
             ctx.step = EVAL_STEP_BASE + (1 << 40) + b as u64;
             let out = self.model.forward(&mut ctx, x, true)?;
             batch.images = out.data;
