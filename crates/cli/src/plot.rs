@@ -7,7 +7,7 @@ use std::sync::Once;
 
 static FONT: &[u8] = include_bytes!("../../hw/assets/DejaVuSans.ttf");
 
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
