@@ -45,6 +45,11 @@ pub struct FastArgs {
     /// Tensor kinds that adapt, each deciding on its own (comma separated).
     #[arg(long, default_value = "weights,acts,errors")]
     pub kinds: String,
+    /// FAST's block structure: `kernel` (bfp8's: one exponent per weight tensor and per
+    /// example, 8-bit exponents; every GEMM on the integer kernels) or `g16` (g16m4's: groups
+    /// of 16 with 4-bit exponents, as in the paper).
+    #[arg(long, default_value = "kernel")]
+    pub fast_blocks: String,
     /// Policies to run (comma separated, from fp32, bfp8, g16m4, fast).
     #[arg(long, default_value = "fp32,bfp8,g16m4,fast")]
     pub policies: String,
@@ -253,6 +258,11 @@ pub fn run(a: &FastArgs) -> Result<()> {
             bail!("--policies: unknown policy `{p}` (fp32, bfp8, g16m4, fast)");
         }
     }
+    let fast_base: Precision = match a.fast_blocks.as_str() {
+        "kernel" => Precision::bfp8(),
+        "g16" => G16M4.parse()?,
+        b => bail!("--fast-blocks `{b}`: kernel or g16"),
+    };
     if !policies.contains(&"bfp8") {
         bail!("--policies must include bfp8 (the target accuracy and the speedup are bfp8's)");
     }
@@ -275,6 +285,7 @@ pub fn run(a: &FastArgs) -> Result<()> {
         cfg.precision = match p {
             "fp32" => Precision::fp32(),
             "g16m4" => G16M4.parse()?,
+            "fast" => fast_base.clone(),
             _ => Precision::bfp8(),
         };
         cfg.fast = (p == "fast").then(|| fast.clone());
@@ -303,8 +314,8 @@ pub fn run(a: &FastArgs) -> Result<()> {
             policy: p.clone(),
             precision: if p == "fast" {
                 format!(
-                    "FAST: bfp8's blocks, widths {}..{} adapting ({})",
-                    fast.start_width, fast.max_width, a.kinds
+                    "FAST: {} blocks, widths {}..{} adapting ({})",
+                    a.fast_blocks, fast.start_width, fast.max_width, a.kinds
                 )
             } else {
                 t.history
@@ -356,6 +367,7 @@ pub fn run(a: &FastArgs) -> Result<()> {
         "design": { "spec": design.spec(), "resources": design.resources()? },
         "fast": fast,
         "g16m4": G16M4,
+        "fast_blocks": a.fast_blocks,
         "target_accuracy": target,
         "speedup_vs_bfp8": speedup,
         "runs": runs,
