@@ -58,6 +58,10 @@ pub struct TrainArgs {
     pub train_subset: Option<usize>,
     #[arg(long)]
     pub test_subset: Option<usize>,
+    /// A precision-schedule entry as an inline TOML table (repeatable), added to the file's
+    /// `[[precision_schedule]]`, e.g. `{ layers = ["fc1"], epochs = [0, 2], width = 4 }`.
+    #[arg(long)]
+    pub schedule: Vec<String>,
     /// Stop after this many epochs of this invocation (a deliberate interruption).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
@@ -105,6 +109,11 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
     }
     if let Some(n) = a.test_subset {
         cfg.data.test_subset = n;
+    }
+    for (i, e) in a.schedule.iter().enumerate() {
+        let entry = lowprec_train::varprec::ScheduleEntry::parse(e)
+            .map_err(|m| anyhow::anyhow!("--schedule #{}: {m}", i + 1))?;
+        cfg.precision_schedule.push(entry);
     }
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("after command-line overrides: {e}"))?;

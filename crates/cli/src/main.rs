@@ -6,6 +6,7 @@
 mod cmd_bench_gemm;
 mod cmd_bench_quantize;
 mod cmd_bench_train;
+mod cmd_fast;
 mod cmd_hw;
 mod cmd_profile;
 mod cmd_quantize;
@@ -49,6 +50,10 @@ enum Command {
     Rf(cmd_rf::RfCommand),
     /// Quantise a .npy array to a number format (BFP, fixed point, small floats).
     Quantize(cmd_quantize::QuantizeArgs),
+    /// Paper 004 (FAST): fp32, fixed bfp8, fixed g16m4 and FAST's adaptive precision on one
+    /// preset, with projected accelerator time to accuracy (fast.json, precision.jsonl,
+    /// fast.png).
+    Fast(cmd_fast::FastArgs),
     /// Benchmarks writing tables and JSON.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -121,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Gemm(a)) => cmd_bench_gemm::run(a),
         Command::Bench(BenchCommand::Train(a)) => cmd_bench_train::run(a),
         Command::Quantize(a) => cmd_quantize::run(a),
+        Command::Fast(a) => cmd_fast::run(a),
         Command::Bench(BenchCommand::Quantize(a)) => cmd_bench_quantize::run(a),
     }
 }

@@ -5,10 +5,12 @@
 //! (Fig. 5), training memory (Table II), time per training iteration (Table VI) and paper-001 /
 //! paper-004 throughput projections. Network layer shapes (VGG16, LogReg, the RF auto-encoder,
 //! PreResNet-20) are data in this crate. Every model prints beside the paper's figure.
+//! Paper 004 (FAST): the fMAC cost model and a variable-precision PE-array design ([`fast`]).
 
 pub mod bench;
 pub mod catalog;
 pub mod design;
+pub mod fast;
 pub mod memory;
 pub mod networks;
 pub mod projection;

@@ -254,7 +254,7 @@ pub fn fmac_chunk_products(ma: u32, mb: u32) -> Result<u32> {
             "mantissa widths {ma} x {mb} must be in 1..=16"
         )));
     }
-    Ok(ma.div_ceil(2) * mb.div_ceil(2))
+    Ok(crate::fast::passes(ma, mb) as u32)
 }
 
 /// Paper 004: throughput relative to the 8 x 8-bit case on the same fMAC array.

@@ -275,7 +275,10 @@ fn atomic_write_replaces_the_file() {
     // missing directories are made, as by every other writer of lowprec (one helper)
     lowprec_hw::write_atomic(&dir.join("missing/x"), b"x").unwrap();
     assert_eq!(std::fs::read(dir.join("missing/x")).unwrap(), b"x");
-    assert!(lowprec_hw::write_atomic(&dir, b"x").is_err(), "a directory is refused");
+    assert!(
+        lowprec_hw::write_atomic(&dir, b"x").is_err(),
+        "a directory is refused"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -49,7 +49,7 @@ use crate::init;
 use crate::layer::{Layer, Param};
 use crate::operand::{check_finite, quantize_matrix, Operand, QData, QMatrix};
 use crate::scratch::Scratch;
-use crate::{Ctx, NnError, Tensor};
+use crate::{Ctx, NnError, Tensor, TensorKind};
 
 /// Largest im2col buffer (values) a chunk of examples may produce. 2^20 keeps the float `dcol`
 /// of a chunk (4 MB) in the last-level cache between the error GEMM that writes it and the
@@ -994,6 +994,7 @@ impl Conv2d {
             });
         }
         // Q_e on the incoming errors, one exponent per example.
+        ctx.observe(TensorKind::Errors, &dy, b, cout * p);
         let key = ctx.key(self.id, StreamKind::Errors);
         let (fmt, step) = (ctx.layer_policy().errors, ctx.step);
         let tensor = format!("errors of {}", self.name);
@@ -1327,6 +1328,7 @@ impl Conv2d {
         let b = shape[0];
         let cout = self.cout;
         // Q_a, one exponent per example.
+        ctx.observe(TensorKind::Acts, &x, b, g.in_len());
         let key = ctx.key(self.id, StreamKind::Acts);
         let (fmt, step) = (ctx.layer_policy().acts, ctx.step);
         let tensor = format!("input activations of {}", self.name);

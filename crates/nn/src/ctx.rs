@@ -7,7 +7,11 @@ use lowprec_kernels::GemmBackend;
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
-use crate::{Precision, PrecisionPlan};
+use crate::{Precision, PrecisionPlan, TensorKind};
+
+/// A look at a GEMM operand before it is quantised: `(layer index, kind, values, rows, cols)`,
+/// the values a `rows x cols` matrix quantised under the layer's format of that kind.
+pub type Observer<'a> = Box<dyn FnMut(usize, TensorKind, &[f32], usize, usize) + 'a>;
 
 /// Where time goes inside a layer (the split of 002's Figs. 6 and 7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,6 +74,9 @@ pub struct Ctx<'a> {
     /// Whether the running layer's input gradient is needed (false for a layer fed by the
     /// network input: its dX GEMM is skipped).
     pub need_input_grad: bool,
+    /// When set, conv and linear layers show it their input activations and incoming errors
+    /// (FAST's precision signal); `None` costs nothing.
+    pub observer: Option<Observer<'a>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -97,12 +104,21 @@ impl<'a> Ctx<'a> {
             layer_index: 0,
             backward: false,
             need_input_grad: true,
+            observer: None,
         }
     }
 
     /// The policy of the layer running now ([`Ctx::layer_index`]).
     pub fn layer_policy(&self) -> &Precision {
         self.plan.layer(self.layer_index)
+    }
+
+    /// Shows the observer (if any) operand `kind` of the running layer.
+    pub fn observe(&mut self, kind: TensorKind, x: &[f32], rows: usize, cols: usize) {
+        let layer = self.layer_index;
+        if let Some(f) = self.observer.as_mut() {
+            f(layer, kind, x, rows, cols);
+        }
     }
 
     /// The stochastic-rounding key of tensor `kind` of layer `layer_id` at the current step.

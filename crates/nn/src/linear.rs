@@ -17,7 +17,7 @@ use crate::ctx::{Category, StreamKind};
 use crate::init;
 use crate::layer::{Layer, Param};
 use crate::operand::{matmul, quantize_matrix, Operand};
-use crate::{Ctx, NnError, Tensor};
+use crate::{Ctx, NnError, Tensor, TensorKind};
 use lowprec_formats::NumberFormat;
 
 pub struct Linear {
@@ -134,6 +134,7 @@ impl Layer for Linear {
             ));
         }
         // Q_a on the input activations.
+        ctx.observe(TensorKind::Acts, &x.data, b, self.in_features);
         let key = ctx.key(self.id, StreamKind::Acts);
         let (fmt, step) = (ctx.layer_policy().acts, ctx.step);
         let tensor = format!("input activations of {}", self.name);
@@ -183,6 +184,7 @@ impl Layer for Linear {
             ));
         }
         // Q_e on the incoming errors.
+        ctx.observe(TensorKind::Errors, &dy.data, b, self.out_features);
         let key = ctx.key(self.id, StreamKind::Errors);
         let (fmt, step) = (ctx.layer_policy().errors, ctx.step);
         let tensor = format!("errors of {}", self.name);

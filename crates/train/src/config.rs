@@ -5,6 +5,7 @@ use lowprec_nn::{NetworkSpec, Precision};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+use crate::varprec::{FastConfig, ScheduleEntry};
 use crate::TrainError;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,6 +23,12 @@ pub struct TrainConfig {
     pub train: OptimConfig,
     #[serde(default)]
     pub swa: Option<SwaConfig>,
+    /// Precision schedule entries (see [`crate::varprec`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub precision_schedule: Vec<ScheduleEntry>,
+    /// FAST's adaptive precision (see [`crate::varprec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast: Option<FastConfig>,
 }
 
 fn default_precision() -> Precision {
@@ -347,6 +354,13 @@ impl TrainConfig {
                 SwaEvery::Iterations(0) => return Err("swa.every must be >= 1 iteration".into()),
                 _ => {}
             }
+        }
+        for (i, e) in self.precision_schedule.iter().enumerate() {
+            e.validate()
+                .map_err(|m| format!("precision_schedule[{i}]: {m}"))?;
+        }
+        if let Some(f) = &self.fast {
+            f.validate()?;
         }
         self.data.validate()?;
         Ok(())

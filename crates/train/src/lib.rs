@@ -5,6 +5,8 @@
 //! SWALP, in low precision), averages the weights (SWA) from the configured epoch, evaluates the
 //! SGD and SWA models every epoch, writes per-epoch metrics as JSONL and a checkpoint
 //! (safetensors, atomic, verified on load) from which `--resume` continues bit-identically.
+//! Precision may vary over the run, by layer and tensor kind: schedules and FAST's adaptive
+//! rule ([`varprec`]) resolve the trainer's per-layer plan before every step.
 
 pub mod checkpoint;
 pub mod config;
@@ -13,6 +15,7 @@ pub mod optim;
 pub mod rundir;
 pub mod schedule;
 pub mod trainer;
+pub mod varprec;
 
 pub use checkpoint::Checkpoint;
 pub use config::{TrainConfig, PRESETS};

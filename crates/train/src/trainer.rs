@@ -24,6 +24,7 @@ use crate::data::{self, DataSplits};
 use crate::optim::{Sgd, Swa};
 use crate::rundir::{Existing, RunDir};
 use crate::schedule::learning_rate;
+use crate::varprec::{FastState, PrecisionControl};
 use crate::TrainError;
 
 /// Stochastic-rounding steps used by evaluation passes (far from any training step).
@@ -106,6 +107,8 @@ pub struct Trainer {
     pub plan: PrecisionPlan,
     /// The layer of every parameter (for the optimiser's per-layer formats).
     param_layers: Vec<usize>,
+    /// Where the plan comes from at every step: the schedule and FAST.
+    pub control: PrecisionControl,
     opts: RunOptions,
     loss: Loss,
     /// The claimed output directory (locked while the trainer lives).
@@ -166,6 +169,21 @@ impl Trainer {
         let loss = Loss::new(cfg.model.loss);
         let plan = PrecisionPlan::uniform(cfg.precision.clone(), model.num_layers());
         let param_layers = model.param_layers();
+        let per_epoch = EpochBatches::new(
+            &data.train,
+            &data.norm,
+            BatchConfig::train(cfg.train.batch, cfg.seed),
+            0,
+        )?
+        .num_batches() as u64;
+        let control = PrecisionControl::new(
+            &cfg.precision,
+            &model,
+            &cfg.precision_schedule,
+            cfg.fast.as_ref(),
+            per_epoch,
+            cfg.train.epochs,
+        )?;
         let mut t = Trainer {
             cfg,
             model,
@@ -178,6 +196,7 @@ impl Trainer {
             config_changes: Vec::new(),
             plan,
             param_layers,
+            control,
             opts,
             loss,
             run_dir,
@@ -287,9 +306,23 @@ impl Trainer {
         for b in 0..nb {
             batches.fill_batch(b, &mut batch)?;
             let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
+            if !self.control.is_static() {
+                let p = self.control.plan_at(self.step);
+                if p != self.plan {
+                    self.plan = p;
+                }
+            }
             let backend = self.opts.backend.clone();
+            let fast = self.control.fast_evaluates(self.step);
+            let mut signals = self.control.fast_signal_slots();
             let mut ctx = Ctx::with_plan(backend.as_ref(), &self.plan, self.cfg.seed);
             ctx.step = self.step;
+            if fast {
+                let (control, plan, sig) = (&self.control, &self.plan, &mut signals);
+                ctx.observer = Some(Box::new(move |layer, kind, x, rows, cols| {
+                    control.observe(plan, sig, layer, kind, x, rows, cols)
+                }));
+            }
             let out = self.model.forward(&mut ctx, x, true)?;
             let lo = self.loss.forward(&out, Target::Labels(&batch.labels))?;
             if !lo.loss.is_finite() {
@@ -302,6 +335,12 @@ impl Trainer {
                 }));
             }
             self.model.backward(&mut ctx, lo.grad)?;
+            drop(ctx);
+            if fast {
+                self.control
+                    .observe_weights(&self.plan, &mut signals, &self.model);
+                self.control.fast_decide(self.step, &signals);
+            }
             lr = learning_rate(
                 &self.cfg.train,
                 self.cfg.swa.as_ref(),
@@ -501,6 +540,12 @@ impl Trainer {
         let mut extra = BTreeMap::new();
         extra.insert("precision".into(), self.cfg.precision.name.clone());
         extra.insert("seed".into(), self.cfg.seed.to_string());
+        if let Some((_, st)) = &self.control.fast {
+            extra.insert(
+                "fast".into(),
+                serde_json::to_string(st).expect("serialises"),
+            );
+        }
         // Wall-clock fields are left out so that the same run gives the same bytes at any
         // thread count; a resume takes them back from metrics.jsonl when it is there.
         let history: Vec<EpochMetrics> = self
@@ -604,8 +649,30 @@ impl Trainer {
             avg: swa_avg,
             n: ck.swa_n,
         };
+        if let Some((_, st)) = self.control.fast.as_mut() {
+            let text = ck.extra.get("fast").ok_or_else(|| {
+                TrainError::Checkpoint("no FAST state in the checkpoint of a FAST run".into())
+            })?;
+            let saved: FastState = serde_json::from_str(text)
+                .map_err(|e| TrainError::Checkpoint(format!("FAST state: {e}")))?;
+            if saved.widths.len() != st.widths.len()
+                || saved
+                    .widths
+                    .iter()
+                    .zip(&st.widths)
+                    .any(|(a, b)| a.len() != b.len())
+            {
+                return Err(TrainError::Checkpoint(
+                    "FAST state: widths do not match this network and configuration".into(),
+                ));
+            }
+            *st = saved;
+        }
         self.epoch = ck.epoch;
         self.step = ck.step;
+        if !self.control.is_static() {
+            self.plan = self.control.plan_at(self.step);
+        }
         self.history = match ck.extra.get("history") {
             Some(h) => serde_json::from_str(h)
                 .map_err(|e| TrainError::Checkpoint(format!("history: {e}")))?,

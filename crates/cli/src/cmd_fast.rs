@@ -1,0 +1,573 @@
+//! `lowprec fast`: paper 004's comparison. Trains one preset four times (fp32, fixed bfp8,
+//! fixed g16m4, FAST's adaptive precision) with the same seed and schedule, projects each run's
+//! accelerator time on the FAST PE array (lowprec_hw::fast) from the widths every GEMM used at
+//! every iteration, and writes `fast.json`, `precision.jsonl` (FAST's decisions) and `fast.png`.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lowprec_formats::NumberFormat;
+use lowprec_hw::fast::{FastDesign, OperandWidths, TrainingGemms, FP32_WIDTH};
+use lowprec_nn::{Precision, TensorKind};
+use lowprec_train::trainer::RunOptions;
+use lowprec_train::varprec::{Decision, FastConfig, GemmLayer};
+use lowprec_train::{EpochMetrics, TrainConfig, Trainer};
+use plotters::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// The fixed g16m4 baseline: 4-bit mantissas (sign included) in groups of 16 with a 4-bit
+/// shared exponent for weights, activations and errors.
+pub const G16M4: &str = "bfp8,weights=bfp4:tile16:e4,acts=bfp4:tile16:e4,errors=bfp4:tile16:e4";
+
+#[derive(Args, Debug, Clone)]
+pub struct FastArgs {
+    /// A preset name or a TOML file (e.g. mnist-mlp, lenet5, preresnet20-cifar-short).
+    pub config: String,
+    /// Output directory (fast.json, precision.jsonl, fast.png, one run directory per policy).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Shorten every run to N epochs (a quick look).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// FAST's eps(l, i) = alpha - beta * i / I - beta * l / L.
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 0.3)]
+    pub beta: f64,
+    /// Iterations between evaluations of r(X).
+    #[arg(long, default_value_t = 50)]
+    pub every: u64,
+    /// Tensor kinds that adapt, each deciding on its own (comma separated).
+    #[arg(long, default_value = "weights,acts,errors")]
+    pub kinds: String,
+    /// FAST's block structure: `kernel` (bfp8's: one exponent per weight tensor and per
+    /// example, 8-bit exponents; every GEMM on the integer kernels) or `g16` (g16m4's: groups
+    /// of 16 with 4-bit exponents, as in the paper).
+    #[arg(long, default_value = "kernel")]
+    pub fast_blocks: String,
+    /// Policies to run (comma separated, from fp32, bfp8, g16m4, fast).
+    #[arg(long, default_value = "fp32,bfp8,g16m4,fast")]
+    pub policies: String,
+    /// The FAST array: board, rows x cols of fMACs, clock in MHz.
+    #[arg(long, default_value = "zcu111")]
+    pub board: String,
+    #[arg(long, default_value_t = 16)]
+    pub rows: usize,
+    #[arg(long, default_value_t = 16)]
+    pub cols: usize,
+    #[arg(long, default_value_t = 200.0)]
+    pub clock_mhz: f64,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub train_subset: Option<usize>,
+    #[arg(long)]
+    pub test_subset: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Replace the runs already in OUT (without it, a policy directory holding a run is
+    /// refused).
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Serialize)]
+struct EpochPoint {
+    epoch: usize,
+    test_acc: f64,
+    projected_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct RunSummary {
+    policy: String,
+    precision: String,
+    final_test_accuracy: f64,
+    projected_accelerator_seconds: f64,
+    projected_accelerator_joules: f64,
+    time_to_target_seconds: Option<f64>,
+    /// Mean fMAC passes per group product over the run (16 for fixed 8 x 8 bits).
+    mean_passes: f64,
+    wall_seconds: f64,
+    epochs: Vec<EpochPoint>,
+}
+
+/// Mantissa width of a format on the fMAC array (fp32 as 24-bit significands).
+fn width_of(f: &NumberFormat) -> Result<u32> {
+    match f {
+        NumberFormat::Bfp(b) => Ok(b.wl),
+        NumberFormat::F32 => Ok(FP32_WIDTH),
+        other => bail!("{other} has no fMAC cost (BFP or fp32 only)"),
+    }
+}
+
+/// A layer's widths under a policy.
+fn widths(p: &Precision) -> Result<OperandWidths> {
+    Ok(OperandWidths {
+        weights: width_of(&p.weights)?,
+        acts: width_of(&p.acts)?,
+        errors: width_of(&p.errors)?,
+    })
+}
+
+/// What one training left for the projection.
+struct Trained {
+    history: Vec<EpochMetrics>,
+    gemm: Vec<GemmLayer>,
+    per_epoch: u64,
+    batch: usize,
+    /// Per GEMM layer, the widths at iteration 0.
+    start: Vec<OperandWidths>,
+    log: Vec<Decision>,
+    wall: f64,
+}
+
+fn set_width(w: &mut OperandWidths, k: TensorKind, v: u32) {
+    match k {
+        TensorKind::Weights => w.weights = v,
+        TensorKind::Acts => w.acts = v,
+        TensorKind::Errors => w.errors = v,
+        _ => {}
+    }
+}
+
+/// Cumulative projected seconds (and joules, mean passes) at the end of every epoch.
+fn project(t: &Trained, design: &FastDesign) -> (Vec<f64>, f64, f64) {
+    let gemms: Vec<TrainingGemms> = t
+        .gemm
+        .iter()
+        .map(|g| TrainingGemms::new(g.out, g.k, g.positions, t.batch, g.first))
+        .collect();
+    let mut w = t.start.clone();
+    let mut log: Vec<&Decision> = t.log.iter().collect();
+    log.sort_by_key(|d| d.iteration);
+    let mut next = 0;
+    let step_cost = |w: &[OperandWidths]| {
+        let mut c = lowprec_hw::fast::FastCost::default();
+        for (g, wl) in gemms.iter().zip(w) {
+            c += design.layer_cost(g, *wl);
+        }
+        c
+    };
+    let mut cost = step_cost(&w);
+    let (mut cycles, mut passes, mut groups) = (0u64, 0u64, 0u64);
+    let groups_per_step: u64 = {
+        // at 2 x 2 bits every group product is one pass
+        let ones = vec![
+            OperandWidths {
+                weights: 2,
+                acts: 2,
+                errors: 2
+            };
+            w.len()
+        ];
+        step_cost(&ones).passes
+    };
+    let mut ends = Vec::new();
+    let steps = t.per_epoch * t.history.len() as u64;
+    for s in 0..steps {
+        let mut changed = false;
+        while next < log.len() && log[next].iteration <= s {
+            let d = log[next];
+            if let Some(l) = t.gemm.iter().position(|g| g.name == d.layer) {
+                set_width(&mut w[l], d.kind, d.width);
+                changed = true;
+            }
+            next += 1;
+        }
+        if changed {
+            cost = step_cost(&w);
+        }
+        cycles += cost.cycles;
+        passes += cost.passes;
+        groups += groups_per_step;
+        if (s + 1) % t.per_epoch == 0 {
+            ends.push(design.seconds(cycles));
+        }
+    }
+    let joules = passes as f64 * lowprec_hw::fast::PJ_PER_PASS * 1e-12;
+    (ends, joules, passes as f64 / groups.max(1) as f64)
+}
+
+fn train(cfg: TrainConfig, a: &FastArgs, out: PathBuf, threads: usize) -> Result<Trained> {
+    let opts = RunOptions {
+        out_dir: Some(out),
+        resume_from: None,
+        data_dir: a.data_dir.clone(),
+        backend: crate::cmd_train::backend("cpu")?,
+        threads,
+        progress: !a.quiet,
+        stop_after: None,
+        verbose: true,
+        overwrite: a.overwrite,
+        allow_config_change: false,
+    };
+    let t0 = std::time::Instant::now();
+    crate::util::with_threads(threads, move || -> Result<Trained> {
+        let mut t = Trainer::new(cfg, opts)?;
+        t.run()?;
+        let plan0 = t.control.plan_at(0);
+        let start = t
+            .control
+            .gemm
+            .iter()
+            .map(|g| widths(plan0.layer(g.node)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Trained {
+            history: t.history.clone(),
+            gemm: t.control.gemm.clone(),
+            per_epoch: t.control.per_epoch,
+            batch: t.cfg.train.batch,
+            start,
+            log: t
+                .control
+                .fast
+                .as_ref()
+                .map(|(_, s)| s.log.clone())
+                .unwrap_or_default(),
+            wall: t0.elapsed().as_secs_f64(),
+        })
+    })?
+}
+
+pub fn run(a: &FastArgs) -> Result<()> {
+    let threads = match a.threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(t) => t,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    let design = FastDesign::new(&a.board, a.rows, a.cols, a.clock_mhz)?;
+    let kinds: Vec<TensorKind> = a
+        .kinds
+        .split(',')
+        .map(|k| k.parse::<TensorKind>())
+        .collect::<Result<_, _>>()?;
+    let fast = FastConfig {
+        alpha: a.alpha,
+        beta: a.beta,
+        every: a.every,
+        kinds,
+        ..FastConfig::default()
+    };
+    fast.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policies: Vec<&str> = a.policies.split(',').map(str::trim).collect();
+    for p in &policies {
+        if !["fp32", "bfp8", "g16m4", "fast"].contains(p) {
+            bail!("--policies: unknown policy `{p}` (fp32, bfp8, g16m4, fast)");
+        }
+    }
+    let fast_base: Precision = match a.fast_blocks.as_str() {
+        "kernel" => Precision::bfp8(),
+        "g16" => G16M4.parse()?,
+        b => bail!("--fast-blocks `{b}`: kernel or g16"),
+    };
+    if !policies.contains(&"bfp8") {
+        bail!("--policies must include bfp8 (the target accuracy and the speedup are bfp8's)");
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut trained = Vec::new();
+    for &p in &policies {
+        let mut cfg = TrainConfig::load(&a.config)?;
+        if let Some(e) = a.epochs {
+            cfg.train.epochs = e;
+        }
+        if let Some(s) = a.seed {
+            cfg.seed = s;
+        }
+        if let Some(n) = a.train_subset {
+            cfg.data.train_subset = n;
+        }
+        if let Some(n) = a.test_subset {
+            cfg.data.test_subset = n;
+        }
+        cfg.precision = match p {
+            "fp32" => Precision::fp32(),
+            "g16m4" => G16M4.parse()?,
+            "fast" => fast_base.clone(),
+            _ => Precision::bfp8(),
+        };
+        cfg.fast = (p == "fast").then(|| fast.clone());
+        cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        eprintln!("=== {}: {p} ({}) ===", cfg.name, cfg.precision);
+        let t = train(cfg, a, a.out.join(p), threads)?;
+        trained.push((p.to_string(), t));
+    }
+    let bfp8_final = trained
+        .iter()
+        .find(|(p, _)| p == "bfp8")
+        .and_then(|(_, t)| t.history.last())
+        .map(|m| m.test_acc)
+        .context("the bfp8 run has no epochs")?;
+    let target = bfp8_final - 0.005;
+    let mut runs = Vec::new();
+    for (p, t) in &trained {
+        let (ends, joules, mean_passes) = project(t, &design);
+        let ttt = t
+            .history
+            .iter()
+            .zip(&ends)
+            .find(|(m, _)| m.test_acc >= target)
+            .map(|(_, s)| *s);
+        runs.push(RunSummary {
+            policy: p.clone(),
+            precision: if p == "fast" {
+                format!(
+                    "FAST: {} blocks, widths {}..{} adapting ({})",
+                    a.fast_blocks, fast.start_width, fast.max_width, a.kinds
+                )
+            } else {
+                t.history
+                    .first()
+                    .map(|m| m.precision.clone())
+                    .unwrap_or_default()
+            },
+            final_test_accuracy: t.history.last().map_or(f64::NAN, |m| m.test_acc),
+            projected_accelerator_seconds: ends.last().copied().unwrap_or(0.0),
+            projected_accelerator_joules: joules,
+            time_to_target_seconds: ttt,
+            mean_passes,
+            wall_seconds: t.wall,
+            epochs: t
+                .history
+                .iter()
+                .zip(&ends)
+                .map(|(m, s)| EpochPoint {
+                    epoch: m.epoch + 1,
+                    test_acc: m.test_acc,
+                    projected_seconds: *s,
+                })
+                .collect(),
+        });
+    }
+    let ttt = |name: &str| {
+        runs.iter()
+            .find(|r| r.policy == name)
+            .and_then(|r| r.time_to_target_seconds)
+    };
+    let speedup = match (ttt("bfp8"), ttt("fast")) {
+        (Some(b), Some(f)) if f > 0.0 => Some(b / f),
+        _ => None,
+    };
+    let fast_run = trained.iter().find(|(p, _)| p == "fast").map(|(_, t)| t);
+    // precision.jsonl: one line per FAST decision
+    let mut lines = String::new();
+    if let Some(t) = fast_run {
+        for d in &t.log {
+            lines += &serde_json::to_string(d)?;
+            lines.push('\n');
+        }
+    }
+    crate::util::write_atomic(&a.out.join("precision.jsonl"), lines.as_bytes())?;
+    let json = serde_json::json!({
+        "config": a.config,
+        "epochs": trained.first().map(|(_, t)| t.history.len()),
+        "threads": threads,
+        "design": { "spec": design.spec(), "resources": design.resources()? },
+        "fast": fast,
+        "g16m4": G16M4,
+        "fast_blocks": a.fast_blocks,
+        "target_accuracy": target,
+        "speedup_vs_bfp8": speedup,
+        "runs": runs,
+    });
+    crate::util::write_atomic(
+        &a.out.join("fast.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    plot(&a.out.join("fast.png"), &a.config, &runs, target, fast_run)?;
+    println!(
+        "{:<7} {:>9} {:>14} {:>16} {:>12}",
+        "policy", "test acc", "accel time (s)", "time to target", "mean passes"
+    );
+    for r in &runs {
+        println!(
+            "{:<7} {:>8.2}% {:>14.3} {:>16} {:>12.2}",
+            r.policy,
+            100.0 * r.final_test_accuracy,
+            r.projected_accelerator_seconds,
+            r.time_to_target_seconds
+                .map(|s| format!("{s:.3}"))
+                .unwrap_or_else(|| "not reached".into()),
+            r.mean_passes
+        );
+    }
+    println!(
+        "target {:.2}% (bfp8 - 0.5 points); FAST speedup to target vs bfp8: {}",
+        100.0 * target,
+        speedup
+            .map(|s| format!("{s:.2}x"))
+            .unwrap_or_else(|| "n/a (a run did not reach the target)".into())
+    );
+    eprintln!(
+        "wrote {}, {} and {}",
+        a.out.join("fast.json").display(),
+        a.out.join("precision.jsonl").display(),
+        a.out.join("fast.png").display()
+    );
+    Ok(())
+}
+
+/// Accuracy against epochs and against projected accelerator time, and FAST's widths by layer
+/// and iteration (weights, activations, errors).
+fn plot(
+    out: &Path,
+    title: &str,
+    runs: &[RunSummary],
+    target: f64,
+    fast: Option<&Trained>,
+) -> Result<()> {
+    crate::plot::register_font()?;
+    let root = BitMapBackend::new(out, (1500, 1000)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        &format!("{title}: FAST vs fixed precision"),
+        ("sans-serif", 26),
+    )?;
+    let (top, bottom) = root.split_vertically(520);
+    let (left, right) = top.split_horizontally(750);
+    let accs: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r.epochs.iter().map(|e| 100.0 * e.test_acc))
+        .collect();
+    let lo = accs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = accs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (y0, y1) = ((lo - 0.5).max(0.0), (hi + 0.3).min(100.0));
+    let max_epoch = runs
+        .iter()
+        .map(|r| r.epochs.len())
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let t_min = runs
+        .iter()
+        .flat_map(|r| r.epochs.first().map(|e| e.projected_seconds))
+        .fold(f64::INFINITY, f64::min)
+        .max(1e-9);
+    let t_max = runs
+        .iter()
+        .map(|r| r.projected_accelerator_seconds)
+        .fold(0.0, f64::max)
+        .max(t_min * 1.01);
+    {
+        let mut c = ChartBuilder::on(&left)
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .caption("test accuracy vs epoch", ("sans-serif", 18))
+            .build_cartesian_2d(1f64..max_epoch as f64, y0..y1)?;
+        c.configure_mesh()
+            .x_desc("epoch")
+            .y_desc("test accuracy (%)")
+            .draw()?;
+        for (i, r) in runs.iter().enumerate() {
+            let col = Palette99::pick(i).to_rgba();
+            let pts: Vec<(f64, f64)> = r
+                .epochs
+                .iter()
+                .map(|e| (e.epoch as f64, 100.0 * e.test_acc))
+                .collect();
+            c.draw_series(LineSeries::new(pts, col.stroke_width(2)))?
+                .label(r.policy.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2))
+                });
+        }
+        c.draw_series(LineSeries::new(
+            vec![(1.0, 100.0 * target), (max_epoch as f64, 100.0 * target)],
+            BLACK.mix(0.4),
+        ))?
+        .label("target (bfp8 - 0.5)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+        c.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()?;
+    }
+    {
+        let mut c = ChartBuilder::on(&right)
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .caption(
+                "test accuracy vs projected accelerator time",
+                ("sans-serif", 18),
+            )
+            .build_cartesian_2d((t_min * 0.8..t_max * 1.1).log_scale(), y0..y1)?;
+        c.configure_mesh()
+            .x_desc("projected FAST-array seconds (log)")
+            .y_desc("test accuracy (%)")
+            .x_label_formatter(&|x| format!("{x:.3}"))
+            .draw()?;
+        for (i, r) in runs.iter().enumerate() {
+            let col = Palette99::pick(i).to_rgba();
+            let pts: Vec<(f64, f64)> = r
+                .epochs
+                .iter()
+                .map(|e| (e.projected_seconds, 100.0 * e.test_acc))
+                .collect();
+            c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))?;
+            c.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, col.filled())))?;
+        }
+    }
+    let panels = bottom.split_evenly((1, 3));
+    let Some(t) = fast else {
+        root.present()?;
+        return Ok(());
+    };
+    let nl = t.gemm.len();
+    let total = (t.per_epoch * t.history.len() as u64).max(1);
+    for (pi, kind) in [TensorKind::Weights, TensorKind::Acts, TensorKind::Errors]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = ChartBuilder::on(&panels[pi])
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(44)
+            .caption(
+                format!("FAST {kind} width (2 light .. 8 dark)"),
+                ("sans-serif", 16),
+            )
+            .build_cartesian_2d(0f64..total as f64, 0f64..nl as f64)?;
+        c.configure_mesh()
+            .disable_mesh()
+            .x_desc("iteration")
+            .y_desc("layer (input at 0)")
+            .draw()?;
+        for (l, g) in t.gemm.iter().enumerate() {
+            let start = match kind {
+                TensorKind::Weights => t.start[l].weights,
+                TensorKind::Acts => t.start[l].acts,
+                _ => t.start[l].errors,
+            };
+            let mut seg = vec![(0u64, start)];
+            for d in t.log.iter().filter(|d| d.layer == g.name && d.kind == kind) {
+                if d.width != seg.last().expect("non-empty").1 {
+                    seg.push((d.iteration, d.width));
+                }
+            }
+            for (j, &(from, w)) in seg.iter().enumerate() {
+                let to = seg.get(j + 1).map_or(total, |s| s.0);
+                let shade = (w.min(8) as f64 / 8.0).clamp(0.0, 1.0);
+                let v = (255.0 * (1.0 - 0.85 * shade)) as u8;
+                let color = RGBColor(v, v, 255);
+                c.draw_series(std::iter::once(Rectangle::new(
+                    [(from as f64, l as f64), (to as f64, l as f64 + 1.0)],
+                    color.filled(),
+                )))?;
+            }
+        }
+    }
+    root.present()
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
