@@ -5,10 +5,13 @@
 //! such as fp16/bf16/fp8), the counter-based random generator behind stochastic rounding
 //! ([`rng`]), the quantisers (a plain f64 scalar reference and vectorised, multi-threaded
 //! kernels that match it bit for bit), and packed storage ([`BfpTensor`]: `i8`/`i16`
-//! mantissas plus one small exponent per block, so 8-bit storage costs one byte per element).
+//! mantissas plus one small exponent per block, so 8-bit storage costs one byte per element),
+//! and the bit-true FPGA BFP formats of Intel's FPGA AI Suite ([`fpga`]: FP16 in, `c_vector`
+//! channel blocks, 5-bit exponents, sign-magnitude or two's-complement mantissas).
 
 pub mod bfp;
 pub mod format;
+pub mod fpga;
 pub mod layout;
 pub mod peer;
 pub mod rng;
@@ -22,6 +25,7 @@ pub use bfp::{
 pub use format::{
     BfpFormat, Block, Clamp, FixedFormat, FloatFormat, FormatError, NumberFormat, Rounding,
 };
+pub use fpga::{ChannelView, FpgaBfp, FpgaRounding, FpgaTensor, MantissaCode};
 pub use layout::BlockLayout;
 pub use rng::StreamKey;
 
@@ -75,6 +79,10 @@ pub fn fake_quantize(
         NumberFormat::Float(f) => {
             peer::check_shape(x, shape, tensor)?;
             peer::fake_quantize_float(x, f, key, tensor, out)
+        }
+        NumberFormat::Fpga(f) => {
+            peer::check_shape(x, shape, tensor)?;
+            fpga::fake_quantize_fpga(x, ChannelView::from_shape(shape), f, key, tensor, out)
         }
     }
 }
