@@ -67,7 +67,7 @@ pub fn backend(name: &str) -> Result<Arc<dyn GemmBackend>> {
     bail!("unknown backend `{name}` (cpu, fpga-sim:<board>-<N>x<N>)")
 }
 
-fn threads_or_default(t: Option<usize>) -> Result<usize> {
+pub fn threads_or_default(t: Option<usize>) -> Result<usize> {
     match t {
         Some(0) => bail!("--threads must be at least 1"),
         Some(t) => Ok(t),
@@ -227,6 +227,18 @@ pub struct EvalArgs {
 }
 
 pub fn run_eval(a: &EvalArgs) -> Result<()> {
+    if lowprec_infer::QuantizedModel::is_model_file(&a.checkpoint) {
+        let threads = threads_or_default(a.threads)?;
+        let (qm, q, _) = crate::util::with_threads(threads, || {
+            crate::cmd_infer::infer_model(&a.checkpoint, a.data_dir.clone(), "test", 256, None, false)
+        })??;
+        let j = serde_json::json!({
+            "model": a.checkpoint.display().to_string(), "engine": "integer (FPGA BFP)",
+            "formats": qm.layers, "test_acc": q.accuracy, "images": q.images,
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
     let ck = Checkpoint::load(&a.checkpoint)?;
     let cfg = TrainConfig::from_toml(
         &ck.config_toml,

@@ -14,9 +14,11 @@
 //! [`im2col_b`] (B operands packed straight from 8-bit feature maps, for convolutions),
 //! `smallseg` (direct path for segments of <= 3 elements),
 //! [`f32gemm`] (the `gemm` / `matrixmultiply` crates on shape-determined blocks), [`mod@bench`]
-//! (throughput tables for `lowprec bench gemm`).
+//! (throughput tables for `lowprec bench gemm`), [`blockdot`] (the FPGA BFP dot-product engine:
+//! exact integer sums per `c_vector` block, FP32 accumulation in block order).
 
 pub mod bench;
+pub mod blockdot;
 pub mod f32gemm;
 pub mod im2col_b;
 pub mod pack;
