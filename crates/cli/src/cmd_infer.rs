@@ -82,8 +82,16 @@ pub fn run(a: &InferArgs) -> Result<()> {
             !a.no_float,
         )?;
         let fmt = |l: &lowprec_infer::LayerFormats| format!("{}/{}", l.weights, l.acts);
-        let formats: Vec<String> = qm.layers.iter().map(|l| format!("{}={}", l.name, fmt(l))).collect();
-        println!("model {} ({} conv/linear layers)", a.model.display(), qm.layers.len());
+        let formats: Vec<String> = qm
+            .layers
+            .iter()
+            .map(|l| format!("{}={}", l.name, fmt(l)))
+            .collect();
+        println!(
+            "model {} ({} conv/linear layers)",
+            a.model.display(),
+            qm.layers.len()
+        );
         println!("  formats (weights/acts): {}", formats.join(", "));
         println!(
             "  CPU kernels: {:?}, {threads} thread(s), batch {}",
@@ -116,14 +124,24 @@ pub fn run(a: &InferArgs) -> Result<()> {
                 let yr = refe.run(x.clone(), true)?;
                 let names = fast.node_names();
                 for (v, (p, r)) in yf.iter().zip(&yr).enumerate() {
-                    let same = p.data.iter().zip(&r.data).all(|(a, b)| a.to_bits() == b.to_bits());
+                    let same = p
+                        .data
+                        .iter()
+                        .zip(&r.data)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
                     if !same {
-                        let at = if v == 0 { "input".to_string() } else { names[v - 1].clone() };
+                        let at = if v == 0 {
+                            "input".to_string()
+                        } else {
+                            names[v - 1].clone()
+                        };
                         bail!("batch {i}: the fast engine and the reference path differ at {at}");
                     }
                 }
             }
-            println!("  reference path: bit-identical to the fast engine at every layer on {n} images");
+            println!(
+                "  reference path: bit-identical to the fast engine at every layer on {n} images"
+            );
             checked = Some(n);
         }
         let mut rows = None;
@@ -134,7 +152,10 @@ pub fn run(a: &InferArgs) -> Result<()> {
                 .map(|(x, _)| x)
                 .collect();
             let r = layer_errors(&qm, &bs)?;
-            println!("layer by layer against the float model (SQNR dB, first {} test images):", a.batch);
+            println!(
+                "layer by layer against the float model (SQNR dB, first {} test images):",
+                a.batch
+            );
             print!("{}", format_table(&r));
             match first_jump(&r, a.jump_db) {
                 Some((l, d)) => println!(

@@ -48,7 +48,10 @@ pub fn parse_first_last(s: &str) -> Result<bool> {
 /// sha256 of a file's bytes, hex.
 pub fn file_sha256(p: &Path) -> Result<String> {
     let b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(Sha256::digest(&b).iter().map(|x| format!("{x:02x}")).collect())
+    Ok(Sha256::digest(&b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect())
 }
 
 /// The data splits of the network described by `config_toml`.
@@ -102,7 +105,10 @@ pub fn run(a: &QuantizeModelArgs) -> Result<()> {
         );
         print!("{}", format_table(&rows));
         if let Some((r, d)) = first_jump(&rows, 3.0) {
-            println!("first layer whose error jumps (>= 3 dB): {} ({d:.1} dB)", r.layer);
+            println!(
+                "first layer whose error jumps (>= 3 dB): {} ({d:.1} dB)",
+                r.layer
+            );
         }
         let json = a.out.with_extension("sqnr.json");
         crate::util::write_atomic(&json, serde_json::to_string_pretty(&rows)?.as_bytes())?;

@@ -106,7 +106,8 @@ pub fn run(c: &ReportCommand) -> Result<()> {
         .retrained
         .iter()
         .map(|p| {
-            let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let t =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             Ok(serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?)
         })
         .collect::<Result<_>>()?;
@@ -114,7 +115,11 @@ pub fn run(c: &ReportCommand) -> Result<()> {
     let f = |p: FpgaBfp| NumberFormat::Fpga(FpgaBfp { c_vector: cv, ..p });
     let rows_spec: Vec<(&str, NumberFormat, NumberFormat)> = vec![
         ("fp32", NumberFormat::F32, NumberFormat::F32),
-        ("blocked fp16 (int12bfp)", f(FpgaBfp::INT12), f(FpgaBfp::INT12)),
+        (
+            "blocked fp16 (int12bfp)",
+            f(FpgaBfp::INT12),
+            f(FpgaBfp::INT12),
+        ),
         ("int9bfp", f(FpgaBfp::INT9), f(FpgaBfp::INT9)),
         ("int8bfp", f(FpgaBfp::INT8), f(FpgaBfp::INT8)),
         ("int7bfp", f(FpgaBfp::INT7), f(FpgaBfp::INT7)),
@@ -153,7 +158,10 @@ pub fn run(c: &ReportCommand) -> Result<()> {
             };
             let retrained_accuracy = retrained.iter().find_map(|j| {
                 let same = |k: &str, v: &NumberFormat| {
-                    j.get(k).and_then(|x| x.as_str()).and_then(|s| s.parse::<NumberFormat>().ok()) == Some(*v)
+                    j.get(k)
+                        .and_then(|x| x.as_str())
+                        .and_then(|s| s.parse::<NumberFormat>().ok())
+                        == Some(*v)
                 };
                 (same("weights", w) && same("acts", acts))
                     .then(|| j.get("retrained_accuracy").and_then(|x| x.as_f64()))
@@ -185,9 +193,18 @@ pub fn run(c: &ReportCommand) -> Result<()> {
         "first_last": a.first_last, "test_images": a.limit, "array": arr, "rows": rows,
         "hw_model": "lowprec_hw::bfp_array (coefficients derived by counting bits; see its module doc)",
     });
-    crate::util::write_atomic(&a.out.join("report.json"), serde_json::to_string_pretty(&j)?.as_bytes())?;
-    let pct = |v: Option<f64>| v.map(|x| format!("{:.2}", 100.0 * x)).unwrap_or_else(|| "-".into());
-    let fp16 = rows.iter().find(|r| r.format.starts_with("blocked")).and_then(|r| r.luts);
+    crate::util::write_atomic(
+        &a.out.join("report.json"),
+        serde_json::to_string_pretty(&j)?.as_bytes(),
+    )?;
+    let pct = |v: Option<f64>| {
+        v.map(|x| format!("{:.2}", 100.0 * x))
+            .unwrap_or_else(|| "-".into())
+    };
+    let fp16 = rows
+        .iter()
+        .find(|r| r.format.starts_with("blocked"))
+        .and_then(|r| r.luts);
     let mut md = format!(
         "# Precision report: {} ({})\n\nArray: c_vector {}, k_vector {} on {} at {} MHz (compute-bound estimate). First/last layers: {}.\n\n| format | weights | acts | fp32 acc % | PTQ acc % | retrained acc % | LUTs | LUTs vs blocked FP16 | DSPs | M20K | images/s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         cfg.name, a.checkpoint.display(), arr.c_vector, arr.k_vector, arr.device, arr.fmax_mhz, a.first_last
@@ -208,7 +225,9 @@ pub fn run(c: &ReportCommand) -> Result<()> {
             },
             r.dsps.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
             r.brams.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-            r.images_per_second.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
+            r.images_per_second
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "-".into()),
         );
     }
     crate::util::write_atomic(&a.out.join("report.md"), md.as_bytes())?;
@@ -226,11 +245,17 @@ pub fn run(c: &ReportCommand) -> Result<()> {
     crate::plot::plot_points(
         &pts,
         &png,
-        &format!("{}: accuracy vs dot-product logic (retrained where available, else PTQ)", cfg.name),
+        &format!(
+            "{}: accuracy vs dot-product logic (retrained where available, else PTQ)",
+            cfg.name
+        ),
         "LUTs (thousands)",
         "test accuracy (%)",
     )?;
     print!("{md}");
-    eprintln!("wrote {}/report.json, report.md, report.png", a.out.display());
+    eprintln!(
+        "wrote {}/report.json, report.md, report.png",
+        a.out.display()
+    );
     Ok(())
 }

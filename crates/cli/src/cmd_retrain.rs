@@ -98,7 +98,10 @@ fn stage(
             ck.config_toml = t.cfg.to_toml();
             t.restore(&ck)?;
         }
-        eprintln!("retraining {} epochs, precision {}", t.cfg.train.epochs, t.cfg.precision);
+        eprintln!(
+            "retraining {} epochs, precision {}",
+            t.cfg.train.epochs, t.cfg.precision
+        );
         t.run()?;
         Ok(())
     })??;
@@ -135,8 +138,24 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let done = if a.staged && a.epochs >= 2 {
         let e1 = a.epochs / 2;
-        let s1 = stage(a, cfg.clone(), &format!("fp32,weights={w}"), e1, &start, &a.out.join("stage1-weights"), threads)?;
-        stage(a, cfg, &both, a.epochs - e1, &s1, &a.out.join("stage2-both"), threads)?
+        let s1 = stage(
+            a,
+            cfg.clone(),
+            &format!("fp32,weights={w}"),
+            e1,
+            &start,
+            &a.out.join("stage1-weights"),
+            threads,
+        )?;
+        stage(
+            a,
+            cfg,
+            &both,
+            a.epochs - e1,
+            &s1,
+            &a.out.join("stage2-both"),
+            threads,
+        )?
     } else {
         stage(a, cfg, &both, a.epochs, &start, &a.out, threads)?
     };
@@ -155,18 +174,24 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
     extra.insert("retrained_from".into(), a.model.display().to_string());
     extra.insert("retrain_epochs".into(), a.epochs.to_string());
     extra.insert("retrain_staged".into(), a.staged.to_string());
-    let rq = crate::util::with_threads(threads, || quantize_tensors(&qm.config_toml, tensors, &opts, extra))??;
+    let rq = crate::util::with_threads(threads, || {
+        quantize_tensors(&qm.config_toml, tensors, &opts, extra)
+    })??;
     let path = a.out.join("model.lpq");
     rq.save(&path)?;
     eprintln!("wrote {}", path.display());
-    let (_, q, f) = crate::cmd_infer::infer_model(&path, a.data_dir.clone(), "test", 256, None, true)?;
+    let (_, q, f) =
+        crate::cmd_infer::infer_model(&path, a.data_dir.clone(), "test", 256, None, true)?;
     let j = serde_json::json!({
         "model": path.display().to_string(), "source": a.model.display().to_string(),
         "weights": w, "acts": acts, "first_last_fp32": first_last_fp32, "epochs": a.epochs,
         "staged": a.staged, "retrained_accuracy": q.accuracy, "retrained_fp32_master_accuracy": f.map(|f| f.accuracy),
         "integer": q,
     });
-    crate::util::write_atomic(&a.out.join("retrain.json"), serde_json::to_string_pretty(&j)?.as_bytes())?;
+    crate::util::write_atomic(
+        &a.out.join("retrain.json"),
+        serde_json::to_string_pretty(&j)?.as_bytes(),
+    )?;
     println!("{}", serde_json::to_string_pretty(&j)?);
     Ok(())
 }

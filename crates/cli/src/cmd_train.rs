@@ -230,7 +230,14 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     if lowprec_infer::QuantizedModel::is_model_file(&a.checkpoint) {
         let threads = threads_or_default(a.threads)?;
         let (qm, q, _) = crate::util::with_threads(threads, || {
-            crate::cmd_infer::infer_model(&a.checkpoint, a.data_dir.clone(), "test", 256, None, false)
+            crate::cmd_infer::infer_model(
+                &a.checkpoint,
+                a.data_dir.clone(),
+                "test",
+                256,
+                None,
+                false,
+            )
         })??;
         let j = serde_json::json!({
             "model": a.checkpoint.display().to_string(), "engine": "integer (FPGA BFP)",

@@ -138,7 +138,12 @@ pub fn plot_points(
     if points.is_empty() {
         bail!("nothing to plot");
     }
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
     for (_, x, y) in points {
         x0 = x0.min(*x);
         x1 = x1.max(*x);

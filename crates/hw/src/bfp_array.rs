@@ -111,7 +111,11 @@ pub fn estimate(arr: &BfpArray, a: Operand, w: Operand, layers: &[GemmLayer]) ->
         .iter()
         .map(|l| act_bits(l.cin, l.in_pixels) + act_bits(l.cout, l.pixels))
         .fold(0.0, f64::max);
-    let taps = layers.iter().map(|l| l.taps * l.cin.div_ceil(cv) * cv).max().unwrap_or(0);
+    let taps = layers
+        .iter()
+        .map(|l| l.taps * l.cin.div_ceil(cv) * cv)
+        .max()
+        .unwrap_or(0);
     let filter = (arr.k_vector * taps) as f64 * (w.width as f64 + 5.0 / cv as f64);
     let brams = (2.0 * (stream + filter) / M20K_BITS).ceil() as u32;
     let cycles: f64 = layers
@@ -122,7 +126,11 @@ pub fn estimate(arr: &BfpArray, a: Operand, w: Operand, layers: &[GemmLayer]) ->
         luts,
         dsps,
         brams,
-        images_per_second: if cycles > 0.0 { arr.fmax_mhz * 1e6 / cycles } else { 0.0 },
+        images_per_second: if cycles > 0.0 {
+            arr.fmax_mhz * 1e6 / cycles
+        } else {
+            0.0
+        },
         lane_luts: lane,
         multiplier_luts: mul * cv as f64,
         adder_tree_luts: tree,

@@ -385,7 +385,8 @@ impl FpgaLayer {
                                     pad_a.resize(cv, 0);
                                     pad_w.resize(cv, 0);
                                     let ea = [self.acts.scale_log2(e[(n * nbc + bb) * hw + p])];
-                                    let ew = [wf.scale_log2(wt.exponents[(o * nbc + bb) * taps + tap])];
+                                    let ew =
+                                        [wf.scale_log2(wt.exponents[(o * nbc + bb) * taps + tap])];
                                     debug_assert!(len <= cv);
                                     let mut v = [0f32];
                                     block_gemm_ref(

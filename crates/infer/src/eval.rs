@@ -59,7 +59,13 @@ pub fn evaluate(engine: &mut Engine, data: &[(Tensor, Vec<u8>)]) -> Result<EvalR
             let best = row
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (j, &v)| if v > bv { (j, v) } else { (bi, bv) })
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (j, &v)| {
+                    if v > bv {
+                        (j, v)
+                    } else {
+                        (bi, bv)
+                    }
+                })
                 .0;
             correct += (best == l as usize) as usize;
         }

@@ -94,8 +94,9 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 impl QuantizedModel {
     /// The network description.
     pub fn network(&self) -> Result<NetworkSpec, InferError> {
-        let cfg = lowprec_train::TrainConfig::from_toml(&self.config_toml, "the model file's config")
-            .map_err(|e| InferError::File(format!("config: {e}")))?;
+        let cfg =
+            lowprec_train::TrainConfig::from_toml(&self.config_toml, "the model file's config")
+                .map_err(|e| InferError::File(format!("config: {e}")))?;
         Ok(cfg.model)
     }
 
@@ -179,7 +180,9 @@ impl QuantizedModel {
                                 .tensors
                                 .get(&format!("param/{n}"))
                                 .map(|(s, _)| s.clone())
-                                .unwrap_or_else(|| vec![t.view.outer, t.view.channels, t.view.inner]),
+                                .unwrap_or_else(|| {
+                                    vec![t.view.outer, t.view.channels, t.view.inner]
+                                }),
                         },
                     )
                 })
@@ -243,14 +246,16 @@ impl QuantizedModel {
             .as_ref()
             .and_then(|m| m.get(FORMAT))
             .ok_or_else(|| bad(format!("no `{FORMAT}` metadata: not a quantised model file (a checkpoint? run `lowprec quantize-model` on it)")))?;
-        let meta: Meta = serde_json::from_str(meta_text)
-            .map_err(|e| bad(format!("metadata: {e}")))?;
+        let meta: Meta =
+            serde_json::from_str(meta_text).map_err(|e| bad(format!("metadata: {e}")))?;
         // checksum over every tensor, in name order
         let mut names: Vec<String> = st.names().into_iter().cloned().collect();
         names.sort();
         let mut h = Sha256::new();
         for n in &names {
-            let t = st.tensor(n).map_err(|e| bad(format!("tensor {n}: {e:?}")))?;
+            let t = st
+                .tensor(n)
+                .map_err(|e| bad(format!("tensor {n}: {e:?}")))?;
             h.update(n.as_bytes());
             for d in t.shape() {
                 h.update((*d as u64).to_le_bytes());
@@ -286,9 +291,14 @@ impl QuantizedModel {
             if n.starts_with("packed/") {
                 continue;
             }
-            let t = st.tensor(n).map_err(|e| bad(format!("tensor {n}: {e:?}")))?;
+            let t = st
+                .tensor(n)
+                .map_err(|e| bad(format!("tensor {n}: {e:?}")))?;
             if t.dtype() != Dtype::F32 {
-                return Err(bad(format!("tensor {n}: dtype {:?}, F32 expected", t.dtype())));
+                return Err(bad(format!(
+                    "tensor {n}: dtype {:?}, F32 expected",
+                    t.dtype()
+                )));
             }
             let v: Vec<f32> = t
                 .data()
@@ -299,9 +309,10 @@ impl QuantizedModel {
         }
         let mut packed = BTreeMap::new();
         for (n, pm) in &meta.packed {
-            let fmt: FpgaBfp = pm.format.parse().map_err(|e| {
-                bad(format!("tensor packed/{n}.mantissa: unknown format: {e}"))
-            })?;
+            let fmt: FpgaBfp = pm
+                .format
+                .parse()
+                .map_err(|e| bad(format!("tensor packed/{n}.mantissa: unknown format: {e}")))?;
             let get = |suffix: &str| {
                 let key = format!("packed/{n}.{suffix}");
                 st.tensor(&key)
@@ -385,14 +396,19 @@ impl QuantizedModel {
                         b.len()
                     )))
                 }
-                None => return Err(bad(format!("tensor {key} is missing (the network needs it)"))),
+                None => {
+                    return Err(bad(format!(
+                        "tensor {key} is missing (the network needs it)"
+                    )))
+                }
             }
         }
         for l in &self.layers {
             let wname = format!("{}.weight", l.name);
-            let (shape, _) = self.tensors.get(&format!("param/{wname}")).ok_or_else(|| {
-                bad(format!("layer {}: tensor param/{wname} is missing", l.name))
-            })?;
+            let (shape, _) = self
+                .tensors
+                .get(&format!("param/{wname}"))
+                .ok_or_else(|| bad(format!("layer {}: tensor param/{wname} is missing", l.name)))?;
             match (&l.weights, self.packed.get(&wname)) {
                 (NumberFormat::F32, None) => {}
                 (NumberFormat::Fpga(f), Some(PackedWeights::Fpga(t))) => {

@@ -30,7 +30,10 @@ pub struct PtqOptions {
 }
 
 /// Quantises the SGD weights of a training checkpoint.
-pub fn quantize_checkpoint(ck: &Checkpoint, opts: &PtqOptions) -> Result<QuantizedModel, InferError> {
+pub fn quantize_checkpoint(
+    ck: &Checkpoint,
+    opts: &PtqOptions,
+) -> Result<QuantizedModel, InferError> {
     let tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = ck
         .tensors
         .iter()
@@ -111,7 +114,13 @@ pub fn quantize_tensors(
                 .tensors
                 .get(&format!("param/{wname}"))
                 .ok_or_else(|| InferError::File(format!("tensor param/{wname} is missing")))?;
-            let t = quantize_fpga(v, ChannelView::from_shape(shape), &f, StreamKey::new(0, 0), &wname)?;
+            let t = quantize_fpga(
+                v,
+                ChannelView::from_shape(shape),
+                &f,
+                StreamKey::new(0, 0),
+                &wname,
+            )?;
             qm.packed.insert(wname, PackedWeights::Fpga(t));
         }
         qm.layers.push(LayerFormats {
@@ -123,7 +132,15 @@ pub fn quantize_tensors(
     }
     extra.insert("weights".into(), opts.weights.to_string());
     extra.insert("acts".into(), opts.acts.to_string());
-    extra.insert("first_last".into(), if opts.first_last_fp32 { "fp32" } else { "quantised" }.into());
+    extra.insert(
+        "first_last".into(),
+        if opts.first_last_fp32 {
+            "fp32"
+        } else {
+            "quantised"
+        }
+        .into(),
+    );
     qm.extra = extra;
     qm.check_against_network()?;
     Ok(qm)
@@ -172,7 +189,10 @@ pub struct LayerError {
 }
 
 /// The error table of every conv/linear layer over `batches`.
-pub fn layer_errors(qm: &QuantizedModel, batches: &[Tensor]) -> Result<Vec<LayerError>, InferError> {
+pub fn layer_errors(
+    qm: &QuantizedModel,
+    batches: &[Tensor],
+) -> Result<Vec<LayerError>, InferError> {
     let mut float = Engine::new(qm, Mode::Float)?;
     let mut quant = Engine::new(qm, Mode::Fast)?;
     let names = quant.node_names();
@@ -204,7 +224,10 @@ pub fn layer_errors(qm: &QuantizedModel, batches: &[Tensor]) -> Result<Vec<Layer
             continue;
         };
         let wname = format!("{}.weight", l.name);
-        let weight_sqnr_db = match (qm.packed.get(&wname), qm.tensors.get(&format!("param/{wname}"))) {
+        let weight_sqnr_db = match (
+            qm.packed.get(&wname),
+            qm.tensors.get(&format!("param/{wname}")),
+        ) {
             (Some(p), Some((_, w))) => {
                 let mut a = Acc::default();
                 a.add(w, &p.dequantize());
@@ -218,7 +241,11 @@ pub fn layer_errors(qm: &QuantizedModel, batches: &[Tensor]) -> Result<Vec<Layer
             weights: l.weights.to_string(),
             acts: l.acts.to_string(),
             weight_sqnr_db,
-            layer_sqnr_db: if quant.quantized[i] { iso[i].db() } else { f64::INFINITY },
+            layer_sqnr_db: if quant.quantized[i] {
+                iso[i].db()
+            } else {
+                f64::INFINITY
+            },
             input_sqnr_db: cum[input].db(),
             output_sqnr_db: cum[i + 1].db(),
         });

@@ -194,8 +194,14 @@ fn ptq_of_representable_weights_changes_nothing() {
     let qm2 = quantize_tensors(CONFIG, t, &opts, BTreeMap::new()).unwrap();
     assert_eq!(qm.packed, qm2.packed);
     let x = input(2, 9);
-    let y1 = Engine::new(&qm, Mode::Fast).unwrap().forward(x.clone()).unwrap();
-    let y2 = Engine::new(&qm2, Mode::Fast).unwrap().forward(x.clone()).unwrap();
+    let y1 = Engine::new(&qm, Mode::Fast)
+        .unwrap()
+        .forward(x.clone())
+        .unwrap();
+    let y2 = Engine::new(&qm2, Mode::Fast)
+        .unwrap()
+        .forward(x.clone())
+        .unwrap();
     assert_eq!(bits(&y1), bits(&y2));
     // and the float model with those weights gives the same outputs as the float model of the
     // quantised one (the master weights are the representable values)
@@ -244,11 +250,22 @@ fn bad_files_name_the_tensor() {
         p.mantissas.truncate(p.mantissas.len() - 5);
     }
     let e = load_err(&t.to_bytes().unwrap());
-    assert!(e.contains("packed/c2.weight.mantissa") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("packed/c2.weight.mantissa") && e.contains("truncated"),
+        "{e}"
+    );
     // unknown format (same length, so the header stays valid)
     let bytes = qm.to_bytes().unwrap();
-    let text = String::from_utf8_lossy(&bytes).replace("int4bfp", "int3zzz");
-    let e = load_err(text.as_bytes());
+    let mut edited = bytes.clone();
+    let (from, to) = (b"int4bfp", b"int3zzz");
+    let mut i = 0;
+    while i + from.len() <= edited.len() {
+        if &edited[i..i + from.len()] == from {
+            edited[i..i + from.len()].copy_from_slice(to);
+        }
+        i += 1;
+    }
+    let e = load_err(&edited);
     assert!(e.contains("unknown") && e.contains(".weight"), "{e}");
     // mismatched checkpoint: a parameter of another shape
     let mut t = qm.clone();
@@ -259,7 +276,10 @@ fn bad_files_name_the_tensor() {
     let mut t = qm.clone();
     t.tensors.remove("buffer/bn1.running_var");
     let e = load_err(&t.to_bytes().unwrap());
-    assert!(e.contains("buffer/bn1.running_var") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("buffer/bn1.running_var") && e.contains("missing"),
+        "{e}"
+    );
     // a flipped byte in the data: checksum
     let mut b = bytes.clone();
     let n = b.len();

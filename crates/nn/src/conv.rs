@@ -1376,7 +1376,17 @@ impl Conv2d {
             return Ok(());
         }
         let op = ctx.timed(Category::Quantize, |_| {
-            quantize_matrix_channels(w, o, i, self.geom.k * self.geom.k, &fmt, key, &tensor, &self.name, step)
+            quantize_matrix_channels(
+                w,
+                o,
+                i,
+                self.geom.k * self.geom.k,
+                &fmt,
+                key,
+                &tensor,
+                &self.name,
+                step,
+            )
         })?;
         let q = match op {
             Operand::F { data, .. } => Weights::F(data),
