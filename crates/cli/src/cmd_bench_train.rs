@@ -71,6 +71,7 @@ fn time_one(
     a: &BenchTrainArgs,
 ) -> Result<(Vec<f64>, usize)> {
     let mut model = Model::build(&cfg.model, cfg.seed)?;
+    model.check_training_memory(batch)?;
     let backend = crate::cmd_train::backend(&a.backend)?;
     let mut sgd = Sgd::new(
         cfg.train.momentum.max(0.9),

@@ -291,8 +291,11 @@ fn estimate(
     if n1 != n2 {
         bail!("--array {array}: the 002 PE array is square (N x N)");
     }
-    if batch == 0 {
-        bail!("--batch must be >= 1");
+    if batch == 0 || batch > lowprec_hw::timing::MAX_BATCH {
+        bail!(
+            "--batch must be between 1 and {}, got {batch}",
+            lowprec_hw::timing::MAX_BATCH
+        );
     }
     let cat = Catalog::get();
     let b = cat.board(board)?;

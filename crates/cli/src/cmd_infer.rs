@@ -71,7 +71,7 @@ pub fn infer_model(
 }
 
 pub fn run(a: &InferArgs) -> Result<()> {
-    let threads = crate::cmd_train::threads_or_default(a.threads)?;
+    let threads = crate::util::threads_or_default(a.threads)?;
     crate::util::with_threads(threads, || -> Result<()> {
         let (qm, q, f) = infer_model(
             &a.model,

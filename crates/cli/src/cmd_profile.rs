@@ -3,7 +3,7 @@
 //! shape of 002's Figs. 6 and 7), the time per iteration and the peak resident memory. Runs on
 //! random inputs and labels of the preset's shape, so no data set is needed.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use lowprec_formats::rng::{uniform24, uniform_f32};
 use lowprec_formats::StreamKey;
@@ -130,23 +130,14 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub fn run(args: &ProfileArgs) -> Result<()> {
-    if args.batch == 0 || args.iters == 0 || args.threads == 0 {
-        bail!("--batch, --iters and --threads must be >= 1");
+    if args.batch == 0 || args.iters == 0 {
+        bail!("--batch and --iters must be >= 1");
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(args.threads)
-        .build()
-        .context("building the thread pool")?;
-    let report = pool.install(|| profile(args))?;
+    let report = crate::util::with_threads(args.threads, || profile(args))??;
     print_report(&report);
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
-        let tmp = path.with_extension("json.tmp");
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        crate::util::write_atomic(path, text.as_bytes())?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -159,6 +150,7 @@ pub fn profile(args: &ProfileArgs) -> Result<ProfileReport> {
         None => cfg.precision.clone(),
     };
     let mut model = Model::build(&cfg.model, args.seed)?;
+    model.check_training_memory(args.batch)?;
     let classes: usize = model.output_shape().iter().product();
     let mut sgd = Sgd::new(cfg.train.momentum, cfg.train.weight_decay, &model.params());
     let loss = Loss::new(cfg.model.loss);

@@ -64,7 +64,7 @@ pub fn load_data(
 }
 
 pub fn run(a: &QuantizeModelArgs) -> Result<()> {
-    let threads = crate::cmd_train::threads_or_default(a.threads)?;
+    let threads = crate::util::threads_or_default(a.threads)?;
     let weights: NumberFormat = a.weights.parse().context("--weights")?;
     let acts: NumberFormat = a.activations.parse().context("--activations")?;
     let opts = PtqOptions {

@@ -67,7 +67,7 @@ struct Row {
 
 pub fn run(c: &ReportCommand) -> Result<()> {
     let ReportCommand::Precision(a) = c;
-    let threads = crate::cmd_train::threads_or_default(a.threads)?;
+    let threads = crate::util::threads_or_default(a.threads)?;
     let first_last_fp32 = crate::cmd_quantize_model::parse_first_last(&a.first_last)?;
     let ck = Checkpoint::load(&a.checkpoint)
         .with_context(|| format!("loading {}", a.checkpoint.display()))?;

@@ -33,6 +33,9 @@ pub struct RetrainArgs {
     /// Continue from OUT's checkpoints.
     #[arg(long)]
     pub resume: bool,
+    /// Replace a retraining already in OUT.
+    #[arg(long)]
+    pub overwrite: bool,
     #[arg(long)]
     pub batch: Option<usize>,
     /// Retrain on N training images spread over the set (a CPU budget).
@@ -75,6 +78,7 @@ fn stage(
     start: &Checkpoint,
     dir: &Path,
     threads: usize,
+    fp32_layers: &[String],
 ) -> Result<Checkpoint> {
     cfg.precision = precision.parse::<Precision>()?;
     cfg.train.epochs = epochs;
@@ -89,10 +93,22 @@ fn stage(
         progress: !a.quiet,
         stop_after: None,
         verbose: true,
+        overwrite: a.overwrite,
+        allow_config_change: false,
     };
     let start = start.clone();
+    let fp32_layers = fp32_layers.to_vec();
     crate::util::with_threads(threads, move || -> Result<()> {
         let mut t = Trainer::new(cfg, opts)?;
+        // The per-layer plan: layers the model file keeps in floats train in floats (the plan
+        // is not in the checkpoint, so a resumed run sets it again, the same way).
+        for name in &fp32_layers {
+            let i = t
+                .model
+                .layer_index(name)
+                .with_context(|| format!("layer {name} of the model file is not in the network"))?;
+            t.plan.set_layer(i, Precision::fp32());
+        }
         if !resume {
             let mut ck = start;
             ck.config_toml = t.cfg.to_toml();
@@ -109,7 +125,7 @@ fn stage(
 }
 
 pub fn run(a: &RetrainArgs) -> Result<()> {
-    let threads = crate::cmd_train::threads_or_default(a.threads)?;
+    let threads = crate::util::threads_or_default(a.threads)?;
     if a.epochs == 0 {
         bail!("--epochs must be at least 1");
     }
@@ -131,8 +147,12 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
     if let Some(n) = a.train_subset {
         cfg.data.train_subset = n;
     }
-    // The training precision is one policy for every layer: the layers the model file keeps
-    // in fp32 (first/last) are trained quantised too.
+    let fp32_layers: Vec<String> = qm
+        .layers
+        .iter()
+        .filter(|l| l.weights.is_f32() && l.acts.is_f32())
+        .map(|l| l.name.clone())
+        .collect();
     let both = format!("fp32,weights={w},acts={acts}");
     let start = start_checkpoint(&qm, &cfg);
     std::fs::create_dir_all(&a.out)?;
@@ -146,6 +166,7 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
             &start,
             &a.out.join("stage1-weights"),
             threads,
+            &fp32_layers,
         )?;
         stage(
             a,
@@ -155,9 +176,10 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
             &s1,
             &a.out.join("stage2-both"),
             threads,
+            &fp32_layers,
         )?
     } else {
-        stage(a, cfg, &both, a.epochs, &start, &a.out, threads)?
+        stage(a, cfg, &both, a.epochs, &start, &a.out, threads, &fp32_layers)?
     };
     let tensors: BTreeMap<_, _> = done
         .tensors

@@ -205,6 +205,13 @@ impl GenerateArgs {
             }
             (None, None) => 1 << 18,
         };
+        if num_samples > MAX_GENERATE_SAMPLES {
+            bail!(
+                "{num_samples} samples is more than `rf generate` writes ({MAX_GENERATE_SAMPLES}, \
+                 {} GiB of cf32_le)",
+                (MAX_GENERATE_SAMPLES * 8) >> 30
+            );
+        }
         let message = if self.tones.is_empty() {
             let (lo, hi) = self.noise_band.split_once(':').with_context(|| {
                 format!("--noise-band {:?}: expected LOW:HIGH", self.noise_band)
@@ -633,15 +640,13 @@ fn baseline(a: &BaselineArgs) -> Result<()> {
 }
 
 /// Runs `f` on a rayon pool of `threads` threads (0: rayon's default).
+/// The most samples `rf generate` writes in one recording (16 GiB of cf32_le): a typo such as
+/// `--samples 1e15` is an error, not a disk filled for hours.
+const MAX_GENERATE_SAMPLES: u64 = 1 << 31;
+
 fn with_threads(threads: usize, f: impl FnOnce() -> Result<()> + Send) -> Result<()> {
-    if threads == 0 {
-        return f();
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .context("building the thread pool")?;
-    pool.install(f)
+    let threads = crate::util::threads_or_default((threads > 0).then_some(threads))?;
+    crate::util::with_threads(threads, f)?
 }
 
 /// Model and training options shared by `detect` and `experiment`.
@@ -1055,12 +1060,10 @@ fn experiment(a: &ExperimentArgs) -> Result<()> {
     Ok(())
 }
 
-static FONT: &[u8] = include_bytes!("../../hw/assets/DejaVuSans.ttf");
-
 /// Three panels: F1 against iterations, training seconds and projected seconds.
 fn plot_experiment(r: &ExperimentResult, out: &Path) -> Result<()> {
     use plotters::prelude::*;
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    crate::plot::register_font()?;
     let root = BitMapBackend::new(out, (1500, 520)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, 3));

@@ -33,8 +33,15 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Resume from a checkpoint (default: OUT/checkpoint.safetensors).
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "", conflicts_with = "overwrite")]
     pub resume: Option<String>,
+    /// Replace the results already in OUT (without it, a directory holding a run is refused).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// With --resume: continue even though --precision, --seed, --batch, --lr, --epochs or the
+    /// description differ from the checkpoint's (the change is recorded in the checkpoint).
+    #[arg(long, requires = "resume")]
+    pub allow_config_change: bool,
     /// Data directory (default: $LOWPREC_DATA, else the user's cache directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -65,16 +72,6 @@ pub fn backend(name: &str) -> Result<Arc<dyn GemmBackend>> {
         return Ok(Arc::new(sim));
     }
     bail!("unknown backend `{name}` (cpu, fpga-sim:<board>-<N>x<N>)")
-}
-
-pub fn threads_or_default(t: Option<usize>) -> Result<usize> {
-    match t {
-        Some(0) => bail!("--threads must be at least 1"),
-        Some(t) => Ok(t),
-        None => Ok(std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)),
-    }
 }
 
 fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
@@ -130,6 +127,8 @@ pub fn train_one(
         progress: !a.quiet,
         stop_after: a.stop_after,
         verbose: true,
+        overwrite: a.overwrite,
+        allow_config_change: a.allow_config_change,
     };
     crate::util::with_threads(threads, move || -> Result<FinalReport> {
         let mut t = Trainer::new(cfg, opts)?;
@@ -145,7 +144,7 @@ pub fn train_one(
 }
 
 pub fn run_train(a: &TrainArgs) -> Result<()> {
-    let threads = threads_or_default(a.threads)?;
+    let threads = crate::util::threads_or_default(a.threads)?;
     match &a.config {
         Some(c) => {
             let mut cfg = TrainConfig::load(c)?;
@@ -251,7 +250,7 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         &ck.config_toml,
         &format!("config stored in {}", a.checkpoint.display()),
     )?;
-    let threads = threads_or_default(a.threads)?;
+    let threads = crate::util::threads_or_default(a.threads)?;
     let opts = RunOptions {
         out_dir: None,
         resume_from: Some(a.checkpoint.clone()),
@@ -261,6 +260,8 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         progress: false,
         stop_after: None,
         verbose: false,
+        overwrite: false,
+        allow_config_change: false,
     };
     let res = crate::util::with_threads(threads, move || -> Result<serde_json::Value> {
         let mut t = Trainer::new(cfg, opts)?;

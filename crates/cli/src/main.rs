@@ -96,9 +96,27 @@ fn main() {
     }
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_text(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each cause left out when an earlier message already
+/// says it (many error types repeat their source in their own message, which would otherwise
+/// print it twice: `no such file (os error 2): no such file (os error 2)`).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -118,5 +136,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Infer(a) => cmd_infer::run(a),
         Command::Report(c) => cmd_report::run(c),
         Command::Bench(BenchCommand::Quantize(a)) => cmd_bench_quantize::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such recording");
+        let e = anyhow::Error::new(lowprec_rf::RfError::Io {
+            path: "x.sigmf-data".into(),
+            source: io,
+        })
+        .context("reading the recording");
+        let t = super::error_text(&e);
+        assert_eq!(t.matches("no such recording").count(), 1, "{t}");
+        assert!(t.starts_with("reading the recording: x.sigmf-data"), "{t}");
     }
 }

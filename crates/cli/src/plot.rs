@@ -3,15 +3,40 @@
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 
-static FONT: &[u8] = include_bytes!("../../hw/assets/DejaVuSans.ttf");
+/// The bundled font (one set-up for every plot, in crates/hw).
+pub fn register_font() -> Result<()> {
+    Ok(lowprec_hw::roofline::register_font()?)
+}
 
-fn register_font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+/// Checks that a plot's output path names a PNG file (plotters picks the encoder from the
+/// extension, and only PNG is written).
+pub fn check_png_path(out: &Path) -> Result<()> {
+    let ext = out.extension().map(|e| e.to_ascii_lowercase());
+    if ext.as_deref() != Some(std::ffi::OsStr::new("png")) {
+        bail!(
+            "plot output {}: plots are written as PNG; give a file name ending in .png",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Draws into a temp PNG beside `out` and renames it into place, so that a failed or
+/// interrupted plot never leaves a half-written image under the final name.
+pub fn write_png_atomic(out: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    check_png_path(out)?;
+    let tmp = lowprec_data::fsutil::temp_path_beside(out).with_extension("tmp.png");
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let r = draw(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))
     });
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
 #[derive(serde::Deserialize)]
@@ -32,8 +57,16 @@ fn read_rows(p: &PathBuf) -> Result<Vec<Row>> {
     {
         let r: Row = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a metrics line", p.display(), i + 1))?;
-        if !r.test_acc.is_finite() {
-            bail!("{}:{}: test_acc is not finite", p.display(), i + 1);
+        for (name, v) in std::iter::once(("test_acc", r.test_acc))
+            .chain(r.swa_test_acc.map(|a| ("swa_test_acc", a)))
+        {
+            if !(0.0..=1.0).contains(&v) {
+                bail!(
+                    "{}:{}: {name} {v} is not an accuracy (a fraction between 0 and 1)",
+                    p.display(),
+                    i + 1
+                );
+            }
         }
         rows.push(r);
     }
@@ -45,7 +78,8 @@ fn read_rows(p: &PathBuf) -> Result<Vec<Row>> {
 
 /// Test accuracy (%) vs epoch for several runs, SWA curves dashed (the shape of 002 Fig. 1).
 pub fn plot_accuracy(files: &[PathBuf], out: &Path, title: &str) -> Result<()> {
-    register_font();
+    check_png_path(out)?;
+    register_font()?;
     let runs: Vec<(String, Vec<Row>)> = files
         .iter()
         .map(|f| Ok((crate::cmd_train::run_label(f), read_rows(f)?)))
@@ -71,9 +105,19 @@ pub fn plot_accuracy(files: &[PathBuf], out: &Path, title: &str) -> Result<()> {
     let p10 = sorted[sorted.len() / 10];
     let y0 = (p10 - 0.5).max(lo - 0.5).max(0.0);
     let y1 = (hi + 0.3).min(100.0);
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
+    write_png_atomic(out, |tmp| {
+        draw_accuracy(tmp, title, &runs, max_epoch, y0, y1)
+    })
+}
+
+fn draw_accuracy(
+    out: &Path,
+    title: &str,
+    runs: &[(String, Vec<Row>)],
+    max_epoch: usize,
+    y0: f64,
+    y1: f64,
+) -> Result<()> {
     let root = BitMapBackend::new(out, (1000, 620)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -81,11 +125,19 @@ pub fn plot_accuracy(files: &[PathBuf], out: &Path, title: &str) -> Result<()> {
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(60)
-        .build_cartesian_2d(1f64..max_epoch as f64, y0..y1)?;
+        .build_cartesian_2d(1f64..max_epoch.max(2) as f64, y0..y1)?;
     chart
         .configure_mesh()
         .x_desc("epoch")
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels(max_epoch.clamp(2, 12))
+        // only whole epochs are labelled (fractional ticks printed as integers repeated them)
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-9 {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        })
         .y_desc("test accuracy (%)")
         .label_style(("sans-serif", 15))
         .draw()?;
@@ -134,7 +186,7 @@ pub fn plot_points(
     x_desc: &str,
     y_desc: &str,
 ) -> Result<()> {
-    register_font();
+    register_font()?;
     if points.is_empty() {
         bail!("nothing to plot");
     }
@@ -180,4 +232,57 @@ pub fn plot_points(
     root.present()
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(dir: &Path, lines: &[&str]) -> PathBuf {
+        let p = dir.join("run").join("metrics.jsonl");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, lines.join("\n")).unwrap();
+        p
+    }
+
+    #[test]
+    fn accuracies_outside_zero_to_one_are_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let m = metrics(d.path(), &[r#"{"epoch":0,"test_acc":92.5}"#]);
+        let e = plot_accuracy(&[m], &d.path().join("a.png"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test_acc 92.5") && e.contains("metrics.jsonl:1"),
+            "{e}"
+        );
+        let m = metrics(
+            d.path(),
+            &[r#"{"epoch":0,"test_acc":0.5,"swa_test_acc":-0.1}"#],
+        );
+        let e = plot_accuracy(&[m], &d.path().join("a.png"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("swa_test_acc -0.1"), "{e}");
+    }
+
+    #[test]
+    fn output_must_be_png_and_is_written_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let m = metrics(d.path(), &[r#"{"epoch":0,"test_acc":0.9}"#]);
+        let e = plot_accuracy(std::slice::from_ref(&m), &d.path().join("plot"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(".png"), "{e}");
+        // one epoch only: a valid (non-empty) x range
+        let out = d.path().join("out").join("acc.png");
+        plot_accuracy(&[m], &out, "t").unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        let names: Vec<String> = std::fs::read_dir(out.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["acc.png".to_string()]);
+    }
 }

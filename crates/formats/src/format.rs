@@ -491,16 +491,35 @@ impl FromStr for NumberFormat {
                 clamp: Clamp::Symmetric,
             };
             let (mut seen_block, mut seen_round) = (false, false);
+            let (mut seen_clamp, mut seen_exp) = (false, false);
             for p in rest {
-                if p == "asym" || p == "asymmetric" {
-                    f.clamp = Clamp::Asymmetric;
-                } else if p == "sym" || p == "symmetric" {
-                    f.clamp = Clamp::Symmetric;
+                if matches!(p, "asym" | "asymmetric" | "sym" | "symmetric") {
+                    if seen_clamp {
+                        return Err(err(input, "clamp (sym/asym) given twice"));
+                    }
+                    seen_clamp = true;
+                    f.clamp = if p.starts_with("asym") {
+                        Clamp::Asymmetric
+                    } else {
+                        Clamp::Symmetric
+                    };
                 } else if let Some(eb) = p
                     .strip_prefix('e')
                     .filter(|x| x.chars().all(|c| c.is_ascii_digit()) && !x.is_empty())
                 {
+                    if seen_exp {
+                        return Err(err(input, "exponent bits given twice"));
+                    }
+                    seen_exp = true;
                     f.exp_bits = eb.parse().map_err(|_| err(input, "bad exponent bits"))?;
+                } else if p.starts_with("tile") || p.starts_with("axis") {
+                    // a block keyword with a bad size: its own message, not "unknown option"
+                    let b = p.parse::<Block>().map_err(wrap)?;
+                    if seen_block {
+                        return Err(err(input, "block given twice"));
+                    }
+                    seen_block = true;
+                    f.block = b;
                 } else if let Ok(b) = p.parse::<Block>() {
                     if seen_block {
                         return Err(err(input, "block given twice"));

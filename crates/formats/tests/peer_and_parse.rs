@@ -226,3 +226,26 @@ fn fake_quantize_dispatches_every_kind_and_checks_input() {
     assert!(fake_quantize(&[f32::NAN], &[1], &f, StreamKey::new(0, 0), "y", &mut [0.0]).is_err());
     assert!(fake_quantize(&x, &[5], &f, StreamKey::new(0, 0), "y", &mut out).is_err());
 }
+
+#[test]
+fn repeated_or_malformed_bfp_options_name_the_problem() {
+    use lowprec_formats::NumberFormat;
+    let msg = |s: &str| s.parse::<NumberFormat>().unwrap_err().to_string();
+    let e = msg("bfp8:tile0");
+    assert!(e.contains("tile size must be >= 1"), "{e}");
+    let e = msg("bfp8:tilex");
+    assert!(e.contains("tile<k> needs a number"), "{e}");
+    let e = msg("bfp8:axisq");
+    assert!(e.contains("axis<d> needs a number"), "{e}");
+    for (s, what) in [
+        ("bfp8:asym:asym", "clamp"),
+        ("bfp8:asym:sym", "clamp"),
+        ("bfp8:e5:e8", "exponent bits"),
+        ("bfp8:tensor:tensor", "block"),
+        ("bfp8:stochastic:nearest-even", "rounding"),
+    ] {
+        let e = msg(s);
+        assert!(e.contains(what) && e.contains("twice"), "{s}: {e}");
+    }
+    assert!("bfp8:tile16:asym:e5".parse::<NumberFormat>().is_ok());
+}

@@ -66,31 +66,10 @@ pub fn rel_error(model: f64, paper: f64) -> f64 {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then a rename.
+/// Writes `bytes` to `path` atomically (the data crate's temp file + fsync + rename).
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |source| HwError::Io {
+    lowprec_data::fsutil::write_atomic(path, |w| w.write_all(bytes)).map_err(|e| HwError::Io {
         path: path.display().to_string(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let name = path.file_name().ok_or_else(|| {
-        HwError::InvalidArgument(format!("'{}' has no file name", path.display()))
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
+        source: std::io::Error::other(e.to_string()),
     })
 }

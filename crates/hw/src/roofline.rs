@@ -91,7 +91,9 @@ pub fn roofline(net: &Network, design: &ArrayDesign, bandwidth: f64) -> Result<R
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
-fn register_font() -> Result<()> {
+/// Registers the bundled DejaVu Sans as plotters' "sans-serif" (once per process): every plot
+/// of lowprec (this crate's and the CLI's) uses it, so no system fonts are needed.
+pub fn register_font() -> Result<()> {
     use std::sync::OnceLock;
     static DONE: OnceLock<bool> = OnceLock::new();
     let ok = *DONE.get_or_init(|| {

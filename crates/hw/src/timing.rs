@@ -409,13 +409,19 @@ pub fn calibration() -> Result<&'static Calibration> {
 }
 
 /// FPGA-path estimate with the calibrated costs.
+/// The largest batch the timing model accepts: the model counts every GEMM tile, so its cost
+/// grows with the batch, and a million examples per iteration is beyond any board modelled.
+pub const MAX_BATCH: usize = 1 << 20;
+
 pub fn fpga_iteration(
     net: &Network,
     batch: usize,
     design: &ArrayDesign,
 ) -> Result<IterationEstimate> {
-    if batch == 0 {
-        return Err(HwError::InvalidArgument("batch must be >= 1".into()));
+    if batch == 0 || batch > MAX_BATCH {
+        return Err(HwError::InvalidArgument(format!(
+            "batch must be between 1 and {MAX_BATCH}, got {batch}"
+        )));
     }
     Ok(fpga_iteration_with(net, batch, design, calibration()?))
 }

@@ -261,6 +261,8 @@ pub struct Conv2d {
     pub weight: Param,
     pub bias: Option<Param>,
     wq: Option<(u64, Weights)>,
+    /// The format `wq` was made in (a format change re-quantises as a weight change does).
+    wq_fmt: NumberFormat,
     saved_x: Option<Batch>,
 }
 
@@ -924,6 +926,7 @@ impl Conv2d {
             weight,
             bias,
             wq: None,
+            wq_fmt: NumberFormat::F32,
             saved_x: None,
         })
     }
@@ -993,7 +996,7 @@ impl Conv2d {
         }
         // Q_e on the incoming errors, one exponent per example.
         let key = ctx.key(self.id, StreamKind::Errors);
-        let (fmt, step) = (ctx.policy.errors, ctx.step);
+        let (fmt, step) = (ctx.layer_policy().errors, ctx.step);
         let tensor = format!("errors of {}", self.name);
         let dyq = ctx.timed(Category::Quantize, |_| {
             quantize_batch(dy, b, cout * p, p, &fmt, key, &tensor, &self.name, step)
@@ -1326,7 +1329,7 @@ impl Conv2d {
         let cout = self.cout;
         // Q_a, one exponent per example.
         let key = ctx.key(self.id, StreamKind::Acts);
-        let (fmt, step) = (ctx.policy.acts, ctx.step);
+        let (fmt, step) = (ctx.layer_policy().acts, ctx.step);
         let tensor = format!("input activations of {}", self.name);
         let xq = ctx.timed(Category::Quantize, |_| {
             quantize_batch(
@@ -1362,13 +1365,15 @@ impl Conv2d {
 
     fn quantized_weights(&mut self, ctx: &mut Ctx<'_>) -> Result<(), NnError> {
         let v = self.weight.version;
-        if matches!(&self.wq, Some((ver, _)) if *ver == v) {
+        let fmt = ctx.layer_policy().weights;
+        if matches!(&self.wq, Some((ver, _)) if *ver == v) && self.wq_fmt == fmt {
             return Ok(());
         }
+        self.wq_fmt = fmt;
         let key = ctx.weight_key(self.id, v);
         let tensor = format!("weights of {}", self.name);
         let (o, i) = (self.cout, self.geom.col_rows());
-        let (w, fmt, step) = (&self.weight.value, ctx.policy.weights, ctx.step);
+        let (w, step) = (&self.weight.value, ctx.step);
         if fmt == NumberFormat::F32 {
             // fp32 "quantisation" is the finiteness check; the values are used in place.
             check_finite(w, &tensor, &self.name, step)?;

@@ -1,12 +1,13 @@
-//! What a layer needs besides its inputs: the GEMM backend, the precision policy, the random
+//! What a layer needs besides its inputs: the GEMM backend, the precision plan, the random
 //! stream identity (seed, step) and an optional profiler.
 
 use lowprec_formats::rng::stream_id;
 use lowprec_formats::StreamKey;
 use lowprec_kernels::GemmBackend;
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
-use crate::Precision;
+use crate::{Precision, PrecisionPlan};
 
 /// Where time goes inside a layer (the split of 002's Figs. 6 and 7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,7 +58,8 @@ pub enum StreamKind {
 
 pub struct Ctx<'a> {
     pub backend: &'a dyn GemmBackend,
-    pub policy: &'a Precision,
+    /// The formats of every layer (borrowed, or a uniform plan of one policy).
+    pub plan: Cow<'a, PrecisionPlan>,
     pub seed: u64,
     /// Training step (iteration) number: part of every random stream's identity.
     pub step: u64,
@@ -71,10 +73,24 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(backend: &'a dyn GemmBackend, policy: &'a Precision, seed: u64) -> Self {
+    /// Every layer in `policy` (a uniform plan).
+    pub fn new(backend: &'a dyn GemmBackend, policy: &Precision, seed: u64) -> Self {
+        Self::make(
+            backend,
+            Cow::Owned(PrecisionPlan::uniform(policy.clone(), 0)),
+            seed,
+        )
+    }
+
+    /// Each layer in its entry of `plan`.
+    pub fn with_plan(backend: &'a dyn GemmBackend, plan: &'a PrecisionPlan, seed: u64) -> Self {
+        Self::make(backend, Cow::Borrowed(plan), seed)
+    }
+
+    fn make(backend: &'a dyn GemmBackend, plan: Cow<'a, PrecisionPlan>, seed: u64) -> Self {
         Ctx {
             backend,
-            policy,
+            plan,
             seed,
             step: 0,
             profile: None,
@@ -82,6 +98,11 @@ impl<'a> Ctx<'a> {
             backward: false,
             need_input_grad: true,
         }
+    }
+
+    /// The policy of the layer running now ([`Ctx::layer_index`]).
+    pub fn layer_policy(&self) -> &Precision {
+        self.plan.layer(self.layer_index)
     }
 
     /// The stochastic-rounding key of tensor `kind` of layer `layer_id` at the current step.

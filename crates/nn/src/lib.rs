@@ -6,7 +6,8 @@
 //! Algorithm 1: quantise input activations (Q_a), incoming errors (Q_e) and weights (Q_w, once
 //! per update), run their three GEMMs on a [`lowprec_kernels::GemmBackend`] (integer with the
 //! fused rescale when the formats allow, float otherwise), and hand floats to the rest of the
-//! network. A [`Precision`] policy names the format of each tensor kind. Networks are built from
+//! network. A [`Precision`] policy names the format of each tensor kind; a [`PrecisionPlan`] holds
+//! one per layer, so formats can differ by layer and change at any step. Networks are built from
 //! a readable description ([`spec::NetworkSpec`], Darknet's cfg in spirit) into a [`Model`].
 
 pub mod activation;
@@ -17,10 +18,12 @@ pub mod error;
 pub mod im2col;
 pub mod init;
 pub mod layer;
+pub mod limits;
 pub mod linear;
 pub mod loss;
 pub mod model;
 pub mod operand;
+pub mod plan;
 pub mod pool;
 pub mod precision;
 pub mod residual;
@@ -34,6 +37,7 @@ pub use error::NnError;
 pub use layer::{Layer, Param};
 pub use loss::{Loss, LossKind};
 pub use model::Model;
+pub use plan::{PrecisionPlan, TensorKind};
 pub use precision::Precision;
 pub use spec::{LayerSpec, NetworkSpec};
 pub use tensor::Tensor;

@@ -18,6 +18,7 @@ use crate::init;
 use crate::layer::{Layer, Param};
 use crate::operand::{matmul, quantize_matrix, Operand};
 use crate::{Ctx, NnError, Tensor};
+use lowprec_formats::NumberFormat;
 
 pub struct Linear {
     id: u64,
@@ -26,8 +27,8 @@ pub struct Linear {
     pub out_features: usize,
     pub weight: Param,
     pub bias: Option<Param>,
-    /// Q_w(W) and the weight version it was made from.
-    wq: Option<(u64, Operand)>,
+    /// Q_w(W), the weight version and the format it was made from.
+    wq: Option<(u64, NumberFormat, Operand)>,
     saved_x: Option<Operand>,
 }
 
@@ -68,20 +69,21 @@ impl Linear {
         }
     }
 
-    /// Q_w(W), recomputed only when the weights changed since the last call.
+    /// Q_w(W), recomputed only when the weights or their format changed since the last call.
     fn quantized_weights(&mut self, ctx: &mut Ctx<'_>) -> Result<(), NnError> {
         let v = self.weight.version;
-        if matches!(&self.wq, Some((ver, _)) if *ver == v) {
+        let fmt = ctx.layer_policy().weights;
+        if matches!(&self.wq, Some((ver, f, _)) if *ver == v && *f == fmt) {
             return Ok(());
         }
         let key = ctx.weight_key(self.id, v);
         let tensor = format!("weights of {}", self.name);
         let (o, i) = (self.out_features, self.in_features);
-        let (w, fmt, step) = (&self.weight.value, ctx.policy.weights, ctx.step);
+        let (w, step) = (&self.weight.value, ctx.step);
         let q = ctx.timed(Category::Quantize, |_| {
             quantize_matrix(w, o, i, &fmt, key, &tensor, &self.name, step)
         })?;
-        self.wq = Some((v, q));
+        self.wq = Some((v, fmt, q));
         Ok(())
     }
 }
@@ -133,7 +135,7 @@ impl Layer for Linear {
         }
         // Q_a on the input activations.
         let key = ctx.key(self.id, StreamKind::Acts);
-        let (fmt, step) = (ctx.policy.acts, ctx.step);
+        let (fmt, step) = (ctx.layer_policy().acts, ctx.step);
         let tensor = format!("input activations of {}", self.name);
         let xq = ctx.timed(Category::Quantize, |_| {
             quantize_matrix(
@@ -149,7 +151,7 @@ impl Layer for Linear {
         })?;
         // Q_w once per update.
         self.quantized_weights(ctx)?;
-        let wq = &self.wq.as_ref().expect("quantised above").1;
+        let wq = &self.wq.as_ref().expect("quantised above").2;
         let mut y = vec![0f32; b * self.out_features];
         let backend = ctx.backend;
         // Y = X~ W~^T, rescaled.
@@ -182,7 +184,7 @@ impl Layer for Linear {
         }
         // Q_e on the incoming errors.
         let key = ctx.key(self.id, StreamKind::Errors);
-        let (fmt, step) = (ctx.policy.errors, ctx.step);
+        let (fmt, step) = (ctx.layer_policy().errors, ctx.step);
         let tensor = format!("errors of {}", self.name);
         let dyq = ctx.timed(Category::Quantize, |_| {
             quantize_matrix(
@@ -222,7 +224,7 @@ impl Layer for Linear {
             .ok_or_else(|| NnError::NoForward {
                 layer: self.name.clone(),
             })?
-            .1;
+            .2;
         let mut dx = vec![0f32; b * self.in_features];
         ctx.timed(Category::Gemm, |_| {
             matmul(backend, &dyq, false, wq, false, &mut dx, false, &self.name)

@@ -189,10 +189,12 @@ impl Model {
                 return Err(NnError::Spec(format!("layer `{name}` has an empty `from`")));
             }
             let in_shapes: Vec<&[usize]> = inputs.iter().map(|&v| shapes[v].as_slice()).collect();
+            crate::limits::check_layer_params(&name, &entry.kind, &in_shapes)?;
             let layer = factory(i as u64 + 1, &name, &entry.kind, &in_shapes, seed)?;
             let out = layer
                 .output_shape(&in_shapes)
                 .map_err(|e| NnError::Spec(format!("{e}")))?;
+            crate::limits::check_layer_output(&name, &out)?;
             shapes.push(out);
             names.insert(name, i + 1);
             nodes.push(Node {
@@ -235,6 +237,38 @@ impl Model {
             last_use,
             requires_grad,
         })
+    }
+
+    /// Checks that training at batch size `batch` fits in this machine's memory: every
+    /// parameter four times (weights, gradient, momentum, SWA) and every value's output and
+    /// gradient for the batch. The error names the layer with the largest output.
+    pub fn check_training_memory(&self, batch: usize) -> Result<(), NnError> {
+        let per_example: Option<u128> = self.shapes.iter().try_fold(0u128, |acc, s| {
+            s.iter()
+                .try_fold(1u128, |p, &d| p.checked_mul(d as u128))
+                .and_then(|e| acc.checked_add(e))
+        });
+        let params: u128 = self
+            .params()
+            .iter()
+            .map(|p| p.value.len() as u128)
+            .sum::<u128>();
+        let bytes = per_example
+            .and_then(|e| e.checked_mul(batch as u128))
+            .and_then(|e| e.checked_mul(8))
+            .and_then(|a| a.checked_add(params * 16));
+        let largest = self
+            .nodes
+            .iter()
+            .zip(&self.shapes[1..])
+            .max_by_key(|(_, s)| s.iter().map(|&d| d as u128).product::<u128>())
+            .map(|(n, s)| format!("largest output: {} {:?} per example", n.layer.name(), s))
+            .unwrap_or_default();
+        crate::limits::check_bytes(
+            &format!("training at batch {batch} ({largest})"),
+            "the outputs, gradients and parameters",
+            bytes,
+        )
     }
 
     pub fn output_shape(&self) -> &[usize] {
@@ -349,6 +383,25 @@ impl Model {
         ctx.backward = false;
         ctx.need_input_grad = true;
         Ok(())
+    }
+
+    /// Number of layers (nodes), the length of a [`crate::PrecisionPlan`] for this model.
+    pub fn num_layers(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The index (as [`Ctx::layer_index`] counts) of the layer named `name`.
+    pub fn layer_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.layer.name() == name)
+    }
+
+    /// The layer index of every parameter, in [`Model::params`] order.
+    pub fn param_layers(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| std::iter::repeat_n(i, n.layer.params().len()))
+            .collect()
     }
 
     pub fn params(&self) -> Vec<&Param> {

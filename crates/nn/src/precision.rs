@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+use crate::plan::TensorKind;
 use crate::NnError;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +77,55 @@ impl Precision {
         }
     }
 
+    /// The format of tensor kind `k`.
+    pub fn get(&self, k: TensorKind) -> &NumberFormat {
+        match k {
+            TensorKind::Weights => &self.weights,
+            TensorKind::Acts => &self.acts,
+            TensorKind::Errors => &self.errors,
+            TensorKind::Grads => &self.grads,
+            TensorKind::Momentum => &self.momentum,
+            TensorKind::Master => &self.master,
+        }
+    }
+
+    /// The format slot of tensor kind `k` (change [`Precision::name`] with it, e.g. through
+    /// [`Precision::canonical_name`]).
+    pub fn get_mut(&mut self, k: TensorKind) -> &mut NumberFormat {
+        match k {
+            TensorKind::Weights => &mut self.weights,
+            TensorKind::Acts => &mut self.acts,
+            TensorKind::Errors => &mut self.errors,
+            TensorKind::Grads => &mut self.grads,
+            TensorKind::Momentum => &mut self.momentum,
+            TensorKind::Master => &mut self.master,
+        }
+    }
+
+    /// Whether both name the same format for every tensor kind (names aside).
+    pub fn same_formats(&self, other: &Precision) -> bool {
+        TensorKind::ALL.iter().all(|&k| self.get(k) == other.get(k))
+    }
+
+    /// The name of these formats as a policy string: the named policy this one was parsed
+    /// from (the first part of [`Precision::name`]), then `kind=format` for every kind that
+    /// differs from it. Parsing it gives these formats back.
+    pub fn canonical_name(&self) -> String {
+        let head = self.name.split(',').next().unwrap_or("").trim();
+        let named = match head {
+            "bfp8" | "ours" => Precision::bfp8(),
+            "swalp" => Precision::swalp(),
+            _ => Precision::fp32(),
+        };
+        let mut s = named.name.clone();
+        for k in TensorKind::ALL {
+            if self.get(k) != named.get(k) {
+                s += &format!(",{}={}", k.name(), self.get(k));
+            }
+        }
+        s
+    }
+
     /// True when no tensor is quantised.
     pub fn is_fp32(&self) -> bool {
         [
@@ -115,20 +165,7 @@ impl FromStr for Precision {
             let f: NumberFormat = fmt
                 .parse()
                 .map_err(|e| NnError::Precision(format!("{e}")))?;
-            let slot = match kind.trim() {
-                "weights" | "w" => &mut p.weights,
-                "acts" | "activations" | "a" => &mut p.acts,
-                "errors" | "e" => &mut p.errors,
-                "grads" | "gradients" | "g" => &mut p.grads,
-                "momentum" | "m" => &mut p.momentum,
-                "master" | "update" => &mut p.master,
-                k => {
-                    return Err(NnError::Precision(format!(
-                        "unknown tensor kind `{k}` (weights, acts, errors, grads, momentum, master)"
-                    )))
-                }
-            };
-            *slot = f;
+            *p.get_mut(kind.parse::<TensorKind>()?) = f;
         }
         p.name = s
             .split(',')

@@ -1,6 +1,7 @@
 //! Checkpoints: safetensors files holding the weights, the optimiser's momentum, the SWA
-//! average and layer buffers, plus metadata (config, epoch, step) and a sha256 of every tensor's
-//! bytes. Written atomically (temp file + rename), verified on load.
+//! average and layer buffers, plus metadata (config, epoch, step, history) and a sha256 over
+//! every tensor's bytes and every metadata entry, so that neither can be edited unnoticed.
+//! Written atomically (temp file + rename), verified on load.
 
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -10,7 +11,9 @@ use std::path::Path;
 
 use crate::TrainError;
 
-pub const FORMAT: &str = "lowprec-checkpoint-1";
+pub const FORMAT: &str = "lowprec-checkpoint-2";
+/// Earlier files, whose checksum covers the tensors only; still read.
+pub const FORMAT_V1: &str = "lowprec-checkpoint-1";
 
 /// Everything needed to resume (or evaluate) a run.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -29,8 +32,21 @@ pub struct Checkpoint {
     pub extra: BTreeMap<String, String>,
 }
 
-fn checksum(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> String {
+/// The sha256 of the tensors and, for the current format, of every other metadata entry
+/// (length-prefixed keys and values, in key order).
+fn checksum(
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    meta: Option<&BTreeMap<String, String>>,
+) -> String {
     let mut h = Sha256::new();
+    for (k, v) in meta.into_iter().flatten() {
+        if k != "sha256" {
+            for part in [k, v] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+    }
     for (name, (shape, v)) in tensors {
         h.update(name.as_bytes());
         for d in shape {
@@ -72,7 +88,8 @@ impl Checkpoint {
         meta.insert("step".into(), self.step.to_string());
         meta.insert("swa_n".into(), self.swa_n.to_string());
         meta.insert("config".into(), self.config_toml.clone());
-        meta.insert("sha256".into(), checksum(&self.tensors));
+        let sum = checksum(&self.tensors, Some(&meta));
+        meta.insert("sha256".into(), sum);
         let mut outer = HashMap::new();
         outer.insert(
             FORMAT.to_string(),
@@ -87,10 +104,14 @@ impl Checkpoint {
         let (_, md) = SafeTensors::read_metadata(bytes)
             .map_err(|e| bad(format!("not a valid safetensors file ({e:?})")))?;
         let outer = md.metadata().clone().unwrap_or_default();
-        let Some(json) = outer.get(FORMAT) else {
-            return Err(bad(format!(
-                "not a lowprec checkpoint (no `{FORMAT}` metadata)"
-            )));
+        let (json, covers_meta) = match (outer.get(FORMAT), outer.get(FORMAT_V1)) {
+            (Some(j), _) => (j, true),
+            (None, Some(j)) => (j, false),
+            (None, None) => {
+                return Err(bad(format!(
+                    "not a lowprec checkpoint (no `{FORMAT}` metadata)"
+                )))
+            }
         };
         let meta: BTreeMap<String, String> = serde_json::from_str(json)
             .map_err(|e| bad(format!("metadata is not valid JSON ({e})")))?;
@@ -112,10 +133,11 @@ impl Checkpoint {
         let want = meta
             .get("sha256")
             .ok_or_else(|| bad("no checksum in metadata".into()))?;
-        let got = checksum(&tensors);
+        let got = checksum(&tensors, covers_meta.then_some(&meta));
         if *want != got {
             return Err(bad(format!(
-                "checksum mismatch (stored {want}, computed {got}): the file is corrupt"
+                "checksum mismatch (stored {want}, computed {got}): the file is corrupt or \
+                 was edited"
             )));
         }
         let num = |k: &str| -> Result<u64, TrainError> {

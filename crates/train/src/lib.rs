@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod optim;
+pub mod rundir;
 pub mod schedule;
 pub mod trainer;
 

@@ -14,7 +14,7 @@
 use lowprec_formats::rng::stream_id;
 use lowprec_formats::{fake_quantize, NumberFormat, StreamKey};
 use lowprec_nn::ctx::StreamKind;
-use lowprec_nn::{NnError, Param, Precision};
+use lowprec_nn::{NnError, Param, Precision, PrecisionPlan};
 use rayon::prelude::*;
 
 const PAR_MIN: usize = 1 << 16;
@@ -53,13 +53,46 @@ impl Sgd {
         }
     }
 
-    /// Applies one update with learning rate `lr`; `step` is the number of updates done before
-    /// this one (it keys the stochastic rounding and becomes the weights' version + 1).
+    /// Applies one update with learning rate `lr`, every parameter in `policy`; `step` is the
+    /// number of updates done before this one (it keys the stochastic rounding and becomes the
+    /// weights' version + 1).
     pub fn step(
         &mut self,
         params: &mut [&mut Param],
         lr: f32,
         policy: &Precision,
+        seed: u64,
+        step: u64,
+    ) -> Result<(), NnError> {
+        self.step_with(params, lr, |_| policy, seed, step)
+    }
+
+    /// [`Sgd::step`] with each parameter in the policy of its layer in `plan`; `layers[i]` is
+    /// parameter `i`'s layer ([`lowprec_nn::Model::param_layers`]).
+    pub fn step_plan(
+        &mut self,
+        params: &mut [&mut Param],
+        lr: f32,
+        plan: &PrecisionPlan,
+        layers: &[usize],
+        seed: u64,
+        step: u64,
+    ) -> Result<(), NnError> {
+        if layers.len() != params.len() {
+            return Err(NnError::Spec(format!(
+                "{} parameter layers for {} parameters",
+                layers.len(),
+                params.len()
+            )));
+        }
+        self.step_with(params, lr, |i| plan.layer(layers[i]), seed, step)
+    }
+
+    fn step_with<'p>(
+        &mut self,
+        params: &mut [&mut Param],
+        lr: f32,
+        policy_of: impl Fn(usize) -> &'p Precision,
         seed: u64,
         step: u64,
     ) -> Result<(), NnError> {
@@ -76,6 +109,7 @@ impl Sgd {
                 StreamKey::new(seed, stream_id(&[0x0971, pi as u64, kind as u64, step]))
             };
             let decay = if p.decay { wd } else { 0.0 };
+            let policy = policy_of(pi);
             if policy.grads.is_f32() && policy.momentum.is_f32() && policy.master.is_f32() {
                 // Nothing to round between the three steps below: one pass over the weights,
                 // gradient and momentum with the same operations in the same order (three

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lowprec_data::{BatchConfig, EpochBatches};
 use lowprec_kernels::GemmBackend;
 use lowprec_nn::loss::Target;
-use lowprec_nn::{Ctx, Loss, Model, Tensor};
+use lowprec_nn::{Ctx, Loss, Model, PrecisionPlan, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +22,7 @@ use crate::checkpoint::{write_atomic, Checkpoint};
 use crate::config::TrainConfig;
 use crate::data::{self, DataSplits};
 use crate::optim::{Sgd, Swa};
+use crate::rundir::{Existing, RunDir};
 use crate::schedule::learning_rate;
 use crate::TrainError;
 
@@ -47,6 +48,12 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// Print a line per epoch on stderr.
     pub verbose: bool,
+    /// Replace the results already in `out_dir` (without it, and without `resume_from`, a
+    /// directory that holds a run is refused).
+    pub overwrite: bool,
+    /// Resume even if the configuration differs from the checkpoint's; the change is recorded
+    /// in the checkpoint's metadata (`config_changes`). Without it such a resume is refused.
+    pub allow_config_change: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -93,14 +100,25 @@ pub struct Trainer {
     pub epoch: usize,
     pub step: u64,
     pub history: Vec<EpochMetrics>,
+    /// Configuration changes accepted at resumes (`--allow-config-change`), oldest first.
+    pub config_changes: Vec<String>,
+    /// The formats of every layer (uniform in `cfg.precision` unless changed).
+    pub plan: PrecisionPlan,
+    /// The layer of every parameter (for the optimiser's per-layer formats).
+    param_layers: Vec<usize>,
     opts: RunOptions,
     loss: Loss,
+    /// The claimed output directory (locked while the trainer lives).
+    run_dir: Option<RunDir>,
 }
 
 impl Trainer {
     pub fn new(cfg: TrainConfig, opts: RunOptions) -> Result<Self, TrainError> {
+        // the output directory is claimed before the data are loaded, so that a directory that
+        // cannot be written or is in use fails at once
+        let run_dir = claim_out_dir(&opts)?;
         let data = data::load(&cfg.data, opts.data_dir.clone())?;
-        Self::with_data(cfg, opts, data)
+        Self::build(cfg, opts, data, run_dir)
     }
 
     /// Builds a trainer on data already in memory.
@@ -108,6 +126,16 @@ impl Trainer {
         cfg: TrainConfig,
         opts: RunOptions,
         data: DataSplits,
+    ) -> Result<Self, TrainError> {
+        let run_dir = claim_out_dir(&opts)?;
+        Self::build(cfg, opts, data, run_dir)
+    }
+
+    fn build(
+        cfg: TrainConfig,
+        opts: RunOptions,
+        data: DataSplits,
+        run_dir: Option<RunDir>,
     ) -> Result<Self, TrainError> {
         let ds = &data.train;
         let want = vec![ds.channels, ds.height, ds.width];
@@ -121,8 +149,11 @@ impl Trainer {
         let mut cfg = cfg;
         cfg.model.input = want;
         let model = Model::build(&cfg.model, cfg.seed)?;
+        model.check_training_memory(cfg.train.batch)?;
         let sgd = Sgd::new(cfg.train.momentum, cfg.train.weight_decay, &model.params());
         let loss = Loss::new(cfg.model.loss);
+        let plan = PrecisionPlan::uniform(cfg.precision.clone(), model.num_layers());
+        let param_layers = model.param_layers();
         let mut t = Trainer {
             cfg,
             model,
@@ -132,8 +163,12 @@ impl Trainer {
             epoch: 0,
             step: 0,
             history: Vec::new(),
+            config_changes: Vec::new(),
+            plan,
+            param_layers,
             opts,
             loss,
+            run_dir,
         };
         if let Some(p) = t.opts.resume_from.clone() {
             let ck = Checkpoint::load(&p)?;
@@ -159,10 +194,6 @@ impl Trainer {
 
     /// Trains until `train.epochs` (or `stop_after` more epochs), evaluating after each epoch.
     pub fn run(&mut self) -> Result<FinalReport, TrainError> {
-        if let Some(dir) = &self.opts.out_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| TrainError::Io(format!("{}: {e}", dir.display())))?;
-        }
         let mut done_here = 0;
         while self.epoch < self.cfg.train.epochs {
             if self.opts.stop_after.is_some_and(|s| done_here >= s) {
@@ -188,7 +219,7 @@ impl Trainer {
             done_here += 1;
         }
         let report = self.report();
-        if let Some(dir) = &self.opts.out_dir {
+        if let Some(dir) = self.run_dir.as_ref().map(|d| &d.path) {
             if self.epoch >= self.cfg.train.epochs {
                 let j = serde_json::to_string_pretty(&report).expect("serialises");
                 write_atomic(&dir.join("final.json"), j.as_bytes())?;
@@ -245,7 +276,7 @@ impl Trainer {
             batches.fill_batch(b, &mut batch)?;
             let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
             let backend = self.opts.backend.clone();
-            let mut ctx = Ctx::new(backend.as_ref(), &self.cfg.precision, self.cfg.seed);
+            let mut ctx = Ctx::with_plan(backend.as_ref(), &self.plan, self.cfg.seed);
             ctx.step = self.step;
             let out = self.model.forward(&mut ctx, x, true)?;
             let lo = self.loss.forward(&out, Target::Labels(&batch.labels))?;
@@ -265,10 +296,11 @@ impl Trainer {
                 epoch as f64 + b as f64 / nb as f64,
             );
             let mut params = self.model.params_mut();
-            self.sgd.step(
+            self.sgd.step_plan(
                 &mut params,
                 lr as f32,
-                &self.cfg.precision,
+                &self.plan,
+                &self.param_layers,
                 self.cfg.seed,
                 self.step,
             )?;
@@ -351,7 +383,7 @@ impl Trainer {
             batches.fill_batch(b, &mut batch)?;
             let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
             let backend = self.opts.backend.clone();
-            let mut ctx = Ctx::new(backend.as_ref(), &self.cfg.precision, self.cfg.seed);
+            let mut ctx = Ctx::with_plan(backend.as_ref(), &self.plan, self.cfg.seed);
             ctx.step = EVAL_STEP_BASE + b as u64;
             let out = self.model.forward(&mut ctx, x, false)?;
             let lo = self.loss.forward(&out, Target::Labels(&batch.labels))?;
@@ -422,7 +454,7 @@ impl Trainer {
             batches.fill_batch(b, &mut batch)?;
             let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
             let backend = self.opts.backend.clone();
-            let mut ctx = Ctx::new(backend.as_ref(), &self.cfg.precision, self.cfg.seed);
+            let mut ctx = Ctx::with_plan(backend.as_ref(), &self.plan, self.cfg.seed);
             ctx.step = EVAL_STEP_BASE + (1 << 40) + b as u64;
             let out = self.model.forward(&mut ctx, x, true)?;
             batch.images = out.data;
@@ -472,6 +504,12 @@ impl Trainer {
             "history".into(),
             serde_json::to_string(&history).expect("serialises"),
         );
+        if !self.config_changes.is_empty() {
+            extra.insert(
+                "config_changes".into(),
+                serde_json::to_string(&self.config_changes).expect("serialises"),
+            );
+        }
         Checkpoint {
             epoch: self.epoch,
             step: self.step,
@@ -484,6 +522,24 @@ impl Trainer {
 
     /// Loads a checkpoint's state into this trainer (same network).
     pub fn restore(&mut self, ck: &Checkpoint) -> Result<(), TrainError> {
+        self.config_changes = match ck.extra.get("config_changes") {
+            Some(h) => serde_json::from_str(h)
+                .map_err(|e| TrainError::Checkpoint(format!("config_changes: {e}")))?,
+            None => Vec::new(),
+        };
+        let ours = self.cfg.to_toml();
+        if ck.config_toml != ours {
+            let diff = config_diff(&ck.config_toml, &ours)?;
+            if !self.opts.allow_config_change {
+                return Err(TrainError::Config(format!(
+                    "the checkpoint was made with other settings ({diff}); resume with the \
+                     checkpoint's settings, or pass --allow-config-change to continue with the \
+                     new ones (the change is recorded in the checkpoint)"
+                )));
+            }
+            self.config_changes
+                .push(format!("epoch {} step {}: {diff}", ck.epoch, ck.step));
+        }
         let get = |k: &str, len: usize| -> Result<Vec<f32>, TrainError> {
             let (_, v) = ck
                 .tensors
@@ -561,7 +617,7 @@ impl Trainer {
 
     /// metrics.jsonl (whole history) and the checkpoint, both written atomically.
     fn save_outputs(&self) -> Result<(), TrainError> {
-        let Some(dir) = &self.opts.out_dir else {
+        let Some(dir) = self.run_dir.as_ref().map(|d| &d.path) else {
             return Ok(());
         };
         let mut lines = String::new();
@@ -574,4 +630,59 @@ impl Trainer {
             .save(&dir.join("checkpoint.safetensors"))?;
         Ok(())
     }
+}
+
+/// Claims the run's output directory, if it has one.
+fn claim_out_dir(opts: &RunOptions) -> Result<Option<RunDir>, TrainError> {
+    let Some(dir) = &opts.out_dir else {
+        return Ok(None);
+    };
+    let existing = if opts.resume_from.is_some() {
+        Existing::Resume
+    } else if opts.overwrite {
+        Existing::Overwrite
+    } else {
+        Existing::Refuse
+    };
+    RunDir::claim(dir, existing).map(Some)
+}
+
+/// The settings that differ between two training descriptions, as `key: old -> new` items.
+fn config_diff(old: &str, new: &str) -> Result<String, TrainError> {
+    fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let parse = |s: &str, what: &str| {
+        s.parse::<toml::Value>()
+            .map_err(|e| TrainError::Checkpoint(format!("{what} configuration: {e}")))
+    };
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", &parse(old, "the checkpoint's")?, &mut a);
+    flatten("", &parse(new, "this run's")?, &mut b);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let items: Vec<String> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |m: &BTreeMap<String, String>| {
+                m.get(k).cloned().unwrap_or_else(|| "(unset)".into())
+            };
+            format!("{k}: {} -> {}", show(&a), show(&b))
+        })
+        .collect();
+    Ok(items.join("; "))
 }

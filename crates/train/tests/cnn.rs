@@ -21,6 +21,8 @@ fn opts() -> RunOptions {
         progress: false,
         stop_after: None,
         verbose: true,
+        overwrite: false,
+        allow_config_change: false,
     }
 }
 

