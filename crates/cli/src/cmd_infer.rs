@@ -18,7 +18,7 @@ pub struct InferArgs {
     pub data: String,
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
-    /// Only the first N images.
+    /// Only N images (spread over the test set).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Run the reference path on the first N images and require the same bits.
@@ -52,13 +52,19 @@ pub fn infer_model(
     float: bool,
 ) -> Result<(QuantizedModel, EvalResult, Option<EvalResult>)> {
     let qm = QuantizedModel::load(path)?;
-    let data = crate::cmd_quantize_model::load_data(&qm.config_toml, data_dir)?;
+    let subset = if split == "test" { limit } else { None };
+    let data = crate::cmd_quantize_model::load_data(&qm.config_toml, data_dir, subset)?;
     let ds = match split {
         "test" => &data.test,
         "train" => &data.train,
         s => bail!("--data must be test or train, not `{s}`"),
     };
-    let bs = batches(ds, &data.norm, batch, limit)?;
+    let bs = batches(
+        ds,
+        &data.norm,
+        batch,
+        if subset.is_some() { None } else { limit },
+    )?;
     let mut engine = Engine::new(&qm, Mode::Fast)?;
     let q = evaluate(&mut engine, &bs)?;
     let f = if float {
@@ -115,7 +121,8 @@ pub fn run(a: &InferArgs) -> Result<()> {
         }
         let mut checked = None;
         if let Some(n) = a.check {
-            let data = crate::cmd_quantize_model::load_data(&qm.config_toml, a.data_dir.clone())?;
+            let data =
+                crate::cmd_quantize_model::load_data(&qm.config_toml, a.data_dir.clone(), None)?;
             let bs = batches(&data.test, &data.norm, a.batch.min(n.max(1)), Some(n))?;
             let mut fast = Engine::new(&qm, Mode::Fast)?;
             let mut refe = Engine::new(&qm, Mode::Reference)?;
@@ -146,7 +153,8 @@ pub fn run(a: &InferArgs) -> Result<()> {
         }
         let mut rows = None;
         if a.compare {
-            let data = crate::cmd_quantize_model::load_data(&qm.config_toml, a.data_dir.clone())?;
+            let data =
+                crate::cmd_quantize_model::load_data(&qm.config_toml, a.data_dir.clone(), None)?;
             let bs: Vec<_> = batches(&data.test, &data.norm, a.batch, Some(a.batch))?
                 .into_iter()
                 .map(|(x, _)| x)

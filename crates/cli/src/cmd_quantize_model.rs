@@ -55,11 +55,16 @@ pub fn file_sha256(p: &Path) -> Result<String> {
 }
 
 /// The data splits of the network described by `config_toml`.
+/// With `test_subset`, that many test images spread over the set.
 pub fn load_data(
     config_toml: &str,
     data_dir: Option<PathBuf>,
+    test_subset: Option<usize>,
 ) -> Result<lowprec_train::data::DataSplits> {
-    let cfg = TrainConfig::from_toml(config_toml, "the model's config")?;
+    let mut cfg = TrainConfig::from_toml(config_toml, "the model's config")?;
+    if let Some(n) = test_subset {
+        cfg.data.test_subset = n;
+    }
     Ok(lowprec_train::data::load(&cfg.data, data_dir)?)
 }
 
@@ -88,7 +93,7 @@ pub fn run(a: &QuantizeModelArgs) -> Result<()> {
             packed,
             fp
         );
-        let data = load_data(&qm.config_toml, a.data_dir.clone())?;
+        let data = load_data(&qm.config_toml, a.data_dir.clone(), None)?;
         let calib: Vec<_> = batches(
             &data.train,
             &data.norm,

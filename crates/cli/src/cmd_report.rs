@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use lowprec_formats::{FpgaBfp, MantissaCode, NumberFormat};
-use lowprec_hw::bfp_array::{estimate, BfpArray, BfpEstimate, GemmLayer, Operand};
+use lowprec_hw::bfp_array::{estimate, same_logic, BfpArray, BfpEstimate, GemmLayer, Operand};
 use lowprec_infer::eval::{batches, evaluate};
 use lowprec_infer::ptq::{quantize_checkpoint, PtqOptions};
 use lowprec_infer::{Engine, Mode};
@@ -61,6 +61,9 @@ struct Row {
     dsps: Option<u32>,
     brams: Option<u32>,
     images_per_second: Option<f64>,
+    /// The widest array within blocked FP16's LUTs at this width, and its images/s.
+    k_vector_same_logic: Option<usize>,
+    images_per_second_same_logic: Option<f64>,
     board: String,
     hw: Option<BfpEstimate>,
 }
@@ -128,10 +131,21 @@ pub fn run(c: &ReportCommand) -> Result<()> {
         ("int5a/int4w", f(FpgaBfp::INT4), f(FpgaBfp::INT5)),
     ];
     let rows = crate::util::with_threads(threads, || -> Result<Vec<Row>> {
-        let data = lowprec_train::data::load(&cfg.data, a.data_dir.clone())?;
-        let bs = batches(&data.test, &data.norm, 256, a.limit)?;
+        // a limit takes test images spread over the set (it is stored class by class)
+        let mut dcfg = cfg.data.clone();
+        if let Some(l) = a.limit {
+            dcfg.test_subset = l;
+        }
+        let data = lowprec_train::data::load(&dcfg, a.data_dir.clone())?;
+        let bs = batches(&data.test, &data.norm, 256, None)?;
         let mut rows = Vec::new();
         let mut fp32_acc = None;
+        let op = |x: &FpgaBfp| Operand {
+            width: x.width,
+            twos_complement: x.code == MantissaCode::TwosComplement,
+        };
+        let fp16 = op(&FpgaBfp::INT12);
+        let budget = estimate(&arr, fp16, fp16, &layers).luts;
         for (name, w, acts) in &rows_spec {
             let opts = PtqOptions {
                 weights: *w,
@@ -147,14 +161,15 @@ pub fn run(c: &ReportCommand) -> Result<()> {
                 fp32_acc = Some(r.accuracy);
             }
             let hw = match (w, acts) {
-                (NumberFormat::Fpga(wf), NumberFormat::Fpga(af)) => {
-                    let op = |x: &FpgaBfp| Operand {
-                        width: x.width,
-                        twos_complement: x.code == MantissaCode::TwosComplement,
-                    };
-                    Some(estimate(&arr, op(af), op(wf), &layers))
-                }
+                (NumberFormat::Fpga(wf), NumberFormat::Fpga(af)) => Some((
+                    estimate(&arr, op(af), op(wf), &layers),
+                    same_logic(&arr, op(af), op(wf), &layers, budget),
+                )),
                 _ => None,
+            };
+            let (hw, same) = match hw {
+                Some((h, s)) => (Some(h), Some(s)),
+                None => (None, None),
             };
             let retrained_accuracy = retrained.iter().find_map(|j| {
                 let same = |k: &str, v: &NumberFormat| {
@@ -178,6 +193,8 @@ pub fn run(c: &ReportCommand) -> Result<()> {
                 dsps: hw.as_ref().map(|h| h.dsps),
                 brams: hw.as_ref().map(|h| h.brams),
                 images_per_second: hw.as_ref().map(|h| h.images_per_second),
+                k_vector_same_logic: same.as_ref().map(|s| s.0),
+                images_per_second_same_logic: same.as_ref().map(|s| s.1.images_per_second),
                 board: arr.device.clone(),
                 hw,
             });
@@ -206,12 +223,12 @@ pub fn run(c: &ReportCommand) -> Result<()> {
         .find(|r| r.format.starts_with("blocked"))
         .and_then(|r| r.luts);
     let mut md = format!(
-        "# Precision report: {} ({})\n\nArray: c_vector {}, k_vector {} on {} at {} MHz (compute-bound estimate). First/last layers: {}.\n\n| format | weights | acts | fp32 acc % | PTQ acc % | retrained acc % | LUTs | LUTs vs blocked FP16 | DSPs | M20K | images/s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "# Precision report: {} ({})\n\nArray: c_vector {}, k_vector {} on {} at {} MHz (compute-bound estimate). First/last layers: {}.\n\n| format | weights | acts | fp32 acc % | PTQ acc % | retrained acc % | LUTs | LUTs vs blocked FP16 | DSPs | M20K | images/s | k_vector in FP16's LUTs | images/s in FP16's LUTs |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         cfg.name, a.checkpoint.display(), arr.c_vector, arr.k_vector, arr.device, arr.fmax_mhz, a.first_last
     );
     for r in &rows {
         md += &format!(
-            "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.format,
             r.weights,
             r.acts,
@@ -226,6 +243,12 @@ pub fn run(c: &ReportCommand) -> Result<()> {
             r.dsps.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
             r.brams.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
             r.images_per_second
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            r.k_vector_same_logic
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.images_per_second_same_logic
                 .map(|v| format!("{v:.0}"))
                 .unwrap_or_else(|| "-".into()),
         );

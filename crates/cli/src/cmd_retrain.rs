@@ -41,6 +41,9 @@ pub struct RetrainArgs {
     /// Retrain on N training images spread over the set (a CPU budget).
     #[arg(long)]
     pub train_subset: Option<usize>,
+    /// Evaluate (each epoch and at the end) on N test images spread over the set.
+    #[arg(long)]
+    pub test_subset: Option<usize>,
     #[arg(long)]
     pub threads: Option<usize>,
     #[arg(long)]
@@ -147,6 +150,9 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
     if let Some(n) = a.train_subset {
         cfg.data.train_subset = n;
     }
+    if let Some(n) = a.test_subset {
+        cfg.data.test_subset = n;
+    }
     let fp32_layers: Vec<String> = qm
         .layers
         .iter()
@@ -179,7 +185,16 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
             &fp32_layers,
         )?
     } else {
-        stage(a, cfg, &both, a.epochs, &start, &a.out, threads, &fp32_layers)?
+        stage(
+            a,
+            cfg,
+            &both,
+            a.epochs,
+            &start,
+            &a.out,
+            threads,
+            &fp32_layers,
+        )?
     };
     let tensors: BTreeMap<_, _> = done
         .tensors
@@ -203,11 +218,11 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
     rq.save(&path)?;
     eprintln!("wrote {}", path.display());
     let (_, q, f) =
-        crate::cmd_infer::infer_model(&path, a.data_dir.clone(), "test", 256, None, true)?;
+        crate::cmd_infer::infer_model(&path, a.data_dir.clone(), "test", 256, a.test_subset, true)?;
     let j = serde_json::json!({
         "model": path.display().to_string(), "source": a.model.display().to_string(),
         "weights": w, "acts": acts, "first_last_fp32": first_last_fp32, "epochs": a.epochs,
-        "staged": a.staged, "retrained_accuracy": q.accuracy, "retrained_fp32_master_accuracy": f.map(|f| f.accuracy),
+        "staged": a.staged, "train_subset": a.train_subset, "test_subset": a.test_subset, "retrained_accuracy": q.accuracy, "retrained_fp32_master_accuracy": f.map(|f| f.accuracy),
         "integer": q,
     });
     crate::util::write_atomic(

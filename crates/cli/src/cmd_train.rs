@@ -227,7 +227,7 @@ pub struct EvalArgs {
 
 pub fn run_eval(a: &EvalArgs) -> Result<()> {
     if lowprec_infer::QuantizedModel::is_model_file(&a.checkpoint) {
-        let threads = threads_or_default(a.threads)?;
+        let threads = crate::util::threads_or_default(a.threads)?;
         let (qm, q, _) = crate::util::with_threads(threads, || {
             crate::cmd_infer::infer_model(
                 &a.checkpoint,

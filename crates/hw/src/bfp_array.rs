@@ -137,3 +137,30 @@ pub fn estimate(arr: &BfpArray, a: Operand, w: Operand, layers: &[GemmLayer]) ->
         conversion_luts: convert,
     }
 }
+
+/// The widest array (`k_vector`, a multiple of 4) whose LUTs fit in `lut_budget` for these
+/// operands, with its estimate: what the same logic buys at another mantissa width.
+pub fn same_logic(
+    arr: &BfpArray,
+    a: Operand,
+    w: Operand,
+    layers: &[GemmLayer],
+    lut_budget: u64,
+) -> (usize, BfpEstimate) {
+    let mut k = 4;
+    loop {
+        let next = BfpArray {
+            k_vector: k + 4,
+            ..arr.clone()
+        };
+        if estimate(&next, a, w, layers).luts > lut_budget {
+            break;
+        }
+        k += 4;
+    }
+    let at = BfpArray {
+        k_vector: k,
+        ..arr.clone()
+    };
+    (k, estimate(&at, a, w, layers))
+}
