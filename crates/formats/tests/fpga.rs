@@ -78,8 +78,8 @@ fn edge_values() -> Vec<f32> {
         3.0e-8,       // rounds up to the smallest subnormal
         1e-30,
         f32::MIN_POSITIVE,
-        1.0009765625,  // 1 + 2^-10
-        1.00048828125, // 1 + 2^-11: a tie in fp16
+        1.0 + 1.0 / 1024.0, // 1 + 2^-10
+        1.0 + 1.0 / 2048.0, // 1 + 2^-11: a tie in fp16
         -3.75,
         0.1,
         -0.33333334,
@@ -165,7 +165,7 @@ fn awkward_sizes_and_zeros() {
 fn large_tensor_parallel_path_matches_reference() {
     let n = 70_000;
     let x: Vec<f32> = (0..n)
-        .map(|i| (i as f32 * 0.618).sin() * 10f32.powi((i % 7) as i32 - 3))
+        .map(|i| (i as f32 * 0.618).sin() * 10f32.powi((i % 7) - 3))
         .collect();
     let view = ChannelView {
         outer: 70,
@@ -187,7 +187,13 @@ fn fp16_conversion_matches_reference() {
     let mut vals = edge_values();
     for k in -30..20 {
         let b = 2f32.powi(k);
-        vals.extend([b, b * 1.5, b * 1.0004883, b * 0.99951172, -b * 1.3]);
+        vals.extend([
+            b,
+            b * 1.5,
+            b * (1.0 + 1.0 / 2048.0),
+            b * (1.0 - 1.0 / 2048.0),
+            -b * 1.3,
+        ]);
     }
     for v in vals {
         let fast = half::f16::from_bits(f16_bits_saturating(v)).to_f64();

@@ -51,7 +51,7 @@ fn validate<T>(
             a.k, w.k
         )));
     }
-    if a.k % cv != 0 {
+    if !a.k.is_multiple_of(cv) {
         return Err(KernelError::Shape(format!(
             "K = {} is not a multiple of c_vector {cv} (pad the channels)",
             a.k

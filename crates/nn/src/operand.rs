@@ -164,7 +164,7 @@ pub fn quantize_matrix_channels(
     step: u64,
 ) -> Result<Operand, NnError> {
     if let NumberFormat::Fpga(_) = fmt {
-        if inner > 1 && cols % inner == 0 && x.len() == rows * cols {
+        if inner > 1 && cols.is_multiple_of(inner) && x.len() == rows * cols {
             let mut out = vec![0f32; x.len()];
             fake_quantize(x, &[rows, cols / inner, inner], fmt, key, tensor, &mut out)
                 .map_err(|e| NnError::quant(layer, step, e))?;
