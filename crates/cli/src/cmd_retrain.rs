@@ -113,7 +113,11 @@ fn stage(
             t.plan.set_layer(i, Precision::fp32());
         }
         if !resume {
+            // a stage starts at its epoch 0 from the weights (and momentum) it is given
             let mut ck = start;
+            ck.epoch = 0;
+            ck.step = 0;
+            ck.extra.clear();
             ck.config_toml = t.cfg.to_toml();
             t.restore(&ck)?;
         }
