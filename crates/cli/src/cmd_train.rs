@@ -248,6 +248,25 @@ pub struct EvalArgs {
 }
 
 pub fn run_eval(a: &EvalArgs) -> Result<()> {
+    if lowprec_infer::QuantizedModel::is_model_file(&a.checkpoint) {
+        let threads = crate::util::threads_or_default(a.threads)?;
+        let (qm, q, _) = crate::util::with_threads(threads, || {
+            crate::cmd_infer::infer_model(
+                &a.checkpoint,
+                a.data_dir.clone(),
+                "test",
+                256,
+                None,
+                false,
+            )
+        })??;
+        let j = serde_json::json!({
+            "model": a.checkpoint.display().to_string(), "engine": "integer (FPGA BFP)",
+            "formats": qm.layers, "test_acc": q.accuracy, "images": q.images,
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
     let ck = Checkpoint::load(&a.checkpoint)?;
     let mut cfg = TrainConfig::from_toml(
         &ck.config_toml,

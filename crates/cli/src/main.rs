@@ -8,8 +8,12 @@ mod cmd_bench_quantize;
 mod cmd_bench_train;
 mod cmd_fast;
 mod cmd_hw;
+mod cmd_infer;
 mod cmd_profile;
 mod cmd_quantize;
+mod cmd_quantize_model;
+mod cmd_report;
+mod cmd_retrain;
 mod cmd_rf;
 mod cmd_train;
 mod plot;
@@ -54,6 +58,16 @@ enum Command {
     /// preset, with projected accelerator time to accuracy (fast.json, precision.jsonl,
     /// fast.png).
     Fast(cmd_fast::FastArgs),
+    /// Post-training quantisation of a checkpoint to FPGA BFP formats (a model file), with a
+    /// per-layer error table.
+    QuantizeModel(cmd_quantize_model::QuantizeModelArgs),
+    /// Fine-tune a quantised model with the bit-true formats in the forward pass.
+    Retrain(cmd_retrain::RetrainArgs),
+    /// Run a quantised model on the integer engine (accuracy, images/s, layer comparison).
+    Infer(cmd_infer::InferArgs),
+    /// Reports: `precision` (accuracy and FPGA estimates per format).
+    #[command(subcommand)]
+    Report(cmd_report::ReportCommand),
     /// Benchmarks writing tables and JSON.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -127,6 +141,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Train(a)) => cmd_bench_train::run(a),
         Command::Quantize(a) => cmd_quantize::run(a),
         Command::Fast(a) => cmd_fast::run(a),
+        Command::QuantizeModel(a) => cmd_quantize_model::run(a),
+        Command::Retrain(a) => cmd_retrain::run(a),
+        Command::Infer(a) => cmd_infer::run(a),
+        Command::Report(c) => cmd_report::run(c),
         Command::Bench(BenchCommand::Quantize(a)) => cmd_bench_quantize::run(a),
     }
 }

@@ -178,6 +178,62 @@ fn draw_accuracy(
     Ok(())
 }
 
+/// Labelled points (x, y), e.g. accuracy against a logic estimate, one per format.
+pub fn plot_points(
+    points: &[(String, f64, f64)],
+    out: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<()> {
+    register_font()?;
+    if points.is_empty() {
+        bail!("nothing to plot");
+    }
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for (_, x, y) in points {
+        x0 = x0.min(*x);
+        x1 = x1.max(*x);
+        y0 = y0.min(*y);
+        y1 = y1.max(*y);
+    }
+    let (dx, dy) = ((x1 - x0).max(1.0) * 0.15, (y1 - y0).max(0.5) * 0.15);
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let root = BitMapBackend::new(out, (1000, 620)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x0 - dx)..(x1 + dx), (y0 - dy)..(y1 + dy))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    for (i, (label, x, y)) in points.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart.draw_series(std::iter::once(Circle::new((*x, *y), 6, color.filled())))?;
+        chart.draw_series(std::iter::once(Text::new(
+            label.clone(),
+            (*x, *y),
+            ("sans-serif", 15).into_font(),
+        )))?;
+    }
+    root.present()
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -389,6 +389,8 @@ pub enum NumberFormat {
     Bfp(BfpFormat),
     Fixed(FixedFormat),
     Float(FloatFormat),
+    /// Bit-true FPGA BFP (FP16 in, `c_vector` channel blocks, 5-bit exponent).
+    Fpga(crate::fpga::FpgaBfp),
 }
 
 impl NumberFormat {
@@ -401,6 +403,12 @@ impl NumberFormat {
             NumberFormat::Bfp(b) => Some(b.rounding),
             NumberFormat::Fixed(x) => Some(x.rounding),
             NumberFormat::Float(x) => Some(x.rounding),
+            NumberFormat::Fpga(x) => Some(match x.rounding {
+                crate::fpga::FpgaRounding::Truncate => Rounding::TowardZero,
+                crate::fpga::FpgaRounding::Nearest => Rounding::NearestAway,
+                crate::fpga::FpgaRounding::NearestEven => Rounding::NearestEven,
+                crate::fpga::FpgaRounding::Stochastic => Rounding::Stochastic,
+            }),
         }
     }
     pub fn validate(&self) -> Result<(), FormatError> {
@@ -409,6 +417,7 @@ impl NumberFormat {
             NumberFormat::Bfp(b) => b.validate(),
             NumberFormat::Fixed(x) => x.validate(),
             NumberFormat::Float(x) => x.validate(),
+            NumberFormat::Fpga(x) => x.validate(),
         }
     }
 }
@@ -428,6 +437,7 @@ enum FormatTable {
     Bfp(BfpFormat),
     Fixed(FixedFormat),
     Float(FloatFormat),
+    Fpga(crate::fpga::FpgaBfp),
 }
 
 impl TryFrom<FormatSpec> for NumberFormat {
@@ -439,6 +449,7 @@ impl TryFrom<FormatSpec> for NumberFormat {
             FormatSpec::Table(FormatTable::Bfp(b)) => NumberFormat::Bfp(b),
             FormatSpec::Table(FormatTable::Fixed(x)) => NumberFormat::Fixed(x),
             FormatSpec::Table(FormatTable::Float(x)) => NumberFormat::Float(x),
+            FormatSpec::Table(FormatTable::Fpga(x)) => NumberFormat::Fpga(x),
         };
         f.validate()?;
         Ok(f)
@@ -464,6 +475,9 @@ impl FromStr for NumberFormat {
                 return Err(err(input, "fp32 takes no options"));
             }
             return Ok(NumberFormat::F32);
+        }
+        if let Some(f) = crate::fpga::FpgaBfp::parse_parts(input, head, &rest)? {
+            return Ok(NumberFormat::Fpga(f));
         }
         if let Some(wl) = head.strip_prefix("bfp") {
             let wl: u32 = wl
@@ -587,7 +601,7 @@ impl FromStr for NumberFormat {
             f.validate().map_err(wrap)?;
             return Ok(NumberFormat::Float(f));
         }
-        Err(err(input, "unknown format (fp32, bfp<wl>[:block][:rounding], fixed<wl>:<fl>, fp16, bf16, fp8e4m3, fp8e5m2, float<E>m<M>)"))
+        Err(err(input, "unknown format (fp32, bfp<wl>[:block][:rounding], fixed<wl>:<fl>, fp16, bf16, fp8e4m3, fp8e5m2, float<E>m<M>, int4bfp/int5bfp/int7bfp/int8bfp/int9bfp/int12bfp[:c<cv>][:rounding], fpga<W>sm|tc)"))
     }
 }
 
@@ -634,6 +648,7 @@ impl fmt::Display for NumberFormat {
             NumberFormat::Bfp(b) => b.fmt(f),
             NumberFormat::Fixed(x) => x.fmt(f),
             NumberFormat::Float(x) => x.fmt(f),
+            NumberFormat::Fpga(x) => x.fmt(f),
         }
     }
 }

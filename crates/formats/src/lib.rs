@@ -7,10 +7,13 @@
 //! kernels that match it bit for bit), and packed storage ([`BfpTensor`]: `i8`/`i16`
 //! mantissas plus one small exponent per block, so 8-bit storage costs one byte per element),
 //! and paper 001's ternary / binary / k-bit quantisers with their straight-through gradients
-//! ([`lowbit`]: integer codes plus scales for the packed kernels).
+//! ([`lowbit`]: integer codes plus scales for the packed kernels), and the bit-true FPGA BFP
+//! formats of Intel's FPGA AI Suite ([`fpga`]: FP16 in, `c_vector` channel blocks, 5-bit
+//! exponents, sign-magnitude or two's-complement mantissas).
 
 pub mod bfp;
 pub mod format;
+pub mod fpga;
 pub mod isa;
 pub mod layout;
 pub mod lowbit;
@@ -26,6 +29,7 @@ pub use bfp::{
 pub use format::{
     BfpFormat, Block, Clamp, FixedFormat, FloatFormat, FormatError, NumberFormat, Rounding,
 };
+pub use fpga::{ChannelView, FpgaBfp, FpgaRounding, FpgaTensor, MantissaCode};
 pub use layout::BlockLayout;
 pub use lowbit::{LowBitCodes, ScaleMode};
 pub use rng::StreamKey;
@@ -80,6 +84,10 @@ pub fn fake_quantize(
         NumberFormat::Float(f) => {
             peer::check_shape(x, shape, tensor)?;
             peer::fake_quantize_float(x, f, key, tensor, out)
+        }
+        NumberFormat::Fpga(f) => {
+            peer::check_shape(x, shape, tensor)?;
+            fpga::fake_quantize_fpga(x, ChannelView::from_shape(shape), f, key, tensor, out)
         }
     }
 }

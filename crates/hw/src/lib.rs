@@ -3,11 +3,13 @@
 //! design catalogue (Pynq-Z1, ZCU111, Intel parts for paper 001), and the analytic models built
 //! on them: FPGA resources (Tables III/IV), largest supported layer and network fit, roofline
 //! (Fig. 5), training memory (Table II), time per training iteration (Table VI) and paper-001 /
-//! paper-004 throughput projections. Network layer shapes (VGG16, LogReg, the RF auto-encoder,
+//! paper-004 throughput projections, and the BFP dot-product array of paper 003 by mantissa
+//! width ([`bfp_array`]). Network layer shapes (VGG16, LogReg, the RF auto-encoder,
 //! PreResNet-20) are data in this crate. Every model prints beside the paper's figure.
 //! Paper 004 (FAST): the fMAC cost model and a variable-precision PE-array design ([`fast`]).
 
 pub mod bench;
+pub mod bfp_array;
 pub mod catalog;
 pub mod design;
 pub mod fast;

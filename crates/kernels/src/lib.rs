@@ -16,9 +16,11 @@
 //! [`f32gemm`] (the `gemm` / `matrixmultiply` crates on shape-determined blocks), [`mod@lowbit`]
 //! (paper 001's packed ternary x k-bit-plane and binary XNOR-popcount GEMMs, portable / AVX2 /
 //! AVX-512 VPOPCNTDQ chosen at run time by [`lowbit::BitIsa::detect`]), [`mod@bench`]
-//! (throughput tables for `lowprec bench gemm`).
+//! (throughput tables for `lowprec bench gemm`), [`blockdot`] (the FPGA BFP dot-product engine:
+//! exact integer sums per `c_vector` block, FP32 accumulation in block order).
 
 pub mod bench;
+pub mod blockdot;
 pub mod f32gemm;
 pub mod im2col_b;
 pub mod lowbit;

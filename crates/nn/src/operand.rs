@@ -148,6 +148,36 @@ pub fn quantize_matrix(
     }
 }
 
+/// [`quantize_matrix`] of a matrix whose columns are `cols / inner` channels of `inner`
+/// values each (a convolution's NCHW maps, or its `[out, in, kh, kw]` weights): formats
+/// blocked along channels (FPGA BFP's `c_vector` blocks) see that structure; the others the
+/// plain matrix.
+pub fn quantize_matrix_channels(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    inner: usize,
+    fmt: &NumberFormat,
+    key: StreamKey,
+    tensor: &str,
+    layer: &str,
+    step: u64,
+) -> Result<Operand, NnError> {
+    if let NumberFormat::Fpga(_) = fmt {
+        if inner > 1 && cols.is_multiple_of(inner) && x.len() == rows * cols {
+            let mut out = vec![0f32; x.len()];
+            fake_quantize(x, &[rows, cols / inner, inner], fmt, key, tensor, &mut out)
+                .map_err(|e| NnError::quant(layer, step, e))?;
+            return Ok(Operand::F {
+                data: out,
+                rows,
+                cols,
+            });
+        }
+    }
+    quantize_matrix(x, rows, cols, fmt, key, tensor, layer, step)
+}
+
 /// The fp32 operand: a copy of `x`, in parallel pieces that are checked for Inf and NaN as
 /// they are copied (a serial check, then a serial copy, were 5% of a PreResNet-20 fp32
 /// iteration at 2 threads and did not get faster with the second one); the error is

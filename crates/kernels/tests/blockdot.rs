@@ -1,0 +1,200 @@
+//! The FPGA dot-product engine on the segmented integer GEMM against its plain reference, bit
+//! for bit, on every kernel family, awkward shapes and extreme mantissas and exponents.
+
+mod common;
+
+use common::*;
+use lowprec_kernels::blockdot::{
+    block_gemm_i16_with, block_gemm_i8_with, block_gemm_ref, BlockOperand,
+};
+use lowprec_kernels::Isa;
+
+const ISAS: [Isa; 4] = [Isa::Generic, Isa::Avx2, Isa::GenericQuad, Isa::Avx512Vnni];
+
+fn exps(seed: u64, stream: u64, n: usize) -> Vec<i32> {
+    (0..n)
+        .map(|i| int_in(seed, stream, i as u64, -25, 15) as i32)
+        .collect()
+}
+
+fn run_case(m: usize, n: usize, blocks: usize, cv: usize, max_a: u32, max_w: u32, seed: u64) {
+    let k = blocks * cv;
+    let ea = exps(seed, 1, m * blocks);
+    let ew = exps(seed, 2, n * blocks);
+    let threads = [1, 2];
+    if max_a <= 128 && max_w <= 128 {
+        let am = rand_i8(seed, 3, m * k, max_a);
+        let wm = rand_i8(seed, 4, n * k, max_w);
+        let a = BlockOperand {
+            mant: &am,
+            rows: m,
+            k,
+            exps: &ea,
+            max_abs: max_a,
+        };
+        let w = BlockOperand {
+            mant: &wm,
+            rows: n,
+            k,
+            exps: &ew,
+            max_abs: max_w,
+        };
+        let mut want = vec![0f32; m * n];
+        block_gemm_ref(&a, &w, cv, &mut want).unwrap();
+        for isa in ISAS.map(Isa::or_supported) {
+            for t in threads {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap();
+                let mut got = vec![f32::NAN; m * n];
+                pool.install(|| block_gemm_i8_with(isa, &a, &w, cv, &mut got))
+                    .unwrap();
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "i8 {isa:?} {t} threads m{m} n{n} blocks{blocks} cv{cv}"
+                );
+            }
+        }
+    }
+    let am = rand_i16(seed, 5, m * k, max_a);
+    let wm = rand_i16(seed, 6, n * k, max_w);
+    let a = BlockOperand {
+        mant: &am,
+        rows: m,
+        k,
+        exps: &ea,
+        max_abs: max_a,
+    };
+    let w = BlockOperand {
+        mant: &wm,
+        rows: n,
+        k,
+        exps: &ew,
+        max_abs: max_w,
+    };
+    let mut want = vec![0f32; m * n];
+    block_gemm_ref(&a, &w, cv, &mut want).unwrap();
+    for isa in ISAS.map(Isa::or_supported) {
+        let mut got = vec![f32::NAN; m * n];
+        block_gemm_i16_with(isa, &a, &w, cv, &mut got).unwrap();
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "i16 {isa:?} m{m} n{n} blocks{blocks} cv{cv}"
+        );
+    }
+}
+
+#[test]
+fn engine_matches_reference_awkward_shapes() {
+    let mut seed = 1;
+    for &(m, n, blocks) in &[
+        (1, 1, 1),
+        (7, 1, 3),
+        (1, 7, 2),
+        (33, 17, 5),
+        (65, 10, 9),
+        (1000, 3, 2),
+        (5, 64, 1),
+    ] {
+        for cv in [4, 8, 16, 32, 64] {
+            for (ma, mw) in [(15, 7), (63, 127), (128, 128), (255, 255), (2047, 2047)] {
+                run_case(m, n, blocks, cv, ma, mw, seed);
+                seed += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn zeros_extremes_and_empty() {
+    // All-zero mantissas give +0 exactly; all-extreme INT12 blocks of 64 round in FP32.
+    let cv = 64;
+    let k = 2 * cv;
+    let zero = vec![0i16; 3 * k];
+    let big = vec![2047i16; 3 * k];
+    let ea = vec![15i32; 3 * 2];
+    for (am, wm) in [(&zero, &big), (&big, &big)] {
+        let a = BlockOperand {
+            mant: am,
+            rows: 3,
+            k,
+            exps: &ea,
+            max_abs: 2047,
+        };
+        let w = BlockOperand {
+            mant: wm,
+            rows: 3,
+            k,
+            exps: &ea,
+            max_abs: 2047,
+        };
+        let mut want = vec![0f32; 9];
+        block_gemm_ref(&a, &w, cv, &mut want).unwrap();
+        for isa in ISAS.map(Isa::or_supported) {
+            let mut got = vec![1f32; 9];
+            block_gemm_i16_with(isa, &a, &w, cv, &mut got).unwrap();
+            assert_eq!(got, want);
+        }
+    }
+    // 64 * 2047^2 > 2^24: the block sum itself rounds.
+    let mut want = vec![0f32; 9];
+    let a = BlockOperand {
+        mant: &big,
+        rows: 3,
+        k,
+        exps: &ea,
+        max_abs: 2047,
+    };
+    block_gemm_ref(&a, &a, cv, &mut want).unwrap();
+    let exact = 2.0 * 64.0 * 2047f64 * 2047.0 * 2f64.powi(30);
+    assert_eq!(want[0] as f64, (exact / 2.0) as f32 as f64 * 2.0);
+    // empty M or N
+    let a0 = BlockOperand {
+        mant: &[] as &[i8],
+        rows: 0,
+        k: 8,
+        exps: &[],
+        max_abs: 7,
+    };
+    let w1 = BlockOperand {
+        mant: &[1i8; 8],
+        rows: 1,
+        k: 8,
+        exps: &[0; 2],
+        max_abs: 7,
+    };
+    let mut out: Vec<f32> = vec![];
+    block_gemm_i8_with(Isa::Generic, &a0, &w1, 4, &mut out).unwrap();
+}
+
+#[test]
+fn bad_shapes_and_ranges_are_errors() {
+    let m = vec![1i8; 12];
+    let e = vec![0i32; 3];
+    let a = BlockOperand {
+        mant: &m,
+        rows: 1,
+        k: 12,
+        exps: &e,
+        max_abs: 7,
+    };
+    let mut out = vec![0f32; 1];
+    // K not a multiple of the block
+    let err = block_gemm_i8_with(Isa::Generic, &a, &a, 8, &mut out).unwrap_err();
+    assert!(err.to_string().contains("multiple"), "{err}");
+    // wrong exponent count
+    let bad = BlockOperand { exps: &e[..2], ..a };
+    assert!(block_gemm_ref(&bad, &a, 4, &mut out).is_err());
+    // mantissa above the declared bound
+    let wide = vec![9i8; 12];
+    let w = BlockOperand { mant: &wide, ..a };
+    assert!(block_gemm_ref(&a, &w, 4, &mut out).is_err());
+    assert!(block_gemm_i8_with(Isa::Generic, &a, &w, 4, &mut out).is_err());
+    // a scale outside f32's normal range
+    let tiny = vec![-130i32; 3];
+    let t = BlockOperand { exps: &tiny, ..a };
+    assert!(block_gemm_i8_with(Isa::Generic, &t, &t, 4, &mut out).is_err());
+}
