@@ -26,6 +26,12 @@ pub fn check_png_path(out: &Path) -> Result<()> {
 /// interrupted plot never leaves a half-written image under the final name.
 pub fn write_png_atomic(out: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     check_png_path(out)?;
+    if std::fs::metadata(out).is_ok_and(|m| !m.is_file()) {
+        bail!(
+            "plot output {} exists and is not a regular file",
+            out.display()
+        );
+    }
     let tmp = lowprec_data::fsutil::temp_path_beside(out).with_extension("tmp.png");
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

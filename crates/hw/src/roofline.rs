@@ -113,6 +113,13 @@ pub fn register_font() -> Result<()> {
 pub fn plot_png(r: &Roofline, path: &std::path::Path) -> Result<()> {
     use plotters::prelude::*;
     register_font()?;
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(HwError::InvalidArgument(format!(
+            "'{}' exists and is not a regular file: the PNG is written beside it and renamed \
+             into place",
+            path.display()
+        )));
+    }
     let name = path
         .file_name()
         .ok_or_else(|| HwError::InvalidArgument(format!("'{}' has no file name", path.display())))?

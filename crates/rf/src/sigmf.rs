@@ -499,6 +499,27 @@ pub fn atomic_write<T>(
     let name = path
         .file_name()
         .ok_or_else(|| RfError::InvalidArgument(format!("{}: not a file path", path.display())))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_dir() {
+            return Err(RfError::InvalidArgument(format!(
+                "{}: is a directory",
+                path.display()
+            )));
+        }
+        if !meta.is_file() {
+            // a device or pipe (`--summary /dev/null`): written in place, since renaming a
+            // temp file over it would replace the device with a regular file
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| RfError::io(path, e))?;
+            let mut w = BufWriter::new(file);
+            let value = write(&mut w)?;
+            w.into_inner()
+                .map_err(|e| RfError::io(path, e.into_error()))?;
+            return Ok(value);
+        }
+    }
     // pid + a process-wide counter: concurrent writers never share a temporary file.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nonce = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -550,3 +550,30 @@ fn annotation_without_count_cannot_label() {
     });
     assert!(meta.label_ranges().is_err());
 }
+
+#[test]
+fn atomic_write_to_a_pipe_writes_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    lowprec_rf::sigmf::atomic_write(&fifo, |w| {
+        use std::io::Write;
+        w.write_all(b"summary")
+            .map_err(|e| lowprec_rf::RfError::io(&fifo, e))
+    })
+    .unwrap();
+    assert_eq!(reader.join().unwrap(), b"summary");
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
