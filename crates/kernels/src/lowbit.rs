@@ -353,17 +353,20 @@ pub enum BitIsa {
 impl BitIsa {
     /// The fastest family this CPU runs.
     pub fn detect() -> Self {
-        use lowprec_formats::isa::{allows, IsaLevel};
-        let allowed = |b: &BitIsa| match b {
-            BitIsa::Portable => true,
-            BitIsa::Avx2 => allows(IsaLevel::Avx2),
-            BitIsa::Avx512Vpopcnt => allows(IsaLevel::Avx512),
-        };
         *Self::available()
             .iter()
             .rev()
-            .find(|b| allowed(b))
+            .find(|b| b.within_cap())
             .expect("portable is always available")
+    }
+    /// Whether the `LOWPREC_ISA` cap lets this family run.
+    pub fn within_cap(self) -> bool {
+        use lowprec_formats::isa::{allows, IsaLevel};
+        match self {
+            BitIsa::Portable => true,
+            BitIsa::Avx2 => allows(IsaLevel::Avx2),
+            BitIsa::Avx512Vpopcnt => allows(IsaLevel::Avx512),
+        }
     }
     /// Every family this CPU runs, slowest first (tests run them all).
     pub fn available() -> Vec<Self> {
