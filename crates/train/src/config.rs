@@ -166,6 +166,17 @@ impl DataConfig {
         Ok(())
     }
 
+    /// A relative `path` in a TOML file names a file beside that TOML, wherever the tool is
+    /// started from; `base` is the TOML's directory.
+    pub fn resolve_relative_to(&mut self, base: &Path) {
+        if let Some(p) = self.path.as_deref() {
+            let rel = Path::new(p);
+            if rel.is_relative() && !base.as_os_str().is_empty() {
+                self.path = Some(base.join(rel).display().to_string());
+            }
+        }
+    }
+
     /// Points this description at a set of one's own: `KIND:PATH` (`idx:DIR`, `npz:FILE`,
     /// `npy:DIR`, `image-folder:DIR`). A preset's MNIST normalisation gives way to the new
     /// data's own statistics (`dataset`).
@@ -304,7 +315,9 @@ impl TrainConfig {
         if p.exists() {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?;
-            return Self::from_toml(&text, &p.display().to_string());
+            let mut cfg = Self::from_toml(&text, &p.display().to_string())?;
+            cfg.data.resolve_relative_to(p.parent().unwrap_or(Path::new("")));
+            return Ok(cfg);
         }
         let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
         Err(TrainError::Config(format!(

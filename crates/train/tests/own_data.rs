@@ -131,3 +131,24 @@ fn data_overrides_and_validation() {
     m.classes = Some(10);
     assert!(m.validate().unwrap_err().contains("not mnist"));
 }
+
+#[test]
+fn a_toml_data_path_is_relative_to_the_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("project");
+    std::fs::create_dir(&sub).unwrap();
+    write_blobs(&sub);
+    let toml = config(Path::new("."), 3, "[1, 1, 4]");
+    let file = sub.join("net.toml");
+    std::fs::write(&file, toml).unwrap();
+    // The test runs in the crate's directory, not beside the TOML.
+    let cfg = TrainConfig::load(file.to_str().unwrap()).unwrap();
+    assert_eq!(cfg.data.path.as_deref(), Some(sub.join(".").to_str().unwrap()));
+    let t = Trainer::new(cfg, opts(&dir.path().join("cache"))).unwrap();
+    assert_eq!(t.data.train.len(), 300);
+    // An absolute path is kept as written.
+    let toml = config(&sub, 3, "[1, 1, 4]");
+    std::fs::write(&file, toml).unwrap();
+    let cfg = TrainConfig::load(file.to_str().unwrap()).unwrap();
+    assert_eq!(cfg.data.path.as_deref(), Some(sub.to_str().unwrap()));
+}
