@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, TargetKind};
 use crate::error::{DataError, Result};
 
 /// SplitMix64's finaliser: a bijective 64-bit mixer with full avalanche.
@@ -206,11 +206,13 @@ impl BatchConfig {
 }
 
 /// One batch: `images` is `[len, C, H, W]` row-major f32, `labels[i]` and `indices[i]` (the
-/// dataset index) belong to image `i`.
+/// dataset index) belong to image `i`. `targets` holds the regression targets of a data set
+/// that has them, or a copy of `images` for an auto-encoder's; empty for class labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     pub images: Vec<f32>,
     pub labels: Vec<u8>,
+    pub targets: Vec<f32>,
     pub indices: Vec<usize>,
     pub channels: usize,
     pub height: usize,
@@ -310,6 +312,7 @@ impl<'a> EpochBatches<'a> {
         let mut batch = Batch {
             images: Vec::new(),
             labels: Vec::new(),
+            targets: Vec::new(),
             indices: Vec::new(),
             channels: self.ds.channels,
             height: self.ds.height,
@@ -341,6 +344,14 @@ impl<'a> EpochBatches<'a> {
             .par_chunks_mut(sample)
             .zip(idx.par_iter())
             .for_each(|(dst, &i)| self.fill_sample(i, dst));
+        out.targets.clear();
+        match self.ds.target {
+            TargetKind::Class => {}
+            TargetKind::Values(_) => out
+                .targets
+                .extend(idx.iter().flat_map(|&i| self.ds.target_row(i))),
+            TargetKind::Input => out.targets.extend_from_slice(&out.images),
+        }
         Ok(())
     }
 

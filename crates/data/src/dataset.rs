@@ -26,6 +26,21 @@ pub struct Dataset {
     pub height: usize,
     pub width: usize,
     pub classes: usize,
+    /// What each sample is trained towards: its label, a row of `targets`, or its own input.
+    pub target: TargetKind,
+    /// Regression targets, `len() x n` values for [`TargetKind::Values`]`(n)`; empty otherwise.
+    pub targets: Vec<f32>,
+}
+
+/// The training target of a data set's samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// The class label (cross-entropy).
+    Class,
+    /// A vector of this many f32 values per sample (regression, mean squared error).
+    Values(usize),
+    /// The sample's own normalised input (an auto-encoder, mean squared error).
+    Input,
 }
 
 impl Dataset {
@@ -49,6 +64,8 @@ impl Dataset {
             height,
             width,
             classes,
+            target: TargetKind::Class,
+            targets: Vec::new(),
         })
     }
 
@@ -78,6 +95,8 @@ impl Dataset {
             height,
             width,
             classes,
+            target: TargetKind::Class,
+            targets: Vec::new(),
         })
     }
 
@@ -207,7 +226,63 @@ impl Dataset {
             height: self.height,
             width: self.width,
             classes: self.classes,
+            target: self.target,
+            targets: match self.target {
+                TargetKind::Values(n) => indices
+                    .iter()
+                    .flat_map(|&i| &self.targets[i * n..(i + 1) * n])
+                    .copied()
+                    .collect(),
+                _ => Vec::new(),
+            },
         })
+    }
+
+    /// The same samples trained towards `targets` (`len() x n` finite values) instead of labels.
+    pub fn with_value_targets(mut self, targets: Vec<f32>, n: usize) -> Result<Self> {
+        if n == 0 || targets.len() != self.len() * n {
+            return Err(DataError::InvalidArgument(format!(
+                "{} target values for {} samples of {n} targets each",
+                targets.len(),
+                self.len()
+            )));
+        }
+        if let Some(k) = targets.iter().position(|v| !v.is_finite()) {
+            return Err(DataError::InvalidArgument(format!(
+                "target {} of sample {} is {}",
+                k % n,
+                k / n,
+                targets[k]
+            )));
+        }
+        self.target = TargetKind::Values(n);
+        self.targets = targets;
+        Ok(self)
+    }
+
+    /// The same samples trained to reproduce their own input (an auto-encoder).
+    pub fn as_auto_encoder(mut self) -> Self {
+        self.target = TargetKind::Input;
+        self.targets = Vec::new();
+        self
+    }
+
+    /// Values a network's output must have per sample: the class count, the target length or
+    /// the input length.
+    pub fn output_len(&self) -> usize {
+        match self.target {
+            TargetKind::Class => self.classes,
+            TargetKind::Values(n) => n,
+            TargetKind::Input => self.sample_len(),
+        }
+    }
+
+    /// The regression targets of sample `i` (empty unless [`TargetKind::Values`]).
+    pub fn target_row(&self, i: usize) -> &[f32] {
+        match self.target {
+            TargetKind::Values(n) => &self.targets[i * n..(i + 1) * n],
+            _ => &[],
+        }
     }
 
     /// How many samples each class has.

@@ -35,7 +35,7 @@ pub use cifar::{
     CIFAR_TARBALL_ENV,
 };
 pub use datadir::{DataDir, DATA_DIR_ENV};
-pub use dataset::{Dataset, Splits};
+pub use dataset::{Dataset, Splits, TargetKind};
 pub use error::{DataError, Result};
 pub use idx::{read_idx, write_idx, IdxArray};
 pub use images::{decode_image_tarball, load_image_folder, load_image_folder_split, ImageSetSpec};

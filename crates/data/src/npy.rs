@@ -195,6 +195,17 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
     parse_npy(&fsutil::read_file(path)?, path)
 }
 
+/// The names of the arrays (`<name>.npy` members) in a `.npz` archive.
+pub fn npz_array_names(path: &Path) -> Result<Vec<String>> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, "opening", e))?;
+    let zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| DataError::malformed(path, format!("not a readable .npz (zip): {e}")))?;
+    Ok(zip
+        .file_names()
+        .filter_map(|n| n.strip_suffix(".npy").map(str::to_string))
+        .collect())
+}
+
 /// Reads the named arrays of a `.npz` archive (stored or deflated members `<name>.npy`).
 /// A missing name is an error listing the names the archive has.
 pub fn read_npz(path: &Path, names: &[&str]) -> Result<Vec<NpyArray>> {

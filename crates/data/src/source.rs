@@ -115,6 +115,10 @@ pub struct SourceOptions {
     /// training image's size).
     pub channels: Option<usize>,
     pub image_size: Option<[usize; 2]>,
+    /// `npz`/`npy` sets for a mean-squared-error network: `y_train`/`y_test` are regression
+    /// targets (`[N]` or `[N, D]`, any numeric dtype) and, when both are absent, each sample's
+    /// target is its own input (an auto-encoder). Other kinds of set have only class labels.
+    pub regression: bool,
 }
 
 /// Loads a data set of `kind` from `path`; image folders are cached in `dir`.
@@ -124,6 +128,16 @@ pub fn load_source(
     opts: &SourceOptions,
     dir: &DataDir,
 ) -> Result<Splits> {
+    if opts.regression {
+        return match kind {
+            SourceKind::Npz | SourceKind::Npy => load_regression(kind, path),
+            _ => Err(DataError::InvalidArgument(format!(
+                "{kind}:{}: regression and auto-encoder targets (an mse loss) come from npz or npy \
+                 sets; a {kind} set has class labels only",
+                path.display()
+            ))),
+        };
+    }
     match kind {
         SourceKind::Idx => load_idx_dir(path, opts),
         SourceKind::Npz => {
@@ -131,12 +145,7 @@ pub fn load_source(
             splits_from_arrays(arrays, opts.classes)
         }
         SourceKind::Npy => {
-            if !path.is_dir() {
-                return Err(DataError::malformed(
-                    path,
-                    "npy: expected a directory holding x_train.npy, y_train.npy, x_test.npy, y_test.npy",
-                ));
-            }
+            check_npy_dir(path)?;
             let arrays = NPY_ARRAY_NAMES
                 .iter()
                 .map(|n| npy::read_npy(&path.join(format!("{n}.npy"))))
@@ -145,6 +154,131 @@ pub fn load_source(
         }
         SourceKind::ImageFolder => load_image_folder_auto(path, opts, dir),
     }
+}
+
+fn check_npy_dir(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    Err(DataError::malformed(
+        path,
+        "npy: expected a directory holding x_train.npy, y_train.npy, x_test.npy, y_test.npy",
+    ))
+}
+
+/// The arrays of a regression set: `x_train`, `x_test` and, when present (both or neither),
+/// `y_train`, `y_test`.
+fn load_regression(kind: SourceKind, path: &Path) -> Result<Splits> {
+    let has_y = match kind {
+        SourceKind::Npz => {
+            let names = npy::npz_array_names(path)?;
+            let has = |n: &str| names.iter().any(|m| m == n);
+            (has("y_train"), has("y_test"))
+        }
+        _ => {
+            check_npy_dir(path)?;
+            let has = |n: &str| path.join(format!("{n}.npy")).is_file();
+            (has("y_train"), has("y_test"))
+        }
+    };
+    let names: &[&str] = match has_y {
+        (true, true) => &NPY_ARRAY_NAMES,
+        (false, false) => &["x_train", "x_test"],
+        (tr, _) => {
+            return Err(DataError::malformed(
+                path,
+                format!(
+                    "{} is there but {} is not: give both regression targets, or neither for \
+                     an auto-encoder",
+                    if tr { "y_train" } else { "y_test" },
+                    if tr { "y_test" } else { "y_train" }
+                ),
+            ))
+        }
+    };
+    let arrays = match kind {
+        SourceKind::Npz => npy::read_npz(path, names)?,
+        _ => names
+            .iter()
+            .map(|n| npy::read_npy(&path.join(format!("{n}.npy"))))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    regression_splits_from_arrays(arrays)
+}
+
+/// Both splits of a regression set from `[x_train, y_train, x_test, y_test]` (value targets)
+/// or `[x_train, x_test]` (each sample's target is its input).
+pub fn regression_splits_from_arrays(arrays: Vec<NpyArray>) -> Result<Splits> {
+    let unlabeled = |x: NpyArray| -> Result<Dataset> {
+        let n = x.shape.first().copied().unwrap_or(0);
+        let fake = NpyArray {
+            shape: vec![n],
+            dtype: "<u1".into(),
+            values: NpyValues::U8(vec![0; n]),
+            origin: x.origin.clone(),
+        };
+        Ok(split_from(x, &fake)?.0)
+    };
+    let with_values = |ds: Dataset, y: &NpyArray| -> Result<Dataset> {
+        let n = ds.len();
+        if y.shape.first() != Some(&n) {
+            return Err(DataError::malformed(
+                &y.origin,
+                format!("{:?} targets for {n} samples", y.shape),
+            ));
+        }
+        if let Some((i, v)) = y.first_non_finite() {
+            return Err(DataError::malformed(
+                &y.origin,
+                format!("non-finite target {v} at flat index {i}"),
+            ));
+        }
+        let per = y.shape[1..].iter().product::<usize>();
+        ds.with_value_targets(y.to_f32(), per)
+            .map_err(|e| DataError::malformed(&y.origin, e.to_string()))
+    };
+    let (train, test) = match <[NpyArray; 4]>::try_from(arrays) {
+        Ok([xtr, ytr, xte, yte]) => {
+            let train = with_values(unlabeled(xtr)?, &ytr)?;
+            let test = with_values(unlabeled(xte)?, &yte)?;
+            if train.output_len() != test.output_len() {
+                return Err(DataError::malformed(
+                    &yte.origin,
+                    format!(
+                        "{} targets per test sample, {} per training sample ({})",
+                        test.output_len(),
+                        train.output_len(),
+                        ytr.origin.display()
+                    ),
+                ));
+            }
+            (train, test)
+        }
+        Err(v) => match <[NpyArray; 2]>::try_from(v) {
+            Ok([xtr, xte]) => (
+                unlabeled(xtr)?.as_auto_encoder(),
+                unlabeled(xte)?.as_auto_encoder(),
+            ),
+            Err(v) => {
+                return Err(DataError::InvalidArgument(format!(
+                    "2 or 4 arrays expected, got {}",
+                    v.len()
+                )))
+            }
+        },
+    };
+    if (train.channels, train.height, train.width) != (test.channels, test.height, test.width) {
+        return Err(DataError::InvalidArgument(format!(
+            "test samples are {}x{}x{}, training samples are {}x{}x{}",
+            test.channels, test.height, test.width, train.channels, train.height, train.width
+        )));
+    }
+    if train.is_empty() {
+        return Err(DataError::InvalidArgument(
+            "the training split has no samples".into(),
+        ));
+    }
+    Ok(Splits { train, test })
 }
 
 /// `<dir>/<name>` or `<dir>/<name>.gz`, whichever exists (raw first).

@@ -316,7 +316,8 @@ impl TrainConfig {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?;
             let mut cfg = Self::from_toml(&text, &p.display().to_string())?;
-            cfg.data.resolve_relative_to(p.parent().unwrap_or(Path::new("")));
+            cfg.data
+                .resolve_relative_to(p.parent().unwrap_or(Path::new("")));
             return Ok(cfg);
         }
         let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();

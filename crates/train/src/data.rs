@@ -25,9 +25,26 @@ pub fn spread_subset(ds: &Dataset, n: usize) -> Result<Dataset, TrainError> {
     Ok(ds.select(&picks)?)
 }
 
+/// The splits of a classification set.
 pub fn load(cfg: &DataConfig, data_dir: Option<PathBuf>) -> Result<DataSplits, TrainError> {
+    load_with_targets(cfg, false, data_dir)
+}
+
+/// The splits of a set; with `regression` (a network with an mse loss), an npz/npy set's
+/// `y` arrays are regression targets, or each sample's input when it has none.
+pub fn load_with_targets(
+    cfg: &DataConfig,
+    regression: bool,
+    data_dir: Option<PathBuf>,
+) -> Result<DataSplits, TrainError> {
     let dir = DataDir::resolve(data_dir)?;
     let splits = match cfg.dataset.as_str() {
+        d if regression && d.parse::<SourceKind>().is_err() => {
+            return Err(TrainError::Config(format!(
+                "an mse loss needs regression or auto-encoder targets from an npz or npy set; \
+                 `{d}` has class labels (use loss = \"cross-entropy\")"
+            )))
+        }
         "mnist" => lowprec_data::load_mnist(&dir)?,
         "cifar10" => {
             let tarball = cfg.path.as_ref().map(PathBuf::from);
@@ -53,6 +70,7 @@ pub fn load(cfg: &DataConfig, data_dir: Option<PathBuf>) -> Result<DataSplits, T
                 sha256: cfg.sha256.clone(),
                 channels: cfg.channels,
                 image_size: cfg.image_size,
+                regression,
             };
             lowprec_data::load_source(kind, Path::new(path), &opts, &dir)?
         }

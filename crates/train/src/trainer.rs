@@ -8,7 +8,7 @@
 //! stopped.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use lowprec_data::{BatchConfig, EpochBatches};
+use lowprec_data::{Batch, BatchConfig, EpochBatches, TargetKind};
 use lowprec_kernels::GemmBackend;
 use lowprec_nn::loss::Target;
 use lowprec_nn::{Ctx, Loss, Model, PrecisionPlan, Tensor};
@@ -28,6 +28,36 @@ use crate::varprec::{FastState, PrecisionControl};
 use crate::TrainError;
 
 /// Stochastic-rounding steps used by evaluation passes (far from any training step).
+/// The loss target of a batch: its labels, or its regression / auto-encoder values.
+fn target_of(batch: &Batch) -> Target<'_> {
+    if batch.targets.is_empty() {
+        Target::Labels(&batch.labels)
+    } else {
+        Target::Values(&batch.targets)
+    }
+}
+
+fn nan() -> f64 {
+    f64::NAN
+}
+
+/// An f64 that is NaN where it has no meaning, written as JSON `null` and read back as NaN.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_nan() {
+            s.serialize_none()
+        } else {
+            s.serialize_f64(*v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
 const EVAL_STEP_BASE: u64 = 1 << 62;
 
 /// Seed offset of the batches that recompute batch-norm statistics for the SWA model.
@@ -63,8 +93,11 @@ pub struct EpochMetrics {
     pub step: u64,
     pub lr: f64,
     pub train_loss: f64,
+    /// Accuracies are NaN (`null` in JSON) for a regression or auto-encoder set.
+    #[serde(with = "nan_as_null")]
     pub train_acc: f64,
     pub test_loss: f64,
+    #[serde(with = "nan_as_null")]
     pub test_acc: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub swa_test_acc: Option<f64>,
@@ -84,9 +117,13 @@ pub struct FinalReport {
     pub threads: usize,
     pub epochs: usize,
     pub steps: u64,
+    #[serde(with = "nan_as_null")]
     pub test_acc: f64,
     pub swa_test_acc: Option<f64>,
     pub train_loss: f64,
+    /// The last epoch's test loss (cross-entropy, or the mean squared error of a regression).
+    #[serde(default = "nan", with = "nan_as_null")]
+    pub test_loss: f64,
     /// Wall time of all epochs of this run, including those before a resume.
     pub seconds: f64,
     pub seconds_per_iteration: f64,
@@ -120,7 +157,8 @@ impl Trainer {
         // the output directory is claimed before the data are loaded, so that a directory that
         // cannot be written or is in use fails at once
         let run_dir = claim_out_dir(&opts)?;
-        let data = data::load(&cfg.data, opts.data_dir.clone())?;
+        let regression = cfg.model.loss == lowprec_nn::LossKind::Mse;
+        let data = data::load_with_targets(&cfg.data, regression, opts.data_dir.clone())?;
         Self::build(cfg, opts, data, run_dir)
     }
 
@@ -157,12 +195,23 @@ impl Trainer {
         let model = Model::build(&cfg.model, cfg.seed)?;
         model.check_training_memory(cfg.train.batch)?;
         let outputs: usize = model.output_shape().iter().product();
-        if cfg.model.loss == lowprec_nn::LossKind::CrossEntropy && outputs != ds.classes {
+        if outputs != ds.output_len() {
+            let what = match ds.target {
+                TargetKind::Class => format!("{} classes", ds.classes),
+                TargetKind::Values(n) => format!("{n} target values per example"),
+                TargetKind::Input => {
+                    format!("examples of {} values to reconstruct", ds.sample_len())
+                }
+            };
             return Err(TrainError::Config(format!(
-                "the data ({}) has {} classes but the network's last layer has {outputs} outputs: \
-                 change the last layer's `out` (or set data.classes)",
+                "the data ({}) has {what} but the network's last layer has {outputs} outputs: \
+                 change the last layer's `out`{}",
                 cfg.data.path.as_deref().unwrap_or(&cfg.data.dataset),
-                ds.classes
+                if ds.target == TargetKind::Class {
+                    " (or set data.classes)"
+                } else {
+                    ""
+                }
             )));
         }
         let sgd = Sgd::new(cfg.train.momentum, cfg.train.weight_decay, &model.params());
@@ -232,15 +281,30 @@ impl Trainer {
             }
             let m = self.run_epoch()?;
             if self.opts.verbose {
+                let quality = if m.test_acc.is_nan() {
+                    format!(
+                        "test loss {:.5}{}",
+                        m.test_loss,
+                        m.swa_test_loss
+                            .map(|l| format!(" swa {l:.5}"))
+                            .unwrap_or_default()
+                    )
+                } else {
+                    format!(
+                        "train {:.2}% test {:.2}%{}",
+                        100.0 * m.train_acc,
+                        100.0 * m.test_acc,
+                        m.swa_test_acc
+                            .map(|a| format!(" swa {:.2}%", 100.0 * a))
+                            .unwrap_or_default()
+                    )
+                };
                 eprintln!(
-                    "epoch {:>3}/{} lr {:.4} loss {:.4} train {:.2}% test {:.2}%{} ({:.1}s, {:.0} samples/s)",
+                    "epoch {:>3}/{} lr {:.4} loss {:.4} {quality} ({:.1}s, {:.0} samples/s)",
                     m.epoch + 1,
                     self.cfg.train.epochs,
                     m.lr,
                     m.train_loss,
-                    100.0 * m.train_acc,
-                    100.0 * m.test_acc,
-                    m.swa_test_acc.map(|a| format!(" swa {:.2}%", 100.0 * a)).unwrap_or_default(),
                     m.seconds,
                     m.samples_per_sec
                 );
@@ -273,6 +337,7 @@ impl Trainer {
             test_acc: last.map_or(f64::NAN, |m| m.test_acc),
             swa_test_acc: last.and_then(|m| m.swa_test_acc),
             train_loss: last.map_or(f64::NAN, |m| m.train_loss),
+            test_loss: last.map_or(f64::NAN, |m| m.test_loss),
             seconds,
             seconds_per_iteration: if self.step > 0 {
                 seconds / self.step as f64
@@ -324,7 +389,7 @@ impl Trainer {
                 }));
             }
             let out = self.model.forward(&mut ctx, x, true)?;
-            let lo = self.loss.forward(&out, Target::Labels(&batch.labels))?;
+            let lo = self.loss.forward(&out, target_of(&batch))?;
             if !lo.loss.is_finite() {
                 return Err(TrainError::Nn(lowprec_nn::NnError::NonFinite {
                     tensor: "loss".into(),
@@ -369,11 +434,15 @@ impl Trainer {
                 pb.inc(1);
                 if b % 8 == 0 || b + 1 == nb {
                     let sps = seen as f64 / t0.elapsed().as_secs_f64();
+                    let acc = self.accuracy(correct, seen);
+                    let acc = if acc.is_nan() {
+                        String::new()
+                    } else {
+                        format!(" acc {:.2}%", 100.0 * acc)
+                    };
                     pb.set_message(format!(
-                        "loss {:.4} acc {:.2}% {:.0} samples/s",
-                        loss_sum / seen as f64,
-                        100.0 * correct as f64 / seen as f64,
-                        sps
+                        "loss {:.4}{acc} {sps:.0} samples/s",
+                        loss_sum / seen as f64
                     ));
                 }
             }
@@ -399,10 +468,10 @@ impl Trainer {
             step: self.step,
             lr,
             train_loss: loss_sum / seen as f64,
-            train_acc: correct as f64 / seen as f64,
+            train_acc: self.accuracy(correct, seen),
             test_loss,
             test_acc,
-            swa_test_acc: swa.map(|s| s.1),
+            swa_test_acc: swa.map(|s| s.1).filter(|a| !a.is_nan()),
             swa_test_loss: swa.map(|s| s.0),
             seconds: train_secs,
             samples_per_sec: seen as f64 / train_secs,
@@ -437,16 +506,22 @@ impl Trainer {
             let mut ctx = Ctx::with_plan(backend.as_ref(), &self.plan, self.cfg.seed);
             ctx.step = EVAL_STEP_BASE + b as u64;
             let out = self.model.forward(&mut ctx, x, false)?;
-            let lo = self.loss.forward(&out, Target::Labels(&batch.labels))?;
+            let lo = self.loss.forward(&out, target_of(&batch))?;
             loss_sum += lo.loss * batch.len() as f64;
             correct += lo.correct;
             seen += batch.len();
             batch.images = out.data;
         }
-        Ok((
-            loss_sum / seen.max(1) as f64,
-            correct as f64 / seen.max(1) as f64,
-        ))
+        Ok((loss_sum / seen.max(1) as f64, self.accuracy(correct, seen)))
+    }
+
+    /// The fraction correct, or NaN where the data has no classes (regression, auto-encoder).
+    fn accuracy(&self, correct: usize, seen: usize) -> f64 {
+        if self.data.train.target == TargetKind::Class {
+            correct as f64 / seen.max(1) as f64
+        } else {
+            f64::NAN
+        }
     }
 
     /// Swaps the SWA average into the model (or back).

@@ -143,7 +143,10 @@ fn a_toml_data_path_is_relative_to_the_toml() {
     std::fs::write(&file, toml).unwrap();
     // The test runs in the crate's directory, not beside the TOML.
     let cfg = TrainConfig::load(file.to_str().unwrap()).unwrap();
-    assert_eq!(cfg.data.path.as_deref(), Some(sub.join(".").to_str().unwrap()));
+    assert_eq!(
+        cfg.data.path.as_deref(),
+        Some(sub.join(".").to_str().unwrap())
+    );
     let t = Trainer::new(cfg, opts(&dir.path().join("cache"))).unwrap();
     assert_eq!(t.data.train.len(), 300);
     // An absolute path is kept as written.
@@ -151,4 +154,101 @@ fn a_toml_data_path_is_relative_to_the_toml() {
     std::fs::write(&file, toml).unwrap();
     let cfg = TrainConfig::load(file.to_str().unwrap()).unwrap();
     assert_eq!(cfg.data.path.as_deref(), Some(sub.to_str().unwrap()));
+}
+
+/// `y = A x` for a fixed 2x4 matrix A over the blobs' features, as f32 `[N, 2]` targets.
+fn write_regression(dir: &Path, with_y: bool) {
+    write_blobs(dir);
+    for split in ["train", "test"] {
+        let x = lowprec_data::read_npy(&dir.join(format!("x_{split}.npy"))).unwrap();
+        let x = x.to_f32();
+        let y: Vec<f32> = x
+            .chunks(4)
+            .flat_map(|r| {
+                let u = (r[0] - 100.0) / 20.0;
+                let v = (r[1] - r[2]) / 20.0;
+                [u + 0.5 * v, -v]
+            })
+            .collect();
+        let path = dir.join(format!("y_{split}.npy"));
+        if with_y {
+            lowprec_data::write_npy(&path, &y, &[x.len() / 4, 2]).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+}
+
+fn mse_config(path: &Path, outputs: usize) -> String {
+    config(path, outputs, "[1, 1, 4]").replace("cross-entropy", "mse")
+}
+
+#[test]
+fn regression_targets_train_with_an_mse_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    write_regression(dir.path(), true);
+    let cfg = TrainConfig::from_toml(&mse_config(dir.path(), 2), "reg.toml").unwrap();
+    let mut t = Trainer::new(cfg, opts(&dir.path().join("cache"))).unwrap();
+    assert_eq!(t.data.train.target, lowprec_data::TargetKind::Values(2));
+    let (before, acc) = t.evaluate().unwrap();
+    assert!(acc.is_nan(), "a regression has no accuracy");
+    let r = t.run().unwrap();
+    assert!(r.test_acc.is_nan());
+    // The targets' mean square is about 1; the trained network must explain most of it.
+    assert!(
+        r.test_loss < 0.2 * before && r.test_loss < 0.1,
+        "test mse {before} -> {}",
+        r.test_loss
+    );
+    // Accuracies are null in JSON and read back as NaN.
+    let j = serde_json::to_string(&t.history[0]).unwrap();
+    assert!(j.contains("\"test_acc\":null"), "{j}");
+    let back: lowprec_train::EpochMetrics = serde_json::from_str(&j).unwrap();
+    assert!(back.test_acc.is_nan() && back.test_loss == t.history[0].test_loss);
+
+    // A network whose output does not fit the targets is refused, naming the target count.
+    let cfg = TrainConfig::from_toml(&mse_config(dir.path(), 3), "reg.toml").unwrap();
+    let e = Trainer::new(cfg, opts(&dir.path().join("cache")))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("2 target values per example") && e.contains("3 outputs"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_npy_set_without_targets_trains_an_auto_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    write_regression(dir.path(), false);
+    let cfg = TrainConfig::from_toml(&mse_config(dir.path(), 4), "ae.toml").unwrap();
+    let mut t = Trainer::new(cfg, opts(&dir.path().join("cache"))).unwrap();
+    assert_eq!(t.data.train.target, lowprec_data::TargetKind::Input);
+    let (before, _) = t.evaluate().unwrap();
+    let r = t.run().unwrap();
+    assert!(
+        r.test_loss < 0.5 * before,
+        "reconstruction mse {before} -> {}",
+        r.test_loss
+    );
+
+    // Only one of y_train / y_test is an error naming both.
+    lowprec_data::write_npy(&dir.path().join("y_train.npy"), &[0f32; 300], &[300]).unwrap();
+    let cfg = TrainConfig::from_toml(&mse_config(dir.path(), 4), "ae.toml").unwrap();
+    let e = Trainer::new(cfg, opts(&dir.path().join("cache")))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("y_train is there but y_test is not"), "{e}");
+
+    // A classification set cannot feed an mse network.
+    let mut cfg = TrainConfig::from_toml(&mse_config(dir.path(), 10), "m.toml").unwrap();
+    cfg.data.dataset = "mnist".into();
+    cfg.data.path = None;
+    let e = Trainer::new(cfg, opts(&dir.path().join("cache")))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("an mse loss needs"), "{e}");
 }
