@@ -124,6 +124,9 @@ pub struct FinalReport {
     /// The last epoch's test loss (cross-entropy, or the mean squared error of a regression).
     #[serde(default = "nan", with = "nan_as_null")]
     pub test_loss: f64,
+    /// The SWA model's last test loss, where SWA ran.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub swa_test_loss: Option<f64>,
     /// Wall time of all epochs of this run, including those before a resume.
     pub seconds: f64,
     pub seconds_per_iteration: f64,
@@ -338,6 +341,7 @@ impl Trainer {
             swa_test_acc: last.and_then(|m| m.swa_test_acc),
             train_loss: last.map_or(f64::NAN, |m| m.train_loss),
             test_loss: last.map_or(f64::NAN, |m| m.test_loss),
+            swa_test_loss: last.and_then(|m| m.swa_test_loss),
             seconds,
             seconds_per_iteration: if self.step > 0 {
                 seconds / self.step as f64
