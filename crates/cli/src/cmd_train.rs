@@ -62,6 +62,27 @@ pub struct TrainArgs {
     /// `[[precision_schedule]]`, e.g. `{ layers = ["fc1"], epochs = [0, 2], width = 4 }`.
     #[arg(long)]
     pub schedule: Vec<String>,
+    /// Data-parallel training over the ranks of an MPI job (`mpirun -np N lowprec train PRESET
+    /// --distributed`): each rank trains on its shard of every batch and the ranks all-reduce
+    /// their gradients. Needs a build with `--features mpi`.
+    #[arg(long)]
+    pub distributed: bool,
+    /// Gradient exchange format of --distributed: fp32, bfp8 (8-bit BFP, a shared exponent per
+    /// 32 values), bfp8:tileK or bfp8:tensor.
+    #[arg(long, default_value = "fp32", requires = "distributed")]
+    pub exchange: String,
+    /// With --distributed: a rank whose collective call has not completed after SECS seconds
+    /// (another rank died or hangs) prints an error and exits with code 75.
+    #[arg(
+        long,
+        default_value_t = 300,
+        value_name = "SECS",
+        requires = "distributed"
+    )]
+    pub collective_timeout: u64,
+    /// Tests only: this rank stalls before its first collective.
+    #[arg(long, hide = true, requires = "distributed")]
+    pub test_stall_rank: Option<usize>,
     /// Stop after this many epochs of this invocation (a deliberate interruption).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
@@ -120,6 +141,18 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The checkpoint `--resume` names (OUT/checkpoint.safetensors without a path).
+pub fn resume_path(a: &TrainArgs, out: Option<&Path>) -> Result<Option<PathBuf>> {
+    Ok(match &a.resume {
+        None => None,
+        Some(s) if s.is_empty() => {
+            let dir = out.context("--resume without a path needs --out")?;
+            Some(dir.join("checkpoint.safetensors"))
+        }
+        Some(s) => Some(PathBuf::from(s)),
+    })
+}
+
 /// Runs one training described by `cfg` in a pool of `threads` threads.
 pub fn train_one(
     cfg: TrainConfig,
@@ -127,16 +160,7 @@ pub fn train_one(
     out: Option<PathBuf>,
     threads: usize,
 ) -> Result<FinalReport> {
-    let resume_from = match &a.resume {
-        None => None,
-        Some(s) if s.is_empty() => {
-            let dir = out
-                .as_ref()
-                .context("--resume without a path needs --out")?;
-            Some(dir.join("checkpoint.safetensors"))
-        }
-        Some(s) => Some(PathBuf::from(s)),
-    };
+    let resume_from = resume_path(a, out.as_deref())?;
     let opts = RunOptions {
         out_dir: out,
         resume_from,
@@ -168,9 +192,15 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
         Some(c) => {
             let mut cfg = TrainConfig::load(c)?;
             apply_overrides(&mut cfg, a)?;
+            if a.distributed {
+                return crate::cmd_dist::run(cfg, a, threads);
+            }
             let r = train_one(cfg, a, a.out.clone(), threads)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
+        }
+        None if a.distributed => {
+            bail!("--distributed trains one preset or TOML file: name it (e.g. mnist-mlp)")
         }
         None => main_job(a, threads),
     }

@@ -6,6 +6,7 @@
 mod cmd_bench_gemm;
 mod cmd_bench_quantize;
 mod cmd_bench_train;
+mod cmd_dist;
 mod cmd_fast;
 mod cmd_hw;
 mod cmd_infer;

@@ -307,6 +307,24 @@ impl<'a> EpochBatches<'a> {
         &self.order[start..end]
     }
 
+    /// The row range of part `part` of `parts` of batch `b` (see [`Self::fill_batch_part`]);
+    /// an error unless `part < parts` and every part gets at least one row.
+    pub fn part_range(&self, b: usize, part: usize, parts: usize) -> Result<(usize, usize)> {
+        let n = self.batch_indices(b).len();
+        if parts == 0 || part >= parts {
+            return Err(DataError::InvalidArgument(format!(
+                "part {part} of {parts} asked: parts must be at least 1 and part below it"
+            )));
+        }
+        if n < parts {
+            return Err(DataError::InvalidArgument(format!(
+                "batch {b} has {n} rows, fewer than the {parts} parts it is split into \
+                 (use a batch of at least one row per rank)"
+            )));
+        }
+        Ok((part * n / parts, (part + 1) * n / parts))
+    }
+
     /// Batch `b`, or an error past the end.
     pub fn batch(&self, b: usize) -> Result<Batch> {
         let mut batch = Batch {
@@ -324,13 +342,27 @@ impl<'a> EpochBatches<'a> {
 
     /// Fills `out` with batch `b`, reusing its buffers.
     pub fn fill_batch(&self, b: usize, out: &mut Batch) -> Result<()> {
+        self.fill_batch_part(b, 0, 1, out)
+    }
+
+    /// Rows `[part * B / parts, (part + 1) * B / parts)` of batch `b` (of `B` rows): one rank's
+    /// shard of a global batch. Each example gets the draws it gets in the whole batch (they are
+    /// keyed by its dataset index), so the parts of all ranks together are the batch.
+    pub fn fill_batch_part(
+        &self,
+        b: usize,
+        part: usize,
+        parts: usize,
+        out: &mut Batch,
+    ) -> Result<()> {
         if b >= self.num_batches() {
             return Err(DataError::InvalidArgument(format!(
                 "batch {b} asked, the epoch has {}",
                 self.num_batches()
             )));
         }
-        let idx = self.batch_indices(b);
+        let (start, end) = self.part_range(b, part, parts)?;
+        let idx = &self.batch_indices(b)[start..end];
         let sample = self.ds.sample_len();
         out.channels = self.ds.channels;
         out.height = self.ds.height;

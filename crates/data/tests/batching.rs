@@ -483,3 +483,37 @@ fn augmentation_follows_the_dataset_index_not_the_batch_position() {
         );
     }
 }
+
+#[test]
+fn batch_parts_concatenate_to_the_batch() {
+    let ds = dataset(11, 50, 3, 5, 5);
+    let norm = Normalization::from_dataset(&ds).unwrap();
+    let cfg = BatchConfig::train(13, 4).with_augment(Augment::CropFlip { pad: 2 });
+    let eb = EpochBatches::new(&ds, &norm, cfg, 3).unwrap();
+    for b in 0..eb.num_batches() {
+        let whole = eb.batch(b).unwrap();
+        for parts in [1, 2, 3, 5, 13] {
+            let mut joined = eb.batch(0).unwrap();
+            joined.images.clear();
+            joined.labels.clear();
+            joined.indices.clear();
+            let mut part = eb.batch(0).unwrap();
+            for p in 0..parts {
+                eb.fill_batch_part(b, p, parts, &mut part).unwrap();
+                let (s, e) = eb.part_range(b, p, parts).unwrap();
+                assert_eq!(part.len(), e - s);
+                joined.images.extend_from_slice(&part.images);
+                joined.labels.extend_from_slice(&part.labels);
+                joined.indices.extend_from_slice(&part.indices);
+            }
+            assert_eq!(joined, whole, "batch {b} in {parts} parts");
+        }
+    }
+    let mut out = eb.batch(0).unwrap();
+    assert_err_mentions(eb.fill_batch_part(0, 2, 2, &mut out), &["part 2 of 2"]);
+    assert_err_mentions(eb.fill_batch_part(0, 0, 0, &mut out), &["parts must be"]);
+    assert_err_mentions(
+        eb.fill_batch_part(0, 0, 14, &mut out),
+        &["13 rows, fewer than the 14 parts"],
+    );
+}

@@ -11,6 +11,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod optim;
 pub mod rundir;
 pub mod schedule;
@@ -33,4 +34,7 @@ pub enum TrainError {
     Nn(#[from] lowprec_nn::NnError),
     #[error("io: {0}")]
     Io(String),
+    /// A failure of the distributed gradient exchange (another rank's error, a timeout).
+    #[error("distributed: {0}")]
+    Exchange(String),
 }

@@ -21,6 +21,7 @@ use std::time::Instant;
 use crate::checkpoint::{write_atomic, Checkpoint};
 use crate::config::TrainConfig;
 use crate::data::{self, DataSplits};
+use crate::dist::Exchange;
 use crate::optim::{Sgd, Swa};
 use crate::rundir::{Existing, RunDir};
 use crate::schedule::learning_rate;
@@ -130,6 +131,23 @@ pub struct FinalReport {
     /// Wall time of all epochs of this run, including those before a resume.
     pub seconds: f64,
     pub seconds_per_iteration: f64,
+    /// Data-parallel runs only: ranks, exchange format and its measured cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<DistributedReport>,
+}
+
+/// The gradient exchange of a data-parallel run, as seen by the rank that reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistributedReport {
+    pub ranks: usize,
+    pub exchange: String,
+    pub transport: String,
+    /// Bytes one rank contributes to each gradient all-reduce (header included).
+    pub bytes_per_iteration: u64,
+    /// Wall time per iteration spent in the all-reduce (encode, transport, decode, sum).
+    pub exchange_seconds_per_iteration: f64,
+    /// Relative L2 error of the encoded gradients (0 for fp32), over this invocation.
+    pub exchange_relative_error: f64,
 }
 
 pub struct Trainer {
@@ -153,6 +171,8 @@ pub struct Trainer {
     loss: Loss,
     /// The claimed output directory (locked while the trainer lives).
     run_dir: Option<RunDir>,
+    /// Data-parallel training: this rank's gradient exchange.
+    exchange: Option<Exchange>,
 }
 
 impl Trainer {
@@ -252,6 +272,7 @@ impl Trainer {
             opts,
             loss,
             run_dir,
+            exchange: None,
         };
         if let Some(p) = t.opts.resume_from.clone() {
             let ck = Checkpoint::load(&p)?;
@@ -266,6 +287,46 @@ impl Trainer {
             }
         }
         Ok(t)
+    }
+
+    /// Makes this trainer one rank of a data-parallel run: each step it trains on its part of
+    /// the global batch and the ranks all-reduce their gradients through `ex` before the SGD
+    /// step. The ranks' configurations and starting weights are compared first.
+    pub fn set_exchange(&mut self, mut ex: Exchange) -> Result<(), TrainError> {
+        if self.control.fast.is_some() {
+            return Err(TrainError::Config(
+                "FAST's adaptive precision decides from one process's statistics and is not \
+                 supported in distributed training"
+                    .into(),
+            ));
+        }
+        if self.cfg.train.batch < ex.size() {
+            return Err(TrainError::Config(format!(
+                "batch {} is smaller than the {} ranks: each rank needs at least one example",
+                self.cfg.train.batch,
+                ex.size()
+            )));
+        }
+        let config = format!(
+            "{}\n# exchange {} ranks {}",
+            self.cfg.to_toml(),
+            ex.format(),
+            ex.size()
+        );
+        let mut state = Vec::new();
+        state.extend_from_slice(&(self.epoch as u64).to_le_bytes());
+        state.extend_from_slice(&self.step.to_le_bytes());
+        for p in self.model.params() {
+            state.extend(p.value.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        ex.check_same(&config, &state)?;
+        self.exchange = Some(ex);
+        Ok(())
+    }
+
+    /// This process's exchange, when it is one rank of a data-parallel run.
+    pub fn exchange(&self) -> Option<&Exchange> {
+        self.exchange.as_ref()
     }
 
     fn swa_start(&self) -> Option<usize> {
@@ -348,6 +409,15 @@ impl Trainer {
             } else {
                 f64::NAN
             },
+            distributed: self.exchange.as_ref().map(|ex| DistributedReport {
+                ranks: ex.size(),
+                exchange: ex.format().to_string(),
+                transport: ex.transport_name(),
+                bytes_per_iteration: ex.stats.bytes_per_iteration,
+                exchange_seconds_per_iteration: ex.stats.seconds
+                    / ex.stats.iterations.max(1) as f64,
+                exchange_relative_error: ex.stats.relative_error(),
+            }),
         }
     }
 
@@ -372,8 +442,13 @@ impl Trainer {
         let mut batch = batches.batch(0)?;
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let mut lr = 0.0;
+        let (rank, ranks) = self
+            .exchange
+            .as_ref()
+            .map_or((0, 1), |ex| (ex.rank(), ex.size()));
         for b in 0..nb {
-            batches.fill_batch(b, &mut batch)?;
+            batches.fill_batch_part(b, rank, ranks, &mut batch)?;
+            let global_rows = batches.batch_indices(b).len();
             let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
             if !self.control.is_static() {
                 let p = self.control.plan_at(self.step);
@@ -405,6 +480,28 @@ impl Trainer {
             }
             self.model.backward(&mut ctx, lo.grad)?;
             drop(ctx);
+            let (mut step_loss, mut step_correct) = (lo.loss * batch.len() as f64, lo.correct);
+            if let Some(ex) = self.exchange.as_mut() {
+                // this rank's mean gradient, weighted so that the ranks' sum is the global mean
+                let weight = batch.len() as f32 / global_rows as f32;
+                let mut params = self.model.params_mut();
+                let (mut names, mut grads) = (Vec::new(), Vec::new());
+                for p in params.iter_mut() {
+                    let lowprec_nn::Param { name, grad, .. } = &mut **p;
+                    if batch.len() != global_rows {
+                        grad.iter_mut().for_each(|g| *g *= weight);
+                    }
+                    names.push(name.as_str());
+                    grads.push(grad.as_mut_slice());
+                }
+                let st = ex.all_reduce(
+                    self.step,
+                    &names,
+                    &mut grads,
+                    [step_loss, step_correct as f64],
+                )?;
+                (step_loss, step_correct) = (st[0], st[1] as usize);
+            }
             if fast {
                 self.control
                     .observe_weights(&self.plan, &mut signals, &self.model);
@@ -430,9 +527,9 @@ impl Trainer {
                     self.swa.update(&self.model.params());
                 }
             }
-            loss_sum += lo.loss * batch.len() as f64;
-            correct += lo.correct;
-            seen += batch.len();
+            loss_sum += step_loss;
+            correct += step_correct;
+            seen += global_rows;
             batch.images = out.data; // reuse an allocation for the next batch
             if let Some(pb) = &pb {
                 pb.inc(1);
@@ -457,6 +554,18 @@ impl Trainer {
         if let Some(start) = swa_start {
             if swa_every.is_none() && epoch >= start {
                 self.swa.update(&self.model.params());
+            }
+        }
+        if let Some(ex) = self.exchange.as_mut() {
+            // batch-norm running statistics: each rank's are of its own shards; their mean
+            let mut bufs: Vec<&mut Vec<f32>> = self
+                .model
+                .buffers_mut()
+                .into_iter()
+                .map(|(_, b)| b)
+                .collect();
+            if !bufs.is_empty() {
+                ex.average(&mut bufs)?;
             }
         }
         self.epoch += 1;
