@@ -62,6 +62,10 @@ pub struct TrainArgs {
     /// `[[precision_schedule]]`, e.g. `{ layers = ["fc1"], epochs = [0, 2], width = 4 }`.
     #[arg(long)]
     pub schedule: Vec<String>,
+    /// Width multiplier: every conv and linear layer but the classifier gets K times the
+    /// outputs (WRPN's widening, paper 001).
+    #[arg(long, value_name = "K")]
+    pub widen: Option<usize>,
     /// Stop after this many epochs of this invocation (a deliberate interruption).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
@@ -94,6 +98,12 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
     }
     if let Some(e) = a.epochs {
         cfg.train.epochs = e;
+    }
+    if let Some(k) = a.widen.filter(|&k| k != 1) {
+        cfg.model
+            .widen(k)
+            .map_err(|e| anyhow::anyhow!("--widen {k}: {e}"))?;
+        cfg.description = format!("{} (widened {k}x)", cfg.description);
     }
     if let Some(s) = a.seed {
         cfg.seed = s;
