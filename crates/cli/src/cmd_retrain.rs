@@ -125,7 +125,7 @@ fn stage(
         }
         eprintln!(
             "retraining {} epochs, precision {}",
-            t.cfg.train.epochs, t.cfg.precision
+            t.cfg.train.epochs, t.plan
         );
         t.run()?;
         Ok(())

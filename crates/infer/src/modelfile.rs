@@ -101,6 +101,9 @@ struct PackedMeta {
     bits: Option<u32>,
 }
 
+/// A tensor as stored: name, dtype, shape, bytes.
+type Stored = (String, Dtype, Vec<usize>, Vec<u8>);
+
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -120,7 +123,7 @@ impl QuantizedModel {
     }
 
     /// Tensors as stored: (name, dtype, shape, bytes), sorted by name.
-    fn stored(&self) -> Result<Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, InferError> {
+    fn stored(&self) -> Result<Vec<Stored>, InferError> {
         let mut out = Vec::new();
         for (n, (s, v)) in &self.tensors {
             out.push((n.clone(), Dtype::F32, s.clone(), f32_bytes(v)));
