@@ -614,6 +614,33 @@ mod tests {
     }
 
     #[test]
+    fn formats_fake_quantize_and_fit() {
+        use crate::{fake_quantize, NumberFormat, StreamKey};
+        let w: Vec<f32> = (0..24).map(|i| ((i * 7 % 11) as f32 - 5.0) / 9.0).collect();
+        let f: NumberFormat = "twn:channel".parse().unwrap();
+        let mut out = vec![0f32; 24];
+        fake_quantize(&w, &[4, 6], &f, StreamKey::new(0, 0), "w", &mut out).unwrap();
+        let want = quantize_twn(&w, 4, ScaleMode::PerChannel, TWN_THRESHOLD, "w").unwrap();
+        assert_eq!(out, want.dequantize());
+        // an unfitted clip cannot quantise
+        let f: NumberFormat = "a2:fit".parse().unwrap();
+        let e = fake_quantize(&w, &[4, 6], &f, StreamKey::new(0, 0), "acts7", &mut out);
+        assert!(e.unwrap_err().to_string().contains("acts7"));
+        // the fitted clip beats the maximum when one outlier stretches the range
+        let mut x: Vec<f32> = (0..10000).map(|i| (i % 100) as f32 / 100.0).collect();
+        x.push(20.0);
+        let c = fit_clip(&x, 2, "x").unwrap();
+        assert!(c > 0.3 && c < 20.0, "{c}");
+        let err = |clip: f32| {
+            let q = quantize_activations(&x, 2, clip, "x").unwrap().dequantize();
+            x.iter().zip(&q).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
+        };
+        assert!(err(c) < err(20.0));
+        assert_eq!(fit_clip(&[0.0, -1.0], 2, "x").unwrap(), 1.0);
+        assert!(fit_clip(&[f32::NAN], 2, "x").is_err());
+    }
+
+    #[test]
     fn ste_passes_inside_the_clip_only() {
         let x = [-1.5, -1.0, 0.0, 1.0, 1.01];
         let g = [1.0, 2.0, 3.0, 4.0, 5.0];

@@ -17,7 +17,8 @@
 
 use lowprec_formats::lowbit::{quantize_activations, reference::activation_code};
 use lowprec_formats::{LowBitCodes, LowBitFormat};
-use lowprec_kernels::lowbit::{gemm_ternary_planes, gemm_xnor, BitCode, PackedBits};
+use lowprec_kernels::lowbit::{gemm_ternary_planes, gemm_xnor, line_words, BitCode, PackedBits};
+use rayon::prelude::*;
 use lowprec_kernels::{MatMut, MatRef};
 use lowprec_nn::layer::Layer;
 use lowprec_nn::{Ctx, NnError, Tensor};
@@ -314,37 +315,49 @@ impl LowBitLayer {
         let q = quantize_activations(x, self.a_bits, self.clip, &tensor)
             .map_err(|e| NnError::quant(&self.name, 0, e))?;
         let a_scale = q.scales[0];
-        // im2col rows of codes, columns in the weights' (channel, ky, kx) order
+        // im2col rows packed straight to bit planes, K in the weights' (channel, ky, kx) order;
+        // a padding tap is code 0 (no bit set; for XNOR the sign -1 of activation 0)
         let xnor = matches!(self.kernel, Kernel::Xnor(..));
-        let pad = if xnor { -1i8 } else { 0 };
-        let mut col = vec![pad; rows * kk];
-        for n in 0..b {
-            for oy in 0..g.ho {
-                for ox in 0..g.wo {
-                    let r = &mut col[((n * g.ho + oy) * g.wo + ox) * kk..][..kk];
-                    for c in 0..g.cin {
-                        let src = &q.codes[(n * g.cin + c) * hw..][..hw];
-                        for ky in 0..g.k {
-                            for kx in 0..g.k {
-                                if let Some(p) = self.at(oy, ox, ky, kx) {
-                                    let v = src[p];
-                                    r[(c * g.k + ky) * g.k + kx] = if xnor { 2 * v - 1 } else { v };
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let kerr = |e| NnError::kernel(&self.name, e);
-        let cm = MatRef::row_major(&col, rows, kk).map_err(kerr)?;
         let code = if xnor {
             BitCode::Sign
         } else {
             BitCode::Unsigned(self.a_bits)
         };
-        let ap = PackedBits::from_rows(cm, code, &tensor).map_err(kerr)?;
-        drop(col);
+        let planes = if xnor { 1 } else { self.a_bits as usize };
+        let words = line_words(kk);
+        let mut data = vec![0u64; rows * planes * words];
+        let codes = &q.codes;
+        data.par_chunks_mut(planes * words)
+            .enumerate()
+            .for_each(|(r, line)| {
+                let (n, p) = (r / po, r % po);
+                let (oy, ox) = (p / g.wo, p % g.wo);
+                for c in 0..g.cin {
+                    let src = &codes[(n * g.cin + c) * hw..][..hw];
+                    for ky in 0..g.k {
+                        for kx in 0..g.k {
+                            if let Some(i) = self.at(oy, ox, ky, kx) {
+                                let v = src[i] as u8;
+                                let kidx = (c * g.k + ky) * g.k + kx;
+                                let (w, bit) = (kidx / 64, 1u64 << (kidx % 64));
+                                for pl in 0..planes {
+                                    if v >> pl & 1 == 1 {
+                                        line[pl * words + w] |= bit;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        let ap = PackedBits {
+            code,
+            lines: rows,
+            k: kk,
+            words,
+            data,
+        };
+        let kerr = |e| NnError::kernel(&self.name, e);
         let mut c = vec![0i32; self.cout * rows];
         let mut acc = vec![0i64; self.cout * rows];
         match &self.kernel {
