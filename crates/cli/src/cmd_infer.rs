@@ -99,9 +99,18 @@ pub fn run(a: &InferArgs) -> Result<()> {
             qm.layers.len()
         );
         println!("  formats (weights/acts): {}", formats.join(", "));
+        let lowbit = qm
+            .layers
+            .iter()
+            .any(|l| matches!(l.weights, lowprec_formats::NumberFormat::LowBit(_)));
         println!(
-            "  CPU kernels: {:?}, {threads} thread(s), batch {}",
+            "  CPU kernels: {:?}{}, {threads} thread(s), batch {}",
             Isa::detect(),
+            if lowbit {
+                format!(", low-bit {:?}", lowprec_kernels::lowbit::BitIsa::detect())
+            } else {
+                String::new()
+            },
             a.batch
         );
         println!(
@@ -178,6 +187,7 @@ pub fn run(a: &InferArgs) -> Result<()> {
             let j = serde_json::json!({
                 "model": a.model.display().to_string(), "threads": threads, "batch": a.batch,
                 "kernels": format!("{:?}", Isa::detect()),
+                "lowbit_kernels": lowbit.then(|| format!("{:?}", lowprec_kernels::lowbit::BitIsa::detect())),
                 "integer": q, "fp32": f, "reference_checked_images": checked, "layers": rows,
             });
             crate::util::write_atomic(p, serde_json::to_string_pretty(&j)?.as_bytes())

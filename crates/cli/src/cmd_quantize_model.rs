@@ -1,5 +1,5 @@
 //! `lowprec quantize-model`: post-training quantisation of a checkpoint to the FPGA BFP
-//! formats, with the per-layer error table.
+//! formats or paper 001's low-bit formats, with the per-layer error table.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -14,14 +14,17 @@ use std::path::{Path, PathBuf};
 pub struct QuantizeModelArgs {
     /// A checkpoint written by `lowprec train` (its SGD weights are quantised).
     pub checkpoint: PathBuf,
-    /// Weight format, e.g. int4bfp, int8bfp:c16, int5bfp:c32:nearest.
+    /// Weight format, e.g. int4bfp, int8bfp:c16, int5bfp:c32:nearest; or low-bit: ternary,
+    /// wrpn<k>, twn[:channel], binary[:channel].
     #[arg(long)]
     pub weights: String,
-    /// Activation format, e.g. int5bfp.
+    /// Activation format, e.g. int5bfp; with low-bit weights a<k>[:clip<C>|:fit] (k unsigned
+    /// bits in [0, C]; `fit` fits C per layer on the calibration images).
     #[arg(long)]
     pub activations: String,
-    /// `fp32` keeps the first and last conv/linear layers in floats; `quantized` does not.
-    #[arg(long, default_value = "quantized")]
+    /// `fp32` keeps the first and last conv/linear layers in floats; `quantized` does not;
+    /// `auto`: fp32 for low-bit formats, quantized for BFP.
+    #[arg(long, default_value = "auto")]
     pub first_last: String,
     /// The quantised model file to write.
     #[arg(long)]
@@ -72,14 +75,30 @@ pub fn run(a: &QuantizeModelArgs) -> Result<()> {
     let threads = crate::util::threads_or_default(a.threads)?;
     let weights: NumberFormat = a.weights.parse().context("--weights")?;
     let acts: NumberFormat = a.activations.parse().context("--activations")?;
-    let opts = PtqOptions {
-        weights,
-        acts,
-        first_last_fp32: parse_first_last(&a.first_last)?,
+    let first_last_fp32 = if a.first_last == "auto" {
+        matches!(weights, NumberFormat::LowBit(_))
+    } else {
+        parse_first_last(&a.first_last)?
     };
     let ck = Checkpoint::load(&a.checkpoint)
         .with_context(|| format!("loading {}", a.checkpoint.display()))?;
     crate::util::with_threads(threads, || -> Result<()> {
+        let data = load_data(&ck.config_toml, a.data_dir.clone(), None)?;
+        let calib: Vec<_> = batches(
+            &data.train,
+            &data.norm,
+            a.batch,
+            Some(a.calib_batches * a.batch),
+        )?
+        .into_iter()
+        .map(|(x, _)| x)
+        .collect();
+        let opts = PtqOptions {
+            weights,
+            acts,
+            first_last_fp32,
+            calib: calib.clone(),
+        };
         let mut qm = quantize_checkpoint(&ck, &opts)?;
         qm.extra
             .insert("source".into(), a.checkpoint.display().to_string());
@@ -93,16 +112,6 @@ pub fn run(a: &QuantizeModelArgs) -> Result<()> {
             packed,
             fp
         );
-        let data = load_data(&qm.config_toml, a.data_dir.clone(), None)?;
-        let calib: Vec<_> = batches(
-            &data.train,
-            &data.norm,
-            a.batch,
-            Some(a.calib_batches * a.batch),
-        )?
-        .into_iter()
-        .map(|(x, _)| x)
-        .collect();
         let rows = layer_errors(&qm, &calib)?;
         println!(
             "signal-to-quantisation-noise (dB) over {} training images: weights; the layer's output with only it quantised; the network's value at its input and output against the float model; the fall from the previous layer's output",

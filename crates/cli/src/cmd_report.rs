@@ -3,8 +3,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use lowprec_formats::{FpgaBfp, MantissaCode, NumberFormat};
+use lowprec_formats::{FpgaBfp, LowBitFormat, MantissaCode, NumberFormat};
 use lowprec_hw::bfp_array::{estimate, same_logic, BfpArray, BfpEstimate, GemmLayer, Operand};
+use lowprec_hw::networks::{Layer as HwLayer, Network};
+use lowprec_hw::projection::{project, Precision as HwPrecision, Projection};
 use lowprec_infer::eval::{batches, evaluate};
 use lowprec_infer::ptq::{quantize_checkpoint, PtqOptions};
 use lowprec_infer::{Engine, Mode};
@@ -66,6 +68,8 @@ struct Row {
     images_per_second_same_logic: Option<f64>,
     board: String,
     hw: Option<BfpEstimate>,
+    /// Low-bit rows: paper 001's projection (`lowprec_hw::projection`) of this network.
+    lowbit_hw: Option<Projection>,
 }
 
 pub fn run(c: &ReportCommand) -> Result<()> {
@@ -115,6 +119,7 @@ pub fn run(c: &ReportCommand) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let cv = a.c_vector;
+    let lb = |s: &str| s.parse::<NumberFormat>().with_context(|| s.to_string());
     let f = |p: FpgaBfp| NumberFormat::Fpga(FpgaBfp { c_vector: cv, ..p });
     let rows_spec: Vec<(&str, NumberFormat, NumberFormat)> = vec![
         ("fp32", NumberFormat::F32, NumberFormat::F32),
@@ -129,7 +134,23 @@ pub fn run(c: &ReportCommand) -> Result<()> {
         ("int5bfp", f(FpgaBfp::INT5), f(FpgaBfp::INT5)),
         ("int4bfp", f(FpgaBfp::INT4), f(FpgaBfp::INT4)),
         ("int5a/int4w", f(FpgaBfp::INT4), f(FpgaBfp::INT5)),
+        ("ternary+a2", lb("twn:channel")?, lb("a2:fit")?),
+        ("binary+a2", lb("binary:channel")?, lb("a2:fit")?),
+        ("binary+binary", lb("binary:channel")?, lb("a1:fit")?),
     ];
+    // paper 001's model of this network: its MACs per conv/linear layer
+    let hw_net = Network {
+        id: cfg.name.clone(),
+        name: cfg.name.clone(),
+        input: cfg.model.input.iter().product(),
+        layers: layers
+            .iter()
+            .map(|l| HwLayer::Fc {
+                i: l.cin * l.taps * l.pixels,
+                o: l.cout,
+            })
+            .collect(),
+    };
     let rows = crate::util::with_threads(threads, || -> Result<Vec<Row>> {
         // a limit takes test images spread over the set (it is stored class by class)
         let mut dcfg = cfg.data.clone();
@@ -138,6 +159,10 @@ pub fn run(c: &ReportCommand) -> Result<()> {
         }
         let data = lowprec_train::data::load(&dcfg, a.data_dir.clone())?;
         let bs = batches(&data.test, &data.norm, 256, None)?;
+        let calib: Vec<_> = batches(&data.train, &data.norm, 128, Some(256))?
+            .into_iter()
+            .map(|(x, _)| x)
+            .collect();
         let mut rows = Vec::new();
         let mut fp32_acc = None;
         let op = |x: &FpgaBfp| Operand {
@@ -151,6 +176,7 @@ pub fn run(c: &ReportCommand) -> Result<()> {
                 weights: *w,
                 acts: *acts,
                 first_last_fp32,
+                calib: calib.clone(),
             };
             let qm = quantize_checkpoint(&ck, &opts)?;
             let mode = if w.is_f32() { Mode::Float } else { Mode::Fast };
@@ -165,6 +191,16 @@ pub fn run(c: &ReportCommand) -> Result<()> {
                     estimate(&arr, op(af), op(wf), &layers),
                     same_logic(&arr, op(af), op(wf), &layers, budget),
                 )),
+                _ => None,
+            };
+            let lowbit_hw = match (w, acts) {
+                (NumberFormat::LowBit(wf), NumberFormat::LowBit(af)) => {
+                    let wb = match wf {
+                        LowBitFormat::Binary { .. } => 1,
+                        f => f.bits(),
+                    };
+                    Some(project(dev, &hw_net, HwPrecision::new(wb, af.bits())?)?)
+                }
                 _ => None,
             };
             let (hw, same) = match hw {
@@ -192,11 +228,15 @@ pub fn run(c: &ReportCommand) -> Result<()> {
                 luts: hw.as_ref().map(|h| h.luts),
                 dsps: hw.as_ref().map(|h| h.dsps),
                 brams: hw.as_ref().map(|h| h.brams),
-                images_per_second: hw.as_ref().map(|h| h.images_per_second),
+                images_per_second: hw
+                    .as_ref()
+                    .map(|h| h.images_per_second)
+                    .or(lowbit_hw.as_ref().map(|p| p.images_per_s)),
                 k_vector_same_logic: same.as_ref().map(|s| s.0),
                 images_per_second_same_logic: same.as_ref().map(|s| s.1.images_per_second),
                 board: arr.device.clone(),
                 hw,
+                lowbit_hw,
             });
         }
         Ok(rows)
@@ -252,6 +292,25 @@ pub fn run(c: &ReportCommand) -> Result<()> {
                 .map(|v| format!("{v:.0}"))
                 .unwrap_or_else(|| "-".into()),
         );
+    }
+    let low: Vec<&Row> = rows.iter().filter(|r| r.lowbit_hw.is_some()).collect();
+    if !low.is_empty() {
+        md += &format!(
+            "\nLow-bit rows (clips `fit` per layer on 256 training images): images/s from paper 001's projection (`lowprec_hw::projection`: the first and last layers on {}'s DSPs at 8 bits, the rest on a soft-logic array, sustained fraction fitted to 001's Arria 10 AlexNet point), not the BFP array.\n\n| format | w/a | ALMs per MAC | vs soft int8 PE | images/s | TOPS sustained |\n| --- | --- | --- | --- | --- | --- |\n",
+            arr.device
+        );
+        for r in low {
+            let p = r.lowbit_hw.as_ref().expect("filtered");
+            md += &format!(
+                "| {} | {} | {:.2} | {:.1}% | {:.0} | {:.4} |\n",
+                r.format,
+                p.precision.label(),
+                p.alms_per_mac,
+                100.0 * p.cost_vs_int8,
+                p.images_per_s,
+                p.tops
+            );
+        }
     }
     crate::util::write_atomic(&a.out.join("report.md"), md.as_bytes())?;
     let pts: Vec<(String, f64, f64)> = rows

@@ -1,11 +1,12 @@
-//! `lowprec retrain`: fine-tunes a quantised model with the bit-true FPGA formats in the
-//! forward pass (straight-through estimator: the layers quantise weights and activations in
+//! `lowprec retrain`: fine-tunes a quantised model with its formats (bit-true FPGA BFP, or
+//! paper 001's ternary / binary / k-bit with the model file's clips) in the forward pass (straight-through estimator: the layers quantise weights and activations in
 //! forward and update FP32 master weights), on the training loop and checkpoints of
 //! `lowprec train` (resumable, bit-reproducible), then writes the re-quantised model file.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lowprec_infer::ptq::{quantize_tensors, PtqOptions};
+use lowprec_formats::NumberFormat;
+use lowprec_infer::ptq::quantize_like;
 use lowprec_infer::QuantizedModel;
 use lowprec_kernels::CpuBackend;
 use lowprec_nn::Precision;
@@ -81,7 +82,7 @@ fn stage(
     start: &Checkpoint,
     dir: &Path,
     threads: usize,
-    fp32_layers: &[String],
+    layer_plan: &[(String, String)],
 ) -> Result<Checkpoint> {
     cfg.precision = precision.parse::<Precision>()?;
     cfg.train.epochs = epochs;
@@ -100,17 +101,18 @@ fn stage(
         allow_config_change: false,
     };
     let start = start.clone();
-    let fp32_layers = fp32_layers.to_vec();
+    let layer_plan = layer_plan.to_vec();
     crate::util::with_threads(threads, move || -> Result<()> {
         let mut t = Trainer::new(cfg, opts)?;
-        // The per-layer plan: layers the model file keeps in floats train in floats (the plan
-        // is not in the checkpoint, so a resumed run sets it again, the same way).
-        for name in &fp32_layers {
+        // The per-layer plan: each conv/linear layer trains in the model file's formats for it
+        // (fp32 layers in floats, fitted clips per layer); the plan is not in the checkpoint,
+        // so a resumed run sets it again, the same way.
+        for (name, p) in &layer_plan {
             let i = t
                 .model
                 .layer_index(name)
                 .with_context(|| format!("layer {name} of the model file is not in the network"))?;
-            t.plan.set_layer(i, Precision::fp32());
+            t.plan.set_layer(i, p.parse::<Precision>()?);
         }
         if !resume {
             // a stage starts at its epoch 0 from the weights (and momentum) it is given
@@ -123,7 +125,7 @@ fn stage(
         }
         eprintln!(
             "retraining {} epochs, precision {}",
-            t.cfg.train.epochs, t.cfg.precision
+            t.cfg.train.epochs, t.plan
         );
         t.run()?;
         Ok(())
@@ -157,13 +159,31 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
     if let Some(n) = a.test_subset {
         cfg.data.test_subset = n;
     }
-    let fp32_layers: Vec<String> = qm
-        .layers
-        .iter()
-        .filter(|l| l.weights.is_f32() && l.acts.is_f32())
-        .map(|l| l.name.clone())
-        .collect();
-    let both = format!("fp32,weights={w},acts={acts}");
+    // per layer: its formats as a policy (weights only in a staged run's first stage)
+    let plan = |acts_too: bool| -> Vec<(String, String)> {
+        qm.layers
+            .iter()
+            .map(|l| {
+                let p = if l.weights.is_f32() && l.acts.is_f32() {
+                    "fp32".to_string()
+                } else if acts_too {
+                    format!("fp32,weights={},acts={}", l.weights, l.acts)
+                } else {
+                    format!("fp32,weights={}", l.weights)
+                };
+                (l.name.clone(), p)
+            })
+            .collect()
+    };
+    // the base policy: the model's formats, unless a layer's differ (fitted clips)
+    let uniform = acts
+        .parse::<NumberFormat>()
+        .is_ok_and(|a| qm.layers.iter().all(|l| l.acts.is_f32() || l.acts == a));
+    let both = if uniform {
+        format!("fp32,weights={w},acts={acts}")
+    } else {
+        format!("fp32,weights={w}")
+    };
     let start = start_checkpoint(&qm, &cfg);
     std::fs::create_dir_all(&a.out)?;
     let done = if a.staged && a.epochs >= 2 {
@@ -176,7 +196,7 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
             &start,
             &a.out.join("stage1-weights"),
             threads,
-            &fp32_layers,
+            &plan(false),
         )?;
         stage(
             a,
@@ -186,7 +206,7 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
             &s1,
             &a.out.join("stage2-both"),
             threads,
-            &fp32_layers,
+            &plan(true),
         )?
     } else {
         stage(
@@ -197,7 +217,7 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
             &start,
             &a.out,
             threads,
-            &fp32_layers,
+            &plan(true),
         )?
     };
     let tensors: BTreeMap<_, _> = done
@@ -206,17 +226,12 @@ pub fn run(a: &RetrainArgs) -> Result<()> {
         .filter(|(k, _)| k.starts_with("param/") || k.starts_with("buffer/"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let opts = PtqOptions {
-        weights: w.parse()?,
-        acts: acts.parse()?,
-        first_last_fp32,
-    };
     let mut extra = qm.extra.clone();
     extra.insert("retrained_from".into(), a.model.display().to_string());
     extra.insert("retrain_epochs".into(), a.epochs.to_string());
     extra.insert("retrain_staged".into(), a.staged.to_string());
     let rq = crate::util::with_threads(threads, || {
-        quantize_tensors(&qm.config_toml, tensors, &opts, extra)
+        quantize_like(&qm.config_toml, tensors, &qm.layers, extra)
     })??;
     let path = a.out.join("model.lpq");
     rq.save(&path)?;

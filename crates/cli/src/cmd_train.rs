@@ -83,6 +83,10 @@ pub struct TrainArgs {
     /// Tests only: this rank stalls before its first collective.
     #[arg(long, hide = true, requires = "distributed")]
     pub test_stall_rank: Option<usize>,
+    /// Width multiplier: every conv and linear layer but the classifier gets K times the
+    /// outputs (WRPN's widening, paper 001).
+    #[arg(long, value_name = "K")]
+    pub widen: Option<usize>,
     /// Stop after this many epochs of this invocation (a deliberate interruption).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
@@ -115,6 +119,12 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
     }
     if let Some(e) = a.epochs {
         cfg.train.epochs = e;
+    }
+    if let Some(k) = a.widen.filter(|&k| k != 1) {
+        cfg.model
+            .widen(k)
+            .map_err(|e| anyhow::anyhow!("--widen {k}: {e}"))?;
+        cfg.description = format!("{} (widened {k}x)", cfg.description);
     }
     if let Some(s) = a.seed {
         cfg.seed = s;

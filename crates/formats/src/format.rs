@@ -391,6 +391,9 @@ pub enum NumberFormat {
     Float(FloatFormat),
     /// Bit-true FPGA BFP (FP16 in, `c_vector` channel blocks, 5-bit exponent).
     Fpga(crate::fpga::FpgaBfp),
+    /// Paper 001's ternary / binary / k-bit weights and k-bit activations (integer codes
+    /// times scales, `lowprec_formats::lowbit`).
+    LowBit(crate::lowbit::LowBitFormat),
 }
 
 impl NumberFormat {
@@ -409,6 +412,7 @@ impl NumberFormat {
                 crate::fpga::FpgaRounding::NearestEven => Rounding::NearestEven,
                 crate::fpga::FpgaRounding::Stochastic => Rounding::Stochastic,
             }),
+            NumberFormat::LowBit(_) => Some(Rounding::NearestAway),
         }
     }
     pub fn validate(&self) -> Result<(), FormatError> {
@@ -418,6 +422,7 @@ impl NumberFormat {
             NumberFormat::Fixed(x) => x.validate(),
             NumberFormat::Float(x) => x.validate(),
             NumberFormat::Fpga(x) => x.validate(),
+            NumberFormat::LowBit(x) => x.validate().map_err(|r| err(&x.to_string(), r)),
         }
     }
 }
@@ -478,6 +483,9 @@ impl FromStr for NumberFormat {
         }
         if let Some(f) = crate::fpga::FpgaBfp::parse_parts(input, head, &rest)? {
             return Ok(NumberFormat::Fpga(f));
+        }
+        if let Some(f) = crate::lowbit::LowBitFormat::parse_parts(head, &rest) {
+            return f.map(NumberFormat::LowBit).map_err(|r| err(input, r));
         }
         if let Some(wl) = head.strip_prefix("bfp") {
             let wl: u32 = wl
@@ -601,7 +609,7 @@ impl FromStr for NumberFormat {
             f.validate().map_err(wrap)?;
             return Ok(NumberFormat::Float(f));
         }
-        Err(err(input, "unknown format (fp32, bfp<wl>[:block][:rounding], fixed<wl>:<fl>, fp16, bf16, fp8e4m3, fp8e5m2, float<E>m<M>, int4bfp/int5bfp/int7bfp/int8bfp/int9bfp/int12bfp[:c<cv>][:rounding], fpga<W>sm|tc)"))
+        Err(err(input, "unknown format (fp32, bfp<wl>[:block][:rounding], fixed<wl>:<fl>, fp16, bf16, fp8e4m3, fp8e5m2, float<E>m<M>, int4bfp/int5bfp/int7bfp/int8bfp/int9bfp/int12bfp[:c<cv>][:rounding], fpga<W>sm|tc, ternary, wrpn<k>, twn[:channel], binary[:channel], a<k>[:clip<C>|:fit])"))
     }
 }
 
@@ -649,6 +657,7 @@ impl fmt::Display for NumberFormat {
             NumberFormat::Fixed(x) => x.fmt(f),
             NumberFormat::Float(x) => x.fmt(f),
             NumberFormat::Fpga(x) => x.fmt(f),
+            NumberFormat::LowBit(x) => x.fmt(f),
         }
     }
 }

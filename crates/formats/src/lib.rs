@@ -31,7 +31,7 @@ pub use format::{
 };
 pub use fpga::{ChannelView, FpgaBfp, FpgaRounding, FpgaTensor, MantissaCode};
 pub use layout::BlockLayout;
-pub use lowbit::{LowBitCodes, ScaleMode};
+pub use lowbit::{ActClip, LowBitCodes, LowBitFormat, ScaleMode};
 pub use rng::StreamKey;
 
 /// Errors from quantisation.
@@ -88,6 +88,13 @@ pub fn fake_quantize(
         NumberFormat::Fpga(f) => {
             peer::check_shape(x, shape, tensor)?;
             fpga::fake_quantize_fpga(x, ChannelView::from_shape(shape), f, key, tensor, out)
+        }
+        NumberFormat::LowBit(f) => {
+            peer::check_shape(x, shape, tensor)?;
+            // weights are `[channels, ...]`: per-channel scales are per leading index
+            let channels = shape.first().copied().unwrap_or(1);
+            lowbit::quantize_lowbit(x, channels, f, tensor)?.dequantize_into(out);
+            Ok(())
         }
     }
 }

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use crate::QuantError;
 
 /// Whether a scale covers the whole tensor or one output channel (a row of `[channels, rest]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ScaleMode {
     PerTensor,
     PerChannel,
@@ -63,6 +63,252 @@ impl LowBitCodes {
                 }
             });
     }
+}
+
+/// TWN's threshold factor (Li et al.: 0.7 of the mean magnitude).
+pub const TWN_THRESHOLD: f64 = 0.7;
+
+/// A low-bit format as a [`crate::NumberFormat`] names it (`ternary`, `wrpn<k>`,
+/// `twn[:channel]`, `binary[:channel]`, `a<k>[:clip<C>|:fit]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LowBitFormat {
+    /// WRPN k-bit weights (k = 2: ternary, written `ternary`).
+    Wrpn { bits: u32 },
+    /// Threshold ternary weights, scale per tensor or per output channel.
+    Twn { mode: ScaleMode },
+    /// Sign x mean |w|, per tensor or per output channel.
+    Binary { mode: ScaleMode },
+    /// k-bit unsigned activations in `[0, clip]`.
+    Acts { bits: u32, clip: ActClip },
+}
+
+/// The clip of k-bit activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActClip {
+    /// A fixed clip (f32 bits, so the format stays `Eq`).
+    Fixed(u32),
+    /// Fitted per layer on calibration data (`quantize-model` replaces it by a fixed clip).
+    Fit,
+}
+
+impl LowBitFormat {
+    /// Whether it quantises weights (else activations).
+    pub fn is_weights(&self) -> bool {
+        !matches!(self, LowBitFormat::Acts { .. })
+    }
+    /// Bits one stored code takes.
+    pub fn bits(&self) -> u32 {
+        match *self {
+            LowBitFormat::Wrpn { bits } | LowBitFormat::Acts { bits, .. } => bits,
+            LowBitFormat::Twn { .. } => 2,
+            LowBitFormat::Binary { .. } => 1,
+        }
+    }
+    /// The codes this format produces, inclusive.
+    pub fn code_range(&self) -> (i32, i32) {
+        match *self {
+            LowBitFormat::Wrpn { bits } => {
+                let n = (1i32 << (bits - 1)) - 1;
+                (-n, n)
+            }
+            LowBitFormat::Twn { .. } => (-1, 1),
+            LowBitFormat::Binary { .. } => (-1, 1),
+            LowBitFormat::Acts { bits, .. } => (0, (1i32 << bits) - 1),
+        }
+    }
+    /// Whether `c` is a code of this format (binary has no 0).
+    pub fn valid_code(&self, c: i8) -> bool {
+        let (lo, hi) = self.code_range();
+        let c = c as i32;
+        c >= lo && c <= hi && !(matches!(self, LowBitFormat::Binary { .. }) && c == 0)
+    }
+    /// Scale mode of a weight format (WRPN's scale is fixed, one per tensor).
+    pub fn scale_mode(&self) -> ScaleMode {
+        match *self {
+            LowBitFormat::Twn { mode } | LowBitFormat::Binary { mode } => mode,
+            _ => ScaleMode::PerTensor,
+        }
+    }
+    /// A fixed activation clip, if this is one.
+    pub fn clip(&self) -> Option<f32> {
+        match *self {
+            LowBitFormat::Acts {
+                clip: ActClip::Fixed(b),
+                ..
+            } => Some(f32::from_bits(b)),
+            _ => None,
+        }
+    }
+    /// k-bit activations with a fixed clip.
+    pub fn acts(bits: u32, clip: f32) -> Self {
+        LowBitFormat::Acts {
+            bits,
+            clip: ActClip::Fixed(clip.to_bits()),
+        }
+    }
+    pub fn validate(&self) -> Result<(), String> {
+        match *self {
+            LowBitFormat::Wrpn { bits } if !(2..=8).contains(&bits) => {
+                Err(format!("WRPN weights need 2..=8 bits, got {bits}"))
+            }
+            LowBitFormat::Acts { bits, .. } if !(1..=7).contains(&bits) => {
+                Err(format!("activations need 1..=7 bits, got {bits}"))
+            }
+            LowBitFormat::Acts {
+                clip: ActClip::Fixed(b),
+                ..
+            } if !(f32::from_bits(b).is_finite() && f32::from_bits(b) > 0.0) => Err(format!(
+                "activation clip {} must be finite and > 0",
+                f32::from_bits(b)
+            )),
+            _ => Ok(()),
+        }
+    }
+    /// Parses the head and options of a low-bit format; `None` when `head` is not one.
+    pub fn parse_parts(head: &str, rest: &[&str]) -> Option<Result<Self, String>> {
+        let mode = |rest: &[&str]| -> Result<ScaleMode, String> {
+            match rest {
+                [] | ["tensor"] => Ok(ScaleMode::PerTensor),
+                ["channel"] => Ok(ScaleMode::PerChannel),
+                _ => Err(format!(
+                    "options `{}`: only `tensor` or `channel` (the scale's scope)",
+                    rest.join(":")
+                )),
+            }
+        };
+        let none = |rest: &[&str], f: LowBitFormat| {
+            if rest.is_empty() {
+                Ok(f)
+            } else {
+                Err("WRPN weights take no options (their scale is fixed)".to_string())
+            }
+        };
+        let f = match head {
+            "ternary" => none(rest, LowBitFormat::Wrpn { bits: 2 }),
+            "twn" => mode(rest).map(|mode| LowBitFormat::Twn { mode }),
+            "binary" => mode(rest).map(|mode| LowBitFormat::Binary { mode }),
+            _ => {
+                if let Some(k) = head.strip_prefix("wrpn") {
+                    match k.parse::<u32>() {
+                        Ok(bits) => none(rest, LowBitFormat::Wrpn { bits }),
+                        Err(_) => Err("wrpn<k> needs a bit count, e.g. wrpn4".into()),
+                    }
+                } else if let Some(k) = head
+                    .strip_prefix('a')
+                    .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_digit()))
+                {
+                    let bits: u32 = match k.parse() {
+                        Ok(b) => b,
+                        Err(_) => return Some(Err(format!("bad bit count `{k}`"))),
+                    };
+                    match rest {
+                        [] => Ok(LowBitFormat::acts(bits, 1.0)),
+                        ["fit"] => Ok(LowBitFormat::Acts {
+                            bits,
+                            clip: ActClip::Fit,
+                        }),
+                        [c] if c.starts_with("clip") => match c[4..].parse::<f32>() {
+                            Ok(v) => Ok(LowBitFormat::acts(bits, v)),
+                            Err(_) => Err(format!("`{c}`: clip<C> needs a number, e.g. clip2.5")),
+                        },
+                        _ => Err(format!(
+                            "options `{}`: a<k> takes `clip<C>` or `fit`",
+                            rest.join(":")
+                        )),
+                    }
+                } else {
+                    return None;
+                }
+            }
+        };
+        Some(f.and_then(|f| f.validate().map(|_| f)))
+    }
+}
+
+impl std::fmt::Display for LowBitFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scope = |m: ScaleMode| match m {
+            ScaleMode::PerTensor => "",
+            ScaleMode::PerChannel => ":channel",
+        };
+        match *self {
+            LowBitFormat::Wrpn { bits: 2 } => f.write_str("ternary"),
+            LowBitFormat::Wrpn { bits } => write!(f, "wrpn{bits}"),
+            LowBitFormat::Twn { mode } => write!(f, "twn{}", scope(mode)),
+            LowBitFormat::Binary { mode } => write!(f, "binary{}", scope(mode)),
+            LowBitFormat::Acts {
+                bits,
+                clip: ActClip::Fit,
+            } => write!(f, "a{bits}:fit"),
+            // `{}` of an f32 is the shortest text that parses back to the same bits
+            LowBitFormat::Acts {
+                bits,
+                clip: ActClip::Fixed(c),
+            } => write!(f, "a{bits}:clip{}", f32::from_bits(c)),
+        }
+    }
+}
+
+/// Quantises `x` (`channels` rows for per-channel scales) to codes and scales under `fmt`.
+pub fn quantize_lowbit(
+    x: &[f32],
+    channels: usize,
+    fmt: &LowBitFormat,
+    tensor: &str,
+) -> Result<LowBitCodes, QuantError> {
+    match *fmt {
+        LowBitFormat::Wrpn { bits } => quantize_wrpn(x, bits, tensor),
+        LowBitFormat::Twn { mode } => quantize_twn(x, channels, mode, TWN_THRESHOLD, tensor),
+        LowBitFormat::Binary { mode } => quantize_binary(x, channels, mode, tensor),
+        LowBitFormat::Acts {
+            bits,
+            clip: ActClip::Fixed(c),
+        } => quantize_activations(x, bits, f32::from_bits(c), tensor),
+        LowBitFormat::Acts {
+            clip: ActClip::Fit, ..
+        } => Err(QuantError::Shape(format!(
+            "{tensor}: {fmt} has no clip yet; `lowprec quantize-model` fits one per layer (or give clip<C>)"
+        ))),
+    }
+}
+
+/// The clip for k-bit activations fitted to `x`: the candidate among `max|x| * i / 64`
+/// (i = 1..=64) with the least squared quantisation error, summed in f64 in order (the
+/// smallest on ties). Non-finite inputs are errors; all-zero input gives clip 1.
+pub fn fit_clip(x: &[f32], bits: u32, tensor: &str) -> Result<f32, QuantError> {
+    check_finite(x, tensor)?;
+    let max = x.iter().fold(0f32, |m, &v| m.max(v));
+    if max <= 0.0 {
+        return Ok(1.0);
+    }
+    let n = ((1u32 << bits) - 1) as f64;
+    let mut best = (f64::INFINITY, max);
+    for i in 1..=64u32 {
+        let clip = (max as f64 * i as f64 / 64.0) as f32;
+        if clip <= 0.0 {
+            continue;
+        }
+        let c = clip as f64;
+        let step = (c / n) as f32 as f64;
+        let err: f64 = x
+            .par_chunks(1 << 14)
+            .map(|x| {
+                x.iter()
+                    .map(|&v| {
+                        let v = v as f64;
+                        let q = (v.clamp(0.0, c) * n / c).round() * step;
+                        (v.max(0.0) - q).powi(2)
+                    })
+                    .sum::<f64>()
+            })
+            .collect::<Vec<_>>()
+            .iter()
+            .sum();
+        if err < best.0 {
+            best = (err, clip);
+        }
+    }
+    Ok(best.1)
 }
 
 fn check_finite(x: &[f32], tensor: &str) -> Result<(), QuantError> {
@@ -365,6 +611,33 @@ mod tests {
         assert!(quantize_twn(&[], 1, ScaleMode::PerTensor, 0.7, "w").is_err());
         assert!(quantize_twn(&[1.0], 1, ScaleMode::PerTensor, f64::NAN, "w").is_err());
         assert!(quantize_wrpn(&[1.0], 1, "w").is_err());
+    }
+
+    #[test]
+    fn formats_fake_quantize_and_fit() {
+        use crate::{fake_quantize, NumberFormat, StreamKey};
+        let w: Vec<f32> = (0..24).map(|i| ((i * 7 % 11) as f32 - 5.0) / 9.0).collect();
+        let f: NumberFormat = "twn:channel".parse().unwrap();
+        let mut out = vec![0f32; 24];
+        fake_quantize(&w, &[4, 6], &f, StreamKey::new(0, 0), "w", &mut out).unwrap();
+        let want = quantize_twn(&w, 4, ScaleMode::PerChannel, TWN_THRESHOLD, "w").unwrap();
+        assert_eq!(out, want.dequantize());
+        // an unfitted clip cannot quantise
+        let f: NumberFormat = "a2:fit".parse().unwrap();
+        let e = fake_quantize(&w, &[4, 6], &f, StreamKey::new(0, 0), "acts7", &mut out);
+        assert!(e.unwrap_err().to_string().contains("acts7"));
+        // the fitted clip beats the maximum when one outlier stretches the range
+        let mut x: Vec<f32> = (0..10000).map(|i| (i % 100) as f32 / 100.0).collect();
+        x.push(20.0);
+        let c = fit_clip(&x, 2, "x").unwrap();
+        assert!(c > 0.3 && c < 20.0, "{c}");
+        let err = |clip: f32| {
+            let q = quantize_activations(&x, 2, clip, "x").unwrap().dequantize();
+            x.iter().zip(&q).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
+        };
+        assert!(err(c) < err(20.0));
+        assert_eq!(fit_clip(&[0.0, -1.0], 2, "x").unwrap(), 1.0);
+        assert!(fit_clip(&[f32::NAN], 2, "x").is_err());
     }
 
     #[test]

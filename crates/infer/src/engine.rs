@@ -16,7 +16,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use lowprec_formats::fpga::{f16_bits_saturating, f16_round_ref, quantize_fpga, quantize_fpga_ref};
-use lowprec_formats::{ChannelView, FpgaBfp, FpgaRounding, FpgaTensor, NumberFormat, StreamKey};
+use lowprec_formats::{
+    ChannelView, FpgaBfp, FpgaRounding, FpgaTensor, LowBitFormat, NumberFormat, StreamKey,
+};
 use lowprec_kernels::blockdot::{block_gemm_i16, block_gemm_i8, block_gemm_ref, BlockOperand};
 use lowprec_kernels::CpuBackend;
 use lowprec_nn::layer::Layer;
@@ -24,6 +26,7 @@ use lowprec_nn::model::build_layer;
 use lowprec_nn::spec::LayerSpec;
 use lowprec_nn::{Ctx, Model, NnError, Precision, Tensor};
 
+use crate::lowbit_layer::{LowBitLayer, LowBitTensor};
 use crate::modelfile::{PackedWeights, QuantizedModel};
 use crate::InferError;
 
@@ -46,10 +49,54 @@ struct FpgaInit {
     mode: Mode,
 }
 
+/// What a low-bit layer needs.
+struct LowBitInit {
+    acts: LowBitFormat,
+    weights: LowBitTensor,
+    bias: Option<Vec<f32>>,
+    reference: bool,
+}
+
+enum Init {
+    Fpga(FpgaInit),
+    LowBit(LowBitInit),
+}
+
 thread_local! {
     /// The factory of `Model::build_with_fusion` is a plain `fn`; the quantised layers reach
     /// it through this slot, filled just before the build and emptied right after.
-    static PLAN: RefCell<HashMap<String, FpgaInit>> = RefCell::new(HashMap::new());
+    static PLAN: RefCell<HashMap<String, Init>> = RefCell::new(HashMap::new());
+}
+
+fn make_layer(
+    name: &str,
+    geo: Geo,
+    cout: usize,
+    linear: bool,
+    init: Init,
+) -> Result<Box<dyn Layer>, NnError> {
+    Ok(match init {
+        Init::Fpga(i) => Box::new(FpgaLayer::new(name, geo, cout, linear, i)?),
+        Init::LowBit(i) => Box::new(LowBitLayer::new(
+            name,
+            crate::lowbit_layer::Geo {
+                cin: geo.cin,
+                h: geo.h,
+                w: geo.w,
+                k: geo.k,
+                stride: geo.stride,
+                pad: geo.pad,
+                ho: geo.ho,
+                wo: geo.wo,
+            },
+            cout,
+            linear,
+            i.acts,
+            i.weights,
+            i.bias,
+            i.reference,
+        )?),
+    })
 }
 
 fn factory(
@@ -89,7 +136,7 @@ fn factory(
                 ho: (h + 2 * padding - kernel) / stride + 1,
                 wo: (w + 2 * padding - kernel) / stride + 1,
             };
-            Ok(Box::new(FpgaLayer::new(name, geo, *out, false, init)?))
+            make_layer(name, geo, *out, false, init)
         }
         LayerSpec::Linear { out, .. } => {
             let f: usize = shape.iter().product();
@@ -103,7 +150,7 @@ fn factory(
                 ho: 1,
                 wo: 1,
             };
-            Ok(Box::new(FpgaLayer::new(name, geo, *out, true, init)?))
+            make_layer(name, geo, *out, true, init)
         }
         other => Err(NnError::Spec(format!(
             "{name}: a {} layer cannot be quantised",
@@ -497,17 +544,36 @@ impl Engine {
                             .map(|(_, v)| v.clone());
                         plan.insert(
                             l.name.clone(),
-                            FpgaInit {
+                            Init::Fpga(FpgaInit {
                                 acts: *a,
                                 weights: t.clone(),
                                 bias,
                                 mode,
-                            },
+                            }),
+                        );
+                    }
+                    (
+                        NumberFormat::LowBit(_),
+                        NumberFormat::LowBit(a),
+                        Some(PackedWeights::LowBit(t)),
+                    ) => {
+                        let bias = qm
+                            .tensors
+                            .get(&format!("param/{}.bias", l.name))
+                            .map(|(_, v)| v.clone());
+                        plan.insert(
+                            l.name.clone(),
+                            Init::LowBit(LowBitInit {
+                                acts: *a,
+                                weights: t.clone(),
+                                bias,
+                                reference: mode == Mode::Reference,
+                            }),
                         );
                     }
                     (w, a, _) => {
                         return Err(InferError::Unsupported(format!(
-                            "layer {}: weights {w} with activations {a}: the engine runs FPGA BFP weights with FPGA BFP activations, or fp32 with fp32",
+                            "layer {}: weights {w} with activations {a}: the engine runs FPGA BFP weights with FPGA BFP activations, low-bit weights (ternary, wrpn<k>, twn, binary) with k-bit activations (a<k>), or fp32 with fp32",
                             l.name
                         )))
                     }
@@ -542,7 +608,10 @@ impl Engine {
         let quantized = model
             .nodes
             .iter()
-            .map(|n| n.layer.describe().starts_with("fpga "))
+            .map(|n| {
+                let d = n.layer.describe();
+                d.starts_with("fpga ") || d.starts_with("lowbit ")
+            })
             .collect();
         let mut last_use = vec![0usize; model.nodes.len() + 1];
         for (i, n) in model.nodes.iter().enumerate() {

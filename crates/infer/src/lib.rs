@@ -12,11 +12,13 @@
 
 pub mod engine;
 pub mod eval;
+pub mod lowbit_layer;
 pub mod modelfile;
 pub mod pack;
 pub mod ptq;
 
 pub use engine::{Engine, Mode};
+pub use lowbit_layer::{LowBitLayer, LowBitTensor};
 pub use modelfile::{LayerFormats, PackedWeights, QuantizedModel};
 
 /// Errors of the inference pipeline; messages name the tensor or layer.

@@ -15,6 +15,7 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::lowbit_layer::LowBitTensor;
 use crate::pack::{pack, packed_len, unpack};
 use crate::InferError;
 
@@ -34,15 +35,25 @@ pub struct LayerFormats {
 
 /// Packed weights of one layer in a format of the integer engine. New packed families
 /// (ternary, binary, k-bit) are new variants.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum PackedWeights {
     Fpga(FpgaTensor),
+    /// Ternary / binary / WRPN k-bit codes with their scales.
+    LowBit(LowBitTensor),
 }
 
 impl PackedWeights {
     pub fn dequantize(&self) -> Vec<f32> {
         match self {
             PackedWeights::Fpga(t) => t.dequantize(),
+            PackedWeights::LowBit(t) => t.q.dequantize(),
+        }
+    }
+    /// The format as text.
+    pub fn format_name(&self) -> String {
+        match self {
+            PackedWeights::Fpga(t) => t.format.to_string(),
+            PackedWeights::LowBit(t) => t.format.to_string(),
         }
     }
 }
@@ -85,7 +96,13 @@ struct LayerFormatsText {
 struct PackedMeta {
     format: String,
     shape: Vec<usize>,
+    /// Bits per stored code (low-bit formats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bits: Option<u32>,
 }
+
+/// A tensor as stored: name, dtype, shape, bytes.
+type Stored = (String, Dtype, Vec<usize>, Vec<u8>);
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -106,7 +123,7 @@ impl QuantizedModel {
     }
 
     /// Tensors as stored: (name, dtype, shape, bytes), sorted by name.
-    fn stored(&self) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    fn stored(&self) -> Result<Vec<Stored>, InferError> {
         let mut out = Vec::new();
         for (n, (s, v)) in &self.tensors {
             out.push((n.clone(), Dtype::F32, s.clone(), f32_bytes(v)));
@@ -123,17 +140,29 @@ impl QuantizedModel {
                         t.exponents.clone(),
                     ));
                 }
+                PackedWeights::LowBit(t) => {
+                    let c = t
+                        .pack_codes(&format!("packed/{n}.codes"))
+                        .map_err(InferError::File)?;
+                    out.push((format!("packed/{n}.codes"), Dtype::U8, vec![c.len()], c));
+                    out.push((
+                        format!("packed/{n}.scales"),
+                        Dtype::F32,
+                        vec![t.q.scales.len()],
+                        f32_bytes(&t.q.scales),
+                    ));
+                }
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        Ok(out)
     }
 
     /// Bytes of the packed weights (mantissas and exponents) and of the FP32 tensors.
     pub fn storage(&self) -> (usize, usize) {
         let mut packed = 0;
         let mut fp = 0;
-        for (n, _, _, b) in self.stored() {
+        for (n, _, _, b) in self.stored().unwrap_or_default() {
             if n.starts_with("packed/") {
                 packed += b.len();
             } else {
@@ -144,7 +173,7 @@ impl QuantizedModel {
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, InferError> {
-        let stored = self.stored();
+        let stored = self.stored()?;
         let mut h = Sha256::new();
         for (n, _, s, b) in &stored {
             h.update(n.as_bytes());
@@ -171,10 +200,8 @@ impl QuantizedModel {
                 .packed
                 .iter()
                 .map(|(n, p)| {
-                    let PackedWeights::Fpga(t) = p;
-                    (
-                        n.clone(),
-                        PackedMeta {
+                    let meta = match p {
+                        PackedWeights::Fpga(t) => PackedMeta {
                             format: t.format.to_string(),
                             shape: self
                                 .tensors
@@ -183,8 +210,15 @@ impl QuantizedModel {
                                 .unwrap_or_else(|| {
                                     vec![t.view.outer, t.view.channels, t.view.inner]
                                 }),
+                            bits: None,
                         },
-                    )
+                        PackedWeights::LowBit(t) => PackedMeta {
+                            format: t.format.to_string(),
+                            shape: t.shape.clone(),
+                            bits: Some(t.q.bits),
+                        },
+                    };
+                    (n.clone(), meta)
                 })
                 .collect(),
             extra: self.extra.clone(),
@@ -309,6 +343,35 @@ impl QuantizedModel {
         }
         let mut packed = BTreeMap::new();
         for (n, pm) in &meta.packed {
+            if let Ok(NumberFormat::LowBit(lf)) = pm.format.parse::<NumberFormat>() {
+                let key = format!("packed/{n}.codes");
+                let codes = st
+                    .tensor(&key)
+                    .map_err(|_| bad(format!("tensor {key} is missing")))?;
+                let skey = format!("packed/{n}.scales");
+                let sc = st
+                    .tensor(&skey)
+                    .map_err(|_| bad(format!("tensor {skey} is missing")))?;
+                if sc.dtype() != Dtype::F32 || codes.dtype() != Dtype::U8 {
+                    return Err(bad(format!(
+                        "tensors {key} / {skey}: dtypes {:?} / {:?}, U8 / F32 expected",
+                        codes.dtype(),
+                        sc.dtype()
+                    )));
+                }
+                let scales: Vec<f32> = sc
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                let bits = pm.bits.ok_or_else(|| {
+                    bad(format!("{key}: the metadata gives no bit count for {lf}"))
+                })?;
+                let t = LowBitTensor::unpack(lf, &pm.shape, bits, codes.data(), scales, n)
+                    .map_err(bad)?;
+                packed.insert(n.clone(), PackedWeights::LowBit(t));
+                continue;
+            }
             let fmt: FpgaBfp = pm
                 .format
                 .parse()
@@ -424,9 +487,32 @@ impl QuantizedModel {
                         )));
                     }
                 }
+                (NumberFormat::LowBit(f), Some(PackedWeights::LowBit(t))) => {
+                    if t.format != *f {
+                        return Err(bad(format!(
+                            "tensor packed/{wname}.codes is in {} but layer {} says {f}",
+                            t.format, l.name
+                        )));
+                    }
+                    if t.shape != *shape {
+                        return Err(bad(format!(
+                            "tensor packed/{wname}.codes: shape {:?} does not match param/{wname} {shape:?}",
+                            t.shape
+                        )));
+                    }
+                    match l.acts {
+                        NumberFormat::LowBit(a) if !a.is_weights() => {}
+                        a => {
+                            return Err(bad(format!(
+                                "layer {}: weights in {f} need k-bit activations (a<k>), not {a}",
+                                l.name
+                            )))
+                        }
+                    }
+                }
                 (f, None) => {
                     return Err(bad(format!(
-                        "layer {}: weights in {f} but tensor packed/{wname}.mantissa is missing",
+                        "layer {}: weights in {f} but its packed tensor (packed/{wname}.*) is missing",
                         l.name
                     )))
                 }

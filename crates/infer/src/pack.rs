@@ -71,3 +71,36 @@ pub fn unpack(bytes: &[u8], n: usize, width: u32, code: MantissaCode) -> Option<
     }
     Some(out)
 }
+
+/// Packs `width`-bit fields (each below `2^width`) into a little-endian bit stream.
+pub fn pack_fields(fields: &[u32], width: u32) -> Vec<u8> {
+    let mut out = vec![0u8; packed_len(fields.len(), width)];
+    let mut bit = 0usize;
+    for &f in fields {
+        for b in 0..width as usize {
+            if f >> b & 1 == 1 {
+                out[(bit + b) / 8] |= 1 << ((bit + b) % 8);
+            }
+        }
+        bit += width as usize;
+    }
+    out
+}
+
+/// Unpacks `n` fields of `width` bits; `None` when `bytes` is not exactly [`packed_len`] long.
+pub fn unpack_fields(bytes: &[u8], n: usize, width: u32) -> Option<Vec<u32>> {
+    if bytes.len() != packed_len(n, width) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut bit = 0usize;
+    for _ in 0..n {
+        let mut f = 0u32;
+        for b in 0..width as usize {
+            f |= ((bytes[(bit + b) / 8] >> ((bit + b) % 8)) as u32 & 1) << b;
+        }
+        out.push(f);
+        bit += width as usize;
+    }
+    Some(out)
+}

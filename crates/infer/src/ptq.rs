@@ -10,13 +10,15 @@
 use std::collections::BTreeMap;
 
 use lowprec_formats::fpga::quantize_fpga;
-use lowprec_formats::{ChannelView, FpgaRounding, NumberFormat, StreamKey};
+use lowprec_formats::lowbit::{fit_clip, quantize_lowbit};
+use lowprec_formats::{ActClip, ChannelView, FpgaRounding, LowBitFormat, NumberFormat, StreamKey};
 use lowprec_kernels::CpuBackend;
 use lowprec_nn::spec::LayerSpec;
 use lowprec_nn::{Ctx, Model, Precision, Tensor};
 use lowprec_train::Checkpoint;
 use serde::Serialize;
 
+use crate::lowbit_layer::LowBitTensor;
 use crate::modelfile::{LayerFormats, PackedWeights, QuantizedModel};
 use crate::{Engine, InferError, Mode};
 
@@ -27,6 +29,8 @@ pub struct PtqOptions {
     pub acts: NumberFormat,
     /// Keep the first and last conv/linear layers in fp32.
     pub first_last_fp32: bool,
+    /// Calibration batches (network inputs): `a<k>:fit` fits each layer's clip on them.
+    pub calib: Vec<Tensor>,
 }
 
 /// Quantises the SGD weights of a training checkpoint.
@@ -53,34 +57,7 @@ pub fn quantize_tensors(
     opts: &PtqOptions,
     mut extra: BTreeMap<String, String>,
 ) -> Result<QuantizedModel, InferError> {
-    for (what, f) in [("weights", &opts.weights), ("activations", &opts.acts)] {
-        match f {
-            NumberFormat::F32 => {}
-            NumberFormat::Fpga(x) if x.rounding != FpgaRounding::Stochastic => {}
-            NumberFormat::Fpga(x) => {
-                return Err(InferError::Unsupported(format!(
-                    "{what} {x}: stochastic rounding is for training; choose truncate, nearest or nearest-even"
-                )))
-            }
-            other => {
-                return Err(InferError::Unsupported(format!(
-                    "{what} format {other}: the integer engine runs FPGA BFP formats (int4bfp, int5bfp, int7bfp, int8bfp, int9bfp, int12bfp, fpga<W>sm|tc) or fp32"
-                )))
-            }
-        }
-    }
-    if let (NumberFormat::Fpga(w), NumberFormat::Fpga(a)) = (&opts.weights, &opts.acts) {
-        if w.c_vector != a.c_vector {
-            return Err(InferError::Unsupported(format!(
-                "weights {w} and activations {a} must share the c_vector"
-            )));
-        }
-    }
-    if opts.weights.is_f32() != opts.acts.is_f32() {
-        return Err(InferError::Unsupported(
-            "weights and activations must both be FPGA BFP, or both fp32".into(),
-        ));
-    }
+    check_pair(&opts.weights, &opts.acts)?;
     let mut qm = QuantizedModel {
         config_toml: config_toml.to_string(),
         layers: Vec::new(),
@@ -108,21 +85,7 @@ pub fn quantize_tensors(
         } else {
             (opts.weights, opts.acts)
         };
-        if let NumberFormat::Fpga(f) = w {
-            let wname = format!("{name}.weight");
-            let (shape, v) = qm
-                .tensors
-                .get(&format!("param/{wname}"))
-                .ok_or_else(|| InferError::File(format!("tensor param/{wname} is missing")))?;
-            let t = quantize_fpga(
-                v,
-                ChannelView::from_shape(shape),
-                &f,
-                StreamKey::new(0, 0),
-                &wname,
-            )?;
-            qm.packed.insert(wname, PackedWeights::Fpga(t));
-        }
+        pack_weights(&mut qm, name, &w)?;
         qm.layers.push(LayerFormats {
             name: name.clone(),
             kind: kind.to_string(),
@@ -142,8 +105,163 @@ pub fn quantize_tensors(
         .into(),
     );
     qm.extra = extra;
+    fit_clips(&mut qm, &opts.calib)?;
     qm.check_against_network()?;
     Ok(qm)
+}
+
+/// Packs layer `name`'s weights in `w` (nothing for fp32).
+fn pack_weights(qm: &mut QuantizedModel, name: &str, w: &NumberFormat) -> Result<(), InferError> {
+    let wname = format!("{name}.weight");
+    let get = |qm: &QuantizedModel| {
+        qm.tensors
+            .get(&format!("param/{wname}"))
+            .cloned()
+            .ok_or_else(|| InferError::File(format!("tensor param/{wname} is missing")))
+    };
+    match *w {
+        NumberFormat::LowBit(f) => {
+            let (shape, v) = get(qm)?;
+            let q = quantize_lowbit(&v, shape[0], &f, &wname)?;
+            qm.packed.insert(
+                wname,
+                PackedWeights::LowBit(LowBitTensor {
+                    format: f,
+                    shape,
+                    q,
+                }),
+            );
+        }
+        NumberFormat::Fpga(f) => {
+            let (shape, v) = get(qm)?;
+            let t = quantize_fpga(
+                &v,
+                ChannelView::from_shape(&shape),
+                &f,
+                StreamKey::new(0, 0),
+                &wname,
+            )?;
+            qm.packed.insert(wname, PackedWeights::Fpga(t));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Quantises FP32 tensors with the per-layer formats of `layers` (a model file's, fitted
+/// clips included): what retraining writes back.
+pub fn quantize_like(
+    config_toml: &str,
+    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    layers: &[LayerFormats],
+    extra: BTreeMap<String, String>,
+) -> Result<QuantizedModel, InferError> {
+    let mut qm = QuantizedModel {
+        config_toml: config_toml.to_string(),
+        layers: layers.to_vec(),
+        tensors,
+        packed: BTreeMap::new(),
+        extra,
+    };
+    for l in layers {
+        check_pair(&l.weights, &l.acts)
+            .map_err(|e| InferError::Unsupported(format!("layer {}: {e}", l.name)))?;
+        pack_weights(&mut qm, &l.name, &l.weights)?;
+    }
+    qm.check_against_network()?;
+    Ok(qm)
+}
+
+/// Whether the engine runs `weights` with `acts` (either may be fp32 only with the other).
+fn check_pair(weights: &NumberFormat, acts: &NumberFormat) -> Result<(), InferError> {
+    match (weights, acts) {
+        (NumberFormat::F32, NumberFormat::F32) => Ok(()),
+        (NumberFormat::Fpga(w), NumberFormat::Fpga(a)) => {
+            for (what, x) in [("weights", w), ("activations", a)] {
+                if x.rounding == FpgaRounding::Stochastic {
+                    return Err(InferError::Unsupported(format!(
+                        "{what} {x}: stochastic rounding is for training; choose truncate, nearest or nearest-even"
+                    )));
+                }
+            }
+            if w.c_vector != a.c_vector {
+                return Err(InferError::Unsupported(format!(
+                    "weights {w} and activations {a} must share the c_vector"
+                )));
+            }
+            Ok(())
+        }
+        (NumberFormat::LowBit(w), NumberFormat::LowBit(a)) if w.is_weights() && !a.is_weights() => {
+            Ok(())
+        }
+        (NumberFormat::LowBit(w), a) if w.is_weights() => Err(InferError::Unsupported(format!(
+            "weights {w} need k-bit activations (a<k>, a<k>:clip<C>, a<k>:fit), not {a}"
+        ))),
+        (NumberFormat::LowBit(w), _) => Err(InferError::Unsupported(format!(
+            "{w} is an activation format; weights take ternary, wrpn<k>, twn[:channel] or binary[:channel]"
+        ))),
+        (w, a) => Err(InferError::Unsupported(format!(
+            "weights {w} with activations {a}: the integer engine runs FPGA BFP formats (int4bfp, int5bfp, int7bfp, int8bfp, int9bfp, int12bfp, fpga<W>sm|tc) for both, low-bit weights (ternary, wrpn<k>, twn[:channel], binary[:channel]) with k-bit activations (a<k>[:clip<C>|:fit]), or fp32 for both"
+        ))),
+    }
+}
+
+/// Replaces every `a<k>:fit` by the clip [`fit_clip`] finds on the layer's input over `calib`
+/// (the float model's values: weights and activations before it unquantised).
+pub fn fit_clips(qm: &mut QuantizedModel, calib: &[Tensor]) -> Result<(), InferError> {
+    let fit: Vec<usize> = qm
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            matches!(
+                l.acts,
+                NumberFormat::LowBit(LowBitFormat::Acts {
+                    clip: ActClip::Fit,
+                    ..
+                })
+            )
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if fit.is_empty() {
+        return Ok(());
+    }
+    if calib.is_empty() {
+        return Err(InferError::Unsupported(format!(
+            "layer {}: activations {} need calibration images to fit the clip",
+            qm.layers[fit[0]].name, qm.layers[fit[0]].acts
+        )));
+    }
+    let mut float = Engine::new(qm, Mode::Float)?;
+    let names = float.node_names();
+    let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); fit.len()];
+    for x in calib {
+        let v = float.run(x.clone(), true)?;
+        for (j, &li) in fit.iter().enumerate() {
+            let name = &qm.layers[li].name;
+            let i = names
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| InferError::File(format!("layer {name} is not in the network")))?;
+            let input = float.model.nodes[i].inputs[0];
+            inputs[j].extend_from_slice(&v[input].data);
+        }
+    }
+    for (j, &li) in fit.iter().enumerate() {
+        let l = &mut qm.layers[li];
+        let bits = match l.acts {
+            NumberFormat::LowBit(f) => f.bits(),
+            _ => unreachable!("filtered above"),
+        };
+        let clip = fit_clip(
+            &inputs[j],
+            bits,
+            &format!("input activations of {}", l.name),
+        )?;
+        l.acts = NumberFormat::LowBit(LowBitFormat::acts(bits, clip));
+    }
+    Ok(())
 }
 
 /// SQNR in dB of `q` against the signal `s` (infinite when equal).

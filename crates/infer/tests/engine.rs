@@ -118,6 +118,7 @@ fn qmodel(w: FpgaBfp, a: FpgaBfp, first_last_fp32: bool) -> QuantizedModel {
             weights: NumberFormat::Fpga(w),
             acts: NumberFormat::Fpga(a),
             first_last_fp32,
+            calib: vec![],
         },
         BTreeMap::new(),
     )
@@ -190,6 +191,7 @@ fn ptq_of_representable_weights_changes_nothing() {
         weights: NumberFormat::Fpga(w),
         acts: NumberFormat::Fpga(a),
         first_last_fp32: false,
+        calib: vec![],
     };
     let qm2 = quantize_tensors(CONFIG, t, &opts, BTreeMap::new()).unwrap();
     assert_eq!(qm.packed, qm2.packed);
@@ -304,6 +306,7 @@ fn bad_options_are_errors() {
                 weights: w.parse().unwrap(),
                 acts: a.parse().unwrap(),
                 first_last_fp32: false,
+                calib: vec![],
             },
             BTreeMap::new(),
         )

@@ -117,3 +117,55 @@ impl LayerSpec {
         }
     }
 }
+
+impl NetworkSpec {
+    /// Multiplies the outputs of every conv and linear layer by `k` (WRPN's width multiplier),
+    /// except the last conv/linear layer, whose outputs are the classes. Errors when `k` is 0
+    /// or a width overflows.
+    pub fn widen(&mut self, k: usize) -> Result<(), String> {
+        if k == 0 {
+            return Err("width multiplier must be at least 1".into());
+        }
+        let last = self
+            .layers
+            .iter()
+            .rposition(|l| matches!(l.kind, LayerSpec::Conv { .. } | LayerSpec::Linear { .. }));
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            if Some(i) == last {
+                continue;
+            }
+            if let LayerSpec::Conv { out, .. } | LayerSpec::Linear { out, .. } = &mut l.kind {
+                let name = l.name.clone().unwrap_or_else(|| format!("layer {i}"));
+                *out = out
+                    .checked_mul(k)
+                    .ok_or_else(|| format!("{name}: {out} x {k} outputs overflow"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod widen_tests {
+    use super::*;
+
+    #[test]
+    fn widen_scales_all_but_the_classifier() {
+        let mut s: NetworkSpec = toml::from_str(
+            "input = [1, 8, 8]\nloss = \"cross-entropy\"\n[[layer]]\ntype = \"conv\"\nout = 4\nkernel = 3\n[[layer]]\ntype = \"flatten\"\n[[layer]]\ntype = \"linear\"\nout = 7\n[[layer]]\ntype = \"linear\"\nout = 10\n",
+        )
+        .unwrap();
+        s.widen(3).unwrap();
+        let outs: Vec<usize> = s
+            .layers
+            .iter()
+            .filter_map(|l| match l.kind {
+                LayerSpec::Conv { out, .. } | LayerSpec::Linear { out, .. } => Some(out),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(outs, vec![12, 21, 10]);
+        assert!(s.widen(0).is_err());
+        assert!(s.widen(usize::MAX).is_err());
+    }
+}
