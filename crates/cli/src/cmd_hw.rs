@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum HwCommand {
-    /// List the boards, the paper's designs and the Intel devices of the catalogue.
+    /// List the boards, the paper's designs (002 and FAST's fMAC arrays) and the Intel devices
+    /// of the catalogue.
     Boards,
     /// Resources, network fit, per-layer cycles, time per iteration and memory of a design.
     Estimate {
@@ -300,6 +301,20 @@ fn boards() -> anyhow::Result<()> {
                 ad.peak_macs() / 1e9,
                 ad.bank_words(),
                 ad.max_conv_channels(3)
+            );
+        }
+        for d in lowprec_hw::fast::FastDesign::catalogued(&b.id)? {
+            let r = d.resources()?;
+            println!(
+                "    {:<28} FAST (004) {} fMACs, peak {:.1} G group-passes/s; {} LUT ({:.1}%), {} FF, {:.0} BRAM36, {} DSP",
+                d.spec(),
+                r.fmacs,
+                d.peak_group_passes() / 1e9,
+                r.lut,
+                100.0 * r.lut_frac,
+                r.ff,
+                r.bram36,
+                r.dsp
             );
         }
     }

@@ -18,6 +18,15 @@
 //! operands' widths ([`TrainingGemms`]). Only array time is modelled: quantisation, the weight
 //! update and data movement are left out (the host or other units overlap them in FAST).
 //!
+//! **Timing** ([`Timing`]). `per-tile` (above): every output tile pays the wavefront's fill
+//! and drain before the next starts. `overlapped`: operand (weight) loads and output registers
+//! are double-buffered, so the next tile streams in while the previous tile's outputs shift
+//! out; consecutive tiles of a GEMM, and the forward, dX and dW GEMMs of a step, follow each
+//! other without a gap. A tile then costs `max(ceil(k / 16) * passes, rows)` cycles (at least
+//! the `rows` cycles its outputs take to leave the array, one row per cycle) and each GEMM
+//! pays one `rows + cols - 2` fill/drain. Low widths gain most from it: at 2 x 2 bits a short
+//! reduction is dominated by the per-tile fill and drain.
+//!
 //! **Resources** ([`FastDesign::resources`]), ASSUMED per-unit costs derived from the fMAC's
 //! structure, not fitted to a synthesis: per fMAC 16 2b x 2b signed multipliers (3 LUTs each),
 //! a 16-input adder tree of 4-bit products (100 LUTs), the chunk-position shifter (40), the
@@ -48,6 +57,46 @@ pub const BRAM36_PER_BANK: u32 = 4;
 /// Passes of an fMAC for an `a`-bit by `b`-bit group product.
 pub fn passes(a: u32, b: u32) -> u64 {
     (a.div_ceil(CHUNK_BITS) as u64) * (b.div_ceil(CHUNK_BITS) as u64)
+}
+
+/// How the array's cycles per GEMM are counted (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Timing {
+    /// Every output tile fills and drains the wavefront before the next starts.
+    PerTile,
+    /// Double-buffered operand loads and outputs: tiles and GEMMs back to back.
+    Overlapped,
+}
+
+impl Timing {
+    pub const ALL: [Timing; 2] = [Timing::PerTile, Timing::Overlapped];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Timing::PerTile => "per-tile",
+            Timing::Overlapped => "overlapped",
+        }
+    }
+}
+
+impl std::fmt::Display for Timing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Timing {
+    type Err = HwError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "per-tile" => Ok(Timing::PerTile),
+            "overlapped" => Ok(Timing::Overlapped),
+            other => Err(HwError::InvalidDesign(format!(
+                "timing `{other}`: per-tile or overlapped"
+            ))),
+        }
+    }
 }
 
 /// `m x k` times `k x n`.
@@ -174,6 +223,32 @@ impl FastDesign {
         Self::new("zcu111", 16, 16, 200.0).expect("the reference design fits")
     }
 
+    /// The FAST designs listed for a board in the catalogue (`lowprec hw boards`): the
+    /// reference 16 x 16 array at 200 MHz where it fits, and the largest square power-of-two
+    /// array (up to 64 x 64) that fits, at the board's default clock.
+    pub fn catalogued(board: &str) -> Result<Vec<FastDesign>> {
+        let b = Catalog::get().board(board)?.clone();
+        let mut v: Vec<FastDesign> = Vec::new();
+        if let Ok(d) = Self::new(&b.id, 16, 16, 200.0) {
+            v.push(d);
+        }
+        for n in [64, 32, 16, 8, 4, 2, 1] {
+            if let Ok(d) = Self::new(&b.id, n, n, b.default_clock_mhz) {
+                if !v.iter().any(|o| o.spec() == d.spec()) {
+                    v.push(d);
+                }
+                break;
+            }
+        }
+        Ok(v)
+    }
+
+    /// Peak group-pass rate of the array at 2 x 2 bits (group products per second; halve it
+    /// for 4 x 2 bits, and so on).
+    pub fn peak_group_passes(&self) -> f64 {
+        (self.rows * self.cols) as f64 * self.clock_mhz * 1e6
+    }
+
     pub fn spec(&self) -> String {
         format!(
             "fast:{}-{}x{}@{}",
@@ -204,16 +279,26 @@ impl FastDesign {
         })
     }
 
-    /// One GEMM with `a`-bit A and `b`-bit B mantissas (see the module docs).
+    /// One GEMM with `a`-bit A and `b`-bit B mantissas, per-tile timing (see the module docs).
     pub fn gemm_cost(&self, d: GemmDims, a: u32, b: u32) -> FastCost {
+        self.gemm_cost_timed(d, a, b, Timing::PerTile)
+    }
+
+    /// One GEMM under `timing`.
+    pub fn gemm_cost_timed(&self, d: GemmDims, a: u32, b: u32, timing: Timing) -> FastCost {
         if d.m == 0 || d.n == 0 || d.k == 0 {
             return FastCost::default();
         }
         let p = passes(a, b);
         let groups = d.k.div_ceil(GROUP) as u64;
         let tiles = (d.m.div_ceil(self.rows) * d.n.div_ceil(self.cols)) as u64;
+        let fill = (self.rows + self.cols - 2) as u64;
+        let cycles = match timing {
+            Timing::PerTile => tiles * (groups * p + fill),
+            Timing::Overlapped => tiles * (groups * p).max(self.rows as u64) + fill,
+        };
         FastCost {
-            cycles: tiles * (groups * p + (self.rows + self.cols - 2) as u64),
+            cycles,
             passes: (d.m * d.n) as u64 * groups * p,
         }
     }
@@ -222,13 +307,19 @@ impl FastDesign {
         self.gemm_cost(d, a, b).cycles
     }
 
-    /// A layer's three training GEMMs: forward W x A, dX with E x W, dW with E x A.
+    /// A layer's three training GEMMs: forward W x A, dX with E x W, dW with E x A
+    /// (per-tile timing).
     pub fn layer_cost(&self, g: &TrainingGemms, w: OperandWidths) -> FastCost {
-        let mut c = self.gemm_cost(g.forward, w.weights, w.acts);
+        self.layer_cost_timed(g, w, Timing::PerTile)
+    }
+
+    /// A layer's three training GEMMs under `timing`.
+    pub fn layer_cost_timed(&self, g: &TrainingGemms, w: OperandWidths, t: Timing) -> FastCost {
+        let mut c = self.gemm_cost_timed(g.forward, w.weights, w.acts, t);
         if let Some(dx) = g.dx {
-            c += self.gemm_cost(dx, w.weights, w.errors);
+            c += self.gemm_cost_timed(dx, w.weights, w.errors, t);
         }
-        c += self.gemm_cost(g.dw, w.errors, w.acts);
+        c += self.gemm_cost_timed(g.dw, w.errors, w.acts, t);
         c
     }
 
@@ -289,6 +380,61 @@ mod tests {
         assert_eq!(d.layer_cost(&g, w).cycles, 4 + 20 + 12);
         let first = TrainingGemms::new(2, 3, 1, 2, true);
         assert_eq!(d.layer_cost(&first, w).cycles, 4 + 12);
+    }
+
+    #[test]
+    fn overlapped_timing_by_hand() {
+        let d = FastDesign::new("zcu111", 4, 4, 100.0).unwrap();
+        let t = Timing::Overlapped;
+        // one tile, one group: max(1 pass, 4 rows) + fill/drain 6
+        let g = GemmDims { m: 4, k: 16, n: 4 };
+        assert_eq!(d.gemm_cost_timed(g, 2, 2, t).cycles, 4 + 6);
+        assert_eq!(d.gemm_cost_timed(g, 8, 8, t).cycles, 16 + 6);
+        // 6 tiles x max(3 groups x 4 passes, 4) + 6 (per-tile: 6 x (12 + 6))
+        let g = GemmDims { m: 5, k: 33, n: 9 };
+        assert_eq!(d.gemm_cost_timed(g, 4, 4, t).cycles, 6 * 12 + 6);
+        // 6 tiles x max(3 groups x 1 pass, 4 rows) + 6
+        assert_eq!(d.gemm_cost_timed(g, 2, 2, t).cycles, 6 * 4 + 6);
+        // the passes (energy) do not depend on the timing
+        assert_eq!(
+            d.gemm_cost_timed(g, 4, 4, t).passes,
+            d.gemm_cost(g, 4, 4).passes
+        );
+        // the linear layer of `a_layer_costs_its_three_gemms` on a 2 x 2 array: forward
+        // 1 tile x max(2, 2) + 2; dX 2 x max(8, 2) + 2; dW 2 x max(4, 2) + 2
+        let d = FastDesign::new("zcu111", 2, 2, 100.0).unwrap();
+        let w = OperandWidths {
+            weights: 4,
+            acts: 2,
+            errors: 8,
+        };
+        let g = TrainingGemms::new(2, 3, 1, 2, false);
+        assert_eq!(d.layer_cost_timed(&g, w, t).cycles, 4 + 18 + 10);
+        let first = TrainingGemms::new(2, 3, 1, 2, true);
+        assert_eq!(d.layer_cost_timed(&first, w, t).cycles, 4 + 10);
+        assert_eq!("overlapped".parse::<Timing>().unwrap(), t);
+        let e = "overlap".parse::<Timing>().unwrap_err().to_string();
+        assert!(e.contains("per-tile or overlapped"), "{e}");
+    }
+
+    #[test]
+    fn the_catalogue_lists_fitting_designs() {
+        let z: Vec<String> = FastDesign::catalogued("zcu111")
+            .unwrap()
+            .iter()
+            .map(|d| d.spec())
+            .collect();
+        assert_eq!(z[0], "fast:zcu111-16x16@200");
+        assert!(z.len() <= 2, "{z:?}");
+        for b in ["zcu111", "pynq-z1"] {
+            let v = FastDesign::catalogued(b).unwrap();
+            assert!(!v.is_empty(), "{b}");
+            for d in &v {
+                let r = d.resources().unwrap();
+                assert!(r.lut_frac <= 1.0 && r.bram_frac <= 1.0 && r.ff_frac <= 1.0);
+            }
+        }
+        assert!(FastDesign::catalogued("nope").is_err());
     }
 
     #[test]

@@ -385,6 +385,12 @@ impl Model {
         Ok(())
     }
 
+    /// Whether backward computes the input gradient of node `i` (false for the layers that
+    /// only the network input, or parameter-free layers on it, feed: no dX GEMM there).
+    pub fn needs_input_grad(&self, i: usize) -> bool {
+        self.nodes[i].inputs.iter().any(|&v| self.requires_grad[v])
+    }
+
     /// Number of layers (nodes), the length of a [`crate::PrecisionPlan`] for this model.
     pub fn num_layers(&self) -> usize {
         self.nodes.len()

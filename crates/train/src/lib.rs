@@ -20,7 +20,7 @@ pub mod varprec;
 
 pub use checkpoint::Checkpoint;
 pub use config::{TrainConfig, PRESETS};
-pub use trainer::{EpochMetrics, FinalReport, RunOptions, Trainer};
+pub use trainer::{EpochMetrics, FinalReport, RunOptions, StepEval, Trainer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

@@ -109,6 +109,18 @@ pub struct EpochMetrics {
     pub precision: String,
 }
 
+/// A test evaluation at an iteration boundary ([`Trainer::eval_every`], and every epoch end).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepEval {
+    /// Iterations done when the model was evaluated.
+    pub step: u64,
+    /// Whether this is an epoch end.
+    pub epoch_end: bool,
+    pub test_loss: f64,
+    #[serde(with = "nan_as_null")]
+    pub test_acc: f64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FinalReport {
     pub name: String,
@@ -159,6 +171,11 @@ pub struct Trainer {
     pub epoch: usize,
     pub step: u64,
     pub history: Vec<EpochMetrics>,
+    /// Also evaluate the test set every this many iterations (`None`: at epoch ends only).
+    /// Evaluation changes no training state, so the run's bits do not depend on it.
+    pub eval_every: Option<u64>,
+    /// Every evaluation so far (at `eval_every` iterations and at epoch ends), in order.
+    pub step_evals: Vec<StepEval>,
     /// Configuration changes accepted at resumes (`--allow-config-change`), oldest first.
     pub config_changes: Vec<String>,
     /// The formats of every layer (uniform in `cfg.precision` unless changed).
@@ -265,6 +282,8 @@ impl Trainer {
             epoch: 0,
             step: 0,
             history: Vec::new(),
+            eval_every: None,
+            step_evals: Vec::new(),
             config_changes: Vec::new(),
             plan,
             param_layers,
@@ -522,6 +541,28 @@ impl Trainer {
                 self.step,
             )?;
             self.step += 1;
+            if let Some(n) = self.eval_every {
+                // the epoch's last iteration is evaluated below, with the epoch's metrics
+                if b + 1 < nb && self.step.is_multiple_of(n) {
+                    // on the fields it needs: the epoch's batches hold the training set
+                    let backend = self.opts.backend.clone();
+                    let eval = Eval {
+                        data: &self.data,
+                        loss: &self.loss,
+                        plan: &self.plan,
+                        backend: backend.as_ref(),
+                        seed: self.cfg.seed,
+                        batch: self.cfg.train.batch,
+                    };
+                    let (test_loss, test_acc) = eval.run(&mut self.model)?;
+                    self.step_evals.push(StepEval {
+                        step: self.step,
+                        epoch_end: false,
+                        test_loss,
+                        test_acc,
+                    });
+                }
+            }
             if let (Some(start), Some(every)) = (swa_start, swa_every) {
                 if epoch >= start && self.step.is_multiple_of(every) {
                     self.swa.update(&self.model.params());
@@ -571,6 +612,12 @@ impl Trainer {
         self.epoch += 1;
         let train_secs = t0.elapsed().as_secs_f64();
         let (test_loss, test_acc) = self.evaluate()?;
+        self.step_evals.push(StepEval {
+            step: self.step,
+            epoch_end: true,
+            test_loss,
+            test_acc,
+        });
         let swa = if self.swa.n > 0 {
             Some(self.evaluate_swa()?)
         } else {
@@ -608,24 +655,16 @@ impl Trainer {
 
     /// Test loss and accuracy of the current weights.
     pub fn evaluate(&mut self) -> Result<(f64, f64), TrainError> {
-        let cfg = BatchConfig::eval(self.cfg.train.batch.max(256));
-        let batches = EpochBatches::new(&self.data.test, &self.data.norm, cfg, 0)?;
-        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
-        let mut batch = batches.batch(0)?;
-        for b in 0..batches.num_batches() {
-            batches.fill_batch(b, &mut batch)?;
-            let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
-            let backend = self.opts.backend.clone();
-            let mut ctx = Ctx::with_plan(backend.as_ref(), &self.plan, self.cfg.seed);
-            ctx.step = EVAL_STEP_BASE + b as u64;
-            let out = self.model.forward(&mut ctx, x, false)?;
-            let lo = self.loss.forward(&out, target_of(&batch))?;
-            loss_sum += lo.loss * batch.len() as f64;
-            correct += lo.correct;
-            seen += batch.len();
-            batch.images = out.data;
-        }
-        Ok((loss_sum / seen.max(1) as f64, self.accuracy(correct, seen)))
+        let backend = self.opts.backend.clone();
+        let eval = Eval {
+            data: &self.data,
+            loss: &self.loss,
+            plan: &self.plan,
+            backend: backend.as_ref(),
+            seed: self.cfg.seed,
+            batch: self.cfg.train.batch,
+        };
+        eval.run(&mut self.model)
     }
 
     /// The fraction correct, or NaN where the data has no classes (regression, auto-encoder).
@@ -749,6 +788,10 @@ impl Trainer {
             "history".into(),
             serde_json::to_string(&history).expect("serialises"),
         );
+        extra.insert(
+            "step_evals".into(),
+            serde_json::to_string(&self.step_evals).expect("serialises"),
+        );
         if !self.config_changes.is_empty() {
             extra.insert(
                 "config_changes".into(),
@@ -866,6 +909,11 @@ impl Trainer {
                 .map_err(|e| TrainError::Checkpoint(format!("history: {e}")))?,
             None => Vec::new(),
         };
+        self.step_evals = match ck.extra.get("step_evals") {
+            Some(h) => serde_json::from_str(h)
+                .map_err(|e| TrainError::Checkpoint(format!("step_evals: {e}")))?,
+            None => Vec::new(),
+        };
         // timings of the epochs before the interruption, from the metrics file if present
         if let Some(dir) = &self.opts.out_dir {
             if let Ok(text) = std::fs::read_to_string(dir.join("metrics.jsonl")) {
@@ -896,6 +944,44 @@ impl Trainer {
         self.checkpoint()
             .save(&dir.join("checkpoint.safetensors"))?;
         Ok(())
+    }
+}
+
+/// What a test evaluation reads ([`Trainer::evaluate`]).
+struct Eval<'a> {
+    data: &'a DataSplits,
+    loss: &'a Loss,
+    plan: &'a PrecisionPlan,
+    backend: &'a dyn GemmBackend,
+    seed: u64,
+    batch: usize,
+}
+
+impl Eval<'_> {
+    /// Test loss and accuracy (NaN without classes) of `model`.
+    fn run(&self, model: &mut Model) -> Result<(f64, f64), TrainError> {
+        let cfg = BatchConfig::eval(self.batch.max(256));
+        let batches = EpochBatches::new(&self.data.test, &self.data.norm, cfg, 0)?;
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let mut batch = batches.batch(0)?;
+        for b in 0..batches.num_batches() {
+            batches.fill_batch(b, &mut batch)?;
+            let x = Tensor::new(std::mem::take(&mut batch.images), batch.shape().to_vec())?;
+            let mut ctx = Ctx::with_plan(self.backend, self.plan, self.seed);
+            ctx.step = EVAL_STEP_BASE + b as u64;
+            let out = model.forward(&mut ctx, x, false)?;
+            let lo = self.loss.forward(&out, target_of(&batch))?;
+            loss_sum += lo.loss * batch.len() as f64;
+            correct += lo.correct;
+            seen += batch.len();
+            batch.images = out.data;
+        }
+        let acc = if self.data.train.target == TargetKind::Class {
+            correct as f64 / seen.max(1) as f64
+        } else {
+            f64::NAN
+        };
+        Ok((loss_sum / seen.max(1) as f64, acc))
     }
 }
 

@@ -31,6 +31,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
+/// The fixed g16m4 baseline (paper 004's strongest): 4-bit mantissas (sign included) in
+/// groups of 16 along the last axis with a 4-bit shared exponent, for weights, activations and
+/// errors (gradients, momentum and the update as in bfp8).
+pub const G16M4: &str = "bfp8,weights=bfp4:tile16:e4,acts=bfp4:tile16:e4,errors=bfp4:tile16:e4";
+
+/// g16m4's groups of 16 with an 8-bit shared exponent (`g16e8`): the 4-bit exponent's range
+/// (2^-8 .. 2^7) flushes small back-propagated errors to zero, 8 bits (2^-128 .. 2^127) do not.
+pub const G16E8: &str = "bfp8,weights=bfp4:tile16,acts=bfp4:tile16,errors=bfp4:tile16";
+
 /// One entry of a precision schedule (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,7 +160,8 @@ pub struct GemmLayer {
     pub out: usize,
     pub k: usize,
     pub positions: usize,
-    /// Whether the layer reads the network input (no dX GEMM).
+    /// Whether no input gradient is computed for the layer (it reads the network input,
+    /// directly or through parameter-free layers such as a flatten): no dX GEMM.
     pub first: bool,
 }
 
@@ -176,7 +186,7 @@ pub fn gemm_layers(model: &Model) -> Vec<GemmLayer> {
             out,
             k,
             positions,
-            first: node.inputs == [0],
+            first: !model.needs_input_grad(i),
         });
     }
     v

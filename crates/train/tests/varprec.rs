@@ -370,3 +370,152 @@ fn same_bits_at_one_and_two_threads() {
         assert_eq!(run(1), run(2), "{extra}");
     }
 }
+
+#[test]
+fn a_four_bit_exponent_drowns_small_errors() {
+    use lowprec_formats::{fake_quantize, StreamKey};
+    use lowprec_nn::Precision;
+    use lowprec_train::varprec::{G16E8, G16M4};
+    // 4 x 16 back-propagated errors of magnitude 2^-12 .. 2^-11 (about 2.4e-4 .. 4.9e-4, the
+    // size of a deep layer's errors at batch 128), signs mixed
+    let (rows, cols) = (4, 16);
+    let x: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            let u = (splitmix64(i as u64) >> 40) as f32 / (1u64 << 24) as f32;
+            let s = if i % 3 == 0 { -1.0 } else { 1.0 };
+            s * (1.0 + u) * 2f32.powi(-12)
+        })
+        .collect();
+    let errors = |p: &str| match p.parse::<Precision>().unwrap().errors {
+        NumberFormat::Bfp(b) => b,
+        other => panic!("{other}"),
+    };
+    let (e4, e8) = (errors(G16M4), errors(G16E8));
+    assert_eq!((e4.exp_bits, e8.exp_bits, e4.wl, e8.wl), (4, 8, 4, 4));
+    assert_eq!((e4.block, e8.block), (Block::Tile(16), Block::Tile(16)));
+    let quant = |f: BfpFormat| {
+        let mut out = vec![0f32; x.len()];
+        fake_quantize(
+            &x,
+            &[rows, cols],
+            &NumberFormat::Bfp(f),
+            StreamKey::new(7, 0),
+            "errors",
+            &mut out,
+        )
+        .unwrap();
+        out
+    };
+    let zeros = |q: &[f32]| q.iter().filter(|v| **v == 0.0).count();
+    let rel_l1 = |q: &[f32]| {
+        let num: f64 = q.iter().zip(&x).map(|(a, b)| (*a - *b).abs() as f64).sum();
+        num / x.iter().map(|v| v.abs() as f64).sum::<f64>()
+    };
+    // Nearest rounding: the 4-bit exponent saturates at -8, the step is 2^-10 and every value
+    // (below half a step) flushes to zero; the 8-bit exponent (-12, step 2^-14) keeps each
+    // within one step, sign and all.
+    let nearest = |f: BfpFormat| BfpFormat {
+        rounding: Rounding::NearestEven,
+        ..f
+    };
+    let q4 = quant(nearest(e4));
+    assert_eq!(zeros(&q4), x.len(), "{q4:?}");
+    let q8 = quant(nearest(e8));
+    assert_eq!(zeros(&q8), 0);
+    for (q, v) in q8.iter().zip(&x) {
+        assert!(
+            (q - v).abs() <= 2f32.powi(-14) && q.signum() == v.signum(),
+            "{q} {v}"
+        );
+    }
+    assert!(rel_l1(&q8) < 0.15, "{}", rel_l1(&q8));
+    // Stochastic rounding (the training formats'): still most values become zero at e4 and
+    // the rest jump to a step 2-4x their size; e8 zeroes none.
+    let (s4, s8) = (quant(e4), quant(e8));
+    assert!(zeros(&s4) > x.len() / 2, "{} of {}", zeros(&s4), x.len());
+    assert!(s4.iter().all(|v| *v == 0.0 || v.abs() == 2f32.powi(-10)));
+    assert_eq!(zeros(&s8), 0);
+    assert!(
+        rel_l1(&s4) > 4.0 * rel_l1(&s8),
+        "{} {}",
+        rel_l1(&s4),
+        rel_l1(&s8)
+    );
+}
+
+#[test]
+fn the_first_layer_has_no_dx_gemm() {
+    // conv1 reads the network input: no input gradient is computed for it, and the cost model
+    // charges no dX GEMM; the same for a linear layer behind a flatten of the input.
+    let t = trainer("", 1).unwrap();
+    let first: Vec<(String, bool)> = t
+        .control
+        .gemm
+        .iter()
+        .map(|g| (g.name.clone(), g.first))
+        .collect();
+    assert_eq!(
+        first,
+        vec![
+            ("conv1".to_string(), true),
+            ("fc1".to_string(), false),
+            ("fc2".to_string(), false)
+        ]
+    );
+    let mlp = TrainConfig::from_toml(
+        r#"
+name = "mlp"
+[data]
+dataset = "mnist"
+[model]
+input = [1, 6, 6]
+loss = "cross-entropy"
+[[model.layer]]
+type = "flatten"
+[[model.layer]]
+type = "linear"
+name = "fc1"
+out = 8
+[[model.layer]]
+type = "relu"
+[[model.layer]]
+type = "linear"
+name = "fc2"
+out = 4
+[train]
+batch = 32
+epochs = 1
+lr = 0.1
+"#,
+        "test",
+    )
+    .unwrap();
+    let t = Trainer::with_data(mlp, opts(None, None, None), splits()).unwrap();
+    let g = &t.control.gemm;
+    assert_eq!((g[0].name.as_str(), g[0].first), ("fc1", true));
+    assert_eq!((g[1].name.as_str(), g[1].first), ("fc2", false));
+    assert!(!t.model.needs_input_grad(1) && t.model.needs_input_grad(3));
+}
+
+#[test]
+fn evaluating_every_n_iterations_changes_no_bits() {
+    let run = |every: Option<u64>| {
+        let mut t = trainer(FAST, 2).unwrap();
+        t.eval_every = every;
+        t.run().unwrap();
+        let ck = t.checkpoint();
+        (ck.tensors, ck.extra.get("fast").cloned(), t.step_evals)
+    };
+    let (plain, with) = (run(None), run(Some(3)));
+    assert_eq!((&plain.0, &plain.1), (&with.0, &with.1));
+    // 10 iterations per epoch: every 3 iterations, and at the epoch ends
+    let steps: Vec<(u64, bool)> = with.2.iter().map(|e| (e.step, e.epoch_end)).collect();
+    let mut want: Vec<(u64, bool)> = [3, 6, 9, 12, 15, 18].map(|s| (s, false)).to_vec();
+    want.extend([(10, true), (20, true)]);
+    want.sort();
+    assert_eq!(steps, want);
+    assert_eq!(plain.2.len(), 2, "epoch ends only");
+    // an evaluation at an epoch end is the epoch's test accuracy
+    assert_eq!(with.2[3].test_acc, plain.2[0].test_acc);
+    assert!(with.2.iter().all(|e| (0.0..=1.0).contains(&e.test_acc)));
+}
