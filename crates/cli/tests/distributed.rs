@@ -15,6 +15,7 @@ fn lowprec() -> Command {
 }
 
 /// 10 classes of 28x28 images: class c lights one 5x14 patch, plus noise.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 fn write_idx(dir: &Path, n_train: usize, n_test: usize) {
     use lowprec_data::idx::encode_idx;
     let make = |n: usize, salt: u64| {

@@ -18,10 +18,10 @@
 use lowprec_formats::lowbit::{quantize_activations, reference::activation_code};
 use lowprec_formats::{LowBitCodes, LowBitFormat};
 use lowprec_kernels::lowbit::{gemm_ternary_planes, gemm_xnor, line_words, BitCode, PackedBits};
-use rayon::prelude::*;
 use lowprec_kernels::{MatMut, MatRef};
 use lowprec_nn::layer::Layer;
 use lowprec_nn::{Ctx, NnError, Tensor};
+use rayon::prelude::*;
 
 use crate::pack::{pack_fields, packed_len, unpack_fields};
 
