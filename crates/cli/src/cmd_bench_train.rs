@@ -7,6 +7,7 @@ use clap::Args;
 use lowprec_nn::loss::Target;
 use lowprec_nn::{Ctx, Loss, LossKind, Model, Precision, Tensor};
 use lowprec_train::optim::Sgd;
+use lowprec_train::step::forward_backward;
 use lowprec_train::TrainConfig;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -96,12 +97,12 @@ fn time_one(
         let t0 = Instant::now();
         let mut ctx = Ctx::new(backend.as_ref(), precision, cfg.seed);
         ctx.step = it as u64;
-        let out = model.forward(&mut ctx, Tensor::new(x.clone(), shape.clone())?, true)?;
-        let lo = match cfg.model.loss {
-            LossKind::CrossEntropy => loss.forward(&out, Target::Labels(&labels))?,
-            LossKind::Mse => loss.forward(&out, Target::Values(&x))?,
+        let target = match cfg.model.loss {
+            LossKind::CrossEntropy => Target::Labels(&labels),
+            LossKind::Mse => Target::Values(&x),
         };
-        model.backward(&mut ctx, lo.grad)?;
+        let input = Tensor::new(x.clone(), shape.clone())?;
+        forward_backward(&mut model, &mut ctx, &loss, input, target)?;
         let mut params = model.params_mut();
         sgd.step(&mut params, 0.01, precision, cfg.seed, it as u64)?;
         if it >= a.warmup {

@@ -11,6 +11,7 @@ use lowprec_kernels::CpuBackend;
 use lowprec_nn::loss::Target;
 use lowprec_nn::{Category, Ctx, Loss, Model, Precision, Profile, Tensor};
 use lowprec_train::optim::Sgd;
+use lowprec_train::step::forward_backward;
 use lowprec_train::TrainConfig;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -181,10 +182,8 @@ pub fn profile(args: &ProfileArgs) -> Result<ProfileReport> {
         }
         let t0 = Instant::now();
         let x = Tensor::new(images.clone(), shape.clone())?;
-        let out = model.forward(&mut ctx, x, true)?;
-        saved_bytes = model.saved_bytes();
-        let lo = loss.forward(&out, Target::Labels(&labels))?;
-        model.backward(&mut ctx, lo.grad)?;
+        let lo = forward_backward(&mut model, &mut ctx, &loss, x, Target::Labels(&labels))?;
+        saved_bytes = lo.saved_bytes;
         let tu = Instant::now();
         let mut params = model.params_mut();
         sgd.step(&mut params, 0.01, &policy, args.seed, it as u64)?;

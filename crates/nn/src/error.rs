@@ -14,6 +14,9 @@ pub enum NnError {
         index: usize,
         value: f32,
     },
+    /// The loss of a training step is NaN or infinite.
+    #[error("training diverged: loss {loss} at step {step} (lower the learning rate)")]
+    Diverged { loss: f64, step: u64 },
     #[error("shape error in {layer}: {msg}")]
     Shape { layer: String, msg: String },
     #[error("invalid network description: {0}")]

@@ -29,6 +29,7 @@ use lowprec_nn::loss::Target;
 use lowprec_nn::spec::LayerEntry;
 use lowprec_nn::{Ctx, LayerSpec, Loss, LossKind, Model, NetworkSpec, Precision, Tensor};
 use lowprec_train::optim::{Sgd, Swa};
+use lowprec_train::step::forward_backward;
 
 use crate::metrics::{select_threshold, ThresholdRule};
 use crate::rng::CounterRng;
@@ -318,15 +319,13 @@ impl Autoencoder {
             ctx.profile = Some(Default::default());
         }
         let input = Tensor::new(x.clone(), vec![mb, d])?;
-        let out = self.train_model.forward(&mut ctx, input, true)?;
-        let lo = self.loss.forward(&out, Target::Values(&x))?;
-        if !lo.loss.is_finite() {
-            return Err(RfError::InvalidArgument(format!(
-                "training diverged: loss {} at step {} (lower the learning rate)",
-                lo.loss, self.step
-            )));
-        }
-        self.train_model.backward(&mut ctx, lo.grad)?;
+        let lo = forward_backward(
+            &mut self.train_model,
+            &mut ctx,
+            &self.loss,
+            input,
+            Target::Values(&x),
+        )?;
         let mut params = self.train_model.params_mut();
         self.sgd.step(
             &mut params,

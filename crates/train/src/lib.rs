@@ -15,6 +15,7 @@ pub mod dist;
 pub mod optim;
 pub mod rundir;
 pub mod schedule;
+pub mod step;
 pub mod trainer;
 pub mod varprec;
 

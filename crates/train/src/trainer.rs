@@ -25,6 +25,7 @@ use crate::dist::Exchange;
 use crate::optim::{Sgd, Swa};
 use crate::rundir::{Existing, RunDir};
 use crate::schedule::learning_rate;
+use crate::step::forward_backward;
 use crate::varprec::{FastState, PrecisionControl};
 use crate::TrainError;
 
@@ -486,18 +487,7 @@ impl Trainer {
                     control.observe(plan, sig, layer, kind, x, rows, cols)
                 }));
             }
-            let out = self.model.forward(&mut ctx, x, true)?;
-            let lo = self.loss.forward(&out, target_of(&batch))?;
-            if !lo.loss.is_finite() {
-                return Err(TrainError::Nn(lowprec_nn::NnError::NonFinite {
-                    tensor: "loss".into(),
-                    layer: "loss".into(),
-                    step: self.step,
-                    index: 0,
-                    value: lo.loss as f32,
-                }));
-            }
-            self.model.backward(&mut ctx, lo.grad)?;
+            let lo = forward_backward(&mut self.model, &mut ctx, &self.loss, x, target_of(&batch))?;
             drop(ctx);
             let (mut step_loss, mut step_correct) = (lo.loss * batch.len() as f64, lo.correct);
             if let Some(ex) = self.exchange.as_mut() {
@@ -571,7 +561,7 @@ impl Trainer {
             loss_sum += step_loss;
             correct += step_correct;
             seen += global_rows;
-            batch.images = out.data; // reuse an allocation for the next batch
+            batch.images = lo.out.data; // reuse an allocation for the next batch
             if let Some(pb) = &pb {
                 pb.inc(1);
                 if b % 8 == 0 || b + 1 == nb {
