@@ -5,43 +5,12 @@
 //!
 //! The data is a small synthetic IDX set (10 classes of 28x28 images) written by the test.
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn lowprec() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lowprec"));
     c.stdin(Stdio::null());
     c
-}
-
-/// 10 classes of 28x28 images: class c lights one 5x14 patch, plus noise.
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
-fn write_idx(dir: &Path, n_train: usize, n_test: usize) {
-    use lowprec_data::idx::encode_idx;
-    let make = |n: usize, salt: u64| {
-        let (mut img, mut lab) = (Vec::new(), Vec::new());
-        for i in 0..n {
-            let c = i % 10;
-            lab.push(c as u8);
-            for p in 0..784 {
-                let (y, x) = (p / 28, p % 28);
-                let lit = y / 5 == c / 2 && x / 14 == c % 2;
-                let h = (i as u64 * 784 + p as u64 + salt).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                let noise = (h >> 58) as u8;
-                img.push(if lit { 150 + noise } else { noise });
-            }
-        }
-        (img, lab)
-    };
-    let (ti, tl) = make(n_train, 1);
-    let (vi, vl) = make(n_test, 2);
-    let w = |name: &str, dims: &[usize], d: &[u8]| {
-        std::fs::write(dir.join(name), encode_idx(dims, d).unwrap()).unwrap()
-    };
-    w("train-images-idx3-ubyte", &[n_train, 28, 28], &ti);
-    w("train-labels-idx1-ubyte", &[n_train], &tl);
-    w("t10k-images-idx3-ubyte", &[n_test, 28, 28], &vi);
-    w("t10k-labels-idx1-ubyte", &[n_test], &vl);
 }
 
 fn text(o: &Output) -> String {
@@ -71,7 +40,37 @@ fn distributed_without_the_feature_says_how_to_rebuild() {
 #[cfg(feature = "mpi")]
 mod mpi {
     use super::*;
+    use std::path::Path;
     use std::time::{Duration, Instant};
+
+    /// 10 classes of 28x28 images: class c lights one 5x14 patch, plus noise.
+    fn write_idx(dir: &Path, n_train: usize, n_test: usize) {
+        use lowprec_data::idx::encode_idx;
+        let make = |n: usize, salt: u64| {
+            let (mut img, mut lab) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                let c = i % 10;
+                lab.push(c as u8);
+                for p in 0..784 {
+                    let (y, x) = (p / 28, p % 28);
+                    let lit = y / 5 == c / 2 && x / 14 == c % 2;
+                    let h = (i as u64 * 784 + p as u64 + salt).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    let noise = (h >> 58) as u8;
+                    img.push(if lit { 150 + noise } else { noise });
+                }
+            }
+            (img, lab)
+        };
+        let (ti, tl) = make(n_train, 1);
+        let (vi, vl) = make(n_test, 2);
+        let w = |name: &str, dims: &[usize], d: &[u8]| {
+            std::fs::write(dir.join(name), encode_idx(dims, d).unwrap()).unwrap()
+        };
+        w("train-images-idx3-ubyte", &[n_train, 28, 28], &ti);
+        w("train-labels-idx1-ubyte", &[n_train], &tl);
+        w("t10k-images-idx3-ubyte", &[n_test, 28, 28], &vi);
+        w("t10k-labels-idx1-ubyte", &[n_test], &vl);
+    }
 
     fn mpirun_found() -> bool {
         Command::new("mpirun")

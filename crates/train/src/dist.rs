@@ -90,8 +90,8 @@ const MANT_SHIFT: i32 = 6;
 /// Encodes `x` as 8-bit BFP: for each tile of `tile` values one exponent byte (the biased f32
 /// exponent of the tile's largest magnitude, 0 for a tile of zeros or values below 2^-126, which
 /// are flushed to zero) and one mantissa per value, `q = floor(x * 2^(6 - e) + u)` clamped to
-/// `[-127, 127]` with `u = uniform_f32(key, first + i)`. A NaN or infinity is refused: the
-/// error is the index of the first one.
+/// `[-127, 127]` with `u = uniform_f32(key, first + i)`. Returns the sum of the squared
+/// errors of the decoded values; a NaN or infinity is refused: the error is its index.
 pub fn encode_bfp8(
     x: &[f32],
     tile: usize,
@@ -99,8 +99,9 @@ pub fn encode_bfp8(
     first: u64,
     exps: &mut Vec<u8>,
     mants: &mut Vec<i8>,
-) -> Result<(), usize> {
+) -> Result<f64, usize> {
     assert!(tile > 0, "tile of 0 values");
+    let mut err_sq = 0f64;
     for (t, chunk) in x.chunks(tile).enumerate() {
         let mut max = 0f32;
         for (i, &v) in chunk.iter().enumerate() {
@@ -113,30 +114,51 @@ pub fn encode_bfp8(
         if biased == 0 {
             exps.push(0);
             mants.extend(std::iter::repeat_n(0, chunk.len()));
+            err_sq += chunk
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>();
             continue;
         }
         exps.push(biased as u8);
         let scale = exp2(MANT_SHIFT - (biased as i32 - 127));
+        let step = exp2(biased as i32 - 127 - MANT_SHIFT);
         let base = first + (t * tile) as u64;
         for (i, &v) in chunk.iter().enumerate() {
             let u = f64::from(uniform_f32(key, base + i as u64));
             let q = (f64::from(v) * scale + u).floor().clamp(-127.0, 127.0);
             mants.push(q as i8);
+            let e = f64::from((q * step) as f32) - f64::from(v);
+            err_sq += e * e;
         }
     }
-    Ok(())
+    Ok(err_sq)
 }
 
 /// Decodes what [`encode_bfp8`] wrote into `out` (`exps` holds one byte per tile of `out`).
 pub fn decode_bfp8(exps: &[u8], mants: &[i8], tile: usize, out: &mut [f32]) {
+    let bytes: Vec<u8> = mants.iter().map(|&m| m as u8).collect();
+    decode_bfp8_bytes(exps, &bytes, tile, out, false);
+}
+
+/// [`decode_bfp8`] from the mantissas' bytes, adding to `out` when `add` (in f32, as the
+/// rank-order sum does) instead of storing.
+fn decode_bfp8_bytes(exps: &[u8], mants: &[u8], tile: usize, out: &mut [f32], add: bool) {
     for ((o, m), &e) in out.chunks_mut(tile).zip(mants.chunks(tile)).zip(exps) {
         if e == 0 {
-            o.fill(0.0);
+            if !add {
+                o.fill(0.0);
+            }
             continue;
         }
         let scale = exp2(i32::from(e) - 127 - MANT_SHIFT);
         for (o, &q) in o.iter_mut().zip(m) {
-            *o = (f64::from(q) * scale) as f32;
+            let v = (f64::from(q as i8) * scale) as f32;
+            if add {
+                *o += v;
+            } else {
+                *o = v;
+            }
         }
     }
 }
@@ -331,7 +353,6 @@ pub struct Exchange {
     pub stats: ExchangeStats,
     buf: Vec<u8>,
     acc: Vec<f32>,
-    tmp: Vec<f32>,
 }
 
 impl Exchange {
@@ -345,7 +366,6 @@ impl Exchange {
             stats: ExchangeStats::default(),
             buf: Vec::new(),
             acc: Vec::new(),
-            tmp: Vec::new(),
         }
     }
 
@@ -449,7 +469,9 @@ impl Exchange {
                     if bad.is_none() && !v.is_finite() {
                         bad = Some(i);
                     }
-                    payload.extend_from_slice(&v.to_le_bytes());
+                }
+                for g in grads.iter() {
+                    payload.extend(g.iter().flat_map(|v| v.to_le_bytes()));
                 }
                 KIND_FP32
             }
@@ -458,24 +480,22 @@ impl Exchange {
                     StreamKey::new(self.seed, stream_id(&[EXCHANGE_DOMAIN, step, rank as u64]));
                 let (mut exps, mut mants) = (Vec::new(), Vec::with_capacity(count));
                 let mut first = 0u64;
+                let (mut err_sq, mut norm_sq) = (0f64, 0f64);
                 for g in grads.iter() {
                     let t = tile.unwrap_or(g.len()).max(1);
-                    if let Err(i) = encode_bfp8(g, t, key, first, &mut exps, &mut mants) {
-                        bad = Some(first as usize + i);
-                        break;
+                    match encode_bfp8(g, t, key, first, &mut exps, &mut mants) {
+                        Ok(e) => err_sq += e,
+                        Err(i) => {
+                            bad = Some(first as usize + i);
+                            break;
+                        }
                     }
+                    norm_sq += g.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
                     first += g.len() as u64;
                 }
                 if bad.is_none() {
-                    // this rank's encoding error, from its own decoded values
-                    let mut dec = vec![0f32; count];
-                    self.decode_into(&exps, &mants, &lens, &mut dec);
-                    let flat = grads.iter().flat_map(|g| g.iter());
-                    for (d, &v) in dec.iter().zip(flat) {
-                        let e = f64::from(*d) - f64::from(v);
-                        self.stats.err_sq += e * e;
-                        self.stats.norm_sq += f64::from(v) * f64::from(v);
-                    }
+                    self.stats.err_sq += err_sq;
+                    self.stats.norm_sq += norm_sq;
                 }
                 payload.extend_from_slice(&exps);
                 payload.extend(mants.iter().map(|&m| m as u8));
@@ -506,9 +526,7 @@ impl Exchange {
         // decode and sum in rank order
         let mut out_stats = [0f64; 2];
         let mut acc = std::mem::take(&mut self.acc);
-        let mut tmp = std::mem::take(&mut self.tmp);
         acc.resize(count, 0.0);
-        tmp.resize(count, 0.0);
         let result = (|| {
             for (r, m) in all.chunks(msg_len).enumerate() {
                 let h = Header::read(m, r)?;
@@ -527,21 +545,23 @@ impl Exchange {
                     )));
                 }
                 let body = &m[HEADER_BYTES..];
-                let dst = if r == 0 { &mut acc } else { &mut tmp };
+                // rank 0's values are stored, the others' added in f32
+                let add = r > 0;
                 match self.format {
                     ExchangeFormat::Fp32 => {
-                        for (d, c) in dst.iter_mut().zip(body.chunks_exact(4)) {
-                            *d = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+                        for (d, c) in acc.iter_mut().zip(body.chunks_exact(4)) {
+                            let v = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+                            if add {
+                                *d += v;
+                            } else {
+                                *d = v;
+                            }
                         }
                     }
                     ExchangeFormat::Bfp8 { .. } => {
                         let tiles = body.len() - count;
-                        let mants: Vec<i8> = body[tiles..].iter().map(|&b| b as i8).collect();
-                        self.decode_into(&body[..tiles], &mants, &lens, dst);
+                        self.decode_into(&body[..tiles], &body[tiles..], &lens, &mut acc, add);
                     }
-                }
-                if r > 0 {
-                    acc.iter_mut().zip(&tmp).for_each(|(a, t)| *a += t);
                 }
                 out_stats[0] += h.stats[0];
                 out_stats[1] += h.stats[1];
@@ -554,7 +574,6 @@ impl Exchange {
             Ok(())
         })();
         self.acc = acc;
-        self.tmp = tmp;
         result?;
         self.stats.iterations += 1;
         self.stats.bytes_per_iteration = msg_len as u64;
@@ -562,7 +581,7 @@ impl Exchange {
         Ok(out_stats)
     }
 
-    fn decode_into(&self, exps: &[u8], mants: &[i8], lens: &[usize], out: &mut [f32]) {
+    fn decode_into(&self, exps: &[u8], mants: &[u8], lens: &[usize], out: &mut [f32], add: bool) {
         let ExchangeFormat::Bfp8 { tile } = self.format else {
             unreachable!("decode of a bfp8 message")
         };
@@ -570,11 +589,12 @@ impl Exchange {
         for &n in lens {
             let t = tile.unwrap_or(n).max(1);
             let tiles = n.div_ceil(t);
-            decode_bfp8(
+            decode_bfp8_bytes(
                 &exps[e0..e0 + tiles],
                 &mants[m0..m0 + n],
                 t,
                 &mut out[m0..m0 + n],
+                add,
             );
             e0 += tiles;
             m0 += n;

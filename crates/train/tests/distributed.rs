@@ -462,11 +462,20 @@ fn bfp8_codec_matches_the_reference() {
                 })
                 .collect();
             let (mut e, mut m) = (Vec::new(), Vec::new());
-            encode_bfp8(&x, tile, key, 100, &mut e, &mut m).unwrap();
+            let err_sq = encode_bfp8(&x, tile, key, 100, &mut e, &mut m).unwrap();
             assert_eq!((e.len(), m.len()), (n.div_ceil(tile), n));
             let mut d = vec![f32::NAN; n];
             decode_bfp8(&e, &m, tile, &mut d);
             let r = reference(&x, tile, key, 100);
+            let want: f64 = d
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                .sum();
+            assert!(
+                (err_sq - want).abs() <= 1e-9 * want.max(1e-30),
+                "{err_sq} {want}"
+            );
             for i in 0..n {
                 assert_eq!(
                     d[i].to_bits(),
