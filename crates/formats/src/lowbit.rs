@@ -633,7 +633,10 @@ mod tests {
         assert!(c > 0.3 && c < 20.0, "{c}");
         let err = |clip: f32| {
             let q = quantize_activations(&x, 2, clip, "x").unwrap().dequantize();
-            x.iter().zip(&q).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
+            x.iter()
+                .zip(&q)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
         };
         assert!(err(c) < err(20.0));
         assert_eq!(fit_clip(&[0.0, -1.0], 2, "x").unwrap(), 1.0);
