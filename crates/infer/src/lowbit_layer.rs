@@ -230,8 +230,17 @@ impl LowBitLayer {
         }
         let g = weights.q.group.max(1);
         let wscale: Vec<f32> = (0..cout).map(|o| weights.q.scales[(o * kk) / g]).collect();
-        let wm =
-            MatRef::row_major(&weights.q.codes, cout, kk).map_err(|e| NnError::kernel(name, e))?;
+        // the kernels see K tap-major, channels contiguous: (ky, kx, channel)
+        let taps = geo.k * geo.k;
+        let mut perm = vec![0i8; cout * kk];
+        for o in 0..cout {
+            for c in 0..geo.cin {
+                for t in 0..taps {
+                    perm[o * kk + t * geo.cin + c] = weights.q.codes[o * kk + c * taps + t];
+                }
+            }
+        }
+        let wm = MatRef::row_major(&perm, cout, kk).map_err(|e| NnError::kernel(name, e))?;
         let kerr = |e| NnError::kernel(name, e);
         let what = format!("{name}.weight");
         let kernel = match weights.format {
@@ -252,9 +261,7 @@ impl LowBitLayer {
             LowBitFormat::Wrpn { bits } if bits > 2 => {
                 let mut planes = Vec::new();
                 for q in 0..bits - 1 {
-                    let t: Vec<i8> = weights
-                        .q
-                        .codes
+                    let t: Vec<i8> = perm
                         .iter()
                         .map(|&c| ((c.unsigned_abs() >> q) & 1) as i8 * c.signum())
                         .collect();
@@ -315,8 +322,8 @@ impl LowBitLayer {
         let q = quantize_activations(x, self.a_bits, self.clip, &tensor)
             .map_err(|e| NnError::quant(&self.name, 0, e))?;
         let a_scale = q.scales[0];
-        // im2col rows packed straight to bit planes, K in the weights' (channel, ky, kx) order;
-        // a padding tap is code 0 (no bit set; for XNOR the sign -1 of activation 0)
+        // im2col rows packed straight to bit planes, K tap-major as the packed weights; a
+        // padding tap is code 0 (no bit set; for XNOR the sign -1 of activation 0)
         let xnor = matches!(self.kernel, Kernel::Xnor(..));
         let code = if xnor {
             BitCode::Sign
@@ -325,26 +332,39 @@ impl LowBitLayer {
         };
         let planes = if xnor { 1 } else { self.a_bits as usize };
         let words = line_words(kk);
+        // NHWC codes: one pixel's channels contiguous
+        let mut nhwc = vec![0u8; q.codes.len()];
+        for n in 0..b {
+            for c in 0..g.cin {
+                let src = &q.codes[(n * g.cin + c) * hw..][..hw];
+                for (i, &v) in src.iter().enumerate() {
+                    nhwc[(n * hw + i) * g.cin + c] = v as u8;
+                }
+            }
+        }
         let mut data = vec![0u64; rows * planes * words];
-        let codes = &q.codes;
         data.par_chunks_mut(planes * words)
             .enumerate()
             .for_each(|(r, line)| {
                 let (n, p) = (r / po, r % po);
                 let (oy, ox) = (p / g.wo, p % g.wo);
-                for c in 0..g.cin {
-                    let src = &codes[(n * g.cin + c) * hw..][..hw];
-                    for ky in 0..g.k {
-                        for kx in 0..g.k {
-                            if let Some(i) = self.at(oy, ox, ky, kx) {
-                                let v = src[i] as u8;
-                                let kidx = (c * g.k + ky) * g.k + kx;
-                                let (w, bit) = (kidx / 64, 1u64 << (kidx % 64));
+                for ky in 0..g.k {
+                    for kx in 0..g.k {
+                        let Some(i) = self.at(oy, ox, ky, kx) else {
+                            continue;
+                        };
+                        let base = (ky * g.k + kx) * g.cin;
+                        let (mut w, mut sh) = (base / 64, base % 64);
+                        for &v in &nhwc[(n * hw + i) * g.cin..][..g.cin] {
+                            if v != 0 {
                                 for pl in 0..planes {
-                                    if v >> pl & 1 == 1 {
-                                        line[pl * words + w] |= bit;
-                                    }
+                                    line[pl * words + w] |= ((v as u64 >> pl) & 1) << sh;
                                 }
+                            }
+                            sh += 1;
+                            if sh == 64 {
+                                sh = 0;
+                                w += 1;
                             }
                         }
                     }

@@ -1,4 +1,4 @@
-//! Paper 001's low-bit formats through the pipeline: the packed engine against its plain
+//! Paper 001's low-bit formats through the pipeline (c2's K = 81 crosses a 64-bit word): the packed engine against its plain
 //! reference (bit for bit, at 1 and 2 threads), the model file's round trip and its errors
 //! (wrong bit counts, codes outside the format, wrong sizes), fitted clips.
 
@@ -27,7 +27,7 @@ loss = "cross-entropy"
 [[model.layer]]
 type = "conv"
 name = "c1"
-out = 5
+out = 9
 kernel = 3
 padding = 1
 bias = true
@@ -314,7 +314,7 @@ fn bad_low_bit_files_are_clear_errors() {
     assert!(e.contains("packed/c2.weight.scales"), "{e}");
     // shape that is not the parameter's
     let mut t = qm.clone();
-    lowbit_mut(&mut t, "c1.weight").shape = vec![5, 27];
+    lowbit_mut(&mut t, "c1.weight").shape = vec![9, 27];
     let e = load_err(&t);
     assert!(
         e.contains("packed/c1.weight.codes") && e.contains("shape"),
