@@ -86,6 +86,12 @@ pub struct FastArgs {
     /// refused).
     #[arg(long)]
     pub overwrite: bool,
+    /// Take each policy's finished run from OUT (its checkpoint holds the history, the
+    /// evaluations and FAST's decisions) instead of training it again, e.g. to project it on
+    /// another array or timing; a policy without a checkpoint there is trained. The settings
+    /// must be those of the run in OUT.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub reuse: bool,
 }
 
 #[derive(Serialize)]
@@ -259,9 +265,11 @@ fn project(t: &Trained, design: &FastDesign) -> Projection {
 }
 
 fn train(cfg: TrainConfig, a: &FastArgs, out: PathBuf, threads: usize) -> Result<Trained> {
+    let ck = out.join("checkpoint.safetensors");
+    let reused = a.reuse && ck.is_file();
     let opts = RunOptions {
         out_dir: Some(out),
-        resume_from: None,
+        resume_from: reused.then_some(ck),
         data_dir: a.data_dir.clone(),
         backend: crate::cmd_train::backend("cpu")?,
         threads,
@@ -276,6 +284,23 @@ fn train(cfg: TrainConfig, a: &FastArgs, out: PathBuf, threads: usize) -> Result
     crate::util::with_threads(threads, move || -> Result<Trained> {
         let mut t = Trainer::new(cfg, opts)?;
         t.eval_every = Some(eval_every);
+        if reused && t.epoch < t.cfg.train.epochs {
+            bail!(
+                "--reuse: the run in {} stopped at epoch {} of {}",
+                a.out.display(),
+                t.epoch,
+                t.cfg.train.epochs
+            );
+        }
+        if reused
+            && t.step_evals
+                .iter()
+                .any(|e| !e.epoch_end && e.step % eval_every != 0)
+        {
+            bail!(
+                "--reuse: the run was evaluated at other iterations than --eval-every {eval_every}"
+            );
+        }
         t.run()?;
         let plan0 = t.control.plan_at(0);
         let start = t
@@ -297,7 +322,11 @@ fn train(cfg: TrainConfig, a: &FastArgs, out: PathBuf, threads: usize) -> Result
                 .as_ref()
                 .map(|(_, s)| s.log.clone())
                 .unwrap_or_default(),
-            wall: t0.elapsed().as_secs_f64(),
+            wall: if reused {
+                t.history.iter().map(|m| m.seconds).sum()
+            } else {
+                t0.elapsed().as_secs_f64()
+            },
         })
     })?
 }

@@ -35,7 +35,7 @@ fn refused(extra: &[&str], want: &[&str]) {
 #[test]
 fn bad_values_are_clear_errors() {
     refused(&["--eval-every", "0"], &["--eval-every 0"]);
-    refused(&["--eval-every", "-3"], &["--eval-every"]);
+    refused(&["--eval-every=-3"], &["--eval-every"]);
     refused(&["--eval-every", "ten"], &["--eval-every"]);
     refused(
         &["--timing", "overlap"],
@@ -57,7 +57,7 @@ fn bad_values_are_clear_errors() {
     );
     refused(&["--kinds", "weights,wieghts"], &["--kinds"]);
     refused(&["--every", "0"], &["fast.every"]);
-    refused(&["--alpha", "-1"], &["fast.alpha"]);
+    refused(&["--alpha=-1"], &["fast.alpha"]);
     refused(&["--rows", "0"], &["--rows", "1..=128"]);
     refused(&["--clock-mhz", "0"], &["clock"]);
     refused(&["--threads", "0"], &["--threads"]);
