@@ -295,7 +295,7 @@ fn train(cfg: TrainConfig, a: &FastArgs, out: PathBuf, threads: usize) -> Result
         if reused
             && t.step_evals
                 .iter()
-                .any(|e| !e.epoch_end && e.step % eval_every != 0)
+                .any(|e| !e.epoch_end && !e.step.is_multiple_of(eval_every))
         {
             bail!(
                 "--reuse: the run was evaluated at other iterations than --eval-every {eval_every}"
@@ -370,7 +370,7 @@ fn check(a: &FastArgs) -> Result<Checked> {
                 .map_err(|e| anyhow::anyhow!("--kinds `{}`: {e}", a.kinds))
         })
         .collect::<Result<_>>()?;
-    if a.max_width % 2 != 0 || !(2..=8).contains(&a.max_width) {
+    if !a.max_width.is_multiple_of(2) || !(2..=8).contains(&a.max_width) {
         bail!(
             "--max-width {}: an even mantissa width of 2..=8 bits (the fMAC's 2-bit chunks, the int8 kernels)",
             a.max_width
