@@ -295,7 +295,7 @@ fn train(cfg: TrainConfig, a: &FastArgs, out: PathBuf, threads: usize) -> Result
         if reused
             && t.step_evals
                 .iter()
-                .any(|e| !e.epoch_end && e.step % eval_every != 0)
+                .any(|e| !e.epoch_end && !e.step.is_multiple_of(eval_every))
         {
             bail!(
                 "--reuse: the run was evaluated at other iterations than --eval-every {eval_every}"
