@@ -79,16 +79,7 @@ fn make_layer(
         Init::Fpga(i) => Box::new(FpgaLayer::new(name, geo, cout, linear, i)?),
         Init::LowBit(i) => Box::new(LowBitLayer::new(
             name,
-            crate::lowbit_layer::Geo {
-                cin: geo.cin,
-                h: geo.h,
-                w: geo.w,
-                k: geo.k,
-                stride: geo.stride,
-                pad: geo.pad,
-                ho: geo.ho,
-                wo: geo.wo,
-            },
+            geo,
             cout,
             linear,
             i.acts,
@@ -126,30 +117,14 @@ fn factory(
                     "{name}: conv input must be [C, H, W], got {shape:?}"
                 )));
             };
-            let geo = Geo {
-                cin,
-                h,
-                w,
-                k: *kernel,
-                stride: *stride,
-                pad: *padding,
-                ho: (h + 2 * padding - kernel) / stride + 1,
-                wo: (w + 2 * padding - kernel) / stride + 1,
-            };
+            let geo = Geo::new(cin, h, w, *kernel, *stride, *padding)
+                .map_err(|msg| NnError::Spec(format!("{name}: {msg}")))?;
             make_layer(name, geo, *out, false, init)
         }
         LayerSpec::Linear { out, .. } => {
             let f: usize = shape.iter().product();
-            let geo = Geo {
-                cin: f,
-                h: 1,
-                w: 1,
-                k: 1,
-                stride: 1,
-                pad: 0,
-                ho: 1,
-                wo: 1,
-            };
+            let geo = Geo::new(f, 1, 1, 1, 1, 0)
+                .map_err(|msg| NnError::Spec(format!("{name}: {msg}")))?;
             make_layer(name, geo, *out, true, init)
         }
         other => Err(NnError::Spec(format!(
@@ -159,18 +134,8 @@ fn factory(
     }
 }
 
-/// Convolution geometry (a linear layer is a 1x1 convolution of a 1x1 map).
-#[derive(Clone, Copy, Debug)]
-struct Geo {
-    cin: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
-}
+/// Convolution geometry, nn's own (a linear layer is a 1x1 convolution of a 1x1 map).
+use lowprec_nn::im2col::ConvGeom as Geo;
 
 enum Mant {
     I8(Vec<i8>),

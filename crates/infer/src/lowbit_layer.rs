@@ -161,18 +161,8 @@ impl LowBitTensor {
     }
 }
 
-/// Convolution geometry (a linear layer is a 1x1 convolution of a 1x1 map).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Geo {
-    pub cin: usize,
-    pub h: usize,
-    pub w: usize,
-    pub k: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub ho: usize,
-    pub wo: usize,
-}
+/// Convolution geometry, nn's own (a linear layer is a 1x1 convolution of a 1x1 map).
+pub(crate) use lowprec_nn::im2col::ConvGeom as Geo;
 
 /// How the integer sums are computed.
 enum Kernel {
