@@ -23,6 +23,34 @@ const W: usize = 32;
 /// f32 elements of B converted at once (256 KiB, in L2).
 const GROUP_FLOATS: usize = 1 << 16;
 
+/// Whether every chunk is one element long and every scale a power of two with
+/// `2^-126 <= |sa|, |sb|, |sa * sb|` and `|sa|, |sa * sb| <= 2^100`. Then `acc * sa` and
+/// `(acc * sa) * sb` are exact for every integer `0 < |acc| <= 2^24`, so the reference's
+/// `C + ((acc * sa) * sb)` equals one fused multiply-add `fma((a * sa) * sb, b, C)`: one rounding,
+/// the same one. NaN, infinite, zero or other scales keep the unfused path.
+fn fusable(chunks: &[(usize, usize, usize)], sa: &Scales<'_>, sb: &Scales<'_>) -> bool {
+    const MIN: i32 = -126;
+    const MAX: i32 = 100;
+    // The exponent range of a slice of scales, or None if one is not a normal power of two.
+    fn range(v: &[f32]) -> Option<(i32, i32)> {
+        v.iter().try_fold((i32::MAX, i32::MIN), |(lo, hi), &x| {
+            let bits = x.to_bits();
+            let e = ((bits >> 23) & 0xff) as i32;
+            (bits & 0x7f_ffff == 0 && e != 0 && e != 0xff)
+                .then(|| (lo.min(e - 127), hi.max(e - 127)))
+        })
+    }
+    if chunks.iter().any(|c| c.2 - c.1 != 1) {
+        return false;
+    }
+    match (range(sa.values), range(sb.values)) {
+        (Some((alo, ahi)), Some((blo, bhi))) => {
+            alo >= MIN && blo >= MIN && alo + blo >= MIN && ahi <= MAX && ahi + bhi <= MAX
+        }
+        _ => false,
+    }
+}
+
 /// Whether every chunk is short and its sums are exact in f32.
 pub(crate) fn eligible<T: QElem>(chunks: &[(usize, usize, usize)], max_a: u32, max_b: u32) -> bool {
     let longest = chunks.iter().map(|c| c.2 - c.1).max().unwrap_or(0);
@@ -38,6 +66,8 @@ struct Ctx<'a, T> {
     sb: Scales<'a>,
     chunks: &'a [(usize, usize, usize)],
     accumulate: bool,
+    /// One-element chunks and power-of-two scales: the AVX2 path may fuse ([`fusable`]).
+    fused: bool,
     c: SendPtr<f32>,
     ldc: usize,
 }
@@ -60,6 +90,7 @@ pub(crate) fn run<T: QElem>(
         sb: b.scales,
         chunks,
         accumulate,
+        fused: fusable(chunks, &a.scales, &b.scales),
         c: SendPtr(c.data.as_mut_ptr()),
         ldc: c.ld,
     };
@@ -95,18 +126,15 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
     let mut g0 = blk.n0;
     while g0 < blk.n1 {
         let gw = group_max.min(blk.n1 - g0);
-        // B columns of the group as f32, row-major K x gw (exact: |b| <= 32768).
-        let mut bf = vec![0f32; k * gw];
-        for (kk, row) in bf.chunks_exact_mut(gw).enumerate() {
+        // B columns of the group as f32, row-major K x gw (exact: |b| <= 32768), written once
+        // (no zero fill first).
+        let mut bf = Vec::with_capacity(k * gw);
+        for kk in 0..k {
             if ctx.b.col_stride == 1 {
                 let base = kk * ctx.b.row_stride + g0;
-                for (d, &v) in row.iter_mut().zip(&ctx.b.data[base..base + gw]) {
-                    *d = v.into() as f32;
-                }
+                bf.extend(ctx.b.data[base..base + gw].iter().map(|&v| v.into() as f32));
             } else {
-                for (j, d) in row.iter_mut().enumerate() {
-                    *d = ctx.b.at(kk, g0 + j).into() as f32;
-                }
+                bf.extend((0..gw).map(|j| ctx.b.at(kk, g0 + j).into() as f32));
             }
         }
         // B scales: one per segment, or expanded per column when they vary along N.
@@ -143,6 +171,7 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
                     let crow: &mut [f32; W] = crow.try_into().expect("width W");
                     row_block_dispatch(
                         ctx.isa,
+                        ctx.fused,
                         &arow,
                         &bf[nb..],
                         gw,
@@ -184,6 +213,7 @@ enum SbMode<'a> {
 #[allow(clippy::too_many_arguments)]
 fn row_block_dispatch(
     isa: Isa,
+    fused: bool,
     arow: &[f32],
     bf: &[f32],
     ldb: usize,
@@ -194,10 +224,13 @@ fn row_block_dispatch(
     accumulate: bool,
     crow: &mut [f32; W],
 ) {
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn avx2(
+        fused: bool,
         arow: &[f32],
         bf: &[f32],
         ldb: usize,
@@ -208,14 +241,63 @@ fn row_block_dispatch(
         accumulate: bool,
         crow: &mut [f32; W],
     ) {
-        row_block(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow)
+        if fused {
+            row_block_fused(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow)
+        } else {
+            row_block(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow)
+        }
     }
     // SAFETY: AVX2 isas are only chosen when the CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() {
-        return unsafe { avx2(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow) };
+        return unsafe {
+            avx2(
+                fused, arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow,
+            )
+        };
     }
+    // Without a hardware FMA, `mul_add` would be a library call: keep the unfused form.
+    let _ = fused;
     row_block(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow)
+}
+
+/// [`row_block`] for one-element chunks and power-of-two scales ([`fusable`]): the product and
+/// both scalings are exact, so the one rounding left is the add, which a fused multiply-add does.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_block_fused(
+    arow: &[f32],
+    bf: &[f32],
+    ldb: usize,
+    chunks: &[(usize, usize, usize)],
+    sa_row: &[f32],
+    sb: SbMode<'_>,
+    col0: usize,
+    accumulate: bool,
+    crow: &mut [f32; W],
+) {
+    let mut cv = if accumulate { *crow } else { [0f32; W] };
+    for &(s, k0, _) in chunks {
+        let b: &[f32; W] = bf[k0 * ldb..k0 * ldb + W].try_into().expect("width W");
+        let t = arow[k0] * sa_row[s];
+        match sb {
+            SbMode::Seg(v) => {
+                let coef = t * v[s];
+                for j in 0..W {
+                    cv[j] = coef.mul_add(b[j], cv[j]);
+                }
+            }
+            SbMode::Cols { sbx, ld } => {
+                let row: &[f32; W] = sbx[s * ld + col0..s * ld + col0 + W]
+                    .try_into()
+                    .expect("width W");
+                for j in 0..W {
+                    cv[j] = (t * row[j]).mul_add(b[j], cv[j]);
+                }
+            }
+        }
+    }
+    *crow = cv;
 }
 
 /// One C row block of `W` columns over every chunk, kept in registers.

@@ -19,6 +19,16 @@ enum ScaleKind {
     PerSegment,
     /// Per (segment, group of 5 indices).
     Grouped,
+    /// Per segment, powers of two `2^lo ..= 2^hi` (the fused one-element-chunk path).
+    PerSegmentPow2(i32, i32),
+    /// Per (segment, group of 5 indices), powers of two `2^lo ..= 2^hi`.
+    GroupedPow2(i32, i32),
+}
+
+fn pow2_scales(seed: u64, stream: u64, len: usize, lo: i32, hi: i32) -> Vec<f32> {
+    (0..len)
+        .map(|i| (2f64).powi(int_in(seed, stream, i as u64, lo as i64, hi as i64) as i32) as f32)
+        .collect()
 }
 
 fn make_scales(
@@ -35,6 +45,15 @@ fn make_scales(
         ScaleKind::Grouped => {
             let per = len.div_ceil(5).max(1);
             (rand_scales(seed, stream, segs.max(1) * per), 5, per)
+        }
+        ScaleKind::PerSegmentPow2(lo, hi) => (
+            pow2_scales(seed, stream, segs.max(1), lo, hi),
+            usize::MAX,
+            1,
+        ),
+        ScaleKind::GroupedPow2(lo, hi) => {
+            let per = len.div_ceil(5).max(1);
+            (pow2_scales(seed, stream, segs.max(1) * per, lo, hi), 5, per)
         }
     }
 }
@@ -196,6 +215,58 @@ fn q8_segments_and_scale_kinds() {
     }
 }
 
+/// One-element segments with power-of-two scales (002's per-example weight gradient of a linear
+/// layer): the AVX2 family fuses the epilogue into one FMA where every scaling is exact, and must
+/// give the reference's bits there and across the exponent limits where it falls back.
+#[test]
+fn q8_one_element_segments_pow2_scales() {
+    // (a exponents, b exponents): ordinary, sums straddling 2^-126, single scales below 2^-126
+    // (subnormal), products straddling 2^100, and one operand at the upper limit.
+    let ranges = [
+        ((-12, 2), (-20, 0)),
+        ((-70, -50), (-80, -60)),
+        ((-126, -120), (-8, 0)),
+        ((-140, -127), (-4, 4)),
+        ((40, 60), (40, 60)),
+        ((98, 100), (-2, 0)),
+    ];
+    let mut seed = 900;
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (10, 128, 784),
+        (7, 33, 70),
+        (33, 7, 1000),
+        (3, 1000, 33),
+    ] {
+        for &((alo, ahi), (blo, bhi)) in &ranges {
+            for grouped_b in [false, true] {
+                seed += 1;
+                let sb = if grouped_b {
+                    ScaleKind::GroupedPow2(blo, bhi)
+                } else {
+                    ScaleKind::PerSegmentPow2(blo, bhi)
+                };
+                check_q8(
+                    seed,
+                    Case {
+                        m,
+                        k,
+                        n,
+                        segment: 1,
+                        accumulate: seed % 2 == 0,
+                        la: LAYOUTS[seed as usize % 4],
+                        lb: LAYOUTS[(seed as usize / 4) % 4],
+                        sa: ScaleKind::PerSegmentPow2(alo, ahi),
+                        sb,
+                        max_a: 127,
+                        max_b: 127,
+                    },
+                );
+            }
+        }
+    }
+}
+
 /// Segment lengths exercising chunks split across several packing steps with the per-task i32
 /// buffer (K well past one 512-element step, several segments, scales per segment).
 #[test]
@@ -332,18 +403,30 @@ fn q8_non_finite_scales_and_c() {
     let a = rand_i8(7, 1, m * k, 127);
     let mut b = rand_i8(7, 2, k * n, 127);
     b[..n].fill(0); // some zero products
-    let sa: Vec<f32> = (0..m)
-        .map(|i| [1.0, f32::NAN, -0.0, f32::INFINITY, 3.0, -2.0, 1e-30][i])
-        .collect();
-    let sb = [-1.5f32];
     let c0: Vec<f32> = (0..m * n)
         .map(|i| [0.0, -0.0, f32::NAN, f32::NEG_INFINITY, 1.0][i % 5])
         .collect();
-    for segment in [1, 5, usize::MAX] {
+    // Non-finite and odd scales; then powers of two (the fused one-element path) over a C with
+    // NaN, infinities and signed zeros.
+    let scale_sets: [(Vec<f32>, f32); 2] = [
+        (
+            vec![1.0, f32::NAN, -0.0, f32::INFINITY, 3.0, -2.0, 1e-30],
+            -1.5,
+        ),
+        (
+            vec![1.0, 0.5, -0.25, 2f32.powi(-126), 2f32.powi(90), -4.0, 2.0],
+            -2.0,
+        ),
+    ];
+    for (segment, (sa, sb)) in [1, 5, usize::MAX]
+        .into_iter()
+        .flat_map(|s| scale_sets.iter().map(move |x| (s, x)))
+    {
+        let sb = [*sb];
         for accumulate in [false, true] {
             let qa = QMatRef {
                 mat: MatRef::row_major(&a, m, k).unwrap(),
-                scales: Scales::per_index(&sa),
+                scales: Scales::per_index(sa),
                 max_abs: 127,
             };
             let qb = QMatRef {
@@ -370,7 +453,7 @@ fn q8_non_finite_scales_and_c() {
                 assert_bits(
                     &got,
                     &want,
-                    &format!("{isa:?} seg {segment} acc {accumulate}"),
+                    &format!("{isa:?} seg {segment} acc {accumulate} sa {sa:?}"),
                 );
             }
         }
