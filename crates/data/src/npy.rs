@@ -6,7 +6,7 @@
 //! or i64 (every signed or unsigned integer type and `bool`). A file whose data is shorter or
 //! longer than its header says is an error naming the file, as is a Fortran-order array.
 
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
@@ -198,7 +198,13 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
 /// The names of the arrays (`<name>.npy` members) in a `.npz` archive.
 pub fn npz_array_names(path: &Path) -> Result<Vec<String>> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, "opening", e))?;
-    let zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+    npz_array_names_from(std::io::BufReader::new(file), path)
+}
+
+/// [`npz_array_names`] of an archive in any seekable reader (the bytes of a file); `path` names
+/// it in errors.
+pub fn npz_array_names_from<R: Read + Seek>(reader: R, path: &Path) -> Result<Vec<String>> {
+    let zip = zip::ZipArchive::new(reader)
         .map_err(|e| DataError::malformed(path, format!("not a readable .npz (zip): {e}")))?;
     Ok(zip
         .file_names()
@@ -210,7 +216,17 @@ pub fn npz_array_names(path: &Path) -> Result<Vec<String>> {
 /// A missing name is an error listing the names the archive has.
 pub fn read_npz(path: &Path, names: &[&str]) -> Result<Vec<NpyArray>> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, "opening", e))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+    read_npz_from(std::io::BufReader::new(file), path, names)
+}
+
+/// [`read_npz`] of an archive in any seekable reader (the bytes of a file); `path` names it in
+/// errors.
+pub fn read_npz_from<R: Read + Seek>(
+    reader: R,
+    path: &Path,
+    names: &[&str],
+) -> Result<Vec<NpyArray>> {
+    let mut zip = zip::ZipArchive::new(reader)
         .map_err(|e| DataError::malformed(path, format!("not a readable .npz (zip): {e}")))?;
     let present: Vec<String> = zip
         .file_names()
@@ -236,7 +252,10 @@ pub fn read_npz(path: &Path, names: &[&str]) -> Result<Vec<NpyArray>> {
                 ))
             }
         };
-        let mut bytes = Vec::with_capacity(member.size() as usize);
+        // The size the zip directory claims only sizes the first allocation, capped, so that a
+        // member claiming terabytes fails on its actual bytes instead of allocating them.
+        let claimed = usize::try_from(member.size()).unwrap_or(usize::MAX);
+        let mut bytes = Vec::with_capacity(claimed.min(PREALLOCATE_MAX));
         member.read_to_end(&mut bytes).map_err(|e| {
             DataError::malformed(&origin, format!("corrupt or truncated .npz member: {e}"))
         })?;
@@ -244,6 +263,9 @@ pub fn read_npz(path: &Path, names: &[&str]) -> Result<Vec<NpyArray>> {
     }
     Ok(out)
 }
+
+/// The most a size claimed by a header reserves before any byte is read (64 MiB).
+pub(crate) const PREALLOCATE_MAX: usize = 64 << 20;
 
 /// Encodes a C-order `.npy` (format 1.0) of `data` with `shape`.
 pub fn encode_npy<T: npyz::AutoSerialize + Copy>(data: &[T], shape: &[usize]) -> Result<Vec<u8>> {
