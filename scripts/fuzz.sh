@@ -7,7 +7,9 @@
 # Bound: every target runs under libFuzzer's -rss_limit_mb and -malloc_limit_mb of 2048 MiB
 # (a header claiming more must be an error, not an allocation) and -timeout of 30 s per input.
 # The committed seeds (fuzz/corpus/<target>) are read, never written: new inputs go to
-# fuzz/work/<target>, crashes to fuzz/artifacts/<target>/ (both ignored by git).
+# fuzz/work/<target>, crashes to fuzz/artifacts/<target>/ (both ignored by git), logs to
+# fuzz/work/logs/<target>.log. Reproduce a crash with
+# `RUSTC_BOOTSTRAP=1 cargo fuzz run -a <target> fuzz/artifacts/<target>/<file>`.
 #
 # Needs `cargo install cargo-fuzz`. cargo-fuzz passes nightly-only flags (sanitizer, coverage);
 # RUSTC_BOOTSTRAP=1 lets a stable toolchain accept them.
@@ -19,6 +21,8 @@ shift || true
 limit_mb=2048
 export RUSTC_BOOTSTRAP=1
 export CARGO_TERM_COLOR=never
+# as `cargo fuzz run` sets it
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=0}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "cargo fuzz not installed (cargo install cargo-fuzz)" >&2
@@ -37,6 +41,7 @@ if ! cargo fuzz build -a </dev/null; then
     exit 1
 fi
 echo "fuzz: built in $(($(date +%s) - start)) s"
+bin_dir=fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release
 
 mkdir -p fuzz/work/logs
 failed=()
@@ -45,7 +50,9 @@ for t in "${targets[@]}"; do
     mkdir -p "fuzz/work/$t" "fuzz/corpus/$t"
     log="fuzz/work/logs/$t.log"
     t0=$(date +%s)
-    cargo fuzz run -a "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
+    mkdir -p "fuzz/artifacts/$t"
+    # the binary `cargo fuzz build` made (what `cargo fuzz run -a` runs, without rebuilding)
+    "$bin_dir/$t" -artifact_prefix="fuzz/artifacts/$t/" "fuzz/work/$t" "fuzz/corpus/$t" \
         -max_total_time="$secs" -rss_limit_mb=$limit_mb -malloc_limit_mb=$limit_mb \
         -timeout=30 -print_final_stats=1 </dev/null >"$log" 2>&1
     rc=$?

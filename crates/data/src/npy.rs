@@ -100,6 +100,7 @@ pub fn parse_npy(bytes: &[u8], origin: &Path) -> Result<NpyArray> {
             "not a .npy file (it does not start with \\x93NUMPY)".into()
         ));
     }
+    check_header(bytes).map_err(bad)?;
     let mut cursor = Cursor::new(bytes);
     let header = npyz::NpyHeader::from_reader(&mut cursor)
         .map_err(|e| bad(format!("bad or truncated .npy header: {e}")))?;
@@ -184,6 +185,92 @@ pub fn parse_npy(bytes: &[u8], origin: &Path) -> Result<NpyArray> {
         values,
         origin: origin.to_path_buf(),
     })
+}
+
+/// What npyz is not given: a header length (2 bytes in format 1, 4 in formats 2 and 3) beyond
+/// the bytes there are (npyz allocates what it claims before reading, 4 GiB at most; found by
+/// the npy fuzz target), and brackets it would take minutes over ([`check_brackets`]).
+fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
+    let Some(&major) = bytes.get(6) else {
+        return Err("truncated .npy header: no format version".into());
+    };
+    let start = match major {
+        1 => 10,
+        2 | 3 => 12,
+        // npyz names the unsupported version
+        _ => return Ok(()),
+    };
+    let Some(len) = bytes.get(8..start) else {
+        return Err("truncated .npy header: no header length".into());
+    };
+    let claimed = len
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    let have = (bytes.len() - start) as u64;
+    if claimed > have {
+        return Err(format!(
+            "truncated .npy header: it claims {claimed} header bytes, {have} follow"
+        ));
+    }
+    check_brackets(&bytes[start..start + claimed as usize])
+}
+
+/// Deepest bracket nesting a header may have: the dict, a shape tuple and a structured dtype's
+/// list, field tuple and sub-array shape need 5.
+const HEADER_MAX_DEPTH: usize = 6;
+
+/// The header's brackets (outside quoted strings) must pair up, nested at most
+/// [`HEADER_MAX_DEPTH`] deep: npyz's Python-literal parser backtracks exponentially on unclosed
+/// brackets (found by the npy fuzz target: 118 bytes of `[` took over 30 s).
+fn check_brackets(header: &[u8]) -> std::result::Result<(), String> {
+    let mut open = Vec::new();
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, &c) in header.iter().enumerate() {
+        if let Some(q) = quote {
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                _ if c == q => quote = None,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'\'' | b'"' => quote = Some(c),
+            b'[' | b'(' | b'{' => {
+                open.push(c);
+                if open.len() > HEADER_MAX_DEPTH {
+                    return Err(format!(
+                        "bad .npy header: brackets nested more than {HEADER_MAX_DEPTH} deep \
+                         (header byte {i})"
+                    ));
+                }
+            }
+            b']' | b')' | b'}' => {
+                let want = match c {
+                    b']' => b'[',
+                    b')' => b'(',
+                    _ => b'{',
+                };
+                if open.pop() != Some(want) {
+                    return Err(format!(
+                        "bad .npy header: unmatched '{}' at header byte {i}",
+                        c as char
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    if quote.is_some() {
+        return Err("bad .npy header: unterminated string".into());
+    }
+    if let Some(&c) = open.last() {
+        return Err(format!("bad .npy header: unclosed '{}'", c as char));
+    }
+    Ok(())
 }
 
 fn ints<T: Into<i64>>(v: Vec<T>) -> NpyValues {
