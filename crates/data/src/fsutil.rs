@@ -79,7 +79,12 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 
 /// Reads a whole file, transparently gunzipping it when it starts with the gzip magic.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = read_file(path)?;
+    gunzip_if_gzip(read_file(path)?, path)
+}
+
+/// `raw` gunzipped when it starts with the gzip magic, else `raw` itself; `path` names the
+/// source in errors.
+pub fn gunzip_if_gzip(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
     if raw.starts_with(&GZIP_MAGIC) {
         let mut out = Vec::with_capacity(raw.len() * 4);
         flate2::read::MultiGzDecoder::new(&raw[..])

@@ -101,6 +101,17 @@ impl ImageSetSpec {
                 self.height, self.width
             )));
         }
+        if self
+            .height
+            .checked_mul(self.width)
+            .and_then(|p| p.checked_mul(self.channels))
+            .is_none()
+        {
+            return Err(DataError::InvalidArgument(format!(
+                "image size {}x{}x{} overflows",
+                self.channels, self.height, self.width
+            )));
+        }
         Ok(())
     }
 
@@ -153,7 +164,7 @@ fn decode_all(mut items: Vec<Encoded>, spec: &ImageSetSpec) -> Result<Dataset> {
     let results: Vec<Result<()>> = images
         .par_chunks_mut(sample.max(1))
         .zip(items.par_iter())
-        .map(|(out, item)| decode_into(out, item, spec))
+        .map(|(out, item)| decode_image_into(out, &item.bytes, &item.origin, spec))
         .collect();
     // The first failure in sample order, so the message does not depend on thread timing.
     results.into_iter().collect::<Result<Vec<()>>>()?;
@@ -183,12 +194,30 @@ fn check_jpeg_complete(bytes: &[u8]) -> std::result::Result<(), &'static str> {
     }
 }
 
-fn decode_into(out: &mut [u8], item: &Encoded, spec: &ImageSetSpec) -> Result<()> {
-    check_jpeg_complete(&item.bytes).map_err(|what| {
-        DataError::malformed(&item.origin, format!("cannot decode image: {what}"))
-    })?;
-    let mut img = image::load_from_memory(&item.bytes)
-        .map_err(|e| DataError::malformed(&item.origin, format!("cannot decode image: {e}")))?;
+/// Decodes one encoded image (JPEG or PNG) into `out`, channels-first u8 of the spec's shape
+/// (`out.len()` must be `channels * height * width`); `origin` names it in errors.
+pub fn decode_image_into(
+    out: &mut [u8],
+    bytes: &[u8],
+    origin: &Path,
+    spec: &ImageSetSpec,
+) -> Result<()> {
+    spec.check()?;
+    let sample = spec.channels * spec.height * spec.width;
+    if out.len() != sample {
+        return Err(DataError::InvalidArgument(format!(
+            "{}: output of {} bytes for a {}x{}x{} image",
+            origin.display(),
+            out.len(),
+            spec.channels,
+            spec.height,
+            spec.width
+        )));
+    }
+    check_jpeg_complete(bytes)
+        .map_err(|what| DataError::malformed(origin, format!("cannot decode image: {what}")))?;
+    let mut img = image::load_from_memory(bytes)
+        .map_err(|e| DataError::malformed(origin, format!("cannot decode image: {e}")))?;
     if spec.resize && (img.height() as usize, img.width() as usize) != (spec.height, spec.width) {
         img = img.resize_exact(
             spec.width as u32,
@@ -199,7 +228,7 @@ fn decode_into(out: &mut [u8], item: &Encoded, spec: &ImageSetSpec) -> Result<()
     let (w, h) = (img.width() as usize, img.height() as usize);
     if (h, w) != (spec.height, spec.width) {
         return Err(DataError::malformed(
-            &item.origin,
+            origin,
             format!(
                 "image is {w}x{h} (width x height), expected {}x{}",
                 spec.width, spec.height
@@ -342,7 +371,18 @@ pub fn load_image_folder(root: &Path, spec: &ImageSetSpec) -> Result<Splits> {
 pub fn decode_image_tarball(tarball: &Path, spec: &ImageSetSpec) -> Result<Splits> {
     spec.check()?;
     let raw = std::fs::File::open(tarball).map_err(|e| DataError::io(tarball, "opening", e))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, raw);
+    decode_image_tarball_from(raw, tarball, spec)
+}
+
+/// [`decode_image_tarball`] of a tarball read from `reader` (a file, or bytes in memory);
+/// `tarball` names it in errors.
+pub fn decode_image_tarball_from(
+    reader: impl Read,
+    tarball: &Path,
+    spec: &ImageSetSpec,
+) -> Result<Splits> {
+    spec.check()?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
     let gz = {
         use std::io::BufRead;
         let buf = reader
@@ -403,7 +443,10 @@ pub fn decode_image_tarball(tarball: &Path, spec: &ImageSetSpec) -> Result<Split
                     ),
                 )
             })?;
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        // The member's claimed size only sizes the first allocation, capped, so that a header
+        // claiming terabytes fails on the bytes actually there instead of allocating them.
+        let claimed = usize::try_from(entry.size()).unwrap_or(usize::MAX);
+        let mut bytes = Vec::with_capacity(claimed.min(crate::npy::PREALLOCATE_MAX));
         entry.read_to_end(&mut bytes).map_err(bad)?;
         target.push(Encoded {
             origin,

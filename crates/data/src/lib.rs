@@ -38,11 +38,14 @@ pub use datadir::{DataDir, DATA_DIR_ENV};
 pub use dataset::{Dataset, Splits, TargetKind};
 pub use error::{DataError, Result};
 pub use idx::{read_idx, write_idx, IdxArray};
-pub use images::{decode_image_tarball, load_image_folder, load_image_folder_split, ImageSetSpec};
+pub use images::{
+    decode_image_into, decode_image_tarball, decode_image_tarball_from, load_image_folder,
+    load_image_folder_split, ImageSetSpec,
+};
 pub use mnist::{
     fetch_mnist, fetch_mnist_with, load_mnist, load_mnist_dir, mnist_from_idx, MNIST_FILES,
 };
-pub use npy::{read_npy, read_npz, write_npy, NpyArray, NpyValues};
+pub use npy::{read_npy, read_npz, read_npz_from, write_npy, NpyArray, NpyValues};
 pub use source::{
     load_idx_dir, load_source, parse_kind_path, SourceKind, SourceOptions, IDX_FILE_NAMES,
     NPY_ARRAY_NAMES,

@@ -6,7 +6,7 @@
 //! or i64 (every signed or unsigned integer type and `bool`). A file whose data is shorter or
 //! longer than its header says is an error naming the file, as is a Fortran-order array.
 
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
@@ -100,6 +100,7 @@ pub fn parse_npy(bytes: &[u8], origin: &Path) -> Result<NpyArray> {
             "not a .npy file (it does not start with \\x93NUMPY)".into()
         ));
     }
+    check_header(bytes).map_err(bad)?;
     let mut cursor = Cursor::new(bytes);
     let header = npyz::NpyHeader::from_reader(&mut cursor)
         .map_err(|e| bad(format!("bad or truncated .npy header: {e}")))?;
@@ -186,6 +187,92 @@ pub fn parse_npy(bytes: &[u8], origin: &Path) -> Result<NpyArray> {
     })
 }
 
+/// What npyz is not given: a header length (2 bytes in format 1, 4 in formats 2 and 3) beyond
+/// the bytes there are (npyz allocates what it claims before reading, 4 GiB at most; found by
+/// the npy fuzz target), and brackets it would take minutes over ([`check_brackets`]).
+fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
+    let Some(&major) = bytes.get(6) else {
+        return Err("truncated .npy header: no format version".into());
+    };
+    let start = match major {
+        1 => 10,
+        2 | 3 => 12,
+        // npyz names the unsupported version
+        _ => return Ok(()),
+    };
+    let Some(len) = bytes.get(8..start) else {
+        return Err("truncated .npy header: no header length".into());
+    };
+    let claimed = len
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    let have = (bytes.len() - start) as u64;
+    if claimed > have {
+        return Err(format!(
+            "truncated .npy header: it claims {claimed} header bytes, {have} follow"
+        ));
+    }
+    check_brackets(&bytes[start..start + claimed as usize])
+}
+
+/// Deepest bracket nesting a header may have: the dict, a shape tuple and a structured dtype's
+/// list, field tuple and sub-array shape need 5.
+const HEADER_MAX_DEPTH: usize = 6;
+
+/// The header's brackets (outside quoted strings) must pair up, nested at most
+/// [`HEADER_MAX_DEPTH`] deep: npyz's Python-literal parser backtracks exponentially on unclosed
+/// brackets (found by the npy fuzz target: 118 bytes of `[` took over 30 s).
+fn check_brackets(header: &[u8]) -> std::result::Result<(), String> {
+    let mut open = Vec::new();
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, &c) in header.iter().enumerate() {
+        if let Some(q) = quote {
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                _ if c == q => quote = None,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'\'' | b'"' => quote = Some(c),
+            b'[' | b'(' | b'{' => {
+                open.push(c);
+                if open.len() > HEADER_MAX_DEPTH {
+                    return Err(format!(
+                        "bad .npy header: brackets nested more than {HEADER_MAX_DEPTH} deep \
+                         (header byte {i})"
+                    ));
+                }
+            }
+            b']' | b')' | b'}' => {
+                let want = match c {
+                    b']' => b'[',
+                    b')' => b'(',
+                    _ => b'{',
+                };
+                if open.pop() != Some(want) {
+                    return Err(format!(
+                        "bad .npy header: unmatched '{}' at header byte {i}",
+                        c as char
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    if quote.is_some() {
+        return Err("bad .npy header: unterminated string".into());
+    }
+    if let Some(&c) = open.last() {
+        return Err(format!("bad .npy header: unclosed '{}'", c as char));
+    }
+    Ok(())
+}
+
 fn ints<T: Into<i64>>(v: Vec<T>) -> NpyValues {
     NpyValues::I64(v.into_iter().map(Into::into).collect())
 }
@@ -198,7 +285,13 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
 /// The names of the arrays (`<name>.npy` members) in a `.npz` archive.
 pub fn npz_array_names(path: &Path) -> Result<Vec<String>> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, "opening", e))?;
-    let zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+    npz_array_names_from(std::io::BufReader::new(file), path)
+}
+
+/// [`npz_array_names`] of an archive in any seekable reader (the bytes of a file); `path` names
+/// it in errors.
+pub fn npz_array_names_from<R: Read + Seek>(reader: R, path: &Path) -> Result<Vec<String>> {
+    let zip = zip::ZipArchive::new(reader)
         .map_err(|e| DataError::malformed(path, format!("not a readable .npz (zip): {e}")))?;
     Ok(zip
         .file_names()
@@ -210,7 +303,17 @@ pub fn npz_array_names(path: &Path) -> Result<Vec<String>> {
 /// A missing name is an error listing the names the archive has.
 pub fn read_npz(path: &Path, names: &[&str]) -> Result<Vec<NpyArray>> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, "opening", e))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+    read_npz_from(std::io::BufReader::new(file), path, names)
+}
+
+/// [`read_npz`] of an archive in any seekable reader (the bytes of a file); `path` names it in
+/// errors.
+pub fn read_npz_from<R: Read + Seek>(
+    reader: R,
+    path: &Path,
+    names: &[&str],
+) -> Result<Vec<NpyArray>> {
+    let mut zip = zip::ZipArchive::new(reader)
         .map_err(|e| DataError::malformed(path, format!("not a readable .npz (zip): {e}")))?;
     let present: Vec<String> = zip
         .file_names()
@@ -236,7 +339,10 @@ pub fn read_npz(path: &Path, names: &[&str]) -> Result<Vec<NpyArray>> {
                 ))
             }
         };
-        let mut bytes = Vec::with_capacity(member.size() as usize);
+        // The size the zip directory claims only sizes the first allocation, capped, so that a
+        // member claiming terabytes fails on its actual bytes instead of allocating them.
+        let claimed = usize::try_from(member.size()).unwrap_or(usize::MAX);
+        let mut bytes = Vec::with_capacity(claimed.min(PREALLOCATE_MAX));
         member.read_to_end(&mut bytes).map_err(|e| {
             DataError::malformed(&origin, format!("corrupt or truncated .npz member: {e}"))
         })?;
@@ -244,6 +350,9 @@ pub fn read_npz(path: &Path, names: &[&str]) -> Result<Vec<NpyArray>> {
     }
     Ok(out)
 }
+
+/// The most a size claimed by a header reserves before any byte is read (64 MiB).
+pub(crate) const PREALLOCATE_MAX: usize = 64 << 20;
 
 /// Encodes a C-order `.npy` (format 1.0) of `data` with `shape`.
 pub fn encode_npy<T: npyz::AutoSerialize + Copy>(data: &[T], shape: &[usize]) -> Result<Vec<u8>> {

@@ -385,11 +385,26 @@ fn sample_shape(x: &NpyArray) -> Result<(usize, usize, usize, bool)> {
             ))
         }
     };
-    if shape.0 * shape.1 * shape.2 == 0 {
-        return Err(DataError::malformed(
-            &x.origin,
-            format!("shape {s:?}: a sample has no values"),
-        ));
+    // An empty array passes every data-length check whatever its other dimensions: the sample
+    // size is counted with checks.
+    match shape
+        .0
+        .checked_mul(shape.1)
+        .and_then(|p| p.checked_mul(shape.2))
+    {
+        Some(0) => {
+            return Err(DataError::malformed(
+                &x.origin,
+                format!("shape {s:?}: a sample has no values"),
+            ))
+        }
+        None => {
+            return Err(DataError::malformed(
+                &x.origin,
+                format!("shape {s:?}: a sample has more values than can be counted"),
+            ))
+        }
+        Some(_) => {}
     }
     Ok(shape)
 }

@@ -297,7 +297,9 @@ impl QuantizedModel {
             h.update(t.data());
         }
         let sha: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        if sha != meta.sha256 {
+        // Fuzzing builds (`cargo fuzz`) skip the comparison, so that mutated inputs reach the
+        // checks after it instead of all failing here.
+        if sha != meta.sha256 && !cfg!(fuzzing) {
             return Err(bad(format!(
                 "checksum mismatch: tensors hash to {sha}, the file says {} (corrupt or edited)",
                 meta.sha256

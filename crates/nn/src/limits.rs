@@ -3,14 +3,27 @@
 //! out-of-memory kill or an allocation abort.
 //!
 //! The budget is the machine's memory (`MemTotal` in /proc/meminfo; 1 TiB where that cannot be
-//! read). A layer's parameters are charged four f32 copies (weights, gradient, momentum, SWA
-//! average); a training batch its values' outputs and gradients.
+//! read), or less where `LOWPREC_MEMORY_LIMIT_MB` says so (the fuzz targets set it to their
+//! allocation bound). A layer's parameters are charged four f32 copies (weights, gradient,
+//! momentum, SWA average); a training batch its values' outputs and gradients.
 
 use crate::spec::LayerSpec;
 use crate::NnError;
 
-/// Bytes of memory this machine has (the limit every check uses).
+/// Environment variable lowering the memory budget to this many MiB.
+pub const MEMORY_LIMIT_ENV: &str = "LOWPREC_MEMORY_LIMIT_MB";
+
+/// Bytes of memory this machine has, or [`MEMORY_LIMIT_ENV`] if that is less (the limit every
+/// check uses).
 pub fn memory_budget() -> u64 {
+    let limit = std::env::var(MEMORY_LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(u64::MAX, |mb| mb.saturating_mul(1 << 20));
+    machine_memory().min(limit)
+}
+
+fn machine_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -55,12 +68,13 @@ fn product(xs: &[usize]) -> Option<u128> {
         .try_fold(1u128, |acc, &x| acc.checked_mul(x as u128))
 }
 
-/// Checks the parameters `spec` would allocate for inputs of `in_shapes` (per example).
+/// Checks the parameters `spec` would allocate for inputs of `in_shapes` (per example), and
+/// returns the bytes charged for them, so that a caller can check the whole network's sum.
 pub fn check_layer_params(
     name: &str,
     spec: &LayerSpec,
     in_shapes: &[&[usize]],
-) -> Result<(), NnError> {
+) -> Result<u128, NnError> {
     let input = in_shapes.first().copied().unwrap_or(&[]);
     let elems = match spec {
         LayerSpec::Linear { out, .. } => product(input)
@@ -72,11 +86,13 @@ pub fn check_layer_params(
             .and_then(|w| w.checked_add(*out as u128)),
         _ => Some(0),
     };
+    let bytes = elems.and_then(|e| e.checked_mul(16));
     check_bytes(
         name,
         "its parameters (weights, gradient, momentum, SWA average)",
-        elems.and_then(|e| e.checked_mul(16)),
-    )
+        bytes,
+    )?;
+    Ok(bytes.unwrap_or(u128::MAX))
 }
 
 /// Checks one example's output of a layer (f32).

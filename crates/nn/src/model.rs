@@ -164,6 +164,7 @@ impl Model {
         names.insert("input".into(), 0);
         let mut shapes = vec![spec.input.clone()];
         let mut nodes = Vec::new();
+        let mut params_bytes = 0u128;
         for (i, entry) in spec.layers.iter().enumerate() {
             let name = entry
                 .name
@@ -189,7 +190,15 @@ impl Model {
                 return Err(NnError::Spec(format!("layer `{name}` has an empty `from`")));
             }
             let in_shapes: Vec<&[usize]> = inputs.iter().map(|&v| shapes[v].as_slice()).collect();
-            crate::limits::check_layer_params(&name, &entry.kind, &in_shapes)?;
+            // Each layer fits on its own, and so must all of them together: many layers just
+            // below the budget would otherwise allocate several times the memory there is.
+            let bytes = crate::limits::check_layer_params(&name, &entry.kind, &in_shapes)?;
+            params_bytes = params_bytes.saturating_add(bytes);
+            crate::limits::check_bytes(
+                &format!("the layers up to {name}"),
+                "their parameters (weights, gradient, momentum, SWA average)",
+                Some(params_bytes),
+            )?;
             let layer = factory(i as u64 + 1, &name, &entry.kind, &in_shapes, seed)?;
             let out = layer
                 .output_shape(&in_shapes)

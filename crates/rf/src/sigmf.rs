@@ -802,7 +802,29 @@ pub fn open_sigmf(
         .metadata()
         .map_err(|e| RfError::io(&data_path, e))?
         .len();
-    let name = data_path.display().to_string();
+    let stream = sigmf_stream(
+        &meta,
+        &meta_path,
+        BufReader::with_capacity(1 << 20, file),
+        data_path.display().to_string(),
+        bytes,
+        opts,
+    )?;
+    Ok((meta, stream))
+}
+
+/// The stream of [`open_sigmf`] over data of `bytes` bytes in `reader` (named `name` in
+/// errors), described by `meta` (read from `meta_path`): the data's size is checked against
+/// the metadata (partial sample, sample count, annotation extents) before any sample is read,
+/// and the count and checksum checks are armed for the end of the stream.
+pub fn sigmf_stream<R: Read>(
+    meta: &SigMfMeta,
+    meta_path: &Path,
+    reader: R,
+    name: String,
+    bytes: u64,
+    opts: ReadOptions,
+) -> Result<SampleStream<R>, RfError> {
     let rem = bytes % CF32_BYTES as u64;
     let samples = bytes / CF32_BYTES as u64;
     if rem != 0 {
@@ -822,19 +844,14 @@ pub fn open_sigmf(
             });
         }
     }
-    meta.check_against_length(&meta_path, samples)?;
-    let mut stream = SampleStream::new(
-        BufReader::with_capacity(1 << 20, file),
-        name,
-        opts.non_finite,
-    )
-    .expect_count(samples);
+    meta.check_against_length(meta_path, samples)?;
+    let mut stream = SampleStream::new(reader, name, opts.non_finite).expect_count(samples);
     if opts.verify_checksum {
         if let Some(sha) = &meta.global.sha512 {
             stream = stream.expect_sha512(sha);
         }
     }
-    Ok((meta, stream))
+    Ok(stream)
 }
 
 /// A recording in memory.

@@ -134,7 +134,9 @@ impl Checkpoint {
             .get("sha256")
             .ok_or_else(|| bad("no checksum in metadata".into()))?;
         let got = checksum(&tensors, covers_meta.then_some(&meta));
-        if *want != got {
+        // Fuzzing builds (`cargo fuzz`) skip the comparison, so that mutated inputs reach the
+        // checks after it instead of all failing here.
+        if *want != got && !cfg!(fuzzing) {
             return Err(bad(format!(
                 "checksum mismatch (stored {want}, computed {got}): the file is corrupt or \
                  was edited"
