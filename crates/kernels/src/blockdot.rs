@@ -12,7 +12,15 @@
 //! arithmetic on the segmented integer GEMM ([`crate::gemm_q`]: i32 sums per K segment, f32
 //! epilogue `acc += (isum * sa) * sb` in segment order), which is the engine when the segment
 //! is the block; tests compare the two bit for bit on every kernel family.
+//!
+//! [`block_gemm_cols`] is the same engine with the operands the other way round (weights as
+//! the rows of A, activations as the columns of B, block scales already as f32): an
+//! inference layer's pixels then fill the GEMM's wide dimension and its im2col matrix is built
+//! from whole map rows. The epilogue is `acc += (isum * sw) * sa` there; both scales are powers
+//! of two and every product stays in the normal f32 range, so that is the value of
+//! `isum * 2^(ea + ew)` bit for bit.
 
+use crate::pack::QElem;
 use crate::types::{GemmSpec, MatMut, MatRef, QMatRef, Scales};
 use crate::{qgemm, Isa, KernelError};
 
@@ -201,4 +209,97 @@ pub fn block_gemm_i16(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     block_gemm_i16_with(Isa::detect(), a, w, cv, out)
+}
+
+/// An operand of [`block_gemm_cols`]: `mant` is `rows x k` row-major (`cols == false`: the
+/// weights, one output per row) or `k x cols` row-major (`cols == true`: the activations, one
+/// output pixel per column); `scales[b * len + i]` is the f32 scale (a power of two) of block
+/// `b` of row / column `i`, `len` being `rows` or `cols`.
+#[derive(Clone, Copy, Debug)]
+pub struct ScaledOperand<'a, T> {
+    pub mant: &'a [T],
+    /// Rows (weights) or columns (activations).
+    pub len: usize,
+    pub k: usize,
+    pub scales: &'a [f32],
+    pub max_abs: u32,
+}
+
+/// `out[o * a.len + j]`: the block-order FP32 sum for weight row `o` and activation column `j`,
+/// blocks of `block` values along K (any length >= 1: a layer whose channels fit one
+/// `c_vector` block needs no zero padding). Runs on the segmented integer GEMM of family `isa`
+/// (threads from the current rayon pool, never splitting K). Scales must be powers of two with
+/// `|isum| * sw * sa` and `|isum| * sw` inside the normal f32 range (FPGA BFP's 5-bit exponents
+/// keep them there); then the bits are those of [`block_gemm_ref`] on the same blocks.
+pub fn block_gemm_cols<T: QElem>(
+    isa: Isa,
+    w: &ScaledOperand<'_, T>,
+    a: &ScaledOperand<'_, T>,
+    block: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if block == 0 {
+        return Err(KernelError::Shape("block must be >= 1".into()));
+    }
+    if w.k != a.k || !w.k.is_multiple_of(block) {
+        return Err(KernelError::Shape(format!(
+            "weights K = {}, activations K = {}: both must be one multiple of the block {block}",
+            w.k, a.k
+        )));
+    }
+    let nb = w.k / block;
+    for (name, o) in [("weights", w), ("activations", a)] {
+        if o.mant.len() != o.len * o.k || o.scales.len() != o.len * nb {
+            return Err(KernelError::Shape(format!(
+                "{name}: {} mantissas and {} scales for {} x {} in {nb} blocks",
+                o.mant.len(),
+                o.scales.len(),
+                o.len,
+                o.k
+            )));
+        }
+    }
+    if block > crate::types::k_safe(w.max_abs, a.max_abs) {
+        return Err(KernelError::Range(format!(
+            "a block of {block} products of magnitude {} x {} could overflow the i32 sum",
+            w.max_abs, a.max_abs
+        )));
+    }
+    let (m, n, k) = (w.len, a.len, w.k);
+    if out.len() != m * n {
+        return Err(KernelError::Shape(format!(
+            "output has {} values, {m}x{n} expected",
+            out.len()
+        )));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    let wq = QMatRef {
+        mat: MatRef::row_major(w.mant, m, k)?,
+        scales: Scales {
+            values: w.scales,
+            group: 1,
+            seg_stride: m,
+        },
+        max_abs: w.max_abs,
+    };
+    let aq = QMatRef {
+        mat: MatRef::row_major(a.mant, k, n)?,
+        scales: Scales {
+            values: a.scales,
+            group: 1,
+            seg_stride: n,
+        },
+        max_abs: a.max_abs,
+    };
+    let spec = GemmSpec {
+        segment: block,
+        accumulate: false,
+    };
+    qgemm::gemm_q(isa, wq, aq, spec, MatMut::row_major(out, m, n)?)
 }

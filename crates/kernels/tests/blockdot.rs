@@ -5,7 +5,8 @@ mod common;
 
 use common::*;
 use lowprec_kernels::blockdot::{
-    block_gemm_i16_with, block_gemm_i8_with, block_gemm_ref, BlockOperand,
+    block_gemm_cols, block_gemm_i16_with, block_gemm_i8_with, block_gemm_ref, BlockOperand,
+    ScaledOperand,
 };
 use lowprec_kernels::Isa;
 
@@ -197,4 +198,139 @@ fn bad_shapes_and_ranges_are_errors() {
     let tiny = vec![-130i32; 3];
     let t = BlockOperand { exps: &tiny, ..a };
     assert!(block_gemm_i8_with(Isa::Generic, &t, &t, 4, &mut out).is_err());
+}
+
+/// `block_gemm_cols` (weights as rows, activations as columns, f32 scales) against the
+/// reference on the transposed problem, bit for bit, at 1 and 2 threads on every family.
+fn run_cols<T: Copy + Into<i32> + lowprec_kernels::pack::QElem>(
+    am: &[T],
+    wm: &[T],
+    (m, n, blocks, block): (usize, usize, usize, usize),
+    (max_a, max_w): (u32, u32),
+    seed: u64,
+) {
+    let k = blocks * block;
+    let ea = exps(seed, 7, m * blocks);
+    let ew = exps(seed, 8, n * blocks);
+    let a = BlockOperand {
+        mant: am,
+        rows: m,
+        k,
+        exps: &ea,
+        max_abs: max_a,
+    };
+    let w = BlockOperand {
+        mant: wm,
+        rows: n,
+        k,
+        exps: &ew,
+        max_abs: max_w,
+    };
+    let mut want = vec![0f32; m * n];
+    block_gemm_ref(&a, &w, block, &mut want).unwrap();
+    // activations as K x m columns, scales block-major
+    let mut at = Vec::with_capacity(m * k);
+    for kk in 0..k {
+        at.extend((0..m).map(|i| am[i * k + kk]));
+    }
+    let pow2 = |e: i32| 2f32.powi(e);
+    let sa: Vec<f32> = (0..blocks)
+        .flat_map(|b| (0..m).map(move |i| (b, i)))
+        .map(|(b, i)| pow2(ea[i * blocks + b]))
+        .collect();
+    let sw: Vec<f32> = (0..blocks)
+        .flat_map(|b| (0..n).map(move |j| (b, j)))
+        .map(|(b, j)| pow2(ew[j * blocks + b]))
+        .collect();
+    let wo = ScaledOperand {
+        mant: wm,
+        len: n,
+        k,
+        scales: &sw,
+        max_abs: max_w,
+    };
+    let ao = ScaledOperand {
+        mant: &at,
+        len: m,
+        k,
+        scales: &sa,
+        max_abs: max_a,
+    };
+    let want_t: Vec<u32> = (0..n * m)
+        .map(|i| want[(i % m) * n + i / m].to_bits())
+        .collect();
+    for isa in ISAS.map(Isa::or_supported) {
+        for t in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap();
+            let mut got = vec![f32::NAN; m * n];
+            pool.install(|| block_gemm_cols(isa, &wo, &ao, block, &mut got))
+                .unwrap();
+            let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(
+                got, want_t,
+                "{isa:?} {t} threads m{m} n{n} blocks{blocks} block{block}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cols_engine_matches_reference() {
+    let mut seed = 100;
+    for &(m, n, blocks) in &[
+        (1, 1, 1),
+        (7, 1, 3),
+        (1, 7, 2),
+        (33, 17, 5),
+        (1000, 16, 9),
+        (300, 64, 2),
+        (5, 120, 13),
+    ] {
+        for block in [1, 3, 4, 6, 16, 32, 64] {
+            for (ma, mw) in [(15, 7), (128, 128), (2047, 2047)] {
+                let k = blocks * block;
+                if ma <= 128 && mw <= 128 {
+                    let am = rand_i8(seed, 3, m * k, ma);
+                    let wm = rand_i8(seed, 4, n * k, mw);
+                    run_cols(&am, &wm, (m, n, blocks, block), (ma, mw), seed);
+                }
+                let am = rand_i16(seed, 5, m * k, ma);
+                let wm = rand_i16(seed, 6, n * k, mw);
+                run_cols(&am, &wm, (m, n, blocks, block), (ma, mw), seed);
+                seed += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn cols_engine_bad_shapes_are_errors() {
+    let m = vec![1i8; 12];
+    let s = vec![1f32; 3];
+    let w = ScaledOperand {
+        mant: &m,
+        len: 1,
+        k: 12,
+        scales: &s,
+        max_abs: 7,
+    };
+    let mut out = vec![0f32; 1];
+    assert!(block_gemm_cols(Isa::Generic, &w, &w, 4, &mut out).is_ok());
+    let err = block_gemm_cols(Isa::Generic, &w, &w, 5, &mut out).unwrap_err();
+    assert!(err.to_string().contains("multiple"), "{err}");
+    let err = block_gemm_cols(Isa::Generic, &w, &w, 0, &mut out).unwrap_err();
+    assert!(err.to_string().contains(">= 1"), "{err}");
+    let short = ScaledOperand {
+        scales: &s[..2],
+        ..w
+    };
+    assert!(block_gemm_cols(Isa::Generic, &short, &w, 4, &mut out).is_err());
+    let mut wrong = vec![0f32; 2];
+    assert!(block_gemm_cols(Isa::Generic, &w, &w, 4, &mut wrong).is_err());
+    let wide = vec![9i8; 12];
+    let over = ScaledOperand { mant: &wide, ..w };
+    assert!(block_gemm_cols(Isa::Generic, &over, &w, 4, &mut out).is_err());
 }
