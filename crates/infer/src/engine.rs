@@ -161,6 +161,7 @@ struct Bufs<'a, T> {
     q: &'a mut Vec<T>,
     b: &'a mut Vec<T>,
     exps: &'a mut Vec<u8>,
+    splane: &'a mut Vec<f32>,
     scales: &'a mut Vec<f32>,
     out: &'a mut Vec<f32>,
 }
@@ -171,6 +172,7 @@ impl Elem for i8 {
             q: &mut s.q8,
             b: &mut s.b8,
             exps: &mut s.exps,
+            splane: &mut s.splane,
             scales: &mut s.scales,
             out: &mut s.out,
         }
@@ -183,6 +185,7 @@ impl Elem for i16 {
             q: &mut s.q16,
             b: &mut s.b16,
             exps: &mut s.exps,
+            splane: &mut s.splane,
             scales: &mut s.scales,
             out: &mut s.out,
         }
@@ -199,6 +202,8 @@ struct Scratch {
     b8: Vec<i8>,
     b16: Vec<i16>,
     exps: Vec<u8>,
+    /// Block scales of the quantised maps, `[n, blocks, h * w]`.
+    splane: Vec<f32>,
     scales: Vec<f32>,
     out: Vec<f32>,
 }
@@ -240,6 +245,9 @@ pub struct FpgaLayer {
     wscales: Vec<f32>,
     /// The activation block scale of each 5-bit exponent.
     ascale: [f32; 32],
+    /// `127 - 14 - P`: the f32 exponent field of the scale of block exponent `e` is `e` plus
+    /// this.
+    scale_bits: u32,
     linear: bool,
 }
 
@@ -297,6 +305,8 @@ impl FpgaLayer {
                 }
             }
         }
+        debug_assert!((0..32u32)
+            .all(|e| { f32::from_bits((e + 113 - a.precision_bits()) << 23) == a.scale(e as u8) }));
         let wmant = if a.width <= 8 && w.width <= 8 {
             Mant::I8(wm.iter().map(|&v| v as i8).collect())
         } else {
@@ -317,6 +327,7 @@ impl FpgaLayer {
             wmant,
             wscales: ws,
             ascale: std::array::from_fn(|e| a.scale(e as u8)),
+            scale_bits: 113 - a.precision_bits(),
         })
     }
 
@@ -402,6 +413,7 @@ impl FpgaLayer {
             q: qbuf,
             b: bbuf,
             exps,
+            splane,
             scales,
             out: c,
         } = T::bufs(s);
@@ -414,32 +426,49 @@ impl FpgaLayer {
         };
         quantize_fpga_into(x, view, &self.acts, &self.tensor, q, e)
             .map_err(|err| NnError::quant(&self.name, 0, err))?;
-        // im2col: row (tap, channel) of pixel columns, block scales row (tap, block)
+        // the block scales of the maps, 2^(e - 14 - P) from the exponent's bits
+        let sp = grow(splane, n * nbc * hw);
+        let bias = self.scale_bits;
+        for (d, &v) in sp.iter_mut().zip(e.iter()) {
+            *d = f32::from_bits((v as u32 + bias) << 23);
+        }
+        // im2col: rows (tap, channel) and block scales (tap, block) of pixel columns
         let bm = grow(bbuf, kk * npix);
         let sc = grow(scales, taps * nbc * npix);
-        let zero_scale = self.ascale[0];
-        for ky in 0..g.k {
-            for kx in 0..g.k {
-                let tap = ky * g.k + kx;
-                let (lo, hi) = valid_cols(g, kx);
-                for ch in 0..cpad {
-                    let row = &mut bm[(tap * cpad + ch) * npix..][..npix];
-                    if ch >= cin {
-                        row.fill(T::default());
-                        continue;
-                    }
-                    for (ni, dst) in row.chunks_exact_mut(po).enumerate() {
-                        let src = &q[(ni * cin + ch) * hw..][..hw];
-                        shift_plane(g, ky, kx, (lo, hi), src, dst, T::default(), |v| v);
-                    }
+        if self.linear {
+            for (ni, (qx, sx)) in q.chunks_exact(cin).zip(sp.chunks_exact(nbc)).enumerate() {
+                for (ch, &v) in qx.iter().enumerate() {
+                    bm[ch * npix + ni] = v;
                 }
-                for bb in 0..nbc {
-                    let row = &mut sc[(tap * nbc + bb) * npix..][..npix];
-                    for (ni, dst) in row.chunks_exact_mut(po).enumerate() {
-                        let src = &e[(ni * nbc + bb) * hw..][..hw];
-                        shift_plane(g, ky, kx, (lo, hi), src, dst, zero_scale, |v| {
-                            self.ascale[(v & 31) as usize]
-                        });
+                for (bb, &v) in sx.iter().enumerate() {
+                    sc[bb * npix + ni] = v;
+                }
+            }
+            for ch in cin..cpad {
+                bm[ch * npix..][..npix].fill(T::default());
+            }
+        } else {
+            let zero_scale = self.ascale[0];
+            for ky in 0..g.k {
+                for kx in 0..g.k {
+                    let tap = ky * g.k + kx;
+                    for ch in 0..cpad {
+                        let row = &mut bm[(tap * cpad + ch) * npix..][..npix];
+                        if ch >= cin {
+                            row.fill(T::default());
+                            continue;
+                        }
+                        for (ni, dst) in row.chunks_exact_mut(po).enumerate() {
+                            let src = &q[(ni * cin + ch) * hw..][..hw];
+                            shift_plane(g, ky, kx, src, dst, T::default());
+                        }
+                    }
+                    for bb in 0..nbc {
+                        let row = &mut sc[(tap * nbc + bb) * npix..][..npix];
+                        for (ni, dst) in row.chunks_exact_mut(po).enumerate() {
+                            let src = &sp[(ni * nbc + bb) * hw..][..hw];
+                            shift_plane(g, ky, kx, src, dst, zero_scale);
+                        }
                     }
                 }
             }
@@ -556,48 +585,71 @@ impl FpgaLayer {
     }
 }
 
-/// Output columns `lo..hi` whose input column `ox * stride + kx - pad` lies inside the map.
-fn valid_cols(g: Geo, kx: usize) -> (usize, usize) {
+/// One im2col row of one example: `dst[oy * wo + ox] = src[iy * w + ix]`, the input pixel under
+/// tap `(ky, kx)`, or `zero` where that pixel is padding.
+#[inline]
+fn shift_plane<T: Copy>(g: Geo, ky: usize, kx: usize, src: &[T], dst: &mut [T], zero: T) {
+    let (w, pad) = (g.w as isize, g.pad as isize);
+    if g.stride == 1 && (g.ho, g.wo) == (g.h, g.w) {
+        // A "same" convolution: the plane shifted by one offset, then the columns that
+        // wrapped round from the neighbouring row set to zero.
+        let hw = src.len() as isize;
+        let d = (ky as isize - pad) * w + (kx as isize - pad);
+        let (p0, p1) = ((-d).max(0), (hw - d).min(hw));
+        if p0 < p1 {
+            let (p0, p1) = (p0 as usize, p1 as usize);
+            let s0 = (p0 as isize + d) as usize;
+            dst[p0..p1].copy_from_slice(&src[s0..s0 + (p1 - p0)]);
+            for v in &mut dst[..p0] {
+                *v = zero;
+            }
+            for v in &mut dst[p1..] {
+                *v = zero;
+            }
+        } else {
+            dst.fill(zero);
+        }
+        let shift = kx as isize - pad;
+        let cols = if shift < 0 {
+            0..(-shift) as usize
+        } else {
+            (g.w - shift as usize)..g.w
+        };
+        for row in dst.chunks_exact_mut(g.w) {
+            for v in &mut row[cols.clone()] {
+                *v = zero;
+            }
+        }
+        return;
+    }
     let inside = |ox: usize| {
-        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-        ix >= 0 && ix < g.w as isize
+        let ix = (ox * g.stride + kx) as isize - pad;
+        ix >= 0 && ix < w
     };
     let lo = (0..g.wo).find(|&ox| inside(ox)).unwrap_or(g.wo);
     let hi = (lo..g.wo).find(|&ox| !inside(ox)).unwrap_or(g.wo);
-    (lo, hi)
-}
-
-/// One im2col row of one example: `dst[oy * wo + ox] = f(src[iy * w + ix])` for the input
-/// pixel under tap `(ky, kx)`, `zero` where that pixel is padding.
-#[inline]
-fn shift_plane<S: Copy, D: Copy>(
-    g: Geo,
-    ky: usize,
-    kx: usize,
-    (lo, hi): (usize, usize),
-    src: &[S],
-    dst: &mut [D],
-    zero: D,
-    f: impl Fn(S) -> D,
-) {
     for (oy, d) in dst.chunks_exact_mut(g.wo).enumerate() {
-        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+        let iy = (oy * g.stride + ky) as isize - pad;
         if iy < 0 || iy >= g.h as isize {
-            d.fill(zero);
+            for v in d.iter_mut() {
+                *v = zero;
+            }
             continue;
         }
         let srow = &src[iy as usize * g.w..][..g.w];
-        d[..lo].fill(zero);
-        d[hi..].fill(zero);
+        for v in &mut d[..lo] {
+            *v = zero;
+        }
+        for v in &mut d[hi..] {
+            *v = zero;
+        }
         if lo < hi {
             let ix0 = lo * g.stride + kx - g.pad;
             if g.stride == 1 {
-                for (o, &v) in d[lo..hi].iter_mut().zip(&srow[ix0..ix0 + (hi - lo)]) {
-                    *o = f(v);
-                }
+                d[lo..hi].copy_from_slice(&srow[ix0..ix0 + (hi - lo)]);
             } else {
                 for (j, o) in d[lo..hi].iter_mut().enumerate() {
-                    *o = f(srow[ix0 + j * g.stride]);
+                    *o = srow[ix0 + j * g.stride];
                 }
             }
         }
