@@ -222,7 +222,7 @@ fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
 
 /// Bytes of im2col matrix and scales one chunk of examples aims at (in L2 while the GEMM
 /// passes over it).
-const CHUNK_BYTES: usize = 1 << 20;
+const CHUNK_BYTES: usize = 1 << 19;
 
 /// A conv or linear layer on the FPGA model.
 pub struct FpgaLayer {
