@@ -25,7 +25,10 @@ use lowprec_formats::fpga::{
 use lowprec_formats::{
     ChannelView, FpgaBfp, FpgaRounding, FpgaTensor, LowBitFormat, NumberFormat, StreamKey,
 };
-use lowprec_kernels::blockdot::{block_gemm_cols, block_gemm_ref, BlockOperand, ScaledOperand};
+use lowprec_kernels::blockdot::{
+    block_conv, block_conv_available, block_gemm_cols, block_gemm_ref, BlockOperand, ConvMaps,
+    ConvShape, ConvWeights, ScaledOperand,
+};
 use lowprec_kernels::pack::QElem;
 use lowprec_kernels::{CpuBackend, Isa};
 use lowprec_nn::layer::Layer;
@@ -40,8 +43,13 @@ use crate::InferError;
 /// Which arithmetic the engine runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Integer GEMM on the block engine (the product).
+    /// Integer arithmetic of the block engine (the product): the direct block convolution
+    /// (`blockdot::block_conv`) where it runs (AVX-512 VNNI, mantissas of up to 8 bits), the
+    /// im2col route of [`Mode::FastIm2col`] elsewhere.
     Fast,
+    /// im2col and the segmented integer GEMM (`blockdot::block_gemm_cols`) everywhere: what
+    /// [`Mode::Fast`] runs on other CPUs, selectable for tests and measurements.
+    FastIm2col,
     /// Plain loops over the definition (the yardstick).
     Reference,
     /// FP32 everywhere with the master weights (the float model).
@@ -206,6 +214,8 @@ struct Scratch {
     splane: Vec<f32>,
     scales: Vec<f32>,
     out: Vec<f32>,
+    /// A zero plane (channels that pad a block).
+    zeros: Vec<i8>,
 }
 
 thread_local! {
@@ -241,6 +251,10 @@ pub struct FpgaLayer {
     block: usize,
     cpad: usize,
     wmant: Mant,
+    /// The direct convolution's weights, where it runs.
+    direct: Option<ConvWeights>,
+    /// Groups of 4 channels per block on the direct route.
+    quads: usize,
     /// Weight block scales, `[tap * blocks_per_tap + b][cout]`.
     wscales: Vec<f32>,
     /// The activation block scale of each 5-bit exponent.
@@ -307,7 +321,32 @@ impl FpgaLayer {
         }
         debug_assert!((0..32u32)
             .all(|e| { f32::from_bits((e + 113 - a.precision_bits()) << 23) == a.scale(e as u8) }));
-        let wmant = if a.width <= 8 && w.width <= 8 {
+        let narrow = a.width <= 8 && w.width <= 8;
+        let quads = block.div_ceil(4);
+        let direct = if init.mode == Mode::Fast && narrow && block_conv_available() {
+            let bq = quads * 4;
+            let mut dm = vec![0i8; cout * taps * nbc * bq];
+            let mut dsc = vec![0f32; cout * taps * nbc];
+            for o in 0..cout {
+                for tap in 0..taps {
+                    for b in 0..nbc {
+                        for sl in 0..block.min(geo.cin - b * block) {
+                            let c = b * block + sl;
+                            dm[((o * taps + tap) * nbc + b) * bq + sl] =
+                                t.mantissas[(o * geo.cin + c) * taps + tap] as i8;
+                        }
+                        dsc[(o * taps + tap) * nbc + b] = ws[(tap * nbc + b) * cout + o];
+                    }
+                }
+            }
+            Some(
+                ConvWeights::new(&dm, &dsc, cout, taps, nbc, quads)
+                    .map_err(|e| NnError::kernel(name, e))?,
+            )
+        } else {
+            None
+        };
+        let wmant = if narrow {
             Mant::I8(wm.iter().map(|&v| v as i8).collect())
         } else {
             Mant::I16(wm)
@@ -325,6 +364,8 @@ impl FpgaLayer {
             block,
             cpad,
             wmant,
+            direct,
+            quads,
             wscales: ws,
             ascale: std::array::from_fn(|e| a.scale(e as u8)),
             scale_bits: 113 - a.precision_bits(),
@@ -360,6 +401,9 @@ impl FpgaLayer {
     }
 
     fn forward_fast(&self, x: &[f32], b: usize) -> Result<Vec<f32>, NnError> {
+        if let Some(cw) = &self.direct {
+            return self.forward_direct(cw, x, b);
+        }
         match &self.wmant {
             Mant::I8(wm) => self.forward_fast_t(wm, x, b),
             Mant::I16(wm) => self.forward_fast_t(wm, x, b),
@@ -392,6 +436,163 @@ impl FpgaLayer {
             run((0, &mut out[..]))?;
         }
         Ok(out)
+    }
+
+    /// Examples per chunk of the direct route: about [`CHUNK_BYTES`] of maps, scales and
+    /// output, and at least one chunk per thread when there are examples enough.
+    fn direct_examples(&self, b: usize) -> usize {
+        let g = self.geo;
+        let nbk = self.cpad / self.block;
+        let per = g.h * g.w * nbk * (self.quads * 4 + 4) + self.cout * g.ho * g.wo * 4;
+        let by_size = (CHUNK_BYTES / per.max(1)).max(1);
+        let threads = rayon::current_num_threads().max(1);
+        by_size.min(b.div_ceil(threads)).max(1)
+    }
+
+    fn forward_direct(&self, cw: &ConvWeights, x: &[f32], b: usize) -> Result<Vec<f32>, NnError> {
+        use rayon::prelude::*;
+        let g = self.geo;
+        let (per_in, per_out) = (g.cin * g.h * g.w, self.cout * g.ho * g.wo);
+        let mut out = vec![0f32; b * per_out];
+        if b == 0 || per_out == 0 {
+            return Ok(out);
+        }
+        let ne = self.direct_examples(b);
+        let run = |(i, o): (usize, &mut [f32])| -> Result<(), NnError> {
+            let n0 = i * ne;
+            let n = o.len() / per_out;
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                self.chunk_direct(cw, &x[n0 * per_in..(n0 + n) * per_in], n, o, &mut s)
+            })
+        };
+        if b > ne {
+            out.par_chunks_mut(ne * per_out)
+                .enumerate()
+                .try_for_each(run)?;
+        } else {
+            run((0, &mut out[..]))?;
+        }
+        Ok(out)
+    }
+
+    /// `n` examples on the direct convolution: quantise, regroup the maps 4 channels per dword,
+    /// convolve, bias and FP16 out into `out` (`[n, cout, ho, wo]`).
+    fn chunk_direct(
+        &self,
+        cw: &ConvWeights,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        s: &mut Scratch,
+    ) -> Result<(), NnError> {
+        let g = self.geo;
+        let (hw, po) = (g.h * g.w, g.ho * g.wo);
+        let cv = self.acts.c_vector as usize;
+        let nbc = g.cin.div_ceil(cv);
+        let (cin, block, quads) = (g.cin, self.block, self.quads);
+        let kq = nbc * quads;
+        let Scratch {
+            q8,
+            b8,
+            exps,
+            splane,
+            scales,
+            out: y,
+            zeros,
+            ..
+        } = s;
+        let q = grow(q8, n * cin * hw);
+        let e = grow(exps, n * nbc * hw);
+        let view = ChannelView {
+            outer: n,
+            channels: cin,
+            inner: hw,
+        };
+        quantize_fpga_into(x, view, &self.acts, &self.tensor, q, e)
+            .map_err(|err| NnError::quant(&self.name, 0, err))?;
+        let bias_bits = self.scale_bits;
+        let scale = |v: u8| f32::from_bits((v as u32 + bias_bits) << 23);
+        let maps = grow(b8, n * kq * 4 * hw);
+        let kerr = |err| NnError::kernel(&self.name, err);
+        // block slot `sl` of block `bb` is channel `bb * block + sl` where that exists
+        let channel = |bb: usize, sl: usize| {
+            let c = bb * block + sl;
+            (sl < block && c < cin).then_some(c)
+        };
+        if self.linear {
+            // the batch is one 1 x n map: lanes run over the examples
+            for (ni, qx) in q.chunks_exact(cin).enumerate() {
+                for bb in 0..nbc {
+                    for qq in 0..quads {
+                        let d = &mut maps[((bb * quads + qq) * n + ni) * 4..][..4];
+                        for (j, v) in d.iter_mut().enumerate() {
+                            *v = channel(bb, 4 * qq + j).map_or(0, |c| qx[c]);
+                        }
+                    }
+                }
+            }
+            let sc = grow(scales, nbc * n);
+            for (ni, ex) in e.chunks_exact(nbc).enumerate() {
+                for (bb, &v) in ex.iter().enumerate() {
+                    sc[bb * n + ni] = scale(v);
+                }
+            }
+            let shape = ConvShape::new(1, 1, n, 1, 1, 0).map_err(kerr)?;
+            let yy = grow(y, self.cout * n);
+            let m = ConvMaps {
+                mant: &*maps,
+                scales: &*sc,
+            };
+            block_conv(cw, &m, shape, yy).map_err(kerr)?;
+            for (ni, o) in out.chunks_exact_mut(self.cout).enumerate() {
+                for (oc, d) in o.iter_mut().enumerate() {
+                    *d = yy[oc * n + ni] + self.bias.as_ref().map_or(0.0, |bv| bv[oc]);
+                }
+            }
+        } else {
+            let sp = grow(splane, n * nbc * hw);
+            for (d, &v) in sp.iter_mut().zip(e.iter()) {
+                *d = scale(v);
+            }
+            let zero = grow(zeros, hw);
+            zero.fill(0);
+            let zero = &*zero;
+            for ni in 0..n {
+                for bb in 0..nbc {
+                    for qq in 0..quads {
+                        let plane = |j: usize| {
+                            channel(bb, 4 * qq + j)
+                                .map_or(zero, |c| &q[(ni * cin + c) * hw..][..hw])
+                        };
+                        let (p0, p1, p2, p3) = (plane(0), plane(1), plane(2), plane(3));
+                        let d = &mut maps[((ni * kq + bb * quads + qq) * hw) * 4..][..hw * 4];
+                        for (i, dd) in d.chunks_exact_mut(4).enumerate() {
+                            dd[0] = p0[i];
+                            dd[1] = p1[i];
+                            dd[2] = p2[i];
+                            dd[3] = p3[i];
+                        }
+                    }
+                }
+            }
+            let shape = ConvShape::new(n, g.h, g.w, g.k, g.stride, g.pad).map_err(kerr)?;
+            let m = ConvMaps {
+                mant: &*maps,
+                scales: &*sp,
+            };
+            block_conv(cw, &m, shape, out).map_err(kerr)?;
+            for ex in out.chunks_exact_mut(self.cout * po) {
+                for (o, d) in ex.chunks_exact_mut(po).enumerate() {
+                    let bias = self.bias.as_ref().map_or(0.0, |bv| bv[o]);
+                    for v in d.iter_mut() {
+                        *v += bias;
+                    }
+                }
+            }
+        }
+        f16_round_slice(out);
+        Ok(())
     }
 
     /// `n` examples: quantise, im2col, GEMM, bias and FP16 out into `out` (`[n, cout, ho, wo]`).
