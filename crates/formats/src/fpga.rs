@@ -541,7 +541,8 @@ fn quantize_row(
 }
 
 /// Quantises `x` viewed as `view` to FPGA BFP: the fast path (FP16 bit fields, integer shifts,
-/// rows in parallel; the same bits as [`quantize_fpga_ref`] at any thread count).
+/// rows in parallel; deterministic roundings on the vector kernels of [`BlockKernel::best`];
+/// the same bits as [`quantize_fpga_ref`] at any thread count).
 pub fn quantize_fpga(
     x: &[f32],
     view: ChannelView,
@@ -549,7 +550,31 @@ pub fn quantize_fpga(
     key: StreamKey,
     tensor: &str,
 ) -> Result<FpgaTensor, QuantError> {
+    let kernel = if fmt.rounding == FpgaRounding::Stochastic {
+        BlockKernel::Scalar
+    } else {
+        BlockKernel::best()
+    };
+    quantize_fpga_with(kernel, x, view, fmt, key, tensor)
+}
+
+/// [`quantize_fpga`] on the given kernel ([`BlockKernel::Scalar`] is the integer path of
+/// [`align`], element by element; the vector kernels take deterministic roundings only, and a
+/// kernel this CPU lacks falls back to the scalar one). For tests and measurements.
+pub fn quantize_fpga_with(
+    kernel: BlockKernel,
+    x: &[f32],
+    view: ChannelView,
+    fmt: &FpgaBfp,
+    key: StreamKey,
+    tensor: &str,
+) -> Result<FpgaTensor, QuantError> {
     check(fmt, x, view, tensor)?;
+    let kernel = if fmt.rounding == FpgaRounding::Stochastic || !kernel.is_available() {
+        BlockKernel::Scalar
+    } else {
+        kernel
+    };
     let row_len = view.channels * view.inner;
     let row_blocks = view.blocks_per_row(fmt.c_vector) * view.inner;
     let mut mantissas = vec![0i16; x.len()];
@@ -558,7 +583,12 @@ pub fn quantize_fpga(
         let work = |(o, (m, e)): (usize, (&mut [i16], &mut [u8]))| {
             let xr = &x[o * row_len..(o + 1) * row_len];
             let base = (o * row_len) as u64;
-            quantize_row(fmt, xr, view.channels, view.inner, key, base, m, e);
+            if kernel == BlockKernel::Scalar {
+                quantize_row(fmt, xr, view.channels, view.inner, key, base, m, e);
+            } else {
+                let one = ChannelView { outer: 1, ..view };
+                lanes::run(kernel, fmt, xr, one, m, e);
+            }
         };
         let it = mantissas
             .chunks_mut(row_len)
@@ -614,6 +644,590 @@ pub fn fake_quantize_fpga(
         out.par_chunks_mut(row_len).enumerate().for_each(fill);
     }
     Ok(())
+}
+
+/// The implementations of the block quantiser and of the FP16 rounding of slices: the scalar
+/// integer path and vector kernels (FP16 conversion by F16C / AVX-512, block exponents and the
+/// aligning shifts 16 lanes at a time). All give the same bits; [`BlockKernel::best`] honours
+/// the `LOWPREC_ISA` cap ([`crate::isa`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockKernel {
+    /// Element by element ([`f16_bits_saturating`], then [`align`]'s integer shifts).
+    Scalar,
+    /// The lane code on the baseline instruction set, FP16 conversion element by element.
+    Lanes,
+    /// The lane code with AVX2 and F16C.
+    Avx2,
+    /// The lane code with AVX-512 (F, BW, VL) and F16C.
+    Avx512,
+}
+
+impl BlockKernel {
+    /// Every kernel this CPU runs (ignoring the cap), scalar first.
+    pub fn available() -> Vec<BlockKernel> {
+        [
+            BlockKernel::Scalar,
+            BlockKernel::Lanes,
+            BlockKernel::Avx2,
+            BlockKernel::Avx512,
+        ]
+        .into_iter()
+        .filter(|k| k.is_available())
+        .collect()
+    }
+
+    /// Whether this CPU runs `self` (ignoring the cap).
+    pub fn is_available(self) -> bool {
+        match self {
+            BlockKernel::Scalar | BlockKernel::Lanes => true,
+            BlockKernel::Avx2 => lanes::has_avx2_f16c(),
+            BlockKernel::Avx512 => lanes::has_avx512_f16c(),
+        }
+    }
+
+    /// The fastest kernel this CPU runs under the `LOWPREC_ISA` cap.
+    pub fn best() -> BlockKernel {
+        use crate::isa::{allows, IsaLevel};
+        if allows(IsaLevel::Avx512) && BlockKernel::Avx512.is_available() {
+            BlockKernel::Avx512
+        } else if allows(IsaLevel::Avx2) && BlockKernel::Avx2.is_available() {
+            BlockKernel::Avx2
+        } else {
+            BlockKernel::Lanes
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockKernel::Scalar => "scalar",
+            BlockKernel::Lanes => "lanes",
+            BlockKernel::Avx2 => "avx2",
+            BlockKernel::Avx512 => "avx512",
+        }
+    }
+}
+
+/// Mantissa element types [`quantize_fpga_into`] writes: the GEMMs take 8-bit mantissas for
+/// widths up to 8 and 16-bit ones above.
+pub trait MantissaOut: Copy + Send + Sync + 'static {
+    /// The widest format whose mantissas fit.
+    const MAX_WIDTH: u32;
+    /// `v`, which fits (the format's range).
+    fn from_i32(v: i32) -> Self;
+}
+
+impl MantissaOut for i8 {
+    const MAX_WIDTH: u32 = 8;
+    #[inline(always)]
+    fn from_i32(v: i32) -> Self {
+        v as i8
+    }
+}
+
+impl MantissaOut for i16 {
+    const MAX_WIDTH: u32 = 16;
+    #[inline(always)]
+    fn from_i32(v: i32) -> Self {
+        v as i16
+    }
+}
+
+/// [`quantize_fpga`] for inference into the caller's buffers, on one thread: mantissas in the
+/// element order of `x` (`view.len()`), exponents in block order (`view.num_blocks`).
+/// Deterministic roundings only (stochastic rounding is for training: [`quantize_fpga`]).
+pub fn quantize_fpga_into<T: MantissaOut>(
+    x: &[f32],
+    view: ChannelView,
+    fmt: &FpgaBfp,
+    tensor: &str,
+    mant: &mut [T],
+    exps: &mut [u8],
+) -> Result<(), QuantError> {
+    quantize_fpga_into_with(BlockKernel::best(), x, view, fmt, tensor, mant, exps)
+}
+
+/// [`quantize_fpga_into`] on the given kernel (one this CPU lacks falls back to the scalar one).
+pub fn quantize_fpga_into_with<T: MantissaOut>(
+    kernel: BlockKernel,
+    x: &[f32],
+    view: ChannelView,
+    fmt: &FpgaBfp,
+    tensor: &str,
+    mant: &mut [T],
+    exps: &mut [u8],
+) -> Result<(), QuantError> {
+    check(fmt, x, view, tensor)?;
+    if fmt.rounding == FpgaRounding::Stochastic {
+        return Err(QuantError::Shape(format!(
+            "{tensor}: stochastic rounding ({fmt}) is for training; quantize_fpga_into rounds \
+             deterministically"
+        )));
+    }
+    if fmt.width > T::MAX_WIDTH {
+        return Err(QuantError::Shape(format!(
+            "{tensor}: {fmt} mantissas do not fit {}-bit elements",
+            T::MAX_WIDTH
+        )));
+    }
+    if mant.len() != x.len() || exps.len() != view.num_blocks(fmt.c_vector) {
+        return Err(QuantError::Shape(format!(
+            "{tensor}: buffers of {} mantissas and {} exponents, the view needs {} and {}",
+            mant.len(),
+            exps.len(),
+            x.len(),
+            view.num_blocks(fmt.c_vector)
+        )));
+    }
+    let kernel = if kernel.is_available() {
+        kernel
+    } else {
+        BlockKernel::Scalar
+    };
+    if kernel == BlockKernel::Scalar {
+        let row_len = view.channels * view.inner;
+        let row_blocks = view.blocks_per_row(fmt.c_vector) * view.inner;
+        if row_len == 0 {
+            return Ok(());
+        }
+        let mut m16 = vec![0i16; row_len];
+        let key = StreamKey::new(0, 0);
+        for (o, (m, e)) in mant
+            .chunks_mut(row_len)
+            .zip(exps.chunks_mut(row_blocks.max(1)))
+            .enumerate()
+        {
+            let xr = &x[o * row_len..(o + 1) * row_len];
+            quantize_row(fmt, xr, view.channels, view.inner, key, 0, &mut m16, e);
+            for (d, &v) in m.iter_mut().zip(&m16) {
+                *d = T::from_i32(v as i32);
+            }
+        }
+    } else {
+        lanes::run(kernel, fmt, x, view, mant, exps);
+    }
+    Ok(())
+}
+
+/// `x[i]` becomes its FP16 value (nearest-even, saturating at +-65504) as f32, in place: the
+/// accelerator's FP16 output. Finite inputs; the same bits as [`f16_bits_saturating`] element
+/// by element.
+pub fn f16_round_slice(x: &mut [f32]) {
+    f16_round_slice_with(BlockKernel::best(), x)
+}
+
+/// [`f16_round_slice`] on the given kernel (one this CPU lacks falls back to the scalar one).
+pub fn f16_round_slice_with(kernel: BlockKernel, x: &mut [f32]) {
+    lanes::round_slice(kernel, x)
+}
+
+/// The vector kernels: 16 lanes of plain integer code the compiler vectorises at the level of
+/// the function it is inlined into, and the FP16 conversion as one instruction where F16C is
+/// present.
+mod lanes {
+    use super::{f16_bits_saturating, BlockKernel, ChannelView, FpgaBfp};
+    use super::{FpgaRounding, MantissaCode, MantissaOut};
+
+    pub(super) const L: usize = 16;
+    /// Largest `c_vector`.
+    const CV_MAX: usize = 64;
+
+    pub(super) fn has_avx2_f16c() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            has!("avx2") && has!("fma") && has!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    pub(super) fn has_avx512_f16c() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            has_avx2_f16c() && has!("avx512f") && has!("avx512bw") && has!("avx512vl")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// A format's constants for branch-free lane code.
+    #[derive(Clone, Copy)]
+    pub(super) struct Params {
+        /// `11 - P`: the shift of an element at the block's exponent.
+        off: i32,
+        lo: i32,
+        hi: i32,
+        /// -1 where the shift works on the signed value (two's complement), else 0.
+        signed: i32,
+        /// -1 where the sign is applied after rounding the magnitude (sign-magnitude), else 0.
+        flip: i32,
+        /// -1 for the roundings that add half a step, else 0.
+        round: i32,
+        /// 1 for nearest-even, else 0.
+        even: i32,
+        cv: usize,
+    }
+
+    impl Params {
+        pub(super) fn new(fmt: &FpgaBfp) -> Params {
+            let (lo, hi) = fmt.mantissa_range();
+            let tc = fmt.code == MantissaCode::TwosComplement;
+            debug_assert!(fmt.rounding != FpgaRounding::Stochastic);
+            Params {
+                off: 11 - fmt.precision_bits() as i32,
+                lo,
+                hi,
+                signed: if tc { -1 } else { 0 },
+                flip: if tc { 0 } else { -1 },
+                round: if fmt.rounding == FpgaRounding::Truncate {
+                    0
+                } else {
+                    -1
+                },
+                even: (fmt.rounding == FpgaRounding::NearestEven) as i32,
+                cv: fmt.c_vector as usize,
+            }
+        }
+    }
+
+    /// Effective exponent of FP16 bits (zero-extended): the exponent field, 1 for subnormals,
+    /// 0 for zeros.
+    #[inline(always)]
+    fn ee_of(h: i32) -> i32 {
+        let be = (h >> 10) & 0x1f;
+        let frac = h & 0x3ff;
+        if be != 0 {
+            be
+        } else {
+            (frac != 0) as i32
+        }
+    }
+
+    #[inline(always)]
+    fn max_ee(h: &[i32; L], e: &mut [i32; L]) {
+        for i in 0..L {
+            e[i] = e[i].max(ee_of(h[i]));
+        }
+    }
+
+    /// [`super::align`] for deterministic roundings, lane by lane, without branches:
+    /// `q = floor((2v + bias) / 2^(sh+1))` with `v` the significand (signed in two's
+    /// complement), `bias` 0 (truncate), `2^sh` (half a step up) or `2^sh - 1 + odd`
+    /// (nearest-even: a tie goes up only from an odd quotient). Shifts beyond 12 give the same
+    /// quotient as 12 (significands have 11 bits), so they are capped there.
+    #[inline(always)]
+    fn align(p: &Params, h: &[i32; L], e: &[i32; L], out: &mut [i32; L]) {
+        for i in 0..L {
+            let hv = h[i];
+            let neg = -((hv >> 15) & 1);
+            let be = (hv >> 10) & 0x1f;
+            let frac = hv & 0x3ff;
+            let (sig, ee) = if be != 0 {
+                (frac | 0x400, be)
+            } else {
+                (frac, (frac != 0) as i32)
+            };
+            let sh = (e[i] - ee + p.off).min(12) as u32;
+            let m = neg & p.signed;
+            let v = (sig ^ m) - m;
+            let odd = v.wrapping_shr(sh) & 1;
+            let bias = (p.round & (1i32 << sh)) - (p.even & (1 - odd));
+            let q = (2 * v + bias).wrapping_shr(sh + 1).max(p.lo).min(p.hi);
+            let f = neg & p.flip;
+            out[i] = (q ^ f) - f;
+        }
+    }
+
+    /// FP16 conversion of 16 values (saturating, nearest-even), zero-extended to i32.
+    pub(super) trait Cvt {
+        fn h16(x: &[f32; L]) -> [i32; L];
+        fn round(x: &mut [f32; L]);
+    }
+
+    struct ScalarCvt;
+    impl Cvt for ScalarCvt {
+        #[inline(always)]
+        fn h16(x: &[f32; L]) -> [i32; L] {
+            let mut h = [0i32; L];
+            for i in 0..L {
+                h[i] = f16_bits_saturating(x[i]) as i32;
+            }
+            h
+        }
+        #[inline(always)]
+        fn round(x: &mut [f32; L]) {
+            for v in x.iter_mut() {
+                *v = half::f16::from_bits(f16_bits_saturating(*v)).to_f32();
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    struct F16c256;
+    #[cfg(target_arch = "x86_64")]
+    impl Cvt for F16c256 {
+        #[inline(always)]
+        fn h16(x: &[f32; L]) -> [i32; L] {
+            use std::arch::x86_64::*;
+            let mut h = [0i32; L];
+            // SAFETY: only reached from functions compiled with AVX2 and F16C, which run only
+            // where the CPU has them; the loads and stores stay inside the 16-element arrays.
+            unsafe {
+                let (lo, hi) = (_mm256_set1_ps(-65504.0), _mm256_set1_ps(65504.0));
+                for k in 0..2 {
+                    let v = _mm256_loadu_ps(x.as_ptr().add(8 * k));
+                    let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+                    let p = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                    let w = _mm256_cvtepu16_epi32(p);
+                    _mm256_storeu_si256(h.as_mut_ptr().add(8 * k) as *mut __m256i, w);
+                }
+            }
+            h
+        }
+        #[inline(always)]
+        fn round(x: &mut [f32; L]) {
+            use std::arch::x86_64::*;
+            // SAFETY: as in `h16`.
+            unsafe {
+                let (lo, hi) = (_mm256_set1_ps(-65504.0), _mm256_set1_ps(65504.0));
+                for k in 0..2 {
+                    let v = _mm256_loadu_ps(x.as_ptr().add(8 * k));
+                    let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+                    let p = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                    _mm256_storeu_ps(x.as_mut_ptr().add(8 * k), _mm256_cvtph_ps(p));
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    struct F16c512;
+    #[cfg(target_arch = "x86_64")]
+    impl Cvt for F16c512 {
+        #[inline(always)]
+        fn h16(x: &[f32; L]) -> [i32; L] {
+            use std::arch::x86_64::*;
+            let mut h = [0i32; L];
+            // SAFETY: only reached from functions compiled with AVX-512 F and F16C, which run
+            // only where the CPU has them; the loads and stores cover the 16-element arrays.
+            unsafe {
+                let v = _mm512_loadu_ps(x.as_ptr());
+                let v = _mm512_min_ps(
+                    _mm512_max_ps(v, _mm512_set1_ps(-65504.0)),
+                    _mm512_set1_ps(65504.0),
+                );
+                let p = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                _mm512_storeu_si512(h.as_mut_ptr() as *mut __m512i, _mm512_cvtepu16_epi32(p));
+            }
+            h
+        }
+        #[inline(always)]
+        fn round(x: &mut [f32; L]) {
+            use std::arch::x86_64::*;
+            // SAFETY: as in `h16`.
+            unsafe {
+                let v = _mm512_loadu_ps(x.as_ptr());
+                let v = _mm512_min_ps(
+                    _mm512_max_ps(v, _mm512_set1_ps(-65504.0)),
+                    _mm512_set1_ps(65504.0),
+                );
+                let p = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                _mm512_storeu_ps(x.as_mut_ptr(), _mm512_cvtph_ps(p));
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn load<C: Cvt>(x: &[f32]) -> [i32; L] {
+        let mut v = [0f32; L];
+        if let Ok(full) = <&[f32; L]>::try_from(x) {
+            v = *full;
+        } else {
+            v[..x.len()].copy_from_slice(x);
+        }
+        C::h16(&v)
+    }
+
+    #[inline(always)]
+    fn store<T: MantissaOut>(q: &[i32; L], out: &mut [T]) {
+        if let Ok(full) = <&mut [T; L]>::try_from(&mut *out) {
+            for i in 0..L {
+                full[i] = T::from_i32(q[i]);
+            }
+        } else {
+            for (d, &v) in out.iter_mut().zip(q) {
+                *d = T::from_i32(v);
+            }
+        }
+    }
+
+    /// The whole view: blocks along `channels`, lanes along `inner` (or, for `inner == 1`,
+    /// along the block's channels).
+    #[inline(always)]
+    fn quantize<C: Cvt, T: MantissaOut>(
+        p: &Params,
+        x: &[f32],
+        view: ChannelView,
+        mant: &mut [T],
+        exps: &mut [u8],
+    ) {
+        let (ch, inner, cv) = (view.channels, view.inner, p.cv);
+        let nb = view.blocks_per_row(cv as u32);
+        let mut hb = [[0i32; L]; CV_MAX];
+        let mut q = [0i32; L];
+        if inner == 1 {
+            for o in 0..view.outer {
+                for b in 0..nb {
+                    let (c0, c1) = (o * ch + b * cv, o * ch + ((b + 1) * cv).min(ch));
+                    let chunks = (c1 - c0).div_ceil(L);
+                    let mut e = [0i32; L];
+                    for k in 0..chunks {
+                        let s = c0 + k * L;
+                        hb[k] = load::<C>(&x[s..(s + L).min(c1)]);
+                        max_ee(&hb[k], &mut e);
+                    }
+                    let emax = e.iter().copied().max().unwrap_or(0);
+                    let e = [emax; L];
+                    for k in 0..chunks {
+                        let s = c0 + k * L;
+                        align(p, &hb[k], &e, &mut q);
+                        store(&q, &mut mant[s..(s + L).min(c1)]);
+                    }
+                    exps[o * nb + b] = emax as u8;
+                }
+            }
+            return;
+        }
+        for o in 0..view.outer {
+            for b in 0..nb {
+                let (c0, c1) = (b * cv, ((b + 1) * cv).min(ch));
+                let mut j0 = 0;
+                while j0 < inner {
+                    let len = L.min(inner - j0);
+                    let mut e = [0i32; L];
+                    for c in c0..c1 {
+                        let s = (o * ch + c) * inner + j0;
+                        hb[c - c0] = load::<C>(&x[s..s + len]);
+                        max_ee(&hb[c - c0], &mut e);
+                    }
+                    for c in c0..c1 {
+                        let s = (o * ch + c) * inner + j0;
+                        align(p, &hb[c - c0], &e, &mut q);
+                        store(&q, &mut mant[s..s + len]);
+                    }
+                    let eb = &mut exps[(o * nb + b) * inner + j0..][..len];
+                    for (d, &v) in eb.iter_mut().zip(&e) {
+                        *d = v as u8;
+                    }
+                    j0 += L;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn round_all<C: Cvt>(x: &mut [f32]) {
+        let mut it = x.chunks_exact_mut(L);
+        for c in &mut it {
+            C::round(c.try_into().expect("16 lanes"));
+        }
+        let tail = it.into_remainder();
+        if !tail.is_empty() {
+            let mut v = [0f32; L];
+            v[..tail.len()].copy_from_slice(tail);
+            C::round(&mut v);
+            tail.copy_from_slice(&v[..tail.len()]);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use super::*;
+
+        /// # Safety
+        /// The CPU must have AVX2, FMA and F16C.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(super) unsafe fn quantize_avx2<T: MantissaOut>(
+            p: &Params,
+            x: &[f32],
+            view: ChannelView,
+            mant: &mut [T],
+            exps: &mut [u8],
+        ) {
+            quantize::<F16c256, T>(p, x, view, mant, exps)
+        }
+
+        /// # Safety
+        /// The CPU must have AVX-512 F/BW/VL, AVX2, FMA and F16C.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        pub(super) unsafe fn quantize_avx512<T: MantissaOut>(
+            p: &Params,
+            x: &[f32],
+            view: ChannelView,
+            mant: &mut [T],
+            exps: &mut [u8],
+        ) {
+            quantize::<F16c512, T>(p, x, view, mant, exps)
+        }
+
+        /// # Safety
+        /// As [`quantize_avx2`].
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(super) unsafe fn round_avx2(x: &mut [f32]) {
+            round_all::<F16c256>(x)
+        }
+
+        /// # Safety
+        /// As [`quantize_avx512`].
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        pub(super) unsafe fn round_avx512(x: &mut [f32]) {
+            round_all::<F16c512>(x)
+        }
+    }
+
+    /// Quantises the view on `kernel` (a vector kernel this CPU has; deterministic rounding;
+    /// buffers of the view's sizes).
+    pub(super) fn run<T: MantissaOut>(
+        kernel: BlockKernel,
+        fmt: &FpgaBfp,
+        x: &[f32],
+        view: ChannelView,
+        mant: &mut [T],
+        exps: &mut [u8],
+    ) {
+        let p = Params::new(fmt);
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: callers pass only kernels `is_available` accepted.
+            BlockKernel::Avx512 => unsafe { x86::quantize_avx512(&p, x, view, mant, exps) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            BlockKernel::Avx2 => unsafe { x86::quantize_avx2(&p, x, view, mant, exps) },
+            _ => quantize::<ScalarCvt, T>(&p, x, view, mant, exps),
+        }
+    }
+
+    pub(super) fn round_slice(kernel: BlockKernel, x: &mut [f32]) {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: checked just now.
+            BlockKernel::Avx512 if has_avx512_f16c() => unsafe { x86::round_avx512(x) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: checked just now.
+            BlockKernel::Avx2 if has_avx2_f16c() => unsafe { x86::round_avx2(x) },
+            BlockKernel::Scalar => {
+                for v in x.iter_mut() {
+                    *v = half::f16::from_bits(f16_bits_saturating(*v)).to_f32();
+                }
+            }
+            _ => round_all::<ScalarCvt>(x),
+        }
+    }
 }
 
 /// Reference FP16 rounding: nearest-even to 11 significant bits (quantum `2^-24` below the

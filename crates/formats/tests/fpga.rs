@@ -2,7 +2,8 @@
 //! edge values; presets, parsing and bad input.
 
 use lowprec_formats::fpga::{
-    f16_bits_saturating, f16_round_ref, fake_quantize_fpga, quantize_fpga, quantize_fpga_ref,
+    f16_bits_saturating, f16_round_ref, f16_round_slice_with, fake_quantize_fpga, quantize_fpga,
+    quantize_fpga_into_with, quantize_fpga_ref, quantize_fpga_with, BlockKernel,
 };
 use lowprec_formats::*;
 use proptest::prelude::*;
@@ -198,6 +199,179 @@ fn fp16_conversion_matches_reference() {
     for v in vals {
         let fast = half::f16::from_bits(f16_bits_saturating(v)).to_f64();
         assert_eq!(fast, f16_round_ref(v), "fp16 of {v}");
+    }
+}
+
+/// Every block kernel against the scalar integer path and the f64 reference, through both
+/// entry points (the tensor and the caller's 8-/16-bit buffers).
+fn check_kernels(x: &[f32], view: ChannelView, f: &FpgaBfp) {
+    let key = StreamKey::new(0, 0);
+    let (q, e) = quantize_fpga_ref(x, view, f, key).unwrap();
+    let scalar = quantize_fpga_with(BlockKernel::Scalar, x, view, f, key, "x").unwrap();
+    let sm: Vec<i32> = scalar.mantissas.iter().map(|&m| m as i32).collect();
+    assert_eq!((&sm, &scalar.exponents), (&q, &e), "{f} scalar, {view:?}");
+    for k in BlockKernel::available() {
+        let t = quantize_fpga_with(k, x, view, f, key, "x").unwrap();
+        assert_eq!(t, scalar, "{f} on {k:?}, {view:?}");
+        let mut m16 = vec![0i16; x.len()];
+        let mut e16 = vec![0xaau8; view.num_blocks(f.c_vector)];
+        quantize_fpga_into_with(k, x, view, f, "x", &mut m16, &mut e16).unwrap();
+        assert_eq!(
+            (&m16, &e16),
+            (&scalar.mantissas, &scalar.exponents),
+            "{f} i16 on {k:?}"
+        );
+        if f.width <= 8 {
+            let mut m8 = vec![0i8; x.len()];
+            let mut e8 = vec![0x55u8; view.num_blocks(f.c_vector)];
+            quantize_fpga_into_with(k, x, view, f, "x", &mut m8, &mut e8).unwrap();
+            let m8: Vec<i16> = m8.iter().map(|&v| v as i16).collect();
+            assert_eq!(
+                (&m8, &e8),
+                (&scalar.mantissas, &scalar.exponents),
+                "{f} i8 on {k:?}"
+            );
+        }
+    }
+}
+
+fn deterministic_formats() -> Vec<FpgaBfp> {
+    all_formats()
+        .into_iter()
+        .filter(|f| f.rounding != FpgaRounding::Stochastic)
+        .collect()
+}
+
+#[test]
+fn block_kernels_agree_on_awkward_sizes_and_edges() {
+    assert!(BlockKernel::available().contains(&BlockKernel::best()));
+    let mut s = 9u64;
+    let mut next = || {
+        s = lowprec_formats::rng::splitmix64(s);
+        let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+        let scale = 2f64.powi(((s >> 3) % 48) as i32 - 30);
+        ((u - 0.5) * scale) as f32
+    };
+    let edges = edge_values();
+    for &(o, c, i) in &[
+        (1, 1, 1),
+        (1, 7, 1),
+        (3, 33, 1),
+        (1, 1000, 1),
+        (2, 65, 3),
+        (5, 7, 33),
+        (1, 1030, 2),
+        (2, 16, 17),
+        (1, 70, 31),
+        (3, 5, 1024),
+    ] {
+        let mut x: Vec<f32> = (0..o * c * i).map(|_| next()).collect();
+        // edge values sprinkled in: zeros, subnormals, ties, values that saturate FP16
+        for (k, v) in x.iter_mut().enumerate() {
+            if k % 5 == 2 {
+                *v = edges[(k / 5) % edges.len()];
+            }
+        }
+        let view = ChannelView {
+            outer: o,
+            channels: c,
+            inner: i,
+        };
+        for f in deterministic_formats() {
+            check_kernels(&x, view, &f);
+        }
+        let zeros = vec![0f32; x.len()];
+        check_kernels(&zeros, view, &FpgaBfp::INT5);
+        let negz = vec![-0f32; x.len()];
+        check_kernels(&negz, view, &FpgaBfp::INT8);
+    }
+    // every edge value alone in its block and beside the largest
+    for f in deterministic_formats() {
+        for &v in &edges {
+            for &w in &[0.0f32, 65504.0, -1e-7, 3.0] {
+                let x = [v, w, -v, v * 0.5, w * 0.25];
+                check_kernels(&x, ChannelView::from_shape(&[1, 5]), &f);
+                check_kernels(&x, ChannelView::from_shape(&[1, 1, 5]), &f);
+            }
+        }
+    }
+}
+
+#[test]
+fn block_kernels_refuse_what_they_cannot_write() {
+    let x = [1.0f32; 8];
+    let v = ChannelView::from_shape(&[8]);
+    let sr = FpgaBfp {
+        rounding: FpgaRounding::Stochastic,
+        ..FpgaBfp::INT5
+    };
+    let (mut m, mut e) = (vec![0i8; 8], vec![0u8; 1]);
+    let err = quantize_fpga_into_with(BlockKernel::best(), &x, v, &sr, "a", &mut m, &mut e);
+    assert!(err.unwrap_err().to_string().contains("stochastic"));
+    let err = quantize_fpga_into_with(
+        BlockKernel::best(),
+        &x,
+        v,
+        &FpgaBfp::INT9,
+        "a",
+        &mut m,
+        &mut e,
+    );
+    assert!(err.unwrap_err().to_string().contains("8-bit"));
+    let mut short = vec![0i8; 7];
+    let err = quantize_fpga_into_with(
+        BlockKernel::best(),
+        &x,
+        v,
+        &FpgaBfp::INT5,
+        "a",
+        &mut short,
+        &mut e,
+    );
+    assert!(err.unwrap_err().to_string().contains("a:"));
+    let mut bad = x;
+    bad[3] = f32::NAN;
+    let err = quantize_fpga_into_with(
+        BlockKernel::best(),
+        &bad,
+        v,
+        &FpgaBfp::INT5,
+        "acts",
+        &mut m,
+        &mut e,
+    );
+    assert!(err.unwrap_err().to_string().contains("element 3"));
+}
+
+#[test]
+fn fp16_rounding_of_slices_matches_the_scalar_conversion() {
+    let mut vals = edge_values();
+    for k in -30..20 {
+        let b = 2f32.powi(k);
+        vals.extend([
+            b,
+            b * 1.5,
+            b * (1.0 + 1.0 / 2048.0),
+            -b * (1.0 - 1.0 / 4096.0),
+        ]);
+    }
+    vals.extend([65519.0, 65520.0, -65519.99, 1e-45, -1e-45]);
+    for n in [1, 7, 16, 33, 1000, vals.len()] {
+        let x: Vec<f32> = (0..n).map(|i| vals[(i * 7) % vals.len()]).collect();
+        let want: Vec<u32> = x
+            .iter()
+            .map(|&v| {
+                half::f16::from_bits(f16_bits_saturating(v))
+                    .to_f32()
+                    .to_bits()
+            })
+            .collect();
+        for k in BlockKernel::available() {
+            let mut y = x.clone();
+            f16_round_slice_with(k, &mut y);
+            let got: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "{k:?}, {n} values");
+        }
     }
 }
 

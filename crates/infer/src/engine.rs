@@ -6,21 +6,31 @@
 //! into `c_vector` channel blocks (`lowprec_formats::fpga`), the dot products run on the
 //! block engine (`lowprec_kernels::blockdot`: exact integer block sums, FP32 accumulation in
 //! block order, taps outermost, then channel blocks), the bias is added in FP32 and the output
-//! leaves as FP16. [`Mode::Fast`] runs NHWC im2col with channels padded to whole blocks on the
-//! integer GEMM; [`Mode::Reference`] loops over the definition with the f64 reference
-//! quantiser and the reference block dot product; tests (and `lowprec infer --check`) compare
-//! the two bit for bit. [`Mode::Float`] is the same network in FP32 with the master weights:
+//! leaves as FP16. [`Mode::Fast`] quantises the NCHW maps on the vector block quantiser, builds
+//! the im2col matrix (rows: tap, then channel; columns: output pixels) from shifted map rows
+//! and runs it on the integer GEMM with the weights as the rows
+//! ([`lowprec_kernels::blockdot::block_gemm_cols`]), examples in chunks over the rayon pool;
+//! channels are padded to whole blocks only where a tap holds more than one block (a layer
+//! whose channels fit one block sums just those: the padding adds zeros). [`Mode::Reference`]
+//! loops over the definition with the f64 reference quantiser and the reference block dot
+//! product; tests (and `lowprec infer --check`) compare the two bit for bit. [`Mode::Float`] is the same network in FP32 with the master weights:
 //! the float model the quantised one is compared against.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use lowprec_formats::fpga::{f16_bits_saturating, f16_round_ref, quantize_fpga, quantize_fpga_ref};
+use lowprec_formats::fpga::{
+    f16_round_ref, f16_round_slice, quantize_fpga_into, quantize_fpga_ref, MantissaOut,
+};
 use lowprec_formats::{
     ChannelView, FpgaBfp, FpgaRounding, FpgaTensor, LowBitFormat, NumberFormat, StreamKey,
 };
-use lowprec_kernels::blockdot::{block_gemm_i16, block_gemm_i8, block_gemm_ref, BlockOperand};
-use lowprec_kernels::CpuBackend;
+use lowprec_kernels::blockdot::{
+    block_conv, block_conv_available, block_gemm_cols, block_gemm_ref, BlockOperand, ConvMaps,
+    ConvShape, ConvWeights, ScaledOperand,
+};
+use lowprec_kernels::pack::QElem;
+use lowprec_kernels::{CpuBackend, Isa};
 use lowprec_nn::layer::Layer;
 use lowprec_nn::model::build_layer;
 use lowprec_nn::spec::LayerSpec;
@@ -33,8 +43,13 @@ use crate::InferError;
 /// Which arithmetic the engine runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Integer GEMM on the block engine (the product).
+    /// Integer arithmetic of the block engine (the product): the direct block convolution
+    /// (`blockdot::block_conv`) where it runs (AVX-512 VNNI, mantissas of up to 8 bits), the
+    /// im2col route of [`Mode::FastIm2col`] elsewhere.
     Fast,
+    /// im2col and the segmented integer GEMM (`blockdot::block_gemm_cols`) everywhere: what
+    /// [`Mode::Fast`] runs on other CPUs, selectable for tests and measurements.
+    FastIm2col,
     /// Plain loops over the definition (the yardstick).
     Reference,
     /// FP32 everywhere with the master weights (the float model).
@@ -137,14 +152,93 @@ fn factory(
 /// Convolution geometry, nn's own (a linear layer is a 1x1 convolution of a 1x1 map).
 use lowprec_nn::im2col::ConvGeom as Geo;
 
+/// The fast path's weights: `cout x (taps * cpad)` mantissas, tap-major (channels padded to
+/// `cpad`), in the width the GEMM takes.
 enum Mant {
     I8(Vec<i8>),
     I16(Vec<i16>),
 }
 
+/// Mantissa types of the fast path, with their scratch buffers.
+trait Elem: MantissaOut + QElem + Default {
+    /// This type's buffers of quantised maps and im2col matrix, and the shared ones.
+    fn bufs(s: &mut Scratch) -> Bufs<'_, Self>;
+}
+
+struct Bufs<'a, T> {
+    q: &'a mut Vec<T>,
+    b: &'a mut Vec<T>,
+    exps: &'a mut Vec<u8>,
+    splane: &'a mut Vec<f32>,
+    scales: &'a mut Vec<f32>,
+    out: &'a mut Vec<f32>,
+}
+
+impl Elem for i8 {
+    fn bufs(s: &mut Scratch) -> Bufs<'_, i8> {
+        Bufs {
+            q: &mut s.q8,
+            b: &mut s.b8,
+            exps: &mut s.exps,
+            splane: &mut s.splane,
+            scales: &mut s.scales,
+            out: &mut s.out,
+        }
+    }
+}
+
+impl Elem for i16 {
+    fn bufs(s: &mut Scratch) -> Bufs<'_, i16> {
+        Bufs {
+            q: &mut s.q16,
+            b: &mut s.b16,
+            exps: &mut s.exps,
+            splane: &mut s.splane,
+            scales: &mut s.scales,
+            out: &mut s.out,
+        }
+    }
+}
+
+/// Per-thread buffers of the fast path, kept between calls: allocating (and the kernel zeroing
+/// fresh pages) every layer of every batch cost more than some layers' arithmetic. Every
+/// element a call reads it has written first.
+#[derive(Default)]
+struct Scratch {
+    q8: Vec<i8>,
+    q16: Vec<i16>,
+    b8: Vec<i8>,
+    b16: Vec<i16>,
+    exps: Vec<u8>,
+    /// Block scales of the quantised maps, `[n, blocks, h * w]`.
+    splane: Vec<f32>,
+    scales: Vec<f32>,
+    out: Vec<f32>,
+    /// A zero plane (channels that pad a block).
+    zeros: Vec<i8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// The first `n` elements of `v`, grown if needed (contents unspecified).
+fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+    &mut v[..n]
+}
+
+/// Bytes of im2col matrix and scales one chunk of examples aims at (in L2 while the GEMM
+/// passes over it).
+const CHUNK_BYTES: usize = 1 << 19;
+
 /// A conv or linear layer on the FPGA model.
 pub struct FpgaLayer {
     name: String,
+    /// "input activations of NAME", for errors.
+    tensor: String,
     geo: Geo,
     cout: usize,
     acts: FpgaBfp,
@@ -152,10 +246,22 @@ pub struct FpgaLayer {
     weights: FpgaTensor,
     bias: Option<Vec<f32>>,
     mode: Mode,
-    /// Fast path: weights as `cout x (taps * cpad)` (tap-major, channels padded to whole
-    /// blocks) and their log2 block scales.
+    /// Fast path: K is `taps * cpad`, cut into blocks of `block` channels (`cin` when the
+    /// channels fit one `c_vector` block, else `c_vector` with `cpad` a multiple of it).
+    block: usize,
+    cpad: usize,
     wmant: Mant,
-    wexps: Vec<i32>,
+    /// The direct convolution's weights, where it runs.
+    direct: Option<ConvWeights>,
+    /// Groups of 4 channels per block on the direct route.
+    quads: usize,
+    /// Weight block scales, `[tap * blocks_per_tap + b][cout]`.
+    wscales: Vec<f32>,
+    /// The activation block scale of each 5-bit exponent.
+    ascale: [f32; 32],
+    /// `127 - 14 - P`: the f32 exponent field of the scale of block exponent `e` is `e` plus
+    /// this.
+    scale_bits: u32,
     linear: bool,
 }
 
@@ -193,10 +299,14 @@ impl FpgaLayer {
         }
         let cv = a.c_vector as usize;
         let nbc = geo.cin.div_ceil(cv);
-        let cpad = nbc * cv;
+        let (block, cpad) = if nbc == 1 {
+            (geo.cin, geo.cin)
+        } else {
+            (cv, nbc * cv)
+        };
         let kk = taps * cpad;
         let mut wm = vec![0i16; cout * kk];
-        let mut we = vec![0i32; cout * taps * nbc];
+        let mut ws = vec![0f32; taps * nbc * cout];
         let t = &init.weights;
         for o in 0..cout {
             for tap in 0..taps {
@@ -204,18 +314,46 @@ impl FpgaLayer {
                     wm[o * kk + tap * cpad + c] = t.mantissas[(o * geo.cin + c) * taps + tap];
                 }
                 for b in 0..nbc {
-                    we[(o * taps + tap) * nbc + b] =
-                        w.scale_log2(t.exponents[(o * nbc + b) * taps + tap]);
+                    ws[(tap * nbc + b) * cout + o] =
+                        w.scale(t.exponents[(o * nbc + b) * taps + tap]);
                 }
             }
         }
-        let wmant = if a.width <= 8 && w.width <= 8 {
+        debug_assert!((0..32u32)
+            .all(|e| { f32::from_bits((e + 113 - a.precision_bits()) << 23) == a.scale(e as u8) }));
+        let narrow = a.width <= 8 && w.width <= 8;
+        let quads = block.div_ceil(4);
+        let direct = if init.mode == Mode::Fast && narrow && block_conv_available() {
+            let bq = quads * 4;
+            let mut dm = vec![0i8; cout * taps * nbc * bq];
+            let mut dsc = vec![0f32; cout * taps * nbc];
+            for o in 0..cout {
+                for tap in 0..taps {
+                    for b in 0..nbc {
+                        for sl in 0..block.min(geo.cin - b * block) {
+                            let c = b * block + sl;
+                            dm[((o * taps + tap) * nbc + b) * bq + sl] =
+                                t.mantissas[(o * geo.cin + c) * taps + tap] as i8;
+                        }
+                        dsc[(o * taps + tap) * nbc + b] = ws[(tap * nbc + b) * cout + o];
+                    }
+                }
+            }
+            Some(
+                ConvWeights::new(&dm, &dsc, cout, taps, nbc, quads)
+                    .map_err(|e| NnError::kernel(name, e))?,
+            )
+        } else {
+            None
+        };
+        let wmant = if narrow {
             Mant::I8(wm.iter().map(|&v| v as i8).collect())
         } else {
             Mant::I16(wm)
         };
         Ok(FpgaLayer {
             name: name.to_string(),
+            tensor: format!("input activations of {name}"),
             linear,
             geo,
             cout,
@@ -223,8 +361,14 @@ impl FpgaLayer {
             weights: init.weights,
             bias: init.bias,
             mode: init.mode,
+            block,
+            cpad,
             wmant,
-            wexps: we,
+            direct,
+            quads,
+            wscales: ws,
+            ascale: std::array::from_fn(|e| a.scale(e as u8)),
+            scale_bits: 113 - a.precision_bits(),
         })
     }
 
@@ -236,120 +380,328 @@ impl FpgaLayer {
         }
     }
 
-    /// FP32 result of one output + bias, leaving as FP16.
+    /// FP32 result of one output + bias, leaving as FP16 (the reference path's).
     #[inline]
-    fn finish(&self, acc: f32, o: usize, reference: bool) -> f32 {
+    fn finish_ref(&self, acc: f32, o: usize) -> f32 {
         let v = acc + self.bias.as_ref().map_or(0.0, |b| b[o]);
-        if reference {
-            f16_round_ref(v) as f32
-        } else {
-            half::f16::from_bits(f16_bits_saturating(v)).to_f32()
-        }
+        f16_round_ref(v) as f32
+    }
+
+    /// Examples per chunk: about [`CHUNK_BYTES`] of im2col matrix, and at least one chunk per
+    /// thread when there are examples enough. Any split gives the same bits: examples are
+    /// independent and every output's sum runs in block order inside one GEMM.
+    fn chunk_examples(&self, b: usize, elem: usize) -> usize {
+        let g = self.geo;
+        let po = g.ho * g.wo;
+        let nbk = self.cpad / self.block;
+        let per = po * g.k * g.k * (self.cpad * elem + nbk * 4);
+        let by_size = (CHUNK_BYTES / per.max(1)).max(1);
+        let threads = rayon::current_num_threads().max(1);
+        by_size.min(b.div_ceil(threads)).max(1)
     }
 
     fn forward_fast(&self, x: &[f32], b: usize) -> Result<Vec<f32>, NnError> {
+        if let Some(cw) = &self.direct {
+            return self.forward_direct(cw, x, b);
+        }
+        match &self.wmant {
+            Mant::I8(wm) => self.forward_fast_t(wm, x, b),
+            Mant::I16(wm) => self.forward_fast_t(wm, x, b),
+        }
+    }
+
+    fn forward_fast_t<T: Elem>(&self, wm: &[T], x: &[f32], b: usize) -> Result<Vec<f32>, NnError> {
+        use rayon::prelude::*;
         let g = self.geo;
-        let (hw, taps) = (g.h * g.w, g.k * g.k);
+        let (per_in, per_out) = (g.cin * g.h * g.w, self.cout * g.ho * g.wo);
+        let mut out = vec![0f32; b * per_out];
+        if b == 0 || per_out == 0 {
+            return Ok(out);
+        }
+        let ne = self.chunk_examples(b, std::mem::size_of::<T>());
+        let run = |(i, o): (usize, &mut [f32])| -> Result<(), NnError> {
+            let n0 = i * ne;
+            let n = o.len() / per_out;
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                self.chunk(wm, &x[n0 * per_in..(n0 + n) * per_in], n, o, &mut s)
+            })
+        };
+        if b > ne {
+            // one GEMM per chunk, each on its own thread
+            out.par_chunks_mut(ne * per_out)
+                .enumerate()
+                .try_for_each(|c| lowprec_kernels::serial(|| run(c)))?;
+        } else {
+            run((0, &mut out[..]))?;
+        }
+        Ok(out)
+    }
+
+    /// Examples per chunk of the direct route: about [`CHUNK_BYTES`] of maps, scales and
+    /// output, and at least one chunk per thread when there are examples enough.
+    fn direct_examples(&self, b: usize) -> usize {
+        let g = self.geo;
+        let nbk = self.cpad / self.block;
+        let per = g.h * g.w * nbk * (self.quads * 4 + 4) + self.cout * g.ho * g.wo * 4;
+        let by_size = (CHUNK_BYTES / per.max(1)).max(1);
+        let threads = rayon::current_num_threads().max(1);
+        by_size.min(b.div_ceil(threads)).max(1)
+    }
+
+    fn forward_direct(&self, cw: &ConvWeights, x: &[f32], b: usize) -> Result<Vec<f32>, NnError> {
+        use rayon::prelude::*;
+        let g = self.geo;
+        let (per_in, per_out) = (g.cin * g.h * g.w, self.cout * g.ho * g.wo);
+        let mut out = vec![0f32; b * per_out];
+        if b == 0 || per_out == 0 {
+            return Ok(out);
+        }
+        let ne = self.direct_examples(b);
+        let run = |(i, o): (usize, &mut [f32])| -> Result<(), NnError> {
+            let n0 = i * ne;
+            let n = o.len() / per_out;
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                self.chunk_direct(cw, &x[n0 * per_in..(n0 + n) * per_in], n, o, &mut s)
+            })
+        };
+        if b > ne {
+            out.par_chunks_mut(ne * per_out)
+                .enumerate()
+                .try_for_each(run)?;
+        } else {
+            run((0, &mut out[..]))?;
+        }
+        Ok(out)
+    }
+
+    /// `n` examples on the direct convolution: quantise, regroup the maps 4 channels per dword,
+    /// convolve, bias and FP16 out into `out` (`[n, cout, ho, wo]`).
+    fn chunk_direct(
+        &self,
+        cw: &ConvWeights,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        s: &mut Scratch,
+    ) -> Result<(), NnError> {
+        let g = self.geo;
+        let (hw, po) = (g.h * g.w, g.ho * g.wo);
         let cv = self.acts.c_vector as usize;
         let nbc = g.cin.div_ceil(cv);
-        let cpad = nbc * cv;
-        // NCHW -> NHWC: each pixel's channels contiguous, blocked per pixel.
-        let mut xt = vec![0f32; x.len()];
-        for n in 0..b {
-            for c in 0..g.cin {
-                for p in 0..hw {
-                    xt[(n * hw + p) * g.cin + c] = x[(n * g.cin + c) * hw + p];
+        let (cin, block, quads) = (g.cin, self.block, self.quads);
+        let kq = nbc * quads;
+        let Scratch {
+            q8,
+            b8,
+            exps,
+            splane,
+            scales,
+            out: y,
+            zeros,
+            ..
+        } = s;
+        let q = grow(q8, n * cin * hw);
+        let e = grow(exps, n * nbc * hw);
+        let view = ChannelView {
+            outer: n,
+            channels: cin,
+            inner: hw,
+        };
+        quantize_fpga_into(x, view, &self.acts, &self.tensor, q, e)
+            .map_err(|err| NnError::quant(&self.name, 0, err))?;
+        let bias_bits = self.scale_bits;
+        let scale = |v: u8| f32::from_bits((v as u32 + bias_bits) << 23);
+        let maps = grow(b8, n * kq * 4 * hw);
+        let kerr = |err| NnError::kernel(&self.name, err);
+        // block slot `sl` of block `bb` is channel `bb * block + sl` where that exists
+        let channel = |bb: usize, sl: usize| {
+            let c = bb * block + sl;
+            (sl < block && c < cin).then_some(c)
+        };
+        if self.linear {
+            // the batch is one 1 x n map: lanes run over the examples
+            for (ni, qx) in q.chunks_exact(cin).enumerate() {
+                for bb in 0..nbc {
+                    for qq in 0..quads {
+                        let d = &mut maps[((bb * quads + qq) * n + ni) * 4..][..4];
+                        for (j, v) in d.iter_mut().enumerate() {
+                            *v = channel(bb, 4 * qq + j).map_or(0, |c| qx[c]);
+                        }
+                    }
+                }
+            }
+            let sc = grow(scales, nbc * n);
+            for (ni, ex) in e.chunks_exact(nbc).enumerate() {
+                for (bb, &v) in ex.iter().enumerate() {
+                    sc[bb * n + ni] = scale(v);
+                }
+            }
+            let shape = ConvShape::new(1, 1, n, 1, 1, 0).map_err(kerr)?;
+            let yy = grow(y, self.cout * n);
+            let m = ConvMaps {
+                mant: &*maps,
+                scales: &*sc,
+            };
+            block_conv(cw, &m, shape, yy).map_err(kerr)?;
+            for (ni, o) in out.chunks_exact_mut(self.cout).enumerate() {
+                for (oc, d) in o.iter_mut().enumerate() {
+                    *d = yy[oc * n + ni] + self.bias.as_ref().map_or(0.0, |bv| bv[oc]);
+                }
+            }
+        } else {
+            let sp = grow(splane, n * nbc * hw);
+            for (d, &v) in sp.iter_mut().zip(e.iter()) {
+                *d = scale(v);
+            }
+            let zero = grow(zeros, hw);
+            zero.fill(0);
+            let zero = &*zero;
+            for ni in 0..n {
+                for bb in 0..nbc {
+                    for qq in 0..quads {
+                        let plane = |j: usize| {
+                            channel(bb, 4 * qq + j)
+                                .map_or(zero, |c| &q[(ni * cin + c) * hw..][..hw])
+                        };
+                        let (p0, p1, p2, p3) = (plane(0), plane(1), plane(2), plane(3));
+                        let d = &mut maps[((ni * kq + bb * quads + qq) * hw) * 4..][..hw * 4];
+                        for (i, dd) in d.chunks_exact_mut(4).enumerate() {
+                            dd[0] = p0[i];
+                            dd[1] = p1[i];
+                            dd[2] = p2[i];
+                            dd[3] = p3[i];
+                        }
+                    }
+                }
+            }
+            let shape = ConvShape::new(n, g.h, g.w, g.k, g.stride, g.pad).map_err(kerr)?;
+            let m = ConvMaps {
+                mant: &*maps,
+                scales: &*sp,
+            };
+            block_conv(cw, &m, shape, out).map_err(kerr)?;
+            for ex in out.chunks_exact_mut(self.cout * po) {
+                for (o, d) in ex.chunks_exact_mut(po).enumerate() {
+                    let bias = self.bias.as_ref().map_or(0.0, |bv| bv[o]);
+                    for v in d.iter_mut() {
+                        *v += bias;
+                    }
                 }
             }
         }
-        let tensor = format!("input activations of {}", self.name);
+        f16_round_slice(out);
+        Ok(())
+    }
+
+    /// `n` examples: quantise, im2col, GEMM, bias and FP16 out into `out` (`[n, cout, ho, wo]`).
+    fn chunk<T: Elem>(
+        &self,
+        wm: &[T],
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        s: &mut Scratch,
+    ) -> Result<(), NnError> {
+        let g = self.geo;
+        let (hw, po, taps) = (g.h * g.w, g.ho * g.wo, g.k * g.k);
+        let cv = self.acts.c_vector as usize;
+        let nbc = g.cin.div_ceil(cv);
+        let (cpad, cin) = (self.cpad, g.cin);
+        let (kk, npix) = (taps * cpad, n * po);
+        let Bufs {
+            q: qbuf,
+            b: bbuf,
+            exps,
+            splane,
+            scales,
+            out: c,
+        } = T::bufs(s);
+        let q = grow(qbuf, n * cin * hw);
+        let e = grow(exps, n * nbc * hw);
         let view = ChannelView {
-            outer: b * hw,
-            channels: g.cin,
-            inner: 1,
+            outer: n,
+            channels: cin,
+            inner: hw,
         };
-        let q = quantize_fpga(&xt, view, &self.acts, StreamKey::new(0, 0), &tensor)
-            .map_err(|e| NnError::quant(&self.name, 0, e))?;
-        // im2col with (tap, padded channel) columns; padding pixels are zero blocks.
-        let (m, kk) = (b * g.ho * g.wo, taps * cpad);
-        let zero_exp = self.acts.scale_log2(0);
-        let mut am = vec![0i16; m * kk];
-        let mut ae = vec![zero_exp; m * taps * nbc];
-        for n in 0..b {
-            for oy in 0..g.ho {
-                for ox in 0..g.wo {
-                    let row = (n * g.ho + oy) * g.wo + ox;
-                    for ky in 0..g.k {
-                        for kx in 0..g.k {
-                            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                            if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-                                continue;
-                            }
-                            let pix = n * hw + iy as usize * g.w + ix as usize;
-                            let tap = ky * g.k + kx;
-                            am[row * kk + tap * cpad..][..g.cin]
-                                .copy_from_slice(&q.mantissas[pix * g.cin..(pix + 1) * g.cin]);
-                            for bb in 0..nbc {
-                                ae[(row * taps + tap) * nbc + bb] =
-                                    self.acts.scale_log2(q.exponents[pix * nbc + bb]);
-                            }
+        quantize_fpga_into(x, view, &self.acts, &self.tensor, q, e)
+            .map_err(|err| NnError::quant(&self.name, 0, err))?;
+        // the block scales of the maps, 2^(e - 14 - P) from the exponent's bits
+        let sp = grow(splane, n * nbc * hw);
+        let bias = self.scale_bits;
+        for (d, &v) in sp.iter_mut().zip(e.iter()) {
+            *d = f32::from_bits((v as u32 + bias) << 23);
+        }
+        // im2col: rows (tap, channel) and block scales (tap, block) of pixel columns
+        let bm = grow(bbuf, kk * npix);
+        let sc = grow(scales, taps * nbc * npix);
+        if self.linear {
+            for (ni, (qx, sx)) in q.chunks_exact(cin).zip(sp.chunks_exact(nbc)).enumerate() {
+                for (ch, &v) in qx.iter().enumerate() {
+                    bm[ch * npix + ni] = v;
+                }
+                for (bb, &v) in sx.iter().enumerate() {
+                    sc[bb * npix + ni] = v;
+                }
+            }
+            for ch in cin..cpad {
+                bm[ch * npix..][..npix].fill(T::default());
+            }
+        } else {
+            let zero_scale = self.ascale[0];
+            for ky in 0..g.k {
+                for kx in 0..g.k {
+                    let tap = ky * g.k + kx;
+                    for ch in 0..cpad {
+                        let row = &mut bm[(tap * cpad + ch) * npix..][..npix];
+                        if ch >= cin {
+                            row.fill(T::default());
+                            continue;
+                        }
+                        for (ni, dst) in row.chunks_exact_mut(po).enumerate() {
+                            let src = &q[(ni * cin + ch) * hw..][..hw];
+                            shift_plane(g, ky, kx, src, dst, T::default());
+                        }
+                    }
+                    for bb in 0..nbc {
+                        let row = &mut sc[(tap * nbc + bb) * npix..][..npix];
+                        for (ni, dst) in row.chunks_exact_mut(po).enumerate() {
+                            let src = &sp[(ni * nbc + bb) * hw..][..hw];
+                            shift_plane(g, ky, kx, src, dst, zero_scale);
                         }
                     }
                 }
             }
         }
-        let mut y = vec![0f32; m * self.cout];
-        let kerr = |e: lowprec_kernels::KernelError| NnError::kernel(&self.name, e);
-        match &self.wmant {
-            Mant::I8(wm) => {
-                let a8: Vec<i8> = am.iter().map(|&v| v as i8).collect();
-                let a = BlockOperand {
-                    mant: &a8,
-                    rows: m,
-                    k: kk,
-                    exps: &ae,
-                    max_abs: self.acts.max_abs(),
-                };
-                let w = BlockOperand {
-                    mant: wm,
-                    rows: self.cout,
-                    k: kk,
-                    exps: &self.wexps,
-                    max_abs: self.weights.format.max_abs(),
-                };
-                block_gemm_i8(&a, &w, cv, &mut y).map_err(kerr)?;
-            }
-            Mant::I16(wm) => {
-                let a = BlockOperand {
-                    mant: &am,
-                    rows: m,
-                    k: kk,
-                    exps: &ae,
-                    max_abs: self.acts.max_abs(),
-                };
-                let w = BlockOperand {
-                    mant: wm,
-                    rows: self.cout,
-                    k: kk,
-                    exps: &self.wexps,
-                    max_abs: self.weights.format.max_abs(),
-                };
-                block_gemm_i16(&a, &w, cv, &mut y).map_err(kerr)?;
-            }
-        }
-        // (pixel, out) -> NCHW, bias, FP16 out
-        let po = g.ho * g.wo;
-        let mut out = vec![0f32; b * self.cout * po];
-        for n in 0..b {
-            for p in 0..po {
-                for o in 0..self.cout {
-                    out[(n * self.cout + o) * po + p] =
-                        self.finish(y[(n * po + p) * self.cout + o], o, false);
+        let y = grow(c, self.cout * npix);
+        let w = ScaledOperand {
+            mant: wm,
+            len: self.cout,
+            k: kk,
+            scales: &self.wscales,
+            max_abs: self.weights.format.max_abs(),
+        };
+        let a = ScaledOperand {
+            mant: &*bm,
+            len: npix,
+            k: kk,
+            scales: &*sc,
+            max_abs: self.acts.max_abs(),
+        };
+        block_gemm_cols(Isa::detect(), &w, &a, self.block, y)
+            .map_err(|err| NnError::kernel(&self.name, err))?;
+        // (out, pixel) -> NCHW, bias in FP32, FP16 out
+        for (ni, ex) in out.chunks_exact_mut(self.cout * po).enumerate() {
+            for (o, dst) in ex.chunks_exact_mut(po).enumerate() {
+                let bias = self.bias.as_ref().map_or(0.0, |bv| bv[o]);
+                for (d, &v) in dst.iter_mut().zip(&y[o * npix + ni * po..][..po]) {
+                    *d = v + bias;
                 }
             }
         }
-        Ok(out)
+        f16_round_slice(out);
+        Ok(())
     }
 
     fn forward_reference(&self, x: &[f32], b: usize) -> Result<Vec<f32>, NnError> {
@@ -424,13 +776,84 @@ impl FpgaLayer {
                                 }
                             }
                         }
-                        out[idx] = self.finish(acc, o, true);
+                        out[idx] = self.finish_ref(acc, o);
                         idx += 1;
                     }
                 }
             }
         }
         Ok(out)
+    }
+}
+
+/// One im2col row of one example: `dst[oy * wo + ox] = src[iy * w + ix]`, the input pixel under
+/// tap `(ky, kx)`, or `zero` where that pixel is padding.
+#[inline]
+fn shift_plane<T: Copy>(g: Geo, ky: usize, kx: usize, src: &[T], dst: &mut [T], zero: T) {
+    let (w, pad) = (g.w as isize, g.pad as isize);
+    if g.stride == 1 && (g.ho, g.wo) == (g.h, g.w) {
+        // A "same" convolution: the plane shifted by one offset, then the columns that
+        // wrapped round from the neighbouring row set to zero.
+        let hw = src.len() as isize;
+        let d = (ky as isize - pad) * w + (kx as isize - pad);
+        let (p0, p1) = ((-d).max(0), (hw - d).min(hw));
+        if p0 < p1 {
+            let (p0, p1) = (p0 as usize, p1 as usize);
+            let s0 = (p0 as isize + d) as usize;
+            dst[p0..p1].copy_from_slice(&src[s0..s0 + (p1 - p0)]);
+            for v in &mut dst[..p0] {
+                *v = zero;
+            }
+            for v in &mut dst[p1..] {
+                *v = zero;
+            }
+        } else {
+            dst.fill(zero);
+        }
+        let shift = kx as isize - pad;
+        let cols = if shift < 0 {
+            0..(-shift) as usize
+        } else {
+            (g.w - shift as usize)..g.w
+        };
+        for row in dst.chunks_exact_mut(g.w) {
+            for v in &mut row[cols.clone()] {
+                *v = zero;
+            }
+        }
+        return;
+    }
+    let inside = |ox: usize| {
+        let ix = (ox * g.stride + kx) as isize - pad;
+        ix >= 0 && ix < w
+    };
+    let lo = (0..g.wo).find(|&ox| inside(ox)).unwrap_or(g.wo);
+    let hi = (lo..g.wo).find(|&ox| !inside(ox)).unwrap_or(g.wo);
+    for (oy, d) in dst.chunks_exact_mut(g.wo).enumerate() {
+        let iy = (oy * g.stride + ky) as isize - pad;
+        if iy < 0 || iy >= g.h as isize {
+            for v in d.iter_mut() {
+                *v = zero;
+            }
+            continue;
+        }
+        let srow = &src[iy as usize * g.w..][..g.w];
+        for v in &mut d[..lo] {
+            *v = zero;
+        }
+        for v in &mut d[hi..] {
+            *v = zero;
+        }
+        if lo < hi {
+            let ix0 = lo * g.stride + kx - g.pad;
+            if g.stride == 1 {
+                d[lo..hi].copy_from_slice(&srow[ix0..ix0 + (hi - lo)]);
+            } else {
+                for (j, o) in d[lo..hi].iter_mut().enumerate() {
+                    *o = srow[ix0 + j * g.stride];
+                }
+            }
+        }
     }
 }
 

@@ -77,8 +77,68 @@ epochs = 1
 lr = 0.1
 "#;
 
+/// More channels than one block at small `c_vector`s, a 5x5 kernel, a strided unpadded conv
+/// and a linear layer over a 4x4 map.
+const WIDE: &str = r#"
+name = "wide"
+description = "test network"
+precision = "fp32"
+seed = 5
+
+[data]
+dataset = "mnist"
+
+[model]
+input = [3, 11, 10]
+loss = "cross-entropy"
+
+[[model.layer]]
+type = "conv"
+name = "c1"
+out = 20
+kernel = 5
+padding = 2
+bias = true
+
+[[model.layer]]
+type = "relu"
+
+[[model.layer]]
+type = "conv"
+name = "c2"
+out = 12
+kernel = 3
+stride = 2
+
+[[model.layer]]
+type = "conv"
+name = "c3"
+out = 36
+kernel = 3
+padding = 1
+bias = true
+
+[[model.layer]]
+type = "flatten"
+
+[[model.layer]]
+type = "linear"
+name = "fc"
+out = 9
+bias = true
+
+[train]
+batch = 4
+epochs = 1
+lr = 0.1
+"#;
+
 fn tensors() -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let cfg = lowprec_train::TrainConfig::from_toml(CONFIG, "test").unwrap();
+    tensors_of(CONFIG)
+}
+
+fn tensors_of(config: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let cfg = lowprec_train::TrainConfig::from_toml(config, "test").unwrap();
     let model = Model::build(&cfg.model, 11).unwrap();
     let mut t = BTreeMap::new();
     for p in model.params() {
@@ -103,17 +163,25 @@ fn tensors() -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
 }
 
 fn input(b: usize, seed: u32) -> Tensor {
-    let n = b * 3 * 9 * 9;
+    input_of(b, seed, [3, 9, 9])
+}
+
+fn input_of(b: usize, seed: u32, [c, h, w]: [usize; 3]) -> Tensor {
+    let n = b * c * h * w;
     let v: Vec<f32> = (0..n)
         .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 500.0 - 2.0)
         .collect();
-    Tensor::new(v, vec![b, 3, 9, 9]).unwrap()
+    Tensor::new(v, vec![b, c, h, w]).unwrap()
 }
 
 fn qmodel(w: FpgaBfp, a: FpgaBfp, first_last_fp32: bool) -> QuantizedModel {
+    qmodel_of(CONFIG, w, a, first_last_fp32)
+}
+
+fn qmodel_of(config: &str, w: FpgaBfp, a: FpgaBfp, first_last_fp32: bool) -> QuantizedModel {
     quantize_tensors(
-        CONFIG,
-        tensors(),
+        config,
+        tensors_of(config),
         &PtqOptions {
             weights: NumberFormat::Fpga(w),
             acts: NumberFormat::Fpga(a),
@@ -129,8 +197,17 @@ fn bits(t: &Tensor) -> Vec<u32> {
     t.data.iter().map(|v| v.to_bits()).collect()
 }
 
-#[test]
-fn fast_engine_equals_reference_bit_for_bit() {
+fn run_in(threads: usize, engine: &mut Engine, x: &Tensor) -> Vec<Tensor> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| engine.run(x.clone(), true).unwrap())
+}
+
+/// Both fast routes at 1 and 2 threads against the reference path, every value of every layer
+/// (the direct convolution runs where the CPU has AVX-512 VNNI; elsewhere both are im2col).
+fn fast_equals_reference(config: &str, shape: [usize; 3], batches: &[(usize, u32)]) {
     let cases = [
         (FpgaBfp::INT4, FpgaBfp::INT5, false),
         (FpgaBfp::INT4, FpgaBfp::INT5, true),
@@ -155,20 +232,39 @@ fn fast_engine_equals_reference_bit_for_bit() {
                     rounding: r,
                     ..a
                 };
-                let qm = qmodel(w, a, fl);
-                let mut fast = Engine::new(&qm, Mode::Fast).unwrap();
+                let qm = qmodel_of(config, w, a, fl);
                 let mut refe = Engine::new(&qm, Mode::Reference).unwrap();
-                for (b, seed) in [(1, 1), (3, 2)] {
-                    let x = input(b, seed);
-                    let yf = fast.run(x.clone(), true).unwrap();
-                    let yr = refe.run(x, true).unwrap();
-                    for (i, (f, r)) in yf.iter().zip(&yr).enumerate() {
-                        assert_eq!(bits(f), bits(r), "{w} / {a}: value {i} differs");
+                for mode in [Mode::Fast, Mode::FastIm2col] {
+                    let mut fast = Engine::new(&qm, mode).unwrap();
+                    for &(b, seed) in batches {
+                        let x = input_of(b, seed, shape);
+                        let yr = refe.run(x.clone(), true).unwrap();
+                        for threads in [1, 2] {
+                            let yf = run_in(threads, &mut fast, &x);
+                            for (i, (f, r)) in yf.iter().zip(&yr).enumerate() {
+                                assert_eq!(
+                                    bits(f),
+                                    bits(r),
+                                    "{w} / {a} {mode:?}: value {i} differs, batch {b}, \
+                                     {threads} threads"
+                                );
+                            }
+                        }
                     }
                 }
             }
         }
     }
+}
+
+#[test]
+fn fast_engine_equals_reference_bit_for_bit() {
+    fast_equals_reference(CONFIG, [3, 9, 9], &[(1, 1), (3, 2), (8, 4)]);
+}
+
+#[test]
+fn fast_engine_equals_reference_on_wide_layers() {
+    fast_equals_reference(WIDE, [3, 11, 10], &[(1, 3), (5, 6)]);
 }
 
 #[test]
