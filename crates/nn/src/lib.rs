@@ -28,7 +28,6 @@ pub mod pool;
 pub mod precision;
 pub mod residual;
 pub mod scratch;
-pub mod shape;
 pub mod spec;
 pub mod tensor;
 
