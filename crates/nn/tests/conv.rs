@@ -337,7 +337,7 @@ fn quantized(
             };
             (m, s)
         }
-        Operand::F { .. } => panic!("expected BFP"),
+        _ => panic!("expected BFP"),
     }
 }
 
