@@ -523,16 +523,16 @@ impl Layer for BatchNorm2d {
         }
         Ok(y)
     }
-    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
-        Ok(vec![self.input_grad(ctx, dy, None)?])
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
+        Ok(vec![self.input_grad(ctx, &dy, None)?])
     }
     fn backward_onto(
         &mut self,
         ctx: &mut Ctx<'_>,
-        dy: &Tensor,
+        dy: Tensor,
         acc: Tensor,
     ) -> Result<Tensor, NnError> {
-        self.input_grad(ctx, dy, Some(acc))
+        self.input_grad(ctx, &dy, Some(acc))
     }
     fn params(&self) -> Vec<&Param> {
         vec![&self.gamma, &self.beta]

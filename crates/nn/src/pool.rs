@@ -175,7 +175,7 @@ impl Layer for Pool2d {
         self.batch = train.then_some(b);
         Tensor::new(y, vec![b, g.cin, g.ho, g.wo])
     }
-    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
         let g = self.geom;
         let b = self.batch.take().ok_or_else(|| NnError::NoForward {
             layer: self.name.clone(),
@@ -336,7 +336,7 @@ impl Layer for GlobalAvgPool {
         self.batch = train.then_some(b);
         Tensor::new(y, vec![b, c])
     }
-    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
         let b = self.batch.take().ok_or_else(|| NnError::NoForward {
             layer: self.name.clone(),
         })?;

@@ -200,12 +200,12 @@ impl Conv2d {
         Tensor::new(y, vec![b, self.cout, g.ho, g.wo])
     }
 
-    /// The backward pass from the errors `dy` (`shape`), borrowed or handed over.
+    /// The backward pass from the errors `dy` of batch shape `shape`.
     fn backward_errors(
         &mut self,
         ctx: &mut Ctx<'_>,
         shape: &[usize],
-        dy: Cow<'_, [f32]>,
+        dy: Vec<f32>,
     ) -> Result<Vec<Tensor>, NnError> {
         let xq = self.take_saved(shape)?;
         let g = self.geom;
@@ -220,7 +220,7 @@ impl Conv2d {
             });
         }
         // dY~ = Q_e(dY), one exponent per example.
-        let dyq = self.quantize_errors(ctx, dy, b)?;
+        let dyq = self.quantize_errors(ctx, Cow::Owned(dy), b)?;
         // dW with 8-bit operands: exact integer sums per group of examples sharing a scale.
         let int_dw = dyq.i8_rows().is_some() && xq.i8_rows().is_some();
         if int_dw {
@@ -561,8 +561,7 @@ impl Layer for Conv2d {
         }
     }
 
-    /// Q_a takes the handed-over input as it is: in fp32 the saved input is then the tensor
-    /// itself instead of a copy.
+    /// Q_a takes the handed-over input as it is (in fp32 the saved input is the tensor itself).
     fn forward_owned(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -573,12 +572,9 @@ impl Layer for Conv2d {
         self.forward_input(ctx, &shape, Cow::Owned(data), train)
     }
 
-    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
-        self.backward_errors(ctx, &dy.shape, Cow::Borrowed(&dy.data))
-    }
-
-    fn backward_owned(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
-        self.backward_errors(ctx, &dy.shape, Cow::Owned(dy.data))
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
+        let Tensor { data, shape } = dy;
+        self.backward_errors(ctx, &shape, data)
     }
 
     fn params(&self) -> Vec<&Param> {
