@@ -235,8 +235,8 @@ impl Layer for Pool2d {
 }
 
 /// 2x2 max pooling with stride 2 of one plane: the general loop's result (first maximum in
-/// window order, a NaN wins over numbers), without its per-element branches and bounds checks
-/// (VGG16 fp32 b32's first pool: 6.7 ms with the general loop).
+/// window order, a NaN wins over numbers), without its per-element branches and bounds
+/// checks.
 fn max2x2_plane(plane: &[f32], g: &ConvGeom, yo: &mut [f32], ao: &mut [u8]) {
     /// Whether `v` replaces `best` (strictly greater, or the first NaN).
     #[inline(always)]

@@ -13,7 +13,7 @@
 //!                     col2im(tofloat(W~^T dY~, qw, qe))       (strided layers)
 //! ```
 //!
-//! [`Conv2d::forward_input`] and [`Conv2d::backward_errors`] are these steps in this order.
+//! `Conv2d::forward_input` and `Conv2d::backward_errors` are these steps in this order.
 //! What one chunk of examples computes in a step is in `chunk`, how the chunks are cut and
 //! shared among threads in `schedule`, the copies between NCHW tensors and GEMM operands
 //! in `layout`. The quantised operands are [`crate::operand::Operand`]s, as in the linear
