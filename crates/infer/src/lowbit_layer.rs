@@ -516,7 +516,7 @@ impl Layer for LowBitLayer {
         shape.extend(self.out_shape());
         Tensor::new(y, shape)
     }
-    fn backward(&mut self, _ctx: &mut Ctx<'_>, _dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
+    fn backward(&mut self, _ctx: &mut Ctx<'_>, _dy: Tensor) -> Result<Vec<Tensor>, NnError> {
         Err(NnError::shape(
             &self.name,
             "the integer engine is inference only (retrain with `lowprec retrain`)".to_string(),

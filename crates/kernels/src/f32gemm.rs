@@ -4,7 +4,7 @@
 //! (never from the thread count, never along K), so every C element is computed by the same
 //! code on the same data whatever the pool size, and the bits do not depend on the threads.
 
-use crate::qgemm::SendPtr;
+use crate::threads::{gemm_threads, SendPtr};
 use crate::types::{MatMut, MatRef};
 use crate::KernelError;
 
@@ -131,7 +131,7 @@ pub fn gemm_f32_with(
         // SAFETY: the views were bounds-checked above; blocks are disjoint parts of C.
         unsafe { f32_block(imp, &a, &b, accumulate, cp, ldc, m0, m1, n0, n1) }
     };
-    if blocks.len() == 1 || crate::qgemm::gemm_threads() == 1 {
+    if blocks.len() == 1 || gemm_threads() == 1 {
         blocks.iter().for_each(run);
     } else {
         blocks.par_iter().for_each(run);

@@ -8,7 +8,8 @@
 //! [`types`]. [`backend::GemmBackend`] is the trait layers call, so an FPGA simulator or a GPU
 //! can stand in for the CPU without touching the layers.
 //!
-//! Layout: [`qgemm`] (blocked driver, threading, epilogue), [`ukernel`] (6x16 `vpmaddwd`
+//! Layout: [`qgemm`] (blocked driver and epilogue), `threads` (how C is split among threads,
+//! and [`serial`]), [`ukernel`] (6x16 `vpmaddwd`
 //! microkernel in AVX2 assembly + portable kernel, chosen at run time by [`Isa::detect`]),
 //! [`pack`] (k-pair i16 panels), [`quad`] (k-quad byte panels and the AVX-512 VNNI kernel),
 //! [`im2col_b`] (B operands packed straight from 8-bit feature maps, for convolutions),
@@ -29,12 +30,14 @@ pub mod qgemm;
 pub mod quad;
 pub mod reference;
 mod smallseg;
+mod threads;
 pub mod types;
 pub mod ukernel;
 
 pub use f32gemm::{gemm_f32_with, F32Impl};
 pub use im2col_b::{Im2colRef, QIm2colRef};
-pub use qgemm::{gemm_i8_i32_with, gemm_q, gemm_q8_im2col_with, serial};
+pub use qgemm::{gemm_i8_i32_with, gemm_q, gemm_q8_im2col_with};
+pub use threads::serial;
 pub use types::{k_chunks, k_safe, segment_count, GemmSpec, MatMut, MatRef, QMatRef, Scales};
 pub use ukernel::Isa;
 

@@ -25,25 +25,16 @@
 use crate::im2col_b::{Im2colPlan, QIm2colRef};
 use crate::pack::{pack_a, pack_b, QElem};
 use crate::reference::{validate_i32_shapes, validate_q_dims, validate_q_shapes};
+use crate::threads::{gemm_threads, partition, Block, SendPtr};
 use crate::types::{k_chunks, k_safe, GemmSpec, MatMut, MatRef, QMatRef, Scales};
 use crate::ukernel::{self, Isa, Store};
 use crate::{quad, KernelError};
 
 /// Bytes allowed for the per-task i32 accumulator of chunks that span several steps.
 const ACC_BUF_BYTES: usize = 2 << 20;
-/// Below this many MACs the work runs on the calling thread.
-const PAR_MIN_MACS: usize = 1 << 21;
 /// The largest tile (`MR * NR`) and tile side of any family.
 const TILE_MAX: usize = 256;
 const SIDE_MAX: usize = 32;
-
-/// A raw pointer that tasks writing disjoint parts of C may share.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr<T>(pub *mut T);
-// SAFETY: every task writes a disjoint block of C (see `partition`), and the caller's exclusive
-// borrow of C outlives the parallel section.
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
 
 /// A microkernel family: its tile shape, its unit of K, how it packs panels and how it
 /// multiplies them. Both families compute the same exact i32 sums.
@@ -408,105 +399,6 @@ fn build_steps(chunks: &[(usize, usize, usize)], ku: usize, kc: usize) -> (Vec<S
     (steps, multi)
 }
 
-/// A block of C computed by one task: rows `m0..m1`, columns `n0..n1`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Block {
-    pub m0: usize,
-    pub m1: usize,
-    pub n0: usize,
-    pub n1: usize,
-}
-
-thread_local! {
-    /// Set inside [`serial`]: GEMMs started on this thread run on it alone.
-    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with every GEMM it starts on this thread kept on this thread (one block, no
-/// parallel split). For callers that already run independent GEMMs in parallel (one chunk of
-/// examples per task): the other threads are busy with their own chunks, and each chunk's
-/// operands stay in the cache of the core that wrote them. Results are the same bits either
-/// way (blocking never changes them).
-pub fn serial<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            SERIAL.with(|s| s.set(self.0));
-        }
-    }
-    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
-    f()
-}
-
-/// The worker count GEMMs started on this thread may use.
-pub(crate) fn gemm_threads() -> usize {
-    if SERIAL.with(|s| s.get()) {
-        1
-    } else {
-        rayon::current_num_threads()
-    }
-}
-
-/// Cuts C into blocks for `threads` workers, splitting the longer of M and N (never K) at
-/// multiples of the tile side `mr` / `nr`.
-///
-/// A few more blocks than threads even out a busy core; each block keeps at least `min_cols`
-/// columns / `min_rows` rows so that packing the other operand stays cheap.
-pub(crate) fn partition(
-    m: usize,
-    n: usize,
-    macs: usize,
-    threads: usize,
-    mr: usize,
-    nr: usize,
-) -> Vec<Block> {
-    let whole = vec![Block {
-        m0: 0,
-        m1: m,
-        n0: 0,
-        n1: n,
-    }];
-    if threads <= 1 || macs < PAR_MIN_MACS {
-        return whole;
-    }
-    let split_n = n >= m;
-    let (len, align, min_len) = if split_n { (n, nr, 64) } else { (m, mr, 48) };
-    let units = len.div_ceil(align);
-    // Two blocks per thread even out a core shared with other work, when blocks stay wide
-    // enough (each block repacks the whole other operand).
-    let per_thread = if len / (threads * 2) >= 512 { 2 } else { 1 };
-    let want = (threads * per_thread)
-        .min(len / min_len)
-        .max(threads.min(units));
-    let parts = want.clamp(1, units);
-    if parts <= 1 {
-        return whole;
-    }
-    let mut out = Vec::with_capacity(parts);
-    for i in 0..parts {
-        let a = (units * i / parts * align).min(len);
-        let b = (units * (i + 1) / parts * align).min(len);
-        if a < b {
-            out.push(if split_n {
-                Block {
-                    m0: 0,
-                    m1: m,
-                    n0: a,
-                    n1: b,
-                }
-            } else {
-                Block {
-                    m0: a,
-                    m1: b,
-                    n0: 0,
-                    n1: n,
-                }
-            });
-        }
-    }
-    out
-}
-
 /// Per-thread packing and accumulator buffers, reused across calls (allocating and zeroing
 /// megabytes per call shows on small GEMMs). Packing writes every element the microkernel
 /// reads, and the first piece of a chunk overwrites its accumulator tile, so stale contents
@@ -844,6 +736,10 @@ unsafe fn epilogue_rows(
             it.for_each(|((o, &v), &b)| *o += ((v as f32) * sa) * b);
         }
     }
+    /// # Safety
+    ///
+    /// `c` points to `mvalid` rows of at least `min(nvalid, nr)` writable floats each, `ldc`
+    /// apart, that no one else accesses during the call.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn body(
@@ -863,6 +759,9 @@ unsafe fn epilogue_rows(
             row_body(row, &tile[r * nr..][..w], sa[r], &sb[..w], zero_init);
         }
     }
+    /// # Safety
+    ///
+    /// As [`body`], on a CPU with AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
@@ -879,10 +778,12 @@ unsafe fn epilogue_rows(
     ) {
         body(tile, nr, sa, sb, c, ldc, mvalid, nvalid, zero_init)
     }
+    // SAFETY: `c` is this function's block (its own contract); AVX2 and FMA are checked.
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() {
         return body_avx2(tile, nr, sa, sb, c, ldc, mvalid, nvalid, zero_init);
     }
+    // SAFETY: as above.
     body(tile, nr, sa, sb, c, ldc, mvalid, nvalid, zero_init)
 }
 
@@ -908,11 +809,17 @@ pub(crate) fn check_range<T: QElem>(
             .fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         lo.into().unsigned_abs() > max_abs || hi.into().unsigned_abs() > max_abs
     }
+    /// # Safety
+    ///
+    /// The CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn over_avx2<T: QElem>(line: &[T], max_abs: u32) -> bool {
         over_body(line, max_abs)
     }
+    /// # Safety
+    ///
+    /// The CPU has AVX2, FMA, AVX-512 F and AVX-512 BW.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
     unsafe fn over_avx512<T: QElem>(line: &[T], max_abs: u32) -> bool {
@@ -921,8 +828,7 @@ pub(crate) fn check_range<T: QElem>(
     #[inline]
     fn over<T: QElem>(line: &[T], max_abs: u32, isa: Isa) -> bool {
         // Baseline x86-64 (SSE2) has no signed byte min/max: the AVX2 build of the same loop
-        // is several times faster (the scan was 30% of a 131072x144x16 GEMM), the AVX-512 one
-        // twice that again.
+        // is several times faster, the AVX-512 one twice that again.
         #[cfg(target_arch = "x86_64")]
         match isa {
             // SAFETY: the VNNI family implies AVX-512 F/BW.
@@ -1167,28 +1073,6 @@ mod tests {
                 assert_eq!(next, k);
                 assert_eq!(multi, chunks.iter().any(|c| (c.2 - c.1).div_ceil(ku) > kc));
             }
-        }
-    }
-
-    #[test]
-    fn partition_is_disjoint_and_complete() {
-        for (m, n, t) in [
-            (64, 131072, 2),
-            (1024, 1024, 3),
-            (576, 64, 2),
-            (7, 5, 2),
-            (1, 1000, 3),
-        ] {
-            let blocks = partition(m, n, m * n * 4096, t, 6, 16);
-            let mut seen = vec![0u8; m * n];
-            for b in &blocks {
-                for i in b.m0..b.m1 {
-                    for j in b.n0..b.n1 {
-                        seen[i * n + j] += 1;
-                    }
-                }
-            }
-            assert!(seen.iter().all(|&x| x == 1), "{m}x{n} at {t} threads");
         }
     }
 }

@@ -9,14 +9,13 @@
 //! so the bits equal the reference.
 
 use crate::pack::QElem;
-use crate::qgemm::{partition, Block, SendPtr};
+use crate::threads::{gemm_threads, partition, Block, SendPtr};
 use crate::types::{MatMut, MatRef, QMatRef, Scales};
 use crate::ukernel::Isa;
 use crate::KernelError;
 
-/// Longest chunk the direct path takes. Measured on 512x128x512 with per-segment scales (GOP/s
-/// per CPU-second, direct / packed GEMM): segment 1: 14 / 8, 2: 20 / 14, 4: 25 / 25,
-/// 8: 25 / 50. From 4 on the packed GEMM with its fused per-chunk epilogue is as fast or faster.
+/// Longest chunk the direct path takes: from 4 on, the packed GEMM with its fused per-chunk
+/// epilogue is as fast or faster.
 pub const MAX_CHUNK: usize = 3;
 /// Columns of C one register block covers (4 ymm of f32).
 const W: usize = 32;
@@ -99,7 +98,7 @@ pub(crate) fn run<T: QElem>(
         m,
         n,
         m * n * k * 4,
-        crate::qgemm::gemm_threads(),
+        gemm_threads(),
         crate::ukernel::MR,
         crate::ukernel::NR,
     );

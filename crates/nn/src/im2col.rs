@@ -108,14 +108,11 @@ fn valid_range(n_out: usize, n_in: usize, stride: usize, off: usize, pad: usize)
 }
 
 /// Output widths at or below which im2col/col2im use per-offset gather tables: on small maps
-/// the per-row slice copies cost more than the data (8.6 ns per value for 512 channels of 2x2
-/// against 0.33 for 16 channels of 32x32, 1 thread).
+/// the per-row slice copies cost more than the data.
 const TABLE_MAX_WIDTH: usize = 8;
 
-/// Widths from which "same" convolutions take the shifted-plane copy instead of the tables
-/// (8-bit im2col, `lowprec profile`, 1 thread, Zen 5): PreResNet-20's 64-channel 8x8 layers
-/// 2.45 -> 0.47 ms forward; VGG16's 4x4 layers 4.6 -> 4.0 ms; its 2x2 layers 1.2 -> 3.4 ms, so
-/// those stay on the tables.
+/// Widths from which "same" convolutions take the shifted-plane copy instead of the tables:
+/// faster from 4x4 maps up, slower on 2x2 ones, which stay on the tables.
 const SHIFT_MIN_WIDTH: usize = 3;
 
 /// For each kernel offset `(ki, kj)`, the input index `iy * w + ix` read by each output pixel,
@@ -155,8 +152,7 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
         // "Same" convolutions: each row of `col` is its input plane shifted by a constant
         // offset, so one copy per (row, example) plus zeroing the rows and border columns that
         // fall in the padding (where the shifted copy wrapped around), instead of one short
-        // copy per output row (PreResNet-20's 16-channel 32x32 layers at batch 128: 10 -> 3.5 ms
-        // per im2col). Maps narrower than `SHIFT_MIN_WIDTH` stay on the tables below, the
+        // copy per output row. Maps narrower than `SHIFT_MIN_WIDTH` stay on the tables below, the
         // per-example loop dominating there.
         col.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
             let (c, ki, kj) = (r / (k * k), (r / k) % k, r % k);
@@ -176,8 +172,7 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
                 dst[..oy_lo * g.wo].fill(T::default());
                 dst[oy_hi * g.wo..].fill(T::default());
                 // Border columns (at most `pad` on each side) one column at a time down the
-                // rows: a `fill` per row and side was a `memset` call per byte, 4% of a
-                // PreResNet-20 bfp8 iteration in `perf`.
+                // rows: a `fill` per row and side was a `memset` call per byte.
                 if oy_lo < oy_hi {
                     for ox in (0..ox_lo).chain(ox_hi..g.wo) {
                         for v in dst[oy_lo * g.wo + ox..oy_hi * g.wo]
@@ -221,9 +216,7 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
             let dst = &mut row[j * p..][..p];
             // One fill of the example's whole row, then the valid part of each output row
             // over it: two short fills per output row (the padding columns, 0 or 1 values)
-            // were two `memset` calls each (`lowprec profile preresnet20-cifar --batch 128
-            // --precision bfp8 --threads 1`, the 16x16 stride-2 layer's forward im2col: 2.1
-            // -> 1.4 ms).
+            // were two `memset` calls each.
             dst.fill(T::default());
             if width == 0 {
                 continue;
@@ -234,9 +227,8 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
                 let out = &mut dst[oy * g.wo + ox_lo..][..width];
                 match g.stride {
                     1 => out.copy_from_slice(&src[..width]),
-                    // Pairs, which the compiler reads with vector loads and shuffles (the
-                    // `step_by` loop below: the 16-channel stride-2 layer's im2col 2.33 ms
-                    // against 1.45, same profile command).
+                    // Pairs, which the compiler reads with vector loads and shuffles (faster
+                    // than the `step_by` loop below).
                     2 => {
                         let full = (src.len() / 2).min(width);
                         for (o, pair) in out[..full].iter_mut().zip(src.chunks_exact(2)) {
@@ -334,9 +326,8 @@ pub fn col2im(g: &ConvGeom, col: &[f32], nb: usize, dx: &mut [f32]) {
 /// `u`, odd ones kernel column 0 of `u + 1`, then kernel column 2 of `u`. Each input pixel
 /// gets its terms in the `(ki, kj)` order of the general loop, from 0, so the sums are the
 /// same bits; but each row is written once, in one pass with contiguous reads, instead of
-/// nine strided passes over the plane (PreResNet-20's 16-channel downsampling layer at batch
-/// 128, bfp8, 1 thread: backward col2im and im2col 3.95 -> 3.1 ms; the 32-channel one 2.5
-/// -> 1.9 ms, where it replaces the gather tables).
+/// nine strided passes over the plane (for 8x8 outputs it also replaces the gather
+/// tables).
 fn col2im_k3s2p1(g: &ConvGeom, col: &[f32], nb: usize, dx: &mut [f32]) {
     let (p, n, hw, wo) = (g.out_pixels(), nb * g.out_pixels(), g.h * g.w, g.wo);
     dx.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {

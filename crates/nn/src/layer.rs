@@ -30,9 +30,26 @@ impl Param {
     }
 }
 
-/// One node of a network. `forward` gets the inputs named by the model (one for most layers);
-/// `backward` gets the gradient of the loss with respect to the output and returns one gradient
-/// per input, accumulating parameter gradients into its [`Param`]s.
+/// One node of a network: an explicit forward and backward over flat buffers.
+///
+/// The model owns every tensor that passes between layers and hands it to a layer in one of
+/// the ways below, as its ownership allows; a layer implements those it can put to use and
+/// inherits the rest, which give the same bits:
+///
+/// - [`Layer::forward`] borrows the inputs (one for most layers, several for a residual sum):
+///   the model calls it while a later layer still reads an input.
+/// - [`Layer::forward_owned`] takes a one-input layer's input by value, when no later layer
+///   reads it: a layer whose output has the input's shape can write it in place of the input
+///   (no fresh memory, whose first touch the kernel clears page by page), and a layer that
+///   keeps its input for backward can keep this one instead of a copy. By default, `forward`.
+/// - [`Layer::backward`] takes the gradient of the loss with respect to the output by value
+///   (the model has no other use for it: a layer that passes it on or masks it does so in
+///   place) and returns one gradient per input, accumulating parameter gradients into its
+///   [`Param`]s.
+/// - [`Layer::backward_onto`] is the backward of a one-input layer whose input already has a
+///   gradient `acc` from another reader (a residual block's input), and returns `acc + dx`,
+///   element by element, `acc` first. By default, `backward` then the sum; a layer whose last
+///   pass writes `dx` adds there instead: one pass over the data less.
 pub trait Layer: Send {
     /// Instance name (`fc1`, `conv3`, ...).
     fn name(&self) -> &str;
@@ -40,17 +57,14 @@ pub trait Layer: Send {
     fn describe(&self) -> String;
     /// Output shape of one example given the input example shapes.
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, NnError>;
+    /// The forward pass on borrowed inputs; with `train`, keeps what backward needs.
     fn forward(
         &mut self,
         ctx: &mut Ctx<'_>,
         inputs: &[&Tensor],
         train: bool,
     ) -> Result<Tensor, NnError>;
-    /// [`Layer::forward`] of a one-input layer given its input by value, which the model does
-    /// when no later layer reads it: a layer whose output has the input's shape can write it
-    /// in place of the input instead of into fresh memory (whose first touch the kernel must
-    /// clear page by page). The same bits as [`Layer::forward`], which is what this default
-    /// calls.
+    /// The forward pass of a one-input layer on its input handed over.
     fn forward_owned(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -59,20 +73,13 @@ pub trait Layer: Send {
     ) -> Result<Tensor, NnError> {
         self.forward(ctx, &[&x], train)
     }
-    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError>;
-    /// [`Layer::backward`] given the gradient by value (what the model calls): a layer that
-    /// passes it on unchanged hands it over instead of copying it.
-    fn backward_owned(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
-        self.backward(ctx, &dy)
-    }
-    /// The backward of a one-input layer whose input has another reader that already sent
-    /// back `acc`: returns `acc + dx`, element by element (`acc` first, the same bits as
-    /// adding after [`Layer::backward`], which is what this default does). A layer whose
-    /// last pass writes `dx` adds there instead: one pass over the data less.
+    /// The backward pass from the output gradient `dy`: one gradient per input.
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError>;
+    /// The backward pass of a one-input layer onto its input's gradient so far: `acc + dx`.
     fn backward_onto(
         &mut self,
         ctx: &mut Ctx<'_>,
-        dy: &Tensor,
+        dy: Tensor,
         mut acc: Tensor,
     ) -> Result<Tensor, NnError> {
         let dx = self.backward(ctx, dy)?.into_iter().next();

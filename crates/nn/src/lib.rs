@@ -4,9 +4,10 @@
 //! is the batch; every layer is a pair of `forward`/`backward` functions you can read top to
 //! bottom (llm.c style). Fully connected and convolution layers follow 002's
 //! Algorithm 1: quantise input activations (Q_a), incoming errors (Q_e) and weights (Q_w, once
-//! per update), run their three GEMMs on a [`lowprec_kernels::GemmBackend`] (integer with the
-//! fused rescale when the formats allow, float otherwise), and hand floats to the rest of the
-//! network. A [`Precision`] policy names the format of each tensor kind; a [`PrecisionPlan`] holds
+//! per update), keep the results as one quantised-operand type ([`operand::Operand`]), run
+//! their three GEMMs on a [`lowprec_kernels::GemmBackend`] (integer with the fused rescale when
+//! the formats allow, float otherwise), and hand floats to the rest of the network. The
+//! [`Layer`] trait documents, once, how the model hands tensors to layers. A [`Precision`] policy names the format of each tensor kind; a [`PrecisionPlan`] holds
 //! one per layer, so formats can differ by layer and change at any step. Networks are built from
 //! a readable description ([`spec::NetworkSpec`], Darknet's cfg in spirit) into a [`Model`].
 
@@ -28,7 +29,6 @@ pub mod pool;
 pub mod precision;
 pub mod residual;
 pub mod scratch;
-pub mod shape;
 pub mod spec;
 pub mod tensor;
 

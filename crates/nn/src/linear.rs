@@ -172,7 +172,7 @@ impl Layer for Linear {
         Tensor::new(y, vec![b, self.out_features])
     }
 
-    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
         let xq = self.saved_x.take().ok_or_else(|| NnError::NoForward {
             layer: self.name.clone(),
         })?;

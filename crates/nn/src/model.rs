@@ -368,12 +368,12 @@ impl Model {
             if let [v] = node.inputs[..] {
                 if self.requires_grad[v] {
                     if let Some(acc) = grads[v].take() {
-                        grads[v] = Some(node.layer.backward_onto(ctx, &g, acc)?);
+                        grads[v] = Some(node.layer.backward_onto(ctx, g, acc)?);
                         continue;
                     }
                 }
             }
-            let dxs = node.layer.backward_owned(ctx, g)?;
+            let dxs = node.layer.backward(ctx, g)?;
             let mut dxs = dxs.into_iter();
             for &v in &node.inputs {
                 let dx = dxs.next();

@@ -1,4 +1,6 @@
-//! GEMM operands as layers hold them: packed BFP mantissas with block scales, or floats.
+//! GEMM operands as layers hold them: packed BFP mantissas with block scales, or floats. One
+//! type, [`Operand`], for the linear and the convolution layers alike: their Q_a(X), Q_e(dY)
+//! and Q_w(W).
 //!
 //! [`quantize_matrix`] applies one of the policy's formats to a `rows x cols` matrix; BFP
 //! formats produce packed integers (8-bit storage really costs a byte per element), other
@@ -6,12 +8,17 @@
 //! transposed, on the integer GEMM with the fused rescale whenever both are BFP and their block
 //! structures map onto the GEMM's scale model (rows/columns, or K segments); otherwise it
 //! dequantises and runs the float GEMM, which gives the same values up to float summation order.
+//! The convolution's GEMMs take 8-bit operands with one scale per row (example or output
+//! channel) or one in all ([`Operand::i8_rows`]); [`Operand::into_row_scaled`] brings an
+//! operand to that form, or to floats.
 
 use lowprec_formats::{
     fake_quantize, quantize_bfp_i16_into, quantize_bfp_i8_into, BfpFormat, Block, BlockLayout,
     NumberFormat, StreamKey,
 };
 use lowprec_kernels::{GemmBackend, GemmSpec, MatMut, MatRef, QMatRef, Scales};
+use rayon::prelude::*;
+use std::borrow::Cow;
 
 use crate::NnError;
 
@@ -33,7 +40,26 @@ pub struct QMatrix {
     pub scales: Vec<f32>,
 }
 
-/// A GEMM operand.
+impl QMatrix {
+    /// The values as floats (exact: every value is representable).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let layout =
+            BlockLayout::new(&[self.rows, self.cols], self.fmt.block).expect("valid layout");
+        let mut out = vec![0f32; self.rows * self.cols];
+        for r in layout.runs() {
+            let s = self.scales[r.block];
+            for i in r.start..r.start + r.len {
+                out[i] = match &self.data {
+                    QData::I8(v) => v[i] as f32 * s,
+                    QData::I16(v) => v[i] as f32 * s,
+                };
+            }
+        }
+        out
+    }
+}
+
+/// A GEMM operand: a `rows x cols` matrix, row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Operand {
     Q(QMatrix),
@@ -43,17 +69,34 @@ pub enum Operand {
         rows: usize,
         cols: usize,
     },
+    /// fp32 values used in place: the layer's own parameter, which the reader passes along
+    /// ([`Operand::floats`]), instead of a copy made at every update.
+    Param {
+        rows: usize,
+        cols: usize,
+    },
+}
+
+/// An 8-bit operand as the convolution's GEMMs take it (see [`Operand::i8_rows`]).
+#[derive(Clone, Copy, Debug)]
+pub struct I8Rows<'a> {
+    pub mant: &'a [i8],
+    /// One scale per row with `per_row`, else one for the whole matrix.
+    pub scales: &'a [f32],
+    pub per_row: bool,
+    pub max_abs: u32,
 }
 
 impl Operand {
     pub fn dims(&self) -> (usize, usize) {
         match self {
             Operand::Q(q) => (q.rows, q.cols),
-            Operand::F { rows, cols, .. } => (*rows, *cols),
+            Operand::F { rows, cols, .. } | Operand::Param { rows, cols } => (*rows, *cols),
         }
     }
 
-    /// Bytes this operand occupies (what a layer pays to keep it for backward).
+    /// Bytes this operand occupies (what a layer pays to keep it for backward); the parameter
+    /// itself costs nothing more.
     pub fn bytes(&self) -> usize {
         match self {
             Operand::Q(q) => {
@@ -64,28 +107,94 @@ impl Operand {
                 m + 4 * q.scales.len()
             }
             Operand::F { data, .. } => 4 * data.len(),
+            Operand::Param { .. } => 0,
         }
     }
 
-    /// The values as floats (exact for BFP: every value is representable).
-    pub fn to_f32(&self) -> Vec<f32> {
+    /// The values as floats (exact for BFP: every value is representable); `param` is the
+    /// parameter an [`Operand::Param`] stands for (others ignore it).
+    pub fn floats<'a>(&'a self, param: &'a [f32]) -> Cow<'a, [f32]> {
         match self {
-            Operand::F { data, .. } => data.clone(),
-            Operand::Q(q) => {
-                let layout =
-                    BlockLayout::new(&[q.rows, q.cols], q.fmt.block).expect("valid layout");
-                let mut out = vec![0f32; q.rows * q.cols];
-                for r in layout.runs() {
-                    let s = q.scales[r.block];
-                    for i in r.start..r.start + r.len {
-                        out[i] = match &q.data {
-                            QData::I8(v) => v[i] as f32 * s,
-                            QData::I16(v) => v[i] as f32 * s,
-                        };
-                    }
+            Operand::F { data, .. } => Cow::Borrowed(data),
+            Operand::Param { .. } => Cow::Borrowed(param),
+            Operand::Q(q) => Cow::Owned(match self.i8_rows() {
+                Some(v) => {
+                    let cols = q.cols.max(1);
+                    v.mant
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &m)| {
+                            let s = if v.per_row {
+                                v.scales[i / cols]
+                            } else {
+                                v.scales[0]
+                            };
+                            m as f32 * s
+                        })
+                        .collect()
                 }
-                out
+                None => q.to_f32(),
+            }),
+        }
+    }
+
+    /// Rows `r0 .. r0 + n` as floats (borrowed when they are floats), one task per row.
+    pub fn rows_f32(&self, r0: usize, n: usize) -> Cow<'_, [f32]> {
+        let cols = self.dims().1;
+        match (self, self.i8_rows()) {
+            (Operand::F { data, .. }, _) => Cow::Borrowed(&data[r0 * cols..(r0 + n) * cols]),
+            (_, Some(v)) => {
+                let mut out = vec![0f32; n * cols];
+                out.par_chunks_mut(cols.max(1))
+                    .enumerate()
+                    .for_each(|(j, o)| {
+                        let s = v.scales[if v.per_row { r0 + j } else { 0 }];
+                        let m = &v.mant[(r0 + j) * cols..][..cols];
+                        o.iter_mut().zip(m).for_each(|(d, &v)| *d = v as f32 * s);
+                    });
+                Cow::Owned(out)
             }
+            _ => Cow::Owned(self.floats(&[])[r0 * cols..(r0 + n) * cols].to_vec()),
+        }
+    }
+
+    /// The 8-bit mantissas with one scale per row or one in all, if that is this operand.
+    pub fn i8_rows(&self) -> Option<I8Rows<'_>> {
+        match self {
+            Operand::Q(QMatrix {
+                fmt,
+                data: QData::I8(mant),
+                scales,
+                ..
+            }) if matches!(fmt.block, Block::Tensor | Block::Axis(0)) => Some(I8Rows {
+                mant,
+                scales,
+                per_row: fmt.block == Block::Axis(0),
+                max_abs: fmt.max_abs(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// This operand in a form [`Operand::i8_rows`] takes (with `per_row`, one scale per row:
+    /// a tensor scale is repeated), or as floats: other BFP blocks and 9..16-bit mantissas are
+    /// dequantised (exactly).
+    pub fn into_row_scaled(self, per_row: bool) -> Operand {
+        match self {
+            Operand::Q(mut q) => match (&q.data, q.fmt.block) {
+                (QData::I8(_), Block::Tensor) if per_row => {
+                    q.scales = vec![q.scales.first().copied().unwrap_or(1.0); q.rows];
+                    q.fmt.block = Block::Axis(0);
+                    Operand::Q(q)
+                }
+                (QData::I8(_), Block::Tensor | Block::Axis(0)) => Operand::Q(q),
+                _ => Operand::F {
+                    data: q.to_f32(),
+                    rows: q.rows,
+                    cols: q.cols,
+                },
+            },
+            other => other,
         }
     }
 }
@@ -178,12 +287,37 @@ pub fn quantize_matrix_channels(
     quantize_matrix(x, rows, cols, fmt, key, tensor, layer, step)
 }
 
+/// [`quantize_matrix_channels`] of `rows` examples of `cols` values (channels of `inner`),
+/// in the form the convolution's GEMMs take ([`Operand::into_row_scaled`], one scale per
+/// example). fp32 values handed over become the float operand as they are, after the check for
+/// Inf and NaN, instead of a copy.
+pub fn quantize_examples(
+    x: Cow<'_, [f32]>,
+    rows: usize,
+    cols: usize,
+    inner: usize,
+    fmt: &NumberFormat,
+    key: StreamKey,
+    tensor: &str,
+    layer: &str,
+    step: u64,
+) -> Result<Operand, NnError> {
+    if let (NumberFormat::F32, Cow::Owned(_)) = (fmt, &x) {
+        check_finite(&x, tensor, layer, step)?;
+        return Ok(Operand::F {
+            data: x.into_owned(),
+            rows,
+            cols,
+        });
+    }
+    let op = quantize_matrix_channels(&x, rows, cols, inner, fmt, key, tensor, layer, step)?;
+    Ok(op.into_row_scaled(true))
+}
+
 /// The fp32 operand: a copy of `x`, in parallel pieces that are checked for Inf and NaN as
-/// they are copied (a serial check, then a serial copy, were 5% of a PreResNet-20 fp32
-/// iteration at 2 threads and did not get faster with the second one); the error is
-/// [`check_finite`]'s.
+/// they are copied (a serial check, then a serial copy, do not get faster with a second
+/// thread); the error is [`check_finite`]'s.
 fn copy_finite(x: &[f32], tensor: &str, layer: &str, step: u64) -> Result<Vec<f32>, NnError> {
-    use rayon::prelude::*;
     const PIECE: usize = 1 << 16;
     let mut out = crate::scratch::Fill::<f32>::new(x.len());
     let worst = out
@@ -329,10 +463,10 @@ fn view<T: Copy>(data: &[T], rows: usize, cols: usize, transposed: bool) -> MatR
     }
 }
 
-fn widen(d: &QData) -> std::borrow::Cow<'_, [i16]> {
+fn widen(d: &QData) -> Cow<'_, [i16]> {
     match d {
-        QData::I16(v) => std::borrow::Cow::Borrowed(v),
-        QData::I8(v) => std::borrow::Cow::Owned(v.iter().map(|&x| x as i16).collect()),
+        QData::I16(v) => Cow::Borrowed(v),
+        QData::I8(v) => Cow::Owned(v.iter().map(|&x| x as i16).collect()),
     }
 }
 
@@ -440,15 +574,9 @@ pub fn matmul(
             }
         }
     }
-    // Float path: dequantise what is quantised.
-    let fa = match a {
-        Operand::F { data, .. } => std::borrow::Cow::Borrowed(data.as_slice()),
-        q => std::borrow::Cow::Owned(q.to_f32()),
-    };
-    let fb = match b {
-        Operand::F { data, .. } => std::borrow::Cow::Borrowed(data.as_slice()),
-        q => std::borrow::Cow::Owned(q.to_f32()),
-    };
+    // Float path: dequantise what is quantised. (An `Operand::Param` is given no parameter
+    // here: its empty values are a shape error of the GEMM.)
+    let (fa, fb) = (a.floats(&[]), b.floats(&[]));
     let cm = MatMut::row_major(c, m, n).map_err(kerr)?;
     backend
         .gemm_f32(view(&fa, ar, ac, ta), view(&fb, br, bc, tb), accumulate, cm)

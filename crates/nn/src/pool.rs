@@ -175,7 +175,7 @@ impl Layer for Pool2d {
         self.batch = train.then_some(b);
         Tensor::new(y, vec![b, g.cin, g.ho, g.wo])
     }
-    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
         let g = self.geom;
         let b = self.batch.take().ok_or_else(|| NnError::NoForward {
             layer: self.name.clone(),
@@ -235,8 +235,8 @@ impl Layer for Pool2d {
 }
 
 /// 2x2 max pooling with stride 2 of one plane: the general loop's result (first maximum in
-/// window order, a NaN wins over numbers), without its per-element branches and bounds checks
-/// (VGG16 fp32 b32's first pool: 6.7 ms with the general loop).
+/// window order, a NaN wins over numbers), without its per-element branches and bounds
+/// checks.
 fn max2x2_plane(plane: &[f32], g: &ConvGeom, yo: &mut [f32], ao: &mut [u8]) {
     /// Whether `v` replaces `best` (strictly greater, or the first NaN).
     #[inline(always)]
@@ -336,7 +336,7 @@ impl Layer for GlobalAvgPool {
         self.batch = train.then_some(b);
         Tensor::new(y, vec![b, c])
     }
-    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
         let b = self.batch.take().ok_or_else(|| NnError::NoForward {
             layer: self.name.clone(),
         })?;

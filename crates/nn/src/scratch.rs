@@ -1,8 +1,7 @@
 //! Reusable work buffers for the im2col matrices and GEMM outputs of the convolution.
 //!
 //! A `vec![0; n]` of a few MB per GEMM cost a `memset` of the whole buffer every time (glibc
-//! hands freed heap memory back, which `calloc` must clear): 10% of a PreResNet-20 fp32
-//! iteration in `perf`. Layers run one after another, so one small per-thread pool of buffers
+//! hands freed heap memory back, which `calloc` must clear). Layers run one after another, so one small per-thread pool of buffers
 //! serves them all and memory stays bounded by the largest layer's needs.
 //!
 //! A [`Scratch`] buffer's contents are unspecified (left over from its previous user): take one
@@ -82,8 +81,8 @@ impl<T: Pooled> Drop for Scratch<T> {
 }
 
 /// An output of `len` values that its producer writes completely before anyone reads it,
-/// allocated without the zero fill of `vec![0.0; len]`: that fill was a `memset` of every
-/// layer output, about 5% of a PreResNet-20 iteration. Writers get `MaybeUninit` slots, so no
+/// allocated without the zero fill of `vec![0.0; len]` (a `memset` of every layer output).
+/// Writers get `MaybeUninit` slots, so no
 /// uninitialised value is ever read or referenced as a value.
 pub struct Fill<T> {
     buf: Vec<std::mem::MaybeUninit<T>>,

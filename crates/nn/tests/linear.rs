@@ -51,7 +51,7 @@ fn linear_gradients_match_finite_differences_in_f64() {
         let xt = Tensor::new(x.clone(), vec![batch, i]).unwrap();
         let y = layer.forward(&mut ctx, &[&xt], true).unwrap();
         let dx = layer
-            .backward(&mut ctx, &Tensor::new(g.clone(), vec![batch, o]).unwrap())
+            .backward(&mut ctx, Tensor::new(g.clone(), vec![batch, o]).unwrap())
             .unwrap();
         let w64: Vec<f64> = layer.weight.value.iter().map(|&v| v as f64).collect();
         let b64: Option<Vec<f64>> = layer
@@ -144,7 +144,7 @@ fn bfp8_linear_is_quantise_exact_integer_gemm_rescale_bit_for_bit() {
             )
             .unwrap();
         let dx = layer
-            .backward(&mut ctx, &Tensor::new(g.clone(), vec![batch, o]).unwrap())
+            .backward(&mut ctx, Tensor::new(g.clone(), vec![batch, o]).unwrap())
             .unwrap();
 
         // Reproduce every quantiser with the layer's keys.
@@ -233,7 +233,7 @@ fn non_finite_input_names_tensor_layer_and_step() {
         "{e}"
     );
     let e = layer
-        .backward(&mut ctx, &Tensor::zeros(vec![1, 2]))
+        .backward(&mut ctx, Tensor::zeros(vec![1, 2]))
         .unwrap_err()
         .to_string();
     assert!(e.contains("before a training forward"), "{e}");

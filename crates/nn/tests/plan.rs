@@ -96,7 +96,7 @@ fn layer_by_layer(seed: u64, policies: &[Precision], x: &[f32], labels: &[u8]) -
         let mut ctx = Ctx::new(&backend, &policies[i], 11);
         (ctx.step, ctx.layer_index, ctx.backward) = (3, i, true);
         ctx.need_input_grad = i > 0;
-        let dx = node.layer.backward(&mut ctx, &g).unwrap();
+        let dx = node.layer.backward(&mut ctx, g.clone()).unwrap();
         if i > 0 {
             g = dx.into_iter().next().unwrap();
         }

@@ -1,0 +1,252 @@
+//! The copies between the convolution's NCHW tensors and its GEMM operands: errors gathered
+//! from `[B, Cout, P]` into `[Cout, n]` (or its transpose), GEMM outputs scattered back to
+//! `[B, Cout, P]` with the bias, weights flipped for the transposed convolution, and the
+//! blocked transposes they use. All are memory-bound copies; none rounds.
+
+use lowprec_kernels::MatRef;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+use crate::operand::{Operand, QData, QMatrix};
+use crate::scratch::Scratch;
+
+/// `data` as a row-major `rows x cols` GEMM operand.
+pub(super) fn row_major<T: Copy>(data: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
+    MatRef {
+        data,
+        rows,
+        cols,
+        row_stride: cols,
+        col_stride: 1,
+    }
+}
+
+/// Gathers examples `[b0, b0+nb)` of `[B, Cout, P]` errors into `[Cout, nb*P]` (one task per
+/// output channel).
+pub(super) fn gather_errors<T: Copy + Default + Send + Sync>(
+    cout: usize,
+    p: usize,
+    e: &[T],
+    b0: usize,
+    nb: usize,
+) -> Vec<T> {
+    let mut out = vec![T::default(); cout * nb * p];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(nb * p)
+        .enumerate()
+        .for_each(|(co, row)| {
+            for j in 0..nb {
+                row[j * p..][..p].copy_from_slice(&e[((b0 + j) * cout + co) * p..][..p]);
+            }
+        });
+    out
+}
+
+/// All `nb` examples of `[nb, Cout, P]` errors as `[nb*P, Cout]` (one transpose per example).
+pub(super) fn gather_errors_t(cout: usize, p: usize, e: &[f32]) -> Scratch<f32> {
+    let mut out = Scratch::new(e.len());
+    out.par_chunks_mut((cout * p).max(1))
+        .zip(e.par_chunks((cout * p).max(1)))
+        .for_each(|(dst, src)| transpose_blocks(src, cout, p, p, dst, |d, v, _| *d = v));
+    out
+}
+
+/// The examples `piece` (indices, in this order) of `[B, Cout, P]` errors as `[Cout,
+/// piece.len()*P]` (one task per output channel).
+pub(super) fn gather_errors_of(cout: usize, p: usize, e: &[i8], piece: &[usize]) -> Scratch<i8> {
+    let n = piece.len() * p;
+    let mut out = Scratch::<i8>::new(cout * n);
+    out.par_chunks_mut(n).enumerate().for_each(|(co, row)| {
+        for (i, &j) in piece.iter().enumerate() {
+            row[i * p..][..p].copy_from_slice(&e[(j * cout + co) * p..][..p]);
+        }
+    });
+    out
+}
+
+/// The examples `piece` (indices, in this order) of `x`, `per` values each, one after another.
+pub(super) fn gather_examples(per: usize, x: &[i8], piece: &[usize]) -> Scratch<i8> {
+    let mut out = Scratch::<i8>::new(piece.len() * per);
+    for (i, &j) in piece.iter().enumerate() {
+        out[i * per..][..per].copy_from_slice(&x[j * per..][..per]);
+    }
+    out
+}
+
+/// `put(&mut dst[c * rows + r], src[r * ld + c], c)` for `r < rows`, `c < cols` on one
+/// thread, in 8x8 blocks held in registers (a block is 8 contiguous reads and 8 contiguous
+/// writes): element by element, even tiled, is several times slower on large planes, and a
+/// column-by-column transpose reads a cache line per value.
+fn transpose_blocks<T: Copy + Default, D>(
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    dst: &mut [D],
+    put: impl Fn(&mut D, T, usize),
+) {
+    const B: usize = 8;
+    let (rb, cb) = (rows / B * B, cols / B * B);
+    for r0 in (0..rb).step_by(B) {
+        for c0 in (0..cb).step_by(B) {
+            let mut t = [[T::default(); B]; B];
+            for (i, row) in t.iter_mut().enumerate() {
+                row.copy_from_slice(&src[(r0 + i) * ld + c0..][..B]);
+            }
+            for j in 0..B {
+                let out = &mut dst[(c0 + j) * rows + r0..][..B];
+                for (i, o) in out.iter_mut().enumerate() {
+                    put(o, t[i][j], c0 + j);
+                }
+            }
+        }
+    }
+    // The right and bottom edges.
+    for r in 0..rows {
+        let c_from = if r < rb { cb } else { 0 };
+        for c in c_from..cols {
+            put(&mut dst[c * rows + r], src[r * ld + c], c);
+        }
+    }
+}
+
+/// Destination rows per task of [`transpose_into`].
+const TRANSPOSE_BAND: usize = 32;
+
+/// `dst[c * rows + r] = src[r * cols + c]` (`src` is `rows x cols`), one task per band of
+/// `TRANSPOSE_BAND` destination rows.
+pub(super) fn transpose_into<T: Copy + Default + Send + Sync>(
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    dst: &mut [T],
+) {
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    dst[..rows * cols]
+        .par_chunks_mut(TRANSPOSE_BAND * rows)
+        .enumerate()
+        .for_each(|(band, out)| {
+            let c0 = band * TRANSPOSE_BAND;
+            let cw = out.len() / rows;
+            transpose_blocks(&src[c0..], rows, cw, cols, out, |d, v, _| *d = v);
+        });
+}
+
+/// Scatters a chunk's GEMM output, `[Cout, nb*P]` (or `[nb*P, Cout]` with `transposed`), to
+/// `[nb, Cout, P]` in `out`, adding the bias. Writes every slot of `out`. One task per
+/// example, so that chunks run one after another still scatter on every thread.
+pub(super) fn scatter(
+    c: &[f32],
+    transposed: bool,
+    cout: usize,
+    p: usize,
+    bias: Option<&[f32]>,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let n = out.len() / cout.max(1);
+    out.par_chunks_mut((cout * p).max(1))
+        .enumerate()
+        .for_each(|(j, ex)| {
+            if transposed {
+                scatter_transposed(&c[j * p * cout..][..p * cout], p, cout, bias, ex);
+                return;
+            }
+            for (co, out) in ex.chunks_mut(p).enumerate() {
+                let src = &c[co * n + j * p..][..p];
+                match bias {
+                    Some(b) => out.iter_mut().zip(src).for_each(|(o, s)| {
+                        o.write(s + b[co]);
+                    }),
+                    None => out.iter_mut().zip(src).for_each(|(o, &s)| {
+                        o.write(s);
+                    }),
+                }
+            }
+        });
+}
+
+/// `out[c * p + q] = src[q * cout + c] (+ bias[c])` for one example (`src` is `[P, Cout]`),
+/// by [`transpose_blocks`]. Writes every slot of `out`.
+fn scatter_transposed(
+    src: &[f32],
+    p: usize,
+    cout: usize,
+    bias: Option<&[f32]>,
+    out: &mut [MaybeUninit<f32>],
+) {
+    assert!(src.len() == p * cout && out.len() == p * cout);
+    match bias {
+        Some(b) => transpose_blocks(src, p, cout, cout, out, |o, v, c| {
+            o.write(v + b[c]);
+        }),
+        None => transpose_blocks(src, p, cout, cout, out, |o, v, _| {
+            o.write(v);
+        }),
+    }
+}
+
+/// The weights of the transposed convolution: `W[co, ci, ki, kj]` becomes
+/// `Wt[ci, co, k-1-ki, k-1-kj]`, a `[Cin, Cout*k*k]` operand with the same scale (a tensor
+/// scale only: per-channel scales would run along K). `raw` is the parameter an
+/// [`Operand::Param`] stands for; the result is never one (flipping copies).
+pub(super) fn flip_weights(w: &Operand, cout: usize, cin: usize, k: usize, raw: &[f32]) -> Operand {
+    let (rows, cols) = (cin, cout * k * k);
+    match w {
+        Operand::Q(q) => {
+            debug_assert!(
+                q.fmt.block != lowprec_formats::Block::Axis(0),
+                "per-channel scales run along K when transposed"
+            );
+            let data = match &q.data {
+                QData::I8(m) => QData::I8(flip(m, cout, cin, k)),
+                QData::I16(m) => QData::I16(flip(m, cout, cin, k)),
+            };
+            Operand::Q(QMatrix {
+                fmt: q.fmt,
+                rows,
+                cols,
+                data,
+                scales: q.scales.clone(),
+            })
+        }
+        Operand::F { data, .. } => Operand::F {
+            data: flip(data, cout, cin, k),
+            rows,
+            cols,
+        },
+        Operand::Param { .. } => Operand::F {
+            data: flip(raw, cout, cin, k),
+            rows,
+            cols,
+        },
+    }
+}
+
+fn flip<T: Copy + Default + Send + Sync>(w: &[T], cout: usize, cin: usize, k: usize) -> Vec<T> {
+    let kk = k * k;
+    let mut t = vec![T::default(); w.len()];
+    // One task per block of 16 input channels, output channels inner: each task writes a
+    // contiguous run and reads 16 short runs per output channel.
+    const CB: usize = 16;
+    t.par_chunks_mut((CB * cout * kk).max(1))
+        .enumerate()
+        .for_each(|(blk, out)| {
+            let ci0 = blk * CB;
+            for (dci, dst_ci) in out.chunks_mut(cout * kk).enumerate() {
+                let ci = ci0 + dci;
+                for co in 0..cout {
+                    let src = &w[(co * cin + ci) * kk..][..kk];
+                    let dst = &mut dst_ci[co * kk..][..kk];
+                    for (o, &v) in dst.iter_mut().zip(src.iter().rev()) {
+                        *o = v;
+                    }
+                }
+            }
+        });
+    t
+}
