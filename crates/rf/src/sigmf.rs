@@ -18,7 +18,7 @@
 //!   dropped.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -485,66 +485,37 @@ fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes `path` atomically: the content goes to a temporary file in the same directory
-/// (created if missing), is synced, then renamed over `path`. On error the temporary file is
-/// removed.
+/// Writes `path` atomically through the data crate's helper (temp file beside it, fsync,
+/// rename; a pipe or device written in place; the temp file removed on error), for writers
+/// that return a value and fail with this crate's errors.
 pub fn atomic_write<T>(
     path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> Result<T, RfError>,
+    write: impl FnOnce(&mut dyn Write) -> Result<T, RfError>,
 ) -> Result<T, RfError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| RfError::InvalidArgument(format!("{}: not a file path", path.display())))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.is_dir() {
-            return Err(RfError::InvalidArgument(format!(
-                "{}: is a directory",
-                path.display()
-            )));
+    let mut written: Option<Result<T, RfError>> = None;
+    let io = lowprec_data::fsutil::write_atomic(path, |w| {
+        let r = write(w);
+        let failed = r.is_err();
+        written = Some(r);
+        if failed {
+            // makes the helper remove its temp file; the writer's own error is returned
+            Err(std::io::Error::other("writer failed"))
+        } else {
+            Ok(())
         }
-        if !meta.is_file() {
-            // a device or pipe (`--summary /dev/null`): written in place, since renaming a
-            // temp file over it would replace the device with a regular file
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| RfError::io(path, e))?;
-            let mut w = BufWriter::new(file);
-            let value = write(&mut w)?;
-            w.into_inner()
-                .map_err(|e| RfError::io(path, e.into_error()))?;
-            return Ok(value);
-        }
+    });
+    match (written, io) {
+        (Some(Err(e)), _) => Err(e),
+        (_, Err(e)) => Err(RfError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+        (Some(Ok(v)), Ok(())) => Ok(v),
+        (None, Ok(())) => Err(RfError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("the writer was not called"),
+        }),
     }
-    // pid + a process-wide counter: concurrent writers never share a temporary file.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nonce = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{nonce}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| RfError::io(&dir, e))?;
-    let result = (|| {
-        let file = File::create(&tmp).map_err(|e| RfError::io(&tmp, e))?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        let value = write(&mut w)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| RfError::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| RfError::io(&tmp, e))?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(|e| RfError::io(path, e))?;
-        Ok(value)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Writes a SigMF recording at base name `base` (`base.sigmf-data`, then `base.sigmf-meta`),
@@ -560,7 +531,7 @@ pub fn write_sigmf(
     meta.validate(&meta_path)?;
     let n = source.num_samples();
     meta.check_against_length(&meta_path, n)?;
-    let sha = atomic_write(&data_path, |w| write_cf32(w, source, chunk))?;
+    let sha = atomic_write(&data_path, |mut w| write_cf32(&mut w, source, chunk))?;
     meta.global.sha512 = Some(sha);
     meta.global.sample_count = Some(n);
     atomic_write(&meta_path, |w| {

@@ -566,7 +566,6 @@ fn atomic_write_to_a_pipe_writes_in_place() {
         std::thread::spawn(move || std::fs::read(fifo).unwrap())
     };
     lowprec_rf::sigmf::atomic_write(&fifo, |w| {
-        use std::io::Write;
         w.write_all(b"summary")
             .map_err(|e| lowprec_rf::RfError::io(&fifo, e))
     })
