@@ -213,7 +213,52 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
             "truncated .npy header: it claims {claimed} header bytes, {have} follow"
         ));
     }
-    check_brackets(&bytes[start..start + claimed as usize])
+    let header = &bytes[start..start + claimed as usize];
+    check_brackets(header)?;
+    check_shape(header)
+}
+
+/// The shape tuple's dimensions must be decimal integers (`3` or Python 2's `3L`, as numpy
+/// writes them) whose product fits 64 bits: npyz multiplies them unchecked (found by the npy
+/// fuzz target: a 64-digit dimension overflowed inside npyz).
+fn check_shape(header: &[u8]) -> std::result::Result<(), String> {
+    let text = String::from_utf8_lossy(header);
+    let Some(key) = text.find("'shape'").or_else(|| text.find("\"shape\"")) else {
+        return Ok(()); // npyz names the missing key
+    };
+    let rest = text[key + 7..].trim_start();
+    let Some(rest) = rest.strip_prefix(':') else {
+        return Ok(());
+    };
+    let Some(tuple) = rest.trim_start().strip_prefix('(') else {
+        return Ok(());
+    };
+    let Some(end) = tuple.find(')') else {
+        return Ok(());
+    };
+    let mut count: u64 = 1;
+    for part in tuple[..end]
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let digits = part.strip_suffix('L').unwrap_or(part);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "bad .npy header: shape dimension {part:?} is not a decimal integer"
+            ));
+        }
+        let d: u64 = digits
+            .parse()
+            .map_err(|_| format!("bad .npy header: shape dimension {part} does not fit 64 bits"))?;
+        count = count.checked_mul(d).ok_or_else(|| {
+            format!(
+                "bad .npy header: shape ({}) has more elements than fit 64 bits",
+                &tuple[..end]
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Deepest bracket nesting a header may have: the dict, a shape tuple and a structured dtype's

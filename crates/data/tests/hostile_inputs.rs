@@ -144,3 +144,44 @@ fn npy_header_with_unclosed_brackets_is_refused_at_once() {
     let a = parse_npy(&ok, Path::new("ok.npy"));
     assert!(!format!("{a:?}").contains("bad .npy header"), "{a:?}");
 }
+
+/// Found by the npy fuzz target: a dimension of 64 digits overflowed npyz's unchecked product of
+/// the shape (a panic under debug assertions, a wrapped count without them).
+#[test]
+fn npy_shape_whose_product_overflows_is_an_error_before_npyz() {
+    let header = |h: &str| {
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        b.extend_from_slice(h.as_bytes());
+        b
+    };
+    let found = "{'descr': '<f8', 'fortran_order': False, 'shape': \
+                 (0000000000000000000000000000000000000000000006954058224618642544, 3, ),\x0c }";
+    assert_err_mentions(
+        parse_npy(&header(found), Path::new("f.npy")),
+        &["f.npy", "bad .npy header", "more elements than fit 64 bits"],
+    );
+    for (h, needle) in [
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }",
+            "more elements than fit 64 bits",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }",
+            "does not fit 64 bits",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (0x10, 2), }",
+            "not a decimal integer",
+        ),
+    ] {
+        assert_err_mentions(parse_npy(&header(h), Path::new("h.npy")), &[needle]);
+    }
+    // an ordinary shape still reads
+    let mut ok = header("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), }");
+    ok.extend_from_slice(&[0u8; 8]);
+    assert_eq!(
+        parse_npy(&ok, Path::new("ok.npy")).unwrap().shape,
+        vec![1, 2]
+    );
+}
