@@ -222,6 +222,37 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+/// Runs `f(first_example, examples, out_chunk, scratch)` over chunks of `ne` examples of `out`
+/// (`per_out` values an example), one chunk a rayon task when there are several, each with its
+/// thread's scratch buffers; `serial_gemms` keeps the GEMMs inside a task on one thread.
+fn over_chunks<F>(
+    out: &mut [f32],
+    per_out: usize,
+    ne: usize,
+    serial_gemms: bool,
+    f: F,
+) -> Result<(), NnError>
+where
+    F: Fn(usize, usize, &mut [f32], &mut Scratch) -> Result<(), NnError> + Sync,
+{
+    use rayon::prelude::*;
+    let run = |(i, o): (usize, &mut [f32])| -> Result<(), NnError> {
+        let n = o.len() / per_out;
+        SCRATCH.with(|s| f(i * ne, n, o, &mut s.borrow_mut()))
+    };
+    if out.len() <= ne * per_out {
+        run((0, out))
+    } else if serial_gemms {
+        out.par_chunks_mut(ne * per_out)
+            .enumerate()
+            .try_for_each(|c| lowprec_kernels::serial(|| run(c)))
+    } else {
+        out.par_chunks_mut(ne * per_out)
+            .enumerate()
+            .try_for_each(run)
+    }
+}
+
 /// The first `n` elements of `v`, grown if needed (contents unspecified).
 fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     if v.len() < n {
@@ -411,7 +442,6 @@ impl FpgaLayer {
     }
 
     fn forward_fast_t<T: Elem>(&self, wm: &[T], x: &[f32], b: usize) -> Result<Vec<f32>, NnError> {
-        use rayon::prelude::*;
         let g = self.geo;
         let (per_in, per_out) = (g.cin * g.h * g.w, self.cout * g.ho * g.wo);
         let mut out = vec![0f32; b * per_out];
@@ -419,22 +449,10 @@ impl FpgaLayer {
             return Ok(out);
         }
         let ne = self.chunk_examples(b, std::mem::size_of::<T>());
-        let run = |(i, o): (usize, &mut [f32])| -> Result<(), NnError> {
-            let n0 = i * ne;
-            let n = o.len() / per_out;
-            SCRATCH.with(|s| {
-                let mut s = s.borrow_mut();
-                self.chunk(wm, &x[n0 * per_in..(n0 + n) * per_in], n, o, &mut s)
-            })
-        };
-        if b > ne {
-            // one GEMM per chunk, each on its own thread
-            out.par_chunks_mut(ne * per_out)
-                .enumerate()
-                .try_for_each(|c| lowprec_kernels::serial(|| run(c)))?;
-        } else {
-            run((0, &mut out[..]))?;
-        }
+        // one GEMM per chunk, each on its own thread
+        over_chunks(&mut out, per_out, ne, true, |n0, n, o, s| {
+            self.chunk(wm, &x[n0 * per_in..(n0 + n) * per_in], n, o, s)
+        })?;
         Ok(out)
     }
 
@@ -450,7 +468,6 @@ impl FpgaLayer {
     }
 
     fn forward_direct(&self, cw: &ConvWeights, x: &[f32], b: usize) -> Result<Vec<f32>, NnError> {
-        use rayon::prelude::*;
         let g = self.geo;
         let (per_in, per_out) = (g.cin * g.h * g.w, self.cout * g.ho * g.wo);
         let mut out = vec![0f32; b * per_out];
@@ -458,21 +475,9 @@ impl FpgaLayer {
             return Ok(out);
         }
         let ne = self.direct_examples(b);
-        let run = |(i, o): (usize, &mut [f32])| -> Result<(), NnError> {
-            let n0 = i * ne;
-            let n = o.len() / per_out;
-            SCRATCH.with(|s| {
-                let mut s = s.borrow_mut();
-                self.chunk_direct(cw, &x[n0 * per_in..(n0 + n) * per_in], n, o, &mut s)
-            })
-        };
-        if b > ne {
-            out.par_chunks_mut(ne * per_out)
-                .enumerate()
-                .try_for_each(run)?;
-        } else {
-            run((0, &mut out[..]))?;
-        }
+        over_chunks(&mut out, per_out, ne, false, |n0, n, o, s| {
+            self.chunk_direct(cw, &x[n0 * per_in..(n0 + n) * per_in], n, o, s)
+        })?;
         Ok(out)
     }
 
