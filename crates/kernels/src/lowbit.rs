@@ -768,6 +768,7 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     unsafe fn ld256(s: &[u64], c: usize) -> __m256i {
         debug_assert!(s.len() >= 4 * c + 4);
+        // SAFETY: AVX2 is enabled on this fn and the caller guarantees 4c + 4 words in `s`.
         unsafe { _mm256_loadu_si256(s.as_ptr().add(4 * c) as *const __m256i) }
     }
 
@@ -779,11 +780,14 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     unsafe fn ld512(s: &[u64], off: usize, n: usize) -> __m512i {
         debug_assert!(n <= 8 && s.len() >= off + n);
+        // SAFETY: the caller guarantees `off + n` words in `s`, so `off` is in bounds or one past.
         let p = unsafe { s.as_ptr().add(off) };
         if n == 8 {
+            // SAFETY: AVX-512 F is enabled on this fn; eight words from `off` lie inside `s`.
             unsafe { _mm512_loadu_si512(p.cast()) }
         } else {
             // Masked-off lanes are not read, so the load stays inside `s`.
+            // SAFETY: AVX-512 F is enabled on this fn; only the `n` lanes inside `s` are read.
             unsafe { _mm512_maskz_loadu_epi64(((1u32 << n) - 1) as u8, p.cast()) }
         }
     }
@@ -805,9 +809,11 @@ mod x86 {
     pub unsafe fn tern_avx2(plus: &[u64], minus: &[u64], b: &[&[u64]; NR]) -> [i64; NR] {
         let chunks = plus.len() / 4;
         let t = lut();
+        // SAFETY: AVX2 is enabled on this fn; `t` holds 32 bytes.
         let lut = unsafe { _mm256_loadu_si256(t.as_ptr() as *const __m256i) };
         let low = _mm256_set1_epi8(0x0f);
         let zero = _mm256_setzero_si256();
+        // SAFETY: AVX2 is enabled on this fn and `ld` is called only for chunks c < len / 4.
         let ld = |s: &[u64], c: usize| unsafe { ld256(s, c) };
         let mut pos = [zero; NR];
         let mut neg = [zero; NR];
@@ -849,9 +855,11 @@ mod x86 {
     pub unsafe fn xor_avx2(a: &[u64], b: &[&[u64]; NR]) -> [u64; NR] {
         let chunks = a.len() / 4;
         let t = lut();
+        // SAFETY: AVX2 is enabled on this fn; `t` holds 32 bytes.
         let lut = unsafe { _mm256_loadu_si256(t.as_ptr() as *const __m256i) };
         let low = _mm256_set1_epi8(0x0f);
         let zero = _mm256_setzero_si256();
+        // SAFETY: AVX2 is enabled on this fn and `ld` is called only for chunks c < len / 4.
         let ld = |s: &[u64], c: usize| unsafe { ld256(s, c) };
         let mut tot = [zero; NR];
         let mut c = 0;
@@ -891,6 +899,7 @@ mod x86 {
         words: usize,
         planes: usize,
     ) -> [[i64; NR]; MR] {
+        // SAFETY: AVX-512 F is enabled on this fn; `ld` is called with `off + n` within the line lengths of the `# Safety` contract.
         let ld = |s: &[u64], off: usize, n: usize| unsafe { ld512(s, off, n) };
         let mut acc = [[_mm512_setzero_si512(); NR]; MR];
         for p in 0..planes {
@@ -929,6 +938,7 @@ mod x86 {
         words: usize,
         k: i64,
     ) -> [[i64; NR]; MR] {
+        // SAFETY: AVX-512 F is enabled on this fn; `ld` is called with `off + n` within the line lengths of the `# Safety` contract.
         let ld = |s: &[u64], off: usize, n: usize| unsafe { ld512(s, off, n) };
         let mut acc = [[_mm512_setzero_si512(); NR]; MR];
         for w in (0..words).step_by(8) {

@@ -209,9 +209,9 @@ fn widen<T: QElem>(isa: Isa, src: &[T], dst: &mut [i16]) {
     unsafe fn body_avx2<T: QElem>(src: &[T], dst: &mut [i16]) {
         body(src, dst)
     }
-    // SAFETY: AVX2 isas are only chosen when the CPU has AVX2.
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() {
+        // SAFETY: AVX2 isas are only chosen when the CPU has AVX2.
         return unsafe { body_avx2(src, dst) };
     }
     body(src, dst)

@@ -246,9 +246,9 @@ fn row_block_dispatch(
             row_block(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow)
         }
     }
-    // SAFETY: AVX2 isas are only chosen when the CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() {
+        // SAFETY: AVX2 isas are only chosen when the CPU has AVX2 and FMA.
         return unsafe {
             avx2(
                 fused, arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow,
