@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use lowprec_kernels::{CpuBackend, GemmBackend};
 use lowprec_nn::Precision;
 use lowprec_rf::autoencoder::AeConfig;
 use lowprec_rf::baseline::PcaDetector;
@@ -775,7 +774,7 @@ pub struct DetectArgs {
     /// Initial trainings at most (with --max-spread).
     #[arg(long, default_value_t = 4)]
     pub max_attempts: u32,
-    /// GEMM backend: cpu, or an FPGA simulator design such as zcu111-16x16.
+    /// GEMM backend: cpu, or an FPGA simulator design such as fpga-sim:zcu111-16x16.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
     /// Worker threads (0: all cores). Results do not depend on it.
@@ -788,16 +787,6 @@ pub struct DetectArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub windows: WindowArgs,
-}
-
-fn make_backend(spec: &str) -> Result<Box<dyn GemmBackend>> {
-    if spec == "cpu" {
-        return Ok(Box::new(CpuBackend));
-    }
-    let sim = lowprec_hw::sim::FpgaSim::from_spec(spec).map_err(|e| {
-        anyhow::anyhow!("--backend {spec:?}: {e} (cpu or a design like zcu111-16x16)")
-    })?;
-    Ok(Box::new(sim))
 }
 
 /// `rf detect --vectors`: the auto-encoder on rows of feature vectors.
@@ -819,7 +808,7 @@ fn detect_vectors(a: &DetectArgs, path: &Path) -> Result<()> {
         ae: a.model.config(data.dim, precision)?,
         calibration: Some(a.calibrate_target.parse()?),
     };
-    let backend = make_backend(&a.backend)?;
+    let backend = crate::util::backend(&a.backend)?;
     let report =
         lowprec_rf::vectors::run_vectors(&data, calibration.as_ref(), &cfg, backend.as_ref())?;
     // One JSON line per scored row.
@@ -900,7 +889,7 @@ fn detect(a: &DetectArgs) -> Result<()> {
         calibration,
     };
     cfg.validate()?;
-    let backend = make_backend(&a.backend)?;
+    let backend = crate::util::backend(&a.backend)?;
     let side_meta = match &a.meta {
         Some(p) => {
             let text =

@@ -2,12 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lowprec_kernels::{CpuBackend, GemmBackend};
 use lowprec_nn::Precision;
 use lowprec_train::trainer::RunOptions;
 use lowprec_train::{Checkpoint, FinalReport, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -95,18 +93,7 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-/// Builds the GEMM backend named on the command line.
-pub fn backend(name: &str) -> Result<Arc<dyn GemmBackend>> {
-    if name == "cpu" {
-        return Ok(Arc::new(CpuBackend));
-    }
-    if let Some(spec) = name.strip_prefix("fpga-sim:") {
-        let sim = lowprec_hw::sim::FpgaSim::from_spec(spec)
-            .with_context(|| format!("backend `{name}`"))?;
-        return Ok(Arc::new(sim));
-    }
-    bail!("unknown backend `{name}` (cpu, fpga-sim:<board>-<N>x<N>)")
-}
+pub use crate::util::backend;
 
 fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
     if let Some(d) = &a.data {

@@ -1,7 +1,25 @@
 //! Small helpers shared by the commands.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use lowprec_kernels::{CpuBackend, GemmBackend};
 use std::path::Path;
+use std::sync::Arc;
+
+/// The one `--backend` parser (train, bench train, distributed runs, rf): `cpu`, or an FPGA
+/// simulator design as `fpga-sim:<board>-<N>x<N>` or bare `<board>-<N>x<N>`.
+pub fn backend(name: &str) -> Result<Arc<dyn GemmBackend>> {
+    if name == "cpu" {
+        return Ok(Arc::new(CpuBackend));
+    }
+    let spec = name.strip_prefix("fpga-sim:").unwrap_or(name);
+    if spec.is_empty() {
+        bail!("unknown backend `{name}` (cpu, fpga-sim:<board>-<N>x<N>)");
+    }
+    let sim = lowprec_hw::sim::FpgaSim::from_spec(spec).with_context(|| {
+        format!("backend `{name}` (cpu, fpga-sim:<board>-<N>x<N>, e.g. fpga-sim:zcu111-32x32)")
+    })?;
+    Ok(Arc::new(sim))
+}
 
 /// Writes `bytes` to `path` atomically (the data crate's temp file + fsync + rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -52,4 +70,27 @@ pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Re
         .num_threads(threads)
         .build()?;
     Ok(pool.install(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backend;
+
+    #[test]
+    fn one_backend_parser_for_every_command() {
+        assert!(backend("cpu").is_ok());
+        // train's spelling and rf's old bare spelling name the same design
+        assert!(backend("fpga-sim:zcu111-16x16").is_ok());
+        assert!(backend("zcu111-16x16").is_ok());
+        for bad in [
+            "",
+            "fpga-sim:",
+            "gpu",
+            "fpga-sim:zcu111-0x16",
+            "fpga-sim:nosuchboard-16x16",
+        ] {
+            let e = format!("{:#}", backend(bad).err().expect(bad));
+            assert!(e.contains("backend") && e.contains("cpu"), "{bad}: {e}");
+        }
+    }
 }
