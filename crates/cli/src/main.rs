@@ -6,7 +6,6 @@
 mod cmd_bench_gemm;
 mod cmd_bench_quantize;
 mod cmd_bench_train;
-mod cmd_dist;
 mod cmd_fast;
 mod cmd_hw;
 mod cmd_infer;
@@ -43,8 +42,8 @@ enum Command {
     Eval(cmd_train::EvalArgs),
     /// Plot test accuracy vs epoch of one or more runs (PNG).
     Plot(cmd_train::PlotArgs),
-    /// List the built-in presets.
-    Presets,
+    /// List the built-in presets and networks, or print one network's description.
+    Presets(cmd_train::PresetsArgs),
     /// Per-layer forward/backward time (GEMM, quantisation, im2col, other) and peak memory.
     Profile(cmd_profile::ProfileArgs),
     /// The accelerator model: boards, estimates, roofline, the papers' tables.
@@ -134,7 +133,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => cmd_train::run_train(a),
         Command::Eval(a) => cmd_train::run_eval(a),
         Command::Plot(a) => cmd_train::run_plot(a),
-        Command::Presets => cmd_train::run_presets(),
+        Command::Presets(a) => cmd_train::run_presets(a),
         Command::Profile(a) => cmd_profile::run(a),
         Command::Hw(c) => cmd_hw::run(c),
         Command::Rf(c) => cmd_rf::run(c),

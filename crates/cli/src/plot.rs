@@ -82,13 +82,23 @@ fn read_rows(p: &PathBuf) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// Label of a run from its metrics path (`out/x/bfp8/metrics.jsonl` -> `x/bfp8`).
+pub fn run_label(p: &Path) -> String {
+    let parts: Vec<String> = p
+        .parent()
+        .map(|d| d.iter().map(|c| c.to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    let n = parts.len();
+    parts[n.saturating_sub(2)..].join("/")
+}
+
 /// Test accuracy (%) vs epoch for several runs, SWA curves dashed (the shape of 002 Fig. 1).
 pub fn plot_accuracy(files: &[PathBuf], out: &Path, title: &str) -> Result<()> {
     check_png_path(out)?;
     register_font()?;
     let runs: Vec<(String, Vec<Row>)> = files
         .iter()
-        .map(|f| Ok((crate::cmd_train::run_label(f), read_rows(f)?)))
+        .map(|f| Ok((run_label(f), read_rows(f)?)))
         .collect::<Result<_>>()?;
     let max_epoch = runs
         .iter()

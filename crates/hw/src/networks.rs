@@ -1,5 +1,7 @@
 //! Layer-shape tables of the networks the models use (embedded from `data/networks.toml`),
-//! and the GEMMs one training iteration issues on paper 002's accelerator.
+//! and the GEMMs one training iteration issues on paper 002's accelerator. Networks that lowprec
+//! also trains (VGG16, PreResNet-20) are not tabled there but derived from their one
+//! description in `lowprec_nn::zoo` ([`Network::from_spec`]).
 
 use crate::design::ArrayDesign;
 use crate::{HwError, Result};
@@ -146,9 +148,42 @@ pub struct Network {
     pub layers: Vec<Layer>,
 }
 
+/// An entry of `networks.toml`: a layer table, or the built-in description to derive it from.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    id: String,
+    name: String,
+    #[serde(default)]
+    input: Option<usize>,
+    #[serde(default)]
+    layers: Option<Vec<Layer>>,
+    #[serde(default)]
+    spec: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct NetworkFile {
-    network: Vec<Network>,
+    network: Vec<Entry>,
+}
+
+fn resolve(e: Entry) -> Result<Network> {
+    match (e.spec, e.layers, e.input) {
+        (Some(spec), None, None) => {
+            let s = lowprec_nn::zoo::get(&spec).map_err(HwError::Catalog)?;
+            Network::from_spec(&e.id, &e.name, &s)
+        }
+        (None, Some(layers), Some(input)) => Ok(Network {
+            id: e.id,
+            name: e.name,
+            input,
+            layers,
+        }),
+        _ => Err(HwError::Catalog(format!(
+            "network {}: give either `spec` or both `input` and `layers`",
+            e.id
+        ))),
+    }
 }
 
 /// All embedded networks.
@@ -158,6 +193,9 @@ pub fn all() -> &'static [Network] {
         toml::from_str::<NetworkFile>(NETWORKS_TOML)
             .expect("embedded networks.toml is valid")
             .network
+            .into_iter()
+            .map(|e| resolve(e).expect("embedded networks derive"))
+            .collect()
     })
 }
 
@@ -179,6 +217,85 @@ pub fn get(id: &str) -> Result<&'static Network> {
 }
 
 impl Network {
+    /// The layer shapes of a network description, as the accelerator model sees them:
+    /// convolutions and fully connected layers (biases aside), 2x2 max pooling and global
+    /// average pooling; ReLU, dropout, flatten, batch norm and residual additions cost the
+    /// model nothing. A layer the model cannot represent (a convolution whose output is not
+    /// `input / stride`, other pooling windows) is an error naming it.
+    pub fn from_spec(
+        id: &str,
+        name: &str,
+        spec: &lowprec_nn::spec::NetworkSpec,
+    ) -> Result<Network> {
+        use lowprec_nn::spec::LayerSpec;
+        let model = lowprec_nn::Model::build(spec, 0)
+            .map_err(|e| HwError::Catalog(format!("network {id}: {e}")))?;
+        let bad = |layer: &str, why: String| {
+            HwError::Catalog(format!("network {id}, layer {layer}: {why}"))
+        };
+        let mut layers = Vec::new();
+        for (i, node) in model.nodes.iter().enumerate() {
+            let lname = node.layer.name();
+            let ins = &model.shapes[node.inputs[0]];
+            let out = &model.shapes[i + 1];
+            let chw = || match ins.as_slice() {
+                &[c, h, w] => Ok((c, h, w)),
+                s => Err(bad(lname, format!("expects a [C, H, W] input, got {s:?}"))),
+            };
+            match spec.layers[i].kind {
+                LayerSpec::Conv { kernel, stride, .. } => {
+                    let (ic, h, w) = chw()?;
+                    if out[1..] != [h / stride, w / stride] {
+                        return Err(bad(lname, format!("output {out:?} is not the input {ins:?} / stride {stride} the model assumes")));
+                    }
+                    layers.push(Layer::Conv {
+                        k: kernel,
+                        ic,
+                        oc: out[0],
+                        w,
+                        h,
+                        stride,
+                    });
+                }
+                LayerSpec::Maxpool { kernel, stride } => {
+                    let (c, h, w) = chw()?;
+                    if kernel != 2 || stride.unwrap_or(kernel) != 2 {
+                        return Err(bad(
+                            lname,
+                            "only 2x2 max pooling with stride 2 is modelled".into(),
+                        ));
+                    }
+                    layers.push(Layer::Pool { c, w, h });
+                }
+                LayerSpec::GlobalAvgPool => {
+                    let (c, h, w) = chw()?;
+                    layers.push(Layer::Avgpool { c, w, h });
+                }
+                LayerSpec::Linear { out: o, .. } => layers.push(Layer::Fc {
+                    i: ins.iter().product(),
+                    o,
+                }),
+                LayerSpec::Avgpool { .. } => {
+                    return Err(bad(
+                        lname,
+                        "windowed average pooling is not modelled".into(),
+                    ))
+                }
+                LayerSpec::Relu
+                | LayerSpec::Dropout { .. }
+                | LayerSpec::Flatten
+                | LayerSpec::Batchnorm { .. }
+                | LayerSpec::Add => {}
+            }
+        }
+        Ok(Network {
+            id: id.into(),
+            name: name.into(),
+            input: spec.input.iter().product(),
+            layers,
+        })
+    }
+
     pub fn params(&self) -> usize {
         self.layers.iter().map(Layer::params).sum()
     }
@@ -328,5 +445,123 @@ impl Network {
             .map(|&(_, r, c)| r * c)
             .max()
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layer tables these networks had before they were derived: VGG16 is 002's Table I
+    /// plus the 512-512-10 classifier; PreResNet-20 the same convolutions in another order.
+    const TABLED: &str = r#"
+[[network]]
+id = "vgg16"
+name = "VGG16 for CIFAR10 (Table I + classifier 512-512-10)"
+input = 3072
+layers = [
+  { kind = "conv", k = 3, ic = 3, oc = 64, w = 32, h = 32, stride = 1 },
+  { kind = "conv", k = 3, ic = 64, oc = 64, w = 32, h = 32, stride = 1 },
+  { kind = "pool", c = 64, w = 32, h = 32 },
+  { kind = "conv", k = 3, ic = 64, oc = 128, w = 16, h = 16, stride = 1 },
+  { kind = "conv", k = 3, ic = 128, oc = 128, w = 16, h = 16, stride = 1 },
+  { kind = "pool", c = 128, w = 16, h = 16 },
+  { kind = "conv", k = 3, ic = 128, oc = 256, w = 8, h = 8, stride = 1 },
+  { kind = "conv", k = 3, ic = 256, oc = 256, w = 8, h = 8, stride = 1 },
+  { kind = "conv", k = 3, ic = 256, oc = 256, w = 8, h = 8, stride = 1 },
+  { kind = "pool", c = 256, w = 8, h = 8 },
+  { kind = "conv", k = 3, ic = 256, oc = 512, w = 4, h = 4, stride = 1 },
+  { kind = "conv", k = 3, ic = 512, oc = 512, w = 4, h = 4, stride = 1 },
+  { kind = "conv", k = 3, ic = 512, oc = 512, w = 4, h = 4, stride = 1 },
+  { kind = "pool", c = 512, w = 4, h = 4 },
+  { kind = "conv", k = 3, ic = 512, oc = 512, w = 2, h = 2, stride = 1 },
+  { kind = "conv", k = 3, ic = 512, oc = 512, w = 2, h = 2, stride = 1 },
+  { kind = "conv", k = 3, ic = 512, oc = 512, w = 2, h = 2, stride = 1 },
+  { kind = "pool", c = 512, w = 2, h = 2 },
+  { kind = "fc", i = 512, o = 512 },
+  { kind = "fc", i = 512, o = 512 },
+  { kind = "fc", i = 512, o = 10 },
+]
+
+[[network]]
+id = "preresnet20"
+name = "PreResNet-20 for CIFAR10"
+input = 3072
+layers = [
+  { kind = "conv", k = 3, ic = 3, oc = 16, w = 32, h = 32, stride = 1 },
+  { kind = "conv", k = 3, ic = 16, oc = 16, w = 32, h = 32, stride = 1 },
+  { kind = "conv", k = 3, ic = 16, oc = 16, w = 32, h = 32, stride = 1 },
+  { kind = "conv", k = 3, ic = 16, oc = 16, w = 32, h = 32, stride = 1 },
+  { kind = "conv", k = 3, ic = 16, oc = 16, w = 32, h = 32, stride = 1 },
+  { kind = "conv", k = 3, ic = 16, oc = 16, w = 32, h = 32, stride = 1 },
+  { kind = "conv", k = 3, ic = 16, oc = 16, w = 32, h = 32, stride = 1 },
+  { kind = "conv", k = 3, ic = 16, oc = 32, w = 32, h = 32, stride = 2 },
+  { kind = "conv", k = 3, ic = 32, oc = 32, w = 16, h = 16, stride = 1 },
+  { kind = "conv", k = 1, ic = 16, oc = 32, w = 32, h = 32, stride = 2 },
+  { kind = "conv", k = 3, ic = 32, oc = 32, w = 16, h = 16, stride = 1 },
+  { kind = "conv", k = 3, ic = 32, oc = 32, w = 16, h = 16, stride = 1 },
+  { kind = "conv", k = 3, ic = 32, oc = 32, w = 16, h = 16, stride = 1 },
+  { kind = "conv", k = 3, ic = 32, oc = 32, w = 16, h = 16, stride = 1 },
+  { kind = "conv", k = 3, ic = 32, oc = 64, w = 16, h = 16, stride = 2 },
+  { kind = "conv", k = 3, ic = 64, oc = 64, w = 8, h = 8, stride = 1 },
+  { kind = "conv", k = 1, ic = 32, oc = 64, w = 16, h = 16, stride = 2 },
+  { kind = "conv", k = 3, ic = 64, oc = 64, w = 8, h = 8, stride = 1 },
+  { kind = "conv", k = 3, ic = 64, oc = 64, w = 8, h = 8, stride = 1 },
+  { kind = "conv", k = 3, ic = 64, oc = 64, w = 8, h = 8, stride = 1 },
+  { kind = "conv", k = 3, ic = 64, oc = 64, w = 8, h = 8, stride = 1 },
+  { kind = "avgpool", c = 64, w = 8, h = 8 },
+  { kind = "fc", i = 64, o = 10 },
+]
+"#;
+
+    fn tabled(id: &str) -> Network {
+        #[derive(Deserialize)]
+        struct F {
+            network: Vec<Network>,
+        }
+        toml::from_str::<F>(TABLED)
+            .unwrap()
+            .network
+            .into_iter()
+            .find(|n| n.id == id)
+            .unwrap()
+    }
+
+    #[test]
+    fn vgg16_derived_from_its_description_is_table_one() {
+        let got = get("vgg16").unwrap();
+        let want = tabled("vgg16");
+        assert_eq!(got.layers, want.layers);
+        assert_eq!(got.input, 3072);
+        assert_eq!(got.macs(), want.macs());
+    }
+
+    #[test]
+    fn preresnet20_derived_from_its_description_has_the_tabled_layers() {
+        let got = get("preresnet20").unwrap();
+        let want = tabled("preresnet20");
+        let key = |l: &Layer| format!("{l:?}");
+        let mut a: Vec<String> = got.layers.iter().map(key).collect();
+        let mut b: Vec<String> = want.layers.iter().map(key).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        assert_eq!(got.params(), want.params());
+    }
+
+    #[test]
+    fn a_layer_the_model_cannot_represent_is_named() {
+        let spec: lowprec_nn::spec::NetworkSpec = toml::from_str(
+            "input = [3, 8, 8]\nloss = \"cross-entropy\"\n[[layer]]\ntype = \"conv\"\nname = \"valid\"\nout = 4\nkernel = 3\n[[layer]]\ntype = \"flatten\"\n[[layer]]\ntype = \"linear\"\nout = 10\n",
+        )
+        .unwrap();
+        let e = Network::from_spec("x", "x", &spec).unwrap_err().to_string();
+        assert!(e.contains("valid") && e.contains("stride"), "{e}");
+        let spec: lowprec_nn::spec::NetworkSpec = toml::from_str(
+            "input = [3, 8, 8]\nloss = \"cross-entropy\"\n[[layer]]\ntype = \"maxpool\"\nname = \"p3\"\nkernel = 3\n[[layer]]\ntype = \"flatten\"\n[[layer]]\ntype = \"linear\"\nout = 10\n",
+        )
+        .unwrap();
+        let e = Network::from_spec("x", "x", &spec).unwrap_err().to_string();
+        assert!(e.contains("p3") && e.contains("2x2"), "{e}");
     }
 }

@@ -9,7 +9,8 @@
 //! the formats allow, float otherwise), and hand floats to the rest of the network. The
 //! [`Layer`] trait documents, once, how the model hands tensors to layers. A [`Precision`] policy names the format of each tensor kind; a [`PrecisionPlan`] holds
 //! one per layer, so formats can differ by layer and change at any step. Networks are built from
-//! a readable description ([`spec::NetworkSpec`], Darknet's cfg in spirit) into a [`Model`].
+//! a readable description ([`spec::NetworkSpec`], Darknet's cfg in spirit) into a [`Model`]; the
+//! papers' networks are such descriptions, one file each ([`zoo`]).
 
 pub mod activation;
 pub mod batchnorm;
@@ -31,6 +32,7 @@ pub mod residual;
 pub mod scratch;
 pub mod spec;
 pub mod tensor;
+pub mod zoo;
 
 pub use ctx::{Category, Ctx, Profile};
 pub use error::NnError;

@@ -19,6 +19,10 @@ pub struct TrainConfig {
     #[serde(default)]
     pub seed: u64,
     pub data: DataConfig,
+    /// The network: a table (`[model]` with `[[model.layer]]`s) or the name of a built-in
+    /// description (`model = "vgg16-cifar"`, see [`lowprec_nn::zoo`]). Always written as the
+    /// table, so a checkpoint carries the whole network.
+    #[serde(deserialize_with = "model_table_or_name")]
     pub model: NetworkSpec,
     pub train: OptimConfig,
     #[serde(default)]
@@ -29,6 +33,24 @@ pub struct TrainConfig {
     /// FAST's adaptive precision (see [`crate::varprec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast: Option<FastConfig>,
+}
+
+fn model_table_or_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<NetworkSpec, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = NetworkSpec;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a network table or the name of a built-in network")
+        }
+        fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<NetworkSpec, E> {
+            lowprec_nn::zoo::get(name).map_err(E::custom)
+        }
+        // a table keeps the layer-level error messages of `NetworkSpec` itself
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<NetworkSpec, A::Error> {
+            NetworkSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 fn default_precision() -> Precision {
@@ -382,5 +404,57 @@ impl TrainConfig {
 
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str =
+        "name = \"t\"\n[data]\ndataset = \"mnist\"\n[train]\nbatch = 8\nepochs = 1\nlr = 0.1\n";
+
+    #[test]
+    fn presets_name_their_network_and_get_the_whole_description() {
+        for p in [
+            "preresnet20-cifar",
+            "preresnet20-cifar-short",
+            "preresnet20-cifar-10k",
+        ] {
+            let c = TrainConfig::load(p).unwrap();
+            assert_eq!(
+                c.model,
+                lowprec_nn::zoo::get("preresnet20-cifar").unwrap(),
+                "{p}"
+            );
+        }
+        let c = TrainConfig::load("vgg16-cifar").unwrap();
+        assert_eq!(c.model, lowprec_nn::zoo::get("vgg16-cifar").unwrap());
+    }
+
+    #[test]
+    fn a_named_network_is_written_back_as_its_table() {
+        let text = format!("model = \"vgg16-cifar\"\n{HEAD}");
+        let c = TrainConfig::from_toml(&text, "t.toml").unwrap();
+        let out = c.to_toml();
+        assert!(out.contains("[[model.layer]]"), "{out}");
+        assert_eq!(TrainConfig::from_toml(&out, "again").unwrap(), c);
+    }
+
+    #[test]
+    fn an_unknown_network_name_or_a_bad_layer_is_named() {
+        let text = format!("model = \"vgg19\"\n{HEAD}");
+        let e = TrainConfig::from_toml(&text, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.toml") && e.contains("vgg19") && e.contains("vgg16-cifar"),
+            "{e}"
+        );
+        let text = format!("{HEAD}[model]\ninput = [4]\nloss = \"cross-entropy\"\n[[model.layer]]\ntype = \"linear\"\nouts = 3\n");
+        let e = TrainConfig::from_toml(&text, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outs"), "{e}");
     }
 }

@@ -11,7 +11,7 @@ pub const TIMEOUT_EXIT: i32 = 75;
 #[cfg(not(feature = "mpi"))]
 pub fn run(
     _cfg: lowprec_train::TrainConfig,
-    _a: &crate::cmd_train::TrainArgs,
+    _a: &super::TrainArgs,
     _threads: usize,
 ) -> anyhow::Result<()> {
     anyhow::bail!(
@@ -27,8 +27,8 @@ pub use imp::run;
 
 #[cfg(feature = "mpi")]
 mod imp {
+    use super::super::{backend, resume_path, TrainArgs};
     use super::TIMEOUT_EXIT;
-    use crate::cmd_train::{backend, resume_path, TrainArgs};
     use anyhow::{bail, Context, Result};
     use lowprec_train::dist::{Exchange, ExchangeFormat, Transport, Watchdog};
     use lowprec_train::trainer::RunOptions;

@@ -7,6 +7,8 @@ use lowprec_train::trainer::RunOptions;
 use lowprec_train::{Checkpoint, FinalReport, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
 
+mod dist;
+
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     /// A preset name (see `lowprec presets`) or a TOML file. Without it: the main job, the MNIST
@@ -190,7 +192,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
             let mut cfg = TrainConfig::load(c)?;
             apply_overrides(&mut cfg, a)?;
             if a.distributed {
-                return crate::cmd_dist::run(cfg, a, threads);
+                return dist::run(cfg, a, threads);
             }
             let r = train_one(cfg, a, a.out.clone(), threads)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -353,20 +355,31 @@ pub fn run_plot(a: &PlotArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn run_presets() -> Result<()> {
-    for (name, text) in lowprec_train::PRESETS {
-        let cfg = TrainConfig::from_toml(text, name)?;
-        println!("{name:<16} {}", cfg.description);
-    }
-    Ok(())
+#[derive(Args, Debug)]
+pub struct PresetsArgs {
+    /// Print this built-in network's description (a TOML `model` table's contents).
+    #[arg(long)]
+    pub network: Option<String>,
 }
 
-/// Label of a run from its metrics path (`out/x/bfp8/metrics.jsonl` -> `x/bfp8`).
-pub fn run_label(p: &Path) -> String {
-    let parts: Vec<String> = p
-        .parent()
-        .map(|d| d.iter().map(|c| c.to_string_lossy().to_string()).collect())
-        .unwrap_or_default();
-    let n = parts.len();
-    parts[n.saturating_sub(2)..].join("/")
+pub fn run_presets(a: &PresetsArgs) -> Result<()> {
+    if let Some(n) = &a.network {
+        print!("{}", lowprec_nn::zoo::text(n).map_err(anyhow::Error::msg)?);
+        return Ok(());
+    }
+    println!("presets (lowprec train NAME):");
+    for (name, text) in lowprec_train::PRESETS {
+        let cfg = TrainConfig::from_toml(text, name)?;
+        println!("  {name:<24} {}", cfg.description);
+    }
+    println!("networks (model = \"NAME\" in a TOML; lowprec presets --network NAME prints one):");
+    for (name, _) in lowprec_nn::zoo::NETWORKS {
+        let spec = lowprec_nn::zoo::get(name).map_err(anyhow::Error::msg)?;
+        println!(
+            "  {name:<24} input {:?}, {} layers",
+            spec.input,
+            spec.layers.len()
+        );
+    }
+    Ok(())
 }
