@@ -2,7 +2,10 @@
 # Runs every cargo-fuzz target in fuzz/ for SECONDS each (default 60), one after another, and
 # prints a summary line per target: runs, seconds, and whether it crashed.
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]
+#   scripts/fuzz.sh [--dev] [SECONDS] [TARGET...]
+#
+# --dev builds the targets unoptimised (`cargo fuzz build --dev`): a fraction of the build time
+# and fewer runs per second, for a brief smoke run such as CI's.
 #
 # Bound: every target runs under libFuzzer's -rss_limit_mb and -malloc_limit_mb of 2048 MiB
 # (a header claiming more must be an error, not an allocation) and -timeout of 30 s per input.
@@ -16,6 +19,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+profile=release
+build_flags=(-a)
+if [ "${1:-}" = "--dev" ]; then
+    profile=debug
+    build_flags+=(--dev)
+    shift
+fi
 secs=${1:-60}
 shift || true
 limit_mb=2048
@@ -36,12 +46,12 @@ fi
 
 # -a: debug assertions (and so overflow checks) on, as in `cargo test`.
 start=$(date +%s)
-if ! cargo fuzz build -a </dev/null; then
+if ! cargo fuzz build "${build_flags[@]}" </dev/null; then
     echo "fuzz: building the targets failed" >&2
     exit 1
 fi
-echo "fuzz: built in $(($(date +%s) - start)) s"
-bin_dir=fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release
+echo "fuzz: built ($profile) in $(($(date +%s) - start)) s"
+bin_dir=fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/$profile
 
 mkdir -p fuzz/work/logs
 failed=()

@@ -86,9 +86,8 @@ enum BenchCommand {
 /// mimalloc instead of glibc's malloc: glibc serves every block of 32 MiB or more (VGG16's
 /// 64-channel 32x32 maps at batch 128 are exactly 32 MiB of floats) with a fresh `mmap`, so each
 /// such tensor page-faulted and was zeroed by the kernel in every layer of every iteration.
-/// mimalloc keeps freed segments for reuse: VGG16 b128 bfp8 (`lowprec profile`, 2 threads) went
-/// from 455-475k to 20k minor faults and 1423-1476 to 1266-1293 ms per iteration, for 503
-/// instead of 394-418 MB resident.
+/// mimalloc keeps freed segments for reuse, trading some resident memory for far fewer page
+/// faults (`lowprec profile vgg16-cifar --batch 128` shows both).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

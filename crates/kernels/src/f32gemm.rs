@@ -20,9 +20,9 @@ pub enum F32Impl {
 }
 
 impl F32Impl {
-    /// The implementation chosen for a shape. Measured side by side on the VGG16 and square
-    /// shapes (`lowprec bench gemm --kernels f32-gemm,f32-matrixmultiply,f32-matrixmultiply-t`),
-    /// `gemm` was fastest or tied on every shape at 1 and 2 threads, in either orientation.
+    /// The implementation chosen for a shape: `gemm`, fastest or tied on every VGG16 and
+    /// square shape at 1 and 2 threads, in either orientation (`lowprec bench gemm --kernels
+    /// f32-gemm,f32-matrixmultiply,f32-matrixmultiply-t` compares them).
     pub fn choose(_m: usize, _k: usize, _n: usize) -> Self {
         F32Impl::Gemm
     }
@@ -31,12 +31,9 @@ impl F32Impl {
 /// Whether a product whose C has a short side of `short` rows or columns (a convolution's
 /// output channels) runs faster with that side as M than as N on this CPU's f32 kernels.
 ///
-/// Measured with the `gemm` crate (`lowprec bench gemm --kernels f32-gemm`, 1 thread): on AVX2
-/// (Zen 3) the short side as N was 2.7x faster for 16 channels (131072x144x16 against
-/// 16x144x131072). With its AVX-512 kernels (Zen 5) it is the other way for 16 channels and
-/// back again from 32: 16x144x7168 188 GFLOP/s against 7168x144x16 129, 16x7168x144 247
-/// against 144x7168x16 142; 7168x288x32 266 against 32x288x7168 209; 7168x576x64 259 against
-/// 64x576x7168 177.
+/// The `gemm` crate's AVX2 kernels are faster with the short side as N; its AVX-512 kernels
+/// with a short side under 32 as M and from 32 on as N again (`lowprec bench gemm --kernels
+/// f32-gemm` on the transposed shapes shows it; the figures are in the commit that chose this).
 pub fn short_side_as_m(short: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -52,9 +49,9 @@ pub fn short_side_as_m(short: usize) -> bool {
 }
 
 /// Columns (or rows) of C per block: small enough for 2-3 threads to share skinny shapes,
-/// large enough that repacking the other operand per block stays cheap. 128, not 256: VGG16's
-/// 8x8 layers at batch 32 (C of 448 x 256 per chunk) were one block, so a second thread had
-/// nothing to do (VGG16 b32 fp32, 2 threads: about 260 -> 240 ms per iteration).
+/// large enough that repacking the other operand per block stays cheap. 128, not 256: with 256,
+/// VGG16's 8x8 layers at batch 32 (C of 448 x 256 per chunk) were one block, leaving a second
+/// thread nothing to do.
 const F32_BLOCK_MIN: usize = 128;
 const F32_MAX_BLOCKS: usize = 16;
 

@@ -126,7 +126,7 @@ impl QIm2colRef<'_> {
     /// Whether the AVX-512 packer takes all of B from the maps, with no scalar tail: the
     /// column matrix in whole 32-pixel strips of one example; `col^T` in whole 64-pixel
     /// blocks and taps in sixteens (a first layer's 27 taps would leave 11 to the scalar
-    /// path, 20 ms more per PreResNet-20 iteration than its own im2col).
+    /// path, slower than the layer's own im2col).
     pub fn packs_whole(&self) -> bool {
         let hw = self.src.h * self.src.w;
         if self.transposed {

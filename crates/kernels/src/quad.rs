@@ -222,8 +222,7 @@ pub fn pack_b(
 ///
 /// * B the column matrix: whole strips of one example go through one masked 32-byte load per
 ///   tap (AVX-512). Two strips per 64-byte load, interleaved as `b_rows` does, were slower
-///   (`lowprec bench train preresnet20-cifar --batch 128 --precision bfp8 --threads 2`: 75
-///   against 81 ms, alternating runs).
+///   (`lowprec bench train preresnet20-cifar --batch 128 --precision bfp8` shows it).
 /// * B = `col^T` (rows are pixels, columns taps: the weight gradient's operand): sixteen taps
 ///   at a time go through [`pack_b_cols`]'s 16x16 dword transpose, each tap's 64 pixels one
 ///   masked load from its shifted plane (maps of whole 64-pixel blocks, ranges starting on
@@ -652,8 +651,8 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn start(sums: *const i32, tile: Option<*const i32>) -> [__m512i; 16] {
-        // A plain loop over a local array (a `from_fn` closure here was not inlined and cost
-        // 15% of a 16x144x7168 GEMM).
+        // A plain loop over a local array: a `from_fn` closure here was not inlined, a large
+        // cost on skinny GEMMs.
         let mut acc = [_mm512_setzero_si512(); 16];
         for r in 0..MR {
             let corr = _mm512_set1_epi32((*sums.add(r)).wrapping_mul(-128));

@@ -13,8 +13,7 @@
 //! Why not `vpmaddubsw` (32 MACs per instruction): it multiplies u8 by s8 and saturates the i16
 //! pair sums, so full-range s8 x s8 needs a sign transfer per product and still saturates at
 //! `2 * 128 * 128`; on Zen 3 the `vpmaddwd` + `vpaddd` pair is limited by the vector pipes the
-//! adds share with the multiplies, not by the multiply count (measured: `vpmaddwd` alone 203
-//! GOP/s per core, with the adds about 160).
+//! adds share with the multiplies, not by the multiply count (figures in the README, issue 17).
 
 /// Rows of the C tile (A broadcasts per k-pair).
 pub const MR: usize = 6;
@@ -249,8 +248,8 @@ mod avx2 {
         // The k loop is written in assembly: with intrinsics, LLVM re-associates the i32 adds
         // of the unrolled steps (legal for integers) and spills accumulators to the stack.
         // 12 accumulators (ymm4..15) + 2 B vectors + broadcast + product use all 16 registers.
-        // Both multiplies of a row go before their adds: measured a few % faster on Zen 3,
-        // where the adds compete with `vpmaddwd` for the vector pipes.
+        // Both multiplies of a row go before their adds: on Zen 3 the adds compete with
+        // `vpmaddwd` for the vector pipes.
         std::arch::asm!(
             "cmp {n}, 4",
             "jb 3f",
