@@ -13,7 +13,8 @@
 //! Why not `vpmaddubsw` (32 MACs per instruction): it multiplies u8 by s8 and saturates the i16
 //! pair sums, so full-range s8 x s8 needs a sign transfer per product and still saturates at
 //! `2 * 128 * 128`; on Zen 3 the `vpmaddwd` + `vpaddd` pair is limited by the vector pipes the
-//! adds share with the multiplies, not by the multiply count (figures in the README, issue 17).
+//! adds share with the multiplies, not by the multiply count (`lowprec bench gemm` prints the
+//! peak it measured against).
 
 /// Rows of the C tile (A broadcasts per k-pair).
 pub const MR: usize = 6;
