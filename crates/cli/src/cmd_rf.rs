@@ -7,25 +7,31 @@
 //!   and summarise its samples, annotations and window labels.
 //! * `baseline`: the PCA reconstruction-error detector (a linear auto-encoder) on a train/test
 //!   pair, with the percentile threshold rule and precision/recall/F1.
+//! * `detect`: the online auto-encoder detector; `experiment`: 002 Fig. 9.
+//!
+//! This module parses arguments into the rf crate's option structs and prints results (and
+//! draws Fig. 9); checking the options and doing the work belong to `lowprec_rf`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use lowprec_nn::Precision;
-use lowprec_rf::autoencoder::AeConfig;
-use lowprec_rf::baseline::PcaDetector;
-use lowprec_rf::detect::{run_detector, DetectConfig, Progress};
-use lowprec_rf::experiment::{run_experiment, ExperimentConfig, ExperimentResult};
-use lowprec_rf::metrics::{best_f1, recall_by_kind};
-use lowprec_rf::sigmf::{open_sigmf, sigmf_paths, write_cf32, SampleStream};
-use lowprec_rf::signal::place_anomalies;
-use lowprec_rf::window::make_windows;
+use lowprec_data::fsutil::write_atomic;
+use lowprec_rf::autoencoder::ModelOptions;
+use lowprec_rf::baseline::run_baseline;
+use lowprec_rf::detect::{run_detector_jsonl, DetectOptions, Progress};
+use lowprec_rf::experiment::{run_experiment, ExperimentOptions};
+use lowprec_rf::inspect::summarise;
+use lowprec_rf::pair::write_pair;
+use lowprec_rf::sigmf::{
+    atomic_write, open_input, sigmf_paths, write_cf32, write_meta, InputSource,
+};
+use lowprec_rf::spec::{GenerateOptions, KindOverrides};
+use lowprec_rf::vectors::{run_vectors, VectorOptions};
 use lowprec_rf::{
-    read_recording, select_threshold, standard_pair, write_sigmf, Anomaly, AnomalyKind, Confusion,
-    FmConfig, Generator, Iq, Message, NonFinitePolicy, Normaliser, PairFm, ReadOptions, SigMfMeta,
-    SignalSpec, StandardPairConfig, ThresholdRule, Tone, WindowConfig, WindowStream,
+    write_sigmf, Generator, NonFinitePolicy, PairFm, ReadOptions, SigMfMeta, StandardPairConfig,
+    ThresholdRule, WindowConfig,
 };
 
 #[derive(Subcommand, Debug)]
@@ -53,6 +59,12 @@ pub fn run(cmd: &RfCommand) -> Result<()> {
         RfCommand::Detect(a) => with_threads(a.threads, || detect(a)),
         RfCommand::Experiment(a) => with_threads(a.threads, || experiment(a)),
     }
+}
+
+/// Runs `f` on a rayon pool of `threads` threads (0: rayon's default).
+fn with_threads(threads: usize, f: impl FnOnce() -> Result<()> + Send) -> Result<()> {
+    let threads = crate::util::threads_or_default((threads > 0).then_some(threads))?;
+    crate::util::with_threads(threads, f)?
 }
 
 #[derive(Args, Debug)]
@@ -136,145 +148,47 @@ pub struct GenerateArgs {
     pub description: Option<String>,
 }
 
-fn parse_f64(what: &str, s: &str) -> Result<f64> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .with_context(|| format!("{what}: {s:?} is not a number"))?;
-    if !v.is_finite() {
-        bail!("{what}: {s:?} is not finite");
-    }
-    Ok(v)
-}
-
-fn parse_tones(specs: &[String]) -> Result<Vec<Tone>> {
-    specs
-        .iter()
-        .map(|t| {
-            let (f, a) = match t.split_once('@') {
-                Some((f, a)) => (f, parse_f64("tone amplitude", a)?),
-                None => (t.as_str(), 1.0),
-            };
-            Ok(Tone {
-                freq_hz: parse_f64("tone frequency", f)?,
-                amplitude: a,
-                phase_rad: 0.0,
-            })
-        })
-        .collect()
-}
-
 impl GenerateArgs {
-    fn kind(&self, label: &str) -> Result<AnomalyKind> {
-        let fs = self.sample_rate;
-        Ok(match AnomalyKind::default_for(label, fs)? {
-            AnomalyKind::Bandpass {
-                center_hz,
-                bandwidth_hz,
-            } => AnomalyKind::Bandpass {
-                center_hz: self.bandpass_center.unwrap_or(center_hz),
-                bandwidth_hz: self.bandpass_width.unwrap_or(bandwidth_hz),
-            },
-            AnomalyKind::Chirp { start_hz, end_hz } => AnomalyKind::Chirp {
-                start_hz: self.chirp_start.unwrap_or(start_hz),
-                end_hz: self.chirp_end.unwrap_or(end_hz),
-            },
-            AnomalyKind::Sine { freq_hz } => AnomalyKind::Sine {
-                freq_hz: self.sine_freq.unwrap_or(freq_hz),
-            },
-        })
-    }
-
-    fn spec(&self) -> Result<SignalSpec> {
-        let fs = self.sample_rate;
-        if !(fs.is_finite() && fs > 0.0) {
-            bail!("--sample-rate must be a positive number, got {fs}");
-        }
-        let num_samples = match (self.samples, self.seconds) {
-            (Some(n), _) => n,
-            (None, Some(s)) => {
-                if !(s.is_finite() && s >= 0.0) {
-                    bail!("--seconds must be a non-negative number, got {s}");
-                }
-                let n = (s * fs).round();
-                if n > u64::MAX as f64 / 2.0 {
-                    bail!("--seconds {s} at {fs} Hz is too many samples");
-                }
-                n as u64
-            }
-            (None, None) => 1 << 18,
-        };
-        if num_samples > MAX_GENERATE_SAMPLES {
-            bail!(
-                "{num_samples} samples is more than `rf generate` writes ({MAX_GENERATE_SAMPLES}, \
-                 {} GiB of cf32_le)",
-                (MAX_GENERATE_SAMPLES * 8) >> 30
-            );
-        }
-        let message = if self.tones.is_empty() {
-            let (lo, hi) = self.noise_band.split_once(':').with_context(|| {
-                format!("--noise-band {:?}: expected LOW:HIGH", self.noise_band)
-            })?;
-            Message::Noise {
-                low_hz: parse_f64("--noise-band low", lo)?,
-                high_hz: parse_f64("--noise-band high", hi)?,
-                components: self.noise_components,
-                seed: self.seed,
-            }
-        } else {
-            Message::Tones {
-                tones: parse_tones(&self.tones)?,
-            }
-        };
-        let fm = FmConfig {
-            sample_rate_hz: fs,
-            message,
+    fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            samples: self.samples,
+            seconds: self.seconds,
+            sample_rate_hz: self.sample_rate,
+            snr_db: (!self.no_noise).then_some(self.snr_db),
             deviation_hz: self.deviation,
             carrier_offset_hz: self.carrier_offset,
-            snr_db: (!self.no_noise).then_some(self.snr_db),
-        };
-        let anomalies = if !self.anomaly_at.is_empty() {
-            self.anomaly_at
-                .iter()
-                .map(|a| {
-                    let bad = || format!("--anomaly {a:?}: expected TYPE@START+COUNT");
-                    let (label, at) = a.split_once('@').with_context(bad)?;
-                    let (start, count) = at.split_once('+').with_context(bad)?;
-                    Ok(Anomaly {
-                        kind: self.kind(label)?,
-                        start: start.trim().parse().with_context(bad)?,
-                        count: count.trim().parse().with_context(bad)?,
-                        power_db: self.anomaly_power_db,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?
-        } else {
-            let kinds = self
-                .anomalies
-                .iter()
-                .map(|l| self.kind(l))
-                .collect::<Result<Vec<_>>>()?;
-            place_anomalies(
-                &kinds,
-                num_samples,
-                self.anomaly_samples,
-                self.anomaly_power_db,
-                self.anomaly_samples / 4,
-                self.seed,
-            )?
-        };
-        Ok(SignalSpec {
-            fm,
-            anomalies,
-            num_samples,
-            time_offset: 0,
+            tones: self.tones.clone(),
+            noise_band: self.noise_band.clone(),
+            noise_components: self.noise_components,
+            anomalies: self.anomalies.clone(),
+            anomaly_at: self.anomaly_at.clone(),
+            anomaly_samples: self.anomaly_samples,
+            anomaly_power_db: self.anomaly_power_db,
+            overrides: KindOverrides {
+                bandpass_center_hz: self.bandpass_center,
+                bandpass_width_hz: self.bandpass_width,
+                chirp_start_hz: self.chirp_start,
+                chirp_end_hz: self.chirp_end,
+                sine_freq_hz: self.sine_freq,
+            },
             seed: self.seed,
-        })
+        }
+    }
+}
+
+fn print_annotations(meta: &SigMfMeta) {
+    for ann in &meta.annotations {
+        println!(
+            "  {:>8} at samples [{}, {})",
+            ann.label.as_deref().unwrap_or("?"),
+            ann.sample_start,
+            ann.sample_start + ann.sample_count.unwrap_or(0)
+        );
     }
 }
 
 fn generate(a: &GenerateArgs) -> Result<()> {
-    let generator = Generator::new(a.spec()?)?;
+    let generator = Generator::new(a.options().spec()?)?;
     let meta = SigMfMeta::for_generator(&generator, a.description.clone());
     let n = generator.num_samples();
     if a.out.as_os_str() == "-" {
@@ -285,9 +199,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
             let mut meta = meta;
             meta.global.sha512 = Some(sha);
             meta.global.sample_count = Some(n);
-            let mut text = serde_json::to_vec_pretty(&meta)?;
-            text.push(b'\n');
-            write_file_atomic(path, &text)?;
+            write_meta(path, &meta)?;
         }
         eprintln!("wrote {n} samples of cf32_le to stdout");
         return Ok(());
@@ -304,14 +216,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         a.sample_rate,
         meta_path.display()
     );
-    for ann in &meta.annotations {
-        println!(
-            "  {:>8} at samples [{}, {})",
-            ann.label.as_deref().unwrap_or("?"),
-            ann.sample_start,
-            ann.sample_start + ann.sample_count.unwrap_or(0)
-        );
-    }
+    print_annotations(&meta);
     Ok(())
 }
 
@@ -362,23 +267,12 @@ fn pair(a: &PairArgs) -> Result<()> {
             PairFm::WIDEBAND
         },
     };
-    let pair = standard_pair(&cfg)?;
-    std::fs::create_dir_all(&a.out_dir)
-        .with_context(|| format!("creating {}", a.out_dir.display()))?;
-    for (name, spec) in [("train", pair.train), ("test", pair.test)] {
-        let g = Generator::new(spec)?;
-        let desc = format!(
-            "lowprec standard RF anomaly pair, {name} recording, seed {}",
-            a.seed
-        );
-        let meta = SigMfMeta::for_generator(&g, Some(desc));
-        let base = a.out_dir.join(name);
-        let meta = write_sigmf(&base, meta, &g, 1 << 16)?;
+    for w in write_pair(&cfg, &a.out_dir)? {
         println!(
             "wrote {} ({} samples, {} anomalies)",
-            base.display(),
-            g.num_samples(),
-            meta.annotations.len()
+            w.base.display(),
+            w.samples,
+            w.anomalies
         );
     }
     Ok(())
@@ -431,129 +325,57 @@ pub struct InspectArgs {
     pub windows: WindowArgs,
 }
 
+fn read_options(zero_non_finite: bool, no_verify: bool) -> ReadOptions {
+    ReadOptions {
+        non_finite: if zero_non_finite {
+            NonFinitePolicy::Zero
+        } else {
+            NonFinitePolicy::Error
+        },
+        verify_checksum: !no_verify,
+    }
+}
+
 fn inspect(a: &InspectArgs) -> Result<()> {
-    let policy = if a.zero_non_finite {
-        NonFinitePolicy::Zero
-    } else {
-        NonFinitePolicy::Error
-    };
-    let opts = ReadOptions {
-        non_finite: policy,
-        verify_checksum: !a.no_verify,
-    };
-    let side_meta = match &a.meta {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            Some(SigMfMeta::parse(&text, p)?)
-        }
-        None => None,
-    };
-    let is_stdin = a.input.as_os_str() == "-";
-    if (is_stdin || a.raw) && side_meta.is_none() {
+    let source = InputSource::new(&a.input, a.raw);
+    if source.is_raw() && a.meta.is_none() {
         eprintln!("note: raw input without --meta: no sample rate, no annotations");
     }
-    let (meta, mut stream): (Option<SigMfMeta>, SampleStream<Box<dyn std::io::Read>>) = if is_stdin
-    {
-        let r: Box<dyn std::io::Read> = Box::new(std::io::stdin().lock());
-        (side_meta, SampleStream::new(r, "<stdin>", policy))
-    } else if a.raw {
-        let f = std::fs::File::open(&a.input)
-            .with_context(|| format!("opening {}", a.input.display()))?;
-        let r: Box<dyn std::io::Read> = Box::new(std::io::BufReader::new(f));
-        (
-            side_meta,
-            SampleStream::new(r, a.input.display().to_string(), policy),
-        )
-    } else {
-        if side_meta.is_some() {
-            bail!("--meta is for raw input or stdin; a SigMF recording has its own");
-        }
-        let (meta, s) = open_sigmf(&a.input, opts)?;
-        // Re-box the stream's reader so both paths share one type.
-        (Some(meta), rebox(s))
-    };
-    if is_stdin || a.raw {
-        // A side metadata file can still vouch for the stream's length and content.
-        if let Some(m) = &meta {
-            if let Some(count) = m.global.sample_count {
-                stream = stream.expect_count(count);
-            }
-            if let (Some(sha), true) = (&m.global.sha512, opts.verify_checksum) {
-                stream = stream.expect_sha512(sha);
-            }
-        }
+    let opts = read_options(a.zero_non_finite, a.no_verify);
+    let mut input = open_input(&source, a.meta.as_deref(), opts)?;
+    let cfg = a.windows.config();
+    let ranges = input.label_ranges()?;
+    let s = summarise(&mut input.stream, &ranges, cfg, a.chunk)?;
+    println!("samples: {}", s.samples);
+    if let Some(fs) = input.sample_rate_hz() {
+        println!("sample rate: {fs} Hz ({:.6} s)", s.samples as f64 / fs);
     }
-    let ranges = match &meta {
-        Some(m) => m.label_ranges()?,
-        None => Vec::new(),
-    };
-    let mut windows = WindowStream::new(a.windows.config(), Normaliser::identity(), &ranges)?;
-    let mut batch = windows.empty_windows();
-    let mut per_kind = vec![0u64; batch.kind_names.len()];
-    let (mut n_windows, mut n_anomalous) = (0u64, 0u64);
-    let mut chunk: Vec<Iq> = Vec::new();
-    let (mut power, mut peak) = (0f64, 0f64);
-    while stream.read_chunk(&mut chunk, a.chunk.max(1))? > 0 {
-        for s in &chunk {
-            let p = f64::from(s.i).powi(2) + f64::from(s.q).powi(2);
-            power += p;
-            peak = peak.max(p);
-        }
-        batch.clear();
-        windows.push(&chunk, &mut batch);
-        n_windows += batch.len() as u64;
-        for k in 0..batch.len() {
-            if batch.labels[k] {
-                n_anomalous += 1;
-                if let Some(kind) = batch.kinds[k] {
-                    per_kind[kind as usize] += 1;
-                }
-            }
-        }
-    }
-    let n = stream.position();
-    println!("samples: {n}");
-    if let Some(fs) = meta.as_ref().and_then(|m| m.global.sample_rate) {
-        println!("sample rate: {fs} Hz ({:.6} s)", n as f64 / fs);
-    }
-    if n > 0 {
+    if let Some(mean) = s.mean_power() {
         println!(
-            "mean power: {:.4} ({:.2} dB), peak power: {:.4}",
-            power / n as f64,
-            10.0 * (power / n as f64).log10(),
-            peak
+            "mean power: {mean:.4} ({:.2} dB), peak power: {:.4}",
+            10.0 * mean.log10(),
+            s.peak_power
         );
     }
-    if stream.replaced() > 0 {
-        println!("non-finite samples replaced by 0: {}", stream.replaced());
+    if s.replaced > 0 {
+        println!("non-finite samples replaced by 0: {}", s.replaced);
     }
-    if let Some(m) = &meta {
+    if let Some(m) = &input.meta {
         println!("annotations: {}", m.annotations.len());
-        for ann in &m.annotations {
-            println!(
-                "  {:>8} at samples [{}, {})",
-                ann.label.as_deref().unwrap_or("?"),
-                ann.sample_start,
-                ann.sample_start + ann.sample_count.unwrap_or(0)
-            );
-        }
+        print_annotations(m);
     }
-    let cfg = a.windows.config();
     println!(
-        "windows of {} samples every {}: {n_windows}, anomalous (>= {} annotated samples): {n_anomalous}",
+        "windows of {} samples every {}: {}, anomalous (>= {} annotated samples): {}",
         cfg.len,
         cfg.stride,
-        cfg.min_annotated()
+        s.windows,
+        cfg.min_annotated(),
+        s.anomalous
     );
-    for (name, count) in batch.kind_names.iter().zip(&per_kind) {
+    for (name, count) in &s.per_kind {
         println!("  {name}: {count}");
     }
     Ok(())
-}
-
-fn rebox<R: std::io::Read + 'static>(s: SampleStream<R>) -> SampleStream<Box<dyn std::io::Read>> {
-    s.map_reader(|r| Box::new(r) as Box<dyn std::io::Read>)
 }
 
 #[derive(Args, Debug)]
@@ -579,73 +401,34 @@ pub struct BaselineArgs {
 
 fn baseline(a: &BaselineArgs) -> Result<()> {
     let rule: ThresholdRule = a.threshold.parse()?;
-    let cfg = a.windows.config();
-    let train = read_recording(&a.train, ReadOptions::default())?;
-    let test = read_recording(&a.test, ReadOptions::default())?;
-    let norm = Normaliser::fit(&train.samples)?;
-    // Labels of the training windows are not used for fitting (the detector is unsupervised);
-    // they only tell the user how contaminated the training data is.
-    let wtrain = make_windows(&train.samples, cfg, norm, &train.label_ranges()?)?;
-    if wtrain.anomalous() > 0 {
+    let r = run_baseline(&a.train, &a.test, a.components, rule, a.windows.config())?;
+    if r.train_anomalous > 0 {
         eprintln!(
             "note: {} of {} training windows are annotated anomalous; fitting on all of them",
-            wtrain.anomalous(),
-            wtrain.len()
+            r.train_anomalous, r.train_windows
         );
     }
-    let wtest = make_windows(&test.samples, cfg, norm, &test.label_ranges()?)?;
-    let pca = PcaDetector::fit(&wtrain, a.components)?;
-    let train_scores = pca.scores(&wtrain)?;
-    let threshold = select_threshold(&train_scores, rule)?;
-    let scores = pca.scores(&wtest)?;
-    let c = Confusion::from_scores(&scores, &wtest.labels, threshold)?;
-    let (oracle_t, oracle) = best_f1(&scores, &wtest.labels)?;
-    let per_kind = recall_by_kind(&scores, &wtest, threshold)?;
     println!(
-        "PCA-{} on {} training windows (normalisation scale {:.4}), threshold {rule} = {threshold:.6}",
-        a.components,
-        wtrain.len(),
-        norm.scale
+        "PCA-{} on {} training windows (normalisation scale {:.4}), threshold {rule} = {:.6}",
+        a.components, r.train_windows, r.normalisation_scale, r.threshold
     );
     println!(
-        "test ({} windows, {} anomalous): {c}",
-        wtest.len(),
-        wtest.anomalous()
+        "test ({} windows, {} anomalous): {}",
+        r.test_windows, r.test_anomalous, r.test
     );
-    for r in &per_kind {
-        println!("  {}: {}/{} detected", r.kind, r.detected, r.total);
+    for k in &r.recall_by_kind {
+        println!("  {}: {}/{} detected", k.kind, k.detected, k.total);
     }
-    println!("oracle threshold {oracle_t:.6} (reference only): {oracle}");
+    println!(
+        "oracle threshold {:.6} (reference only): {}",
+        r.oracle_threshold, r.oracle
+    );
     if let Some(path) = &a.json {
-        let v = serde_json::json!({
-            "detector": format!("pca{}", a.components),
-            "threshold_rule": rule.to_string(),
-            "threshold": threshold,
-            "normalisation_scale": norm.scale,
-            "train_windows": wtrain.len(),
-            "test_windows": wtest.len(),
-            "tp": c.tp, "fp": c.fp, "tn": c.tn, "fn": c.fn_,
-            "precision": c.precision(), "recall": c.recall(), "f1": c.f1(),
-            "oracle_f1": oracle.f1(),
-            "recall_by_kind": per_kind.iter().map(|r| serde_json::json!({
-                "kind": r.kind, "detected": r.detected, "total": r.total
-            })).collect::<Vec<_>>(),
-        });
-        let mut text = serde_json::to_vec_pretty(&v)?;
+        let mut text = serde_json::to_vec_pretty(&r.to_json())?;
         text.push(b'\n');
-        write_file_atomic(path, &text)?;
+        write_atomic(path, |w| w.write_all(&text))?;
     }
     Ok(())
-}
-
-/// Runs `f` on a rayon pool of `threads` threads (0: rayon's default).
-/// The most samples `rf generate` writes in one recording (16 GiB of cf32_le): a typo such as
-/// `--samples 1e15` is an error, not a disk filled for hours.
-const MAX_GENERATE_SAMPLES: u64 = 1 << 31;
-
-fn with_threads(threads: usize, f: impl FnOnce() -> Result<()> + Send) -> Result<()> {
-    let threads = crate::util::threads_or_default((threads > 0).then_some(threads))?;
-    crate::util::with_threads(threads, f)?
 }
 
 /// Model and training options shared by `detect` and `experiment`.
@@ -679,31 +462,18 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn config(&self, dim: usize, precision: Precision) -> Result<AeConfig> {
-        let swa_start = match self.swa_start.as_deref() {
-            None => Some(self.iterations * 3 / 4),
-            Some("none") => None,
-            Some(v) => Some(
-                v.parse()
-                    .with_context(|| format!("--swa-start {v:?}: expected an iteration or none"))?,
-            ),
-        };
-        let cfg = AeConfig {
-            dim,
-            precision,
+    fn options(&self) -> ModelOptions {
+        ModelOptions {
+            iterations: self.iterations,
             lr: self.lr,
             momentum: self.momentum,
             weight_decay: self.weight_decay,
-            minibatch: self.minibatch,
-            iterations: self.iterations,
-            swa_start,
+            swa_start: self.swa_start.clone(),
             swa_lr: self.swa_lr,
-            threshold: self.threshold.parse()?,
+            minibatch: self.minibatch,
+            threshold: self.threshold.clone(),
             seed: self.model_seed,
-            ..AeConfig::default()
-        };
-        cfg.validate()?;
-        Ok(cfg)
+        }
     }
 }
 
@@ -789,212 +559,109 @@ pub struct DetectArgs {
     pub windows: WindowArgs,
 }
 
-/// `rf detect --vectors`: the auto-encoder on rows of feature vectors.
-fn detect_vectors(a: &DetectArgs, path: &Path) -> Result<()> {
-    if a.calibrate.is_some() && a.calibrate_labels.is_none() {
-        bail!("--calibrate with --vectors needs --calibrate-labels");
+impl DetectArgs {
+    fn options(&self) -> DetectOptions {
+        DetectOptions {
+            window: self.windows.config(),
+            precision: self.precision.clone(),
+            train_windows: self.train_windows,
+            model: self.model.options(),
+            refresh_every: self.refresh_every,
+            refresh_iterations: self.refresh_iterations,
+            score_batch: self.score_batch,
+            max_spread: self.max_spread,
+            max_attempts: self.max_attempts,
+            calibrate: self.calibrate.clone(),
+            calibrate_target: self.calibrate_target.clone(),
+        }
     }
-    let data = lowprec_rf::vectors::read_vectors(path, a.labels.as_deref())?;
-    let calibration = match &a.calibrate {
-        Some(c) => Some(lowprec_rf::vectors::read_vectors(
-            c,
-            a.calibrate_labels.as_deref(),
-        )?),
-        None => None,
-    };
-    let precision: Precision = a.precision.parse()?;
-    let cfg = lowprec_rf::vectors::VectorConfig {
-        train_rows: a.train_windows,
-        ae: a.model.config(data.dim, precision)?,
-        calibration: Some(a.calibrate_target.parse()?),
-    };
-    let backend = crate::util::backend(&a.backend)?;
-    let report =
-        lowprec_rf::vectors::run_vectors(&data, calibration.as_ref(), &cfg, backend.as_ref())?;
-    // One JSON line per scored row.
-    let mut out = String::with_capacity(report.scores.len() * 48);
-    let labels = data.labels.as_deref();
-    for (k, &s) in report.scores.iter().enumerate() {
-        let row = a.train_windows + k;
-        let line = serde_json::json!({
-            "row": row,
-            "score": s,
-            "anomalous": s > report.summary.threshold,
-            "label": labels.map(|l| l[row]),
-        });
-        out.push_str(&line.to_string());
-        out.push('\n');
-    }
-    if a.out.as_os_str() == "-" {
-        std::io::stdout().lock().write_all(out.as_bytes())?;
-    } else {
-        write_file_atomic(&a.out, out.as_bytes())?;
-    }
-    let mut text = serde_json::to_vec_pretty(&report.summary)?;
+}
+
+/// Writes `summary` as pretty JSON to `path` (if any) and always to stderr.
+fn write_summary(path: Option<&Path>, summary: &impl serde::Serialize) -> Result<()> {
+    let mut text = serde_json::to_vec_pretty(summary)?;
     text.push(b'\n');
-    if let Some(p) = &a.summary {
-        write_file_atomic(p, &text)?;
+    if let Some(p) = path {
+        write_atomic(p, |w| w.write_all(&text))?;
     }
     eprintln!("{}", String::from_utf8_lossy(&text).trim_end());
     Ok(())
 }
 
+/// `rf detect --vectors`: the auto-encoder on rows of feature vectors.
+fn detect_vectors(a: &DetectArgs, path: &Path) -> Result<()> {
+    let v = VectorOptions {
+        vectors: path.to_path_buf(),
+        labels: a.labels.clone(),
+        calibrate: a.calibrate.clone(),
+        calibrate_labels: a.calibrate_labels.clone(),
+        calibrate_target: a.calibrate_target.clone(),
+        train_rows: a.train_windows,
+        precision: a.precision.clone(),
+        model: a.model.options(),
+    };
+    let v = v.prepare()?;
+    let backend = crate::util::backend(&a.backend)?;
+    let report = run_vectors(&v.data, v.calibration.as_ref(), &v.config, backend.as_ref())?;
+    let out = report.to_jsonl(v.data.labels.as_deref(), a.train_windows);
+    if a.out.as_os_str() == "-" {
+        std::io::stdout().lock().write_all(out.as_bytes())?;
+    } else {
+        write_atomic(&a.out, |w| w.write_all(out.as_bytes()))?;
+    }
+    write_summary(a.summary.as_deref(), &report.summary)
+}
+
 fn detect(a: &DetectArgs) -> Result<()> {
     let input = match (&a.vectors, &a.input) {
         (Some(v), _) => return detect_vectors(a, v),
-        (None, Some(i)) => i.clone(),
+        (None, Some(i)) => i,
         (None, None) => bail!("give a recording (INPUT) or --vectors FILE.npy"),
     };
-    let policy = if a.zero_non_finite {
-        NonFinitePolicy::Zero
-    } else {
-        NonFinitePolicy::Error
-    };
-    let opts = ReadOptions {
-        non_finite: policy,
-        verify_checksum: !a.no_verify,
-    };
-    let wcfg = a.windows.config();
-    wcfg.validate()?;
-    let precision: Precision = a.precision.parse()?;
-    let calibration = match &a.calibrate {
-        None => None,
-        Some(c) => {
-            let rec = read_recording(c, opts)?;
-            let labels = rec.label_ranges()?;
-            if labels.is_empty() {
-                bail!(
-                    "--calibrate {}: the recording has no annotations to calibrate on",
-                    c.display()
-                );
-            }
-            Some(lowprec_rf::detect::StreamCalibration {
-                name: c.display().to_string(),
-                samples: rec.samples,
-                labels,
-                target: a.calibrate_target.parse()?,
-            })
-        }
-    };
-    let cfg = DetectConfig {
-        window: wcfg,
-        train_windows: a.train_windows,
-        ae: a.model.config(wcfg.dim(), precision)?,
-        refresh_every: a.refresh_every,
-        refresh_iterations: a.refresh_iterations,
-        score_batch: a.score_batch,
-        chunk_samples: 1 << 16,
-        max_spread: a.max_spread,
-        max_attempts: a.max_attempts,
-        calibration,
-    };
-    cfg.validate()?;
+    let opts = read_options(a.zero_non_finite, a.no_verify);
+    let cfg = a.options().config(opts)?;
     let backend = crate::util::backend(&a.backend)?;
-    let side_meta = match &a.meta {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            Some(SigMfMeta::parse(&text, p)?)
-        }
-        None => None,
-    };
-    let is_stdin = input.as_os_str() == "-";
-    let (meta, mut stream): (Option<SigMfMeta>, SampleStream<Box<dyn std::io::Read>>) = if is_stdin
-    {
-        let r: Box<dyn std::io::Read> = Box::new(std::io::BufReader::with_capacity(
-            1 << 20,
-            std::io::stdin().lock(),
-        ));
-        (side_meta, SampleStream::new(r, "<stdin>", policy))
-    } else if a.raw {
-        let f =
-            std::fs::File::open(&input).with_context(|| format!("opening {}", input.display()))?;
-        let r: Box<dyn std::io::Read> = Box::new(std::io::BufReader::with_capacity(1 << 20, f));
-        (
-            side_meta,
-            SampleStream::new(r, input.display().to_string(), policy),
-        )
-    } else {
-        if side_meta.is_some() {
-            bail!("--meta is for raw input or stdin; a SigMF recording has its own");
-        }
-        let (meta, s) = open_sigmf(&input, opts)?;
-        (Some(meta), rebox(s))
-    };
-    if is_stdin || a.raw {
-        if let Some(m) = &meta {
-            if let Some(count) = m.global.sample_count {
-                stream = stream.expect_count(count);
-            }
-            if let (Some(sha), true) = (&m.global.sha512, opts.verify_checksum) {
-                stream = stream.expect_sha512(sha);
-            }
-        }
-    }
-    let ranges = match &meta {
-        Some(m) => m.label_ranges()?,
-        None => Vec::new(),
-    };
-    let sample_rate = meta
-        .as_ref()
-        .and_then(|m| m.global.sample_rate)
-        .or(a.sample_rate);
-    let to_stdout = a.out.as_os_str() == "-";
+    let mut input = open_input(&InputSource::new(input, a.raw), a.meta.as_deref(), opts)?;
+    let ranges = input.label_ranges()?;
+    let sample_rate = input.sample_rate_hz().or(a.sample_rate);
+    let has_labels = input.has_annotations();
     let out_name = a.out.display().to_string();
     let quiet = a.quiet;
-    let has_labels = meta.as_ref().is_some_and(|m| !m.annotations.is_empty());
+    let mut last = std::time::Instant::now();
+    let mut progress = |p: &Progress| {
+        if !quiet && last.elapsed().as_secs_f64() >= 1.0 {
+            last = std::time::Instant::now();
+            eprintln!(
+                "{} samples, {} windows, {} flagged, {} refreshes, {:.0} samples/s",
+                p.samples,
+                p.windows,
+                p.flagged,
+                p.refreshes,
+                p.samples as f64 / p.seconds.max(1e-9)
+            );
+        }
+    };
+    let mut run = |w: &mut dyn Write| {
+        run_detector_jsonl(
+            &mut input.stream,
+            &ranges,
+            has_labels,
+            sample_rate,
+            &cfg,
+            backend.as_ref(),
+            w,
+            &out_name,
+            &mut progress,
+        )
+    };
     // Records stream to stdout, or to a temporary file renamed into place at the end.
-    let mut run =
-        |w: &mut dyn Write| -> Result<lowprec_rf::detect::DetectSummary, lowprec_rf::RfError> {
-            let mut line = String::with_capacity(128);
-            let mut sink = |r: &lowprec_rf::detect::WindowRecord| {
-                line.clear();
-                r.to_json_line(&mut line);
-                line.push('\n');
-                w.write_all(line.as_bytes())
-                    .map_err(|e| lowprec_rf::RfError::io(&out_name, e))
-            };
-            let mut last = std::time::Instant::now();
-            let mut progress = |p: &Progress| {
-                if !quiet && last.elapsed().as_secs_f64() >= 1.0 {
-                    last = std::time::Instant::now();
-                    eprintln!(
-                        "{} samples, {} windows, {} flagged, {} refreshes, {:.0} samples/s",
-                        p.samples,
-                        p.windows,
-                        p.flagged,
-                        p.refreshes,
-                        p.samples as f64 / p.seconds.max(1e-9)
-                    );
-                }
-            };
-            let summary = run_detector(
-                &mut stream,
-                &ranges,
-                has_labels,
-                sample_rate,
-                &cfg,
-                backend.as_ref(),
-                &mut sink,
-                &mut progress,
-            )?;
-            w.flush()
-                .map_err(|e| lowprec_rf::RfError::io(&out_name, e))?;
-            Ok(summary)
-        };
-    let summary = if to_stdout {
+    let summary = if a.out.as_os_str() == "-" {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
         run(&mut w)?
     } else {
-        lowprec_rf::sigmf::atomic_write(&a.out, |w| run(w))?
+        atomic_write(&a.out, |w| run(w))?
     };
-    let mut text = serde_json::to_vec_pretty(&summary)?;
-    text.push(b'\n');
-    if let Some(p) = &a.summary {
-        write_file_atomic(p, &text)?;
-    }
-    eprintln!("{}", String::from_utf8_lossy(&text).trim_end());
-    Ok(())
+    write_summary(a.summary.as_deref(), &summary)
 }
 
 #[derive(Args, Debug)]
@@ -1032,32 +699,24 @@ pub struct ExperimentArgs {
     pub model: ModelArgs,
 }
 
+impl ExperimentArgs {
+    fn options(&self) -> ExperimentOptions {
+        ExperimentOptions {
+            precisions: self.precisions.clone(),
+            fpga: self.fpga.clone(),
+            seed: self.seed,
+            anomaly_power_db: self.anomaly_power_db,
+            snr_db: self.snr_db,
+            wideband: self.wideband,
+            train_windows: self.train_windows,
+            target_f1: self.target_f1,
+            model: self.model.options(),
+        }
+    }
+}
+
 fn experiment(a: &ExperimentArgs) -> Result<()> {
-    let precisions: Vec<Precision> = a
-        .precisions
-        .iter()
-        .map(|p| p.parse())
-        .collect::<Result<_, _>>()?;
-    let window = WindowConfig::default();
-    let cfg = ExperimentConfig {
-        pair: StandardPairConfig {
-            seed: a.seed,
-            snr_db: a.snr_db,
-            anomaly_power_db: a.anomaly_power_db,
-            fm: if a.wideband {
-                PairFm::WIDEBAND
-            } else {
-                PairFm::NARROWBAND
-            },
-            ..StandardPairConfig::default()
-        },
-        window,
-        train_windows: a.train_windows,
-        ae: a.model.config(window.dim(), Precision::fp32())?,
-        precisions,
-        fpga: (a.fpga != "none").then(|| a.fpga.clone()),
-        target_f1: a.target_f1,
-    };
+    let cfg = a.options().config()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut progress = |p: &str, it: u64, f1: f64| {
         if it.is_multiple_of(20) {
@@ -1065,55 +724,12 @@ fn experiment(a: &ExperimentArgs) -> Result<()> {
         }
     };
     let r = run_experiment(&cfg, &mut progress)?;
-    let mut curve = Vec::new();
-    for pt in &r.curve {
-        serde_json::to_writer(&mut curve, pt)?;
-        curve.push(b'\n');
-    }
-    write_file_atomic(&a.out.join("curve.jsonl"), &curve)?;
-    let key = format!("iterations_to_f1_{}", a.target_f1);
-    let mut fin = serde_json::Map::new();
-    for f in &r.finals {
-        fin.insert(
-            f.precision.clone(),
-            serde_json::json!({
-                "f1": f.f1,
-                "precision_score": f.precision_score,
-                "recall": f.recall,
-                key.as_str(): f.iterations_to_target,
-                "iterations": f.iterations,
-                "seconds": f.seconds,
-                "projected_seconds": f.projected_seconds,
-                "backends_agree": f.backends_agree,
-                "fpga_cycles": f.fpga_cycles,
-                "test": f.test,
-                "rules": f.rules,
-            }),
-        );
-    }
-    let v = serde_json::json!({
-        "precisions": fin,
-        "baselines": r.baselines,
-        "train_windows": r.train_windows,
-        "test_windows": r.test_windows,
-        "test_anomalous": r.test_anomalous,
-        "fpga": r.fpga,
-        "pair": {
-            "seed": a.seed, "snr_db": a.snr_db, "anomaly_power_db": a.anomaly_power_db,
-            "transmission": if a.wideband { "wideband" } else { "narrowband" },
-        },
-    });
-    // final.json: the per-precision objects at the top level, plus the context.
-    let mut top = fin.clone();
-    for (k, val) in v.as_object().expect("object") {
-        if k != "precisions" {
-            top.insert(k.clone(), val.clone());
-        }
-    }
-    let mut text = serde_json::to_vec_pretty(&serde_json::Value::Object(top))?;
+    let curve = r.curve_jsonl()?;
+    write_atomic(&a.out.join("curve.jsonl"), |w| w.write_all(&curve))?;
+    let mut text = serde_json::to_vec_pretty(&r.final_json(&cfg.pair))?;
     text.push(b'\n');
-    write_file_atomic(&a.out.join("final.json"), &text)?;
-    plot_experiment(&r, &a.out.join("fig9.png"))?;
+    write_atomic(&a.out.join("final.json"), |w| w.write_all(&text))?;
+    crate::plot::plot_rf_experiment(&r, &a.out.join("fig9.png"))?;
     println!(
         "{:<8} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>14} {:>10} {:>12}",
         "policy",
@@ -1158,106 +774,6 @@ fn experiment(a: &ExperimentArgs) -> Result<()> {
     Ok(())
 }
 
-/// Three panels: F1 against iterations, training seconds and projected seconds.
-fn plot_experiment(r: &ExperimentResult, out: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    crate::plot::register_font()?;
-    let root = BitMapBackend::new(out, (1500, 520)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let panels = root.split_evenly((1, 3));
-    let mut names: Vec<String> = Vec::new();
-    for p in &r.curve {
-        if !names.contains(&p.precision) {
-            names.push(p.precision.clone());
-        }
-    }
-    let pca = r.baselines.first().map(|b| (b.detector.clone(), b.f1));
-    type Getter = fn(&lowprec_rf::experiment::CurvePoint) -> Option<f64>;
-    let axes: [(&str, Getter); 3] = [
-        ("iterations", |p| Some(p.iteration as f64)),
-        ("training time on this CPU (s)", |p| Some(p.seconds)),
-        ("projected time, GEMMs on the FPGA model (s)", |p| {
-            p.projected_seconds
-        }),
-    ];
-    for (panel, (xlabel, get)) in panels.iter().zip(axes) {
-        let xmax = r
-            .curve
-            .iter()
-            .filter_map(get)
-            .fold(0.0f64, f64::max)
-            .max(1e-9);
-        let mut chart = ChartBuilder::on(panel)
-            .caption(format!("F1 vs {xlabel}"), ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..xmax * 1.02, 0f64..1f64)?;
-        chart
-            .configure_mesh()
-            .x_desc(xlabel)
-            .y_desc("test F1")
-            .label_style(("sans-serif", 13))
-            .draw()?;
-        for (i, name) in names.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let pts: Vec<(f64, f64)> = r
-                .curve
-                .iter()
-                .filter(|p| &p.precision == name)
-                .filter_map(|p| get(p).map(|x| (x, p.f1)))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-                .label(name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-        }
-        if let Some((label, f1)) = &pca {
-            chart
-                .draw_series(DashedLineSeries::new(
-                    vec![(0.0, *f1), (xmax * 1.02, *f1)],
-                    6,
-                    4,
-                    BLACK.stroke_width(1),
-                ))?
-                .label(format!("{label} (F1 {f1:.3})"))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-        }
-        let t = r.target_f1;
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(0.0, t), (xmax * 1.02, t)],
-                2,
-                4,
-                RED.stroke_width(1),
-            ))?
-            .label(format!("F1 {t}"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()?;
-    }
-    root.present()
-        .with_context(|| format!("writing {}", out.display()))?;
-    Ok(())
-}
-
-fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    lowprec_rf::sigmf::atomic_write(path, |f| {
-        f.write_all(bytes).map_err(|e| lowprec_rf::RfError::Io {
-            path: path.into(),
-            source: e,
-        })
-    })?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1273,255 +789,18 @@ mod tests {
         TestCli::try_parse_from(std::iter::once("rf").chain(args.iter().copied())).map(|c| c.rf)
     }
 
-    fn run_args(args: &[&str]) -> Result<()> {
-        run(&parse(args)?)
-    }
+    // The end-to-end runs are in tests/rf.rs; the checks of the options in the rf crate.
 
     #[test]
-    fn generate_inspect_pair_and_baseline_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("rec");
-        let b = base.to_str().unwrap();
-        run_args(&[
+    fn generate_arguments_become_the_options() {
+        let RfCommand::Generate(a) = parse(&["generate", "--out", "x"]).unwrap() else {
+            panic!("not generate")
+        };
+        assert_eq!(a.options(), GenerateOptions::default());
+        let args = [
             "generate",
             "--out",
-            b,
-            "--samples",
-            "50000",
-            "--anomalies",
-            "bandpass,chirp,sine",
-            "--snr-db",
-            "-3",
-            "--carrier-offset",
-            "-20000",
-            "--seed",
-            "5",
-        ])
-        .unwrap();
-        let first = std::fs::read(dir.path().join("rec.sigmf-data")).unwrap();
-        assert_eq!(first.len(), 50000 * 8);
-        // Same arguments and seed, other chunk size: same bytes.
-        run_args(&[
-            "generate",
-            "--out",
-            b,
-            "--samples",
-            "50000",
-            "--anomalies",
-            "bandpass,chirp,sine",
-            "--snr-db",
-            "-3",
-            "--carrier-offset",
-            "-20000",
-            "--seed",
-            "5",
-            "--chunk",
-            "33",
-        ])
-        .unwrap();
-        assert_eq!(
-            std::fs::read(dir.path().join("rec.sigmf-data")).unwrap(),
-            first
-        );
-        let rec = read_recording(&base, ReadOptions::default()).unwrap();
-        assert_eq!(rec.label_ranges().unwrap().len(), 3);
-        run_args(&["inspect", b]).unwrap();
-        run_args(&[
-            "inspect",
-            dir.path().join("rec.sigmf-data").to_str().unwrap(),
-            "--raw",
-        ])
-        .unwrap();
-
-        let pair_dir = dir.path().join("pair");
-        let p = pair_dir.to_str().unwrap();
-        run_args(&[
-            "pair",
-            "--out-dir",
-            p,
-            "--train-samples",
-            "65536",
-            "--test-samples",
-            "32768",
-            "--anomaly-samples",
-            "1024",
-        ])
-        .unwrap();
-        let json = dir.path().join("baseline.json");
-        run_args(&[
-            "baseline",
-            "--train",
-            &format!("{p}/train"),
-            "--test",
-            &format!("{p}/test"),
-            "--json",
-            json.to_str().unwrap(),
-        ])
-        .unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        assert_eq!(v["test_windows"], 2048);
-        assert!(v["f1"].as_f64().unwrap() > 0.5, "{v}");
-    }
-
-    #[test]
-    fn detect_writes_jsonl_and_summary() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("nb");
-        let b = base.to_str().unwrap();
-        run_args(&[
-            "generate",
-            "--out",
-            b,
-            "--samples",
-            "40000",
-            "--deviation",
-            "3000",
-            "--noise-band",
-            "300:3000",
-            "--anomaly",
-            "sine@30000+2000",
-            "--anomaly-power-db",
-            "-12",
-            "--seed",
-            "2",
-        ])
-        .unwrap();
-        let out = dir.path().join("sub/records.jsonl");
-        let summary = dir.path().join("summary.json");
-        run_args(&[
-            "detect",
-            b,
-            "--out",
-            out.to_str().unwrap(),
-            "--summary",
-            summary.to_str().unwrap(),
-            "--train-windows",
-            "500",
-            "--iterations",
-            "40",
-            "--refresh-every",
-            "1000",
-            "--threads",
-            "1",
-            "--quiet",
-        ])
-        .unwrap();
-        let text = std::fs::read_to_string(&out).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 2500);
-        assert_eq!(lines[7]["index"], 7);
-        assert_eq!(lines[7]["offset"], 112);
-        assert!(lines[7]["error"].as_f64().unwrap() >= 0.0);
-        assert!(lines[7]["flag"].is_boolean());
-        assert_eq!(lines[1900]["label"], true);
-        let s: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
-        assert_eq!(s["windows"], 2500);
-        assert_eq!(s["samples"], 40000);
-        assert_eq!(
-            s["refreshes"].as_u64().unwrap() + s["skipped_refreshes"].as_u64().unwrap(),
-            2
-        );
-        assert!(s["confusion"]["f1"].as_f64().is_some());
-        assert_eq!(
-            s["flagged"].as_u64().unwrap() as usize,
-            lines.iter().filter(|l| l["flag"] == true).count()
-        );
-        // Raw input without metadata: no labels, same errors.
-        let raw_out = dir.path().join("raw.jsonl");
-        run_args(&[
-            "detect",
-            dir.path().join("nb.sigmf-data").to_str().unwrap(),
-            "--raw",
-            "--sample-rate",
-            "1e6",
-            "--out",
-            raw_out.to_str().unwrap(),
-            "--train-windows",
-            "500",
-            "--iterations",
-            "40",
-            "--refresh-every",
-            "1000",
-            "--quiet",
-        ])
-        .unwrap();
-        let raw = std::fs::read_to_string(&raw_out).unwrap();
-        let first: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
-        assert!(first.get("label").is_none());
-        assert_eq!(first["error"], lines[0]["error"]);
-        // Bad arguments fail without leaving the output behind.
-        let bad = dir.path().join("bad.jsonl");
-        let bo = bad.to_str().unwrap();
-        for args in [
-            vec!["detect", b, "--out", bo, "--precision", "int3"],
-            vec!["detect", b, "--out", bo, "--backend", "tpu"],
-            vec!["detect", b, "--out", bo, "--threshold", "q9"],
-            vec!["detect", b, "--out", bo, "--window", "0"],
-            vec!["detect", b, "--out", bo, "--swa-start", "soon"],
-            vec!["detect", b, "--out", bo, "--train-windows", "5000"],
-        ] {
-            assert!(run_args(&args).is_err(), "{args:?} succeeded");
-        }
-        assert!(!bad.exists());
-    }
-
-    #[test]
-    fn experiment_writes_curve_final_and_plot() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("fig9");
-        run_args(&[
-            "experiment",
-            "--out",
-            out.to_str().unwrap(),
-            "--iterations",
-            "30",
-        ])
-        .unwrap();
-        let curve = std::fs::read_to_string(out.join("curve.jsonl")).unwrap();
-        let rows: Vec<serde_json::Value> = curve
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(rows.len(), 60);
-        for r in &rows {
-            for k in [
-                "iteration",
-                "precision",
-                "f1",
-                "seconds",
-                "projected_seconds",
-            ] {
-                assert!(r.get(k).is_some(), "{k} missing in {r}");
-            }
-        }
-        assert_eq!(rows[30]["precision"], "bfp8");
-        assert_eq!(rows[30]["iteration"], 1);
-        let fin: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("final.json")).unwrap())
-                .unwrap();
-        for p in ["fp32", "bfp8"] {
-            for k in ["f1", "precision_score", "recall", "iterations_to_f1_0.87"] {
-                assert!(fin[p].get(k).is_some(), "{p}.{k} missing in {fin}");
-            }
-        }
-        assert_eq!(fin["bfp8"]["backends_agree"], true);
-        let png = std::fs::read(out.join("fig9.png")).unwrap();
-        assert_eq!(&png[1..4], b"PNG");
-    }
-
-    #[test]
-    fn explicit_anomalies_and_tones() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("t");
-        run_args(&[
-            "generate",
-            "--out",
-            base.to_str().unwrap(),
+            "x",
             "--samples",
             "4000",
             "--tones",
@@ -1533,120 +812,94 @@ mod tests {
             "chirp@3000+1000",
             "--sine-freq",
             "-123000",
-        ])
-        .unwrap();
-        let rec = read_recording(&base, ReadOptions::default()).unwrap();
-        let meta = rec.meta.unwrap();
-        let spec: SignalSpec =
-            serde_json::from_value(meta.global.generator.clone().unwrap()).unwrap();
-        assert_eq!(spec.fm.snr_db, None);
+            "--chirp-start",
+            "-5",
+            "--bandpass-width",
+            "7",
+            "--anomaly-power-db",
+            "-12",
+            "--seed",
+            "3",
+        ];
+        let RfCommand::Generate(a) = parse(&args).unwrap() else {
+            panic!("not generate")
+        };
+        let o = a.options();
+        assert_eq!((o.samples, o.snr_db, o.seed), (Some(4000), None, 3));
+        assert_eq!(o.tones, ["1000", "2500@0.5"]);
+        assert_eq!(o.anomaly_at, ["sine@100+200", "chirp@3000+1000"]);
+        assert_eq!(o.anomaly_power_db, -12.0);
         assert_eq!(
-            spec.anomalies[0].kind,
-            AnomalyKind::Sine { freq_hz: -123000.0 }
-        );
-        assert_eq!(
-            (spec.anomalies[1].start, spec.anomalies[1].count),
-            (3000, 1000)
-        );
-        match &spec.fm.message {
-            Message::Tones { tones } => {
-                assert_eq!(tones.len(), 2);
-                assert_eq!((tones[1].freq_hz, tones[1].amplitude), (2500.0, 0.5));
+            o.overrides,
+            KindOverrides {
+                sine_freq_hz: Some(-123000.0),
+                chirp_start_hz: Some(-5.0),
+                bandpass_width_hz: Some(7.0),
+                ..KindOverrides::default()
             }
-            other => panic!("{other:?}"),
+        );
+        let RfCommand::Generate(a) =
+            parse(&["generate", "--out", "x", "--anomalies", "sine,chirp,sine"]).unwrap()
+        else {
+            panic!("not generate")
+        };
+        assert_eq!(a.options().anomalies, ["sine", "chirp", "sine"]);
+        // Exclusive options are clap's to refuse.
+        for args in [
+            &["generate", "--out", "x", "--samples", "5", "--seconds", "1"][..],
+            &[
+                "generate",
+                "--out",
+                "x",
+                "--tones",
+                "1",
+                "--noise-band",
+                "1:2",
+            ],
+            &[
+                "generate",
+                "--out",
+                "x",
+                "--anomalies",
+                "sine",
+                "--anomaly",
+                "sine@0+1",
+            ],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} parsed");
         }
     }
 
     #[test]
-    fn bad_arguments_are_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("x");
-        let o = out.to_str().unwrap();
-        for args in [
-            vec![
-                "generate",
-                "--out",
-                o,
-                "--samples",
-                "1000",
-                "--anomalies",
-                "foo",
-            ],
-            vec![
-                "generate",
-                "--out",
-                o,
-                "--samples",
-                "1000",
-                "--anomalies",
-                "chirp",
-            ],
-            vec![
-                "generate",
-                "--out",
-                o,
-                "--samples",
-                "1000",
-                "--anomaly",
-                "chirp@900+200",
-            ],
-            vec![
-                "generate",
-                "--out",
-                o,
-                "--samples",
-                "1000",
-                "--anomaly",
-                "chirp900",
-            ],
-            vec![
-                "generate",
-                "--out",
-                o,
-                "--samples",
-                "1000",
-                "--tones",
-                "abc",
-            ],
-            vec![
-                "generate",
-                "--out",
-                o,
-                "--samples",
-                "1000",
-                "--noise-band",
-                "5",
-            ],
-            vec![
-                "generate",
-                "--out",
-                o,
-                "--samples",
-                "1000",
-                "--sample-rate",
-                "0",
-            ],
-            vec!["generate", "--out", o, "--seconds", "-1"],
-            vec![
-                "generate",
-                "--out",
-                o,
-                "--samples",
-                "10",
-                "--deviation",
-                "6e5",
-            ],
-            vec!["generate", "--out", o, "--samples", "10", "--meta", o],
-            vec!["inspect", o],
-            vec!["baseline", "--train", o, "--test", o, "--threshold", "q7"],
-        ] {
-            let r = run_args(&args);
-            assert!(r.is_err(), "{args:?} succeeded");
-        }
-        assert!(parse(&["generate", "--out", o, "--samples", "5", "--seconds", "1"]).is_err());
-        assert!(
-            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
-            "files left behind"
-        );
+    fn detect_and_experiment_defaults_are_the_rf_crates() {
+        let RfCommand::Detect(a) = parse(&["detect", "in"]).unwrap() else {
+            panic!("not detect")
+        };
+        assert_eq!(a.options(), DetectOptions::default());
+        let RfCommand::Experiment(a) = parse(&["experiment", "--out", "o"]).unwrap() else {
+            panic!("not experiment")
+        };
+        assert_eq!(a.options(), ExperimentOptions::default());
+        let RfCommand::Detect(a) = parse(&[
+            "detect",
+            "in",
+            "--swa-start",
+            "none",
+            "--threshold",
+            "mad:6",
+            "--model-seed",
+            "4",
+            "--window",
+            "8",
+            "--stride",
+            "4",
+        ])
+        .unwrap() else {
+            panic!("not detect")
+        };
+        let o = a.options();
+        assert_eq!(o.model.swa_start.as_deref(), Some("none"));
+        assert_eq!((o.model.threshold.as_str(), o.model.seed), ("mad:6", 4));
+        assert_eq!((o.window.len, o.window.stride), (8, 4));
     }
 }

@@ -1,6 +1,7 @@
 //! Plots with plotters (bitmap backend, bundled DejaVu Sans so no system fonts are needed).
 
 use anyhow::{bail, Context, Result};
+use lowprec_rf::experiment::ExperimentResult;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -244,6 +245,96 @@ pub fn plot_points(
             (*x, *y),
             ("sans-serif", 15).into_font(),
         )))?;
+    }
+    root.present()
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+/// `rf experiment`'s Fig. 9, three panels: F1 against iterations, training seconds and
+/// projected seconds, with the PCA baseline and the target F1 as dashed lines.
+pub fn plot_rf_experiment(r: &ExperimentResult, out: &Path) -> Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(out, (1500, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 3));
+    let mut names: Vec<String> = Vec::new();
+    for p in &r.curve {
+        if !names.contains(&p.precision) {
+            names.push(p.precision.clone());
+        }
+    }
+    let pca = r.baselines.first().map(|b| (b.detector.clone(), b.f1));
+    type Getter = fn(&lowprec_rf::experiment::CurvePoint) -> Option<f64>;
+    let axes: [(&str, Getter); 3] = [
+        ("iterations", |p| Some(p.iteration as f64)),
+        ("training time on this CPU (s)", |p| Some(p.seconds)),
+        ("projected time, GEMMs on the FPGA model (s)", |p| {
+            p.projected_seconds
+        }),
+    ];
+    for (panel, (xlabel, get)) in panels.iter().zip(axes) {
+        let xmax = r
+            .curve
+            .iter()
+            .filter_map(get)
+            .fold(0.0f64, f64::max)
+            .max(1e-9);
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("F1 vs {xlabel}"), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..xmax * 1.02, 0f64..1f64)?;
+        chart
+            .configure_mesh()
+            .x_desc(xlabel)
+            .y_desc("test F1")
+            .label_style(("sans-serif", 13))
+            .draw()?;
+        for (i, name) in names.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let pts: Vec<(f64, f64)> = r
+                .curve
+                .iter()
+                .filter(|p| &p.precision == name)
+                .filter_map(|p| get(p).map(|x| (x, p.f1)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        if let Some((label, f1)) = &pca {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(0.0, *f1), (xmax * 1.02, *f1)],
+                    6,
+                    4,
+                    BLACK.stroke_width(1),
+                ))?
+                .label(format!("{label} (F1 {f1:.3})"))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        }
+        let t = r.target_f1;
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(0.0, t), (xmax * 1.02, t)],
+                2,
+                4,
+                RED.stroke_width(1),
+            ))?
+            .label(format!("F1 {t}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()?;
     }
     root.present()
         .with_context(|| format!("writing {}", out.display()))?;

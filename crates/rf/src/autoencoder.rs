@@ -189,6 +189,86 @@ impl AeConfig {
     }
 }
 
+/// Parses a precision policy given to `option` (`fp32`, `bfp8`, `swalp`, with overrides).
+pub fn parse_precision(option: &str, s: &str) -> Result<Precision, RfError> {
+    s.parse().map_err(|e: lowprec_nn::NnError| {
+        RfError::bad_option(option, format!("{s:?}"), e.to_string())
+    })
+}
+
+/// `--swa-start` as given: `None` is 3/4 of `iterations`, `none` disables SWA, else the first
+/// SWA iteration.
+pub fn parse_swa_start(value: Option<&str>, iterations: u64) -> Result<Option<u64>, RfError> {
+    match value {
+        None => Ok(Some(iterations * 3 / 4)),
+        Some("none") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            RfError::bad_option(
+                "--swa-start",
+                format!("{v:?}"),
+                "expected an iteration or none",
+            )
+        }),
+    }
+}
+
+/// The model and training options of `rf detect` and `rf experiment`, as given;
+/// [`Self::ae_config`] checks them. The defaults are the commands'.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelOptions {
+    pub iterations: u64,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// See [`parse_swa_start`].
+    pub swa_start: Option<String>,
+    pub swa_lr: f64,
+    /// Windows per SGD step (0: the whole batch).
+    pub minibatch: usize,
+    /// Threshold rule ([`ThresholdRule`]'s syntax).
+    pub threshold: String,
+    /// Seed of the weights and of stochastic rounding.
+    pub seed: u64,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            iterations: 200,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            swa_start: None,
+            swa_lr: 0.05,
+            minibatch: 0,
+            threshold: "p99".into(),
+            seed: 0,
+        }
+    }
+}
+
+impl ModelOptions {
+    /// The checked configuration of a `dim`-input auto-encoder at `precision`.
+    pub fn ae_config(&self, dim: usize, precision: Precision) -> Result<AeConfig, RfError> {
+        let cfg = AeConfig {
+            dim,
+            precision,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            minibatch: self.minibatch,
+            iterations: self.iterations,
+            swa_start: parse_swa_start(self.swa_start.as_deref(), self.iterations)?,
+            swa_lr: self.swa_lr,
+            threshold: self.threshold.parse()?,
+            seed: self.seed,
+            ..AeConfig::default()
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
 /// The trainable auto-encoder with its optimiser state, SWA average and scoring model.
 pub struct Autoencoder {
     pub cfg: AeConfig,

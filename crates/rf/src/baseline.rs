@@ -6,8 +6,17 @@
 //! Jacobi rotations, keep the `components` largest. Score of a window: mean squared error
 //! of its reconstruction, `|x - mu - P P^T (x - mu)|^2 / dim`, the same quantity as the
 //! auto-encoder's MSE loss.
+//!
+//! [`run_baseline`] is `lowprec rf baseline`: fit on a training recording, threshold from the
+//! training errors by a rule, scored against a labelled test recording.
 
-use crate::window::Windows;
+use std::path::Path;
+
+use crate::metrics::{
+    best_f1, recall_by_kind, select_threshold, Confusion, KindRecall, ThresholdRule,
+};
+use crate::sigmf::{read_recording, ReadOptions};
+use crate::window::{make_windows, Normaliser, WindowConfig, Windows};
 use crate::RfError;
 
 /// Eigen-decomposition of a symmetric `n x n` matrix (row-major) by cyclic Jacobi rotations.
@@ -176,4 +185,82 @@ impl PcaDetector {
             })
             .collect())
     }
+}
+
+/// The result of [`run_baseline`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BaselineReport {
+    pub components: usize,
+    pub rule: ThresholdRule,
+    pub threshold: f32,
+    /// Of the training recording, applied to both.
+    pub normalisation_scale: f32,
+    pub train_windows: usize,
+    /// Training windows that are annotated anomalous (fitted on all the same: the detector is
+    /// unsupervised; this says how contaminated the training data is).
+    pub train_anomalous: usize,
+    pub test_windows: usize,
+    pub test_anomalous: usize,
+    /// Test windows at `threshold`.
+    pub test: Confusion,
+    /// The threshold with the best test F1 (a reference only: it looks at the test labels).
+    pub oracle_threshold: f32,
+    pub oracle: Confusion,
+    pub recall_by_kind: Vec<KindRecall>,
+}
+
+impl BaselineReport {
+    /// The report as the JSON object `rf baseline --json` writes.
+    pub fn to_json(&self) -> serde_json::Value {
+        let c = &self.test;
+        serde_json::json!({
+            "detector": format!("pca{}", self.components),
+            "threshold_rule": self.rule.to_string(),
+            "threshold": self.threshold,
+            "normalisation_scale": self.normalisation_scale,
+            "train_windows": self.train_windows,
+            "test_windows": self.test_windows,
+            "tp": c.tp, "fp": c.fp, "tn": c.tn, "fn": c.fn_,
+            "precision": c.precision(), "recall": c.recall(), "f1": c.f1(),
+            "oracle_f1": self.oracle.f1(),
+            "recall_by_kind": self.recall_by_kind.iter().map(|r| serde_json::json!({
+                "kind": r.kind, "detected": r.detected, "total": r.total
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// PCA-`components` fitted on the windows of the SigMF recording `train` (normalised by its
+/// RMS), threshold by `rule` on its training errors, scored on the windows of `test`.
+pub fn run_baseline(
+    train: &Path,
+    test: &Path,
+    components: usize,
+    rule: ThresholdRule,
+    window: WindowConfig,
+) -> Result<BaselineReport, RfError> {
+    let train = read_recording(train, ReadOptions::default())?;
+    let test = read_recording(test, ReadOptions::default())?;
+    let norm = Normaliser::fit(&train.samples)?;
+    let wtrain = make_windows(&train.samples, window, norm, &train.label_ranges()?)?;
+    let wtest = make_windows(&test.samples, window, norm, &test.label_ranges()?)?;
+    let pca = PcaDetector::fit(&wtrain, components)?;
+    let threshold = select_threshold(&pca.scores(&wtrain)?, rule)?;
+    let scores = pca.scores(&wtest)?;
+    let c = Confusion::from_scores(&scores, &wtest.labels, threshold)?;
+    let (oracle_threshold, oracle) = best_f1(&scores, &wtest.labels)?;
+    Ok(BaselineReport {
+        components,
+        rule,
+        threshold,
+        normalisation_scale: norm.scale,
+        train_windows: wtrain.len(),
+        train_anomalous: wtrain.anomalous(),
+        test_windows: wtest.len(),
+        test_anomalous: wtest.anomalous(),
+        test: c,
+        oracle_threshold,
+        oracle,
+        recall_by_kind: recall_by_kind(&scores, &wtest, threshold)?,
+    })
 }

@@ -28,16 +28,17 @@
 //! recording is annotated; the summary adds the throughput and, with labels, precision,
 //! recall and F1 over all windows.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lowprec_kernels::GemmBackend;
 
-use crate::autoencoder::{AeConfig, Autoencoder};
+use crate::autoencoder::{parse_precision, AeConfig, Autoencoder, ModelOptions};
 use crate::metrics::{
     best_f1, calibrate_threshold, percentile, pr_auc, roc_auc, Calibration, Confusion,
 };
-use crate::sigmf::SampleStream;
+use crate::sigmf::{read_recording, ReadOptions, SampleStream};
 use crate::window::{make_windows, LabelRange, Normaliser, WindowConfig, WindowStream, Windows};
 use crate::{Iq, RfError};
 
@@ -130,6 +131,131 @@ impl DetectConfig {
         }
         Ok(())
     }
+}
+
+/// The options of `rf detect` on a recording, as given; [`Self::config`] checks them and
+/// builds the [`DetectConfig`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetectOptions {
+    pub window: WindowConfig,
+    /// Precision policy (`--precision`).
+    pub precision: String,
+    pub train_windows: usize,
+    pub model: ModelOptions,
+    pub refresh_every: u64,
+    pub refresh_iterations: u64,
+    pub score_batch: usize,
+    pub max_spread: f64,
+    pub max_attempts: u32,
+    /// Annotated SigMF recording whose windows calibrate the threshold (`--calibrate`).
+    pub calibrate: Option<PathBuf>,
+    /// `f1` or `far:R` ([`Calibration`]'s syntax).
+    pub calibrate_target: String,
+}
+
+impl Default for DetectOptions {
+    fn default() -> Self {
+        let d = DetectConfig::default();
+        DetectOptions {
+            window: d.window,
+            precision: "bfp8".into(),
+            train_windows: d.train_windows,
+            model: ModelOptions::default(),
+            refresh_every: d.refresh_every,
+            refresh_iterations: d.refresh_iterations,
+            score_batch: d.score_batch,
+            max_spread: d.max_spread,
+            max_attempts: d.max_attempts,
+            calibrate: None,
+            calibrate_target: "f1".into(),
+        }
+    }
+}
+
+impl DetectOptions {
+    /// The checked settings; the calibration recording, if any, is read with `read`.
+    pub fn config(&self, read: ReadOptions) -> Result<DetectConfig, RfError> {
+        let window = self.window;
+        window.validate()?;
+        let precision = parse_precision("--precision", &self.precision)?;
+        let calibration = match &self.calibrate {
+            None => None,
+            Some(path) => Some(load_calibration(path, &self.calibrate_target, read)?),
+        };
+        let cfg = DetectConfig {
+            window,
+            train_windows: self.train_windows,
+            ae: self.model.ae_config(window.dim(), precision)?,
+            refresh_every: self.refresh_every,
+            refresh_iterations: self.refresh_iterations,
+            score_batch: self.score_batch,
+            chunk_samples: DetectConfig::default().chunk_samples,
+            max_spread: self.max_spread,
+            max_attempts: self.max_attempts,
+            calibration,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Reads the annotated SigMF recording at `path` as a calibration set with `target` (`f1` or
+/// `far:R`); a recording without annotations is an error.
+pub fn load_calibration(
+    path: &Path,
+    target: &str,
+    read: ReadOptions,
+) -> Result<StreamCalibration, RfError> {
+    let rec = read_recording(path, read)?;
+    let labels = rec.label_ranges()?;
+    if labels.is_empty() {
+        return Err(RfError::bad_option(
+            "--calibrate",
+            path.display().to_string(),
+            "the recording has no annotations to calibrate on",
+        ));
+    }
+    Ok(StreamCalibration {
+        name: path.display().to_string(),
+        samples: rec.samples,
+        labels,
+        target: target.parse()?,
+    })
+}
+
+/// [`run_detector`] with every record written to `out` as a JSON line (`out_name` names it in
+/// errors), flushed at the end.
+pub fn run_detector_jsonl<R: Read>(
+    stream: &mut SampleStream<R>,
+    labels: &[LabelRange],
+    has_labels: bool,
+    sample_rate_hz: Option<f64>,
+    cfg: &DetectConfig,
+    backend: &dyn GemmBackend,
+    out: &mut dyn Write,
+    out_name: &str,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<DetectSummary, RfError> {
+    let mut line = String::with_capacity(128);
+    let mut sink = |r: &WindowRecord| {
+        line.clear();
+        r.to_json_line(&mut line);
+        line.push('\n');
+        out.write_all(line.as_bytes())
+            .map_err(|e| RfError::io(out_name, e))
+    };
+    let summary = run_detector(
+        stream,
+        labels,
+        has_labels,
+        sample_rate_hz,
+        cfg,
+        backend,
+        &mut sink,
+        progress,
+    )?;
+    out.flush().map_err(|e| RfError::io(out_name, e))?;
+    Ok(summary)
 }
 
 /// One scored window.

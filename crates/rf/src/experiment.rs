@@ -31,10 +31,10 @@ use lowprec_hw::sim::FpgaSim;
 use lowprec_kernels::{CpuBackend, GemmBackend};
 use lowprec_nn::{Category, Precision, Profile};
 
-use crate::autoencoder::{AeConfig, Autoencoder};
+use crate::autoencoder::{parse_precision, AeConfig, Autoencoder, ModelOptions};
 use crate::baseline::PcaDetector;
 use crate::metrics::{roc_auc, select_threshold, Confusion, ScoreSummary, ThresholdRule};
-use crate::pair::{standard_pair, StandardPairConfig};
+use crate::pair::{standard_pair, PairFm, StandardPairConfig};
 use crate::window::{make_windows, Normaliser, WindowConfig, Windows};
 use crate::RfError;
 
@@ -64,6 +64,72 @@ impl Default for ExperimentConfig {
             fpga: Some("zcu111-16x16".into()),
             target_f1: 0.87,
         }
+    }
+}
+
+/// The options of `rf experiment`, as given; [`Self::config`] checks them. The defaults are
+/// the command's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExperimentOptions {
+    /// Precision policies to compare (`--precisions`).
+    pub precisions: Vec<String>,
+    /// Simulator design for the projected time; `none`: no projection.
+    pub fpga: String,
+    /// Seed of the recordings.
+    pub seed: u64,
+    pub anomaly_power_db: f64,
+    pub snr_db: f64,
+    /// The standard pair's wideband transmission instead of the narrowband channel.
+    pub wideband: bool,
+    pub train_windows: usize,
+    pub target_f1: f64,
+    pub model: ModelOptions,
+}
+
+impl Default for ExperimentOptions {
+    fn default() -> Self {
+        ExperimentOptions {
+            precisions: vec!["fp32".into(), "bfp8".into()],
+            fpga: "zcu111-16x16".into(),
+            seed: 1,
+            anomaly_power_db: -12.0,
+            snr_db: 20.0,
+            wideband: false,
+            train_windows: 1000,
+            target_f1: 0.87,
+            model: ModelOptions::default(),
+        }
+    }
+}
+
+impl ExperimentOptions {
+    /// The checked settings, on the default windows.
+    pub fn config(&self) -> Result<ExperimentConfig, RfError> {
+        let precisions = self
+            .precisions
+            .iter()
+            .map(|p| parse_precision("--precisions", p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let window = WindowConfig::default();
+        Ok(ExperimentConfig {
+            pair: StandardPairConfig {
+                seed: self.seed,
+                snr_db: self.snr_db,
+                anomaly_power_db: self.anomaly_power_db,
+                fm: if self.wideband {
+                    PairFm::WIDEBAND
+                } else {
+                    PairFm::NARROWBAND
+                },
+                ..StandardPairConfig::default()
+            },
+            window,
+            train_windows: self.train_windows,
+            ae: self.model.ae_config(window.dim(), Precision::fp32())?,
+            precisions,
+            fpga: (self.fpga != "none").then(|| self.fpga.clone()),
+            target_f1: self.target_f1,
+        })
     }
 }
 
@@ -178,6 +244,70 @@ pub struct ExperimentResult {
     pub test_anomalous: usize,
     pub target_f1: f64,
     pub fpga: Option<String>,
+}
+
+impl ExperimentResult {
+    /// The curve as JSON lines, one [`CurvePoint`] each.
+    pub fn curve_jsonl(&self) -> Result<Vec<u8>, RfError> {
+        let mut out = Vec::new();
+        for pt in &self.curve {
+            serde_json::to_writer(&mut out, pt)
+                .map_err(|e| RfError::InvalidArgument(format!("curve point: {e}")))?;
+            out.push(b'\n');
+        }
+        Ok(out)
+    }
+
+    /// `final.json`: one object per precision (its final F1, precision, recall, iterations to
+    /// the target F1 under `iterations_to_f1_<target>`, times, the simulator's agreement,
+    /// test summary and rule comparison) at the top level, next to the baselines, window
+    /// counts, simulator design and the pair (`seed`, `snr_db`, `anomaly_power_db` and its
+    /// transmission) of `pair`.
+    pub fn final_json(&self, pair: &StandardPairConfig) -> serde_json::Value {
+        let key = format!("iterations_to_f1_{}", self.target_f1);
+        let mut top = serde_json::Map::new();
+        for f in &self.finals {
+            top.insert(
+                f.precision.clone(),
+                serde_json::json!({
+                    "f1": f.f1,
+                    "precision_score": f.precision_score,
+                    "recall": f.recall,
+                    key.as_str(): f.iterations_to_target,
+                    "iterations": f.iterations,
+                    "seconds": f.seconds,
+                    "projected_seconds": f.projected_seconds,
+                    "backends_agree": f.backends_agree,
+                    "fpga_cycles": f.fpga_cycles,
+                    "test": f.test,
+                    "rules": f.rules,
+                }),
+            );
+        }
+        let transmission = if pair.fm == PairFm::WIDEBAND {
+            "wideband"
+        } else if pair.fm == PairFm::NARROWBAND {
+            "narrowband"
+        } else {
+            "custom"
+        };
+        let context = serde_json::json!({
+            "baselines": self.baselines,
+            "train_windows": self.train_windows,
+            "test_windows": self.test_windows,
+            "test_anomalous": self.test_anomalous,
+            "fpga": self.fpga,
+            "pair": {
+                "seed": pair.seed, "snr_db": pair.snr_db,
+                "anomaly_power_db": pair.anomaly_power_db,
+                "transmission": transmission,
+            },
+        });
+        if let serde_json::Value::Object(context) = context {
+            top.extend(context);
+        }
+        serde_json::Value::Object(top)
+    }
 }
 
 /// The training batch and test windows of the protocol.

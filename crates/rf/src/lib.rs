@@ -1,15 +1,17 @@
 //! RF anomaly detection (002 Section V): this crate owns the complex-baseband FM generator
 //! with injected anomalies (band-pass noise, linear chirp, complex sine) driven by a
-//! counter-based RNG, SigMF (`cf32_le`) recordings and raw/streamed cf32 input with
-//! validation, sliding I/Q windows with normalisation and per-window labels from annotations,
-//! detector-independent metrics (percentile, robust median + k MAD and extreme-value-tail
-//! thresholds, calibration on labelled windows, precision/recall/F1, ROC AUC, PR AUC and the
-//! best-threshold F1), detection on pre-windowed feature vectors ([`vectors`]), a linear (PCA)
-//! reference detector, the labelled train/test recording pairs, the low-precision
-//! auto-encoder detector of Fig. 8 ([`autoencoder`], trained with the nn/train crates on any
-//! GEMM backend), the online streaming detector ([`detect`]) and the Fig. 9 experiment
-//! ([`experiment`]: F1 per training iteration against wall time and the FPGA model's
-//! projected time).
+//! counter-based RNG, the checked generator options of `lowprec rf generate` ([`spec`]),
+//! SigMF (`cf32_le`) recordings and raw/streamed cf32 input with validation, stream summaries
+//! ([`inspect`]), sliding I/Q windows with normalisation and per-window labels from
+//! annotations, detector-independent metrics (percentile, robust median + k MAD and
+//! extreme-value-tail thresholds, calibration on labelled windows, precision/recall/F1, ROC
+//! AUC, PR AUC and the best-threshold F1), detection on pre-windowed feature vectors
+//! ([`vectors`]), a linear (PCA) reference detector, the labelled train/test recording pairs,
+//! the low-precision auto-encoder detector of Fig. 8 ([`autoencoder`], trained with the
+//! nn/train crates on any GEMM backend), the online streaming detector ([`detect`]) and the
+//! Fig. 9 experiment ([`experiment`]: F1 per training iteration against wall time and the
+//! FPGA model's projected time). The `rf` commands' options are checked here (errors name the
+//! option and value); the CLI only parses and prints.
 //!
 //! ```
 //! use lowprec_rf::baseline::PcaDetector;
@@ -39,11 +41,13 @@ pub mod autoencoder;
 pub mod baseline;
 pub mod detect;
 pub mod experiment;
+pub mod inspect;
 pub mod metrics;
 pub mod pair;
 pub mod rng;
 pub mod sigmf;
 pub mod signal;
+pub mod spec;
 pub mod vectors;
 pub mod window;
 
@@ -75,6 +79,14 @@ pub enum RfError {
     Config(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// An option (named as on the command line) given a value it cannot take.
+    #[error("{option} {value}: {reason}")]
+    BadOption {
+        option: String,
+        /// The value as given (text quoted).
+        value: String,
+        reason: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -125,6 +137,20 @@ impl RfError {
         RfError::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// `option` cannot take `value` (already formatted: text quoted, numbers as they are)
+    /// because of `reason`.
+    pub fn bad_option(
+        option: impl Into<String>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> RfError {
+        RfError::BadOption {
+            option: option.into(),
+            value: value.into(),
+            reason: reason.into(),
         }
     }
 }

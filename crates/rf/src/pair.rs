@@ -21,11 +21,16 @@
 //!   narrowband channel (message 0.3-3 kHz, deviation 3 kHz, no offset) and anomalies at
 //!   -12 dB (see its docs for why).
 //!
+//! [`write_pair`] writes both as SigMF recordings (`lowprec rf pair`).
+//!
 //! With the defaults the test recording has 9 x 2048 = 18432 anomalous samples out of
 //! 131072 (14%), i.e. 1152 of 8192 windows of 16 samples. Generation of both takes well
 //! under a second.
 
+use std::path::{Path, PathBuf};
+
 use crate::rng::CounterRng;
+use crate::sigmf::{write_sigmf, SigMfMeta};
 use crate::signal::{place_anomalies, AnomalyKind, FmConfig, Generator, Message, SignalSpec};
 use crate::window::LabelRange;
 use crate::{Iq, RfError};
@@ -231,4 +236,37 @@ pub fn standard_pair(cfg: &StandardPairConfig) -> Result<StandardPair, RfError> 
         seed: test_seed,
     };
     Ok(StandardPair { train, test })
+}
+
+/// One recording written by [`write_pair`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct WrittenRecording {
+    /// SigMF base name (`dir/train` or `dir/test`).
+    pub base: PathBuf,
+    pub samples: u64,
+    pub anomalies: usize,
+}
+
+/// Writes the pair of `cfg` as SigMF recordings `train` and `test` in `dir` (created if
+/// absent), each described as the standard pair with its seed.
+pub fn write_pair(cfg: &StandardPairConfig, dir: &Path) -> Result<Vec<WrittenRecording>, RfError> {
+    let pair = standard_pair(cfg)?;
+    std::fs::create_dir_all(dir).map_err(|e| RfError::io(dir, e))?;
+    let mut written = Vec::new();
+    for (name, spec) in [("train", pair.train), ("test", pair.test)] {
+        let g = Generator::new(spec)?;
+        let desc = format!(
+            "lowprec standard RF anomaly pair, {name} recording, seed {}",
+            cfg.seed
+        );
+        let meta = SigMfMeta::for_generator(&g, Some(desc));
+        let base = dir.join(name);
+        let meta = write_sigmf(&base, meta, &g, 1 << 16)?;
+        written.push(WrittenRecording {
+            base,
+            samples: g.num_samples(),
+            anomalies: meta.annotations.len(),
+        });
+    }
+    Ok(written)
 }

@@ -534,12 +534,18 @@ pub fn write_sigmf(
     let sha = atomic_write(&data_path, |mut w| write_cf32(&mut w, source, chunk))?;
     meta.global.sha512 = Some(sha);
     meta.global.sample_count = Some(n);
-    atomic_write(&meta_path, |w| {
-        serde_json::to_writer_pretty(&mut *w, &meta)
-            .map_err(|e| RfError::io(&meta_path, std::io::Error::other(e)))?;
-        w.write_all(b"\n").map_err(|e| RfError::io(&meta_path, e))
-    })?;
+    write_meta(&meta_path, &meta)?;
     Ok(meta)
+}
+
+/// Writes `meta` as pretty JSON with a final newline to `path`, atomically (a `.sigmf-meta`
+/// on its own, e.g. beside raw samples streamed elsewhere).
+pub fn write_meta(path: &Path, meta: &SigMfMeta) -> Result<(), RfError> {
+    atomic_write(path, |w| {
+        serde_json::to_writer_pretty(&mut *w, meta)
+            .map_err(|e| RfError::io(path, std::io::Error::other(e)))?;
+        w.write_all(b"\n").map_err(|e| RfError::io(path, e))
+    })
 }
 
 /// What to do with NaN/Inf samples.
@@ -873,4 +879,123 @@ pub fn read_raw(
         sample_rate_hz,
         replaced: stream.replaced(),
     })
+}
+
+/// Where a sample stream comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InputSource {
+    /// Raw `cf32_le` on standard input.
+    Stdin,
+    /// A raw headerless `cf32_le` file.
+    Raw(PathBuf),
+    /// A SigMF recording: base name, `.sigmf-meta` or `.sigmf-data` path.
+    SigMf(PathBuf),
+}
+
+impl InputSource {
+    /// `-` is standard input; any other path a raw file when `raw`, else a SigMF recording.
+    pub fn new(path: &Path, raw: bool) -> InputSource {
+        if path.as_os_str() == "-" {
+            InputSource::Stdin
+        } else if raw {
+            InputSource::Raw(path.to_path_buf())
+        } else {
+            InputSource::SigMf(path.to_path_buf())
+        }
+    }
+
+    /// Stdin or a raw file: samples without metadata of their own.
+    pub fn is_raw(&self) -> bool {
+        !matches!(self, InputSource::SigMf(_))
+    }
+}
+
+/// An input opened by [`open_input`]: the metadata (the recording's own, or the side file
+/// given for raw input) and the checked sample stream.
+pub struct OpenInput {
+    pub meta: Option<SigMfMeta>,
+    pub stream: SampleStream<Box<dyn Read>>,
+}
+
+impl OpenInput {
+    /// Label ranges from the annotations (none without metadata).
+    pub fn label_ranges(&self) -> Result<Vec<LabelRange>, RfError> {
+        match &self.meta {
+            Some(m) => m.label_ranges(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The metadata's sample rate, if any.
+    pub fn sample_rate_hz(&self) -> Option<f64> {
+        self.meta.as_ref().and_then(|m| m.global.sample_rate)
+    }
+
+    /// Whether the metadata has annotations (so windows carry labels).
+    pub fn has_annotations(&self) -> bool {
+        self.meta
+            .as_ref()
+            .is_some_and(|m| !m.annotations.is_empty())
+    }
+}
+
+/// Reads and validates a `.sigmf-meta` file on its own.
+pub fn read_meta(path: &Path) -> Result<SigMfMeta, RfError> {
+    let text = std::fs::read_to_string(path).map_err(|e| RfError::io(path, e))?;
+    SigMfMeta::parse(&text, path)
+}
+
+/// Opens `source` for streaming with the checks of [`SampleStream`]. `side_meta` (raw input
+/// only: a SigMF recording has its own) supplies sample rate and annotations, and its sample
+/// count and checksum (when verifying) are checked at the end of the stream.
+pub fn open_input(
+    source: &InputSource,
+    side_meta: Option<&Path>,
+    opts: ReadOptions,
+) -> Result<OpenInput, RfError> {
+    let policy = opts.non_finite;
+    let (meta, mut stream): (Option<SigMfMeta>, SampleStream<Box<dyn Read>>) = match source {
+        InputSource::SigMf(path) => {
+            if let Some(p) = side_meta {
+                return Err(RfError::bad_option(
+                    "--meta",
+                    p.display().to_string(),
+                    "is for raw input or stdin; a SigMF recording has its own",
+                ));
+            }
+            let (meta, s) = open_sigmf(path, opts)?;
+            let s = s.map_reader(|r| Box::new(r) as Box<dyn Read>);
+            return Ok(OpenInput {
+                meta: Some(meta),
+                stream: s,
+            });
+        }
+        InputSource::Stdin => {
+            let r: Box<dyn Read> =
+                Box::new(BufReader::with_capacity(1 << 20, std::io::stdin().lock()));
+            (
+                side_meta.map(read_meta).transpose()?,
+                SampleStream::new(r, "<stdin>", policy),
+            )
+        }
+        InputSource::Raw(path) => {
+            let meta = side_meta.map(read_meta).transpose()?;
+            let f = File::open(path).map_err(|e| RfError::io(path, e))?;
+            let r: Box<dyn Read> = Box::new(BufReader::with_capacity(1 << 20, f));
+            (
+                meta,
+                SampleStream::new(r, path.display().to_string(), policy),
+            )
+        }
+    };
+    // A side metadata file still vouches for the stream's length and content.
+    if let Some(m) = &meta {
+        if let Some(count) = m.global.sample_count {
+            stream = stream.expect_count(count);
+        }
+        if let (Some(sha), true) = (&m.global.sha512, opts.verify_checksum) {
+            stream = stream.expect_sha512(sha);
+        }
+    }
+    Ok(OpenInput { meta, stream })
 }

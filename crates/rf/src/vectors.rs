@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use lowprec_kernels::GemmBackend;
 
-use crate::autoencoder::{AeConfig, Autoencoder};
+use crate::autoencoder::{parse_precision, AeConfig, Autoencoder, ModelOptions};
 use crate::experiment::{compare_rules, compared_rules, RuleResult};
 use crate::metrics::{calibrate_threshold, Calibration, ScoreSummary};
 use crate::RfError;
@@ -327,4 +327,79 @@ pub fn run_vectors(
         },
         scores,
     })
+}
+
+/// The options of `rf detect --vectors`, as given; [`Self::prepare`] checks them and reads
+/// the files.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VectorOptions {
+    /// The `.npy` of vectors (`--vectors`).
+    pub vectors: PathBuf,
+    /// Their labels (`--labels`).
+    pub labels: Option<PathBuf>,
+    /// Labelled calibration vectors (`--calibrate`), which need `calibrate_labels`.
+    pub calibrate: Option<PathBuf>,
+    pub calibrate_labels: Option<PathBuf>,
+    /// `f1` or `far:R` ([`Calibration`]'s syntax).
+    pub calibrate_target: String,
+    /// Rows from the start that train (`--train-windows`).
+    pub train_rows: usize,
+    /// Precision policy (`--precision`).
+    pub precision: String,
+    pub model: ModelOptions,
+}
+
+/// Checked options with their data, ready for [`run_vectors`].
+#[derive(Clone, Debug)]
+pub struct PreparedVectors {
+    pub data: Vectors,
+    pub calibration: Option<Vectors>,
+    pub config: VectorConfig,
+}
+
+impl VectorOptions {
+    /// Reads the vectors (and calibration vectors) and builds the settings.
+    pub fn prepare(&self) -> Result<PreparedVectors, RfError> {
+        if self.calibrate.is_some() && self.calibrate_labels.is_none() {
+            return Err(RfError::InvalidArgument(
+                "--calibrate with --vectors needs --calibrate-labels".into(),
+            ));
+        }
+        let data = read_vectors(&self.vectors, self.labels.as_deref())?;
+        let calibration = match &self.calibrate {
+            Some(c) => Some(read_vectors(c, self.calibrate_labels.as_deref())?),
+            None => None,
+        };
+        let precision = parse_precision("--precision", &self.precision)?;
+        let config = VectorConfig {
+            train_rows: self.train_rows,
+            ae: self.model.ae_config(data.dim, precision)?,
+            calibration: Some(self.calibrate_target.parse()?),
+        };
+        Ok(PreparedVectors {
+            data,
+            calibration,
+            config,
+        })
+    }
+}
+
+impl VectorReport {
+    /// One JSON line per scored row: `row` (index in the file, from `train_rows`), `score`,
+    /// `anomalous` and `label` (`null` without labels).
+    pub fn to_jsonl(&self, labels: Option<&[bool]>, train_rows: usize) -> String {
+        let mut out = String::with_capacity(self.scores.len() * 48);
+        for (k, &s) in self.scores.iter().enumerate() {
+            let row = train_rows + k;
+            let line = serde_json::json!({
+                "row": row,
+                "score": s,
+                "anomalous": s > self.summary.threshold,
+                "label": labels.map(|l| l[row]),
+            });
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+        out
+    }
 }
