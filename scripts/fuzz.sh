@@ -51,7 +51,9 @@ if ! cargo fuzz build "${build_flags[@]}" </dev/null; then
     exit 1
 fi
 echo "fuzz: built ($profile) in $(($(date +%s) - start)) s"
-bin_dir=fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/$profile
+# where cargo put them: CARGO_TARGET_DIR when set, else the fuzz crate's own target folder
+target_dir=${CARGO_TARGET_DIR:-fuzz/target}
+bin_dir=$target_dir/$(rustc -vV | sed -n 's/^host: //p')/$profile
 
 mkdir -p fuzz/work/logs
 failed=()
