@@ -7,21 +7,6 @@ use lowprec_kernels::bench::{default_shapes, gemm_table_with, BenchKernel, GemmR
 use lowprec_kernels::Isa;
 use std::path::PathBuf;
 
-/// Measured int8 instruction ceiling per core for the kernel family this CPU runs, with the
-/// machine it was measured on; `None` for the portable kernels.
-///
-/// * AVX2 (AMD EPYC Zen 3, no VNNI): `vpmaddubsw`/`vpmaddwd` chains at about 0.96 per cycle at
-///   3.2 GHz, 197 GOP/s (see the shared notes).
-/// * AVX-512 VNNI (AMD EPYC Zen 5 VM, 2026-12-01): independent `vpdpbusd zmm` (64 MACs) at
-///   9.0 G instructions/s, 1150 GOP/s.
-pub fn int8_peak_gops_per_core(isa: Isa) -> Option<(f64, &'static str)> {
-    match isa {
-        Isa::Avx2 => Some((197.0, "AVX2 vpmaddwd, Zen 3")),
-        Isa::Avx512Vnni => Some((1150.0, "AVX-512 vpdpbusd, Zen 5")),
-        Isa::Generic | Isa::GenericQuad => None,
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct BenchGemmArgs {
     /// Thread counts to measure, e.g. `1,2`.
@@ -120,7 +105,8 @@ fn print_table(
     let floats: Vec<BenchKernel> = kernels.iter().copied().filter(|k| k.is_f32()).collect();
     let lowbits: Vec<BenchKernel> = kernels.iter().copied().filter(|k| k.is_lowbit()).collect();
     let has_i8 = kernels.contains(&BenchKernel::I8);
-    let peak = int8_peak_gops_per_core(Isa::detect());
+    // The ceiling is measured here, on this machine, not carried over from another one.
+    let peak = lowprec_kernels::peak::gemm_peak_gops(Isa::detect(), 50);
     let mut header = format!("{:<22} {:>7}", "shape MxKxN", "threads");
     if has_i8 {
         header += &format!(" {:>9} {:>8}", "i8 GOP/s", "% peak");
@@ -200,7 +186,7 @@ fn print_table(
     );
     match peak {
         Some((p, what)) => println!(
-            "(median of the timed runs; 1 MAC = 2 ops; {family}; % peak is of {p} GOP/s per thread, {what})"
+            "(median of the timed runs; 1 MAC = 2 ops; {family}; % peak is of {p:.1} GOP/s per thread, {what}, measured just now: `lowprec bench peak`)"
         ),
         None => println!("(median of the timed runs; 1 MAC = 2 ops; {family})"),
     }

@@ -4,6 +4,7 @@
 //! `cmd_*.rs` module and calls into the libraries.
 
 mod cmd_bench_gemm;
+mod cmd_bench_peak;
 mod cmd_bench_quantize;
 mod cmd_bench_train;
 mod cmd_fast;
@@ -81,6 +82,8 @@ enum BenchCommand {
     Train(cmd_bench_train::BenchTrainArgs),
     /// Quantisation throughput.
     Quantize(cmd_bench_quantize::BenchQuantizeArgs),
+    /// Measured instruction peaks (integer multiply-add forms, f32 FMA) of this CPU.
+    Peak(cmd_bench_peak::BenchPeakArgs),
 }
 
 /// mimalloc instead of glibc's malloc: glibc serves every block of 32 MiB or more (VGG16's
@@ -145,6 +148,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Infer(a) => cmd_infer::run(a),
         Command::Report(c) => cmd_report::run(c),
         Command::Bench(BenchCommand::Quantize(a)) => cmd_bench_quantize::run(a),
+        Command::Bench(BenchCommand::Peak(a)) => cmd_bench_peak::run(a),
     }
 }
 

@@ -18,7 +18,8 @@
 //! (paper 001's packed ternary x k-bit-plane and binary XNOR-popcount GEMMs, portable / AVX2 /
 //! AVX-512 VPOPCNTDQ chosen at run time by [`lowbit::BitIsa::detect`]), [`mod@bench`]
 //! (throughput tables for `lowprec bench gemm`), [`blockdot`] (the FPGA BFP dot-product engine:
-//! exact integer sums per `c_vector` block, FP32 accumulation in block order).
+//! exact integer sums per `c_vector` block, FP32 accumulation in block order), [`peak`] (the
+//! measured instruction peaks the GEMM figures are judged against).
 
 pub mod bench;
 pub mod blockdot;
@@ -26,6 +27,7 @@ pub mod f32gemm;
 pub mod im2col_b;
 pub mod lowbit;
 pub mod pack;
+pub mod peak;
 pub mod qgemm;
 pub mod quad;
 pub mod reference;

@@ -11,10 +11,11 @@
 //! chunk's products, so it is bounded by the chunk's bound and i32 never overflows.
 //!
 //! Why not `vpmaddubsw` (32 MACs per instruction): it multiplies u8 by s8 and saturates the i16
-//! pair sums, so full-range s8 x s8 needs a sign transfer per product and still saturates at
-//! `2 * 128 * 128`; on Zen 3 the `vpmaddwd` + `vpaddd` pair is limited by the vector pipes the
-//! adds share with the multiplies, not by the multiply count (`lowprec bench gemm` prints the
-//! peak it measured against).
+//! pair sums, so full-range s8 x s8 needs a sign transfer per product, and exact sums need the
+//! pairs widened to i32 by a `vpmaddwd` by ones that issues on the same multiply pipe. On an AMD
+//! EPYC family 23 (Zen 2), `lowprec bench peak` measured `vpmaddubsw` alone at 0.98 per cycle
+//! but `vpmaddubsw + vpmaddwd + vpaddd` at 0.48: 16 MACs per cycle, what `vpmaddwd + vpaddd`
+//! (1.01 per cycle) gives with no sign transfer.
 
 /// Rows of the C tile (A broadcasts per k-pair).
 pub const MR: usize = 6;
