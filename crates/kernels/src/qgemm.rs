@@ -110,10 +110,11 @@ pub(crate) trait Family<T: QElem> {
         tile: *mut i32,
         first: bool,
     );
-    /// A whole chunk straight into a full tile of C (see the families' `run_q`).
+    /// A whole chunk straight into the first `rows` rows (`1..=MR`) of a tile of C whose
+    /// columns are whole (see the families' `run_q`).
     ///
     /// # Safety
-    /// As [`Family::tile`]; `c` must address an `MR x NR` block with leading dimension `ldc`.
+    /// As [`Family::tile`]; `c` must address a `rows x NR` block with leading dimension `ldc`.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile_q(
         isa: Isa,
@@ -127,6 +128,7 @@ pub(crate) trait Family<T: QElem> {
         sa: &[f32; SIDE_MAX],
         sb: &[f32; SIDE_MAX],
         mode: Store,
+        rows: usize,
     );
 }
 
@@ -205,10 +207,11 @@ impl<T: QElem> Family<T> for Pairs {
         sa: &[f32; SIDE_MAX],
         sb: &[f32; SIDE_MAX],
         mode: Store,
+        rows: usize,
     ) {
         let sa: &[f32; ukernel::MR] = sa[..ukernel::MR].try_into().expect("MR scales");
         let sb: &[f32; ukernel::NR] = sb[..ukernel::NR].try_into().expect("NR scales");
-        ukernel::run_q(isa, g, a, groups * 2, b, c, ldc, sa, sb, mode)
+        ukernel::run_q(isa, g, a, groups * 2, b, c, ldc, sa, sb, mode, rows)
     }
 }
 
@@ -292,8 +295,9 @@ impl<T: QElem> Family<T> for Quads {
         sa: &[f32; SIDE_MAX],
         sb: &[f32; SIDE_MAX],
         mode: Store,
+        rows: usize,
     ) {
-        quad::run_q(isa, g, a, sums, b, c, ldc, sa, sb, mode)
+        quad::run_q(isa, g, a, sums, b, c, ldc, sa, sb, mode, rows)
     }
 }
 
@@ -558,7 +562,9 @@ fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut W
                                 accumulate,
                             } = ctx.out
                             {
-                                if pc.first && pc.last && mvalid == mr && nvalid == nr {
+                                // Whole columns: the last row strip too (M is rarely a
+                                // multiple of MR), storing its valid rows only.
+                                if pc.first && pc.last && nvalid == nr {
                                     // B's scales are the same for every row strip of a column
                                     // strip: filled once per (strip, segment), not per tile.
                                     let sbv = match sb_cache {
@@ -575,8 +581,8 @@ fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut W
                                     } else {
                                         Store::Accumulate
                                     };
-                                    // SAFETY: panels as below; (m, n) is a full tile of this
-                                    // task's block of C.
+                                    // SAFETY: panels as below; (m, n) starts `mvalid` rows
+                                    // of whole columns in this task's block of C.
                                     unsafe {
                                         F::tile_q(
                                             ctx.isa,
@@ -590,6 +596,7 @@ fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut W
                                             &sav,
                                             &sbv,
                                             mode,
+                                            mvalid,
                                         );
                                     }
                                     continue;

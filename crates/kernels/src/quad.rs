@@ -414,8 +414,9 @@ pub unsafe fn generic(
 /// `C[r, c] = (C or 0.0) + ((acc[r, c] as f32) * sa[r]) * sb[c]`.
 ///
 /// # Safety
-/// As [`run`] for the panels; `c` must address an `MR x NR` block with leading dimension
-/// `ldc`; `sa` holds at least `MR` and `sb` at least `NR` scales.
+/// As [`run`] for the panels; `c` must address a `rows x NR` block (`rows <= MR`: the first
+/// rows of the tile) with leading dimension `ldc`; `sa` holds at least `MR` and `sb` at least
+/// `NR` scales.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn run_q(
@@ -429,14 +430,16 @@ pub unsafe fn run_q(
     sa: &[f32],
     sb: &[f32],
     mode: Store,
+    rows: usize,
 ) {
+    let rows = rows.min(MR);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
-        return avx512::kernel_q(kq, a, sums, b, c, ldc, sa, sb, mode);
+        return avx512::kernel_q(kq, a, sums, b, c, ldc, sa, sb, mode, rows);
     }
     let mut tile = [0i32; TILE];
     generic(kq, a, sums, b, tile.as_mut_ptr(), true);
-    crate::ukernel::store_tile(&tile, MR, NR, c, ldc, sa, sb, mode);
+    crate::ukernel::store_tile(&tile, rows, NR, c, ldc, sa, sb, mode);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -965,13 +968,14 @@ mod avx512 {
         sa: &[f32],
         sb: &[f32],
         mode: Store,
+        rows: usize,
     ) {
         let acc = accumulate(kq, a, b, start(sums, None));
         assert!(sa.len() >= MR && sb.len() >= NR);
         let sb0 = _mm512_loadu_ps(sb.as_ptr());
         let sb1 = _mm512_loadu_ps(sb.as_ptr().add(16));
         let zero = _mm512_setzero_ps();
-        for r in 0..MR {
+        for r in 0..rows.min(MR) {
             let s = _mm512_set1_ps(sa[r]);
             let row = c.add(r * ldc);
             let t0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[2 * r]), s), sb0);

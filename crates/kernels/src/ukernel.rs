@@ -196,13 +196,13 @@ pub(crate) unsafe fn store_tile(
     }
 }
 
-/// One whole chunk for a full tile, fused with its epilogue:
+/// One whole chunk for the first `rows` rows of a tile (`1..=MR`), fused with its epilogue:
 /// `C[r, c] = (C or 0.0) + ((acc[r, c] as f32) * sa[r]) * sb[c]` with
 /// `acc = sum_{p < kp} A~[p] (x) B~[p]`. Skips the i32 tile round trip, which matters when
 /// chunks are short (small K or short segments).
 ///
 /// # Safety
-/// As [`run`] for the panels; `c` must address an `MR x NR` block with leading dimension `ldc`.
+/// As [`run`] for the panels; `c` must address a `rows x NR` block with leading dimension `ldc`.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn run_q(
@@ -216,14 +216,16 @@ pub unsafe fn run_q(
     sa: &[f32; MR],
     sb: &[f32; NR],
     mode: Store,
+    rows: usize,
 ) {
+    let rows = rows.min(MR);
     match isa.pair_isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::kernel_q(kp, a, a_stride, b, c, ldc, sa, sb, mode),
+        Isa::Avx2 => avx2::kernel_q(kp, a, a_stride, b, c, ldc, sa, sb, mode, rows),
         _ => {
             let mut tile = [0i32; TILE];
             generic(kp, a, a_stride, b, &mut tile, true);
-            store_tile(&tile, MR, NR, c, ldc, sa, sb, mode);
+            store_tile(&tile, rows, NR, c, ldc, sa, sb, mode);
         }
     }
 }
@@ -481,7 +483,7 @@ mod avx2 {
         }
     }
 
-    /// A whole chunk straight into C (see [`super::run_q`]).
+    /// A whole chunk straight into the first `rows <= MR` rows of C (see [`super::run_q`]).
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn kernel_q(
@@ -494,12 +496,13 @@ mod avx2 {
         sa: &[f32; MR],
         sb: &[f32; NR],
         mode: Store,
+        rows: usize,
     ) {
         let acc = accumulate(kp, a, a_stride, b, [_mm256_setzero_si256(); 12]);
         let sb0 = _mm256_loadu_ps(sb.as_ptr());
         let sb1 = _mm256_loadu_ps(sb.as_ptr().add(8));
         let zero = _mm256_setzero_ps();
-        for r in 0..MR {
+        for r in 0..rows.min(MR) {
             let s = _mm256_set1_ps(sa[r]);
             let row = c.add(r * ldc);
             let t0 = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[2 * r]), s), sb0);
