@@ -1,5 +1,6 @@
 //! A GEMM B operand that is the im2col matrix of 8-bit feature maps, packed by the k-quad
-//! family straight from the maps instead of from a materialised column matrix.
+//! family (and, for the column matrix itself, by the k-pair family) straight from the maps
+//! instead of from a materialised column matrix.
 //!
 //! For a "same" convolution (stride 1, odd kernel side `k`, padding `k / 2`) over `E` examples
 //! of `C` planes `h x w`, the column matrix has `C * k * k` rows (tap `(c, ky, kx)`) and
@@ -136,6 +137,12 @@ impl QIm2colRef<'_> {
         }
     }
 
+    /// Whether the k-pair packer takes all of B from the maps with 16-byte loads: the column
+    /// matrix (not its transpose) in whole 16-pixel strips of one example.
+    pub fn pairs_pack_whole(&self) -> bool {
+        !self.transposed && (self.src.h * self.src.w).is_multiple_of(16)
+    }
+
     /// `f` of B materialised by its definition, as an ordinary operand (the route of CPUs
     /// and backends that do not pack from the maps).
     pub fn with_materialized(
@@ -167,6 +174,10 @@ pub(crate) struct Im2colPlan<'a> {
     /// `masks[tap * strips_per_example + s]`: bit `i` set when column `32 s + i` of an example
     /// reads inside the plane at that tap.
     pub masks: Vec<u32>,
+    /// The k-pair family's strips of 16 columns (`h * w % 16 == 0`, not transposed):
+    /// `bytes16[(tap * (h * w / 16) + s) * 16 + i]` is -1 (all bits) when column `16 s + i` of
+    /// an example reads inside the plane at that tap, else 0: an AND mask for a 16-byte load.
+    pub bytes16: Vec<i8>,
 }
 
 impl<'a> Im2colPlan<'a> {
@@ -183,34 +194,22 @@ impl<'a> Im2colPlan<'a> {
             row_tap.push(ky * k + kx);
         }
         let strips = hw % 32 == 0;
-        let per = hw / 32;
-        let mut masks = Vec::new();
-        if strips {
-            // One run of bits per output row a strip touches (a pixel-by-pixel loop over every
-            // tap was 20 us per plan, one plan per GEMM: a fifth of a PreResNet-20 iteration).
-            masks.reserve(k * k * per);
-            let (hi, wi) = (h as isize, w as isize);
-            for tap in 0..k * k {
-                let (dy, dx) = ((tap / k) as isize - pad, (tap % k) as isize - pad);
-                // Output rows and columns whose tap lies inside the plane.
-                let (ylo, yhi) = ((-dy).max(0), (hi - dy).min(hi));
-                let (xlo, xhi) = ((-dx).max(0), (wi - dx).min(wi));
-                for s in 0..per {
-                    let (p0, mut p, mut mask) = (32 * s, 32 * s, 0u64);
-                    while p < p0 + 32 {
-                        let (oy, ox) = ((p / w) as isize, (p % w) as isize);
-                        let run = (w - p % w).min(p0 + 32 - p) as isize;
-                        let (a, b) = (ox.max(xlo), (ox + run).min(xhi));
-                        if (ylo..yhi).contains(&oy) && a < b {
-                            let at = (p - p0) as isize - ox;
-                            mask |= (1u64 << (b + at)) - (1u64 << (a + at));
-                        }
-                        p += run as usize;
-                    }
-                    masks.push(mask as u32);
-                }
-            }
-        }
+        let masks = if strips {
+            strip_masks(&src, 32)
+                .into_iter()
+                .map(|m| m as u32)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let bytes16 = if hw % 16 == 0 && !transposed {
+            strip_masks(&src, 16)
+                .into_iter()
+                .flat_map(|m| (0..16).map(move |i| -(((m >> i) & 1) as i8)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Im2colPlan {
             src,
             transposed,
@@ -218,6 +217,39 @@ impl<'a> Im2colPlan<'a> {
             row_tap,
             strips,
             masks,
+            bytes16,
         }
     }
+}
+
+/// For strips of `width <= 64` columns (`h * w % width == 0`): `out[tap * strips + s]` has bit
+/// `i` set when column `width * s + i` of an example reads inside the plane at that tap. One
+/// run of bits per output row a strip touches (a pixel-by-pixel loop over every tap was 20 us
+/// per plan, one plan per GEMM: a fifth of a PreResNet-20 iteration).
+fn strip_masks(src: &Im2colRef<'_>, width: usize) -> Vec<u64> {
+    let (k, h, w) = (src.k, src.h, src.w);
+    let (pad, per) = (src.pad() as isize, h * w / width);
+    let mut masks = Vec::with_capacity(k * k * per);
+    let (hi, wi) = (h as isize, w as isize);
+    for tap in 0..k * k {
+        let (dy, dx) = ((tap / k) as isize - pad, (tap % k) as isize - pad);
+        // Output rows and columns whose tap lies inside the plane.
+        let (ylo, yhi) = ((-dy).max(0), (hi - dy).min(hi));
+        let (xlo, xhi) = ((-dx).max(0), (wi - dx).min(wi));
+        for s in 0..per {
+            let (p0, mut p, mut mask) = (width * s, width * s, 0u128);
+            while p < p0 + width {
+                let (oy, ox) = ((p / w) as isize, (p % w) as isize);
+                let run = (w - p % w).min(p0 + width - p) as isize;
+                let (a, b) = (ox.max(xlo), (ox + run).min(xhi));
+                if (ylo..yhi).contains(&oy) && a < b {
+                    let at = (p - p0) as isize - ox;
+                    mask |= (1u128 << (b + at)) - (1u128 << (a + at));
+                }
+                p += run as usize;
+            }
+            masks.push(mask as u64);
+        }
+    }
+    masks
 }

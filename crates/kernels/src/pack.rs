@@ -10,6 +10,7 @@
 //! * B~: strip `j` (columns `NR*j ..`) at offset `j * P * NR * 2`; pair `p`, column `c`, half `h`
 //!   at `(p * NR + c) * 2 + h`. Columns past the matrix are zero.
 
+use crate::im2col_b::Im2colPlan;
 use crate::types::MatRef;
 use crate::ukernel::{Isa, MR, NR};
 
@@ -284,9 +285,145 @@ fn pack_b_strip_generic<T: QElem>(
     }
 }
 
+/// Packs columns `n0 .. n0 + nlen` of an im2col B ([`crate::im2col_b`]) into k-pair panels,
+/// as [`pack_b`] would pack the materialised matrix. On AVX2, a whole strip of the column
+/// matrix (16 pixels of one example, `plan.bytes16`) takes each row as one 16-byte load from
+/// its shifted plane, ANDed with the tap's border mask; a row whose 16 bytes would reach past
+/// either end of the maps, partial strips and `col^T` go through the definition.
+pub(crate) fn pack_b_im2col(
+    isa: Isa,
+    plan: &Im2colPlan<'_>,
+    n0: usize,
+    nlen: usize,
+    ranges: &[(usize, usize)],
+    pairs: usize,
+    out: &mut [i16],
+) {
+    let isa = isa.or_supported();
+    let strips = nlen.div_ceil(NR);
+    let strip_len = pairs * NR * 2;
+    let out = &mut out[..strips * strip_len];
+    let (src, t) = (&plan.src, plan.transposed);
+    let fast = isa.has_avx2() && !t && !plan.bytes16.is_empty();
+    let at = |k: usize, n: usize| if t { src.at(n, k) } else { src.at(k, n) };
+    for (j, dst) in out.chunks_exact_mut(strip_len).enumerate() {
+        let n = n0 + j * NR;
+        let valid = NR.min(n0 + nlen - n);
+        let mut poff = 0;
+        for &(k0, k1) in ranges {
+            let q = (k1 - k0).div_ceil(2);
+            let seg = &mut dst[poff * NR * 2..(poff + q) * NR * 2];
+            poff += q;
+            if fast && valid == NR && n.is_multiple_of(NR) {
+                // SAFETY: AVX2 is present; `bytes16` exists, so `h * w % 16 == 0` and the strip
+                // `n .. n + 16` lies inside one example; rows `k0..k1` are the plan's; `seg`
+                // holds `q` pairs of the strip.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx2_pack::im2col_strip(plan, n, k0, k1, seg)
+                };
+                continue;
+            }
+            for p in 0..q {
+                let w = &mut seg[p * NR * 2..(p + 1) * NR * 2];
+                for h in 0..2 {
+                    let k = k0 + 2 * p + h;
+                    for c in 0..NR {
+                        w[2 * c + h] = if k < k1 && c < valid {
+                            at(k, n + c) as i16
+                        } else {
+                            0
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2_pack {
     use std::arch::x86_64::*;
+
+    /// One whole 16-pixel strip of the column matrix from the maps (see
+    /// [`super::pack_b_im2col`]): rows `k0..k1` as k-pairs into `seg`.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `plan.bytes16` must be non-empty (`h * w % 16 == 0`, not
+    /// transposed); `n % 16 == 0` and `n + 16 <= ` the matrix's columns; `k1 <= ` its rows;
+    /// `seg` must hold `ceil((k1 - k0) / 2) * 32` i16.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn im2col_strip(
+        plan: &crate::im2col_b::Im2colPlan<'_>,
+        n: usize,
+        k0: usize,
+        k1: usize,
+        seg: &mut [i16],
+    ) {
+        let src = &plan.src;
+        let hw = src.h * src.w;
+        let (e, p0) = (n / hw, n % hw);
+        let per = hw / 16;
+        let len = src.maps.len() as isize;
+        let base = (e * src.channels * hw + p0) as isize;
+        assert!(seg.len() >= (k1 - k0).div_ceil(2) * 32 && k1 <= plan.row_offset.len());
+        assert!(plan.bytes16.len() >= plan.row_tap.iter().max().map_or(0, |t| (t + 1) * per * 16));
+        let (maps, masks) = (src.maps.as_ptr(), plan.bytes16.as_ptr().add(p0 / 16 * 16));
+        // Row `k`'s 16 bytes, masked: one load where they lie inside the maps, else (the
+        // first and last rows of the whole maps only) through the definition.
+        #[inline(always)]
+        unsafe fn row(
+            plan: &crate::im2col_b::Im2colPlan<'_>,
+            maps: *const i8,
+            masks: *const i8,
+            len: isize,
+            base: isize,
+            per: usize,
+            k: usize,
+            n: usize,
+        ) -> __m128i {
+            let mask = _mm_loadu_si128(
+                masks.add(*plan.row_tap.get_unchecked(k) * per * 16) as *const __m128i
+            );
+            let at = base + *plan.row_offset.get_unchecked(k);
+            if at >= 0 && at + 16 <= len {
+                _mm_and_si128(_mm_loadu_si128(maps.offset(at) as *const __m128i), mask)
+            } else {
+                edge_row(plan, k, n)
+            }
+        }
+        #[cold]
+        #[inline(never)]
+        fn edge_row(plan: &crate::im2col_b::Im2colPlan<'_>, k: usize, n: usize) -> __m128i {
+            let mut b = [0i8; 16];
+            for (i, v) in b.iter_mut().enumerate() {
+                *v = plan.src.at(k, n + i);
+            }
+            // SAFETY: an unaligned load of a local 16-byte array (SSE2, baseline x86-64).
+            unsafe { _mm_loadu_si128(b.as_ptr() as *const __m128i) }
+        }
+        let o = seg.as_mut_ptr() as *mut __m256i;
+        let mut k = k0;
+        let mut p = 0;
+        while k < k1 {
+            let x0 = row(plan, maps, masks, len, base, per, k, n);
+            let x1 = if k + 1 < k1 {
+                row(plan, maps, masks, len, base, per, k + 1, n)
+            } else {
+                _mm_setzero_si128()
+            };
+            _mm256_storeu_si256(
+                o.add(2 * p),
+                _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x0, x1)),
+            );
+            _mm256_storeu_si256(
+                o.add(2 * p + 1),
+                _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(x0, x1)),
+            );
+            k += 2;
+            p += 1;
+        }
+    }
 
     /// Row-contiguous i8 B: interleave rows `k, k+1` byte-wise and sign-extend to i16 words.
     ///
@@ -482,6 +619,61 @@ pub(crate) mod tests {
                     pack_a(Isa::Avx2, &at, m0, mlen, ranges, pairs, &mut fast);
                     pack_a(Isa::Generic, &at, m0, mlen, ranges, pairs, &mut slow);
                     assert_eq!(fast, slow, "A ranges {ranges:?} rows {m0}+{mlen}");
+                }
+            }
+        }
+    }
+
+    /// Packing an im2col B from the maps (AVX2 strips and the portable definition) writes
+    /// what packing the materialised matrix writes: maps of 16-pixel multiples and not, kernel
+    /// sides 1, 3 and 5, odd and several k ranges, partial and unaligned column ranges, and
+    /// extremes in the first and last bytes of the maps (read through the fallback).
+    #[test]
+    fn im2col_packing_matches_packing_the_matrix() {
+        use crate::im2col_b::{Im2colPlan, Im2colRef};
+        for &(e, c, h, w, k) in &[
+            (2, 3, 4, 4, 3),
+            (1, 2, 8, 8, 5),
+            (3, 5, 4, 8, 1),
+            (2, 4, 5, 7, 3),
+            (1, 1, 1, 16, 3),
+            (2, 3, 32, 32, 3),
+        ] {
+            let mut maps: Vec<i8> = (0..e * c * h * w).map(|i| val(i + 11)).collect();
+            maps[0] = -128;
+            let last = maps.len() - 1;
+            maps[last] = 127;
+            let src = Im2colRef::new(&maps, e, c, h, w, k).unwrap();
+            let col = src.materialize();
+            let (rows, cols) = (src.rows(), src.cols());
+            let mat = MatRef::row_major(&col, rows, cols).unwrap();
+            let plan = Im2colPlan::new(src, false);
+            let range_sets: Vec<Vec<(usize, usize)>> = vec![
+                vec![(0, rows)],
+                vec![(0, rows / 2), (rows / 2, rows)],
+                vec![(1.min(rows - 1), rows)],
+            ];
+            for ranges in &range_sets {
+                let pairs: usize = ranges.iter().map(|(a, b)| (b - a).div_ceil(2)).sum();
+                for (n0, nlen) in [
+                    (0, cols),
+                    (16.min(cols - 1), cols - 16.min(cols - 1)),
+                    (3, 1),
+                ] {
+                    if n0 + nlen > cols || nlen == 0 {
+                        continue;
+                    }
+                    let len = nlen.div_ceil(NR) * pairs * NR * 2;
+                    let mut want = vec![7i16; len];
+                    pack_b(Isa::Generic, &mat, n0, nlen, ranges, pairs, &mut want);
+                    for isa in [Isa::Generic, Isa::Avx2] {
+                        let mut got = vec![-7i16; len];
+                        pack_b_im2col(isa, &plan, n0, nlen, ranges, pairs, &mut got);
+                        assert_eq!(
+                            got, want,
+                            "{isa:?} maps {e}x{c}x{h}x{w} k{k} ranges {ranges:?} cols {n0}+{nlen}"
+                        );
+                    }
                 }
             }
         }

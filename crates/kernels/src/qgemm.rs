@@ -77,19 +77,16 @@ pub(crate) trait Family<T: QElem> {
         groups: usize,
         out: &mut [Self::PB],
     );
-    /// Packs columns `n0 .. n0 + nlen` of an im2col B (see [`crate::im2col_b`]). Only the
-    /// quad family has one: [`gemm_q8_im2col_with`] materialises B for the others.
+    /// Packs columns `n0 .. n0 + nlen` of an im2col B (see [`crate::im2col_b`]).
     fn pack_b_im2col(
-        _isa: Isa,
-        _plan: &Im2colPlan<'_>,
-        _n0: usize,
-        _nlen: usize,
-        _ranges: &[(usize, usize)],
-        _groups: usize,
-        _out: &mut [Self::PB],
-    ) {
-        unreachable!("im2col operands run on the quad family only");
-    }
+        isa: Isa,
+        plan: &Im2colPlan<'_>,
+        n0: usize,
+        nlen: usize,
+        ranges: &[(usize, usize)],
+        groups: usize,
+        out: &mut [Self::PB],
+    );
     /// Whether `pack_a` writes per-piece row sums that the kernels read.
     const ROW_SUMS: bool;
     /// Offset of a piece starting at group `poff` inside an A strip.
@@ -170,6 +167,17 @@ impl<T: QElem> Family<T> for Pairs {
         out: &mut [i16],
     ) {
         pack_b(isa.pair_isa(), b, n0, nlen, ranges, groups, out)
+    }
+    fn pack_b_im2col(
+        isa: Isa,
+        plan: &Im2colPlan<'_>,
+        n0: usize,
+        nlen: usize,
+        ranges: &[(usize, usize)],
+        groups: usize,
+        out: &mut [i16],
+    ) {
+        crate::pack::pack_b_im2col(isa.pair_isa(), plan, n0, nlen, ranges, groups, out)
     }
     const ROW_SUMS: bool = false;
     fn a_piece(poff: usize) -> usize {
@@ -942,9 +950,11 @@ pub fn gemm_q8_im2col_with(
     // Before any materialising: the same checks for both routes.
     validate_q_dims(&a, b.shape(), None, &b.scales, &spec, &c)?;
     let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
-    // The materialised route where this CPU has no quad kernels or the segments are short
+    // The materialised route where neither family packs this operand from the maps (the
+    // k-pair one takes the column matrix in whole 16-pixel strips) or the segments are short
     // enough for the direct path (which reads B by element).
-    if !isa.uses_quads() || crate::smallseg::eligible::<i8>(&chunks, a.max_abs, b.max_abs) {
+    let packs = isa.uses_quads() || b.pairs_pack_whole();
+    if !packs || crate::smallseg::eligible::<i8>(&chunks, a.max_abs, b.max_abs) {
         return b.with_materialized(|bm| gemm_q(isa, a, bm, spec, c));
     }
     check_range("A", &a.mat, a.max_abs)?;
@@ -978,7 +988,7 @@ pub fn gemm_q8_im2col_with(
 /// Runs the chunks of `A * B` into `out` on the family `isa` selects: k-quads for 8-bit
 /// mantissas where the family uses them, k-pairs otherwise.
 ///
-/// `im2col`, when given, packs B (whose view then only gives the shape): quad family only.
+/// `im2col`, when given, packs B (whose view then only gives the shape).
 fn run_family<'a, T: QElem>(
     isa: Isa,
     a: MatRef<'a, T>,
@@ -1012,11 +1022,7 @@ fn run_family<'a, T: QElem>(
     if isa.uses_quads() && T::as_i8(&a).is_some() {
         go::<T, Quads>(isa, a, b, im2col, chunks, out)
     } else {
-        assert!(
-            im2col.is_none(),
-            "im2col operands run on the quad family only"
-        );
-        go::<T, Pairs>(isa.pair_isa(), a, b, None, chunks, out)
+        go::<T, Pairs>(isa.pair_isa(), a, b, im2col, chunks, out)
     }
 }
 
