@@ -229,27 +229,70 @@ pub fn pack_b<T: QElem>(
     out: &mut [i16],
 ) {
     let isa = isa.or_supported();
-    let strips = nlen.div_ceil(NR);
     let strip_len = pairs * NR * 2;
-    let out = &mut out[..strips * strip_len];
     let full = nlen / NR;
+    let out = &mut out[..nlen.div_ceil(NR) * strip_len];
     let first = if T::pack_b_full_strips_fast(isa, b, n0, full, ranges, pairs, out) {
         full
     } else {
         0
     };
-    for (j, dst) in out.chunks_exact_mut(strip_len).enumerate().skip(first) {
-        let n = n0 + j * NR;
-        let valid = NR.min(n0 + nlen - n);
-        let mut poff = 0;
-        for &(k0, k1) in ranges {
-            let q = (k1 - k0).div_ceil(2);
-            let seg = &mut dst[poff * NR * 2..(poff + q) * NR * 2];
-            poff += q;
-            if valid == NR && T::pack_b_strip_fast(isa, b, n, k0, k1, seg) {
-                continue;
-            }
+    let segs = Segments {
+        nr: NR,
+        ku: 2,
+        n0,
+        nlen,
+        ranges,
+    };
+    segs.walk(out, first, |n, valid, k0, k1, seg: &mut [i16]| {
+        if !(valid == NR && T::pack_b_strip_fast(isa, b, n, k0, k1, seg)) {
             pack_b_strip_generic(b, n, valid, k0, k1, seg);
+        }
+    });
+}
+
+/// The strips of a packed B operand (either family): columns `n0 .. n0 + nlen` in strips of
+/// `nr`, each holding the k sub-ranges `ranges` one after another, each padded to whole groups
+/// of `ku`.
+pub(crate) struct Segments<'r> {
+    pub nr: usize,
+    pub ku: usize,
+    pub n0: usize,
+    pub nlen: usize,
+    pub ranges: &'r [(usize, usize)],
+}
+
+impl Segments<'_> {
+    /// Calls `f(n, valid, k0, k1, segment)` for each strip of `out` from strip `skip` on and
+    /// each sub-range in it, with the strip's first column `n` and its columns inside the
+    /// matrix (`valid`); `out` holds whole strips.
+    pub(crate) fn walk<P>(
+        &self,
+        out: &mut [P],
+        skip: usize,
+        mut f: impl FnMut(usize, usize, usize, usize, &mut [P]),
+    ) {
+        let (nr, ku) = (self.nr, self.ku);
+        let strips = self.nlen.div_ceil(nr);
+        if strips == 0 {
+            return;
+        }
+        let strip_len = out.len() / strips;
+        for (j, dst) in out.chunks_exact_mut(strip_len).enumerate().skip(skip) {
+            let n = self.n0 + j * nr;
+            let valid = nr.min(self.n0 + self.nlen - n);
+            let mut goff = 0;
+            for &(k0, k1) in self.ranges {
+                let g = (k1 - k0).div_ceil(ku);
+                f(
+                    n,
+                    valid,
+                    k0,
+                    k1,
+                    &mut dst[goff * nr * ku..(goff + g) * nr * ku],
+                );
+                goff += g;
+            }
         }
     }
 }
@@ -300,45 +343,42 @@ pub(crate) fn pack_b_im2col(
     out: &mut [i16],
 ) {
     let isa = isa.or_supported();
-    let strips = nlen.div_ceil(NR);
     let strip_len = pairs * NR * 2;
-    let out = &mut out[..strips * strip_len];
+    let out = &mut out[..nlen.div_ceil(NR) * strip_len];
     let (src, t) = (&plan.src, plan.transposed);
     let fast = isa.has_avx2() && !t && !plan.bytes16.is_empty();
     let at = |k: usize, n: usize| if t { src.at(n, k) } else { src.at(k, n) };
-    for (j, dst) in out.chunks_exact_mut(strip_len).enumerate() {
-        let n = n0 + j * NR;
-        let valid = NR.min(n0 + nlen - n);
-        let mut poff = 0;
-        for &(k0, k1) in ranges {
-            let q = (k1 - k0).div_ceil(2);
-            let seg = &mut dst[poff * NR * 2..(poff + q) * NR * 2];
-            poff += q;
-            if fast && valid == NR && n.is_multiple_of(NR) {
-                // SAFETY: AVX2 is present; `bytes16` exists, so `h * w % 16 == 0` and the strip
-                // `n .. n + 16` lies inside one example; rows `k0..k1` are the plan's; `seg`
-                // holds `q` pairs of the strip.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    avx2_pack::im2col_strip(plan, n, k0, k1, seg)
-                };
-                continue;
-            }
-            for p in 0..q {
-                let w = &mut seg[p * NR * 2..(p + 1) * NR * 2];
-                for h in 0..2 {
-                    let k = k0 + 2 * p + h;
-                    for c in 0..NR {
-                        w[2 * c + h] = if k < k1 && c < valid {
-                            at(k, n + c) as i16
-                        } else {
-                            0
-                        };
-                    }
+    let segs = Segments {
+        nr: NR,
+        ku: 2,
+        n0,
+        nlen,
+        ranges,
+    };
+    segs.walk(out, 0, |n, valid, k0, k1, seg: &mut [i16]| {
+        if fast && valid == NR && n.is_multiple_of(NR) {
+            // SAFETY: AVX2 is present; `bytes16` exists, so `h * w % 16 == 0` and the strip
+            // `n .. n + 16` lies inside one example; rows `k0..k1` are the plan's; `seg` holds
+            // the strip's pairs of `k0..k1`.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx2_pack::im2col_strip(plan, n, k0, k1, seg)
+            };
+            return;
+        }
+        for (p, w) in seg.chunks_exact_mut(NR * 2).enumerate() {
+            for h in 0..2 {
+                let k = k0 + 2 * p + h;
+                for c in 0..NR {
+                    w[2 * c + h] = if k < k1 && c < valid {
+                        at(k, n + c) as i16
+                    } else {
+                        0
+                    };
                 }
             }
         }
-    }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]

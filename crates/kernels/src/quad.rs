@@ -199,22 +199,21 @@ pub fn pack_b(
         }
         first = full;
     }
-    for (j, dst) in out.chunks_exact_mut(strip_len).enumerate().skip(first) {
-        let n = n0 + j * NR;
-        let valid = NR.min(n0 + nlen - n);
-        let mut qoff = 0;
-        for &(k0, k1) in ranges {
-            let nq = (k1 - k0).div_ceil(4);
-            let seg = &mut dst[qoff * NR * 4..(qoff + nq) * NR * 4];
-            qoff += nq;
-            if vnni && b.row_stride == 1 {
-                pack_b_cols(b, n, 0, valid, k0, k1, seg);
-            } else {
-                pack_b_generic_cols(|k, c| b.at(k, c), n, 0, valid, k0, k1, seg);
-            }
-            pad_b_cols(valid, seg);
+    let segs = crate::pack::Segments {
+        nr: NR,
+        ku: 4,
+        n0,
+        nlen,
+        ranges,
+    };
+    segs.walk(out, first, |n, valid, k0, k1, seg: &mut [u8]| {
+        if vnni && b.row_stride == 1 {
+            pack_b_cols(b, n, 0, valid, k0, k1, seg);
+        } else {
+            pack_b_generic_cols(|k, c| b.at(k, c), n, 0, valid, k0, k1, seg);
         }
-    }
+        pad_b_cols(valid, seg);
+    });
 }
 
 /// Packs columns `n0 .. n0 + nlen` of an im2col B ([`crate::im2col_b`]) for the k sub-ranges
@@ -238,53 +237,51 @@ pub(crate) fn pack_b_im2col(
     quads: usize,
     out: &mut [u8],
 ) {
-    let strips = nlen.div_ceil(NR);
     let strip_len = quads * NR * 4;
-    let out = &mut out[..strips * strip_len];
+    let out = &mut out[..nlen.div_ceil(NR) * strip_len];
     let (src, t) = (&plan.src, plan.transposed);
     let strips_fast = vnni(isa) && plan.strips && !t && n0.is_multiple_of(NR);
     let blocks_fast = vnni(isa) && plan.strips && t && (src.h * src.w).is_multiple_of(64);
     // B's element `(k, column)`, by the definition.
     let at = |k: usize, n: usize| if t { src.at(n, k) } else { src.at(k, n) };
-    for (j, dst) in out.chunks_exact_mut(strip_len).enumerate() {
-        let n = n0 + j * NR;
-        let valid = NR.min(n0 + nlen - n);
-        let mut qoff = 0;
-        for &(k0, k1) in ranges {
-            let nq = (k1 - k0).div_ceil(4);
-            let seg = &mut dst[qoff * NR * 4..(qoff + nq) * NR * 4];
-            qoff += nq;
-            // Columns the fast paths packed.
-            let mut c = 0;
-            if strips_fast && valid == NR {
-                // SAFETY: the VNNI family implies AVX-512 F/BW/VL; `n` starts a strip inside
-                // one example (`plan.strips`, `n0 % NR == 0`), rows `k0..k1` are the plan's.
+    let segs = crate::pack::Segments {
+        nr: NR,
+        ku: 4,
+        n0,
+        nlen,
+        ranges,
+    };
+    segs.walk(out, 0, |n, valid, k0, k1, seg: &mut [u8]| {
+        // Columns the fast paths packed.
+        let mut c = 0;
+        if strips_fast && valid == NR {
+            // SAFETY: the VNNI family implies AVX-512 F/BW/VL; `n` starts a strip inside
+            // one example (`plan.strips`, `n0 % NR == 0`), rows `k0..k1` are the plan's.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::im2col_strip(plan, n, k0, k1, seg)
+            };
+            c = NR;
+        }
+        if blocks_fast && k0.is_multiple_of(64) {
+            while valid - c >= 16 {
+                let blocks = (k1 - k0) / 64;
+                // SAFETY: the VNNI family implies AVX-512 F/BW/VL; taps `n + c ..` and
+                // the 64-pixel blocks from `k0` lie in the matrix, each block inside one
+                // example (`h * w % 64 == 0`, `k0 % 64 == 0`); `seg` holds the strip's
+                // quads of `k0..k1` (asserted).
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    avx512::im2col_strip(plan, n, k0, k1, seg)
+                    avx512::im2col_t_lines(plan, n + c, k0, blocks, c, seg)
                 };
-                c = NR;
+                let (ks, tail) = (k0 + 64 * blocks, &mut seg[16 * blocks * NR * 4..]);
+                pack_b_generic_cols(at, n, c, c + 16, ks, k1, tail);
+                c += 16;
             }
-            if blocks_fast && k0.is_multiple_of(64) {
-                while valid - c >= 16 {
-                    let blocks = (k1 - k0) / 64;
-                    // SAFETY: the VNNI family implies AVX-512 F/BW/VL; taps `n + c ..` and
-                    // the 64-pixel blocks from `k0` lie in the matrix, each block inside one
-                    // example (`h * w % 64 == 0`, `k0 % 64 == 0`); `seg` holds the strip's
-                    // quads of `k0..k1` (asserted).
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        avx512::im2col_t_lines(plan, n + c, k0, blocks, c, seg)
-                    };
-                    let (ks, tail) = (k0 + 64 * blocks, &mut seg[16 * blocks * NR * 4..]);
-                    pack_b_generic_cols(at, n, c, c + 16, ks, k1, tail);
-                    c += 16;
-                }
-            }
-            pack_b_generic_cols(at, n, c, valid, k0, k1, seg);
-            pad_b_cols(valid, seg);
         }
-    }
+        pack_b_generic_cols(at, n, c, valid, k0, k1, seg);
+        pad_b_cols(valid, seg);
+    });
 }
 
 /// Column-contiguous B (a transposed view, the weight gradient's `col^T`): strip columns
