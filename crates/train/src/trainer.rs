@@ -919,19 +919,22 @@ impl Trainer {
         Ok(())
     }
 
-    /// metrics.jsonl (whole history) and the checkpoint, both written atomically.
+    /// The checkpoint, then metrics.jsonl (whole history), both written atomically. In that
+    /// order: a run killed between the two has a checkpoint to resume from, whose history
+    /// rewrites the metrics; the other order left a first epoch's metrics with no checkpoint,
+    /// a directory that neither `--resume` nor a plain run would take.
     fn save_outputs(&self) -> Result<(), TrainError> {
         let Some(dir) = self.run_dir.as_ref().map(|d| &d.path) else {
             return Ok(());
         };
+        self.checkpoint()
+            .save(&dir.join("checkpoint.safetensors"))?;
         let mut lines = String::new();
         for m in &self.history {
             lines += &serde_json::to_string(m).expect("serialises");
             lines.push('\n');
         }
         write_atomic(&dir.join("metrics.jsonl"), lines.as_bytes())?;
-        self.checkpoint()
-            .save(&dir.join("checkpoint.safetensors"))?;
         Ok(())
     }
 }
