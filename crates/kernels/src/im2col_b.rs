@@ -168,8 +168,8 @@ pub(crate) struct Im2colPlan<'a> {
     /// position, `c * h * w + (ky - pad) * w + (kx - pad)`, and its tap `ky * k + kx`.
     pub row_offset: Vec<isize>,
     pub row_tap: Vec<usize>,
-    /// Whether the strips of 32 columns lie inside one example each (`h * w % 32 == 0`), so
-    /// that the masked-load packer applies.
+    /// Whether the strips of 32 columns lie inside one example each (`h * w % 32 == 0`, k-quad
+    /// plans only), so that the masked-load packer applies.
     pub strips: bool,
     /// `masks[tap * strips_per_example + s]`: bit `i` set when column `32 s + i` of an example
     /// reads inside the plane at that tap.
@@ -181,7 +181,9 @@ pub(crate) struct Im2colPlan<'a> {
 }
 
 impl<'a> Im2colPlan<'a> {
-    pub fn new(src: Im2colRef<'a>, transposed: bool) -> Self {
+    /// The plan for the family that packs (`quads`: the k-quad family's 32-column masks;
+    /// otherwise the k-pair family's 16-byte masks).
+    pub fn new(src: Im2colRef<'a>, transposed: bool, quads: bool) -> Self {
         let (k, h, w) = (src.k, src.h, src.w);
         let (hw, pad) = (h * w, src.pad() as isize);
         let rows = src.rows();
@@ -193,7 +195,7 @@ impl<'a> Im2colPlan<'a> {
                 .push((c * hw) as isize + (ky as isize - pad) * w as isize + kx as isize - pad);
             row_tap.push(ky * k + kx);
         }
-        let strips = hw % 32 == 0;
+        let strips = quads && hw % 32 == 0;
         let masks = if strips {
             strip_masks(&src, 32)
                 .into_iter()
@@ -202,7 +204,7 @@ impl<'a> Im2colPlan<'a> {
         } else {
             Vec::new()
         };
-        let bytes16 = if hw % 16 == 0 && !transposed {
+        let bytes16 = if !quads && hw % 16 == 0 && !transposed {
             strip_masks(&src, 16)
                 .into_iter()
                 .flat_map(|m| (0..16).map(move |i| -(((m >> i) & 1) as i8)))

@@ -407,10 +407,15 @@ mod avx2_pack {
         let len = src.maps.len() as isize;
         let base = (e * src.channels * hw + p0) as isize;
         assert!(seg.len() >= (k1 - k0).div_ceil(2) * 32 && k1 <= plan.row_offset.len());
-        assert!(plan.bytes16.len() >= plan.row_tap.iter().max().map_or(0, |t| (t + 1) * per * 16));
+        // Every row's tap is below `k * k` (`Im2colPlan::new`), so its masks are in bounds.
+        assert!(plan.bytes16.len() == src.k * src.k * per * 16);
         let (maps, masks) = (src.maps.as_ptr(), plan.bytes16.as_ptr().add(p0 / 16 * 16));
         // Row `k`'s 16 bytes, masked: one load where they lie inside the maps, else (the
         // first and last rows of the whole maps only) through the definition.
+        //
+        // # Safety
+        // `k` is a row of the plan; `masks` points at this strip's mask in tap 0's table of
+        // `per` strips; `maps` holds `len` bytes; `base` is the strip's first pixel.
         #[inline(always)]
         unsafe fn row(
             plan: &crate::im2col_b::Im2colPlan<'_>,
@@ -687,7 +692,7 @@ pub(crate) mod tests {
             let col = src.materialize();
             let (rows, cols) = (src.rows(), src.cols());
             let mat = MatRef::row_major(&col, rows, cols).unwrap();
-            let plan = Im2colPlan::new(src, false);
+            let plan = Im2colPlan::new(src, false, false);
             let range_sets: Vec<Vec<(usize, usize)>> = vec![
                 vec![(0, rows)],
                 vec![(0, rows / 2), (rows / 2, rows)],

@@ -37,18 +37,21 @@ struct Form {
     exact: bool,
     units_per_iter: u32,
     run: Loop,
-    needs: Isa,
+    /// The i8 kernel family whose inner loop issues this form (the 100% of `bench gemm`).
+    kernel_of: Option<Isa>,
 }
 
-/// The forms this CPU can run under the `LOWPREC_ISA` cap, clock first.
+/// The forms this CPU can run under the `LOWPREC_ISA` cap (`isa`, lowered to what the CPU
+/// has), clock first.
 fn forms(isa: Isa) -> Vec<Form> {
+    let isa = isa.or_supported();
     let mut v = vec![Form {
         name: "add r64 dependent chain (1 per cycle: the clock)",
         macs: 0,
         exact: true,
         units_per_iter: 8,
         run: x86::clock,
-        needs: Isa::Generic,
+        kernel_of: None,
     }];
     #[cfg(target_arch = "x86_64")]
     {
@@ -60,7 +63,7 @@ fn forms(isa: Isa) -> Vec<Form> {
                     exact: true,
                     units_per_iter: 8,
                     run: x86::maddwd_add,
-                    needs: Isa::Avx2,
+                    kernel_of: Some(Isa::Avx2),
                 },
                 Form {
                     name: "vpmaddubsw ymm alone (u8 x s8, saturating i16)",
@@ -68,7 +71,7 @@ fn forms(isa: Isa) -> Vec<Form> {
                     exact: false,
                     units_per_iter: 8,
                     run: x86::maddubsw,
-                    needs: Isa::Avx2,
+                    kernel_of: None,
                 },
                 Form {
                     name: "vpmaddubsw + vpmaddwd(1) + vpaddd (i32 sums)",
@@ -76,7 +79,7 @@ fn forms(isa: Isa) -> Vec<Form> {
                     exact: true,
                     units_per_iter: 8,
                     run: x86::maddubsw_widen,
-                    needs: Isa::Avx2,
+                    kernel_of: None,
                 },
                 Form {
                     name: "vfmadd231ps ymm (f32)",
@@ -84,7 +87,7 @@ fn forms(isa: Isa) -> Vec<Form> {
                     exact: false,
                     units_per_iter: 12,
                     run: x86::fma_ymm,
-                    needs: Isa::Avx2,
+                    kernel_of: None,
                 },
             ]);
         }
@@ -96,7 +99,7 @@ fn forms(isa: Isa) -> Vec<Form> {
                     exact: true,
                     units_per_iter: 12,
                     run: x86::dpbusd_zmm,
-                    needs: Isa::Avx512Vnni,
+                    kernel_of: Some(Isa::Avx512Vnni),
                 },
                 Form {
                     name: "vfmadd231ps zmm (f32)",
@@ -104,77 +107,79 @@ fn forms(isa: Isa) -> Vec<Form> {
                     exact: false,
                     units_per_iter: 12,
                     run: x86::fma_zmm,
-                    needs: Isa::Avx512Vnni,
+                    kernel_of: None,
                 },
             ]);
         }
     }
     let _ = isa;
-    v.retain(|f| f.needs == Isa::Generic || f.needs.or_supported() == f.needs);
     v
 }
 
 /// The form each i8 kernel family's inner loop issues (the "% peak" of `lowprec bench gemm`).
 pub fn gemm_peak_form(isa: Isa) -> Option<&'static str> {
-    match isa.or_supported() {
-        Isa::Avx2 => Some("vpmaddwd ymm + vpaddd (i16 pairs: the Avx2 i8 kernel)"),
-        Isa::Avx512Vnni => Some("vpdpbusd zmm (u8 x s8 quads: the Avx512Vnni i8 kernel)"),
-        Isa::Generic | Isa::GenericQuad => None,
-    }
+    gemm_form(isa).map(|f| f.name)
+}
+
+fn gemm_form(isa: Isa) -> Option<Form> {
+    let family = isa.or_supported();
+    forms(isa).into_iter().find(|f| f.kernel_of == Some(family))
 }
 
 fn time_once(f: &Form, iters: u64) -> f64 {
     let t = Instant::now();
-    // SAFETY: `forms` keeps only the loops whose instruction set this CPU has.
+    // SAFETY: `forms` lists only the loops whose instruction set this CPU has.
     unsafe { (f.run)(iters) };
     t.elapsed().as_secs_f64()
+}
+
+/// Units per second of `f`: the median of `reps` runs of about `millis` ms each.
+fn rate(f: &Form, millis: u64, reps: usize) -> f64 {
+    // Calibrate the iteration count to about `millis` ms.
+    let mut iters = 1u64 << 12;
+    loop {
+        let s = time_once(f, iters);
+        if s * 1000.0 >= millis as f64 / 4.0 || iters >= 1 << 34 {
+            iters = ((iters as f64) * (millis as f64 / 1000.0) / s.max(1e-9)).max(1.0) as u64;
+            break;
+        }
+        iters *= 4;
+    }
+    let mut rates: Vec<f64> = (0..reps.max(1))
+        .map(|_| (iters * f.units_per_iter as u64) as f64 / time_once(f, iters))
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
 }
 
 /// Measures every form this CPU runs under the cap, each `reps` times for about `millis` ms,
 /// and reports the medians.
 pub fn measure(isa: Isa, millis: u64, reps: usize) -> Vec<PeakRecord> {
-    let reps = reps.max(1);
-    let mut out = Vec::new();
     let mut clock_hz = f64::NAN;
-    for f in forms(isa) {
-        // Calibrate the iteration count to about `millis` ms.
-        let mut iters = 1u64 << 12;
-        loop {
-            let s = time_once(&f, iters);
-            if s * 1000.0 >= millis as f64 / 4.0 || iters >= 1 << 34 {
-                iters = ((iters as f64) * (millis as f64 / 1000.0) / s.max(1e-9)).max(1.0) as u64;
-                break;
+    forms(isa)
+        .iter()
+        .map(|f| {
+            let r = rate(f, millis, reps);
+            if f.macs == 0 {
+                clock_hz = r;
             }
-            iters *= 4;
-        }
-        let mut rates: Vec<f64> = (0..reps)
-            .map(|_| (iters * f.units_per_iter as u64) as f64 / time_once(&f, iters))
-            .collect();
-        rates.sort_by(f64::total_cmp);
-        let rate = rates[rates.len() / 2];
-        if f.macs == 0 {
-            clock_hz = rate;
-        }
-        out.push(PeakRecord {
-            form: f.name,
-            macs_per_unit: f.macs,
-            exact: f.exact,
-            munits_per_s: rate / 1e6,
-            per_cycle: rate / clock_hz,
-            gops: rate * f.macs as f64 * 2.0 / 1e9,
-        });
-    }
-    out
+            PeakRecord {
+                form: f.name,
+                macs_per_unit: f.macs,
+                exact: f.exact,
+                munits_per_s: r / 1e6,
+                per_cycle: r / clock_hz,
+                gops: r * f.macs as f64 * 2.0 / 1e9,
+            }
+        })
+        .collect()
 }
 
-/// GOP/s per core of the form the `isa` family's i8 kernel issues, measured now (about
-/// `millis` ms), or `None` for the portable kernels.
+/// GOP/s per core of the form the `isa` family's i8 kernel issues, measured now (3 runs of
+/// about `millis` ms; that form only), or `None` for the portable kernels.
 pub fn gemm_peak_gops(isa: Isa, millis: u64) -> Option<(f64, &'static str)> {
-    let form = gemm_peak_form(isa)?;
-    measure(isa, millis, 3)
-        .into_iter()
-        .find(|r| r.form == form)
-        .map(|r| (r.gops, form))
+    let f = gemm_form(isa)?;
+    Some((rate(&f, millis, 3) * f.macs as f64 * 2.0 / 1e9, f.name))
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -965,7 +965,7 @@ pub fn gemm_q8_im2col_with(
         empty_k(c, m, n, k, spec.accumulate);
         return Ok(());
     }
-    let plan = Im2colPlan::new(b.src, b.transposed);
+    let plan = Im2colPlan::new(b.src, b.transposed, isa.uses_quads());
     let out = Out::Q {
         c: SendPtr(c.data.as_mut_ptr()),
         ldc: c.ld,

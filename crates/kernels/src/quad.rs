@@ -1054,7 +1054,7 @@ mod tests {
         ] {
             let maps: Vec<i8> = (0..e * c * h * w).map(|i| val(i * 7 + 3)).collect();
             let src = Im2colRef::new(&maps, e, c, h, w, k).unwrap();
-            let plan = Im2colPlan::new(src, false);
+            let plan = Im2colPlan::new(src, false, true);
             let (rows, cols) = (src.rows(), src.cols());
             let col = src.materialize();
             let mat = MatRef::row_major(&col, rows, cols).unwrap();
@@ -1066,7 +1066,7 @@ mod tests {
             let col_sets = [(0, cols), (c32, cols - c32), (0, 33.min(cols))];
             check(&plan, &mat, &[&whole, &odd, &late], &col_sets, &what);
             // B = col^T: pixels are K, taps the columns.
-            let tplan = Im2colPlan::new(src, true);
+            let tplan = Im2colPlan::new(src, true, true);
             let whole = [(0, cols)];
             let from64 = [(64.min(cols), cols)];
             let odd = [(0, cols.min(70)), (cols.min(70), cols)];

@@ -238,6 +238,10 @@ mod avx2 {
     /// Runs `kp` k-pairs of the 6x16 tile on the accumulators `acc` (row `r`, half `h` at
     /// `acc[2 * r + h]`): 2 B loads + 6 broadcasts + 12 `vpmaddwd` + 12 `vpaddd` per pair
     /// (`MR = 6`, `NR = 16` are baked into the offsets below).
+    ///
+    /// # Safety
+    /// AVX2 must be present; `a` must address 6 rows `a_stride` i16 apart of at least `2 * kp`
+    /// readable i16 each, and `b` `kp * 2 * NR` readable i16.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn accumulate(
@@ -463,6 +467,9 @@ mod avx2 {
     /// The first 4 rows of [`accumulate`] from zero: `kp` k-pairs of rows 0..4 of the A strip
     /// against the B panel, one pair per iteration (2 B loads + 4 broadcasts + 8 `vpmaddwd` +
     /// 8 `vpaddd`).
+    ///
+    /// # Safety
+    /// As [`accumulate`], for the first 4 rows of A only.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn accumulate4(
@@ -527,6 +534,9 @@ mod avx2 {
     }
 
     /// The tile kernel of [`super::run`].
+    ///
+    /// # Safety
+    /// As [`accumulate`] for the panels.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn kernel(
         kp: usize,
@@ -550,6 +560,10 @@ mod avx2 {
     }
 
     /// A whole chunk straight into the first `rows <= MR` rows of C (see [`super::run_q`]).
+    ///
+    /// # Safety
+    /// As [`accumulate`] for the panels; `c` must address `rows` rows of `NR` writable floats,
+    /// `ldc` apart, that nothing else accesses during the call.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn kernel_q(
