@@ -191,10 +191,12 @@ mod x86 {
     /// # Safety
     /// None beyond x86-64 (the signature is `unsafe` to share the table's type).
     pub unsafe fn clock(n: u64) {
-        asm!("2:", "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
-             "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
+        // Register operands: Intel's Golden Cove and later fold chains of adds of an
+        // immediate at rename, running several per cycle.
+        asm!("2:", "add {x}, {y}", "add {x}, {y}", "add {x}, {y}", "add {x}, {y}",
+             "add {x}, {y}", "add {x}, {y}", "add {x}, {y}", "add {x}, {y}",
              "dec {n}", "jnz 2b",
-             n = inout(reg) n.max(1) => _, x = inout(reg) 0u64 => _,
+             n = inout(reg) n.max(1) => _, x = inout(reg) 0u64 => _, y = in(reg) 1u64,
              options(nomem, nostack));
     }
 
