@@ -658,7 +658,8 @@ fn plot(
         .collect();
     let lo = accs.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = accs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    // the early evaluations can sit far below the rest: show the last 15 points or so
+    // the early evaluations can sit far below the rest: show the last 15 points or so (curves
+    // leave the view at its floor rather than being drawn along it)
     let lo = lo.max(100.0 * target - 15.0);
     let (y0, y1) = ((lo - 0.5).max(0.0), (hi + 0.3).min(100.0));
     let max_epoch = runs
@@ -667,11 +668,24 @@ fn plot(
         .max()
         .unwrap_or(1)
         .max(2);
+    // the time axis starts where the first curve enters the view, not at the first evaluation
     let t_min = runs
         .iter()
-        .flat_map(|r| r.evals.first().map(|e| e.projected_seconds))
-        .fold(f64::INFINITY, f64::min)
-        .max(1e-9);
+        .flat_map(|r| {
+            let pts: Vec<(f64, f64)> = r
+                .evals
+                .iter()
+                .map(|e| (e.projected_seconds, 100.0 * e.test_acc))
+                .collect();
+            crate::plot::clip_below(&pts, y0, true)
+                .into_iter()
+                .flatten()
+                .map(|p| p.0)
+                .collect::<Vec<_>>()
+        })
+        .filter(|t| *t > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let t_min = if t_min.is_finite() { t_min } else { 1e-9 };
     let t_max = runs
         .iter()
         .map(|r| r.projected_accelerator_seconds)
@@ -687,19 +701,24 @@ fn plot(
         c.configure_mesh()
             .x_desc("epoch")
             .y_desc("test accuracy (%)")
+            .x_label_formatter(&|x| crate::plot::tick_label(*x))
+            .y_label_formatter(&|y| crate::plot::tick_label(*y))
             .draw()?;
         for (i, r) in runs.iter().enumerate() {
             let col = Palette99::pick(i).to_rgba();
             let pts: Vec<(f64, f64)> = r
                 .evals
                 .iter()
-                .map(|e| (e.epoch, (100.0 * e.test_acc).max(y0)))
+                .map(|e| (e.epoch, 100.0 * e.test_acc))
                 .collect();
-            c.draw_series(LineSeries::new(pts, col.stroke_width(2)))?
+            c.draw_series(LineSeries::new(Vec::new(), col.stroke_width(2)))?
                 .label(r.policy.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2))
                 });
+            for piece in crate::plot::clip_below(&pts, y0, false) {
+                c.draw_series(LineSeries::new(piece, col.stroke_width(2)))?;
+            }
         }
         c.draw_series(LineSeries::new(
             vec![(0.0, 100.0 * target), (max_epoch as f64, 100.0 * target)],
@@ -722,21 +741,33 @@ fn plot(
                 format!("test accuracy vs projected accelerator time ({timing})"),
                 ("sans-serif", 18),
             )
-            .build_cartesian_2d((t_min * 0.8..t_max * 1.1).log_scale(), y0..y1)?;
+            .build_cartesian_2d(
+                (t_min * 0.8..t_max * 1.1)
+                    .log_scale()
+                    .with_key_points(crate::plot::log_ticks(t_min * 0.8, t_max * 1.1, 12)),
+                y0..y1,
+            )?;
         c.configure_mesh()
             .x_desc("projected FAST-array seconds (log)")
             .y_desc("test accuracy (%)")
-            .x_label_formatter(&|x| format!("{x:.3}"))
+            .x_label_formatter(&|x| crate::plot::tick_label(*x))
+            .y_label_formatter(&|y| crate::plot::tick_label(*y))
             .draw()?;
         for (i, r) in runs.iter().enumerate() {
             let col = Palette99::pick(i).to_rgba();
             let pts: Vec<(f64, f64)> = r
                 .evals
                 .iter()
-                .map(|e| (e.projected_seconds, (100.0 * e.test_acc).max(y0)))
+                .map(|e| (e.projected_seconds, 100.0 * e.test_acc))
                 .collect();
-            c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))?;
-            c.draw_series(pts.into_iter().map(|p| Circle::new(p, 2, col.filled())))?;
+            for piece in crate::plot::clip_below(&pts, y0, true) {
+                c.draw_series(LineSeries::new(piece, col.stroke_width(2)))?;
+            }
+            c.draw_series(
+                pts.into_iter()
+                    .filter(|p| p.1 >= y0)
+                    .map(|p| Circle::new(p, 2, col.filled())),
+            )?;
         }
     }
     let panels = bottom.split_evenly((1, 3));
@@ -763,6 +794,8 @@ fn plot(
             .disable_mesh()
             .x_desc("iteration")
             .y_desc("layer (input at 0)")
+            .x_label_formatter(&|x| crate::plot::tick_label(*x))
+            .y_label_formatter(&|y| crate::plot::tick_label(*y))
             .draw()?;
         for (l, g) in t.gemm.iter().enumerate() {
             let start = match kind {

@@ -46,6 +46,88 @@ pub fn write_png_atomic(out: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> R
     r
 }
 
+/// Splits a polyline into the pieces that lie at or above `y0`, cutting each segment that crosses
+/// `y0` where it crosses (along `ln x` when the x axis is logarithmic, so the cut lies on the
+/// segment as drawn). A zoomed axis then shows where a curve leaves and enters the view instead of
+/// drawing the points below it on the floor as if they were measured there.
+pub fn clip_below(pts: &[(f64, f64)], y0: f64, log_x: bool) -> Vec<Vec<(f64, f64)>> {
+    let fx = |x: f64| if log_x { x.ln() } else { x };
+    let gx = |x: f64| if log_x { x.exp() } else { x };
+    let mut pieces: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut cur: Vec<(f64, f64)> = Vec::new();
+    for (i, &(x, y)) in pts.iter().enumerate() {
+        if i > 0 {
+            let (px, py) = pts[i - 1];
+            if (py < y0) != (y < y0) {
+                let t = (y0 - py) / (y - py);
+                let cut = (gx(fx(px) + t * (fx(x) - fx(px))), y0);
+                cur.push(cut);
+                if y < y0 {
+                    pieces.push(std::mem::take(&mut cur));
+                }
+            }
+        }
+        if y >= y0 {
+            cur.push((x, y));
+        }
+    }
+    if !cur.is_empty() {
+        pieces.push(cur);
+    }
+    pieces
+}
+
+/// Axis ticks at 1..9, 1-2-3-5 or 1-2-5 times the powers of ten inside `[lo, hi]`, the densest
+/// that gives at most `max` (only the 1s where none does), for a logarithmic axis whose default
+/// ticks crowd at the top of a decade.
+pub fn log_ticks(lo: f64, hi: f64, max: usize) -> Vec<f64> {
+    if !(lo > 0.0 && hi >= lo && hi.is_finite()) {
+        return Vec::new();
+    }
+    let ticks = |mults: &[f64]| {
+        let mut v = Vec::new();
+        let mut p = 10f64.powf(lo.log10().floor());
+        while p <= hi {
+            for m in mults {
+                let t = p * m;
+                if t >= lo * (1.0 - 1e-12) && t <= hi * (1.0 + 1e-12) {
+                    v.push(t);
+                }
+            }
+            p *= 10.0;
+        }
+        v
+    };
+    // the densest of these that fits, so a narrow range (250..1100) still gets several ticks
+    let sets: [&[f64]; 4] = [
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+        &[1.0, 2.0, 3.0, 5.0],
+        &[1.0, 2.0, 5.0],
+        &[1.0],
+    ];
+    for mults in &sets[..3] {
+        let v = ticks(mults);
+        if v.len() <= max {
+            return v;
+        }
+    }
+    ticks(sets[3])
+}
+
+/// A tick label with as many decimals as the value needs (1000, 20, 2.5, 0.05).
+pub fn tick_label(x: f64) -> String {
+    let s = if x.abs() >= 10.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.3}")
+    };
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct Row {
     epoch: usize,
@@ -350,6 +432,54 @@ mod tests {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, lines.join("\n")).unwrap();
         p
+    }
+
+    #[test]
+    fn clip_below_cuts_where_the_curve_crosses() {
+        let p = [
+            (0.0, 10.0),
+            (1.0, 50.0),
+            (2.0, 70.0),
+            (3.0, 40.0),
+            (4.0, 80.0),
+        ];
+        let got = clip_below(&p, 60.0, false);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0][0], (1.5, 60.0));
+        assert_eq!(got[0][1], (2.0, 70.0));
+        assert_eq!(got[0].len(), 3);
+        assert!(
+            (got[0][2].0 - (2.0 + 1.0 / 3.0)).abs() < 1e-12,
+            "{:?}",
+            got[0]
+        );
+        assert!((got[1][0].0 - 3.5).abs() < 1e-12 && got[1][1] == (4.0, 80.0));
+        // on a log axis the cut is placed along ln x: halfway between 1 and 100 is 10
+        let got = clip_below(&[(1.0, 0.0), (100.0, 2.0)], 1.0, true);
+        assert!((got[0][0].0 - 10.0).abs() < 1e-9, "{got:?}");
+        assert!(clip_below(&[(0.0, 1.0)], 2.0, false).is_empty());
+        assert!(clip_below(&[], 2.0, false).is_empty());
+        assert_eq!(clip_below(&[(0.0, 3.0), (1.0, 4.0)], 2.0, false).len(), 1);
+    }
+
+    #[test]
+    fn log_ticks_and_labels() {
+        assert_eq!(
+            log_ticks(30.0, 1100.0, 12),
+            vec![30.0, 50.0, 100.0, 200.0, 300.0, 500.0, 1000.0]
+        );
+        assert_eq!(
+            log_ticks(250.0, 1100.0, 12),
+            vec![300.0, 400.0, 500.0, 600.0, 700.0, 800.0, 900.0, 1000.0]
+        );
+        assert_eq!(
+            log_ticks(30.0, 1100.0, 6),
+            vec![50.0, 100.0, 200.0, 500.0, 1000.0]
+        );
+        assert_eq!(log_ticks(0.01, 1e6, 8).len(), 9);
+        assert!(log_ticks(0.0, 1.0, 8).is_empty() && log_ticks(2.0, 1.0, 8).is_empty());
+        let labels: Vec<String> = [1000.0, 20.0, 2.5, 0.05, 1.0].map(tick_label).into();
+        assert_eq!(labels, ["1000", "20", "2.5", "0.05", "1"]);
     }
 
     #[test]
