@@ -258,13 +258,28 @@ mod avx2 {
         best
     }
 
+    /// The generator's 32-bit finaliser (`rng::fmix32`) on four vectors, one step at a time
+    /// across all four.
     #[inline(always)]
-    unsafe fn fmix32_v(mut h: __m256i) -> __m256i {
-        h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
-        h = _mm256_mullo_epi32(h, _mm256_set1_epi32(0x85EB_CA6Bu32 as i32));
-        h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 13));
-        h = _mm256_mullo_epi32(h, _mm256_set1_epi32(0xC2B2_AE35u32 as i32));
-        _mm256_xor_si256(h, _mm256_srli_epi32(h, 16))
+    unsafe fn fmix32_x4(mut h: [__m256i; 4]) -> [__m256i; 4] {
+        let m1 = _mm256_set1_epi32(0x85EB_CA6Bu32 as i32);
+        let m2 = _mm256_set1_epi32(0xC2B2_AE35u32 as i32);
+        for v in h.iter_mut() {
+            *v = _mm256_xor_si256(*v, _mm256_srli_epi32(*v, 16));
+        }
+        for v in h.iter_mut() {
+            *v = _mm256_mullo_epi32(*v, m1);
+        }
+        for v in h.iter_mut() {
+            *v = _mm256_xor_si256(*v, _mm256_srli_epi32(*v, 13));
+        }
+        for v in h.iter_mut() {
+            *v = _mm256_mullo_epi32(*v, m2);
+        }
+        for v in h.iter_mut() {
+            *v = _mm256_xor_si256(*v, _mm256_srli_epi32(*v, 16));
+        }
+        h
     }
 
     /// # Safety
@@ -280,6 +295,60 @@ mod avx2 {
     ) {
         let n = x.len();
         debug_assert!(base >> 32 == (base + n.saturating_sub(1) as u64) >> 32);
+        let chunks = n / 8;
+        // One loop per (rounding, output) pair: no branch on either inside it.
+        let (optr, o) = match &mut out {
+            OutRun::I8(o) => (o.as_mut_ptr() as *mut u8, OUT_I8),
+            OutRun::I16(o) => (o.as_mut_ptr() as *mut u8, OUT_I16),
+            OutRun::I32(o) => (o.as_mut_ptr() as *mut u8, OUT_I32),
+            OutRun::F32(o) => (o.as_mut_ptr() as *mut u8, OUT_F32),
+        };
+        macro_rules! go {
+            ($m:expr) => {
+                match o {
+                    OUT_I8 => chunks_avx2::<{ $m }, OUT_I8>(x, optr, chunks, p, key, base),
+                    OUT_I16 => chunks_avx2::<{ $m }, OUT_I16>(x, optr, chunks, p, key, base),
+                    OUT_I32 => chunks_avx2::<{ $m }, OUT_I32>(x, optr, chunks, p, key, base),
+                    _ => chunks_avx2::<{ $m }, OUT_F32>(x, optr, chunks, p, key, base),
+                }
+            };
+        }
+        match p.rounding {
+            Rounding::NearestEven => go!(RND_EVEN),
+            Rounding::TowardZero => go!(RND_ZERO),
+            Rounding::NearestAway => go!(RND_AWAY),
+            Rounding::Stochastic => go!(RND_STOCH),
+        }
+        let done = chunks * 8;
+        if done < n {
+            let (_, tail) = split_out(out, done);
+            quantize_run_generic(&x[done..], tail, p, key, base + done as u64);
+        }
+    }
+
+    const RND_EVEN: u8 = 0;
+    const RND_ZERO: u8 = 1;
+    const RND_AWAY: u8 = 2;
+    const RND_STOCH: u8 = 3;
+    const OUT_I8: u8 = 0;
+    const OUT_I16: u8 = 1;
+    const OUT_I32: u8 = 2;
+    const OUT_F32: u8 = 3;
+
+    /// The first `chunks * 8` elements of [`quantize_run_avx2`] for rounding `M` into output
+    /// kind `O`.
+    ///
+    /// # Safety
+    /// As [`quantize_run_avx2`]; `optr` holds `chunks * 8` elements of the kind `O` names.
+    #[inline(always)]
+    unsafe fn chunks_avx2<const M: u8, const O: u8>(
+        x: &[f32],
+        optr: *mut u8,
+        chunks: usize,
+        p: &ScaledInt,
+        key: StreamKey,
+        base: u64,
+    ) {
         let (f0, f1) = p.factors();
         let vf0 = _mm256_set1_ps(f0);
         let vf1 = _mm256_set1_ps(f1);
@@ -296,94 +365,103 @@ mod avx2 {
         let vk1 = _mm256_set1_epi32(k1 as i32);
         let vk2 = _mm256_set1_epi32(k2 as i32);
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let rounding = p.rounding;
-        let chunks = n / 8;
         let xp = x.as_ptr();
-        for c in 0..chunks {
-            let xv = _mm256_loadu_ps(xp.add(c * 8));
-            let y = _mm256_mul_ps(_mm256_mul_ps(xv, vf0), vf1);
-            let q = match rounding {
-                Rounding::NearestEven => {
-                    _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-                }
-                Rounding::TowardZero => _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC),
-                Rounding::NearestAway | Rounding::Stochastic => {
-                    let a = _mm256_and_ps(y, absmask);
-                    let fa = _mm256_floor_ps(a);
-                    let fr = _mm256_sub_ps(a, fa);
-                    let sign = _mm256_and_ps(y, signmask);
-                    let bump = if rounding == Rounding::NearestAway {
-                        _mm256_cmp_ps(fr, half, _CMP_GE_OQ)
-                    } else {
-                        let lo = (base as u32).wrapping_add((c * 8) as u32);
-                        let idx = _mm256_add_epi32(_mm256_set1_epi32(lo as i32), lane);
-                        let h = fmix32_v(_mm256_xor_si256(idx, vk1));
-                        let h = fmix32_v(_mm256_add_epi32(h, vk2));
-                        let r = _mm256_srli_epi32(h, 8);
-                        let u = _mm256_mul_ps(_mm256_cvtepi32_ps(r), inv24);
-                        // `round_scaled_f32`'s `fr >= 1 - u` (positive) and `fr > u`
-                        // (negative) as one comparison: `fr > u` is `fr >= nextup(u)` (u is
-                        // finite and non-negative, so its next float is one more in the bits,
-                        // and no float lies between), the bound chosen per lane: one
-                        // comparison instead of two and a blend.
-                        let up = _mm256_castsi256_ps(_mm256_add_epi32(
-                            _mm256_castps_si256(u),
-                            _mm256_set1_epi32(1),
-                        ));
-                        let t = _mm256_blendv_ps(_mm256_sub_ps(one, u), up, y);
-                        let mut bump = _mm256_cmp_ps(fr, t, _CMP_GE_OQ);
-                        // Its third term, `r == 0 && x != 0 && a < 1` for negative lanes, adds
-                        // to `fr > u` only where `a` is 0: `y` is -0.0 (a negative `x` that
-                        // underflowed). Rare, so tested for first.
-                        let yi = _mm256_castps_si256(y);
-                        let neg_zero = _mm256_cmpeq_epi32(yi, _mm256_castps_si256(signmask));
-                        if _mm256_movemask_epi8(neg_zero) != 0 {
-                            let r_zero = _mm256_cmpeq_epi32(r, _mm256_setzero_si256());
-                            let x_nonzero = _mm256_cmp_ps(xv, zero, _CMP_NEQ_OQ);
-                            let special = _mm256_and_ps(
-                                _mm256_castsi256_ps(_mm256_and_si256(neg_zero, r_zero)),
-                                x_nonzero,
-                            );
-                            bump = _mm256_or_ps(bump, special);
-                        }
-                        bump
-                    };
-                    let m = _mm256_add_ps(fa, _mm256_and_ps(bump, one));
-                    _mm256_or_ps(m, sign)
-                }
+        let mut c0 = 0;
+        while c0 < chunks {
+            // Stochastic rounding's random bits for up to 4 vectors at once, each step of the
+            // two hash rounds applied to all 4 before the next: the rounds' latency chains
+            // (8 multiplies each) overlap instead of filling the scheduler one vector at a time.
+            let rs = if M == RND_STOCH {
+                let lo = (base as u32).wrapping_add((c0 * 8) as u32);
+                let idx: [__m256i; 4] = std::array::from_fn(|v| {
+                    _mm256_add_epi32(
+                        _mm256_set1_epi32(lo.wrapping_add(8 * v as u32) as i32),
+                        lane,
+                    )
+                });
+                let h = fmix32_x4(idx.map(|i| _mm256_xor_si256(i, vk1)));
+                fmix32_x4(h.map(|h| _mm256_add_epi32(h, vk2))).map(|h| _mm256_srli_epi32(h, 8))
+            } else {
+                [_mm256_setzero_si256(); 4]
             };
-            let q = _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(q, vlo), vhi), zero);
-            let off = c * 8;
-            match &mut out {
-                OutRun::F32(o) => _mm256_storeu_ps(o.as_mut_ptr().add(off), _mm256_mul_ps(q, vulp)),
-                OutRun::I32(o) => _mm256_storeu_si256(
-                    o.as_mut_ptr().add(off) as *mut __m256i,
-                    _mm256_cvtps_epi32(q),
-                ),
-                OutRun::I16(o) => {
-                    let v = _mm256_cvtps_epi32(q);
-                    let p16 = _mm256_packs_epi32(v, v);
-                    let p16 = _mm256_permute4x64_epi64(p16, 0b10_00);
-                    _mm_storeu_si128(
-                        o.as_mut_ptr().add(off) as *mut __m128i,
-                        _mm256_castsi256_si128(p16),
-                    );
-                }
-                OutRun::I8(o) => {
-                    let v = _mm256_cvtps_epi32(q);
-                    let p16 = _mm256_packs_epi32(v, v);
-                    let p8 = _mm256_packs_epi16(p16, p16);
-                    let lo = _mm256_castsi256_si128(p8);
-                    let hi = _mm256_extracti128_si256(p8, 1);
-                    let both = _mm_unpacklo_epi32(lo, hi);
-                    _mm_storel_epi64(o.as_mut_ptr().add(off) as *mut __m128i, both);
+            let nv = (chunks - c0).min(4);
+            for (c, r) in (c0..c0 + nv).zip(rs) {
+                let xv = _mm256_loadu_ps(xp.add(c * 8));
+                let y = _mm256_mul_ps(_mm256_mul_ps(xv, vf0), vf1);
+                let q = match M {
+                    RND_EVEN => _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                    RND_ZERO => _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC),
+                    _ => {
+                        let a = _mm256_and_ps(y, absmask);
+                        let fa = _mm256_floor_ps(a);
+                        let fr = _mm256_sub_ps(a, fa);
+                        let sign = _mm256_and_ps(y, signmask);
+                        let bump = if M == RND_AWAY {
+                            _mm256_cmp_ps(fr, half, _CMP_GE_OQ)
+                        } else {
+                            let u = _mm256_mul_ps(_mm256_cvtepi32_ps(r), inv24);
+                            // `round_scaled_f32`'s `fr >= 1 - u` (positive) and `fr > u`
+                            // (negative) as one comparison: `fr > u` is `fr >= nextup(u)` (u is
+                            // finite and non-negative, so its next float is one more in the bits,
+                            // and no float lies between), the bound chosen per lane: one
+                            // comparison instead of two and a blend.
+                            let up = _mm256_castsi256_ps(_mm256_add_epi32(
+                                _mm256_castps_si256(u),
+                                _mm256_set1_epi32(1),
+                            ));
+                            let t = _mm256_blendv_ps(_mm256_sub_ps(one, u), up, y);
+                            let mut bump = _mm256_cmp_ps(fr, t, _CMP_GE_OQ);
+                            // Its third term, `r == 0 && x != 0 && a < 1` for negative lanes, adds
+                            // to `fr > u` only where `a` is 0: `y` is -0.0 (a negative `x` that
+                            // underflowed). Rare, so tested for first.
+                            let yi = _mm256_castps_si256(y);
+                            let neg_zero = _mm256_cmpeq_epi32(yi, _mm256_castps_si256(signmask));
+                            if _mm256_movemask_epi8(neg_zero) != 0 {
+                                let r_zero = _mm256_cmpeq_epi32(r, _mm256_setzero_si256());
+                                let x_nonzero = _mm256_cmp_ps(xv, zero, _CMP_NEQ_OQ);
+                                let special = _mm256_and_ps(
+                                    _mm256_castsi256_ps(_mm256_and_si256(neg_zero, r_zero)),
+                                    x_nonzero,
+                                );
+                                bump = _mm256_or_ps(bump, special);
+                            }
+                            bump
+                        };
+                        let m = _mm256_add_ps(fa, _mm256_and_ps(bump, one));
+                        _mm256_or_ps(m, sign)
+                    }
+                };
+                let q = _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(q, vlo), vhi), zero);
+                let off = c * 8;
+                match O {
+                    OUT_F32 => {
+                        _mm256_storeu_ps((optr as *mut f32).add(off), _mm256_mul_ps(q, vulp))
+                    }
+                    OUT_I32 => _mm256_storeu_si256(
+                        (optr as *mut i32).add(off) as *mut __m256i,
+                        _mm256_cvtps_epi32(q),
+                    ),
+                    OUT_I16 => {
+                        let v = _mm256_cvtps_epi32(q);
+                        let p16 = _mm256_packs_epi32(v, v);
+                        let p16 = _mm256_permute4x64_epi64(p16, 0b10_00);
+                        _mm_storeu_si128(
+                            (optr as *mut i16).add(off) as *mut __m128i,
+                            _mm256_castsi256_si128(p16),
+                        );
+                    }
+                    _ => {
+                        let v = _mm256_cvtps_epi32(q);
+                        let p16 = _mm256_packs_epi32(v, v);
+                        let p8 = _mm256_packs_epi16(p16, p16);
+                        let lo = _mm256_castsi256_si128(p8);
+                        let hi = _mm256_extracti128_si256(p8, 1);
+                        let both = _mm_unpacklo_epi32(lo, hi);
+                        _mm_storel_epi64(optr.add(off) as *mut __m128i, both);
+                    }
                 }
             }
-        }
-        let done = chunks * 8;
-        if done < n {
-            let (_, tail) = split_out(out, done);
-            quantize_run_generic(&x[done..], tail, p, key, base + done as u64);
+            c0 += nv;
         }
     }
 }

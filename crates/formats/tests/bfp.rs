@@ -105,7 +105,7 @@ fn fast_quantiser_matches_reference_on_awkward_inputs() {
 #[test]
 fn simd_run_kernel_matches_generic_and_reference_bit_for_bit() {
     let mut rng = TestRng::fresh("simd_vs_generic");
-    for &n in &[1usize, 7, 8, 9, 33, 1000, 4099] {
+    for &n in &[1usize, 7, 8, 9, 24, 33, 57, 1000, 4099] {
         for rounding in ROUNDINGS {
             for k in [-127, -20, -1, 0, 1, 6, 14, 30, 126, 127, 128, 141] {
                 let (lo, hi) = if rng.below(2) == 0 {

@@ -19,6 +19,9 @@ use crate::KernelError;
 pub const MAX_CHUNK: usize = 3;
 /// Columns of C one register block covers (4 ymm of f32).
 const W: usize = 32;
+/// Rows of C one fused register block covers: 3 rows x 4 ymm = 12 independent FMA chains,
+/// enough to hide the FMA latency that a single row's 4 chains left exposed.
+const R: usize = 3;
 /// f32 elements of B converted at once (256 KiB, in L2).
 const GROUP_FLOATS: usize = 1 << 16;
 
@@ -120,14 +123,20 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
     let sb_cols = ctx.sb.group != usize::MAX;
     // Column groups whose f32 copy of B (K x width) stays in L2 while every row passes.
     let group_max = ((GROUP_FLOATS / k.max(1)) / W * W).max(W);
-    let mut arow = vec![0f32; k];
-    let mut sa_row = vec![0f32; segs];
+    // A rows of the block and their scales as f32, row-major (exact: |a| <= 32768).
+    let mut arows = Vec::with_capacity(mt * k);
+    let mut sa_rows = Vec::with_capacity(mt * segs);
+    for mi in blk.m0..blk.m1 {
+        arows.extend((0..k).map(|kk| ctx.a.at(mi, kk).into() as f32));
+        sa_rows.extend((0..segs).map(|s| ctx.sa.get(s, mi)));
+    }
     let mut g0 = blk.n0;
     while g0 < blk.n1 {
         let gw = group_max.min(blk.n1 - g0);
         // B columns of the group as f32, row-major K x gw (exact: |b| <= 32768), written once
-        // (no zero fill first).
-        let mut bf = Vec::with_capacity(k * gw);
+        // (no zero fill first), then W zeros so that a last block narrower than W may read a
+        // whole W past its start; the lanes beyond the block are computed and dropped.
+        let mut bf = Vec::with_capacity(k * gw + W);
         for kk in 0..k {
             if ctx.b.col_stride == 1 {
                 let base = kk * ctx.b.row_stride + g0;
@@ -136,11 +145,14 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
                 bf.extend((0..gw).map(|j| ctx.b.at(kk, g0 + j).into() as f32));
             }
         }
-        // B scales: one per segment, or expanded per column when they vary along N.
+        bf.extend([0f32; W]);
+        // B scales: one per segment, or expanded per column when they vary along N (padded
+        // like `bf`).
         let sbx: Vec<f32> = if sb_cols {
             (0..segs)
                 .flat_map(|s| (0..gw).map(move |j| (s, j)))
                 .map(|(s, j)| ctx.sb.get(s, g0 + j))
+                .chain([0f32; W])
                 .collect()
         } else {
             (0..segs)
@@ -152,50 +164,62 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
         } else {
             SbMode::Seg(&sbx)
         };
-        for mi in blk.m0..blk.m1 {
-            for (kk, d) in arow.iter_mut().enumerate() {
-                *d = ctx.a.at(mi, kk).into() as f32;
-            }
-            for (s, d) in sa_row.iter_mut().enumerate() {
-                *d = ctx.sa.get(s, mi);
+        let mut r0 = 0;
+        let mut coefs = Vec::new();
+        while r0 < mt {
+            let fused = ctx.fused && ctx.isa.has_avx2();
+            let rows = if fused { R.min(mt - r0) } else { 1 };
+            // The fused path's per-(chunk, row) factors, computed once for every column block:
+            // `(a * sa) * sb` (the reference's order) with one B scale per segment, else `a * sa`.
+            coefs.clear();
+            if fused {
+                for &(s, k0, _) in ctx.chunks {
+                    for r in r0..r0 + rows {
+                        let t = arows[r * k + k0] * sa_rows[r * segs + s];
+                        coefs.push(match sbm {
+                            SbMode::Seg(v) => t * v[s],
+                            SbMode::Cols { .. } => t,
+                        });
+                    }
+                }
             }
             let mut nb = 0;
             while nb < gw {
                 let w = W.min(gw - nb);
-                // SAFETY: row `mi`, columns `g0+nb .. +w` are inside C and owned by this block.
-                let crow = unsafe {
-                    std::slice::from_raw_parts_mut(ctx.c.0.add(mi * ctx.ldc + g0 + nb), w)
+                // C rows `r0 .. r0 + rows`, columns `nb .. nb + w` of the group, padded to W.
+                let mut cblk = [[0f32; W]; R];
+                let cptr = |r: usize| {
+                    // SAFETY: row `blk.m0 + r0 + r`, columns `g0+nb .. +w` are inside C and
+                    // owned by this block.
+                    unsafe {
+                        std::slice::from_raw_parts_mut(
+                            ctx.c.0.add((blk.m0 + r0 + r) * ctx.ldc + g0 + nb),
+                            w,
+                        )
+                    }
                 };
-                if w == W {
-                    let crow: &mut [f32; W] = crow.try_into().expect("width W");
-                    row_block_dispatch(
-                        ctx.isa,
-                        ctx.fused,
-                        &arow,
-                        &bf[nb..],
-                        gw,
-                        ctx.chunks,
-                        &sa_row,
-                        sbm,
-                        nb,
-                        ctx.accumulate,
-                        crow,
-                    );
-                } else {
-                    row_tail(
-                        &arow,
-                        &bf[nb..],
-                        gw,
-                        ctx.chunks,
-                        &sa_row,
-                        sbm,
-                        nb,
-                        ctx.accumulate,
-                        crow,
-                    );
+                if ctx.accumulate {
+                    for (r, cr) in cblk.iter_mut().enumerate().take(rows) {
+                        cr[..w].copy_from_slice(cptr(r));
+                    }
+                }
+                let rb = RowBlock {
+                    arows: &arows[r0 * k..(r0 + rows) * k],
+                    sa_rows: &sa_rows[r0 * segs..(r0 + rows) * segs],
+                    bf: &bf[nb..],
+                    ldb: gw,
+                    chunks: ctx.chunks,
+                    sb: sbm,
+                    col0: nb,
+                    coefs: &coefs,
+                };
+                rows_dispatch(ctx.isa, fused, &rb, rows, &mut cblk);
+                for (r, cr) in cblk.iter().enumerate().take(rows) {
+                    cptr(r).copy_from_slice(&cr[..w]);
                 }
                 nb += w;
             }
+            r0 += rows;
         }
         g0 += gw;
     }
@@ -209,122 +233,124 @@ enum SbMode<'a> {
     Cols { sbx: &'a [f32], ld: usize },
 }
 
-#[allow(clippy::too_many_arguments)]
-fn row_block_dispatch(
-    isa: Isa,
-    fused: bool,
-    arow: &[f32],
-    bf: &[f32],
+/// The operands of one register block: B from column `col0` of the group (`bf`, rows `ldb`
+/// apart, each readable `W` wide) and its scales, with either the fused path's precomputed
+/// factors (`coefs`) or, for the unfused path, one A row (`arows`, f32) and its scales per segment.
+struct RowBlock<'a> {
+    arows: &'a [f32],
+    sa_rows: &'a [f32],
+    bf: &'a [f32],
     ldb: usize,
-    chunks: &[(usize, usize, usize)],
-    sa_row: &[f32],
-    sb: SbMode<'_>,
+    chunks: &'a [(usize, usize, usize)],
+    sb: SbMode<'a>,
     col0: usize,
-    accumulate: bool,
-    crow: &mut [f32; W],
-) {
-    /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn avx2(
-        fused: bool,
-        arow: &[f32],
-        bf: &[f32],
-        ldb: usize,
-        chunks: &[(usize, usize, usize)],
-        sa_row: &[f32],
-        sb: SbMode<'_>,
-        col0: usize,
-        accumulate: bool,
-        crow: &mut [f32; W],
-    ) {
-        if fused {
-            row_block_fused(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow)
-        } else {
-            row_block(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow)
-        }
-    }
+    /// Fused path only: `rows` factors per chunk (see `run_block`).
+    coefs: &'a [f32],
+}
+
+/// Runs the first `rows` rows of `c` (1..=R when fused, else 1) over every chunk, adding to what
+/// `c` holds.
+fn rows_dispatch(isa: Isa, fused: bool, rb: &RowBlock<'_>, rows: usize, c: &mut [[f32; W]; R]) {
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() {
         // SAFETY: AVX2 isas are only chosen when the CPU has AVX2 and FMA.
-        return unsafe {
-            avx2(
-                fused, arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow,
-            )
-        };
+        unsafe {
+            match (fused, rows) {
+                (false, _) => avx2::row_block(rb, &mut c[0]),
+                (true, 1) => avx2::fused_rows::<1>(rb, c),
+                (true, 2) => avx2::fused_rows::<2>(rb, c),
+                (true, _) => avx2::fused_rows::<3>(rb, c),
+            }
+        }
+        return;
     }
-    // Without a hardware FMA, `mul_add` would be a library call: keep the unfused form.
-    let _ = fused;
-    row_block(arow, bf, ldb, chunks, sa_row, sb, col0, accumulate, crow)
+    // Without a hardware FMA, `mul_add` would be a library call: keep the unfused form (one row
+    // at a time, see `run_block`).
+    debug_assert!(!fused && rows == 1);
+    let _ = isa;
+    row_block(rb, &mut c[0])
 }
 
-/// [`row_block`] for one-element chunks and power-of-two scales ([`fusable`]): the product and
-/// both scalings are exact, so the one rounding left is the add, which a fused multiply-add does.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn row_block_fused(
-    arow: &[f32],
-    bf: &[f32],
-    ldb: usize,
-    chunks: &[(usize, usize, usize)],
-    sa_row: &[f32],
-    sb: SbMode<'_>,
-    col0: usize,
-    accumulate: bool,
-    crow: &mut [f32; W],
-) {
-    let mut cv = if accumulate { *crow } else { [0f32; W] };
-    for &(s, k0, _) in chunks {
-        let b: &[f32; W] = bf[k0 * ldb..k0 * ldb + W].try_into().expect("width W");
-        let t = arow[k0] * sa_row[s];
-        match sb {
-            SbMode::Seg(v) => {
-                let coef = t * v[s];
-                for j in 0..W {
-                    cv[j] = coef.mul_add(b[j], cv[j]);
-                }
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{row_block as row_block_plain, RowBlock, SbMode, R, W};
+    use std::arch::x86_64::*;
+
+    /// The unfused row block, compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn row_block(rb: &RowBlock<'_>, crow: &mut [f32; W]) {
+        row_block_plain(rb, crow)
+    }
+
+    /// `N` rows of C (`N * 4` ymm accumulators) over every one-element chunk with power-of-two
+    /// scales ([`super::fusable`]): the product and both scalings are exact, so the one rounding
+    /// left is the add, which a fused multiply-add does; each C element still sums its chunks in
+    /// the reference's order.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `N <= R`, `rb.coefs` holds `N` factors per chunk.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn fused_rows<const N: usize>(rb: &RowBlock<'_>, c: &mut [[f32; W]; R]) {
+        let mut acc = [[_mm256_setzero_ps(); 4]; N];
+        for (r, ar) in acc.iter_mut().enumerate() {
+            for (q, a) in ar.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(c[r][8 * q..].as_ptr());
             }
-            SbMode::Cols { sbx, ld } => {
-                let row: &[f32; W] = sbx[s * ld + col0..s * ld + col0 + W]
-                    .try_into()
-                    .expect("width W");
-                for j in 0..W {
-                    cv[j] = (t * row[j]).mul_add(b[j], cv[j]);
+        }
+        let coefs = &rb.coefs[..rb.chunks.len() * N];
+        let ldb = rb.ldb;
+        for (ci, &(s, k0, _)) in rb.chunks.iter().enumerate() {
+            let bp = rb.bf[k0 * ldb..k0 * ldb + W].as_ptr();
+            let b = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(bp.add(o)));
+            let cf = &coefs[ci * N..ci * N + N];
+            match rb.sb {
+                SbMode::Seg(_) => {
+                    for (ar, &f) in acc.iter_mut().zip(cf) {
+                        let f = _mm256_set1_ps(f);
+                        for (a, bq) in ar.iter_mut().zip(b) {
+                            *a = _mm256_fmadd_ps(f, bq, *a);
+                        }
+                    }
+                }
+                SbMode::Cols { sbx, ld } => {
+                    let sp = sbx[s * ld + rb.col0..s * ld + rb.col0 + W].as_ptr();
+                    let sv = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(sp.add(o)));
+                    for (ar, &t) in acc.iter_mut().zip(cf) {
+                        let t = _mm256_set1_ps(t);
+                        for ((a, bq), sq) in ar.iter_mut().zip(b).zip(sv) {
+                            *a = _mm256_fmadd_ps(_mm256_mul_ps(t, sq), bq, *a);
+                        }
+                    }
                 }
             }
         }
+        for (r, ar) in acc.iter().enumerate() {
+            for (q, a) in ar.iter().enumerate() {
+                _mm256_storeu_ps(c[r][8 * q..].as_mut_ptr(), *a);
+            }
+        }
     }
-    *crow = cv;
 }
 
-/// One C row block of `W` columns over every chunk, kept in registers.
+/// One C row block of `W` columns (row 0 of `rb`) over every chunk, kept in registers.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn row_block(
-    arow: &[f32],
-    bf: &[f32],
-    ldb: usize,
-    chunks: &[(usize, usize, usize)],
-    sa_row: &[f32],
-    sb: SbMode<'_>,
-    col0: usize,
-    accumulate: bool,
-    crow: &mut [f32; W],
-) {
-    let mut cv = if accumulate { *crow } else { [0f32; W] };
-    for &(s, k0, k1) in chunks {
+fn row_block(rb: &RowBlock<'_>, crow: &mut [f32; W]) {
+    let mut cv = *crow;
+    let ldb = rb.ldb;
+    for &(s, k0, k1) in rb.chunks {
         let mut acc = [0f32; W];
         for kk in k0..k1 {
-            let av = arow[kk];
-            let b: &[f32; W] = bf[kk * ldb..kk * ldb + W].try_into().expect("width W");
+            let av = rb.arows[kk];
+            let b: &[f32; W] = rb.bf[kk * ldb..kk * ldb + W].try_into().expect("width W");
             for j in 0..W {
                 acc[j] += av * b[j];
             }
         }
-        let sa = sa_row[s];
-        match sb {
+        let sa = rb.sa_rows[s];
+        match rb.sb {
             SbMode::Seg(v) => {
                 let sbs = v[s];
                 for j in 0..W {
@@ -332,7 +358,7 @@ fn row_block(
                 }
             }
             SbMode::Cols { sbx, ld } => {
-                let row: &[f32; W] = sbx[s * ld + col0..s * ld + col0 + W]
+                let row: &[f32; W] = sbx[s * ld + rb.col0..s * ld + rb.col0 + W]
                     .try_into()
                     .expect("width W");
                 for j in 0..W {
@@ -342,34 +368,4 @@ fn row_block(
         }
     }
     *crow = cv;
-}
-
-/// Same as [`row_block`] for a last block narrower than `W`.
-#[allow(clippy::too_many_arguments)]
-fn row_tail(
-    arow: &[f32],
-    bf: &[f32],
-    ldb: usize,
-    chunks: &[(usize, usize, usize)],
-    sa_row: &[f32],
-    sb: SbMode<'_>,
-    col0: usize,
-    accumulate: bool,
-    crow: &mut [f32],
-) {
-    for (j, cj) in crow.iter_mut().enumerate() {
-        let mut cv = if accumulate { *cj } else { 0.0 };
-        for &(s, k0, k1) in chunks {
-            let mut acc = 0f32;
-            for kk in k0..k1 {
-                acc += arow[kk] * bf[kk * ldb + j];
-            }
-            let sbv = match sb {
-                SbMode::Seg(v) => v[s],
-                SbMode::Cols { sbx, ld } => sbx[s * ld + col0 + j],
-            };
-            cv += (acc * sa_row[s]) * sbv;
-        }
-        *cj = cv;
-    }
 }

@@ -237,6 +237,8 @@ fn q8_one_element_segments_pow2_scales() {
         (7, 33, 70),
         (33, 7, 1000),
         (3, 1000, 33),
+        (2, 9, 45),
+        (5, 130, 40),
     ] {
         for &((alo, ahi), (blo, bhi)) in &ranges {
             for grouped_b in [false, true] {
