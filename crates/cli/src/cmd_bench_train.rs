@@ -94,6 +94,9 @@ fn time_one(
     let t_start = Instant::now();
     let mut it = 0usize;
     while it < a.warmup + a.iters || t_start.elapsed().as_secs_f64() < a.min_seconds {
+        // The step takes its batch by value: the copy of the fixed batch is made before the
+        // clock starts, as the peer times its step on a batch already in place.
+        let input = Tensor::new(x.clone(), shape.clone())?;
         let t0 = Instant::now();
         let mut ctx = Ctx::new(backend.as_ref(), precision, cfg.seed);
         ctx.step = it as u64;
@@ -101,7 +104,6 @@ fn time_one(
             LossKind::CrossEntropy => Target::Labels(&labels),
             LossKind::Mse => Target::Values(&x),
         };
-        let input = Tensor::new(x.clone(), shape.clone())?;
         forward_backward(&mut model, &mut ctx, &loss, input, target)?;
         let mut params = model.params_mut();
         sgd.step(&mut params, 0.01, precision, cfg.seed, it as u64)?;

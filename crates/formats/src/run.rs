@@ -258,10 +258,10 @@ mod avx2 {
         best
     }
 
-    /// The generator's 32-bit finaliser (`rng::fmix32`) on four vectors, one step at a time
-    /// across all four.
+    /// The generator's 32-bit finaliser (`rng::fmix32`) on `U` vectors, one step at a time
+    /// across all of them.
     #[inline(always)]
-    unsafe fn fmix32_x4(mut h: [__m256i; 4]) -> [__m256i; 4] {
+    unsafe fn fmix32_xn<const U: usize>(mut h: [__m256i; U]) -> [__m256i; U] {
         let m1 = _mm256_set1_epi32(0x85EB_CA6Bu32 as i32);
         let m2 = _mm256_set1_epi32(0xC2B2_AE35u32 as i32);
         for v in h.iter_mut() {
@@ -335,6 +335,127 @@ mod avx2 {
     const OUT_I32: u8 = 2;
     const OUT_F32: u8 = 3;
 
+    /// Broadcast constants of one run.
+    struct Consts {
+        f0: __m256,
+        f1: __m256,
+        lo: __m256,
+        hi: __m256,
+        ulp: __m256,
+        absmask: __m256,
+        signmask: __m256,
+        one: __m256,
+        half: __m256,
+        zero: __m256,
+        inv24: __m256,
+    }
+
+    /// One vector `xv`: its rounded, clamped mantissas as f32 (`r`: its random bits when
+    /// stochastic).
+    #[inline(always)]
+    unsafe fn round_vec<const M: u8>(k: &Consts, xv: __m256, r: __m256i) -> __m256 {
+        let y = _mm256_mul_ps(_mm256_mul_ps(xv, k.f0), k.f1);
+        let q = match M {
+            RND_EVEN => _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+            RND_ZERO => _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC),
+            _ => {
+                let a = _mm256_and_ps(y, k.absmask);
+                let fa = _mm256_floor_ps(a);
+                let fr = _mm256_sub_ps(a, fa);
+                let sign = _mm256_and_ps(y, k.signmask);
+                let bump = if M == RND_AWAY {
+                    _mm256_cmp_ps(fr, k.half, _CMP_GE_OQ)
+                } else {
+                    let u = _mm256_mul_ps(_mm256_cvtepi32_ps(r), k.inv24);
+                    // `round_scaled_f32`'s `fr >= 1 - u` (positive) and `fr > u`
+                    // (negative) as k.one comparison: `fr > u` is `fr >= nextup(u)` (u is
+                    // finite and non-negative, so its next float is k.one more in the bits,
+                    // and no float lies between), the bound chosen per lane: k.one
+                    // comparison instead of two and a blend.
+                    let up = _mm256_castsi256_ps(_mm256_add_epi32(
+                        _mm256_castps_si256(u),
+                        _mm256_set1_epi32(1),
+                    ));
+                    let t = _mm256_blendv_ps(_mm256_sub_ps(k.one, u), up, y);
+                    let mut bump = _mm256_cmp_ps(fr, t, _CMP_GE_OQ);
+                    // Its third term, `r == 0 && x != 0 && a < 1` for negative lanes, adds
+                    // to `fr > u` only where `a` is 0: `y` is -0.0 (a negative `x` that
+                    // underflowed). Rare, so tested for first.
+                    let yi = _mm256_castps_si256(y);
+                    let neg_zero = _mm256_cmpeq_epi32(yi, _mm256_castps_si256(k.signmask));
+                    if _mm256_movemask_epi8(neg_zero) != 0 {
+                        let r_zero = _mm256_cmpeq_epi32(r, _mm256_setzero_si256());
+                        let x_nonzero = _mm256_cmp_ps(xv, k.zero, _CMP_NEQ_OQ);
+                        let special = _mm256_and_ps(
+                            _mm256_castsi256_ps(_mm256_and_si256(neg_zero, r_zero)),
+                            x_nonzero,
+                        );
+                        bump = _mm256_or_ps(bump, special);
+                    }
+                    bump
+                };
+                let m = _mm256_add_ps(fa, _mm256_and_ps(bump, k.one));
+                _mm256_or_ps(m, sign)
+            }
+        };
+        _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(q, k.lo), k.hi), k.zero)
+    }
+
+    /// Writes one vector's results at element `off` of an output of kind `O`.
+    #[inline(always)]
+    unsafe fn store_vec<const O: u8>(k: &Consts, optr: *mut u8, off: usize, q: __m256) {
+        match O {
+            OUT_F32 => _mm256_storeu_ps((optr as *mut f32).add(off), _mm256_mul_ps(q, k.ulp)),
+            OUT_I32 => _mm256_storeu_si256(
+                (optr as *mut i32).add(off) as *mut __m256i,
+                _mm256_cvtps_epi32(q),
+            ),
+            OUT_I16 => {
+                let v = _mm256_cvtps_epi32(q);
+                let p16 = _mm256_packs_epi32(v, v);
+                let p16 = _mm256_permute4x64_epi64(p16, 0b10_00);
+                _mm_storeu_si128(
+                    (optr as *mut i16).add(off) as *mut __m128i,
+                    _mm256_castsi256_si128(p16),
+                );
+            }
+            _ => {
+                let v = _mm256_cvtps_epi32(q);
+                let p16 = _mm256_packs_epi32(v, v);
+                let p8 = _mm256_packs_epi16(p16, p16);
+                let lo = _mm256_castsi256_si128(p8);
+                let hi = _mm256_extracti128_si256(p8, 1);
+                let both = _mm_unpacklo_epi32(lo, hi);
+                _mm_storel_epi64(optr.add(off) as *mut __m128i, both);
+            }
+        }
+    }
+
+    /// Stochastic rounding's random bits for `U` vectors from element index `lo`, each step of
+    /// the two hash rounds applied to all of them before the next: their latency chains (four
+    /// multiplies each) overlap instead of filling the scheduler one vector at a time.
+    #[inline(always)]
+    unsafe fn bits<const U: usize>(lo: u32, vk1: __m256i, vk2: __m256i) -> [__m256i; U] {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mut h = [_mm256_setzero_si256(); U];
+        for (v, hv) in h.iter_mut().enumerate() {
+            let idx = _mm256_add_epi32(
+                _mm256_set1_epi32(lo.wrapping_add(8 * v as u32) as i32),
+                lane,
+            );
+            *hv = _mm256_xor_si256(idx, vk1);
+        }
+        let mut h = fmix32_xn(h);
+        for hv in h.iter_mut() {
+            *hv = _mm256_add_epi32(*hv, vk2);
+        }
+        let mut h = fmix32_xn(h);
+        for hv in h.iter_mut() {
+            *hv = _mm256_srli_epi32(*hv, 8);
+        }
+        h
+    }
+
     /// The first `chunks * 8` elements of [`quantize_run_avx2`] for rounding `M` into output
     /// kind `O`.
     ///
@@ -350,118 +471,68 @@ mod avx2 {
         base: u64,
     ) {
         let (f0, f1) = p.factors();
-        let vf0 = _mm256_set1_ps(f0);
-        let vf1 = _mm256_set1_ps(f1);
-        let vlo = _mm256_set1_ps(p.lo as f32);
-        let vhi = _mm256_set1_ps(p.hi as f32);
-        let vulp = _mm256_set1_ps(p.ulp());
-        let absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-        let signmask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
-        let one = _mm256_set1_ps(1.0);
-        let half = _mm256_set1_ps(0.5);
-        let zero = _mm256_setzero_ps();
-        let inv24 = _mm256_set1_ps(1.0 / 16_777_216.0);
+        let k = Consts {
+            f0: _mm256_set1_ps(f0),
+            f1: _mm256_set1_ps(f1),
+            lo: _mm256_set1_ps(p.lo as f32),
+            hi: _mm256_set1_ps(p.hi as f32),
+            ulp: _mm256_set1_ps(p.ulp()),
+            absmask: _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)),
+            signmask: _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN)),
+            one: _mm256_set1_ps(1.0),
+            half: _mm256_set1_ps(0.5),
+            zero: _mm256_setzero_ps(),
+            inv24: _mm256_set1_ps(1.0 / 16_777_216.0),
+        };
         let (k1, k2) = key.round_keys((base >> 32) as u32);
         let vk1 = _mm256_set1_epi32(k1 as i32);
         let vk2 = _mm256_set1_epi32(k2 as i32);
-        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let xp = x.as_ptr();
-        let mut c0 = 0;
-        while c0 < chunks {
-            // Stochastic rounding's random bits for up to 4 vectors at once, each step of the
-            // two hash rounds applied to all 4 before the next: the rounds' latency chains
-            // (8 multiplies each) overlap instead of filling the scheduler one vector at a time.
+        let lo = |c: usize| (base as u32).wrapping_add((c * 8) as u32);
+        let full = chunks / 4 * 4;
+        let mut c = 0;
+        while c < full {
             let rs = if M == RND_STOCH {
-                let lo = (base as u32).wrapping_add((c0 * 8) as u32);
-                let idx: [__m256i; 4] = std::array::from_fn(|v| {
-                    _mm256_add_epi32(
-                        _mm256_set1_epi32(lo.wrapping_add(8 * v as u32) as i32),
-                        lane,
-                    )
-                });
-                let h = fmix32_x4(idx.map(|i| _mm256_xor_si256(i, vk1)));
-                fmix32_x4(h.map(|h| _mm256_add_epi32(h, vk2))).map(|h| _mm256_srli_epi32(h, 8))
+                bits::<4>(lo(c), vk1, vk2)
             } else {
                 [_mm256_setzero_si256(); 4]
             };
-            let nv = (chunks - c0).min(4);
-            for (c, r) in (c0..c0 + nv).zip(rs) {
-                let xv = _mm256_loadu_ps(xp.add(c * 8));
-                let y = _mm256_mul_ps(_mm256_mul_ps(xv, vf0), vf1);
-                let q = match M {
-                    RND_EVEN => _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-                    RND_ZERO => _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC),
-                    _ => {
-                        let a = _mm256_and_ps(y, absmask);
-                        let fa = _mm256_floor_ps(a);
-                        let fr = _mm256_sub_ps(a, fa);
-                        let sign = _mm256_and_ps(y, signmask);
-                        let bump = if M == RND_AWAY {
-                            _mm256_cmp_ps(fr, half, _CMP_GE_OQ)
-                        } else {
-                            let u = _mm256_mul_ps(_mm256_cvtepi32_ps(r), inv24);
-                            // `round_scaled_f32`'s `fr >= 1 - u` (positive) and `fr > u`
-                            // (negative) as one comparison: `fr > u` is `fr >= nextup(u)` (u is
-                            // finite and non-negative, so its next float is one more in the bits,
-                            // and no float lies between), the bound chosen per lane: one
-                            // comparison instead of two and a blend.
-                            let up = _mm256_castsi256_ps(_mm256_add_epi32(
-                                _mm256_castps_si256(u),
-                                _mm256_set1_epi32(1),
-                            ));
-                            let t = _mm256_blendv_ps(_mm256_sub_ps(one, u), up, y);
-                            let mut bump = _mm256_cmp_ps(fr, t, _CMP_GE_OQ);
-                            // Its third term, `r == 0 && x != 0 && a < 1` for negative lanes, adds
-                            // to `fr > u` only where `a` is 0: `y` is -0.0 (a negative `x` that
-                            // underflowed). Rare, so tested for first.
-                            let yi = _mm256_castps_si256(y);
-                            let neg_zero = _mm256_cmpeq_epi32(yi, _mm256_castps_si256(signmask));
-                            if _mm256_movemask_epi8(neg_zero) != 0 {
-                                let r_zero = _mm256_cmpeq_epi32(r, _mm256_setzero_si256());
-                                let x_nonzero = _mm256_cmp_ps(xv, zero, _CMP_NEQ_OQ);
-                                let special = _mm256_and_ps(
-                                    _mm256_castsi256_ps(_mm256_and_si256(neg_zero, r_zero)),
-                                    x_nonzero,
-                                );
-                                bump = _mm256_or_ps(bump, special);
-                            }
-                            bump
-                        };
-                        let m = _mm256_add_ps(fa, _mm256_and_ps(bump, one));
-                        _mm256_or_ps(m, sign)
-                    }
-                };
-                let q = _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(q, vlo), vhi), zero);
-                let off = c * 8;
-                match O {
-                    OUT_F32 => {
-                        _mm256_storeu_ps((optr as *mut f32).add(off), _mm256_mul_ps(q, vulp))
-                    }
-                    OUT_I32 => _mm256_storeu_si256(
-                        (optr as *mut i32).add(off) as *mut __m256i,
-                        _mm256_cvtps_epi32(q),
-                    ),
-                    OUT_I16 => {
-                        let v = _mm256_cvtps_epi32(q);
-                        let p16 = _mm256_packs_epi32(v, v);
-                        let p16 = _mm256_permute4x64_epi64(p16, 0b10_00);
-                        _mm_storeu_si128(
-                            (optr as *mut i16).add(off) as *mut __m128i,
-                            _mm256_castsi256_si128(p16),
-                        );
-                    }
-                    _ => {
-                        let v = _mm256_cvtps_epi32(q);
-                        let p16 = _mm256_packs_epi32(v, v);
-                        let p8 = _mm256_packs_epi16(p16, p16);
-                        let lo = _mm256_castsi256_si128(p8);
-                        let hi = _mm256_extracti128_si256(p8, 1);
-                        let both = _mm_unpacklo_epi32(lo, hi);
-                        _mm_storel_epi64(optr.add(off) as *mut __m128i, both);
-                    }
+            let mut qs = [k.zero; 4];
+            for (v, q) in qs.iter_mut().enumerate() {
+                *q = round_vec::<M>(&k, _mm256_loadu_ps(xp.add((c + v) * 8)), rs[v]);
+            }
+            if O == OUT_I8 {
+                // 32 mantissas in one store: two rounds of saturating packs (exact: every
+                // value is within [lo, hi]) leave the 4-byte groups in the order
+                // q0[0..4] q1[0..4] q2[0..4] q3[0..4] | q0[4..8] q1[4..8] ..., which one
+                // permutation restores.
+                let p01 = _mm256_packs_epi32(_mm256_cvtps_epi32(qs[0]), _mm256_cvtps_epi32(qs[1]));
+                let p23 = _mm256_packs_epi32(_mm256_cvtps_epi32(qs[2]), _mm256_cvtps_epi32(qs[3]));
+                let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+                _mm256_storeu_si256(
+                    optr.add(c * 8) as *mut __m256i,
+                    _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23), order),
+                );
+            } else {
+                for (v, &q) in qs.iter().enumerate() {
+                    store_vec::<O>(&k, optr, (c + v) * 8, q);
                 }
             }
-            c0 += nv;
+            c += 4;
+        }
+        while c < chunks {
+            let r = if M == RND_STOCH {
+                bits::<1>(lo(c), vk1, vk2)[0]
+            } else {
+                _mm256_setzero_si256()
+            };
+            store_vec::<O>(
+                &k,
+                optr,
+                c * 8,
+                round_vec::<M>(&k, _mm256_loadu_ps(xp.add(c * 8)), r),
+            );
+            c += 1;
         }
     }
 }
