@@ -542,13 +542,51 @@ mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// The generator's 32-bit finaliser on 4 vectors, one step at a time across all of them.
     #[inline(always)]
-    unsafe fn fmix32_v(mut h: __m512i) -> __m512i {
-        h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
-        h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0x85EB_CA6Bu32 as i32));
-        h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
-        h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0xC2B2_AE35u32 as i32));
-        _mm512_xor_si512(h, _mm512_srli_epi32(h, 16))
+    unsafe fn fmix32_x4(mut h: [__m512i; 4]) -> [__m512i; 4] {
+        let m1 = _mm512_set1_epi32(0x85EB_CA6Bu32 as i32);
+        let m2 = _mm512_set1_epi32(0xC2B2_AE35u32 as i32);
+        for v in h.iter_mut() {
+            *v = _mm512_xor_si512(*v, _mm512_srli_epi32(*v, 16));
+        }
+        for v in h.iter_mut() {
+            *v = _mm512_mullo_epi32(*v, m1);
+        }
+        for v in h.iter_mut() {
+            *v = _mm512_xor_si512(*v, _mm512_srli_epi32(*v, 13));
+        }
+        for v in h.iter_mut() {
+            *v = _mm512_mullo_epi32(*v, m2);
+        }
+        for v in h.iter_mut() {
+            *v = _mm512_xor_si512(*v, _mm512_srli_epi32(*v, 16));
+        }
+        h
+    }
+
+    /// Stochastic rounding's random bits for the 4 vectors from element index `lo`, hashed
+    /// together as in the AVX2 kernel.
+    #[inline(always)]
+    unsafe fn bits4(lo: u32, vk1: __m512i, vk2: __m512i) -> [__m512i; 4] {
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let mut h = [_mm512_setzero_si512(); 4];
+        for (v, hv) in h.iter_mut().enumerate() {
+            let idx = _mm512_add_epi32(
+                _mm512_set1_epi32(lo.wrapping_add(16 * v as u32) as i32),
+                lane,
+            );
+            *hv = _mm512_xor_si512(idx, vk1);
+        }
+        let mut h = fmix32_x4(h);
+        for hv in h.iter_mut() {
+            *hv = _mm512_add_epi32(*hv, vk2);
+        }
+        let mut h = fmix32_x4(h);
+        for hv in h.iter_mut() {
+            *hv = _mm512_srli_epi32(*hv, 8);
+        }
+        h
     }
 
     /// The AVX2 kernel's operations, 16 lanes at a time, with mask registers for its
@@ -581,76 +619,81 @@ mod avx512 {
         let (k1, k2) = key.round_keys((base >> 32) as u32);
         let vk1 = _mm512_set1_epi32(k1 as i32);
         let vk2 = _mm512_set1_epi32(k2 as i32);
-        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let rounding = p.rounding;
         let chunks = n / 16;
         let xp = x.as_ptr();
-        for c in 0..chunks {
-            let xv = _mm512_loadu_ps(xp.add(c * 16));
-            let y = _mm512_mul_ps(_mm512_mul_ps(xv, vf0), vf1);
-            let yb = _mm512_castps_si512(y);
-            let q = match rounding {
-                Rounding::NearestEven => {
-                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y)
-                }
-                Rounding::TowardZero => {
-                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y)
-                }
-                Rounding::NearestAway | Rounding::Stochastic => {
-                    let a = _mm512_castsi512_ps(_mm512_and_si512(yb, absmask));
-                    let fa =
-                        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(a);
-                    let fr = _mm512_sub_ps(a, fa);
-                    let sign = _mm512_and_si512(yb, signmask);
-                    let bump: __mmask16 = if rounding == Rounding::NearestAway {
-                        _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fr, half)
-                    } else {
-                        let lo = (base as u32).wrapping_add((c * 16) as u32);
-                        let idx = _mm512_add_epi32(_mm512_set1_epi32(lo as i32), lane);
-                        let h = fmix32_v(_mm512_xor_si512(idx, vk1));
-                        let h = fmix32_v(_mm512_add_epi32(h, vk2));
-                        let r = _mm512_srli_epi32(h, 8);
-                        let u = _mm512_mul_ps(_mm512_cvtepi32_ps(r), inv24);
-                        // One comparison against a per-lane bound, as in the AVX2 kernel:
-                        // bfp8:axis0:stochastic 8.9 -> 10.3 GB/s in `lowprec bench quantize`
-                        // (1 thread; 2: 17.8 -> 22.2).
-                        let is_neg = _mm512_test_epi32_mask(yb, signmask);
-                        let up = _mm512_castsi512_ps(_mm512_add_epi32(
-                            _mm512_castps_si512(u),
-                            _mm512_set1_epi32(1),
-                        ));
-                        let t = _mm512_mask_blend_ps(is_neg, _mm512_sub_ps(one, u), up);
-                        let mut bump = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fr, t);
-                        // The underflowed negative with a zero draw, as in the AVX2 kernel.
-                        let neg_zero = _mm512_cmpeq_epi32_mask(yb, signmask);
-                        if neg_zero != 0 {
-                            let r_zero = _mm512_cmpeq_epi32_mask(r, _mm512_setzero_si512());
-                            let x_nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(xv, zero);
-                            bump |= neg_zero & r_zero & x_nonzero;
-                        }
-                        bump
-                    };
-                    let m = _mm512_mask_add_ps(fa, bump, fa, one);
-                    _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(m), sign))
-                }
+        let mut c0 = 0;
+        while c0 < chunks {
+            let nv = (chunks - c0).min(4);
+            let rs = if rounding == Rounding::Stochastic {
+                bits4((base as u32).wrapping_add((c0 * 16) as u32), vk1, vk2)
+            } else {
+                [_mm512_setzero_si512(); 4]
             };
-            let q = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(q, vlo), vhi), zero);
-            let off = c * 16;
-            match &mut out {
-                OutRun::F32(o) => _mm512_storeu_ps(o.as_mut_ptr().add(off), _mm512_mul_ps(q, vulp)),
-                OutRun::I32(o) => _mm512_storeu_si512(
-                    o.as_mut_ptr().add(off) as *mut __m512i,
-                    _mm512_cvtps_epi32(q),
-                ),
-                OutRun::I16(o) => _mm256_storeu_si256(
-                    o.as_mut_ptr().add(off) as *mut __m256i,
-                    _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(q)),
-                ),
-                OutRun::I8(o) => _mm_storeu_si128(
-                    o.as_mut_ptr().add(off) as *mut __m128i,
-                    _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(q)),
-                ),
+            for (c, r) in (c0..c0 + nv).zip(rs) {
+                let xv = _mm512_loadu_ps(xp.add(c * 16));
+                let y = _mm512_mul_ps(_mm512_mul_ps(xv, vf0), vf1);
+                let yb = _mm512_castps_si512(y);
+                let q = match rounding {
+                    Rounding::NearestEven => {
+                        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y)
+                    }
+                    Rounding::TowardZero => {
+                        _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y)
+                    }
+                    Rounding::NearestAway | Rounding::Stochastic => {
+                        let a = _mm512_castsi512_ps(_mm512_and_si512(yb, absmask));
+                        let fa = _mm512_roundscale_ps::<
+                            { _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC },
+                        >(a);
+                        let fr = _mm512_sub_ps(a, fa);
+                        let sign = _mm512_and_si512(yb, signmask);
+                        let bump: __mmask16 = if rounding == Rounding::NearestAway {
+                            _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fr, half)
+                        } else {
+                            let u = _mm512_mul_ps(_mm512_cvtepi32_ps(r), inv24);
+                            // One comparison against a per-lane bound, as in the AVX2 kernel.
+                            let is_neg = _mm512_test_epi32_mask(yb, signmask);
+                            let up = _mm512_castsi512_ps(_mm512_add_epi32(
+                                _mm512_castps_si512(u),
+                                _mm512_set1_epi32(1),
+                            ));
+                            let t = _mm512_mask_blend_ps(is_neg, _mm512_sub_ps(one, u), up);
+                            let mut bump = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fr, t);
+                            // The underflowed negative with a zero draw, as in the AVX2 kernel.
+                            let neg_zero = _mm512_cmpeq_epi32_mask(yb, signmask);
+                            if neg_zero != 0 {
+                                let r_zero = _mm512_cmpeq_epi32_mask(r, _mm512_setzero_si512());
+                                let x_nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(xv, zero);
+                                bump |= neg_zero & r_zero & x_nonzero;
+                            }
+                            bump
+                        };
+                        let m = _mm512_mask_add_ps(fa, bump, fa, one);
+                        _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(m), sign))
+                    }
+                };
+                let q = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(q, vlo), vhi), zero);
+                let off = c * 16;
+                match &mut out {
+                    OutRun::F32(o) => {
+                        _mm512_storeu_ps(o.as_mut_ptr().add(off), _mm512_mul_ps(q, vulp))
+                    }
+                    OutRun::I32(o) => _mm512_storeu_si512(
+                        o.as_mut_ptr().add(off) as *mut __m512i,
+                        _mm512_cvtps_epi32(q),
+                    ),
+                    OutRun::I16(o) => _mm256_storeu_si256(
+                        o.as_mut_ptr().add(off) as *mut __m256i,
+                        _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(q)),
+                    ),
+                    OutRun::I8(o) => _mm_storeu_si128(
+                        o.as_mut_ptr().add(off) as *mut __m128i,
+                        _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(q)),
+                    ),
+                }
             }
+            c0 += nv;
         }
         let done = chunks * 16;
         if done < n {
