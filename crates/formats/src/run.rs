@@ -230,6 +230,157 @@ pub fn max_abs_bits_generic(x: &[f32]) -> u32 {
         .unwrap_or(0)
 }
 
+/// The generator's hash ([`crate::rng::hash_lo`]) on AVX2 and AVX-512 vectors, for stochastic
+/// rounding: `U` vectors at a time, each step applied to all of them before the next, so that
+/// their latency chains (four multiplies each) overlap instead of filling the scheduler one
+/// vector at a time.
+#[cfg(target_arch = "x86_64")]
+mod hash {
+    use std::arch::x86_64::*;
+
+    /// The lane operations the hash needs. Implementations are `#[inline(always)]` wrappers of
+    /// single intrinsics, to be inlined into a caller compiled with the matching features.
+    pub(super) trait Lanes: Copy {
+        /// Elements per vector.
+        const N: u32;
+        /// # Safety
+        /// The CPU must have the vector's instruction set (as for every method here).
+        unsafe fn splat(v: u32) -> Self;
+        /// `lo, lo + 1, ..., lo + N - 1`.
+        unsafe fn iota(lo: u32) -> Self;
+        unsafe fn xor(self, o: Self) -> Self;
+        unsafe fn add(self, o: Self) -> Self;
+        unsafe fn mullo(self, o: Self) -> Self;
+        /// Logical right shifts by the hash's three distances.
+        unsafe fn shr8(self) -> Self;
+        unsafe fn shr13(self) -> Self;
+        unsafe fn shr16(self) -> Self;
+    }
+
+    impl Lanes for __m256i {
+        const N: u32 = 8;
+        #[inline(always)]
+        unsafe fn splat(v: u32) -> Self {
+            _mm256_set1_epi32(v as i32)
+        }
+        #[inline(always)]
+        unsafe fn iota(lo: u32) -> Self {
+            _mm256_add_epi32(
+                _mm256_set1_epi32(lo as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            )
+        }
+        #[inline(always)]
+        unsafe fn xor(self, o: Self) -> Self {
+            _mm256_xor_si256(self, o)
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            _mm256_add_epi32(self, o)
+        }
+        #[inline(always)]
+        unsafe fn mullo(self, o: Self) -> Self {
+            _mm256_mullo_epi32(self, o)
+        }
+        #[inline(always)]
+        unsafe fn shr8(self) -> Self {
+            _mm256_srli_epi32::<8>(self)
+        }
+        #[inline(always)]
+        unsafe fn shr13(self) -> Self {
+            _mm256_srli_epi32::<13>(self)
+        }
+        #[inline(always)]
+        unsafe fn shr16(self) -> Self {
+            _mm256_srli_epi32::<16>(self)
+        }
+    }
+
+    impl Lanes for __m512i {
+        const N: u32 = 16;
+        #[inline(always)]
+        unsafe fn splat(v: u32) -> Self {
+            _mm512_set1_epi32(v as i32)
+        }
+        #[inline(always)]
+        unsafe fn iota(lo: u32) -> Self {
+            _mm512_add_epi32(
+                _mm512_set1_epi32(lo as i32),
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            )
+        }
+        #[inline(always)]
+        unsafe fn xor(self, o: Self) -> Self {
+            _mm512_xor_si512(self, o)
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            _mm512_add_epi32(self, o)
+        }
+        #[inline(always)]
+        unsafe fn mullo(self, o: Self) -> Self {
+            _mm512_mullo_epi32(self, o)
+        }
+        #[inline(always)]
+        unsafe fn shr8(self) -> Self {
+            _mm512_srli_epi32::<8>(self)
+        }
+        #[inline(always)]
+        unsafe fn shr13(self) -> Self {
+            _mm512_srli_epi32::<13>(self)
+        }
+        #[inline(always)]
+        unsafe fn shr16(self) -> Self {
+            _mm512_srli_epi32::<16>(self)
+        }
+    }
+
+    /// `rng::fmix32` on every lane of `U` vectors.
+    #[inline(always)]
+    unsafe fn fmix32<V: Lanes, const U: usize>(mut h: [V; U]) -> [V; U] {
+        let (m1, m2) = (V::splat(0x85EB_CA6B), V::splat(0xC2B2_AE35));
+        for v in h.iter_mut() {
+            *v = v.xor(v.shr16());
+        }
+        for v in h.iter_mut() {
+            *v = v.mullo(m1);
+        }
+        for v in h.iter_mut() {
+            *v = v.xor(v.shr13());
+        }
+        for v in h.iter_mut() {
+            *v = v.mullo(m2);
+        }
+        for v in h.iter_mut() {
+            *v = v.xor(v.shr16());
+        }
+        h
+    }
+
+    /// The 24 random bits (`hash_lo(k1, k2, i) >> 8`) of elements `lo .. lo + U * N` (low words
+    /// of the indices), vector by vector.
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s instruction set.
+    #[inline(always)]
+    pub(super) unsafe fn bits<V: Lanes, const U: usize>(lo: u32, k1: u32, k2: u32) -> [V; U] {
+        let (vk1, vk2) = (V::splat(k1), V::splat(k2));
+        let mut h = [V::splat(0); U];
+        for (v, hv) in h.iter_mut().enumerate() {
+            *hv = V::iota(lo.wrapping_add(V::N * v as u32)).xor(vk1);
+        }
+        let mut h = fmix32(h);
+        for hv in h.iter_mut() {
+            *hv = hv.add(vk2);
+        }
+        let mut h = fmix32(h);
+        for hv in h.iter_mut() {
+            *hv = hv.shr8();
+        }
+        h
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
@@ -256,30 +407,6 @@ mod avx2 {
             best = best.max(v.to_bits() & 0x7fff_ffff);
         }
         best
-    }
-
-    /// The generator's 32-bit finaliser (`rng::fmix32`) on `U` vectors, one step at a time
-    /// across all of them.
-    #[inline(always)]
-    unsafe fn fmix32_xn<const U: usize>(mut h: [__m256i; U]) -> [__m256i; U] {
-        let m1 = _mm256_set1_epi32(0x85EB_CA6Bu32 as i32);
-        let m2 = _mm256_set1_epi32(0xC2B2_AE35u32 as i32);
-        for v in h.iter_mut() {
-            *v = _mm256_xor_si256(*v, _mm256_srli_epi32(*v, 16));
-        }
-        for v in h.iter_mut() {
-            *v = _mm256_mullo_epi32(*v, m1);
-        }
-        for v in h.iter_mut() {
-            *v = _mm256_xor_si256(*v, _mm256_srli_epi32(*v, 13));
-        }
-        for v in h.iter_mut() {
-            *v = _mm256_mullo_epi32(*v, m2);
-        }
-        for v in h.iter_mut() {
-            *v = _mm256_xor_si256(*v, _mm256_srli_epi32(*v, 16));
-        }
-        h
     }
 
     /// # Safety
@@ -431,31 +558,6 @@ mod avx2 {
         }
     }
 
-    /// Stochastic rounding's random bits for `U` vectors from element index `lo`, each step of
-    /// the two hash rounds applied to all of them before the next: their latency chains (four
-    /// multiplies each) overlap instead of filling the scheduler one vector at a time.
-    #[inline(always)]
-    unsafe fn bits<const U: usize>(lo: u32, vk1: __m256i, vk2: __m256i) -> [__m256i; U] {
-        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let mut h = [_mm256_setzero_si256(); U];
-        for (v, hv) in h.iter_mut().enumerate() {
-            let idx = _mm256_add_epi32(
-                _mm256_set1_epi32(lo.wrapping_add(8 * v as u32) as i32),
-                lane,
-            );
-            *hv = _mm256_xor_si256(idx, vk1);
-        }
-        let mut h = fmix32_xn(h);
-        for hv in h.iter_mut() {
-            *hv = _mm256_add_epi32(*hv, vk2);
-        }
-        let mut h = fmix32_xn(h);
-        for hv in h.iter_mut() {
-            *hv = _mm256_srli_epi32(*hv, 8);
-        }
-        h
-    }
-
     /// The first `chunks * 8` elements of [`quantize_run_avx2`] for rounding `M` into output
     /// kind `O`.
     ///
@@ -485,15 +587,13 @@ mod avx2 {
             inv24: _mm256_set1_ps(1.0 / 16_777_216.0),
         };
         let (k1, k2) = key.round_keys((base >> 32) as u32);
-        let vk1 = _mm256_set1_epi32(k1 as i32);
-        let vk2 = _mm256_set1_epi32(k2 as i32);
         let xp = x.as_ptr();
         let lo = |c: usize| (base as u32).wrapping_add((c * 8) as u32);
         let full = chunks / 4 * 4;
         let mut c = 0;
         while c < full {
             let rs = if M == RND_STOCH {
-                bits::<4>(lo(c), vk1, vk2)
+                hash::bits::<__m256i, 4>(lo(c), k1, k2)
             } else {
                 [_mm256_setzero_si256(); 4]
             };
@@ -522,7 +622,7 @@ mod avx2 {
         }
         while c < chunks {
             let r = if M == RND_STOCH {
-                bits::<1>(lo(c), vk1, vk2)[0]
+                hash::bits::<__m256i, 1>(lo(c), k1, k2)[0]
             } else {
                 _mm256_setzero_si256()
             };
@@ -541,53 +641,6 @@ mod avx2 {
 mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
-
-    /// The generator's 32-bit finaliser on 4 vectors, one step at a time across all of them.
-    #[inline(always)]
-    unsafe fn fmix32_x4(mut h: [__m512i; 4]) -> [__m512i; 4] {
-        let m1 = _mm512_set1_epi32(0x85EB_CA6Bu32 as i32);
-        let m2 = _mm512_set1_epi32(0xC2B2_AE35u32 as i32);
-        for v in h.iter_mut() {
-            *v = _mm512_xor_si512(*v, _mm512_srli_epi32(*v, 16));
-        }
-        for v in h.iter_mut() {
-            *v = _mm512_mullo_epi32(*v, m1);
-        }
-        for v in h.iter_mut() {
-            *v = _mm512_xor_si512(*v, _mm512_srli_epi32(*v, 13));
-        }
-        for v in h.iter_mut() {
-            *v = _mm512_mullo_epi32(*v, m2);
-        }
-        for v in h.iter_mut() {
-            *v = _mm512_xor_si512(*v, _mm512_srli_epi32(*v, 16));
-        }
-        h
-    }
-
-    /// Stochastic rounding's random bits for the 4 vectors from element index `lo`, hashed
-    /// together as in the AVX2 kernel.
-    #[inline(always)]
-    unsafe fn bits4(lo: u32, vk1: __m512i, vk2: __m512i) -> [__m512i; 4] {
-        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        let mut h = [_mm512_setzero_si512(); 4];
-        for (v, hv) in h.iter_mut().enumerate() {
-            let idx = _mm512_add_epi32(
-                _mm512_set1_epi32(lo.wrapping_add(16 * v as u32) as i32),
-                lane,
-            );
-            *hv = _mm512_xor_si512(idx, vk1);
-        }
-        let mut h = fmix32_x4(h);
-        for hv in h.iter_mut() {
-            *hv = _mm512_add_epi32(*hv, vk2);
-        }
-        let mut h = fmix32_x4(h);
-        for hv in h.iter_mut() {
-            *hv = _mm512_srli_epi32(*hv, 8);
-        }
-        h
-    }
 
     /// The AVX2 kernel's operations, 16 lanes at a time, with mask registers for its
     /// comparisons: the same value in every lane, so the same bits.
@@ -617,8 +670,6 @@ mod avx512 {
         let zero = _mm512_setzero_ps();
         let inv24 = _mm512_set1_ps(1.0 / 16_777_216.0);
         let (k1, k2) = key.round_keys((base >> 32) as u32);
-        let vk1 = _mm512_set1_epi32(k1 as i32);
-        let vk2 = _mm512_set1_epi32(k2 as i32);
         let rounding = p.rounding;
         let chunks = n / 16;
         let xp = x.as_ptr();
@@ -626,7 +677,7 @@ mod avx512 {
         while c0 < chunks {
             let nv = (chunks - c0).min(4);
             let rs = if rounding == Rounding::Stochastic {
-                bits4((base as u32).wrapping_add((c0 * 16) as u32), vk1, vk2)
+                hash::bits::<__m512i, 4>((base as u32).wrapping_add((c0 * 16) as u32), k1, k2)
             } else {
                 [_mm512_setzero_si512(); 4]
             };
