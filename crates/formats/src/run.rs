@@ -473,7 +473,6 @@ mod avx2 {
         signmask: __m256,
         one: __m256,
         half: __m256,
-        zero: __m256,
         inv24: __m256,
     }
 
@@ -495,9 +494,9 @@ mod avx2 {
                 } else {
                     let u = _mm256_mul_ps(_mm256_cvtepi32_ps(r), k.inv24);
                     // `round_scaled_f32`'s `fr >= 1 - u` (positive) and `fr > u`
-                    // (negative) as k.one comparison: `fr > u` is `fr >= nextup(u)` (u is
-                    // finite and non-negative, so its next float is k.one more in the bits,
-                    // and no float lies between), the bound chosen per lane: k.one
+                    // (negative) as one comparison: `fr > u` is `fr >= nextup(u)` (u is
+                    // finite and non-negative, so its next float is one more in the bits,
+                    // and no float lies between), the bound chosen per lane: one
                     // comparison instead of two and a blend.
                     let up = _mm256_castsi256_ps(_mm256_add_epi32(
                         _mm256_castps_si256(u),
@@ -512,7 +511,7 @@ mod avx2 {
                     let neg_zero = _mm256_cmpeq_epi32(yi, _mm256_castps_si256(k.signmask));
                     if _mm256_movemask_epi8(neg_zero) != 0 {
                         let r_zero = _mm256_cmpeq_epi32(r, _mm256_setzero_si256());
-                        let x_nonzero = _mm256_cmp_ps(xv, k.zero, _CMP_NEQ_OQ);
+                        let x_nonzero = _mm256_cmp_ps(xv, _mm256_setzero_ps(), _CMP_NEQ_OQ);
                         let special = _mm256_and_ps(
                             _mm256_castsi256_ps(_mm256_and_si256(neg_zero, r_zero)),
                             x_nonzero,
@@ -525,7 +524,10 @@ mod avx2 {
                 _mm256_or_ps(m, sign)
             }
         };
-        _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(q, k.lo), k.hi), k.zero)
+        _mm256_add_ps(
+            _mm256_min_ps(_mm256_max_ps(q, k.lo), k.hi),
+            _mm256_setzero_ps(),
+        )
     }
 
     /// Writes one vector's results at element `off` of an output of kind `O`.
@@ -583,7 +585,6 @@ mod avx2 {
             signmask: _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN)),
             one: _mm256_set1_ps(1.0),
             half: _mm256_set1_ps(0.5),
-            zero: _mm256_setzero_ps(),
             inv24: _mm256_set1_ps(1.0 / 16_777_216.0),
         };
         let (k1, k2) = key.round_keys((base >> 32) as u32);
@@ -597,7 +598,7 @@ mod avx2 {
             } else {
                 [_mm256_setzero_si256(); 4]
             };
-            let mut qs = [k.zero; 4];
+            let mut qs = [_mm256_setzero_ps(); 4];
             for (v, q) in qs.iter_mut().enumerate() {
                 *q = round_vec::<M>(&k, _mm256_loadu_ps(xp.add((c + v) * 8)), rs[v]);
             }

@@ -125,6 +125,8 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
     let sb_cols = ctx.sb.group != usize::MAX;
     // Column groups whose f32 copy of B (K x width) stays in L2 while every row passes.
     let group_max = ((GROUP_FLOATS / k.max(1)) / W * W).max(W);
+    // The fused kernel is the AVX2 one; without it, `mul_add` would be a library call.
+    let fused = ctx.fused && ctx.isa.has_avx2();
     // A rows of the block and their scales as f32, row-major (exact: |a| <= 32768).
     let mut arows = Vec::with_capacity(mt * k);
     let mut sa_rows = Vec::with_capacity(mt * segs);
@@ -169,7 +171,6 @@ fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
         let mut r0 = 0;
         let mut coefs = Vec::new();
         while r0 < mt {
-            let fused = ctx.fused && ctx.isa.has_avx2();
             let rows = if fused { R.min(mt - r0) } else { 1 };
             // The fused path's per-(chunk, row) factors, computed once for every column block:
             // `(a * sa) * sb` (the reference's order) with one B scale per segment, else `a * sa`.
@@ -306,7 +307,10 @@ mod avx2 {
         let ldb = rb.ldb;
         for (ci, &(s, k0, _)) in rb.chunks.iter().enumerate() {
             let bp = rb.bf[k0 * ldb..k0 * ldb + W].as_ptr();
-            let b = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(bp.add(o)));
+            let mut b = [_mm256_setzero_ps(); 4];
+            for (q, bq) in b.iter_mut().enumerate() {
+                *bq = _mm256_loadu_ps(bp.add(8 * q));
+            }
             let cf = &coefs[ci * N..ci * N + N];
             match rb.sb {
                 SbMode::Seg(_) => {
@@ -319,7 +323,10 @@ mod avx2 {
                 }
                 SbMode::Cols { sbx, ld } => {
                     let sp = sbx[s * ld + rb.col0..s * ld + rb.col0 + W].as_ptr();
-                    let sv = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(sp.add(o)));
+                    let mut sv = [_mm256_setzero_ps(); 4];
+                    for (q, sq) in sv.iter_mut().enumerate() {
+                        *sq = _mm256_loadu_ps(sp.add(8 * q));
+                    }
                     for (ar, &t) in acc.iter_mut().zip(cf) {
                         let t = _mm256_set1_ps(t);
                         for ((a, bq), sq) in ar.iter_mut().zip(b).zip(sv) {
