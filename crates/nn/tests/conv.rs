@@ -724,6 +724,51 @@ fn conv_chunking_keeps_bfp8_weight_gradients() {
     close(&full, &dw, 0.05, "chunked bfp8 dw vs f64");
 }
 
+/// fp32 chunks are cut smaller than bfp8's on small layers (`COL_MIN_F32`): a batch of
+/// several float chunks, stride 1 (dX by the transposed convolution) and stride 2 (dX by
+/// col2im), matches the f64 reference, and the weight gradient summed over the chunks has the
+/// same bits at 1 and 2 threads.
+#[test]
+fn conv_chunking_keeps_fp32_gradients() {
+    let policy = Precision::fp32();
+    for stride in [1, 2] {
+        let run = |threads: usize| {
+            pool(threads).install(|| {
+                let backend = CpuBackend;
+                let mut conv =
+                    Conv2d::new(2, "c", &[16, 20, 20], 16, 3, stride, 1, false, 3).unwrap();
+                let per = conv.chunk_examples_float();
+                assert!(per < conv.chunk_examples(), "float chunks are the smaller");
+                let b = 2 * per + 1;
+                let x = rand_vec(b * conv.geom.in_len(), 11);
+                let mut ctx = Ctx::new(&backend, &policy, 2);
+                let xt = Tensor::new(x.clone(), vec![b, 16, 20, 20]).unwrap();
+                let y = conv.forward(&mut ctx, &[&xt], true).unwrap();
+                let dy = Tensor::new(rand_vec(y.len(), 12), y.shape.clone()).unwrap();
+                let dx = conv.backward(&mut ctx, dy.clone()).unwrap();
+                (conv, x, y, dy, dx, b)
+            })
+        };
+        let (conv, x, y, dy, dx, b) = run(1);
+        let g = conv.geom;
+        let w = to64(&conv.weight.value);
+        let (dxr, dwr, _) = conv_grad_ref(&g, 16, &to64(&x), &w, &to64(&dy.data), b);
+        let yr = conv_ref(&g, 16, &to64(&x), &w, &[], b);
+        close(&y.data, &yr, 1e-5, "chunked fp32 y");
+        close(&dx[0].data, &dxr, 1e-5, "chunked fp32 dx");
+        close(&conv.weight.grad, &dwr, 1e-5, "chunked fp32 dw");
+        let two = run(2).0;
+        assert!(
+            conv.weight.grad.iter().map(|v| v.to_bits()).eq(two
+                .weight
+                .grad
+                .iter()
+                .map(|v| v.to_bits())),
+            "stride {stride}: the thread count changed the chunked fp32 weight gradient"
+        );
+    }
+}
+
 #[test]
 fn non_finite_inputs_are_named() {
     let backend = CpuBackend;

@@ -35,13 +35,13 @@
 //! output directly usable but would cost a transpose of every input image and of every
 //! feature map entering a pooling or batch-norm layer written for planes.
 //!
-//! Examples are processed in chunks whose `col` stays below [`COL_BUDGET`] values
-//! ([`COL_BUDGET_I8`] bytes for the 8-bit weight gradient), bounding the memory of im2col
-//! buffers; chunks and groups depend only on the layer's shape and the scales, never on the
-//! thread count. The layer keeps the quantised input (one byte per value in BFP8) for backward
-//! and recomputes its im2col there. Weights are He-initialised from the fan-out
-//! (`uniform(+-sqrt(6 / (k*k*Cout)))`, SWALP's `normal(0, sqrt(2/n))` in uniform form); biases
-//! start at 0.
+//! Examples are processed in chunks whose `col` stays below [`COL_BUDGET`] values (fewer on
+//! the float path for small layers, [`COL_MIN_F32`]; [`COL_BUDGET_I8`] bytes for the 8-bit
+//! weight gradient), bounding the memory of im2col buffers; chunks and groups depend only on
+//! the layer's shape and the scales, never on the thread count. The layer keeps the quantised
+//! input (one byte per value in BFP8) for backward and recomputes its im2col there. Weights
+//! are He-initialised from the fan-out (`uniform(+-sqrt(6 / (k*k*Cout)))`, SWALP's
+//! `normal(0, sqrt(2/n))` in uniform form); biases start at 0.
 
 mod chunk;
 mod layout;
@@ -60,9 +60,10 @@ use crate::{Ctx, NnError, Tensor, TensorKind};
 use chunk::{float_dw_cout_major, i8_operand_bound, weight_grad_piece, BackwardChunks};
 use layout::{flip_weights, transpose_into};
 use schedule::{
-    backward_chunks, chunk_for, conv_gemm, even_chunk, weight_grad_pieces, weight_grad_run,
+    backward_chunks, chunk_for, chunk_for_float, conv_gemm, even_chunk, weight_grad_pieces,
+    weight_grad_run,
 };
-pub use schedule::{COL_BUDGET, COL_BUDGET_I8, COL_MIN_I8};
+pub use schedule::{COL_BUDGET, COL_BUDGET_I8, COL_MIN_F32, COL_MIN_I8};
 
 pub struct Conv2d {
     id: u64,
@@ -161,9 +162,15 @@ impl Conv2d {
         })
     }
 
-    /// Examples per chunk: as many as keep `col` within [`COL_BUDGET`] (at least one).
+    /// Examples per chunk on the 8-bit path: as many as keep `col` within [`COL_BUDGET`] (at
+    /// least one).
     pub fn chunk_examples(&self) -> usize {
         chunk_for(&self.geom)
+    }
+
+    /// Examples per chunk on the float path (see [`COL_MIN_F32`]).
+    pub fn chunk_examples_float(&self) -> usize {
+        chunk_for_float(&self.geom, self.cout)
     }
 
     /// The forward pass of an input of batch shape `shape` (borrowed or handed over).
@@ -404,7 +411,14 @@ impl Conv2d {
             wf: wf.as_deref(),
             dyq,
             xq,
-            chunk: even_chunk(chunk_for(&g), b),
+            chunk: even_chunk(
+                if float_dw {
+                    chunk_for_float(&g, cout)
+                } else {
+                    chunk_for(&g)
+                },
+                b,
+            ),
             need_dcol: col2im_dx,
             float_dw,
             dw_cout_major,

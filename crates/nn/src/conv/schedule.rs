@@ -34,10 +34,29 @@ pub const COL_BUDGET_I8: usize = 1 << 23;
 /// packed, and large ones still read and write dW rarely.
 pub const COL_MIN_I8: usize = 1 << 20;
 
+/// Smallest float im2col buffer (values) of a chunk on the float path: between this and
+/// [`COL_BUDGET`], a chunk's columns are four times the weights, so small layers (PreResNet-20's
+/// 16 to 64 channels) get chunks whose columns stay in L2 between im2col and the GEMM that
+/// packs them, and layers with large weights (VGG16's 256 to 512 channels, packed again by each
+/// GEMM) keep long chunks. The 8-bit path keeps [`COL_BUDGET`]: its columns are a quarter of
+/// the bytes, and its own packers read the maps.
+pub const COL_MIN_F32: usize = 1 << 17;
+
 /// Examples per chunk for geometry `g`: as many as keep `col` within [`COL_BUDGET`] (at least
 /// one).
 pub(super) fn chunk_for(g: &ConvGeom) -> usize {
-    (COL_BUDGET / (g.col_rows() * g.out_pixels()).max(1)).max(1)
+    examples_within(g, COL_BUDGET)
+}
+
+/// Examples per chunk on the float path (fp32, or formats the integer GEMM cannot take) of a
+/// layer with `cout` output channels: as many as keep `col` within `clamp(4 * Cout * rows,
+/// COL_MIN_F32, COL_BUDGET)` values (at least one).
+pub(super) fn chunk_for_float(g: &ConvGeom, cout: usize) -> usize {
+    examples_within(g, (4 * cout * g.col_rows()).clamp(COL_MIN_F32, COL_BUDGET))
+}
+
+fn examples_within(g: &ConvGeom, budget: usize) -> usize {
+    (budget / (g.col_rows() * g.out_pixels()).max(1)).max(1)
 }
 
 /// The same number of chunks as `chunk_max` examples per chunk gives for `b` examples, but
@@ -124,10 +143,14 @@ pub(super) fn conv_gemm(
     }
     // Every chunk writes all of its examples' outputs (the scatter).
     let mut y = crate::scratch::Fill::<f32>::new(b * cout * p);
-    let chunk = even_chunk(chunk_for(g), b);
     let wf = match (wq.i8_rows(), xq.i8_rows()) {
         (Some(_), Some(_)) => None,
         _ => Some(wq.floats(raw)),
+    };
+    let chunk = if wf.is_some() {
+        even_chunk(chunk_for_float(g, cout), b)
+    } else {
+        even_chunk(chunk_for(g), b)
     };
     let t0 = Instant::now();
     let run = |(ci, yc): (usize, &mut [MaybeUninit<f32>])| {
