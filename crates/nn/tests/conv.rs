@@ -1328,3 +1328,34 @@ fn batchnorm_keeping_its_handed_over_input_gives_the_bits_of_a_borrowed_one() {
         .to_string();
     assert!(err.contains("bn9"), "{err}");
 }
+
+/// The finiteness check scans large tensors in pieces on the pool: a NaN or Inf in any piece,
+/// the last one included, is found and the first one named, at any thread count.
+#[test]
+fn non_finite_found_in_any_piece_of_a_large_tensor() {
+    let n = (1 << 18) + 7;
+    for threads in [1, 2] {
+        for (first, bad) in [
+            (5, f32::NAN),
+            ((1 << 17) + 3, f32::INFINITY),
+            (n - 1, f32::NEG_INFINITY),
+        ] {
+            let mut x = vec![0.25f32; n];
+            x[first] = bad;
+            if first + 70_000 < n {
+                x[first + 70_000] = f32::NAN;
+            }
+            let e = pool(threads)
+                .install(|| lowprec_nn::operand::check_finite(&x, "dY", "conv3", 7))
+                .unwrap_err();
+            assert!(
+                matches!(&e, NnError::NonFinite { index, layer, step: 7, .. } if *index == first && layer == "conv3"),
+                "{e}"
+            );
+        }
+        let x = vec![-3.0e38f32; n];
+        assert!(pool(threads)
+            .install(|| lowprec_nn::operand::check_finite(&x, "dY", "conv3", 7))
+            .is_ok());
+    }
+}
