@@ -726,23 +726,25 @@ fn conv_chunking_keeps_bfp8_weight_gradients() {
 
 /// fp32 chunks are cut smaller than bfp8's on small layers (`COL_MIN_F32`): a batch of
 /// several float chunks, stride 1 (dX by the transposed convolution) and stride 2 (dX by
-/// col2im), matches the f64 reference, and the weight gradient summed over the chunks has the
-/// same bits at 1 and 2 threads.
+/// col2im), with 2 examples per chunk and with 1 (whose errors the GEMMs read in place),
+/// matches the f64 reference, and the weight gradient summed over the chunks has the same bits
+/// at 1 and 2 threads.
 #[test]
 fn conv_chunking_keeps_fp32_gradients() {
     let policy = Precision::fp32();
-    for stride in [1, 2] {
+    for (hw, stride, per_chunk) in [(20, 1, 2), (20, 2, 9), (32, 1, 1), (46, 2, 1)] {
         let run = |threads: usize| {
             pool(threads).install(|| {
                 let backend = CpuBackend;
                 let mut conv =
-                    Conv2d::new(2, "c", &[16, 20, 20], 16, 3, stride, 1, false, 3).unwrap();
+                    Conv2d::new(2, "c", &[16, hw, hw], 16, 3, stride, 1, false, 3).unwrap();
                 let per = conv.chunk_examples_float();
+                assert_eq!(per, per_chunk, "examples per float chunk");
                 assert!(per < conv.chunk_examples(), "float chunks are the smaller");
                 let b = 2 * per + 1;
                 let x = rand_vec(b * conv.geom.in_len(), 11);
                 let mut ctx = Ctx::new(&backend, &policy, 2);
-                let xt = Tensor::new(x.clone(), vec![b, 16, 20, 20]).unwrap();
+                let xt = Tensor::new(x.clone(), vec![b, 16, hw, hw]).unwrap();
                 let y = conv.forward(&mut ctx, &[&xt], true).unwrap();
                 let dy = Tensor::new(rand_vec(y.len(), 12), y.shape.clone()).unwrap();
                 let dx = conv.backward(&mut ctx, dy.clone()).unwrap();

@@ -4,6 +4,7 @@
 //! decides which chunks run where; [`super::layout`] holds the copies around the GEMMs.
 
 use lowprec_kernels::{GemmBackend, GemmSpec, Im2colRef, MatMut, QIm2colRef, QMatRef, Scales};
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
 use super::layout::{
@@ -222,8 +223,12 @@ impl BackwardChunks<'_> {
             } else {
                 &mut []
             };
-            // The errors as `[Cout, n]` for the dcol GEMM.
-            let mut eft: Option<Vec<f32>> = None;
+            // The errors as `[Cout, n]` for the dcol GEMM. One example's errors, `[1, Cout, P]`,
+            // are that already: used in place rather than gathered (or transposed: the dW GEMM
+            // reads them through a transposed view), as the float path's small layers run one
+            // example per chunk.
+            let one = nb == 1;
+            let mut eft: Option<Cow<'_, [f32]>> = None;
             let mut et_q: Option<Vec<i8>> = None;
             if self.float_dw {
                 // Float path (fp32, or formats the integer GEMM cannot take), in the
@@ -241,19 +246,33 @@ impl BackwardChunks<'_> {
                 });
                 if self.dw_cout_major {
                     // dW[Cout, rows] (+)= dY[Cout, n] col^T[n, rows]
-                    let ec = clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb));
+                    let ec = if one {
+                        ef
+                    } else {
+                        Cow::Owned(clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb)))
+                    };
                     let cm = MatMut::row_major(acc, cout, rows).map_err(kerr)?;
                     let (a, b) = (row_major(&ec, cout, n), row_major(&col, rows, n).t());
                     clock(&mut t.gemm, || backend.gemm_f32(a, b, accumulate, cm)).map_err(kerr)?;
                     eft = Some(ec);
                 } else {
                     // dW^T[rows, Cout] (+)= col[rows, n] dY^T[n, Cout]
-                    let et_t = clock(&mut t.im2col, || gather_errors_t(cout, p, &ef));
+                    let et_t;
+                    let b = if one {
+                        row_major(&ef, cout, n).t()
+                    } else {
+                        et_t = clock(&mut t.im2col, || gather_errors_t(cout, p, &ef));
+                        row_major(&et_t, n, cout)
+                    };
                     let cm = MatMut::row_major(acc, rows, cout).map_err(kerr)?;
-                    let (a, b) = (row_major(&col, rows, n), row_major(&et_t, n, cout));
+                    let a = row_major(&col, rows, n);
                     clock(&mut t.gemm, || backend.gemm_f32(a, b, accumulate, cm)).map_err(kerr)?;
                     if self.need_dcol {
-                        eft = Some(clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb)));
+                        eft = Some(if one {
+                            ef
+                        } else {
+                            Cow::Owned(clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb)))
+                        });
                     }
                 }
             } else if let Some(e) = self.dyq.i8_rows() {
@@ -303,7 +322,13 @@ impl BackwardChunks<'_> {
                         Some(e) => e,
                         None => {
                             let ef = self.dyq.rows_f32(b0, nb);
-                            clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb))
+                            if one {
+                                ef
+                            } else {
+                                Cow::Owned(clock(&mut t.im2col, || {
+                                    gather_errors(cout, p, &ef, 0, nb)
+                                }))
+                            }
                         }
                     };
                     let cm = MatMut::row_major(&mut dcol, rows, n).map_err(kerr)?;
