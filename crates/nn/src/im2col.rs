@@ -140,7 +140,28 @@ fn gather_tables(g: &ConvGeom) -> Vec<i32> {
 /// Writes the `col_rows() x nb*P` matrix of `nb` examples `x` (each `cin*h*w`, NCHW) into
 /// `col` (row-major). Padding becomes `T::default()` (0).
 pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize, col: &mut [T]) {
-    let p = g.out_pixels();
+    im2col_rows(g, x, nb, 0, g.ho, col);
+}
+
+/// [`im2col`] restricted to output rows `oy0 .. oy1` of every example: the `col_rows() x
+/// nb*(oy1-oy0)*wo` matrix whose column `j*(oy1-oy0)*wo + (oy-oy0)*wo + ox` is the receptive
+/// field of output pixel `(oy, ox)` of example `j`. A float convolution cuts one large example
+/// into such pieces so that each piece's columns stay in L2 until its GEMM reads them.
+pub fn im2col_rows<T: Copy + Default + Send + Sync>(
+    g: &ConvGeom,
+    x: &[T],
+    nb: usize,
+    oy0: usize,
+    oy1: usize,
+    col: &mut [T],
+) {
+    assert!(
+        oy0 <= oy1 && oy1 <= g.ho,
+        "im2col output rows {oy0}..{oy1} of {}",
+        g.ho
+    );
+    // `p`: columns per example in `col`; `q0`: the first output pixel they hold.
+    let (p, q0) = ((oy1 - oy0) * g.wo, oy0 * g.wo);
     let n = nb * p;
     assert_eq!(x.len(), nb * g.in_len(), "im2col input length");
     assert_eq!(col.len(), g.col_rows() * n, "im2col output length");
@@ -157,8 +178,11 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
         col.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
             let (c, ki, kj) = (r / (k * k), (r / k) % k, r % k);
             let (oy_lo, oy_hi) = g.valid_oy(ki);
+            let (oy_lo, oy_hi) = (oy_lo.clamp(oy0, oy1), oy_hi.clamp(oy0, oy1));
             let (ox_lo, ox_hi) = g.valid_ox(kj);
             let d = (ki as isize - g.pad as isize) * g.w as isize + kj as isize - g.pad as isize;
+            // Pixel `q` of the plane sits at `dst[q - q0]`.
+            let (lo, hi) = (oy_lo * g.wo - q0, oy_hi * g.wo - q0);
             for j in 0..nb {
                 let plane = &x[(j * g.cin + c) * hw..][..hw];
                 let dst = &mut row[j * p..][..p];
@@ -167,18 +191,15 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
                 if a < b {
                     let (a, b) = (a as usize, b as usize);
                     let s0 = (a as isize + d) as usize;
-                    dst[a..b].copy_from_slice(&plane[s0..s0 + (b - a)]);
+                    dst[a - q0..b - q0].copy_from_slice(&plane[s0..s0 + (b - a)]);
                 }
-                dst[..oy_lo * g.wo].fill(T::default());
-                dst[oy_hi * g.wo..].fill(T::default());
+                dst[..lo].fill(T::default());
+                dst[hi..].fill(T::default());
                 // Border columns (at most `pad` on each side) one column at a time down the
                 // rows: a `fill` per row and side was a `memset` call per byte.
-                if oy_lo < oy_hi {
+                if lo < hi {
                     for ox in (0..ox_lo).chain(ox_hi..g.wo) {
-                        for v in dst[oy_lo * g.wo + ox..oy_hi * g.wo]
-                            .iter_mut()
-                            .step_by(g.wo)
-                        {
+                        for v in dst[lo + ox..hi].iter_mut().step_by(g.wo) {
                             *v = T::default();
                         }
                     }
@@ -189,9 +210,10 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
     }
     if g.wo <= TABLE_MAX_WIDTH {
         let tables = gather_tables(g);
+        let pa = g.out_pixels();
         col.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
             let (c, off) = (r / (k * k), r % (k * k));
-            let tab = &tables[off * p..][..p];
+            let tab = &tables[off * pa + q0..][..p];
             for (j, dst) in row.chunks_exact_mut(p).enumerate() {
                 let plane = &x[(j * g.cin + c) * hw..][..hw];
                 for (d, &i) in dst.iter_mut().zip(tab) {
@@ -208,6 +230,7 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
     col.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
         let (c, ki, kj) = (r / (k * k), (r / k) % k, r % k);
         let (oy_lo, oy_hi) = g.valid_oy(ki);
+        let (oy_lo, oy_hi) = (oy_lo.clamp(oy0, oy1), oy_hi.clamp(oy0, oy1));
         let (ox_lo, ox_hi) = g.valid_ox(kj);
         let ix0 = (ox_lo * g.stride + kj).saturating_sub(g.pad);
         let width = ox_hi.saturating_sub(ox_lo);
@@ -224,7 +247,7 @@ pub fn im2col<T: Copy + Default + Send + Sync>(g: &ConvGeom, x: &[T], nb: usize,
             for oy in oy_lo..oy_hi {
                 let iy = oy * g.stride + ki - g.pad;
                 let src = &plane[iy * g.w + ix0..(iy + 1) * g.w];
-                let out = &mut dst[oy * g.wo + ox_lo..][..width];
+                let out = &mut dst[(oy - oy0) * g.wo + ox_lo..][..width];
                 match g.stride {
                     1 => out.copy_from_slice(&src[..width]),
                     // Pairs, which the compiler reads with vector loads and shuffles (faster

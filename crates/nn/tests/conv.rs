@@ -6,7 +6,7 @@ use lowprec_kernels::CpuBackend;
 use lowprec_nn::batchnorm::BatchNorm2d;
 use lowprec_nn::conv::Conv2d;
 use lowprec_nn::ctx::StreamKind;
-use lowprec_nn::im2col::{col2im, col2im_ref, im2col, im2col_ref, ConvGeom};
+use lowprec_nn::im2col::{col2im, col2im_ref, im2col, im2col_ref, im2col_rows, ConvGeom};
 use lowprec_nn::operand::{quantize_matrix, Operand, QData};
 use lowprec_nn::pool::{GlobalAvgPool, Pool2d, PoolKind};
 use lowprec_nn::residual::Add;
@@ -74,6 +74,40 @@ fn im2col_matches_reference_i8_and_f32() {
             let mut ci = vec![99i8; cf.len()];
             im2col(&g, &xi, nb, &mut ci);
             assert_eq!(ci, im2col_ref(&g, &xi, nb), "i8 {g:?}");
+        }
+    }
+}
+
+/// Output-row pieces of im2col (what the float path's large examples are cut into) are the
+/// matching columns of the whole matrix, on every path (shifted planes, tables, row copies) and
+/// for pieces that start or end in the padding.
+#[test]
+fn im2col_rows_are_column_pieces_of_im2col() {
+    for (i, &(cin, h, w, k, s, p, _)) in SHAPES.iter().enumerate() {
+        let g = ConvGeom::new(cin, h, w, k, s, p).unwrap();
+        let nb = 2;
+        let xf = rand_vec(nb * g.in_len(), 40 + i as u64);
+        let full = im2col_ref(&g, &xf, nb);
+        let (pa, ho, wo) = (g.out_pixels(), g.ho, g.wo);
+        let mut ranges = vec![(0, ho), (0, 1), (ho - 1, ho), (ho / 2, ho / 2)];
+        if ho > 2 {
+            ranges.extend([(1, ho - 1), (0, ho / 2), (ho / 2, ho)]);
+        }
+        for (oy0, oy1) in ranges {
+            let np = (oy1 - oy0) * wo;
+            let mut piece = vec![f32::NAN; g.col_rows() * nb * np];
+            im2col_rows(&g, &xf, nb, oy0, oy1, &mut piece);
+            let want: Vec<f32> = (0..g.col_rows())
+                .flat_map(|r| {
+                    let full = &full;
+                    (0..nb).flat_map(move |j| {
+                        full[r * nb * pa + j * pa + oy0 * wo..][..np]
+                            .iter()
+                            .copied()
+                    })
+                })
+                .collect();
+            assert_eq!(piece, want, "{g:?} rows {oy0}..{oy1}");
         }
     }
 }
@@ -726,25 +760,36 @@ fn conv_chunking_keeps_bfp8_weight_gradients() {
 
 /// fp32 chunks are cut smaller than bfp8's on small layers (`COL_MIN_F32`): a batch of
 /// several float chunks, stride 1 (dX by the transposed convolution) and stride 2 (dX by
-/// col2im), with 2 examples per chunk and with 1 (whose errors the GEMMs read in place),
-/// matches the f64 reference, and the weight gradient summed over the chunks has the same bits
-/// at 1 and 2 threads.
+/// col2im), with 2 examples per chunk and with 1 (whose errors the GEMMs read in place; 48
+/// output channels take the transposed GEMM output on AVX-512), and examples cut into pieces
+/// of output rows (86x86 maps of 4 channels: 266256 column values, three pieces; their dX
+/// convolution, of 16 channels, nine), matches the f64 reference, bias included, and the
+/// weight gradient summed over the chunks has the same bits at 1 and 2 threads.
 #[test]
 fn conv_chunking_keeps_fp32_gradients() {
     let policy = Precision::fp32();
-    for (hw, stride, per_chunk) in [(20, 1, 2), (20, 2, 9), (32, 1, 1), (46, 2, 1)] {
+    let cases = [
+        (20, 1, 16, 16, 2),
+        (20, 2, 16, 16, 9),
+        (32, 1, 16, 16, 1),
+        (32, 1, 16, 48, 1),
+        (46, 2, 16, 16, 1),
+        (86, 1, 4, 16, 1),
+    ];
+    for (hw, stride, cin, cout, per_chunk) in cases {
         let run = |threads: usize| {
             pool(threads).install(|| {
                 let backend = CpuBackend;
                 let mut conv =
-                    Conv2d::new(2, "c", &[16, hw, hw], 16, 3, stride, 1, false, 3).unwrap();
+                    Conv2d::new(2, "c", &[cin, hw, hw], cout, 3, stride, 1, true, 3).unwrap();
+                conv.bias.as_mut().unwrap().value = rand_vec(cout, 13);
                 let per = conv.chunk_examples_float();
                 assert_eq!(per, per_chunk, "examples per float chunk");
                 assert!(per < conv.chunk_examples(), "float chunks are the smaller");
                 let b = 2 * per + 1;
                 let x = rand_vec(b * conv.geom.in_len(), 11);
                 let mut ctx = Ctx::new(&backend, &policy, 2);
-                let xt = Tensor::new(x.clone(), vec![b, 16, hw, hw]).unwrap();
+                let xt = Tensor::new(x.clone(), vec![b, cin, hw, hw]).unwrap();
                 let y = conv.forward(&mut ctx, &[&xt], true).unwrap();
                 let dy = Tensor::new(rand_vec(y.len(), 12), y.shape.clone()).unwrap();
                 let dx = conv.backward(&mut ctx, dy.clone()).unwrap();
@@ -754,11 +799,24 @@ fn conv_chunking_keeps_fp32_gradients() {
         let (conv, x, y, dy, dx, b) = run(1);
         let g = conv.geom;
         let w = to64(&conv.weight.value);
-        let (dxr, dwr, _) = conv_grad_ref(&g, 16, &to64(&x), &w, &to64(&dy.data), b);
-        let yr = conv_ref(&g, 16, &to64(&x), &w, &[], b);
-        close(&y.data, &yr, 1e-5, "chunked fp32 y");
-        close(&dx[0].data, &dxr, 1e-5, "chunked fp32 dx");
-        close(&conv.weight.grad, &dwr, 1e-5, "chunked fp32 dw");
+        let bias = to64(&conv.bias.as_ref().unwrap().value);
+        let (dxr, dwr, dbr) = conv_grad_ref(&g, cout, &to64(&x), &w, &to64(&dy.data), b);
+        let yr = conv_ref(&g, cout, &to64(&x), &w, &bias, b);
+        let what = format!("{cin}x{hw}x{hw} stride {stride} cout {cout}");
+        close(&y.data, &yr, 1e-5, &format!("chunked fp32 y, {what}"));
+        close(&dx[0].data, &dxr, 1e-5, &format!("chunked fp32 dx, {what}"));
+        close(
+            &conv.weight.grad,
+            &dwr,
+            1e-5,
+            &format!("chunked fp32 dw, {what}"),
+        );
+        close(
+            &conv.bias.as_ref().unwrap().grad,
+            &dbr,
+            1e-5,
+            &format!("chunked fp32 db, {what}"),
+        );
         let two = run(2).0;
         assert!(
             conv.weight.grad.iter().map(|v| v.to_bits()).eq(two
@@ -766,7 +824,7 @@ fn conv_chunking_keeps_fp32_gradients() {
                 .grad
                 .iter()
                 .map(|v| v.to_bits())),
-            "stride {stride}: the thread count changed the chunked fp32 weight gradient"
+            "{what}: the thread count changed the chunked fp32 weight gradient"
         );
     }
 }

@@ -9,9 +9,10 @@ use std::mem::MaybeUninit;
 
 use super::layout::{
     gather_errors, gather_errors_of, gather_errors_t, gather_examples, row_major, scatter,
+    scatter_piece,
 };
 use super::schedule::{clock, ChunkTimes};
-use crate::im2col::{col2im, im2col, ConvGeom};
+use crate::im2col::{col2im, im2col, im2col_rows, ConvGeom};
 use crate::operand::{I8Rows, Operand};
 use crate::scratch::Scratch;
 use crate::NnError;
@@ -25,7 +26,10 @@ use crate::NnError;
 /// ```
 ///
 /// Integer GEMM when both operands are 8-bit mantissas (weights with one scale or one per row,
-/// examples with one scale each), float GEMM otherwise (`wf`: the weights as floats).
+/// examples with one scale each), float GEMM otherwise (`wf`: the weights as floats). A float
+/// chunk of one example runs in pieces of `piece_rows` output rows (the whole map when
+/// `piece_rows >= ho`), each im2col'd, multiplied and scattered in turn.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn forward_chunk(
     backend: &dyn GemmBackend,
     name: &str,
@@ -37,12 +41,41 @@ pub(super) fn forward_chunk(
     bias: Option<&[f32]>,
     b0: usize,
     nb: usize,
+    piece_rows: usize,
     yc: &mut [MaybeUninit<f32>],
 ) -> Result<ChunkTimes, NnError> {
     let (rows, p) = (g.col_rows(), g.out_pixels());
     let n = nb * p;
     let kerr = |e| NnError::kernel(name, e);
     let mut t = ChunkTimes::default();
+    if nb == 1 && piece_rows < g.ho && !(wq.i8_rows().is_some() && xq.i8_rows().is_some()) {
+        let wf = wf.expect("float weights prepared by the caller");
+        let xf = xq.rows_f32(b0, 1);
+        let w = row_major(wf, cout, rows);
+        // C as `[Cout, np]`: for a piece (VGG16's 64 channels by 256 pixels) this orientation
+        // beat the transposed one that `short_side_as_m` picks for whole chunks, whose
+        // scatter is also a transpose.
+        let np_max = piece_rows * g.wo;
+        let (mut col_buf, mut c_buf) = (
+            Scratch::<f32>::new(rows * np_max),
+            Scratch::<f32>::new(cout * np_max),
+        );
+        for oy0 in (0..g.ho).step_by(piece_rows.max(1)) {
+            let oy1 = (oy0 + piece_rows).min(g.ho);
+            let np = (oy1 - oy0) * g.wo;
+            let col = &mut col_buf[..rows * np];
+            clock(&mut t.im2col, || im2col_rows(g, &xf, 1, oy0, oy1, col));
+            let cbuf = &mut c_buf[..cout * np];
+            let cm = MatMut::row_major(cbuf, cout, np).map_err(kerr)?;
+            let colm = row_major(col, rows, np);
+            clock(&mut t.gemm, || backend.gemm_f32(w, colm, false, cm)).map_err(kerr)?;
+            let cbuf = &c_buf[..cout * np];
+            clock(&mut t.other, || {
+                scatter_piece(cbuf, cout, p, oy0 * g.wo, bias, yc)
+            });
+        }
+        return Ok(t);
+    }
     let mut cbuf = Scratch::<f32>::new(cout * n);
     let out_t = match (wq.i8_rows(), xq.i8_rows()) {
         (Some(w), Some(x)) => {

@@ -190,6 +190,33 @@ fn scatter_transposed(
     }
 }
 
+/// [`scatter`] of one piece of one example: the GEMM output of its `np` output pixels from
+/// `q0` on, `[Cout, np]`, into the example's `[Cout, P]` output `out`, adding the bias. Writes
+/// slots `c * P + q0 .. c * P + q0 + np` of `out`.
+pub(super) fn scatter_piece(
+    c: &[f32],
+    cout: usize,
+    p: usize,
+    q0: usize,
+    bias: Option<&[f32]>,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let np = c.len() / cout.max(1);
+    assert!(q0 + np <= p && out.len() == cout * p);
+    for (co, o) in out.chunks_mut(p).enumerate() {
+        let (src, o) = (&c[co * np..][..np], &mut o[q0..q0 + np]);
+        match bias {
+            Some(b) => o.iter_mut().zip(src).for_each(|(o, s)| {
+                o.write(s + b[co]);
+            }),
+            // A copy, not `s + 0.0`, which would turn -0.0 into +0.0 (as `scatter` does).
+            None => o.iter_mut().zip(src).for_each(|(o, &s)| {
+                o.write(s);
+            }),
+        }
+    }
+}
+
 /// The weights of the transposed convolution: `W[co, ci, ki, kj]` becomes
 /// `Wt[ci, co, k-1-ki, k-1-kj]`, a `[Cin, Cout*k*k]` operand with the same scale (a tensor
 /// scale only: per-channel scales would run along K). `raw` is the parameter an

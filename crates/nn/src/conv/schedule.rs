@@ -52,7 +52,26 @@ pub(super) fn chunk_for(g: &ConvGeom) -> usize {
 /// layer with `cout` output channels: as many as keep `col` within `clamp(4 * Cout * rows,
 /// COL_MIN_F32, COL_BUDGET)` values (at least one).
 pub(super) fn chunk_for_float(g: &ConvGeom, cout: usize) -> usize {
-    examples_within(g, (4 * cout * g.col_rows()).clamp(COL_MIN_F32, COL_BUDGET))
+    examples_within(g, float_budget(g, cout))
+}
+
+/// The float path's budget of im2col values per chunk (see [`COL_MIN_F32`]).
+fn float_budget(g: &ConvGeom, cout: usize) -> usize {
+    (4 * cout * g.col_rows()).clamp(COL_MIN_F32, COL_BUDGET)
+}
+
+/// Output rows per piece of a one-example float chunk whose columns exceed twice the float
+/// budget of [`chunk_for_float`] (VGG16's 64-channel 32x32 layers: 2.4 MB of columns per
+/// example, four times it): as few equal pieces as keep each within the budget. `ho` (no
+/// pieces) below twice the budget: PreResNet-20's 16-channel layers, 1.1 times it, were slower
+/// cut in two.
+pub(super) fn piece_rows_float(g: &ConvGeom, cout: usize) -> usize {
+    let (cols, budget) = (g.col_rows() * g.out_pixels(), float_budget(g, cout));
+    if cols <= 2 * budget {
+        return g.ho;
+    }
+    let pieces = cols.div_ceil(budget).clamp(1, g.ho.max(1));
+    g.ho.div_ceil(pieces).max(1)
 }
 
 fn examples_within(g: &ConvGeom, budget: usize) -> usize {
@@ -147,10 +166,13 @@ pub(super) fn conv_gemm(
         (Some(_), Some(_)) => None,
         _ => Some(wq.floats(raw)),
     };
-    let chunk = if wf.is_some() {
-        even_chunk(chunk_for_float(g, cout), b)
+    let (chunk, piece_rows) = if wf.is_some() {
+        (
+            even_chunk(chunk_for_float(g, cout), b),
+            piece_rows_float(g, cout),
+        )
     } else {
-        even_chunk(chunk_for(g), b)
+        (even_chunk(chunk_for(g), b), g.ho)
     };
     let t0 = Instant::now();
     let run = |(ci, yc): (usize, &mut [MaybeUninit<f32>])| {
@@ -166,6 +188,7 @@ pub(super) fn conv_gemm(
             bias,
             b0,
             nb,
+            piece_rows,
             yc,
         )
     };
