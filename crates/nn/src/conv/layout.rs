@@ -157,17 +157,22 @@ pub(super) fn scatter(
                 return;
             }
             for (co, out) in ex.chunks_mut(p).enumerate() {
-                let src = &c[co * n + j * p..][..p];
-                match bias {
-                    Some(b) => out.iter_mut().zip(src).for_each(|(o, s)| {
-                        o.write(s + b[co]);
-                    }),
-                    None => out.iter_mut().zip(src).for_each(|(o, &s)| {
-                        o.write(s);
-                    }),
-                }
+                write_channel(out, &c[co * n + j * p..][..p], bias.map(|b| b[co]));
             }
         });
+}
+
+/// `out[q] = src[q] + bias`, or a copy of `src` without a bias (not `s + 0.0`, which would
+/// turn -0.0 into +0.0).
+fn write_channel(out: &mut [MaybeUninit<f32>], src: &[f32], bias: Option<f32>) {
+    match bias {
+        Some(b) => out.iter_mut().zip(src).for_each(|(o, s)| {
+            o.write(s + b);
+        }),
+        None => out.iter_mut().zip(src).for_each(|(o, &s)| {
+            o.write(s);
+        }),
+    }
 }
 
 /// `out[c * p + q] = src[q * cout + c] (+ bias[c])` for one example (`src` is `[P, Cout]`),
@@ -204,16 +209,11 @@ pub(super) fn scatter_piece(
     let np = c.len() / cout.max(1);
     assert!(q0 + np <= p && out.len() == cout * p);
     for (co, o) in out.chunks_mut(p).enumerate() {
-        let (src, o) = (&c[co * np..][..np], &mut o[q0..q0 + np]);
-        match bias {
-            Some(b) => o.iter_mut().zip(src).for_each(|(o, s)| {
-                o.write(s + b[co]);
-            }),
-            // A copy, not `s + 0.0`, which would turn -0.0 into +0.0 (as `scatter` does).
-            None => o.iter_mut().zip(src).for_each(|(o, &s)| {
-                o.write(s);
-            }),
-        }
+        write_channel(
+            &mut o[q0..q0 + np],
+            &c[co * np..][..np],
+            bias.map(|b| b[co]),
+        );
     }
 }
 
