@@ -48,8 +48,8 @@ pub(super) fn forward_chunk(
     let n = nb * p;
     let kerr = |e| NnError::kernel(name, e);
     let mut t = ChunkTimes::default();
-    if nb == 1 && piece_rows < g.ho && !(wq.i8_rows().is_some() && xq.i8_rows().is_some()) {
-        let wf = wf.expect("float weights prepared by the caller");
+    // (`piece_rows < ho` only on the float path, which `wf` marks.)
+    if let (true, Some(wf)) = (nb == 1 && piece_rows < g.ho, wf) {
         let xf = xq.rows_f32(b0, 1);
         let w = row_major(wf, cout, rows);
         // C as `[Cout, np]`: for a piece (VGG16's 64 channels by 256 pixels) this orientation
@@ -256,10 +256,9 @@ impl BackwardChunks<'_> {
             } else {
                 &mut []
             };
-            // The errors as `[Cout, n]` for the dcol GEMM. One example's errors, `[1, Cout, P]`,
-            // are that already: used in place rather than gathered (or transposed: the dW GEMM
-            // reads them through a transposed view), as the float path's small layers run one
-            // example per chunk.
+            // The errors as `[Cout, n]` for the dcol GEMM ([`by_channel`]). One example's
+            // errors are also read in place by the dW GEMM, through a transposed view, rather
+            // than transposed: the float path's small layers run one example per chunk.
             let one = nb == 1;
             let mut eft: Option<Cow<'_, [f32]>> = None;
             let mut et_q: Option<Vec<i8>> = None;
@@ -279,11 +278,7 @@ impl BackwardChunks<'_> {
                 });
                 if self.dw_cout_major {
                     // dW[Cout, rows] (+)= dY[Cout, n] col^T[n, rows]
-                    let ec = if one {
-                        ef
-                    } else {
-                        Cow::Owned(clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb)))
-                    };
+                    let ec = by_channel(ef, cout, p, nb, &mut t);
                     let cm = MatMut::row_major(acc, cout, rows).map_err(kerr)?;
                     let (a, b) = (row_major(&ec, cout, n), row_major(&col, rows, n).t());
                     clock(&mut t.gemm, || backend.gemm_f32(a, b, accumulate, cm)).map_err(kerr)?;
@@ -301,11 +296,7 @@ impl BackwardChunks<'_> {
                     let a = row_major(&col, rows, n);
                     clock(&mut t.gemm, || backend.gemm_f32(a, b, accumulate, cm)).map_err(kerr)?;
                     if self.need_dcol {
-                        eft = Some(if one {
-                            ef
-                        } else {
-                            Cow::Owned(clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb)))
-                        });
+                        eft = Some(by_channel(ef, cout, p, nb, &mut t));
                     }
                 }
             } else if let Some(e) = self.dyq.i8_rows() {
@@ -353,16 +344,7 @@ impl BackwardChunks<'_> {
                     let wf = self.wf.expect("float weights prepared by the caller");
                     let eft = match eft {
                         Some(e) => e,
-                        None => {
-                            let ef = self.dyq.rows_f32(b0, nb);
-                            if one {
-                                ef
-                            } else {
-                                Cow::Owned(clock(&mut t.im2col, || {
-                                    gather_errors(cout, p, &ef, 0, nb)
-                                }))
-                            }
-                        }
+                        None => by_channel(self.dyq.rows_f32(b0, nb), cout, p, nb, &mut t),
                     };
                     let cm = MatMut::row_major(&mut dcol, rows, n).map_err(kerr)?;
                     clock(&mut t.gemm, || {
@@ -380,6 +362,21 @@ impl BackwardChunks<'_> {
         }
         Ok((gwt, t))
     }
+}
+
+/// A float chunk's errors `ef` (`[nb, Cout, P]`) as `[Cout, nb*P]`: gathered, or `ef` itself
+/// for one example, which is that already.
+fn by_channel<'e>(
+    ef: Cow<'e, [f32]>,
+    cout: usize,
+    p: usize,
+    nb: usize,
+    t: &mut ChunkTimes,
+) -> Cow<'e, [f32]> {
+    if nb == 1 {
+        return ef;
+    }
+    Cow::Owned(clock(&mut t.im2col, || gather_errors(cout, p, &ef, 0, nb)))
 }
 
 /// One piece of the 8-bit weight gradient (examples `piece` of the batch, all with the scale
