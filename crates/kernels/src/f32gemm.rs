@@ -1,8 +1,9 @@
 //! f32 GEMM on well-kept crates (`gemm` 0.19, `matrixmultiply` 0.3), threaded with rayon.
 //!
-//! Each crate runs single-threaded on blocks of C; the blocks are cut from the shape alone
-//! (never from the thread count, never along K), so every C element is computed by the same
-//! code on the same data whatever the pool size, and the bits do not depend on the threads.
+//! Each crate runs single-threaded on blocks of C, never cut along K, so that every C element
+//! is computed by the same code on the same data whatever the pool size, and the bits do not
+//! depend on the threads. `matrixmultiply`'s blocks are cut from the shape alone; `gemm`'s
+//! follow the thread count where that cannot change a bit (see [`f32_blocks`]).
 
 use crate::threads::{gemm_threads, SendPtr};
 use crate::types::{MatMut, MatRef};
@@ -28,26 +29,6 @@ impl F32Impl {
     }
 }
 
-/// Whether a product whose C has a short side of `short` rows or columns (a convolution's
-/// output channels) runs faster with that side as M than as N on this CPU's f32 kernels.
-///
-/// The `gemm` crate's AVX2 kernels are faster with the short side as N; its AVX-512 kernels
-/// with a short side under 32 as M and from 32 on as N again (`lowprec bench gemm --kernels
-/// f32-gemm` on the transposed shapes shows it; the figures are in the commit that chose this).
-pub fn short_side_as_m(short: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        short < 32
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && lowprec_formats::isa::allows(lowprec_formats::isa::IsaLevel::Avx512)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = short;
-        false
-    }
-}
-
 /// Columns (or rows) of C per block: small enough for 2-3 threads to share skinny shapes,
 /// large enough that repacking the other operand per block stays cheap. 128, not 256: with 256,
 /// VGG16's 8x8 layers at batch 32 (C of 448 x 256 per chunk) were one block, leaving a second
@@ -55,15 +36,35 @@ pub fn short_side_as_m(short: usize) -> bool {
 const F32_BLOCK_MIN: usize = 128;
 const F32_MAX_BLOCKS: usize = 16;
 
-/// Blocks of C for the f32 GEMM: a function of the shape only.
-fn f32_blocks(m: usize, k: usize, n: usize) -> Vec<(usize, usize, usize, usize)> {
+/// Shorter side of C from which `gemm`'s blocks may follow the thread count.
+const GEMM_FREE_CUT_MIN_SIDE: usize = 16;
+
+/// Blocks of C for the f32 GEMM with `imp` on `threads` workers.
+///
+/// `gemm` cuts K into steps that depend on K alone and the cache sizes, and adds each step's
+/// products into C with the same fused multiply-adds in the same order, whichever block of C an
+/// element falls in, except on its special paths for tiny products (at most 16 x 16 elements,
+/// at most 64 x 64 with a shorter K step, one row or column, K <= 2). Blocks of at least 96 by
+/// at least [`GEMM_FREE_CUT_MIN_SIDE`] stay clear of them, so for C at least that wide
+/// (`f32_same_bits_at_1_2_3_4_threads` checks it) one thread makes one call, which packs the
+/// shared operand once rather than once per block. Otherwise the blocks are a function of the
+/// shape only.
+fn f32_blocks(
+    imp: F32Impl,
+    m: usize,
+    k: usize,
+    n: usize,
+    threads: usize,
+) -> Vec<(usize, usize, usize, usize)> {
     let macs = m * n * k;
     let (len, split_n) = if n >= m { (n, true) } else { (m, false) };
-    let parts = if macs < (1 << 21) {
+    let free = imp == F32Impl::Gemm && m.min(n) >= GEMM_FREE_CUT_MIN_SIDE;
+    let parts = if macs < (1 << 21) || (free && threads == 1) {
         1
     } else {
-        // An even count from 2 up: two cores given 3 or 5 equal blocks idle one for a block
-        // (VGG16's 256-channel 8x8 layers at batch 32, C of 256 x 448 per chunk: 3 blocks).
+        // An even count from 2 up (each block at least 96 long): two cores given 3 or 5 equal
+        // blocks idle one for a block (VGG16's 256-channel 8x8 layers at batch 32, C of 256 x
+        // 448 per chunk: 3 blocks).
         let parts = (len / F32_BLOCK_MIN).clamp(1, F32_MAX_BLOCKS);
         if parts > 1 {
             parts.next_multiple_of(2)
@@ -123,7 +124,7 @@ pub fn gemm_f32_with(
         }
         return Ok(());
     }
-    let blocks = f32_blocks(m, k, n);
+    let blocks = f32_blocks(imp, m, k, n, gemm_threads());
     let run = |&(m0, m1, n0, n1): &(usize, usize, usize, usize)| {
         // SAFETY: the views were bounds-checked above; blocks are disjoint parts of C.
         unsafe { f32_block(imp, &a, &b, accumulate, cp, ldc, m0, m1, n0, n1) }

@@ -92,38 +92,67 @@ fn f32_matches_f64_reference() {
     }
 }
 
+/// The same bits at 1 to 4 threads, on shapes that `gemm` runs as one call on one thread and
+/// in blocks on more (C at least 16 wide), shapes whose blocks follow the shape alone (a side
+/// under 16), and the crate's own special paths; in the layouts the layers pass (row-major,
+/// transposed views) and accumulating.
 #[test]
-fn f32_same_bits_at_1_2_3_threads() {
-    for (i, &(m, k, n)) in [(64, 576, 3000), (600, 64, 700), (513, 300, 257)]
-        .iter()
-        .enumerate()
-    {
-        let a = rand_f32(50 + i as u64, 1, m * k);
-        let b = rand_f32(50 + i as u64, 2, k * n);
-        for imp in IMPLS {
-            let mut first: Option<Vec<f32>> = None;
-            for threads in [1, 2, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let mut c = vec![0f32; m * n];
-                pool.install(|| {
-                    gemm_f32_with(
-                        imp,
-                        MatRef::row_major(&a, m, k).unwrap(),
-                        MatRef::row_major(&b, k, n).unwrap(),
-                        false,
-                        MatMut::row_major(&mut c, m, n).unwrap(),
-                    )
-                })
-                .unwrap();
-                match &first {
-                    None => first = Some(c),
-                    Some(f) => assert!(
-                        f.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
-                        "{imp:?} {m}x{k}x{n}: {threads} threads differ from 1"
-                    ),
+fn f32_same_bits_at_1_2_3_4_threads() {
+    let shapes = [
+        (64, 576, 3000),
+        (600, 64, 700),
+        (513, 300, 257),
+        (256, 2304, 448),
+        (16, 9000, 33),
+        (1000, 33, 16),
+        (17, 4100, 130),
+        (129, 1025, 7),
+        (260, 8200, 2),
+        (2, 8200, 260),
+        (2, 8200, 256),
+        (300, 2, 4000),
+        (1, 3000, 1000),
+        (15, 20000, 15),
+    ];
+    for (i, &(m, k, n)) in shapes.iter().enumerate() {
+        let seed = 50 + i as u64;
+        for (la, lb) in [
+            (Layout::RowMajor, Layout::RowMajor),
+            (Layout::Transposed, Layout::Transposed),
+            (Layout::RowMajor, Layout::Transposed),
+            (Layout::Transposed, Layout::RowMajor),
+        ] {
+            let a = rand_f32(seed, 1, storage_len(la, m, k));
+            let b = rand_f32(seed, 2, storage_len(lb, k, n));
+            let c0 = rand_f32(seed, 3, m * n);
+            for imp in IMPLS {
+                for accumulate in [false, true] {
+                    let mut first: Option<Vec<f32>> = None;
+                    for threads in [1, 2, 3, 4] {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
+                        let mut c = c0.clone();
+                        pool.install(|| {
+                            gemm_f32_with(
+                                imp,
+                                view(la, &a, m, k),
+                                view(lb, &b, k, n),
+                                accumulate,
+                                MatMut::row_major(&mut c, m, n).unwrap(),
+                            )
+                        })
+                        .unwrap();
+                        match &first {
+                            None => first = Some(c),
+                            Some(f) => assert!(
+                                f.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+                                "{imp:?} {m}x{k}x{n} {la:?}/{lb:?} acc {accumulate}: \
+                                 {threads} threads differ from 1"
+                            ),
+                        }
+                    }
                 }
             }
         }

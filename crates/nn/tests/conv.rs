@@ -50,8 +50,8 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (3, 1, 9, 3, 1, 1, 2),
     (2, 4, 10, 7, 1, 3, 2),
     (2, 3, 9, 9, 1, 4, 1),
-    // 32 channels or more: the float GEMM's transposed orientation on CPUs with AVX-512
-    // (`short_side_as_m`), in the forward pass and in the transposed convolution of dX.
+    // 32 channels or more (once the float GEMM's transposed orientation on CPUs with AVX-512),
+    // in the forward pass and in the transposed convolution of dX.
     (3, 9, 9, 3, 1, 1, 33),
     (33, 5, 6, 3, 1, 1, 4),
     (2, 6, 5, 3, 2, 1, 40),

@@ -52,9 +52,6 @@ pub(super) fn forward_chunk(
     if let (true, Some(wf)) = (nb == 1 && piece_rows < g.ho, wf) {
         let xf = xq.rows_f32(b0, 1);
         let w = row_major(wf, cout, rows);
-        // C as `[Cout, np]`: for a piece (VGG16's 64 channels by 256 pixels) this orientation
-        // beat the transposed one that `short_side_as_m` picks for whole chunks, whose
-        // scatter is also a transpose.
         let np_max = piece_rows * g.wo;
         let (mut col_buf, mut c_buf) = (
             Scratch::<f32>::new(rows * np_max),
@@ -77,7 +74,7 @@ pub(super) fn forward_chunk(
         return Ok(t);
     }
     let mut cbuf = Scratch::<f32>::new(cout * n);
-    let out_t = match (wq.i8_rows(), xq.i8_rows()) {
+    match (wq.i8_rows(), xq.i8_rows()) {
         (Some(w), Some(x)) => {
             let xin = &x.mant[b0 * g.in_len()..(b0 + nb) * g.in_len()];
             let a = QMatRef {
@@ -103,33 +100,22 @@ pub(super) fn forward_chunk(
                 bound,
             };
             gemm_on_columns(backend, a, &cols, GemmSpec::whole_k(), cm, &mut t).map_err(kerr)?;
-            false
         }
         _ => {
-            // Float GEMM with the short Cout side where this CPU's f32 kernels prefer it
-            // (`short_side_as_m`): Y[Cout, n] = W col, or transposed, Y^T[n, Cout] = col^T W^T.
+            // Y[Cout, n] = W col: both operands row-major along K, which the `gemm` crate reads
+            // in place (W) or packs by contiguous copies (col). The transposed product Y^T =
+            // col^T W^T made it gather both operands element by element.
             let wf = wf.expect("float weights prepared by the caller");
             let xf = xq.rows_f32(b0, nb);
             let mut col = Scratch::<f32>::new(rows * n);
             clock(&mut t.im2col, || im2col(g, &xf, nb, &mut col));
-            let w = row_major(wf, cout, rows);
-            if lowprec_kernels::f32gemm::short_side_as_m(cout) {
-                let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
-                clock(&mut t.gemm, || {
-                    backend.gemm_f32(w, row_major(&col, rows, n), false, cm)
-                })
-                .map_err(kerr)?;
-                false
-            } else {
-                let cm = MatMut::row_major(&mut cbuf, n, cout).map_err(kerr)?;
-                let col_t = row_major(&col, rows, n).t();
-                clock(&mut t.gemm, || backend.gemm_f32(col_t, w.t(), false, cm)).map_err(kerr)?;
-                true
-            }
+            let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
+            let (w, colm) = (row_major(wf, cout, rows), row_major(&col, rows, n));
+            clock(&mut t.gemm, || backend.gemm_f32(w, colm, false, cm)).map_err(kerr)?;
         }
-    };
-    // Scatter [Cout, nb*P] (or its transpose) to [nb, Cout, P] and add the bias.
-    clock(&mut t.other, || scatter(&cbuf, out_t, cout, p, bias, yc));
+    }
+    // Scatter [Cout, nb*P] to [nb, Cout, P] and add the bias.
+    clock(&mut t.other, || scatter(&cbuf, cout, p, bias, yc));
     Ok(t)
 }
 
@@ -205,8 +191,9 @@ pub(super) struct BackwardChunks<'a> {
     pub g: &'a ConvGeom,
     pub cout: usize,
     pub wq: Option<&'a Operand>,
-    /// The weights as floats, when the strided layers' dcol GEMM runs in float.
-    pub wf: Option<&'a [f32]>,
+    /// The weights as floats, transposed (`[rows, Cout]`), when the col2im route's dcol GEMM
+    /// runs in float.
+    pub wft: Option<&'a [f32]>,
     pub dyq: &'a Operand,
     pub xq: &'a Operand,
     pub chunk: usize,
@@ -307,8 +294,9 @@ impl BackwardChunks<'_> {
             if !self.need_dcol {
                 continue;
             }
-            // dX of a strided layer: dcol[rows, n] = W^T dY (written whole by the GEMM), then
-            // col2im.
+            // dX by col2im: dcol[rows, n] = W^T dY (written whole by the GEMM), then col2im.
+            // The float W^T is transposed in memory, once per step: through a transposed view
+            // the `gemm` crate gathered it element by element in every call.
             let mut dcol = Scratch::<f32>::new(rows * n);
             match (
                 self.wq.and_then(Operand::i8_rows),
@@ -341,7 +329,7 @@ impl BackwardChunks<'_> {
                     clock(&mut t.gemm, || backend.gemm_q8(a, bq, spec, cm)).map_err(kerr)?;
                 }
                 _ => {
-                    let wf = self.wf.expect("float weights prepared by the caller");
+                    let wft = self.wft.expect("float weights prepared by the caller");
                     let eft = match eft {
                         Some(e) => e,
                         None => by_channel(self.dyq.rows_f32(b0, nb), cout, p, nb, &mut t),
@@ -349,7 +337,7 @@ impl BackwardChunks<'_> {
                     let cm = MatMut::row_major(&mut dcol, rows, n).map_err(kerr)?;
                     clock(&mut t.gemm, || {
                         backend.gemm_f32(
-                            row_major(wf, cout, rows).t(),
+                            row_major(wft, rows, cout),
                             row_major(&eft, cout, n),
                             false,
                             cm,

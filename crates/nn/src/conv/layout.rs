@@ -49,7 +49,7 @@ pub(super) fn gather_errors_t(cout: usize, p: usize, e: &[f32]) -> Scratch<f32> 
     let mut out = Scratch::new(e.len());
     out.par_chunks_mut((cout * p).max(1))
         .zip(e.par_chunks((cout * p).max(1)))
-        .for_each(|(dst, src)| transpose_blocks(src, cout, p, p, dst, |d, v, _| *d = v));
+        .for_each(|(dst, src)| transpose_blocks(src, cout, p, p, dst));
     out
 }
 
@@ -75,17 +75,15 @@ pub(super) fn gather_examples(per: usize, x: &[i8], piece: &[usize]) -> Scratch<
     out
 }
 
-/// `put(&mut dst[c * rows + r], src[r * ld + c], c)` for `r < rows`, `c < cols` on one
-/// thread, in 8x8 blocks held in registers (a block is 8 contiguous reads and 8 contiguous
+/// `dst[c * rows + r] = src[r * ld + c]` for `r < rows`, `c < cols` on one thread, in 8x8 blocks held in registers (a block is 8 contiguous reads and 8 contiguous
 /// writes): element by element, even tiled, is several times slower on large planes, and a
 /// column-by-column transpose reads a cache line per value.
-fn transpose_blocks<T: Copy + Default, D>(
+fn transpose_blocks<T: Copy + Default>(
     src: &[T],
     rows: usize,
     cols: usize,
     ld: usize,
-    dst: &mut [D],
-    put: impl Fn(&mut D, T, usize),
+    dst: &mut [T],
 ) {
     const B: usize = 8;
     let (rb, cb) = (rows / B * B, cols / B * B);
@@ -98,7 +96,7 @@ fn transpose_blocks<T: Copy + Default, D>(
             for j in 0..B {
                 let out = &mut dst[(c0 + j) * rows + r0..][..B];
                 for (i, o) in out.iter_mut().enumerate() {
-                    put(o, t[i][j], c0 + j);
+                    *o = t[i][j];
                 }
             }
         }
@@ -107,7 +105,7 @@ fn transpose_blocks<T: Copy + Default, D>(
     for r in 0..rows {
         let c_from = if r < rb { cb } else { 0 };
         for c in c_from..cols {
-            put(&mut dst[c * rows + r], src[r * ld + c], c);
+            dst[c * rows + r] = src[r * ld + c];
         }
     }
 }
@@ -133,16 +131,14 @@ pub(super) fn transpose_into<T: Copy + Default + Send + Sync>(
         .for_each(|(band, out)| {
             let c0 = band * TRANSPOSE_BAND;
             let cw = out.len() / rows;
-            transpose_blocks(&src[c0..], rows, cw, cols, out, |d, v, _| *d = v);
+            transpose_blocks(&src[c0..], rows, cw, cols, out);
         });
 }
 
-/// Scatters a chunk's GEMM output, `[Cout, nb*P]` (or `[nb*P, Cout]` with `transposed`), to
-/// `[nb, Cout, P]` in `out`, adding the bias. Writes every slot of `out`. One task per
+/// Scatters a chunk's GEMM output, `[Cout, nb*P]`, to `[nb, Cout, P]` in `out`, adding the bias. Writes every slot of `out`. One task per
 /// example, so that chunks run one after another still scatter on every thread.
 pub(super) fn scatter(
     c: &[f32],
-    transposed: bool,
     cout: usize,
     p: usize,
     bias: Option<&[f32]>,
@@ -152,10 +148,6 @@ pub(super) fn scatter(
     out.par_chunks_mut((cout * p).max(1))
         .enumerate()
         .for_each(|(j, ex)| {
-            if transposed {
-                scatter_transposed(&c[j * p * cout..][..p * cout], p, cout, bias, ex);
-                return;
-            }
             for (co, out) in ex.chunks_mut(p).enumerate() {
                 write_channel(out, &c[co * n + j * p..][..p], bias.map(|b| b[co]));
             }
@@ -171,26 +163,6 @@ fn write_channel(out: &mut [MaybeUninit<f32>], src: &[f32], bias: Option<f32>) {
         }),
         None => out.iter_mut().zip(src).for_each(|(o, &s)| {
             o.write(s);
-        }),
-    }
-}
-
-/// `out[c * p + q] = src[q * cout + c] (+ bias[c])` for one example (`src` is `[P, Cout]`),
-/// by [`transpose_blocks`]. Writes every slot of `out`.
-fn scatter_transposed(
-    src: &[f32],
-    p: usize,
-    cout: usize,
-    bias: Option<&[f32]>,
-    out: &mut [MaybeUninit<f32>],
-) {
-    assert!(src.len() == p * cout && out.len() == p * cout);
-    match bias {
-        Some(b) => transpose_blocks(src, p, cout, cout, out, |o, v, c| {
-            o.write(v + b[c]);
-        }),
-        None => transpose_blocks(src, p, cout, cout, out, |o, v, _| {
-            o.write(v);
         }),
     }
 }

@@ -394,11 +394,16 @@ impl Conv2d {
         let (rows, cout) = (g.col_rows(), self.cout);
         let float_dw = dyq.i8_rows().is_none() || xq.i8_rows().is_none();
         let wq = self.wq.as_ref().map(|w| &w.1);
-        // Float weights for the dcol GEMM unless it runs on 8-bit weights and errors (the
-        // float dW path leaves the errors without their 8-bit gather).
+        // Float weights, transposed, for the dcol GEMM unless it runs on 8-bit weights and
+        // errors (the float dW path leaves the errors without their 8-bit gather).
         let int_dcol = !float_dw && wq.and_then(Operand::i8_rows).is_some();
-        let wf = match wq {
-            Some(w) if col2im_dx && !int_dcol => Some(w.floats(&self.weight.value)),
+        let wft = match wq {
+            Some(w) if col2im_dx && !int_dcol => {
+                let wf = w.floats(&self.weight.value);
+                let mut t = vec![0f32; rows * cout];
+                ctx.timed(Category::Other, |_| transpose_into(&wf, cout, rows, &mut t));
+                Some(t)
+            }
             _ => None,
         };
         let dw_cout_major = float_dw_cout_major(cout);
@@ -408,7 +413,7 @@ impl Conv2d {
             g: &g,
             cout,
             wq,
-            wf: wf.as_deref(),
+            wft: wft.as_deref(),
             dyq,
             xq,
             chunk: even_chunk(
