@@ -179,10 +179,15 @@ fn print_table(
     }
     use lowprec_formats::isa;
     let family = format!(
-        "i8 kernels: {:?}; LOWPREC_ISA cap {} on a CPU with {}; f32-gemm picks its own kernels",
+        "i8 kernels: {:?}; LOWPREC_ISA cap {} on a CPU with {}; f32-gemm picks its own kernels{}",
         Isa::detect(),
         isa::cap().name(),
-        isa::cpu_level().name()
+        isa::cpu_level().name(),
+        if lowprec_kernels::f32gemm::GEMM_AVX512_BUILT {
+            ""
+        } else {
+            " (built without gemm-avx512: AVX2/FMA at most)"
+        }
     );
     match peak {
         Some((p, what)) => println!(

@@ -9,6 +9,10 @@ use crate::threads::{gemm_threads, SendPtr};
 use crate::types::{MatMut, MatRef};
 use crate::KernelError;
 
+/// Whether this build carries the `gemm` crate's AVX-512 f32 kernels (feature `gemm-avx512`,
+/// on by default); without them its AVX2/FMA kernels are the widest it runs.
+pub const GEMM_AVX512_BUILT: bool = cfg!(feature = "gemm-avx512");
+
 /// Which f32 implementation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum F32Impl {
