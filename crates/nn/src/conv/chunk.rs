@@ -103,8 +103,8 @@ pub(super) fn forward_chunk(
         }
         _ => {
             // Y[Cout, n] = W col: both operands row-major along K, which the `gemm` crate reads
-            // in place (W) or packs by contiguous copies (col). The transposed product Y^T =
-            // col^T W^T made it gather both operands element by element.
+            // in place (W) or packs by contiguous copies (col). For the transposed product,
+            // Y^T = col^T W^T, it would gather both element by element.
             let wf = wf.expect("float weights prepared by the caller");
             let xf = xq.rows_f32(b0, nb);
             let mut col = Scratch::<f32>::new(rows * n);
@@ -296,7 +296,7 @@ impl BackwardChunks<'_> {
             }
             // dX by col2im: dcol[rows, n] = W^T dY (written whole by the GEMM), then col2im.
             // The float W^T is transposed in memory, once per step: through a transposed view
-            // the `gemm` crate gathered it element by element in every call.
+            // the `gemm` crate would gather it element by element in every call.
             let mut dcol = Scratch::<f32>::new(rows * n);
             match (
                 self.wq.and_then(Operand::i8_rows),
