@@ -760,8 +760,8 @@ fn conv_chunking_keeps_bfp8_weight_gradients() {
 
 /// fp32 chunks are cut smaller than bfp8's on small layers (`COL_MIN_F32`): a batch of
 /// several float chunks, stride 1 (dX by the transposed convolution) and stride 2 (dX by
-/// col2im), with 2 examples per chunk and with 1 (whose errors the GEMMs read in place; 48
-/// output channels take the transposed GEMM output on AVX-512), and examples cut into pieces
+/// col2im), with 2 examples per chunk and with 1 (whose errors the GEMMs read in place), with
+/// 16 and 48 output channels, and examples cut into pieces
 /// of output rows (86x86 maps of 4 channels: 266256 column values, three pieces; their dX
 /// convolution, of 16 channels, nine), matches the f64 reference, bias included, and the
 /// weight gradient summed over the chunks has the same bits at 1 and 2 threads.

@@ -9,7 +9,6 @@ use std::mem::MaybeUninit;
 
 use super::layout::{
     gather_errors, gather_errors_of, gather_errors_t, gather_examples, row_major, scatter,
-    scatter_piece,
 };
 use super::schedule::{clock, ChunkTimes};
 use crate::im2col::{col2im, im2col, im2col_rows, ConvGeom};
@@ -26,9 +25,9 @@ use crate::NnError;
 /// ```
 ///
 /// Integer GEMM when both operands are 8-bit mantissas (weights with one scale or one per row,
-/// examples with one scale each), float GEMM otherwise (`wf`: the weights as floats). A float
-/// chunk of one example runs in pieces of `piece_rows` output rows (the whole map when
-/// `piece_rows >= ho`), each im2col'd, multiplied and scattered in turn.
+/// examples with one scale each), float GEMM otherwise (`wf`: the weights as floats), in pieces
+/// of `piece_rows` output rows (the whole map when `piece_rows >= ho`, which it is unless the
+/// chunk is one example), each im2col'd, multiplied and scattered in turn.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward_chunk(
     backend: &dyn GemmBackend,
@@ -48,74 +47,67 @@ pub(super) fn forward_chunk(
     let n = nb * p;
     let kerr = |e| NnError::kernel(name, e);
     let mut t = ChunkTimes::default();
-    // (`piece_rows < ho` only on the float path, which `wf` marks.)
-    if let (true, Some(wf)) = (nb == 1 && piece_rows < g.ho, wf) {
-        let xf = xq.rows_f32(b0, 1);
-        let w = row_major(wf, cout, rows);
-        let np_max = piece_rows * g.wo;
-        let (mut col_buf, mut c_buf) = (
-            Scratch::<f32>::new(rows * np_max),
-            Scratch::<f32>::new(cout * np_max),
+    if let (Some(w), Some(x)) = (wq.i8_rows(), xq.i8_rows()) {
+        let xin = &x.mant[b0 * g.in_len()..(b0 + nb) * g.in_len()];
+        let a = QMatRef {
+            mat: row_major(w.mant, cout, rows),
+            scales: if w.per_row {
+                Scales::per_index(w.scales)
+            } else {
+                Scales::uniform(w.scales)
+            },
+            max_abs: w.max_abs,
+        };
+        let (sb, bound) = (
+            Scales::per_group(&x.scales[b0..b0 + nb], p),
+            i8_operand_bound(x.max_abs),
         );
-        for oy0 in (0..g.ho).step_by(piece_rows.max(1)) {
-            let oy1 = (oy0 + piece_rows).min(g.ho);
-            let np = (oy1 - oy0) * g.wo;
-            let col = &mut col_buf[..rows * np];
-            clock(&mut t.im2col, || im2col_rows(g, &xf, 1, oy0, oy1, col));
-            let cbuf = &mut c_buf[..cout * np];
-            let cm = MatMut::row_major(cbuf, cout, np).map_err(kerr)?;
-            let colm = row_major(col, rows, np);
-            clock(&mut t.gemm, || backend.gemm_f32(w, colm, false, cm)).map_err(kerr)?;
-            let cbuf = &c_buf[..cout * np];
-            clock(&mut t.other, || {
-                scatter_piece(cbuf, cout, p, oy0 * g.wo, bias, yc)
-            });
-        }
+        let mut cbuf = Scratch::<f32>::new(cout * n);
+        let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
+        let cols = Columns {
+            g,
+            maps: xin,
+            examples: nb,
+            transposed: false,
+            scales: sb,
+            bound,
+        };
+        gemm_on_columns(backend, a, &cols, GemmSpec::whole_k(), cm, &mut t).map_err(kerr)?;
+        clock(&mut t.other, || scatter(&cbuf, cout, p, 0, bias, yc));
         return Ok(t);
     }
-    let mut cbuf = Scratch::<f32>::new(cout * n);
-    match (wq.i8_rows(), xq.i8_rows()) {
-        (Some(w), Some(x)) => {
-            let xin = &x.mant[b0 * g.in_len()..(b0 + nb) * g.in_len()];
-            let a = QMatRef {
-                mat: row_major(w.mant, cout, rows),
-                scales: if w.per_row {
-                    Scales::per_index(w.scales)
-                } else {
-                    Scales::uniform(w.scales)
-                },
-                max_abs: w.max_abs,
-            };
-            let (sb, bound) = (
-                Scales::per_group(&x.scales[b0..b0 + nb], p),
-                i8_operand_bound(x.max_abs),
-            );
-            let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
-            let cols = Columns {
-                g,
-                maps: xin,
-                examples: nb,
-                transposed: false,
-                scales: sb,
-                bound,
-            };
-            gemm_on_columns(backend, a, &cols, GemmSpec::whole_k(), cm, &mut t).map_err(kerr)?;
-        }
-        _ => {
-            // Y[Cout, n] = W col: both operands row-major along K, which the `gemm` crate reads
-            // in place (W) or packs by contiguous copies (col). For the transposed product,
-            // Y^T = col^T W^T, it would gather both element by element.
-            let wf = wf.expect("float weights prepared by the caller");
-            let xf = xq.rows_f32(b0, nb);
-            let mut col = Scratch::<f32>::new(rows * n);
-            clock(&mut t.im2col, || im2col(g, &xf, nb, &mut col));
-            let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
-            let (w, colm) = (row_major(wf, cout, rows), row_major(&col, rows, n));
-            clock(&mut t.gemm, || backend.gemm_f32(w, colm, false, cm)).map_err(kerr)?;
-        }
+    // Float: Y[Cout, n] = W col, both operands row-major along K, which the `gemm` crate reads
+    // in place (W) or packs by contiguous copies (col); for the transposed product, Y^T = col^T
+    // W^T, it would gather both element by element. One example too large for the float
+    // budget (then alone in its chunk) runs in pieces of output rows, each scattered while its
+    // columns are in L2.
+    let wf = wf.expect("float weights prepared by the caller");
+    debug_assert!(
+        nb == 1 || piece_rows >= g.ho,
+        "pieces of a one-example chunk only"
+    );
+    let step = piece_rows.clamp(1, g.ho.max(1));
+    let xf = xq.rows_f32(b0, nb);
+    let w = row_major(wf, cout, rows);
+    let n_max = nb * step * g.wo;
+    let (mut col_buf, mut c_buf) = (
+        Scratch::<f32>::new(rows * n_max),
+        Scratch::<f32>::new(cout * n_max),
+    );
+    for oy0 in (0..g.ho).step_by(step) {
+        let oy1 = (oy0 + step).min(g.ho);
+        let np = nb * (oy1 - oy0) * g.wo;
+        let col = &mut col_buf[..rows * np];
+        clock(&mut t.im2col, || im2col_rows(g, &xf, nb, oy0, oy1, col));
+        let cbuf = &mut c_buf[..cout * np];
+        let cm = MatMut::row_major(cbuf, cout, np).map_err(kerr)?;
+        let colm = row_major(col, rows, np);
+        clock(&mut t.gemm, || backend.gemm_f32(w, colm, false, cm)).map_err(kerr)?;
+        let cbuf = &c_buf[..cout * np];
+        clock(&mut t.other, || {
+            scatter(cbuf, cout, p, oy0 * g.wo, bias, yc)
+        });
     }
-    // Scatter [Cout, nb*P] to [nb, Cout, P] and add the bias.
-    clock(&mut t.other, || scatter(&cbuf, cout, p, bias, yc));
     Ok(t)
 }
 

@@ -75,9 +75,10 @@ pub(super) fn gather_examples(per: usize, x: &[i8], piece: &[usize]) -> Scratch<
     out
 }
 
-/// `dst[c * rows + r] = src[r * ld + c]` for `r < rows`, `c < cols` on one thread, in 8x8 blocks held in registers (a block is 8 contiguous reads and 8 contiguous
-/// writes): element by element, even tiled, is several times slower on large planes, and a
-/// column-by-column transpose reads a cache line per value.
+/// `dst[c * rows + r] = src[r * ld + c]` for `r < rows`, `c < cols` on one thread, in 8x8
+/// blocks held in registers (a block is 8 contiguous reads and 8 contiguous writes): element by
+/// element, even tiled, is several times slower on large planes, and a column-by-column
+/// transpose reads a cache line per value.
 fn transpose_blocks<T: Copy + Default>(
     src: &[T],
     rows: usize,
@@ -135,21 +136,30 @@ pub(super) fn transpose_into<T: Copy + Default + Send + Sync>(
         });
 }
 
-/// Scatters a chunk's GEMM output, `[Cout, nb*P]`, to `[nb, Cout, P]` in `out`, adding the bias. Writes every slot of `out`. One task per
-/// example, so that chunks run one after another still scatter on every thread.
+/// Scatters a chunk's GEMM output for output pixels `q0 .. q0 + np` of each of its `nb`
+/// examples, `[Cout, nb*np]`, into their `[nb, Cout, P]` output `out`, adding the bias: slots
+/// `q0 .. q0 + np` of every channel (all of `out` for a whole chunk, `q0 = 0`, `np = P`). One
+/// task per example, so that chunks run one after another still scatter on every thread.
 pub(super) fn scatter(
     c: &[f32],
     cout: usize,
     p: usize,
+    q0: usize,
     bias: Option<&[f32]>,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let n = out.len() / cout.max(1);
+    let (nb, n) = (out.len() / (cout * p).max(1), c.len() / cout.max(1));
+    let np = n / nb.max(1);
+    assert!(
+        q0 + np <= p && nb * np == n,
+        "scatter of {n} columns at {q0} into {nb} x {p}"
+    );
     out.par_chunks_mut((cout * p).max(1))
         .enumerate()
         .for_each(|(j, ex)| {
-            for (co, out) in ex.chunks_mut(p).enumerate() {
-                write_channel(out, &c[co * n + j * p..][..p], bias.map(|b| b[co]));
+            for (co, o) in ex.chunks_mut(p).enumerate() {
+                let src = &c[co * n + j * np..][..np];
+                write_channel(&mut o[q0..q0 + np], src, bias.map(|b| b[co]));
             }
         });
 }
@@ -164,28 +174,6 @@ fn write_channel(out: &mut [MaybeUninit<f32>], src: &[f32], bias: Option<f32>) {
         None => out.iter_mut().zip(src).for_each(|(o, &s)| {
             o.write(s);
         }),
-    }
-}
-
-/// [`scatter`] of one piece of one example: the GEMM output of its `np` output pixels from
-/// `q0` on, `[Cout, np]`, into the example's `[Cout, P]` output `out`, adding the bias. Writes
-/// slots `c * P + q0 .. c * P + q0 + np` of `out`.
-pub(super) fn scatter_piece(
-    c: &[f32],
-    cout: usize,
-    p: usize,
-    q0: usize,
-    bias: Option<&[f32]>,
-    out: &mut [MaybeUninit<f32>],
-) {
-    let np = c.len() / cout.max(1);
-    assert!(q0 + np <= p && out.len() == cout * p);
-    for (co, o) in out.chunks_mut(p).enumerate() {
-        write_channel(
-            &mut o[q0..q0 + np],
-            &c[co * np..][..np],
-            bias.map(|b| b[co]),
-        );
     }
 }
 
