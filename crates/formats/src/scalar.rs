@@ -1,5 +1,5 @@
-//! Element-level quantisation: the plain f64 reference and the f32 formulation the fast
-//! kernels vectorise.
+//! Element-level quantisation: the plain f64 reference and the f32 formulation the portable
+//! kernel follows (and the SIMD kernels vectorise, stochastic rounding apart: see `run`).
 //!
 //! Every quantiser in this crate reduces to "scale by a power of two, round to an integer,
 //! clamp": `y = x * 2^k`, `q = clamp(R(y), lo, hi)`, value `q * 2^-k`. The reference below does

@@ -499,3 +499,67 @@ fn zero_draw_leaves_negative_integers_alone_in_every_kernel() {
         }
     }
 }
+
+#[test]
+fn stochastic_rounding_at_the_draws_own_boundary_in_every_kernel() {
+    // An off-by-one in a kernel's treatment of the fraction shows only when the draw sits right
+    // at the rounding boundary (one draw in 2^24), which random inputs never hit. So each value
+    // here is placed at its element's boundary, `floor(y + r / 2^24)` about to step: y = A -
+    // r / 2^24 and its f32 neighbours (which carry bits below 2^-24 when r < 2^23), for
+    // integers A of both signs, at k = 0 and scaled (k = 5), in every output type.
+    let mut rng = TestRng::fresh("sr_boundary");
+    let key = StreamKey::new(rng.next_u64(), 4);
+    let step = |v: f32, d: i32| {
+        let b = v.to_bits() as i64;
+        // One step away from zero or towards it, on the magnitude's bits (v != 0 here).
+        f32::from_bits((b + d as i64) as u32)
+    };
+    for trial in 0..300 {
+        let i = 40 + rng.below(1 << 30);
+        // Small draws too, where the neighbours' fine bits matter most.
+        let r = rng_draw(key, i);
+        for k in [0, 5] {
+            let p = ScaledInt {
+                k,
+                lo: if trial % 2 == 0 { -127 } else { -128 },
+                hi: 127,
+                rounding: Rounding::Stochastic,
+            };
+            for a in [0.0f32, 1.0, -1.0, 3.0, -5.0, 100.0, -126.0] {
+                let y0 = a - r as f32 / 16_777_216.0;
+                if y0 == 0.0 {
+                    continue;
+                }
+                for d in [-3, -2, -1, 0, 1, 2, 3] {
+                    let y = step(y0, d);
+                    let x = y * pow2(-k);
+                    let xs = vec![x; 40];
+                    let base = i - 17;
+                    let want: Vec<i32> = (0..40)
+                        .map(|j| quantize_scalar_ref(x, &p, rng_draw(key, base + j as u64)))
+                        .collect();
+                    for kern in RunKernel::available() {
+                        let what = format!("{kern:?} y={y:e} r={r} k={k}");
+                        let mut s = vec![0i32; 40];
+                        quantize_run_with(kern, &xs, OutRun::I32(&mut s), &p, key, base).unwrap();
+                        assert_eq!(s, want, "{what}");
+                        let mut s8 = vec![0i8; 40];
+                        quantize_run_with(kern, &xs, OutRun::I8(&mut s8), &p, key, base).unwrap();
+                        assert!(
+                            s8.iter().zip(&want).all(|(&a, &b)| a as i32 == b),
+                            "{what} i8"
+                        );
+                        let mut sf = vec![0f32; 40];
+                        quantize_run_with(kern, &xs, OutRun::F32(&mut sf), &p, key, base).unwrap();
+                        assert!(
+                            sf.iter().zip(&want).all(
+                                |(&a, &b)| a.to_bits() == (b as f32 * pow2(-k) + 0.0).to_bits()
+                            ),
+                            "{what} f32"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

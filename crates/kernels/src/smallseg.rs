@@ -108,13 +108,28 @@ pub(crate) fn run<T: QElem>(
         crate::ukernel::NR,
     );
     if blocks.len() == 1 {
-        run_block(&ctx, blocks[0]);
+        run_block_dispatch(&ctx, blocks[0]);
     } else {
-        blocks.par_iter().for_each(|&blk| run_block(&ctx, blk));
+        blocks
+            .par_iter()
+            .for_each(|&blk| run_block_dispatch(&ctx, blk));
     }
     Ok(())
 }
 
+/// [`run_block`] compiled for AVX2 where the isa has it, so that its conversions of A and B to
+/// f32 use 256-bit vectors.
+fn run_block_dispatch<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
+    #[cfg(target_arch = "x86_64")]
+    if ctx.isa.has_avx2() {
+        // SAFETY: AVX2 isas are only chosen when the CPU has AVX2 and FMA.
+        unsafe { avx2::run_block(ctx, blk) };
+        return;
+    }
+    run_block(ctx, blk)
+}
+
+#[inline(always)]
 fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
     let (mt, nt) = (blk.m1 - blk.m0, blk.n1 - blk.n0);
     if mt == 0 || nt == 0 {
@@ -276,8 +291,17 @@ fn rows_dispatch(isa: Isa, fused: bool, rb: &RowBlock<'_>, rows: usize, c: &mut 
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{row_block as row_block_plain, RowBlock, SbMode, R, W};
+    use super::{row_block as row_block_plain, Block, Ctx, QElem, RowBlock, SbMode, R, W};
     use std::arch::x86_64::*;
+
+    /// [`super::run_block`] compiled with AVX2 and FMA.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run_block<T: QElem>(ctx: &Ctx<'_, T>, blk: Block) {
+        super::run_block(ctx, blk)
+    }
 
     /// The unfused row block, compiled for AVX2.
     ///

@@ -251,13 +251,23 @@ impl Layer for Flatten {
     }
     fn forward(
         &mut self,
-        _ctx: &mut Ctx<'_>,
+        ctx: &mut Ctx<'_>,
         inputs: &[&Tensor],
-        _train: bool,
+        train: bool,
     ) -> Result<Tensor, NnError> {
         let x = one_input(&self.name, inputs)?;
-        self.in_shape = Some(x.shape.clone());
-        Tensor::new(x.data.clone(), vec![x.batch(), x.per_example()])
+        self.forward_owned(ctx, x.clone(), train)
+    }
+    /// A reshape: the handed-over buffer becomes the output, no copy.
+    fn forward_owned(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        x: Tensor,
+        _train: bool,
+    ) -> Result<Tensor, NnError> {
+        let shape = vec![x.batch(), x.per_example()];
+        self.in_shape = Some(x.shape);
+        Tensor::new(x.data, shape)
     }
     fn backward(&mut self, _ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
         let shape = self.in_shape.clone().ok_or_else(|| NnError::NoForward {
