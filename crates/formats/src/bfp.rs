@@ -14,6 +14,9 @@ use crate::QuantError;
 const PAR_THRESHOLD: usize = 1 << 15;
 /// Work unit for parallel passes.
 const PAR_CHUNK: usize = 1 << 14;
+/// Work unit of the per-block pass ([`quantize_blocks`]): whole blocks, so smaller than
+/// `PAR_CHUNK` for the threads to share a small tensor evenly (LogReg's 128 blocks of 784).
+const BLOCK_TASK: usize = 1 << 12;
 
 /// `floor(log2(v))` of a positive finite float given its raw bits (frexp-style: exact for powers
 /// of two and for subnormals).
@@ -155,6 +158,93 @@ fn quantize_runs<T: RunSink>(
     }
 }
 
+/// Largest block the fused pass ([`quantize_blocks`]) takes: 256 KiB of f32, so that its
+/// rounding re-reads the block from L2 rather than from memory.
+const FUSED_MAX: usize = 1 << 16;
+
+/// One task of [`quantize_blocks`]: its runs (one per block), its slice of the output (from
+/// the first run's start, which is the last field), and its blocks' exponents.
+type BlockTask<'a, T> = (&'a [Run], &'a mut [T], &'a mut [i8], usize);
+
+/// Shared exponents of every block of `x`, and its mantissas (or fake-quantised values) in
+/// `out`. Where each block is one contiguous run of at most [`FUSED_MAX`] elements (per-example
+/// blocks of activations and errors), each block is done whole, its maximum and then its
+/// rounding, in one parallel pass over the blocks; otherwise [`block_exponents`] and then
+/// [`quantize_runs`], two passes over the tensor. The same bits either way: exponents come from
+/// the same maxima, and a run's rounding does not depend on how the runs are cut.
+fn quantize_blocks<T: RunSink>(
+    x: &[f32],
+    out: &mut [T],
+    layout: &BlockLayout,
+    fmt: &BfpFormat,
+    key: StreamKey,
+    tensor: &str,
+) -> Result<Vec<i8>, QuantError> {
+    check_len(x.len(), layout, tensor)?;
+    let runs = layout.runs();
+    let fused = layout.num_blocks >= 2
+        && runs.len() == layout.num_blocks
+        && runs
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.block == i && r.len <= FUSED_MAX);
+    if !fused {
+        let exps = block_exponents(x, layout, fmt, tensor)?;
+        quantize_runs(x, out, layout, fmt, &exps, key);
+        return Ok(exps);
+    }
+    let mut exps = vec![0i8; runs.len()];
+    // Tasks of consecutive blocks, about `BLOCK_TASK` elements each, with their slices of the
+    // output (runs are ordered and disjoint) and of the exponents.
+    let mut tasks: Vec<BlockTask<'_, T>> = Vec::new();
+    let (mut rest, mut erest, mut pos, mut b0) = (out, exps.as_mut_slice(), 0, 0);
+    while b0 < runs.len() {
+        let (mut b1, mut n) = (b0, 0);
+        while b1 < runs.len() && (b1 == b0 || n + runs[b1].len <= BLOCK_TASK) {
+            n += runs[b1].len;
+            b1 += 1;
+        }
+        let (start, end) = (runs[b0].start, runs[b1 - 1].start + runs[b1 - 1].len);
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(start - pos);
+        let (piece, tail) = tail.split_at_mut(end - start);
+        let (e, etail) = std::mem::take(&mut erest).split_at_mut(b1 - b0);
+        tasks.push((&runs[b0..b1], piece, e, start));
+        (rest, erest, pos, b0) = (tail, etail, end, b1);
+    }
+    // Whether the task met a non-finite value (it stops there; the error names the first).
+    let work = |(rs, piece, e, base): BlockTask<'_, T>| -> bool {
+        for (r, eo) in rs.iter().zip(e.iter_mut()) {
+            let xs = &x[r.start..r.start + r.len];
+            let m = max_abs_bits(xs);
+            if m >= 0x7f80_0000 {
+                return true;
+            }
+            let ex = shared_exponent(fmt, m);
+            *eo = ex as i8;
+            let o = &mut piece[r.start - base..r.start - base + r.len];
+            quantize_run(xs, T::wrap(o), &block_params(fmt, ex), key, r.start as u64);
+        }
+        false
+    };
+    let bad = if x.len() >= PAR_THRESHOLD {
+        tasks
+            .into_par_iter()
+            .map(work)
+            .reduce(|| false, |a, b| a | b)
+    } else {
+        tasks.into_iter().map(work).fold(false, |a, b| a | b)
+    };
+    if bad {
+        let i = first_non_finite(x, runs).unwrap_or(0);
+        return Err(QuantError::NonFinite {
+            tensor: tensor.to_string(),
+            index: i,
+            value: x[i],
+        });
+    }
+    Ok(exps)
+}
+
 /// Mantissa storage: one byte per element for wl <= 8, two otherwise.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mantissas {
@@ -237,15 +327,14 @@ pub fn quantize_bfp(
 ) -> Result<BfpTensor, QuantError> {
     fmt.validate().map_err(QuantError::Format)?;
     let layout = BlockLayout::new(shape, fmt.block)?;
-    let exponents = block_exponents(x, &layout, fmt, tensor)?;
-    let mantissas = if fmt.fits_i8() {
+    let (mantissas, exponents) = if fmt.fits_i8() {
         let mut m = vec![0i8; x.len()];
-        quantize_runs(x, &mut m, &layout, fmt, &exponents, key);
-        Mantissas::I8(m)
+        let e = quantize_blocks(x, &mut m, &layout, fmt, key, tensor)?;
+        (Mantissas::I8(m), e)
     } else {
         let mut m = vec![0i16; x.len()];
-        quantize_runs(x, &mut m, &layout, fmt, &exponents, key);
-        Mantissas::I16(m)
+        let e = quantize_blocks(x, &mut m, &layout, fmt, key, tensor)?;
+        (Mantissas::I16(m), e)
     };
     Ok(BfpTensor {
         format: *fmt,
@@ -272,8 +361,7 @@ pub fn quantize_bfp_i8_into(
         )));
     }
     check_len(mant.len(), layout, tensor)?;
-    let exps = block_exponents(x, layout, fmt, tensor)?;
-    quantize_runs(x, mant, layout, fmt, &exps, key);
+    let exps = quantize_blocks(x, mant, layout, fmt, key, tensor)?;
     scales.clear();
     scales.extend(exps.iter().map(|&e| fmt.scale(e as i32)));
     Ok(())
@@ -290,8 +378,7 @@ pub fn quantize_bfp_i16_into(
     scales: &mut Vec<f32>,
 ) -> Result<(), QuantError> {
     check_len(mant.len(), layout, tensor)?;
-    let exps = block_exponents(x, layout, fmt, tensor)?;
-    quantize_runs(x, mant, layout, fmt, &exps, key);
+    let exps = quantize_blocks(x, mant, layout, fmt, key, tensor)?;
     scales.clear();
     scales.extend(exps.iter().map(|&e| fmt.scale(e as i32)));
     Ok(())
@@ -309,8 +396,7 @@ pub fn fake_quantize_bfp(
 ) -> Result<(), QuantError> {
     fmt.validate().map_err(QuantError::Format)?;
     check_len(out.len(), layout, tensor)?;
-    let exps = block_exponents(x, layout, fmt, tensor)?;
-    quantize_runs(x, out, layout, fmt, &exps, key);
+    quantize_blocks(x, out, layout, fmt, key, tensor)?;
     Ok(())
 }
 

@@ -563,3 +563,49 @@ fn stochastic_rounding_at_the_draws_own_boundary_in_every_kernel() {
         }
     }
 }
+
+#[test]
+fn per_block_pass_matches_the_reference_and_names_the_first_non_finite() {
+    // Per-example blocks of up to 2^16 elements are quantised block by block (maximum, then
+    // rounding) in one parallel pass; larger ones in two passes over the tensor. Both against
+    // the reference, on sizes that cut the pass's tasks unevenly, in each output type.
+    let mut rng = TestRng::fresh("per_block_pass");
+    for shape in [
+        vec![37usize, 1031],
+        vec![3, 65536],
+        vec![2, 65537],
+        vec![129, 7, 33],
+    ] {
+        let n: usize = shape.iter().product();
+        let x = rng.vec_normalish(n, 4.0);
+        for (wl, rounding) in [(8, Rounding::Stochastic), (12, Rounding::NearestEven)] {
+            let f = fmt(wl, Block::Axis(0), rounding);
+            let key = StreamKey::new(rng.next_u64(), 2);
+            let t = quantize_bfp(&x, &shape, &f, key, "x").unwrap();
+            let (q_ref, e_ref) = quantize_bfp_ref(&x, &shape, &f, key).unwrap();
+            assert_eq!(mantissas_i32(&t), q_ref, "{f} {shape:?}");
+            let e: Vec<i32> = t.exponents.iter().map(|&e| e as i32).collect();
+            assert_eq!(e, e_ref, "{f} {shape:?} exponents");
+            let mut fake = vec![0f32; n];
+            fake_quantize_bfp(&x, &t.layout, &f, key, "x", &mut fake).unwrap();
+            let deq = t.dequantize();
+            assert!(
+                fake.iter()
+                    .zip(&deq)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{f} {shape:?} fake vs packed"
+            );
+        }
+    }
+    // Two non-finite values in different tasks of the parallel pass: the error names the first.
+    let shape = [40usize, 1000];
+    let mut x = rng.vec_normalish(40_000, 1.0);
+    x[31_234] = f32::NAN;
+    x[2_345] = f32::NEG_INFINITY;
+    let f = fmt(8, Block::Axis(0), Rounding::Stochastic);
+    let e = quantize_bfp(&x, &shape, &f, StreamKey::new(1, 1), "errors of conv3").unwrap_err();
+    assert!(
+        matches!(&e, QuantError::NonFinite { tensor, index: 2_345, .. } if tensor == "errors of conv3"),
+        "{e}"
+    );
+}
