@@ -180,7 +180,6 @@ fn quantize_blocks<T: RunSink>(
     key: StreamKey,
     tensor: &str,
 ) -> Result<Vec<i8>, QuantError> {
-    check_len(x.len(), layout, tensor)?;
     let runs = layout.runs();
     let fused = layout.num_blocks >= 2
         && runs.len() == layout.num_blocks
@@ -193,6 +192,7 @@ fn quantize_blocks<T: RunSink>(
         quantize_runs(x, out, layout, fmt, &exps, key);
         return Ok(exps);
     }
+    check_len(x.len(), layout, tensor)?;
     let mut exps = vec![0i8; runs.len()];
     // Tasks of consecutive blocks, about `BLOCK_TASK` elements each, with their slices of the
     // output (runs are ordered and disjoint) and of the exponents.

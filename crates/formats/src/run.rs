@@ -478,6 +478,9 @@ mod avx2 {
     }
 
     /// One vector `xv`: its rounded, clamped mantissas (`r`: its random bits when stochastic).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the caller is compiled with them).
     #[inline(always)]
     unsafe fn round_vec<const M: u8>(k: &Consts, xv: __m256, r: __m256i) -> __m256i {
         let y = _mm256_mul_ps(_mm256_mul_ps(xv, k.f0), k.f1);
@@ -507,6 +510,9 @@ mod avx2 {
     /// `y` is clamped to `[lo, hi]` first, which changes no result (a value beyond a bound
     /// rounds onto or beyond it) and keeps `y * 2^24` and `a` exact in f32 and i32 (|lo|, |hi|
     /// <= 2^23). Fewer operations than `round_scaled_f32`'s form, and no blend.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the caller is compiled with them).
     #[inline(always)]
     unsafe fn stochastic_vec(k: &Consts, xv: __m256, y: __m256, r: __m256i) -> __m256i {
         let yc = _mm256_min_ps(_mm256_max_ps(y, k.lo), k.hi);
@@ -531,6 +537,10 @@ mod avx2 {
     }
 
     /// Writes one vector's mantissas at element `off` of an output of kind `O`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `optr` points to an output of kind `O` (elements of
+    /// `i8`, `i16`, `i32` or `f32`) with at least `off + 8` elements.
     #[inline(always)]
     unsafe fn store_vec<const O: u8>(k: &Consts, optr: *mut u8, off: usize, v: __m256i) {
         match O {

@@ -22,6 +22,18 @@ fn mantissas_i32(t: &BfpTensor) -> Vec<i32> {
     (0..t.mantissas.len()).map(|i| t.mantissas.get(i)).collect()
 }
 
+/// Fake quantisation of `x` gives the bits of `t` (its packed form) dequantised.
+fn assert_fake_is_packed(x: &[f32], t: &BfpTensor, f: &BfpFormat, key: StreamKey, what: &str) {
+    let mut fake = vec![0f32; x.len()];
+    fake_quantize_bfp(x, &t.layout, f, key, "x", &mut fake).unwrap();
+    let deq = t.dequantize();
+    assert_eq!(
+        fake.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        deq.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        "{what} fake vs packed"
+    );
+}
+
 #[test]
 fn floor_log2_is_exact_at_powers_of_two_and_subnormals() {
     for k in -149..=127 {
@@ -87,14 +99,7 @@ fn fast_quantiser_matches_reference_on_awkward_inputs() {
                         let e: Vec<i32> = t.exponents.iter().map(|&e| e as i32).collect();
                         assert_eq!(e, e_ref, "{f} exponents");
                         // fake quantisation gives the same numbers as packed + dequantise
-                        let mut fake = vec![0f32; n];
-                        fake_quantize_bfp(&x, &t.layout, &f, key, "x", &mut fake).unwrap();
-                        let deq = t.dequantize();
-                        assert_eq!(
-                            fake.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                            deq.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                            "{f} fake vs packed"
-                        );
+                        assert_fake_is_packed(&x, &t, &f, key, &format!("{f}"));
                     }
                 }
             }
@@ -586,15 +591,7 @@ fn per_block_pass_matches_the_reference_and_names_the_first_non_finite() {
             assert_eq!(mantissas_i32(&t), q_ref, "{f} {shape:?}");
             let e: Vec<i32> = t.exponents.iter().map(|&e| e as i32).collect();
             assert_eq!(e, e_ref, "{f} {shape:?} exponents");
-            let mut fake = vec![0f32; n];
-            fake_quantize_bfp(&x, &t.layout, &f, key, "x", &mut fake).unwrap();
-            let deq = t.dequantize();
-            assert!(
-                fake.iter()
-                    .zip(&deq)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{f} {shape:?} fake vs packed"
-            );
+            assert_fake_is_packed(&x, &t, &f, key, &format!("{f} {shape:?}"));
         }
     }
     // Two non-finite values in different tasks of the parallel pass: the error names the first.

@@ -215,9 +215,8 @@ pub(super) fn flip_weights(w: &Operand, cout: usize, cin: usize, k: usize, raw: 
 }
 
 fn flip<T: Copy + Default + Send + Sync>(w: &[T], cout: usize, cin: usize, k: usize) -> Vec<T> {
-    // Common filter sizes reverse as fixed-size arrays, which the compiler unrolls; a loop of
-    // run-time length 9 per filter made the flip twice as slow (VGG16's 512x512: 3.0-3.9 ms
-    // against 1.6-1.7 at one thread, f32).
+    // Common filter sizes reverse as fixed-size arrays, which the compiler unrolls: a loop of
+    // run-time length per filter made the flip about twice as slow.
     match k * k {
         9 => flip_with(w, cout, cin, 9, reverse_fixed::<T, 9>),
         1 => flip_with(w, cout, cin, 1, reverse_fixed::<T, 1>),
