@@ -43,6 +43,10 @@ const F32_MAX_BLOCKS: usize = 16;
 /// Shorter side of C from which `gemm`'s blocks may follow the thread count.
 const GEMM_FREE_CUT_MIN_SIDE: usize = 16;
 
+/// Shortest block, along the side that is cut, of a `gemm` call whose blocks follow the thread
+/// count.
+const GEMM_FREE_BLOCK_MIN: usize = 96;
+
 /// Blocks of C for the f32 GEMM with `imp` on `threads` workers.
 ///
 /// `gemm` cuts K into steps that depend on K alone and the cache sizes, and adds each step's
@@ -51,8 +55,9 @@ const GEMM_FREE_CUT_MIN_SIDE: usize = 16;
 /// at most 64 x 64 with a shorter K step, one row or column, K <= 2). Blocks of at least 96 by
 /// at least [`GEMM_FREE_CUT_MIN_SIDE`] stay clear of them, so for C at least that wide
 /// (`f32_same_bits_at_1_2_3_4_threads` checks it) one thread makes one call, which packs the
-/// shared operand once rather than once per block. Otherwise the blocks are a function of the
-/// shape only.
+/// shared operand once rather than once per block, and more threads make one call each where
+/// every block is at least [`GEMM_FREE_BLOCK_MIN`] long. Otherwise the blocks are a function of
+/// the shape only.
 fn f32_blocks(
     imp: F32Impl,
     m: usize,
@@ -65,6 +70,10 @@ fn f32_blocks(
     let free = imp == F32Impl::Gemm && m.min(n) >= GEMM_FREE_CUT_MIN_SIDE;
     let parts = if macs < (1 << 21) || (free && threads == 1) {
         1
+    } else if free && len >= threads * GEMM_FREE_BLOCK_MIN {
+        // One block per thread: each block packs the shared operand again, so more blocks
+        // than threads only repeat that work.
+        threads
     } else {
         // An even count from 2 up (each block at least 96 long): two cores given 3 or 5 equal
         // blocks idle one for a block (VGG16's 256-channel 8x8 layers at batch 32, C of 256 x

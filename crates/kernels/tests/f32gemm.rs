@@ -113,6 +113,9 @@ fn f32_same_bits_at_1_2_3_4_threads() {
         (300, 2, 4000),
         (1, 3000, 1000),
         (15, 20000, 15),
+        // One block per thread at the shortest such block (96 along the cut side).
+        (120, 200, 192),
+        (288, 300, 100),
     ];
     for (i, &(m, k, n)) in shapes.iter().enumerate() {
         let seed = 50 + i as u64;
