@@ -19,6 +19,7 @@ def main(out):
     meta = dict(line.rstrip("\n").split(" ", 1) for line in open(f"{out}/meta") if " " in line)
     bins = ["head"] + (["baseline"] if "baseline" in meta else [])
     ours = {}  # (net, threads, bin, precision) -> {round: ms}
+    machines = {}  # bin -> the processor and kernel families its records name
     for f in glob.glob(f"{out}/*-r*.json"):
         m = re.fullmatch(r"(head|baseline)-(\w+)-r(\d+)\.json", f.rsplit("/", 1)[-1])
         if not m:
@@ -27,6 +28,8 @@ def main(out):
         for rec in json.load(open(f)):
             key = (net, rec["threads"], b, rec["precision"])
             ours.setdefault(key, {})[r] = rec["median_ms"]
+            if "machine" in rec:
+                machines.setdefault(b, set()).add(rec["machine"])
     peer = {}  # (net, threads) -> {round: ms}; the peer prints each record twice
     capabilities = set()
     for f in glob.glob(f"{out}/peer-*-r*.jsonl"):
@@ -42,7 +45,11 @@ def main(out):
     cols = [(b, p) for p in ("bfp8", "fp32") for b in bins]
     print(f"{meta.get('cpu', '?')}; cap {meta.get('cap', '?')}; PyTorch capability "
           f"{'/'.join(sorted(capabilities)) or '?'}; {meta.get('start', '?')} .. "
-          f"{meta.get('end', 'unfinished')}\n")
+          f"{meta.get('end', 'unfinished')}")
+    for b in bins:
+        for m in sorted(machines.get(b, ())):
+            print(f"{label[b]}: {m}")
+    print()
     print("| network | threads | " + " | ".join(f"{p} {label[b]}" for b, p in cols)
           + " | PyTorch fp32 |")
     print("| --- | --- | " + " | ".join("---" for _ in cols) + " | --- |")

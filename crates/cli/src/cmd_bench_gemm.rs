@@ -177,17 +177,10 @@ fn print_table(
             lowprec_kernels::lowbit::BitIsa::detect()
         );
     }
-    use lowprec_formats::isa;
     let family = format!(
-        "i8 kernels: {:?}; LOWPREC_ISA cap {} on a CPU with {}; f32-gemm picks its own kernels{}",
-        Isa::detect(),
-        isa::cap().name(),
-        isa::cpu_level().name(),
-        if lowprec_kernels::f32gemm::GEMM_AVX512_BUILT {
-            ""
-        } else {
-            " (built without gemm-avx512: AVX2/FMA at most)"
-        }
+        "{}; {}",
+        crate::util::cpu_description(),
+        crate::util::kernel_families()
     );
     match peak {
         Some((p, what)) => println!(

@@ -49,6 +49,8 @@ pub struct TrainBenchRecord {
     pub min_ms: f64,
     pub samples_per_sec: f64,
     pub peak_rss_mb: f64,
+    /// The processor and the kernel families that ran (the line under the table).
+    pub machine: String,
 }
 
 /// Peak resident memory of this process so far (VmHWM), in MB.
@@ -123,6 +125,11 @@ pub fn run(a: &BenchTrainArgs) -> Result<()> {
         bail!("--threads and --batch must be at least 1");
     }
     let mut records = Vec::new();
+    let machine = format!(
+        "{}; {}",
+        crate::util::cpu_description(),
+        crate::util::kernel_families()
+    );
     println!(
         "{:<20} {:<8} {:>6} {:>7} {:>7} {:>11} {:>9} {:>12} {:>9}",
         "config", "prec", "batch", "threads", "iters", "median ms", "min ms", "samples/s", "RSS MB"
@@ -148,6 +155,7 @@ pub fn run(a: &BenchTrainArgs) -> Result<()> {
                         min_ms: min,
                         samples_per_sec: batch as f64 / (med / 1e3),
                         peak_rss_mb: peak_rss_mb(),
+                        machine: machine.clone(),
                     };
                     println!(
                         "{:<20} {:<8} {:>6} {:>7} {:>7} {:>11.3} {:>9.3} {:>12.0} {:>9.0}",
@@ -166,6 +174,7 @@ pub fn run(a: &BenchTrainArgs) -> Result<()> {
             }
         }
     }
+    println!("({machine})");
     if let Some(p) = &a.json {
         crate::util::write_atomic(p, serde_json::to_string_pretty(&records)?.as_bytes())?;
         eprintln!("wrote {}", p.display());

@@ -63,6 +63,40 @@ pub fn check_threads(t: usize) -> Result<()> {
     Ok(())
 }
 
+/// The processor, as `/proc/cpuinfo` names it ("AMD EPYC, family 25 model 17"), for the line
+/// under a benchmark's figures; "unknown CPU" where that file is missing or says nothing.
+pub fn cpu_description() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim().to_string())
+    };
+    match (field("model name"), field("cpu family"), field("model")) {
+        (Some(name), Some(fam), Some(model)) => format!("{name}, family {fam} model {model}"),
+        (Some(name), _, _) => name,
+        _ => "unknown CPU".to_string(),
+    }
+}
+
+/// The kernel families this process runs: the i8 GEMM family, the `LOWPREC_ISA` cap beside what
+/// the CPU has, and the f32 GEMM's build. Printed under every benchmark's figures.
+pub fn kernel_families() -> String {
+    use lowprec_formats::isa;
+    format!(
+        "i8 kernels: {:?}; LOWPREC_ISA cap {} on a CPU with {}; f32-gemm picks its own kernels{}",
+        lowprec_kernels::Isa::detect(),
+        isa::cap().name(),
+        isa::cpu_level().name(),
+        if lowprec_kernels::f32gemm::GEMM_AVX512_BUILT {
+            ""
+        } else {
+            " (built without gemm-avx512: AVX2/FMA at most)"
+        }
+    )
+}
+
 /// Runs `f` in a rayon pool of `threads` threads (checked by [`check_threads`]).
 pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
     check_threads(threads)?;
