@@ -292,8 +292,7 @@ pub fn col2im(g: &ConvGeom, col: &[f32], nb: usize, dx: &mut [f32]) {
         // Same order of additions as below: kernel offsets in (ki, kj) order, and one offset
         // never adds twice to an input pixel.
         let tables = gather_tables(g);
-        dx.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
-            let (j, c) = (i / g.cin, i % g.cin);
+        planes_channel_major(dx, nb, g.cin, hw, |j, c, plane| {
             plane.fill(0.0);
             for off in 0..k * k {
                 let tab = &tables[off * p..][..p];
@@ -339,6 +338,31 @@ pub fn col2im(g: &ConvGeom, col: &[f32], nb: usize, dx: &mut [f32]) {
                 }
             }
         }
+    });
+}
+
+/// Runs `plane(j, c, out)` for every input plane (example `j`, channel `c`) of `dx`
+/// (`[nb, cin, hw]`), the tasks going channel by channel. A plane reads `P` values from each
+/// of its channel's `k*k` rows of `col`, at offset `j*P`: taken channel-major, consecutive
+/// planes read on along the same rows, where example-major order jumps to `k*k` rows a page
+/// or more apart for every small plane. The planes are made in that order in a buffer and
+/// copied into place, which costs more than it saves once planes are large (the 3x3 stride-2
+/// path keeps example-major order).
+fn planes_channel_major(
+    dx: &mut [f32],
+    nb: usize,
+    cin: usize,
+    hw: usize,
+    plane: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    let mut by_channel = vec![0f32; dx.len()];
+    by_channel
+        .par_chunks_mut(hw)
+        .enumerate()
+        .for_each(|(i, out)| plane(i % nb, i / nb, out));
+    dx.par_chunks_mut(hw).enumerate().for_each(|(i, out)| {
+        let (j, c) = (i / cin, i % cin);
+        out.copy_from_slice(&by_channel[(c * nb + j) * hw..][..hw]);
     });
 }
 

@@ -183,9 +183,9 @@ pub(super) struct BackwardChunks<'a> {
     pub g: &'a ConvGeom,
     pub cout: usize,
     pub wq: Option<&'a Operand>,
-    /// The weights as floats, transposed (`[rows, Cout]`), when the col2im route's dcol GEMM
-    /// runs in float.
-    pub wft: Option<&'a [f32]>,
+    /// The weights as floats (`[Cout, rows]`), when the col2im route's dcol GEMM runs in
+    /// float; it reads them transposed through strides.
+    pub wf: Option<&'a [f32]>,
     pub dyq: &'a Operand,
     pub xq: &'a Operand,
     pub chunk: usize,
@@ -321,7 +321,7 @@ impl BackwardChunks<'_> {
                     clock(&mut t.gemm, || backend.gemm_q8(a, bq, spec, cm)).map_err(kerr)?;
                 }
                 _ => {
-                    let wft = self.wft.expect("float weights prepared by the caller");
+                    let wf = self.wf.expect("float weights prepared by the caller");
                     let eft = match eft {
                         Some(e) => e,
                         None => by_channel(self.dyq.rows_f32(b0, nb), cout, p, nb, &mut t),
@@ -329,7 +329,7 @@ impl BackwardChunks<'_> {
                     let cm = MatMut::row_major(&mut dcol, rows, n).map_err(kerr)?;
                     clock(&mut t.gemm, || {
                         backend.gemm_f32(
-                            row_major(wft, rows, cout),
+                            row_major(wf, cout, rows).t(),
                             row_major(&eft, cout, n),
                             false,
                             cm,

@@ -394,16 +394,11 @@ impl Conv2d {
         let (rows, cout) = (g.col_rows(), self.cout);
         let float_dw = dyq.i8_rows().is_none() || xq.i8_rows().is_none();
         let wq = self.wq.as_ref().map(|w| &w.1);
-        // Float weights, transposed, for the dcol GEMM unless it runs on 8-bit weights and
-        // errors (the float dW path leaves the errors without their 8-bit gather).
+        // Float weights for the dcol GEMM (read transposed in place) unless it runs on 8-bit
+        // weights and errors (the float dW path leaves the errors without their 8-bit gather).
         let int_dcol = !float_dw && wq.and_then(Operand::i8_rows).is_some();
-        let wft = match wq {
-            Some(w) if col2im_dx && !int_dcol => {
-                let wf = w.floats(&self.weight.value);
-                let mut t = vec![0f32; rows * cout];
-                ctx.timed(Category::Other, |_| transpose_into(&wf, cout, rows, &mut t));
-                Some(t)
-            }
+        let wf = match wq {
+            Some(w) if col2im_dx && !int_dcol => Some(w.floats(&self.weight.value)),
             _ => None,
         };
         let dw_cout_major = float_dw_cout_major(cout);
@@ -413,7 +408,7 @@ impl Conv2d {
             g: &g,
             cout,
             wq,
-            wft: wft.as_deref(),
+            wf: wf.as_deref(),
             dyq,
             xq,
             chunk: even_chunk(
