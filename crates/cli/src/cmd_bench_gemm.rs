@@ -177,11 +177,7 @@ fn print_table(
             lowprec_kernels::lowbit::BitIsa::detect()
         );
     }
-    let family = format!(
-        "{}; {}",
-        crate::util::cpu_description(),
-        crate::util::kernel_families()
-    );
+    let family = crate::util::machine_line();
     match peak {
         Some((p, what)) => println!(
             "(median of the timed runs; 1 MAC = 2 ops; {family}; % peak is of {p:.1} GOP/s per thread, {what}, measured just now: `lowprec bench peak`)"

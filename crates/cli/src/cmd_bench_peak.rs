@@ -40,12 +40,10 @@ pub fn run(a: &BenchPeakArgs) -> Result<()> {
             r.form, r.macs_per_unit, r.munits_per_s, r.per_cycle, r.gops
         );
     }
-    use lowprec_formats::isa as cap;
     println!(
-        "(clock {clock:.2} GHz from the dependent chain; 1 MAC = 2 ops; i8 kernels: {isa:?} (* = the form \
-         its inner loop issues, the 100% of `bench gemm`); LOWPREC_ISA cap {} on a CPU with {})",
-        cap::cap().name(),
-        cap::cpu_level().name()
+        "(clock {clock:.2} GHz from the dependent chain; 1 MAC = 2 ops; * = the form the i8 \
+         kernels' inner loop issues, the 100% of `bench gemm`)\n({})",
+        crate::util::machine_line()
     );
     if let Some(p) = &a.json {
         crate::util::write_atomic(p, serde_json::to_string_pretty(&recs)?.as_bytes())?;

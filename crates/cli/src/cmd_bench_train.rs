@@ -125,11 +125,7 @@ pub fn run(a: &BenchTrainArgs) -> Result<()> {
         bail!("--threads and --batch must be at least 1");
     }
     let mut records = Vec::new();
-    let machine = format!(
-        "{}; {}",
-        crate::util::cpu_description(),
-        crate::util::kernel_families()
-    );
+    let machine = crate::util::machine_line();
     println!(
         "{:<20} {:<8} {:>6} {:>7} {:>7} {:>11} {:>9} {:>12} {:>9}",
         "config", "prec", "batch", "threads", "iters", "median ms", "min ms", "samples/s", "RSS MB"

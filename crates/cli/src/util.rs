@@ -63,9 +63,15 @@ pub fn check_threads(t: usize) -> Result<()> {
     Ok(())
 }
 
-/// The processor, as `/proc/cpuinfo` names it ("AMD EPYC, family 25 model 17"), for the line
-/// under a benchmark's figures; "unknown CPU" where that file is missing or says nothing.
-pub fn cpu_description() -> String {
+/// The line every benchmark prints under its figures: the processor and the kernel families
+/// that ran ([`cpu_description`]; [`kernel_families`]).
+pub fn machine_line() -> String {
+    format!("{}; {}", cpu_description(), kernel_families())
+}
+
+/// The processor, as `/proc/cpuinfo` names it ("AMD EPYC, family 25 model 17"); "unknown CPU"
+/// where that file is missing or says nothing.
+fn cpu_description() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |key: &str| {
         info.lines()
@@ -81,8 +87,8 @@ pub fn cpu_description() -> String {
 }
 
 /// The kernel families this process runs: the i8 GEMM family, the `LOWPREC_ISA` cap beside what
-/// the CPU has, and the f32 GEMM's build. Printed under every benchmark's figures.
-pub fn kernel_families() -> String {
+/// the CPU has, and the f32 GEMM's build.
+fn kernel_families() -> String {
     use lowprec_formats::isa;
     format!(
         "i8 kernels: {:?}; LOWPREC_ISA cap {} on a CPU with {}; f32-gemm picks its own kernels{}",

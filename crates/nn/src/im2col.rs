@@ -345,9 +345,9 @@ pub fn col2im(g: &ConvGeom, col: &[f32], nb: usize, dx: &mut [f32]) {
 /// (`[nb, cin, hw]`), the tasks going channel by channel. A plane reads `P` values from each
 /// of its channel's `k*k` rows of `col`, at offset `j*P`: taken channel-major, consecutive
 /// planes read on along the same rows, where example-major order jumps to `k*k` rows a page
-/// or more apart for every small plane. The planes are made in that order in a buffer and
-/// copied into place, which costs more than it saves once planes are large (the 3x3 stride-2
-/// path keeps example-major order).
+/// or more apart for every small plane. The planes are made in that order in a pooled buffer
+/// (`plane` writes the whole of `out`) and copied into place, which costs more than it saves
+/// once planes are large (the 3x3 stride-2 path keeps example-major order).
 fn planes_channel_major(
     dx: &mut [f32],
     nb: usize,
@@ -355,7 +355,7 @@ fn planes_channel_major(
     hw: usize,
     plane: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
-    let mut by_channel = vec![0f32; dx.len()];
+    let mut by_channel = crate::scratch::Scratch::<f32>::new(dx.len());
     by_channel
         .par_chunks_mut(hw)
         .enumerate()
