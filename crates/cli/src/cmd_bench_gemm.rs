@@ -31,7 +31,7 @@ pub struct BenchGemmArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "i8,f32,ternary-a2,binary-xnor"
+        default_value = "i8,i8-relu,f32,ternary-a2,binary-xnor"
     )]
     pub kernels: Vec<String>,
     /// Shrink every dimension above 512 by 16x (at least 512) and use 2 repetitions: a smoke test.
@@ -105,11 +105,35 @@ fn print_table(
     let floats: Vec<BenchKernel> = kernels.iter().copied().filter(|k| k.is_f32()).collect();
     let lowbits: Vec<BenchKernel> = kernels.iter().copied().filter(|k| k.is_lowbit()).collect();
     let has_i8 = kernels.contains(&BenchKernel::I8);
-    // The ceiling is measured here, on this machine, not carried over from another one.
-    let peak = lowprec_kernels::peak::gemm_peak_gops(Isa::detect(), 50);
+    let i8s: Vec<BenchKernel> = kernels.iter().copied().filter(|k| k.is_i8()).collect();
+    // The family each 8-bit kernel runs on: signed B never takes the unbiased k-quad one.
+    let isa = Isa::detect();
+    let family = |k: BenchKernel| {
+        if k == BenchKernel::I8 && isa.unbiased_b() {
+            isa.pair_isa()
+        } else {
+            isa
+        }
+    };
+    // The ceilings are measured here, on this machine, not carried over from another one.
+    let mut peaks: Vec<(Isa, Option<(f64, &'static str)>)> = Vec::new();
+    for &k in &i8s {
+        if !peaks.iter().any(|(f, _)| *f == family(k)) {
+            peaks.push((
+                family(k),
+                lowprec_kernels::peak::gemm_peak_gops(family(k), 50),
+            ));
+        }
+    }
+    let peak_of = |k: BenchKernel| {
+        peaks
+            .iter()
+            .find(|(f, _)| *f == family(k))
+            .and_then(|p| p.1)
+    };
     let mut header = format!("{:<22} {:>7}", "shape MxKxN", "threads");
-    if has_i8 {
-        header += &format!(" {:>9} {:>8}", "i8 GOP/s", "% peak");
+    for &k in &i8s {
+        header += &format!(" {:>13} {:>7}", format!("{} GOP/s", k.name()), "% peak");
     }
     for l in &lowbits {
         header += &format!(" {:>18}", format!("{} GOP/s", l.name()));
@@ -120,21 +144,27 @@ fn print_table(
     for f in &floats {
         header += &format!(" {:>22}", format!("{} GFLOP/s", f.name()));
     }
-    if kernels.contains(&BenchKernel::I8) && !floats.is_empty() {
-        header += &format!(" {:>14}", "i8/best f32");
+    if !floats.is_empty() {
+        for &k in &i8s {
+            header += &format!(" {:>18}", format!("{}/best f32", k.name()));
+        }
     }
     println!("{header}");
     for s in shapes {
         for &t in threads {
             let mut line = format!("{:<22} {t:>7}", format!("{}x{}x{}", s.m, s.k, s.n));
             let i8r = find(BenchKernel::I8, s, t);
-            if let Some(r) = i8r {
-                match peak {
-                    Some((p, _)) => {
-                        line +=
-                            &format!(" {:>9.1} {:>7.0}%", r.gops, 100.0 * r.gops / (p * t as f64))
+            for &k in &i8s {
+                match (find(k, s, t), peak_of(k)) {
+                    (Some(r), Some((p, _))) => {
+                        line += &format!(
+                            " {:>13.1} {:>6.0}%",
+                            r.gops,
+                            100.0 * r.gops / (p * t as f64)
+                        )
                     }
-                    None => line += &format!(" {:>9.1} {:>8}", r.gops, "-"),
+                    (Some(r), None) => line += &format!(" {:>13.1} {:>7}", r.gops, "-"),
+                    (None, _) => line += &format!(" {:>13} {:>7}", "-", "-"),
                 }
             }
             for &l in &lowbits {
@@ -165,8 +195,13 @@ fn print_table(
                     None => line += &format!(" {:>22}", "-"),
                 }
             }
-            if let (Some(r), Some(b)) = (i8r, best_f32) {
-                line += &format!(" {:>13.2}x", r.gops / b);
+            if let Some(b) = best_f32 {
+                for &k in &i8s {
+                    match find(k, s, t) {
+                        Some(r) => line += &format!(" {:>17.2}x", r.gops / b),
+                        None => line += &format!(" {:>18}", "-"),
+                    }
+                }
             }
             println!("{line}");
         }
@@ -177,12 +212,16 @@ fn print_table(
             lowprec_kernels::lowbit::BitIsa::detect()
         );
     }
-    let family = crate::util::machine_line();
-    match peak {
-        Some((p, what)) => println!(
-            "(median of the timed runs; 1 MAC = 2 ops; {family}; % peak is of {p:.1} GOP/s per thread, {what}, measured just now: `lowprec bench peak`)"
-        ),
-        None => println!("(median of the timed runs; 1 MAC = 2 ops; {family})"),
+    let machine = crate::util::machine_line();
+    println!("(median of the timed runs; 1 MAC = 2 ops; {machine})");
+    for &k in &i8s {
+        if let Some((p, what)) = peak_of(k) {
+            println!(
+                "({} on {:?}: % peak is of {p:.1} GOP/s per thread, {what}, measured just now: `lowprec bench peak`)",
+                k.name(),
+                family(k)
+            );
+        }
     }
 }
 
@@ -216,7 +255,8 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let arr = v.as_array().unwrap();
-        assert_eq!(arr.len(), 2 * 2 * 4);
+        // 2 shapes x 2 thread counts x 5 default kernels.
+        assert_eq!(arr.len(), 2 * 2 * 5);
         for r in arr {
             for key in ["kernel", "m", "k", "n", "threads", "gops"] {
                 assert!(r.get(key).is_some(), "record lacks {key}: {r}");
@@ -224,6 +264,7 @@ mod tests {
             assert!(r["gops"].as_f64().unwrap() > 0.0);
         }
         assert_eq!(arr[0]["kernel"], "i8");
+        assert_eq!(arr[1]["kernel"], "i8-relu");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -94,13 +94,14 @@ impl GemmBackend for CpuBackend {
     ) -> Result<(), KernelError> {
         crate::gemm_q8_im2col(a, b, spec, c)
     }
-    /// On CPUs with the k-quad kernels (AVX-512 VNNI), for operands they pack whole
-    /// ([`QIm2colRef::packs_whole`]); on AVX2, for the column matrices the k-pair packer takes
-    /// whole ([`QIm2colRef::pairs_pack_whole`]); elsewhere B would be materialised element by
-    /// element, slower than the layers' own im2col.
+    /// On CPUs with the biased k-quad kernels (AVX-512 VNNI), for operands they pack whole
+    /// ([`QIm2colRef::packs_whole`]); on AVX2 (either family), for the column matrices the
+    /// k-pair packer takes whole ([`QIm2colRef::pairs_pack_whole`], which includes what the
+    /// AVX2 k-quad packer takes); elsewhere B would be materialised element by element, slower
+    /// than the layers' own im2col.
     fn packs_im2col(&self, b: &QIm2colRef<'_>) -> bool {
         let isa = crate::Isa::detect();
-        if isa.uses_quads() {
+        if isa.uses_quads() && !isa.unbiased_b() {
             b.packs_whole()
         } else {
             isa.has_avx2() && b.pairs_pack_whole()

@@ -15,6 +15,10 @@ pub enum BenchKernel {
     /// [`crate::gemm_q8`]: exact i8 GEMM with the fused scale epilogue.
     #[serde(rename = "i8")]
     I8,
+    /// [`crate::gemm_q8`] with B non-negative (post-ReLU activations, as in the forward and
+    /// weight-gradient GEMMs of a ReLU network), which the AVX2 k-quad kernel takes.
+    #[serde(rename = "i8-relu")]
+    I8Relu,
     /// [`crate::gemm_f32`]: the f32 implementation chosen for the shape.
     #[serde(rename = "f32")]
     F32,
@@ -40,6 +44,7 @@ impl BenchKernel {
     pub fn name(self) -> &'static str {
         match self {
             BenchKernel::I8 => "i8",
+            BenchKernel::I8Relu => "i8-relu",
             BenchKernel::F32 => "f32",
             BenchKernel::F32Gemm => "f32-gemm",
             BenchKernel::F32Mm => "f32-matrixmultiply",
@@ -54,15 +59,21 @@ impl BenchKernel {
         matches!(self, BenchKernel::TernaryA2 | BenchKernel::BinaryXnor)
     }
 
+    /// The 8-bit GEMMs.
+    pub fn is_i8(self) -> bool {
+        matches!(self, BenchKernel::I8 | BenchKernel::I8Relu)
+    }
+
     /// The f32 kernels.
     pub fn is_f32(self) -> bool {
-        !self.is_lowbit() && self != BenchKernel::I8
+        !self.is_lowbit() && !self.is_i8()
     }
 
     /// Parses [`BenchKernel::name`].
     pub fn parse(s: &str) -> Option<Self> {
         [
             BenchKernel::I8,
+            BenchKernel::I8Relu,
             BenchKernel::F32,
             BenchKernel::F32Gemm,
             BenchKernel::F32Mm,
@@ -192,7 +203,7 @@ pub fn gemm_table_with(
     let mut out = Vec::new();
     for &sh in shapes {
         let Shape { m, k, n } = sh;
-        let needs_i8 = kernels.contains(&BenchKernel::I8);
+        let needs_i8 = kernels.iter().any(|k| k.is_i8());
         let needs_f32 = kernels.iter().any(|k| k.is_f32());
         let tern = if kernels.contains(&BenchKernel::TernaryA2) {
             let a = fill_codes(m * k, 5, -1, 1, false);
@@ -217,6 +228,11 @@ pub fn gemm_table_with(
             (fill_i8(m * k, 1), fill_i8(k * n, 2))
         } else {
             (Vec::new(), Vec::new())
+        };
+        let b8_relu: Vec<i8> = if kernels.contains(&BenchKernel::I8Relu) {
+            b8.iter().map(|&v| v.max(0)).collect()
+        } else {
+            Vec::new()
         };
         let (af, bf) = if needs_f32 {
             (fill_f32(m * k, 3), fill_f32(k * n, 4))
@@ -243,7 +259,12 @@ pub fn gemm_table_with(
                     }
                     let cm = MatMut::row_major(&mut c, m, n)?;
                     match kern {
-                        BenchKernel::I8 => {
+                        BenchKernel::I8 | BenchKernel::I8Relu => {
+                            let b8 = if kern == BenchKernel::I8 {
+                                &b8
+                            } else {
+                                &b8_relu
+                            };
                             let sa = [0.5f32];
                             let sb = [0.25f32];
                             let qa = QMatRef {
@@ -252,7 +273,7 @@ pub fn gemm_table_with(
                                 max_abs: 127,
                             };
                             let qb = QMatRef {
-                                mat: MatRef::row_major(&b8, k, n)?,
+                                mat: MatRef::row_major(b8, k, n)?,
                                 scales: Scales::uniform(&sb),
                                 max_abs: 127,
                             };

@@ -137,6 +137,12 @@ impl QIm2colRef<'_> {
         }
     }
 
+    /// Whether the AVX2 k-quad packer takes all of B from the maps with 32-byte loads: the
+    /// column matrix (not its transpose) in whole 32-pixel strips of one example.
+    pub fn avx2_quads_pack_whole(&self) -> bool {
+        !self.transposed && (self.src.h * self.src.w).is_multiple_of(32)
+    }
+
     /// Whether the k-pair packer takes all of B from the maps with 16-byte loads: the column
     /// matrix (not its transpose) in whole 16-pixel strips of one example.
     pub fn pairs_pack_whole(&self) -> bool {
@@ -178,6 +184,9 @@ pub(crate) struct Im2colPlan<'a> {
     /// `bytes16[(tap * (h * w / 16) + s) * 16 + i]` is -1 (all bits) when column `16 s + i` of
     /// an example reads inside the plane at that tap, else 0: an AND mask for a 16-byte load.
     pub bytes16: Vec<i8>,
+    /// The AVX2 k-quad packer's strips of 32 columns (`strips`, not transposed): as
+    /// `bytes16`, `bytes32[(tap * (h * w / 32) + s) * 32 + i]`.
+    pub bytes32: Vec<i8>,
 }
 
 impl<'a> Im2colPlan<'a> {
@@ -196,19 +205,19 @@ impl<'a> Im2colPlan<'a> {
             row_tap.push(ky * k + kx);
         }
         let strips = quads && hw % 32 == 0;
-        let masks = if strips {
+        let wide = if strips {
             strip_masks(&src, 32)
-                .into_iter()
-                .map(|m| m as u32)
-                .collect()
         } else {
             Vec::new()
         };
+        let masks = wide.iter().map(|&m| m as u32).collect();
+        let bytes32 = if transposed {
+            Vec::new()
+        } else {
+            mask_bytes(&wide, 32)
+        };
         let bytes16 = if !quads && hw % 16 == 0 && !transposed {
-            strip_masks(&src, 16)
-                .into_iter()
-                .flat_map(|m| (0..16).map(move |i| -(((m >> i) & 1) as i8)))
-                .collect()
+            mask_bytes(&strip_masks(&src, 16), 16)
         } else {
             Vec::new()
         };
@@ -220,8 +229,17 @@ impl<'a> Im2colPlan<'a> {
             strips,
             masks,
             bytes16,
+            bytes32,
         }
     }
+}
+
+/// Bit masks of `width`-column strips as byte masks (-1 where the bit is set, else 0).
+fn mask_bytes(masks: &[u64], width: usize) -> Vec<i8> {
+    masks
+        .iter()
+        .flat_map(|&m| (0..width).map(move |i| -(((m >> i) & 1) as i8)))
+        .collect()
 }
 
 /// For strips of `width <= 64` columns (`h * w % width == 0`): `out[tap * strips + s]` has bit

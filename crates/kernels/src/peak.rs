@@ -74,12 +74,12 @@ fn forms(isa: Isa) -> Vec<Form> {
                     kernel_of: None,
                 },
                 Form {
-                    name: "vpmaddubsw + vpmaddwd(1) + vpaddd (i32 sums)",
+                    name: "vpmaddubsw + vpmaddwd(1) + vpaddd (i32 sums: the Avx2Quad i8 kernel, B >= 0)",
                     macs: 32,
                     exact: true,
                     units_per_iter: 8,
                     run: x86::maddubsw_widen,
-                    kernel_of: None,
+                    kernel_of: Some(Isa::Avx2Quad),
                 },
                 Form {
                     name: "vfmadd231ps ymm (f32)",

@@ -11,7 +11,7 @@
 //!
 //! The driver is generic over a kernel [`Family`]: the k-pair i16 panels of
 //! [`crate::pack`]/[`crate::ukernel`] (6x16 tiles, AVX2 or portable) or the k-quad byte panels
-//! of [`crate::quad`] (8x32 tiles, AVX-512 VNNI or portable). A *k-group* is the family's unit
+//! of [`crate::quad`] (8x32 tiles, AVX-512 VNNI, AVX2 for non-negative B, or portable). A *k-group* is the family's unit
 //! of K (2 or 4 values); each chunk is padded with zeros to whole groups.
 //!
 //! A *step* is the K range packed at once. Short chunks (the usual case with small segments)
@@ -849,7 +849,7 @@ pub(crate) fn check_range<T: QElem>(
             // SAFETY: the VNNI family implies AVX-512 F/BW.
             Isa::Avx512Vnni => return unsafe { over_avx512(line, max_abs) },
             // SAFETY: AVX2 is present.
-            Isa::Avx2 => return unsafe { over_avx2(line, max_abs) },
+            Isa::Avx2 | Isa::Avx2Quad => return unsafe { over_avx2(line, max_abs) },
             _ => {}
         }
         let _ = isa;
@@ -893,6 +893,53 @@ pub(crate) fn check_range<T: QElem>(
     }
 }
 
+/// Whether every element of `q` is `>= 0` (what the unbiased k-quad kernel needs of B),
+/// scanning contiguous lines; a view with general strides counts as having negatives.
+pub(crate) fn non_negative(q: &MatRef<'_, i8>, isa: Isa) -> bool {
+    #[inline(always)]
+    fn body(line: &[i8]) -> bool {
+        // An OR of the sign bits vectorises to one `vpor` per 32 bytes; an early-exit search
+        // would not.
+        line.iter().fold(0u8, |acc, &v| acc | v as u8) & 0x80 == 0
+    }
+    /// # Safety
+    ///
+    /// The CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn body_avx2(line: &[i8]) -> bool {
+        body(line)
+    }
+    let ok = |line: &[i8]| {
+        #[cfg(target_arch = "x86_64")]
+        if isa.has_avx2() {
+            // SAFETY: AVX2 is present (`isa` is supported, the callers' `or_supported`).
+            return unsafe { body_avx2(line) };
+        }
+        let _ = isa;
+        body(line)
+    };
+    if q.rows == 0 || q.cols == 0 {
+        true
+    } else if q.col_stride == 1 {
+        (0..q.rows).all(|r| ok(&q.data[r * q.row_stride..r * q.row_stride + q.cols]))
+    } else if q.row_stride == 1 {
+        (0..q.cols).all(|c| ok(&q.data[c * q.col_stride..c * q.col_stride + q.rows]))
+    } else {
+        false
+    }
+}
+
+/// Whether an 8-bit product runs on the k-quad family of `isa` (see [`Isa::quads_take`]); B's
+/// sign is scanned only where the family needs it.
+fn quads_take(isa: Isa, a_max_abs: u32, b_max_abs: u32, b: &MatRef<'_, i8>) -> bool {
+    isa.quads_take(
+        a_max_abs,
+        b_max_abs,
+        !isa.unbiased_b() || non_negative(b, isa),
+    )
+}
+
 /// Quantised GEMM on the given kernel family (see [`crate::types`] for the semantics).
 pub fn gemm_q<T: QElem>(
     isa: Isa,
@@ -914,6 +961,7 @@ pub fn gemm_q<T: QElem>(
     if crate::smallseg::eligible::<T>(&chunks, a.max_abs, b.max_abs) {
         return crate::smallseg::run(isa, &a, &b, &chunks, spec.accumulate, c);
     }
+    let quads = T::as_i8(&b.mat).is_some_and(|bm| quads_take(isa, a.max_abs, b.max_abs, &bm));
     let ldc = c.ld;
     let out = Out::Q {
         c: SendPtr(c.data.as_mut_ptr()),
@@ -922,7 +970,7 @@ pub fn gemm_q<T: QElem>(
         sb: b.scales,
         accumulate: spec.accumulate,
     };
-    run_family(isa, a.mat, b.mat, None, &chunks, out);
+    run_family(isa, quads, a.mat, b.mat, None, &chunks, out);
     Ok(())
 }
 
@@ -950,22 +998,28 @@ pub fn gemm_q8_im2col_with(
     // Before any materialising: the same checks for both routes.
     validate_q_dims(&a, b.shape(), None, &b.scales, &spec, &c)?;
     let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
-    // The materialised route where neither family packs this operand from the maps (the
+    // B holds the maps' values and zeros: the maps' range and sign are B's.
+    let maps = MatRef::row_major(b.src.maps, 1, b.src.maps.len())?;
+    let mut quads = quads_take(isa, a.max_abs, b.max_abs, &maps);
+    if quads && isa.unbiased_b() && !b.avx2_quads_pack_whole() {
+        // The AVX2 k-quad packer takes only the column matrix in whole 32-pixel strips; the
+        // k-pair one from the maps beats materialising B by its definition.
+        quads = false;
+    }
+    // The materialised route where the family does not pack this operand from the maps (the
     // k-pair one takes the column matrix in whole 16-pixel strips) or the segments are short
     // enough for the direct path (which reads B by element).
-    let packs = isa.uses_quads() || b.pairs_pack_whole();
+    let packs = quads || b.pairs_pack_whole();
     if !packs || crate::smallseg::eligible::<i8>(&chunks, a.max_abs, b.max_abs) {
         return b.with_materialized(|bm| gemm_q(isa, a, bm, spec, c));
     }
     check_range("A", &a.mat, a.max_abs)?;
-    // B holds the maps' values and zeros: the maps' range is B's.
-    let maps = MatRef::row_major(b.src.maps, 1, b.src.maps.len())?;
     check_range("B (maps)", &maps, b.max_abs)?;
     if m == 0 || n == 0 || k == 0 {
         empty_k(c, m, n, k, spec.accumulate);
         return Ok(());
     }
-    let plan = Im2colPlan::new(b.src, b.transposed, isa.uses_quads());
+    let plan = Im2colPlan::new(b.src, b.transposed, quads);
     let out = Out::Q {
         c: SendPtr(c.data.as_mut_ptr()),
         ldc: c.ld,
@@ -981,16 +1035,17 @@ pub fn gemm_q8_im2col_with(
         row_stride: 0,
         col_stride: 0,
     };
-    run_family(isa, a.mat, shape, Some(&plan), &chunks, out);
+    run_family(isa, quads, a.mat, shape, Some(&plan), &chunks, out);
     Ok(())
 }
 
 /// Runs the chunks of `A * B` into `out` on the family `isa` selects: k-quads for 8-bit
-/// mantissas where the family uses them, k-pairs otherwise.
+/// mantissas where `quads` says the family takes them, k-pairs otherwise.
 ///
 /// `im2col`, when given, packs B (whose view then only gives the shape).
 fn run_family<'a, T: QElem>(
     isa: Isa,
+    quads: bool,
     a: MatRef<'a, T>,
     b: MatRef<'a, T>,
     im2col: Option<&'a Im2colPlan<'a>>,
@@ -1019,7 +1074,7 @@ fn run_family<'a, T: QElem>(
         let blocks = partition(m, n, m * n * k, gemm_threads(), F::MR, F::NR);
         run_blocks::<T, F>(&ctx, &blocks);
     }
-    if isa.uses_quads() && T::as_i8(&a).is_some() {
+    if quads && T::as_i8(&a).is_some() {
         go::<T, Quads>(isa, a, b, im2col, chunks, out)
     } else {
         go::<T, Pairs>(isa.pair_isa(), a, b, im2col, chunks, out)
@@ -1049,7 +1104,9 @@ pub fn gemm_i8_i32_with(
         c: SendPtr(c.data.as_mut_ptr()),
         ldc: c.ld,
     };
-    run_family(isa, a, b, None, &[(0, 0, k)], out);
+    // Full-range bytes: 128 bounds both sides.
+    let quads = quads_take(isa, 128, 128, &b);
+    run_family(isa, quads, a, b, None, &[(0, 0, k)], out);
     Ok(())
 }
 

@@ -2,6 +2,13 @@
 //! signed bytes and adds the 4 products into an i32 lane, 64 MACs per instruction with the add
 //! fused (AVX2's `vpmaddwd` does 16 and needs a separate `vpaddd`).
 //!
+//! On AVX2 the same panels feed `vpmaddubsw` (u8 x s8, adjacent products summed into a
+//! saturating i16), `vpmaddwd` by ones (the two pair sums of a quad into i32) and `vpaddd`: 32
+//! MACs per three instructions ([`Isa::Avx2Quad`]). That route is exact only when no pair sum
+//! saturates, so it takes B unbiased, as u8, and only products whose B is non-negative
+//! (activations after a ReLU) with `2 * max|a| * max|b| <= 32767`; the caller scans B's sign
+//! and sends the rest to the k-pair family. There the row sums are 0 and pads in B are 0.
+//!
 //! Exact s8 x s8 through a u8 x s8 instruction: B is packed biased, `b + 128` (its sign bit
 //! flipped), so the kernel sums `a * (b + 128) = a * b + 128 * a`, and each row's accumulators
 //! start at `-128 * sum_k a[r, k]` over the piece (row sums made while packing A). Everything
@@ -22,7 +29,8 @@
 //!
 //! Each piece here has a portable version ([`Isa::GenericQuad`]) that runs on any CPU, so the
 //! packing and the driver of this family are tested bit for bit on every machine, and the
-//! AVX-512 kernel wherever the CPU has it.
+//! AVX-512 and AVX2 kernels wherever the CPU has them (the portable microkernel computes
+//! unbiased panels exactly too, given row sums of 0).
 
 use crate::im2col_b::Im2colPlan;
 use crate::types::MatRef;
@@ -43,6 +51,23 @@ fn vnni(isa: Isa) -> bool {
     isa.or_supported() == Isa::Avx512Vnni
 }
 
+/// Whether `isa` runs the AVX2 `vpmaddubsw` code of this family (unbiased B) on this CPU.
+#[inline]
+fn maddubs(isa: Isa) -> bool {
+    isa.or_supported() == Isa::Avx2Quad
+}
+
+/// The byte XORed onto B's values when packing (`b + 128` for the biased kernels, `b` as is
+/// for the unbiased one); pads hold it too (b = 0).
+#[inline]
+fn b_flip(isa: Isa) -> u8 {
+    if isa.unbiased_b() {
+        0
+    } else {
+        0x80
+    }
+}
+
 /// Packs rows `m0 .. m0 + mlen` of A for the k sub-ranges `ranges` (total `quads` quads) and
 /// writes each strip's row sums per sub-range into `sums`.
 #[allow(clippy::too_many_arguments)]
@@ -61,7 +86,8 @@ pub fn pack_a(
     let out = &mut out[..strips * strip_len];
     let sums = &mut sums[..strips * ranges.len() * MR];
     let isa = isa.or_supported();
-    let (avx2, fast) = (isa.has_avx2(), isa == Isa::Avx512Vnni && a.col_stride == 1);
+    let fast = matches!(isa, Isa::Avx512Vnni | Isa::Avx2Quad) && a.col_stride == 1;
+    let (avx2, biased) = (isa.has_avx2(), !isa.unbiased_b());
     for (s, dst) in out.chunks_exact_mut(strip_len).enumerate() {
         let r0 = m0 + s * MR;
         let valid = MR.min(m0 + mlen - r0);
@@ -91,7 +117,7 @@ pub fn pack_a(
             };
             pack_a_generic(a, r0, valid, done, k1, &mut seg[(done - k0) / 4 * MR * 4..]);
             for r in 0..MR {
-                sums[(s * ranges.len() + i) * MR + r] = if r < valid {
+                sums[(s * ranges.len() + i) * MR + r] = if r < valid && biased {
                     row_sum(avx2, a, r0 + r, k0, k1)
                 } else {
                     0
@@ -170,9 +196,9 @@ pub fn pack_b(
     let strip_len = quads * NR * 4;
     let out = &mut out[..strips * strip_len];
     let full = nlen / NR;
-    let vnni = vnni(isa);
+    let (vnni, maddubs, flip) = (vnni(isa), maddubs(isa), b_flip(isa));
     let mut first = 0;
-    if vnni && b.col_stride == 1 && full > 0 {
+    if (vnni || maddubs) && b.col_stride == 1 && full > 0 {
         // Row-contiguous B: rows are read once, in order, for all full strips (strip by strip
         // a power-of-two row stride would thrash one cache set).
         let mut qoff = 0;
@@ -180,19 +206,18 @@ pub fn pack_b(
             if k1 > k0 {
                 let last = (k1 - 1) * b.row_stride + n0 + full * NR;
                 assert!(last <= b.data.len());
+                let dst = out[qoff * NR * 4..].as_mut_ptr();
                 // SAFETY: rows k0..k1 at columns n0..n0+full*NR are inside `data` (asserted);
-                // writes stay inside `full` strips of `strip_len` bytes; AVX-512 is present.
+                // writes stay inside `full` strips of `strip_len` bytes; AVX-512 is present
+                // for the VNNI family, AVX2 for the other.
+                #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    avx512::b_rows(
-                        b.data.as_ptr(),
-                        b.row_stride,
-                        n0,
-                        full,
-                        k0,
-                        k1,
-                        out.as_mut_ptr().add(qoff * NR * 4),
-                        strip_len,
-                    )
+                    let data = b.data.as_ptr();
+                    if vnni {
+                        avx512::b_rows(data, b.row_stride, n0, full, k0, k1, dst, strip_len)
+                    } else {
+                        avx2::b_rows(data, b.row_stride, n0, full, k0, k1, dst, strip_len)
+                    }
                 };
             }
             qoff += (k1 - k0).div_ceil(4);
@@ -207,12 +232,12 @@ pub fn pack_b(
         ranges,
     };
     segs.walk(out, first, |n, valid, k0, k1, seg: &mut [u8]| {
-        if vnni && b.row_stride == 1 {
-            pack_b_cols(b, n, 0, valid, k0, k1, seg);
+        if (vnni || maddubs) && b.row_stride == 1 {
+            pack_b_cols(vnni, flip, b, n, 0, valid, k0, k1, seg);
         } else {
-            pack_b_generic_cols(|k, c| b.at(k, c), n, 0, valid, k0, k1, seg);
+            pack_b_generic_cols(flip, |k, c| b.at(k, c), n, 0, valid, k0, k1, seg);
         }
-        pad_b_cols(valid, seg);
+        pad_b_cols(flip, valid, seg);
     });
 }
 
@@ -242,6 +267,8 @@ pub(crate) fn pack_b_im2col(
     let (src, t) = (&plan.src, plan.transposed);
     let strips_fast = vnni(isa) && plan.strips && !t && n0.is_multiple_of(NR);
     let blocks_fast = vnni(isa) && plan.strips && t && (src.h * src.w).is_multiple_of(64);
+    let bytes_fast = maddubs(isa) && !plan.bytes32.is_empty() && !t && n0.is_multiple_of(NR);
+    let flip = b_flip(isa.or_supported());
     // B's element `(k, column)`, by the definition.
     let at = |k: usize, n: usize| if t { src.at(n, k) } else { src.at(k, n) };
     let segs = crate::pack::Segments {
@@ -263,6 +290,16 @@ pub(crate) fn pack_b_im2col(
             };
             c = NR;
         }
+        if bytes_fast && valid == NR {
+            // SAFETY: AVX2 is present (the family's requirement); `bytes32` exists, so the
+            // strip `n .. n + 32` (`n0 % NR == 0`) lies inside one example; rows `k0..k1` are
+            // the plan's; `seg` holds the strip's quads of `k0..k1`.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx2::im2col_strip(plan, n, k0, k1, seg)
+            };
+            c = NR;
+        }
         if blocks_fast && k0.is_multiple_of(64) {
             while valid - c >= 16 {
                 let blocks = (k1 - k0) / 64;
@@ -275,21 +312,25 @@ pub(crate) fn pack_b_im2col(
                     avx512::im2col_t_lines(plan, n + c, k0, blocks, c, seg)
                 };
                 let (ks, tail) = (k0 + 64 * blocks, &mut seg[16 * blocks * NR * 4..]);
-                pack_b_generic_cols(at, n, c, c + 16, ks, k1, tail);
+                pack_b_generic_cols(flip, at, n, c, c + 16, ks, k1, tail);
                 c += 16;
             }
         }
-        pack_b_generic_cols(at, n, c, valid, k0, k1, seg);
-        pad_b_cols(valid, seg);
+        pack_b_generic_cols(flip, at, n, c, valid, k0, k1, seg);
+        pad_b_cols(flip, valid, seg);
     });
 }
 
 /// Column-contiguous B (a transposed view, the weight gradient's `col^T`): strip columns
 /// `c0 .. c1` (matrix columns `n + c`, all inside the matrix), rows `k0 .. k1`, into `seg` (the
 /// strip's quads from `k0`). Each column's quads are dwords: 16 columns at a time go through a
-/// 16x16 dword transpose (AVX-512), 8 through the 8x8 one (AVX2), the rest and the k tails
-/// through the portable loop. Only for the VNNI family (the caller checks).
+/// 16x16 dword transpose (AVX-512, `wide`), 8 through the 8x8 one (AVX2), the rest and the k
+/// tails through the portable loop; `flip` as [`b_flip`]. Only for the families with AVX2 (the
+/// caller checks), `wide` only for the VNNI one.
+#[allow(clippy::too_many_arguments)]
 fn pack_b_cols(
+    wide: bool,
+    flip: u8,
     b: &MatRef<'_, i8>,
     n: usize,
     c0: usize,
@@ -301,30 +342,33 @@ fn pack_b_cols(
     let cs = b.col_stride;
     let mut c = c0;
     for width in [16, 8] {
-        while c1 - c >= width {
+        while c1 - c >= width && (wide || width == 8) {
             let base = (n + c) * cs + k0;
             // SAFETY: columns n+c .. n+c+width, rows k0..k1 lie in the view (checked by the
-            // caller's `MatRef::check`; the transposers assert their reads); the VNNI family
-            // implies AVX-512 F/BW and AVX2.
+            // caller's `MatRef::check`; the transposers assert their reads); `wide` is only
+            // set for the VNNI family (AVX-512 F/BW), and both families have AVX2.
             let done = unsafe {
                 if width == 16 {
-                    avx512::transpose16_lines(b.data, base, cs, k1 - k0, NR, c, seg, 0x80)
+                    avx512::transpose16_lines(b.data, base, cs, k1 - k0, NR, c, seg, flip)
                 } else {
-                    avx2::transpose_lines(b.data, base, cs, k1 - k0, NR, c, seg, 0x80)
+                    avx2::transpose_lines(b.data, base, cs, k1 - k0, NR, c, seg, flip)
                 }
             };
             let q = done / 4;
             let tail = &mut seg[q * NR * 4..];
-            pack_b_generic_cols(|k, c| b.at(k, c), n, c, c + width, k0 + done, k1, tail);
+            let at = |k, c| b.at(k, c);
+            pack_b_generic_cols(flip, at, n, c, c + width, k0 + done, k1, tail);
             c += width;
         }
     }
-    pack_b_generic_cols(|k, c| b.at(k, c), n, c, c1, k0, k1, seg);
+    pack_b_generic_cols(flip, |k, c| b.at(k, c), n, c, c1, k0, k1, seg);
 }
 
 /// Portable packing of strip columns `ca .. cb` (all inside the matrix), rows `k0 .. k1`, into
-/// `seg` from its first quad; `at(k, column)` is B's element.
+/// `seg` from its first quad; `at(k, column)` is B's element, stored XORed with `flip`.
+#[allow(clippy::too_many_arguments)]
 fn pack_b_generic_cols(
+    flip: u8,
     at: impl Fn(usize, usize) -> i8,
     n: usize,
     ca: usize,
@@ -338,23 +382,24 @@ fn pack_b_generic_cols(
             for h in 0..4 {
                 let k = k0 + 4 * q + h;
                 let v = if k < k1 { at(k, n + c) } else { 0 };
-                seg[(q * NR + c) * 4 + h] = (v as u8) ^ 0x80;
+                seg[(q * NR + c) * 4 + h] = (v as u8) ^ flip;
             }
         }
     }
 }
 
-/// Fills strip columns `valid .. NR` of every quad of `seg` with the pad byte.
-fn pad_b_cols(valid: usize, seg: &mut [u8]) {
+/// Fills strip columns `valid .. NR` of every quad of `seg` with the pad byte `flip` (b = 0).
+fn pad_b_cols(flip: u8, valid: usize, seg: &mut [u8]) {
     if valid < NR {
         for quad in seg.chunks_exact_mut(NR * 4) {
-            quad[valid * 4..].fill(0x80);
+            quad[valid * 4..].fill(flip);
         }
     }
 }
 
 /// `tile = (first ? 0 : tile) + sum_{q < kq} A~[q] (x) B~[q]` for one `MR x NR` tile, exact
-/// (wrapping) i32; `sums` holds the piece's `MR` row sums of A.
+/// (wrapping) i32; `sums` holds the piece's `MR` row sums of A (0 for unbiased panels, which
+/// the AVX2 kernel does not read).
 ///
 /// # Safety
 /// `a` must hold `kq * MR * 4` readable bytes, `b` `kq * NR * 4`, `sums` `MR` values, and
@@ -370,8 +415,10 @@ pub unsafe fn run(
     first: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni {
-        return avx512::kernel(kq, a, sums, b, tile, first);
+    match isa {
+        Isa::Avx512Vnni => return avx512::kernel(kq, a, sums, b, tile, first),
+        Isa::Avx2Quad => return avx2::kernel(kq, a, b, tile, first),
+        _ => {}
     }
     generic(kq, a, sums, b, tile, first)
 }
@@ -431,8 +478,10 @@ pub unsafe fn run_q(
 ) {
     let rows = rows.min(MR);
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni {
-        return avx512::kernel_q(kq, a, sums, b, c, ldc, sa, sb, mode, rows);
+    match isa {
+        Isa::Avx512Vnni => return avx512::kernel_q(kq, a, sums, b, c, ldc, sa, sb, mode, rows),
+        Isa::Avx2Quad => return avx2::kernel_q(kq, a, b, c, ldc, sa, sb, mode, rows),
+        _ => {}
     }
     let mut tile = [0i32; TILE];
     generic(kq, a, sums, b, tile.as_mut_ptr(), true);
@@ -441,7 +490,244 @@ pub unsafe fn run_q(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::{Im2colPlan, Store, MR, NR};
     use std::arch::x86_64::*;
+
+    /// Four rows of 32 columns (`x0..x3`, one byte per column) as the 128 bytes of one quad
+    /// of a strip: column `c`'s four bytes at `4 * c`. Bytes then words are interleaved within
+    /// 128-bit lanes, then the lanes regrouped.
+    #[inline(always)]
+    unsafe fn interleave4(x0: __m256i, x1: __m256i, x2: __m256i, x3: __m256i, o: *mut u8) {
+        let t0 = _mm256_unpacklo_epi8(x0, x1);
+        let t1 = _mm256_unpackhi_epi8(x0, x1);
+        let t2 = _mm256_unpacklo_epi8(x2, x3);
+        let t3 = _mm256_unpackhi_epi8(x2, x3);
+        let u0 = _mm256_unpacklo_epi16(t0, t2); // columns 0..4 | 16..20
+        let u1 = _mm256_unpackhi_epi16(t0, t2); // 4..8 | 20..24
+        let u2 = _mm256_unpacklo_epi16(t1, t3); // 8..12 | 24..28
+        let u3 = _mm256_unpackhi_epi16(t1, t3); // 12..16 | 28..32
+        let o = o as *mut __m256i;
+        _mm256_storeu_si256(o, _mm256_permute2x128_si256::<0x20>(u0, u1));
+        _mm256_storeu_si256(o.add(1), _mm256_permute2x128_si256::<0x20>(u2, u3));
+        _mm256_storeu_si256(o.add(2), _mm256_permute2x128_si256::<0x31>(u0, u1));
+        _mm256_storeu_si256(o.add(3), _mm256_permute2x128_si256::<0x31>(u2, u3));
+    }
+
+    /// Row-contiguous B, unbiased, all `full` strips: each quad of rows is read once in order
+    /// (rows past `k1` read as 0), 32 columns per strip, through [`interleave4`].
+    ///
+    /// # Safety
+    /// Rows `k0..k1` at columns `n0 .. n0 + 32 * full` must be readable; `out` must have room
+    /// for `full` strips of `strip_len` bytes, each holding the quads of `k0..k1` from its start;
+    /// AVX2 must be present.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn b_rows(
+        data: *const i8,
+        row_stride: usize,
+        n0: usize,
+        full: usize,
+        k0: usize,
+        k1: usize,
+        out: *mut u8,
+        strip_len: usize,
+    ) {
+        let (mut k, mut q) = (k0, 0);
+        while k < k1 {
+            let row = |h: usize| (k + h < k1).then(|| data.add((k + h) * row_stride + n0));
+            let rows = [row(0), row(1), row(2), row(3)];
+            for j in 0..full {
+                let mut x = [_mm256_setzero_si256(); 4];
+                for (xh, r) in x.iter_mut().zip(rows) {
+                    if let Some(p) = r {
+                        *xh = _mm256_loadu_si256(p.add(32 * j) as *const __m256i);
+                    }
+                }
+                let o = out.add(j * strip_len + q * 128);
+                interleave4(x[0], x[1], x[2], x[3], o);
+            }
+            k += 4;
+            q += 1;
+        }
+    }
+
+    /// One strip (32 columns `n ..` inside one example) of an im2col B, unbiased, rows
+    /// `k0 .. k1`: each row's 32 bytes are one load from its shifted plane ANDed with the tap's
+    /// border mask (`plan.bytes32`); a row whose 32 bytes would reach past either end of the
+    /// maps goes through the definition. Rows past `k1` are 0.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `plan.bytes32` must be non-empty (`h * w % 32 == 0`, not
+    /// transposed); `n % 32 == 0` and `n + 32 <=` the matrix's columns; `k1` at most its rows;
+    /// `seg` must hold the quads of `k0..k1` (asserted).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn im2col_strip(
+        plan: &Im2colPlan<'_>,
+        n: usize,
+        k0: usize,
+        k1: usize,
+        seg: &mut [u8],
+    ) {
+        let src = &plan.src;
+        let hw = src.h * src.w;
+        let (e, p0) = (n / hw, n % hw);
+        let per = hw / 32;
+        let len = src.maps.len() as isize;
+        let base = (e * src.channels * hw + p0) as isize;
+        assert!(e < src.examples && k1 <= plan.row_offset.len());
+        assert!(seg.len() >= (k1 - k0).div_ceil(4) * 128);
+        // Every row's tap is below `k * k` (`Im2colPlan::new`), so its masks are in bounds.
+        assert!(plan.bytes32.len() == src.k * src.k * per * 32);
+        let (maps, masks) = (src.maps.as_ptr(), plan.bytes32.as_ptr().add(p0 / 32 * 32));
+        /// Row `k`'s 32 bytes, masked (0 past `k1`).
+        ///
+        /// # Safety
+        /// AVX2 is present; `k` is below the plan's rows or at least `k1`; `masks` points at
+        /// this strip's mask in tap 0's table of `per` strips; `maps` holds `len` bytes;
+        /// `base` is the strip's first pixel.
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn row(
+            plan: &Im2colPlan<'_>,
+            maps: *const i8,
+            masks: *const i8,
+            len: isize,
+            base: isize,
+            per: usize,
+            k: usize,
+            k1: usize,
+            n: usize,
+        ) -> __m256i {
+            if k >= k1 {
+                return _mm256_setzero_si256();
+            }
+            let tap = *plan.row_tap.get_unchecked(k);
+            let mask = _mm256_loadu_si256(masks.add(tap * per * 32) as *const __m256i);
+            let at = base + *plan.row_offset.get_unchecked(k);
+            if at >= 0 && at + 32 <= len {
+                _mm256_and_si256(_mm256_loadu_si256(maps.offset(at) as *const __m256i), mask)
+            } else {
+                edge_row(plan, k, n)
+            }
+        }
+        #[cold]
+        #[inline(never)]
+        fn edge_row(plan: &Im2colPlan<'_>, k: usize, n: usize) -> __m256i {
+            let mut b = [0i8; 32];
+            for (i, v) in b.iter_mut().enumerate() {
+                *v = plan.src.at(k, n + i);
+            }
+            // SAFETY: an unaligned load of a local 32-byte array; this is only called from
+            // `im2col_strip`, which requires AVX2.
+            unsafe { _mm256_loadu_si256(b.as_ptr() as *const __m256i) }
+        }
+        for q in 0..(k1 - k0).div_ceil(4) {
+            let k = k0 + 4 * q;
+            let x0 = row(plan, maps, masks, len, base, per, k, k1, n);
+            let x1 = row(plan, maps, masks, len, base, per, k + 1, k1, n);
+            let x2 = row(plan, maps, masks, len, base, per, k + 2, k1, n);
+            let x3 = row(plan, maps, masks, len, base, per, k + 3, k1, n);
+            interleave4(x0, x1, x2, x3, seg.as_mut_ptr().add(q * 128));
+        }
+    }
+
+    /// Adds `kq` quads of the 4x16 piece of the tile at rows `4 * rh ..`, columns `16 * ch ..`
+    /// to `acc` (row `r`, half `h` at `acc[2 * r + h]`): per quad 2 B loads, 4 broadcasts and 8
+    /// `vpmaddubsw` (u8 B x s8 A, exact pair sums: the family checks their bound) each widened
+    /// by `vpmaddwd` with ones and added.
+    #[inline(always)]
+    unsafe fn piece(
+        kq: usize,
+        a: *const i8,
+        b: *const u8,
+        rh: usize,
+        ch: usize,
+        mut acc: [__m256i; 8],
+    ) -> [__m256i; 8] {
+        let ones = _mm256_set1_epi16(1);
+        let (mut a, mut b) = (a.add(16 * rh), b.add(64 * ch));
+        for _ in 0..kq {
+            let b0 = _mm256_loadu_si256(b as *const __m256i);
+            let b1 = _mm256_loadu_si256(b.add(32) as *const __m256i);
+            for r in 0..4 {
+                let x = _mm256_set1_epi32((a.add(4 * r) as *const i32).read_unaligned());
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(b0, x), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(b1, x), ones);
+                acc[2 * r] = _mm256_add_epi32(acc[2 * r], p0);
+                acc[2 * r + 1] = _mm256_add_epi32(acc[2 * r + 1], p1);
+            }
+            a = a.add(MR * 4);
+            b = b.add(NR * 4);
+        }
+        acc
+    }
+
+    /// The pieces of the 8x32 tile, in the order [`kernel`] and [`kernel_q`] visit them.
+    const PIECES: [(usize, usize); 4] = [(0, 0), (0, 1), (1, 0), (1, 1)];
+
+    /// The tile kernel of [`super::run`] for unbiased panels (no row sums).
+    ///
+    /// # Safety
+    /// As [`super::run`]; AVX2 must be present.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel(kq: usize, a: *const i8, b: *const u8, tile: *mut i32, first: bool) {
+        for (rh, ch) in PIECES {
+            let at = |r: usize, h: usize| tile.add((4 * rh + r) * NR + 16 * ch + 8 * h);
+            let acc: [__m256i; 8] = std::array::from_fn(|i| {
+                if first {
+                    _mm256_setzero_si256()
+                } else {
+                    _mm256_loadu_si256(at(i / 2, i % 2) as *const __m256i)
+                }
+            });
+            let acc = piece(kq, a, b, rh, ch, acc);
+            for (i, v) in acc.iter().enumerate() {
+                _mm256_storeu_si256(at(i / 2, i % 2) as *mut __m256i, *v);
+            }
+        }
+    }
+
+    /// A whole chunk straight into C (see [`super::run_q`]), unbiased panels.
+    ///
+    /// # Safety
+    /// As [`super::run_q`]; AVX2 must be present.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn kernel_q(
+        kq: usize,
+        a: *const i8,
+        b: *const u8,
+        c: *mut f32,
+        ldc: usize,
+        sa: &[f32],
+        sb: &[f32],
+        mode: Store,
+        rows: usize,
+    ) {
+        assert!(sa.len() >= MR && sb.len() >= NR);
+        for (rh, ch) in PIECES {
+            if 4 * rh >= rows {
+                continue;
+            }
+            let acc = piece(kq, a, b, rh, ch, [_mm256_setzero_si256(); 8]);
+            let sbv = [0, 1].map(|h| _mm256_loadu_ps(sb.as_ptr().add(16 * ch + 8 * h)));
+            for r in 0..4.min(rows - 4 * rh) {
+                let s = _mm256_set1_ps(sa[4 * rh + r]);
+                for h in 0..2 {
+                    let dst = c.add((4 * rh + r) * ldc + 16 * ch + 8 * h);
+                    let t = _mm256_cvtepi32_ps(acc[2 * r + h]);
+                    let t = _mm256_mul_ps(_mm256_mul_ps(t, s), sbv[h]);
+                    // `0.0 + t` when overwriting: the semantics start from 0.0, which turns
+                    // -0.0 into +0.0.
+                    let base = match mode {
+                        Store::Accumulate => _mm256_loadu_ps(dst),
+                        Store::Overwrite => _mm256_setzero_ps(),
+                    };
+                    _mm256_storeu_ps(dst, _mm256_add_ps(base, t));
+                }
+            }
+        }
+    }
 
     /// Transposes an 8x8 block of dwords: lane `i` of `out[q]` is lane `q` of `v[i]`.
     #[inline(always)]
@@ -1022,7 +1308,7 @@ mod tests {
             col_sets: &[(usize, usize)],
             what: &str,
         ) {
-            let isas = [Isa::GenericQuad, Isa::Avx512Vnni];
+            let isas = [Isa::GenericQuad, Isa::Avx512Vnni, Isa::Avx2Quad];
             for ranges in range_sets {
                 let quads = quads_of(ranges);
                 for &(n0, nlen) in col_sets {
@@ -1035,6 +1321,9 @@ mod tests {
                     for isa in isas.into_iter().filter(|i| i.or_supported() == *i) {
                         let mut got = vec![0x55u8; len];
                         pack_b_im2col(isa, plan, n0, nlen, ranges, quads, &mut got);
+                        // Unbiased panels: the same bytes without the flip.
+                        let flip = 0x80 ^ b_flip(isa);
+                        got.iter_mut().for_each(|v| *v ^= flip);
                         assert!(
                             got == want,
                             "{isa:?} {what} ranges {ranges:?} columns {n0}+{nlen}"
@@ -1087,10 +1376,17 @@ mod tests {
     /// column-contiguous operands, short and odd k ranges, several ranges, partial strips.
     #[test]
     fn fast_packing_matches_portable() {
-        if Isa::cpu_best() != Isa::Avx512Vnni {
-            eprintln!("no AVX-512 VNNI on this CPU: only the portable quad packing runs here");
-            return;
+        for fast in [Isa::Avx512Vnni, Isa::Avx2Quad] {
+            if fast.or_supported() != fast {
+                eprintln!("no {fast:?} on this CPU: its packing is not compared here");
+                continue;
+            }
+            fast_packing_matches_portable_on(fast);
         }
+    }
+
+    fn fast_packing_matches_portable_on(fast_isa: Isa) {
+        let flip = 0x80 ^ b_flip(fast_isa);
         let (rows, cols) = (77, 83);
         let data: Vec<i8> = (0..rows * cols).map(val).collect();
         let row_major = MatRef::row_major(&data, rows, cols).unwrap();
@@ -1102,9 +1398,13 @@ mod tests {
                     let len = nlen.div_ceil(NR) * quads * NR * 4;
                     let mut fast = vec![7u8; len];
                     let mut slow = vec![9u8; len];
-                    pack_b(Isa::Avx512Vnni, &view, n0, nlen, ranges, quads, &mut fast);
+                    pack_b(fast_isa, &view, n0, nlen, ranges, quads, &mut fast);
                     pack_b(Isa::GenericQuad, &view, n0, nlen, ranges, quads, &mut slow);
-                    assert_eq!(fast, slow, "B ranges {ranges:?} cols {n0}+{nlen}");
+                    fast.iter_mut().for_each(|v| *v ^= flip);
+                    assert_eq!(
+                        fast, slow,
+                        "{fast_isa:?} B ranges {ranges:?} cols {n0}+{nlen}"
+                    );
                 }
                 // A: rows are the view's columns here (k runs along the view's rows).
                 let at = view.t();
@@ -1114,16 +1414,7 @@ mod tests {
                     let (mut fast, mut slow) = (vec![7i8; len], vec![9i8; len]);
                     let slen = strips * ranges.len() * MR;
                     let (mut sf, mut ss) = (vec![7i32; slen], vec![9i32; slen]);
-                    pack_a(
-                        Isa::Avx512Vnni,
-                        &at,
-                        m0,
-                        mlen,
-                        ranges,
-                        quads,
-                        &mut fast,
-                        &mut sf,
-                    );
+                    pack_a(fast_isa, &at, m0, mlen, ranges, quads, &mut fast, &mut sf);
                     pack_a(
                         Isa::GenericQuad,
                         &at,
@@ -1135,6 +1426,10 @@ mod tests {
                         &mut ss,
                     );
                     assert_eq!(fast, slow, "A ranges {ranges:?} rows {m0}+{mlen}");
+                    if fast_isa.unbiased_b() {
+                        // No correction: the unbiased kernel ignores them, and they are 0.
+                        ss.fill(0);
+                    }
                     assert_eq!(sf, ss, "A sums, ranges {ranges:?} rows {m0}+{mlen}");
                 }
             }
@@ -1238,6 +1533,141 @@ mod tests {
                 };
                 let want = (av as i32) * (bv as i32) * (kq as i32) * 4;
                 assert!(tile.iter().all(|&t| t == want), "{isa:?} {av} x {bv}");
+            }
+        }
+    }
+
+    /// The unbiased AVX2 kernel is exact at the extremes it admits: A at -128 and 127 against
+    /// B at 0 and 127 (pair sums up to 2 * 128 * 127, just below `vpmaddubsw`'s saturation).
+    #[test]
+    fn unbiased_kernel_exact_at_extremes() {
+        if Isa::Avx2Quad.or_supported() != Isa::Avx2Quad {
+            eprintln!("no AVX2 on this CPU: the unbiased kernel does not run here");
+            return;
+        }
+        let kq = 37;
+        for (av, bv) in [(-128i8, 127u8), (127, 127), (-128, 0), (-1, 127)] {
+            let a = vec![av; MR * kq * 4];
+            let b = vec![bv; NR * kq * 4];
+            let sums = [0i32; MR];
+            let mut tile = [7i32; TILE];
+            // SAFETY: panels hold kq quads; the tile holds TILE values; AVX2 is present.
+            unsafe {
+                run(
+                    Isa::Avx2Quad,
+                    kq,
+                    a.as_ptr(),
+                    sums.as_ptr(),
+                    b.as_ptr(),
+                    tile.as_mut_ptr(),
+                    true,
+                )
+            };
+            let want = (av as i32) * (bv as i32) * (kq as i32) * 4;
+            assert!(tile.iter().all(|&t| t == want), "{av} x {bv}");
+        }
+    }
+
+    /// The unbiased AVX2 tile kernels against the portable one on fresh random panels (A any
+    /// byte, B 0..=127), for 1, 7, 33 and 130 quads: the i32 tile starting from zero and from
+    /// a previous tile, and the fused epilogue for every row count and both store modes.
+    #[test]
+    fn unbiased_kernels_match_portable() {
+        if Isa::Avx2Quad.or_supported() != Isa::Avx2Quad {
+            eprintln!("no AVX2 on this CPU: the unbiased kernel does not run here");
+            return;
+        }
+        use lowprec_formats::rng::{splitmix64, StreamKey};
+        let key = StreamKey::new(17, 5);
+        // Draw `i` of sub-stream `stream`: counter-based, no shared state.
+        let draw = |stream: u64, i: usize| splitmix64(key.child(stream).0 ^ splitmix64(i as u64));
+        for (t, kq) in [1usize, 7, 33, 130].into_iter().enumerate() {
+            let t = t as u64;
+            let a: Vec<i8> = (0..MR * kq * 4)
+                .map(|i| draw(10 + t, i) as u8 as i8)
+                .collect();
+            let b: Vec<u8> = (0..NR * kq * 4)
+                .map(|i| (draw(20 + t, i) % 128) as u8)
+                .collect();
+            let prev: Vec<i32> = (0..TILE).map(|i| draw(30 + t, i) as i32 >> 4).collect();
+            let sums = [0i32; MR];
+            for first in [true, false] {
+                let (mut got, mut want) = (prev.clone(), prev.clone());
+                // SAFETY: panels hold kq quads; tiles hold TILE values; AVX2 is present.
+                unsafe {
+                    run(
+                        Isa::Avx2Quad,
+                        kq,
+                        a.as_ptr(),
+                        sums.as_ptr(),
+                        b.as_ptr(),
+                        got.as_mut_ptr(),
+                        first,
+                    );
+                    generic(
+                        kq,
+                        a.as_ptr(),
+                        sums.as_ptr(),
+                        b.as_ptr(),
+                        want.as_mut_ptr(),
+                        first,
+                    );
+                }
+                assert_eq!(got, want, "kq {kq} first {first}");
+            }
+            let sa: Vec<f32> = (0..MR)
+                .map(|i| 1.0 + (draw(40 + t, i) % 1000) as f32 / 997.0)
+                .collect();
+            let sb: Vec<f32> = (0..NR)
+                .map(|i| -0.5 + (draw(50 + t, i) % 1000) as f32 / 1009.0)
+                .collect();
+            for rows in 1..=MR {
+                for mode in [Store::Overwrite, Store::Accumulate] {
+                    let c0: Vec<f32> = (0..MR * 40)
+                        .map(|i| (draw(60 + t, i) % 2001) as f32 - 1000.0)
+                        .collect();
+                    let (mut got, mut want) = (c0.clone(), c0.clone());
+                    let mut tile = [0i32; TILE];
+                    // SAFETY: as above; C has MR rows of 40 (>= NR) floats.
+                    unsafe {
+                        run_q(
+                            Isa::Avx2Quad,
+                            kq,
+                            a.as_ptr(),
+                            sums.as_ptr(),
+                            b.as_ptr(),
+                            got.as_mut_ptr(),
+                            40,
+                            &sa,
+                            &sb,
+                            mode,
+                            rows,
+                        );
+                        generic(
+                            kq,
+                            a.as_ptr(),
+                            sums.as_ptr(),
+                            b.as_ptr(),
+                            tile.as_mut_ptr(),
+                            true,
+                        );
+                        crate::ukernel::store_tile(
+                            &tile,
+                            rows,
+                            NR,
+                            want.as_mut_ptr(),
+                            40,
+                            &sa,
+                            &sb,
+                            mode,
+                        );
+                    }
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(same, "kq {kq} rows {rows} {mode:?}");
+                }
             }
         }
     }

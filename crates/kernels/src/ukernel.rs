@@ -10,12 +10,14 @@
 //! second half of every pair is a zero pad). Every partial sum is a sum of a subset of one
 //! chunk's products, so it is bounded by the chunk's bound and i32 never overflows.
 //!
-//! Why not `vpmaddubsw` (32 MACs per instruction): it multiplies u8 by s8 and saturates the i16
-//! pair sums, so full-range s8 x s8 needs a sign transfer per product, and exact sums need the
-//! pairs widened to i32 by a `vpmaddwd` by ones that issues on the same multiply pipe. On an AMD
-//! EPYC family 23 (Zen 2), `lowprec bench peak` measured `vpmaddubsw` alone at 0.98 per cycle
-//! but `vpmaddubsw + vpmaddwd + vpaddd` at 0.48: 16 MACs per cycle, what `vpmaddwd + vpaddd`
-//! (1.01 per cycle) gives with no sign transfer.
+//! Why this family stays for general signed operands rather than `vpmaddubsw` (32 MACs per
+//! instruction): that multiplies u8 by s8 and saturates the i16 pair sums, so full-range
+//! s8 x s8 needs a sign transfer per product, and exact sums need the pairs widened to i32 by a
+//! `vpmaddwd` by ones. Where B is non-negative (post-ReLU activations) no sign transfer is
+//! needed, and [`Isa::Avx2Quad`] runs those products on the k-quad panels of [`crate::quad`].
+//! On an AMD EPYC family 23 (Zen 2), `lowprec bench peak` measured `vpmaddubsw` alone at 0.98
+//! per cycle but `vpmaddubsw + vpmaddwd + vpaddd` at 0.48: 16 MACs per cycle, what
+//! `vpmaddwd + vpaddd` (1.01 per cycle) gives, so there [`Isa::detect`] keeps this family.
 
 /// Rows of the C tile (A broadcasts per k-pair).
 pub const MR: usize = 6;
@@ -33,6 +35,11 @@ pub enum Isa {
     Generic,
     /// AVX2 `vpmaddwd` 6x16 kernel on k-pair panels, when the CPU has AVX2 and FMA.
     Avx2,
+    /// AVX2 `vpmaddubsw` 8x32 kernel on k-quad panels for 8-bit products whose B is
+    /// non-negative (post-ReLU activations) and small enough that no i16 pair sum saturates
+    /// (`2 * max|a| * max|b| <= 32767`): B is packed unbiased as u8. Every other product runs
+    /// the `Avx2` k-pair family. Same CPU requirements as `Avx2`.
+    Avx2Quad,
     /// Portable Rust version of the k-quad family (8x32 tiles, biased byte panels): the packing
     /// and driver of `Avx512Vnni` with a scalar microkernel, so that they are tested bit for
     /// bit on every CPU.
@@ -50,7 +57,13 @@ impl Isa {
         let cpu = Isa::cpu_best();
         match cpu {
             Isa::Avx512Vnni if allows(IsaLevel::Avx512) => Isa::Avx512Vnni,
-            Isa::Avx512Vnni | Isa::Avx2 if allows(IsaLevel::Avx2) => Isa::Avx2,
+            Isa::Avx512Vnni | Isa::Avx2 if allows(IsaLevel::Avx2) => {
+                if maddubs_pays() {
+                    Isa::Avx2Quad
+                } else {
+                    Isa::Avx2
+                }
+            }
             _ => Isa::Generic,
         }
     }
@@ -76,7 +89,7 @@ impl Isa {
         let best = Isa::cpu_best();
         match self {
             Isa::Generic | Isa::GenericQuad => self,
-            Isa::Avx2 if best.has_avx2() => Isa::Avx2,
+            Isa::Avx2 | Isa::Avx2Quad if best.has_avx2() => self,
             Isa::Avx512Vnni if best == Isa::Avx512Vnni => Isa::Avx512Vnni,
             Isa::Avx512Vnni if best.has_avx2() => Isa::Avx2,
             _ => Isa::Generic,
@@ -85,12 +98,30 @@ impl Isa {
 
     /// Whether code compiled for AVX2 + FMA may run under this family.
     pub fn has_avx2(self) -> bool {
-        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
+        matches!(self, Isa::Avx2 | Isa::Avx2Quad | Isa::Avx512Vnni)
     }
 
-    /// Whether 8-bit GEMMs run on the k-quad family.
+    /// Whether 8-bit GEMMs run on the k-quad family (`Avx2Quad`: only those whose B qualifies,
+    /// see [`Isa::quads_take`]).
     pub fn uses_quads(self) -> bool {
-        matches!(self, Isa::GenericQuad | Isa::Avx512Vnni)
+        matches!(self, Isa::GenericQuad | Isa::Avx2Quad | Isa::Avx512Vnni)
+    }
+
+    /// Whether B is packed as is (u8, non-negative) rather than biased by 128.
+    pub fn unbiased_b(self) -> bool {
+        self == Isa::Avx2Quad
+    }
+
+    /// Whether an 8-bit product with these bounds and B's sign runs on the k-quad family:
+    /// always where the family multiplies biased B exactly; for `Avx2Quad` only when B is
+    /// non-negative and no `vpmaddubsw` pair sum can saturate.
+    pub fn quads_take(self, a_max_abs: u32, b_max_abs: u32, b_non_negative: bool) -> bool {
+        match self {
+            Isa::Avx2Quad => {
+                b_non_negative && 2 * a_max_abs as u64 * b_max_abs as u64 <= i16::MAX as u64
+            }
+            _ => self.uses_quads(),
+        }
     }
 
     /// The k-pair kernels this family uses for what it does not run on quads (16-bit
@@ -103,6 +134,33 @@ impl Isa {
             Isa::Generic
         }
     }
+}
+
+/// Whether the `vpmaddubsw + vpmaddwd + vpaddd` route beats `vpmaddwd + vpaddd` on this CPU:
+/// everywhere but AMD family 23 (Zen 1/2), where the trio issues at half the rate of one
+/// `vpmaddubsw` and gives the same MACs per cycle as `vpmaddwd` (see the module docs).
+fn maddubs_pays() -> bool {
+    // CPUID can trap to the hypervisor in a VM: asked once.
+    static PAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PAYS.get_or_init(maddubs_pays_cpuid)
+}
+
+fn maddubs_pays_cpuid() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaves 0 and 1 exist on every x86-64 CPU.
+        let (v, f) = (std::arch::x86_64::__cpuid(0), std::arch::x86_64::__cpuid(1));
+        let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        let base = (f.eax >> 8) & 0xf;
+        let family = if base == 0xf {
+            base + ((f.eax >> 20) & 0xff)
+        } else {
+            base
+        };
+        !(amd && family == 0x17)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// `tile = (first ? 0 : tile) + sum_{p < kp} A~[p] (x) B~[p]` for one `MR x NR` tile.

@@ -10,7 +10,13 @@ use lowprec_kernels::blockdot::{
 };
 use lowprec_kernels::Isa;
 
-const ISAS: [Isa; 4] = [Isa::Generic, Isa::Avx2, Isa::GenericQuad, Isa::Avx512Vnni];
+const ISAS: [Isa; 5] = [
+    Isa::Generic,
+    Isa::Avx2,
+    Isa::GenericQuad,
+    Isa::Avx2Quad,
+    Isa::Avx512Vnni,
+];
 
 fn exps(seed: u64, stream: u64, n: usize) -> Vec<i32> {
     (0..n)

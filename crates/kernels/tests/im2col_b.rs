@@ -11,7 +11,13 @@ use lowprec_kernels::{
     QMatRef, Scales,
 };
 
-const ISAS: [Isa; 4] = [Isa::Generic, Isa::Avx2, Isa::GenericQuad, Isa::Avx512Vnni];
+const ISAS: [Isa; 5] = [
+    Isa::Generic,
+    Isa::Avx2,
+    Isa::GenericQuad,
+    Isa::Avx2Quad,
+    Isa::Avx512Vnni,
+];
 
 /// The column matrix of a same-size convolution, written tap by tap (seven loops).
 fn im2col_direct(maps: &[i8], e: usize, c: usize, h: usize, w: usize, k: usize) -> Vec<i8> {
@@ -99,47 +105,53 @@ fn definition_matches_the_direct_loop() {
 #[test]
 fn gemm_from_the_maps_matches_the_reference_on_the_matrix() {
     for (seed, &(e, c, h, w, k, m, max)) in CASES.iter().enumerate() {
-        let seed = 50 + seed as u64;
-        let mut maps = rand_i8(seed, 1, e * c * h * w, max);
-        // Extremes at both ends of the maps.
-        maps[0] = -(max.min(128) as i64) as i8;
-        let last = maps.len() - 1;
-        maps[last] = max.min(127) as i8;
-        let src = Im2colRef::new(&maps, e, c, h, w, k).unwrap();
-        let (kk, n) = (src.rows(), src.cols());
-        let col = src.materialize();
-        let wdata = rand_i8(seed, 2, m * kk, 127);
-        let sa = rand_scales(seed, 3, m);
-        let sb = rand_scales(seed, 4, e);
-        for accumulate in [false, true] {
-            let qa = QMatRef {
-                mat: MatRef::row_major(&wdata, m, kk).unwrap(),
-                scales: Scales::per_index(&sa),
-                max_abs: 127,
-            };
-            let sbs = Scales::per_group(&sb, h * w);
-            let qb = QMatRef {
-                mat: MatRef::row_major(&col, kk, n).unwrap(),
-                scales: sbs,
-                max_abs: max,
-            };
-            let spec = GemmSpec {
-                segment: usize::MAX,
-                accumulate,
-            };
-            let c0: Vec<f32> = (0..m * n)
-                .map(|i| f32_in(seed, 5, i as u64, -2.0, 2.0))
-                .collect();
-            let mut want = c0.clone();
-            gemm_q8_ref(qa, qb, spec, MatMut::row_major(&mut want, m, n).unwrap()).unwrap();
-            let bq = QIm2colRef {
-                src,
-                transposed: false,
-                scales: sbs,
-                max_abs: max,
-            };
-            let what = format!("maps {e}x{c}x{h}x{w} k{k} M {m} acc {accumulate}");
-            check_every_family(qa, bq, spec, &c0, &want, &what);
+        // Signed maps, and post-ReLU ones (what the unbiased k-quad family packs).
+        for relu in [false, true] {
+            let seed = 50 + seed as u64;
+            let mut maps = rand_i8(seed, 1, e * c * h * w, max);
+            // Extremes at both ends of the maps.
+            maps[0] = -(max.min(128) as i64) as i8;
+            let last = maps.len() - 1;
+            maps[last] = max.min(127) as i8;
+            if relu {
+                maps.iter_mut().for_each(|v| *v = (*v).max(0));
+            }
+            let src = Im2colRef::new(&maps, e, c, h, w, k).unwrap();
+            let (kk, n) = (src.rows(), src.cols());
+            let col = src.materialize();
+            let wdata = rand_i8(seed, 2, m * kk, 127);
+            let sa = rand_scales(seed, 3, m);
+            let sb = rand_scales(seed, 4, e);
+            for accumulate in [false, true] {
+                let qa = QMatRef {
+                    mat: MatRef::row_major(&wdata, m, kk).unwrap(),
+                    scales: Scales::per_index(&sa),
+                    max_abs: 127,
+                };
+                let sbs = Scales::per_group(&sb, h * w);
+                let qb = QMatRef {
+                    mat: MatRef::row_major(&col, kk, n).unwrap(),
+                    scales: sbs,
+                    max_abs: max,
+                };
+                let spec = GemmSpec {
+                    segment: usize::MAX,
+                    accumulate,
+                };
+                let c0: Vec<f32> = (0..m * n)
+                    .map(|i| f32_in(seed, 5, i as u64, -2.0, 2.0))
+                    .collect();
+                let mut want = c0.clone();
+                gemm_q8_ref(qa, qb, spec, MatMut::row_major(&mut want, m, n).unwrap()).unwrap();
+                let bq = QIm2colRef {
+                    src,
+                    transposed: false,
+                    scales: sbs,
+                    max_abs: max,
+                };
+                let what = format!("maps {e}x{c}x{h}x{w} k{k} M {m} acc {accumulate} relu {relu}");
+                check_every_family(qa, bq, spec, &c0, &want, &what);
+            }
         }
     }
 }
@@ -194,43 +206,49 @@ fn bad_operands_are_clear_errors() {
 #[test]
 fn weight_gradient_gemm_from_the_maps_matches_the_reference() {
     for (seed, &(e, c, h, w, k, m, max)) in CASES.iter().enumerate() {
-        let seed = 90 + seed as u64;
-        let maps = rand_i8(seed, 1, e * c * h * w, max);
-        let src = Im2colRef::new(&maps, e, c, h, w, k).unwrap();
-        let (taps, px) = (src.rows(), src.cols());
-        let col = src.materialize();
-        let errs = rand_i8(seed, 2, m * px, 127);
-        let sa = rand_scales(seed, 3, 1);
-        let one = [1.0f32];
-        for accumulate in [false, true] {
-            let qa = QMatRef {
-                mat: MatRef::row_major(&errs, m, px).unwrap(),
-                scales: Scales::uniform(&sa),
-                max_abs: 127,
-            };
-            let qb = QMatRef {
-                mat: MatRef::row_major(&col, taps, px).unwrap().t(),
-                scales: Scales::uniform(&one),
-                max_abs: max,
-            };
-            let spec = GemmSpec {
-                segment: usize::MAX,
-                accumulate,
-            };
-            let c0: Vec<f32> = (0..m * taps)
-                .map(|i| f32_in(seed, 5, i as u64, -2.0, 2.0))
-                .collect();
-            let mut want = c0.clone();
-            gemm_q8_ref(qa, qb, spec, MatMut::row_major(&mut want, m, taps).unwrap()).unwrap();
-            let bq = QIm2colRef {
-                src,
-                transposed: true,
-                scales: Scales::uniform(&one),
-                max_abs: max,
-            };
-            assert_eq!(bq.shape(), (px, taps));
-            let what = format!("col^T of {e}x{c}x{h}x{w} k{k} M {m} acc {accumulate}");
-            check_every_family(qa, bq, spec, &c0, &want, &what);
+        for relu in [false, true] {
+            let seed = 90 + seed as u64;
+            let mut maps = rand_i8(seed, 1, e * c * h * w, max);
+            if relu {
+                maps.iter_mut().for_each(|v| *v = (*v).max(0));
+            }
+            let src = Im2colRef::new(&maps, e, c, h, w, k).unwrap();
+            let (taps, px) = (src.rows(), src.cols());
+            let col = src.materialize();
+            let errs = rand_i8(seed, 2, m * px, 127);
+            let sa = rand_scales(seed, 3, 1);
+            let one = [1.0f32];
+            for accumulate in [false, true] {
+                let qa = QMatRef {
+                    mat: MatRef::row_major(&errs, m, px).unwrap(),
+                    scales: Scales::uniform(&sa),
+                    max_abs: 127,
+                };
+                let qb = QMatRef {
+                    mat: MatRef::row_major(&col, taps, px).unwrap().t(),
+                    scales: Scales::uniform(&one),
+                    max_abs: max,
+                };
+                let spec = GemmSpec {
+                    segment: usize::MAX,
+                    accumulate,
+                };
+                let c0: Vec<f32> = (0..m * taps)
+                    .map(|i| f32_in(seed, 5, i as u64, -2.0, 2.0))
+                    .collect();
+                let mut want = c0.clone();
+                gemm_q8_ref(qa, qb, spec, MatMut::row_major(&mut want, m, taps).unwrap()).unwrap();
+                let bq = QIm2colRef {
+                    src,
+                    transposed: true,
+                    scales: Scales::uniform(&one),
+                    max_abs: max,
+                };
+                assert_eq!(bq.shape(), (px, taps));
+                let what =
+                    format!("col^T of {e}x{c}x{h}x{w} k{k} M {m} acc {accumulate} relu {relu}");
+                check_every_family(qa, bq, spec, &c0, &want, &what);
+            }
         }
     }
 }

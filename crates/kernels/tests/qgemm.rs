@@ -9,7 +9,13 @@ use lowprec_kernels::{
     MatRef, QMatRef, Scales,
 };
 
-const ISAS: [Isa; 4] = [Isa::Generic, Isa::Avx2, Isa::GenericQuad, Isa::Avx512Vnni];
+const ISAS: [Isa; 5] = [
+    Isa::Generic,
+    Isa::Avx2,
+    Isa::GenericQuad,
+    Isa::Avx2Quad,
+    Isa::Avx512Vnni,
+];
 
 /// How the scales of one test vary.
 #[derive(Clone, Copy, Debug)]
@@ -121,6 +127,27 @@ fn check_q8(seed: u64, cs: Case) {
         )
         .unwrap();
         assert_bits(&got, &want, &format!("{isa:?} {cs:?}"));
+    }
+    // B made non-negative (post-ReLU activations), which the unbiased k-quad kernel takes
+    // where its pair sums cannot saturate, and which every family must get right.
+    let relu: Vec<i8> = bdata.iter().map(|&v| v.max(0)).collect();
+    let qb = QMatRef {
+        mat: view(cs.lb, &relu, k, n),
+        ..qb
+    };
+    let mut want = c0.clone();
+    gemm_q8_ref(qa, qb, spec, MatMut::row_major(&mut want, m, n).unwrap()).unwrap();
+    for isa in [Isa::Avx2Quad, Isa::Avx512Vnni] {
+        let mut got = c0.clone();
+        gemm_q(
+            isa,
+            qa,
+            qb,
+            spec,
+            MatMut::row_major(&mut got, m, n).unwrap(),
+        )
+        .unwrap();
+        assert_bits(&got, &want, &format!("{isa:?} B >= 0 {cs:?}"));
     }
 }
 
