@@ -37,8 +37,9 @@ pub trait GemmBackend: Send + Sync {
     }
 
     /// Whether [`GemmBackend::gemm_q8_im2col`] packs this B from the maps, faster than a
-    /// layer's own im2col followed by `gemm_q8`; layers ask before choosing.
-    fn packs_im2col(&self, _b: &QIm2colRef<'_>) -> bool {
+    /// layer's own im2col followed by `gemm_q8`, for an A of bound `a_max_abs`; layers ask
+    /// before choosing.
+    fn packs_im2col(&self, _a_max_abs: u32, _b: &QIm2colRef<'_>) -> bool {
         false
     }
 
@@ -96,11 +97,21 @@ impl GemmBackend for CpuBackend {
     }
     /// On CPUs with the biased k-quad kernels (AVX-512 VNNI), for operands they pack whole
     /// ([`QIm2colRef::packs_whole`]); on AVX2 (either family), for the column matrices the
-    /// k-pair packer takes whole ([`QIm2colRef::pairs_pack_whole`], which includes what the
-    /// AVX2 k-quad packer takes); elsewhere B would be materialised element by element, slower
-    /// than the layers' own im2col.
-    fn packs_im2col(&self, b: &QIm2colRef<'_>) -> bool {
+    /// k-pair packer takes whole ([`QIm2colRef::pairs_pack_whole`], which includes the column
+    /// matrices the AVX2 k-quad packer takes), and `col^T` of post-ReLU maps where the AVX2
+    /// k-quad packer takes it whole; elsewhere B would be materialised element by element,
+    /// slower than the layers' own im2col.
+    fn packs_im2col(&self, a_max_abs: u32, b: &QIm2colRef<'_>) -> bool {
         let isa = crate::Isa::detect();
+        if isa.unbiased_b() && b.transposed {
+            // The AVX2 k-quad packer takes `col^T` whole, but only post-ReLU maps; anything
+            // else would be materialised by the definition.
+            let Ok(maps) = MatRef::row_major(b.src.maps, 1, b.src.maps.len()) else {
+                return false;
+            };
+            return b.avx2_quads_pack_whole()
+                && isa.quads_take(a_max_abs, b.max_abs, crate::qgemm::non_negative(&maps, isa));
+        }
         if isa.uses_quads() && !isa.unbiased_b() {
             b.packs_whole()
         } else {

@@ -138,9 +138,11 @@ impl QIm2colRef<'_> {
     }
 
     /// Whether the AVX2 k-quad packer takes all of B from the maps with 32-byte loads: the
-    /// column matrix (not its transpose) in whole 32-pixel strips of one example.
+    /// column matrix in whole 32-pixel strips of one example; `col^T` in 32-pixel blocks and
+    /// taps in eights.
     pub fn avx2_quads_pack_whole(&self) -> bool {
-        !self.transposed && (self.src.h * self.src.w).is_multiple_of(32)
+        let strips = (self.src.h * self.src.w).is_multiple_of(32);
+        strips && (!self.transposed || self.src.rows().is_multiple_of(8))
     }
 
     /// Whether the k-pair packer takes all of B from the maps with 16-byte loads: the column
@@ -184,15 +186,16 @@ pub(crate) struct Im2colPlan<'a> {
     /// `bytes16[(tap * (h * w / 16) + s) * 16 + i]` is -1 (all bits) when column `16 s + i` of
     /// an example reads inside the plane at that tap, else 0: an AND mask for a 16-byte load.
     pub bytes16: Vec<i8>,
-    /// The AVX2 k-quad packer's strips of 32 columns (`strips`, not transposed): as
-    /// `bytes16`, `bytes32[(tap * (h * w / 32) + s) * 32 + i]`.
+    /// The AVX2 k-quad packer's strips of 32 pixels (`strips`): as `bytes16`,
+    /// `bytes32[(tap * (h * w / 32) + s) * 32 + i]`.
     pub bytes32: Vec<i8>,
 }
 
 impl<'a> Im2colPlan<'a> {
-    /// The plan for the family that packs (`quads`: the k-quad family's 32-column masks;
-    /// otherwise the k-pair family's 16-byte masks).
-    pub fn new(src: Im2colRef<'a>, transposed: bool, quads: bool) -> Self {
+    /// The plan for the family that packs (`quads`: the k-quad family's 32-column masks, and
+    /// with `bytes` the AVX2 k-quad packer's byte masks too; otherwise the k-pair family's
+    /// 16-byte masks).
+    pub fn new(src: Im2colRef<'a>, transposed: bool, quads: bool, bytes: bool) -> Self {
         let (k, h, w) = (src.k, src.h, src.w);
         let (hw, pad) = (h * w, src.pad() as isize);
         let rows = src.rows();
@@ -211,10 +214,10 @@ impl<'a> Im2colPlan<'a> {
             Vec::new()
         };
         let masks = wide.iter().map(|&m| m as u32).collect();
-        let bytes32 = if transposed {
-            Vec::new()
-        } else {
+        let bytes32 = if bytes {
             mask_bytes(&wide, 32)
+        } else {
+            Vec::new()
         };
         let bytes16 = if !quads && hw % 16 == 0 && !transposed {
             mask_bytes(&strip_masks(&src, 16), 16)

@@ -692,7 +692,7 @@ pub(crate) mod tests {
             let col = src.materialize();
             let (rows, cols) = (src.rows(), src.cols());
             let mat = MatRef::row_major(&col, rows, cols).unwrap();
-            let plan = Im2colPlan::new(src, false, false);
+            let plan = Im2colPlan::new(src, false, false, false);
             let range_sets: Vec<Vec<(usize, usize)>> = vec![
                 vec![(0, rows)],
                 vec![(0, rows / 2), (rows / 2, rows)],

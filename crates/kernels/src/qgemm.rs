@@ -1019,7 +1019,7 @@ pub fn gemm_q8_im2col_with(
         empty_k(c, m, n, k, spec.accumulate);
         return Ok(());
     }
-    let plan = Im2colPlan::new(b.src, b.transposed, quads);
+    let plan = Im2colPlan::new(b.src, b.transposed, quads, quads && isa.unbiased_b());
     let out = Out::Q {
         c: SendPtr(c.data.as_mut_ptr()),
         ldc: c.ld,

@@ -252,6 +252,10 @@ pub fn pack_b(
 ///   masked load from its shifted plane (maps of whole 64-pixel blocks, ranges starting on
 ///   one).
 ///
+/// On AVX2 ([`Isa::Avx2Quad`], unbiased): whole strips of the column matrix take each row as
+/// one 32-byte load ANDed with the tap's byte mask; `col^T` takes eight taps at a time, each
+/// tap's 32 pixels one such load, through the 8x8 dword transpose.
+///
 /// The rest goes through [`crate::im2col_b::Im2colRef::at`].
 pub(crate) fn pack_b_im2col(
     isa: Isa,
@@ -268,6 +272,7 @@ pub(crate) fn pack_b_im2col(
     let strips_fast = vnni(isa) && plan.strips && !t && n0.is_multiple_of(NR);
     let blocks_fast = vnni(isa) && plan.strips && t && (src.h * src.w).is_multiple_of(64);
     let bytes_fast = maddubs(isa) && !plan.bytes32.is_empty() && !t && n0.is_multiple_of(NR);
+    let tbytes_fast = maddubs(isa) && !plan.bytes32.is_empty() && t;
     let flip = b_flip(isa.or_supported());
     // B's element `(k, column)`, by the definition.
     let at = |k: usize, n: usize| if t { src.at(n, k) } else { src.at(k, n) };
@@ -314,6 +319,22 @@ pub(crate) fn pack_b_im2col(
                 let (ks, tail) = (k0 + 64 * blocks, &mut seg[16 * blocks * NR * 4..]);
                 pack_b_generic_cols(flip, at, n, c, c + 16, ks, k1, tail);
                 c += 16;
+            }
+        }
+        if tbytes_fast && k0.is_multiple_of(32) {
+            while valid - c >= 8 {
+                let blocks = (k1 - k0) / 32;
+                // SAFETY: AVX2 is present (the family's requirement); `bytes32` exists, so
+                // `h * w % 32 == 0` and each 32-pixel block from `k0` (`k0 % 32 == 0`) lies
+                // inside one example; taps `n + c ..` and the blocks lie in the matrix; `seg`
+                // holds the strip's quads of `k0..k1` (asserted).
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx2::im2col_t_lines(plan, n + c, k0, blocks, c, seg)
+                };
+                let (ks, tail) = (k0 + 32 * blocks, &mut seg[8 * blocks * NR * 4..]);
+                pack_b_generic_cols(flip, at, n, c, c + 8, ks, k1, tail);
+                c += 8;
             }
         }
         pack_b_generic_cols(flip, at, n, c, valid, k0, k1, seg);
@@ -610,17 +631,6 @@ mod avx2 {
                 edge_row(plan, k, n)
             }
         }
-        #[cold]
-        #[inline(never)]
-        fn edge_row(plan: &Im2colPlan<'_>, k: usize, n: usize) -> __m256i {
-            let mut b = [0i8; 32];
-            for (i, v) in b.iter_mut().enumerate() {
-                *v = plan.src.at(k, n + i);
-            }
-            // SAFETY: an unaligned load of a local 32-byte array; this is only called from
-            // `im2col_strip`, which requires AVX2.
-            unsafe { _mm256_loadu_si256(b.as_ptr() as *const __m256i) }
-        }
         for q in 0..(k1 - k0).div_ceil(4) {
             let k = k0 + 4 * q;
             let x0 = row(plan, maps, masks, len, base, per, k, k1, n);
@@ -628,6 +638,73 @@ mod avx2 {
             let x2 = row(plan, maps, masks, len, base, per, k + 2, k1, n);
             let x3 = row(plan, maps, masks, len, base, per, k + 3, k1, n);
             interleave4(x0, x1, x2, x3, seg.as_mut_ptr().add(q * 128));
+        }
+    }
+
+    /// Row `k` of the column matrix at columns `n .. n + 32`, by the definition (for loads that
+    /// would reach past either end of the maps).
+    ///
+    /// # Safety
+    /// AVX2 must be present.
+    #[cold]
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn edge_row(plan: &Im2colPlan<'_>, k: usize, n: usize) -> __m256i {
+        let mut b = [0i8; 32];
+        for (i, v) in b.iter_mut().enumerate() {
+            *v = plan.src.at(k, n + i);
+        }
+        _mm256_loadu_si256(b.as_ptr() as *const __m256i)
+    }
+
+    /// Eight taps `r0 .. r0 + 8` of a transposed im2col B (`col^T`, see
+    /// [`super::pack_b_im2col`]), unbiased, over `blocks` blocks of 32 pixels from `px0`, into
+    /// strip columns `col ..` of `seg`: each tap's block is one 32-byte load from its shifted
+    /// plane ANDed with the tap's border mask (`plan.bytes32`; a load that would reach past
+    /// either end of the maps goes through the definition), then the 8x8 dword transpose.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `plan.bytes32` must be non-empty (`h * w % 32 == 0`); taps,
+    /// pixels and `seg` are asserted.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn im2col_t_lines(
+        plan: &Im2colPlan<'_>,
+        r0: usize,
+        px0: usize,
+        blocks: usize,
+        col: usize,
+        seg: &mut [u8],
+    ) {
+        let src = &plan.src;
+        let hw = src.h * src.w;
+        let per = hw / 32;
+        assert!(col + 8 <= NR && r0 + 8 <= plan.row_offset.len());
+        assert!(px0.is_multiple_of(32) && px0 + 32 * blocks <= src.cols());
+        assert!(seg.len() >= blocks * 8 * NR * 4);
+        // Every row's tap is below `k * k` (`Im2colPlan::new`), so its masks are in bounds.
+        assert!(plan.bytes32.len() == src.k * src.k * per * 32);
+        let len = src.maps.len() as isize;
+        let (maps, masks, dst) = (src.maps.as_ptr(), plan.bytes32.as_ptr(), seg.as_mut_ptr());
+        for t in 0..blocks {
+            let px = px0 + 32 * t;
+            let (e, p0) = (px / hw, px % hw);
+            let base = (e * src.channels * hw + p0) as isize;
+            let mut v = [_mm256_setzero_si256(); 8];
+            for (i, vi) in v.iter_mut().enumerate() {
+                let r = r0 + i;
+                let m = masks.add((plan.row_tap[r] * per + p0 / 32) * 32);
+                let at = base + plan.row_offset[r];
+                *vi = if at >= 0 && at + 32 <= len {
+                    let x = _mm256_loadu_si256(maps.offset(at) as *const __m256i);
+                    _mm256_and_si256(x, _mm256_loadu_si256(m as *const __m256i))
+                } else {
+                    edge_row(plan, r, px)
+                };
+            }
+            for (q, o) in transpose8(v).iter().enumerate() {
+                let at = ((8 * t + q) * NR + col) * 4;
+                _mm256_storeu_si256(dst.add(at) as *mut __m256i, *o);
+            }
         }
     }
 
@@ -1343,7 +1420,7 @@ mod tests {
         ] {
             let maps: Vec<i8> = (0..e * c * h * w).map(|i| val(i * 7 + 3)).collect();
             let src = Im2colRef::new(&maps, e, c, h, w, k).unwrap();
-            let plan = Im2colPlan::new(src, false, true);
+            let plan = Im2colPlan::new(src, false, true, true);
             let (rows, cols) = (src.rows(), src.cols());
             let col = src.materialize();
             let mat = MatRef::row_major(&col, rows, cols).unwrap();
@@ -1355,7 +1432,7 @@ mod tests {
             let col_sets = [(0, cols), (c32, cols - c32), (0, 33.min(cols))];
             check(&plan, &mat, &[&whole, &odd, &late], &col_sets, &what);
             // B = col^T: pixels are K, taps the columns.
-            let tplan = Im2colPlan::new(src, true, true);
+            let tplan = Im2colPlan::new(src, true, true, true);
             let whole = [(0, cols)];
             let from64 = [(64.min(cols), cols)];
             let odd = [(0, cols.min(70)), (cols.min(70), cols)];

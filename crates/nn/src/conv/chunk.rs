@@ -142,7 +142,7 @@ pub(super) fn gemm_on_columns(
             scales: b.scales,
             max_abs: b.bound,
         };
-        if backend.packs_im2col(&bq) {
+        if backend.packs_im2col(a.max_abs, &bq) {
             return clock(&mut t.gemm, || backend.gemm_q8_im2col(a, bq, spec, c));
         }
     }
