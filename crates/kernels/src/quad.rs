@@ -234,6 +234,24 @@ pub fn pack_b(
     segs.walk(out, first, |n, valid, k0, k1, seg: &mut [u8]| {
         if (vnni || maddubs) && b.row_stride == 1 {
             pack_b_cols(vnni, flip, b, n, 0, valid, k0, k1, seg);
+        } else if maddubs && b.col_stride == 1 && k1 > k0 {
+            // The partial last strip of a row-contiguous B (the full ones are packed above).
+            assert!((k1 - 1) * b.row_stride + n + valid <= b.data.len());
+            assert!(valid <= NR && seg.len() >= (k1 - k0).div_ceil(4) * NR * 4);
+            // SAFETY: rows k0..k1 at columns n..n+valid are inside `data` and `seg` holds the
+            // strip's quads of k0..k1 (asserted); AVX2 is present (the family's requirement).
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx2::b_rows_tail(
+                    b.data.as_ptr(),
+                    b.row_stride,
+                    n,
+                    valid,
+                    k0,
+                    k1,
+                    seg.as_mut_ptr(),
+                )
+            };
         } else {
             pack_b_generic_cols(flip, |k, c| b.at(k, c), n, 0, valid, k0, k1, seg);
         }
@@ -567,6 +585,40 @@ mod avx2 {
                 let o = out.add(j * strip_len + q * 128);
                 interleave4(x[0], x[1], x[2], x[3], o);
             }
+            k += 4;
+            q += 1;
+        }
+    }
+
+    /// Row-contiguous B, unbiased, one strip of `valid < 32` columns from `n`: each row's
+    /// `valid` bytes copied into a zeroed 32-byte line (the pad columns are 0), then as
+    /// [`b_rows`].
+    ///
+    /// # Safety
+    /// Rows `k0..k1` at columns `n .. n + valid` must be readable, `valid <= 32`; `out` must
+    /// hold the strip's quads of `k0..k1`; AVX2 must be present.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn b_rows_tail(
+        data: *const i8,
+        row_stride: usize,
+        n: usize,
+        valid: usize,
+        k0: usize,
+        k1: usize,
+        out: *mut u8,
+    ) {
+        let (mut k, mut q) = (k0, 0);
+        while k < k1 {
+            let mut x = [_mm256_setzero_si256(); 4];
+            for (h, xh) in x.iter_mut().enumerate() {
+                if k + h < k1 {
+                    let mut line = [0i8; 32];
+                    let src = data.add((k + h) * row_stride + n);
+                    std::ptr::copy_nonoverlapping(src, line.as_mut_ptr(), valid);
+                    *xh = _mm256_loadu_si256(line.as_ptr() as *const __m256i);
+                }
+            }
+            interleave4(x[0], x[1], x[2], x[3], out.add(q * 128));
             k += 4;
             q += 1;
         }
