@@ -535,8 +535,17 @@ mod avx2 {
     /// Four rows of 32 columns (`x0..x3`, one byte per column) as the 128 bytes of one quad
     /// of a strip: column `c`'s four bytes at `4 * c`. Bytes then words are interleaved within
     /// 128-bit lanes, then the lanes regrouped.
+    ///
+    /// # Safety
+    /// AVX2 must be present (the caller's target features); `o` must have room for 128 bytes.
     #[inline(always)]
-    unsafe fn interleave4(x0: __m256i, x1: __m256i, x2: __m256i, x3: __m256i, o: *mut u8) {
+    pub(super) unsafe fn interleave4(
+        x0: __m256i,
+        x1: __m256i,
+        x2: __m256i,
+        x3: __m256i,
+        o: *mut u8,
+    ) {
         let t0 = _mm256_unpacklo_epi8(x0, x1);
         let t1 = _mm256_unpackhi_epi8(x0, x1);
         let t2 = _mm256_unpacklo_epi8(x2, x3);
@@ -1197,29 +1206,7 @@ mod avx512 {
         for q in 0..nq {
             let k = k0 + 4 * q;
             let (x0, x1, x2, x3) = (row(k), row(k + 1), row(k + 2), row(k + 3));
-            // Within each 128-bit lane (columns 16L ..): byte pairs, then dwords of four rows.
-            let t0 = _mm256_unpacklo_epi8(x0, x1);
-            let t1 = _mm256_unpackhi_epi8(x0, x1);
-            let t2 = _mm256_unpacklo_epi8(x2, x3);
-            let t3 = _mm256_unpackhi_epi8(x2, x3);
-            let u0 = _mm256_unpacklo_epi16(t0, t2); // columns 0..4 | 16..20
-            let u1 = _mm256_unpackhi_epi16(t0, t2); // 4..8 | 20..24
-            let u2 = _mm256_unpacklo_epi16(t1, t3); // 8..12 | 24..28
-            let u3 = _mm256_unpackhi_epi16(t1, t3); // 12..16 | 28..32
-            let o = seg.as_mut_ptr().add(q * 128);
-            _mm256_storeu_si256(o as *mut __m256i, _mm256_permute2x128_si256::<0x20>(u0, u1));
-            _mm256_storeu_si256(
-                o.add(32) as *mut __m256i,
-                _mm256_permute2x128_si256::<0x20>(u2, u3),
-            );
-            _mm256_storeu_si256(
-                o.add(64) as *mut __m256i,
-                _mm256_permute2x128_si256::<0x31>(u0, u1),
-            );
-            _mm256_storeu_si256(
-                o.add(96) as *mut __m256i,
-                _mm256_permute2x128_si256::<0x31>(u2, u3),
-            );
+            super::avx2::interleave4(x0, x1, x2, x3, seg.as_mut_ptr().add(q * 128));
         }
     }
 

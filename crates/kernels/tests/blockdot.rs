@@ -10,14 +10,6 @@ use lowprec_kernels::blockdot::{
 };
 use lowprec_kernels::Isa;
 
-const ISAS: [Isa; 5] = [
-    Isa::Generic,
-    Isa::Avx2,
-    Isa::GenericQuad,
-    Isa::Avx2Quad,
-    Isa::Avx512Vnni,
-];
-
 fn exps(seed: u64, stream: u64, n: usize) -> Vec<i32> {
     (0..n)
         .map(|i| int_in(seed, stream, i as u64, -25, 15) as i32)

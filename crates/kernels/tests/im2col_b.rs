@@ -11,14 +11,6 @@ use lowprec_kernels::{
     QMatRef, Scales,
 };
 
-const ISAS: [Isa; 5] = [
-    Isa::Generic,
-    Isa::Avx2,
-    Isa::GenericQuad,
-    Isa::Avx2Quad,
-    Isa::Avx512Vnni,
-];
-
 /// The column matrix of a same-size convolution, written tap by tap (seven loops).
 fn im2col_direct(maps: &[i8], e: usize, c: usize, h: usize, w: usize, k: usize) -> Vec<i8> {
     let (p, cols) = (k / 2, e * h * w);

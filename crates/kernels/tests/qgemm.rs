@@ -9,14 +9,6 @@ use lowprec_kernels::{
     MatRef, QMatRef, Scales,
 };
 
-const ISAS: [Isa; 5] = [
-    Isa::Generic,
-    Isa::Avx2,
-    Isa::GenericQuad,
-    Isa::Avx2Quad,
-    Isa::Avx512Vnni,
-];
-
 /// How the scales of one test vary.
 #[derive(Clone, Copy, Debug)]
 enum ScaleKind {
@@ -114,20 +106,8 @@ fn check_q8(seed: u64, cs: Case) {
         segment,
         accumulate: cs.accumulate,
     };
-    let mut want = c0.clone();
-    gemm_q8_ref(qa, qb, spec, MatMut::row_major(&mut want, m, n).unwrap()).unwrap();
-    for isa in ISAS {
-        let mut got = c0.clone();
-        gemm_q(
-            isa,
-            qa,
-            qb,
-            spec,
-            MatMut::row_major(&mut got, m, n).unwrap(),
-        )
-        .unwrap();
-        assert_bits(&got, &want, &format!("{isa:?} {cs:?}"));
-    }
+    let what = format!("{cs:?}");
+    check_families(&ISAS, qa, qb, spec, &c0, &what);
     // B made non-negative (post-ReLU activations), which the unbiased k-quad kernel takes
     // where its pair sums cannot saturate, and which every family must get right.
     let relu: Vec<i8> = bdata.iter().map(|&v| v.max(0)).collect();
@@ -135,10 +115,30 @@ fn check_q8(seed: u64, cs: Case) {
         mat: view(cs.lb, &relu, k, n),
         ..qb
     };
-    let mut want = c0.clone();
+    check_families(
+        &[Isa::Avx2Quad, Isa::Avx512Vnni],
+        qa,
+        qb,
+        spec,
+        &c0,
+        &format!("B >= 0 {what}"),
+    );
+}
+
+/// `gemm_q` on each of `isas` from `c0` against the reference, bit for bit.
+fn check_families(
+    isas: &[Isa],
+    qa: QMatRef<'_, i8>,
+    qb: QMatRef<'_, i8>,
+    spec: GemmSpec,
+    c0: &[f32],
+    what: &str,
+) {
+    let (m, n) = (qa.mat.rows, qb.mat.cols);
+    let mut want = c0.to_vec();
     gemm_q8_ref(qa, qb, spec, MatMut::row_major(&mut want, m, n).unwrap()).unwrap();
-    for isa in [Isa::Avx2Quad, Isa::Avx512Vnni] {
-        let mut got = c0.clone();
+    for &isa in isas {
+        let mut got = c0.to_vec();
         gemm_q(
             isa,
             qa,
@@ -147,7 +147,7 @@ fn check_q8(seed: u64, cs: Case) {
             MatMut::row_major(&mut got, m, n).unwrap(),
         )
         .unwrap();
-        assert_bits(&got, &want, &format!("{isa:?} B >= 0 {cs:?}"));
+        assert_bits(&got, &want, &format!("{isa:?} {what}"));
     }
 }
 

@@ -1,7 +1,16 @@
 //! Shared test helpers: a counter-based generator (no shared mutable RNG) and matrix builders.
 #![allow(dead_code)]
 
-use lowprec_kernels::MatRef;
+use lowprec_kernels::{Isa, MatRef};
+
+/// Every kernel family (the tests lower each to what the CPU supports).
+pub const ISAS: [Isa; 5] = [
+    Isa::Generic,
+    Isa::Avx2,
+    Isa::GenericQuad,
+    Isa::Avx2Quad,
+    Isa::Avx512Vnni,
+];
 
 /// SplitMix64 finaliser of `(seed, stream, index)`: draw `index` of stream `stream` under `seed`.
 pub fn draw(seed: u64, stream: u64, index: u64) -> u64 {
