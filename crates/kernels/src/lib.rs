@@ -11,7 +11,8 @@
 //! Layout: [`qgemm`] (blocked driver and epilogue), `threads` (how C is split among threads,
 //! and [`serial`]), [`ukernel`] (6x16 `vpmaddwd`
 //! microkernel in AVX2 assembly + portable kernel, chosen at run time by [`Isa::detect`]),
-//! [`pack`] (k-pair i16 panels), [`quad`] (k-quad byte panels and the AVX-512 VNNI kernel),
+//! [`pack`] (k-pair i16 panels), [`quad`] (k-quad byte panels, the AVX-512 VNNI kernel and the
+//! AVX2 `vpmaddubsw` kernel for non-negative B),
 //! [`im2col_b`] (B operands packed straight from 8-bit feature maps, for convolutions),
 //! `smallseg` (direct path for segments of <= 3 elements),
 //! [`f32gemm`] (the `gemm` / `matrixmultiply` crates on shape-determined blocks), [`mod@lowbit`]
