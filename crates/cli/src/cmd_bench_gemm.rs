@@ -106,15 +106,8 @@ fn print_table(
     let lowbits: Vec<BenchKernel> = kernels.iter().copied().filter(|k| k.is_lowbit()).collect();
     let has_i8 = kernels.contains(&BenchKernel::I8);
     let i8s: Vec<BenchKernel> = kernels.iter().copied().filter(|k| k.is_i8()).collect();
-    // The family each 8-bit kernel runs on: signed B never takes the unbiased k-quad one.
     let isa = Isa::detect();
-    let family = |k: BenchKernel| {
-        if k == BenchKernel::I8 && isa.unbiased_b() {
-            isa.pair_isa()
-        } else {
-            isa
-        }
-    };
+    let family = |k: BenchKernel| k.family(isa);
     // The ceilings are measured here, on this machine, not carried over from another one.
     let mut peaks: Vec<(Isa, Option<(f64, &'static str)>)> = Vec::new();
     for &k in &i8s {

@@ -110,7 +110,9 @@ impl GemmBackend for CpuBackend {
                 return false;
             };
             return b.avx2_quads_pack_whole()
-                && isa.quads_take(a_max_abs, b.max_abs, crate::qgemm::non_negative(&maps, isa));
+                && isa.quads_take(a_max_abs, b.max_abs, || {
+                    crate::qgemm::non_negative(&maps, isa)
+                });
         }
         if isa.uses_quads() && !isa.unbiased_b() {
             b.packs_whole()

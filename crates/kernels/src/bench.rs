@@ -64,6 +64,16 @@ impl BenchKernel {
         matches!(self, BenchKernel::I8 | BenchKernel::I8Relu)
     }
 
+    /// The kernel family an 8-bit kernel runs on when `isa` is detected: `I8`'s B is signed,
+    /// so it never takes the unbiased k-quad family ([`crate::Isa::quads_take`]).
+    pub fn family(self, isa: crate::Isa) -> crate::Isa {
+        if self == BenchKernel::I8 && isa.unbiased_b() {
+            isa.pair_isa()
+        } else {
+            isa
+        }
+    }
+
     /// The f32 kernels.
     pub fn is_f32(self) -> bool {
         !self.is_lowbit() && !self.is_i8()

@@ -855,37 +855,9 @@ pub(crate) fn check_range<T: QElem>(
         let _ = isa;
         over_body(line, max_abs)
     }
-    // Large operands are scanned by the pool too: the scan is bound by memory bandwidth,
-    // which two cores have more of than one.
-    let parallel = q.rows * q.cols >= 1 << 22;
     let isa = Isa::detect();
-    fn scan<'d, T: QElem>(
-        lines: usize,
-        parallel: bool,
-        isa: Isa,
-        max_abs: u32,
-        line: impl Fn(usize) -> &'d [T] + Sync,
-    ) -> bool {
-        use rayon::prelude::*;
-        if parallel {
-            (0..lines)
-                .into_par_iter()
-                .any(|i| over(line(i), max_abs, isa))
-        } else {
-            (0..lines).any(|i| over(line(i), max_abs, isa))
-        }
-    }
-    let bad = if q.col_stride == 1 {
-        scan(q.rows, parallel, isa, max_abs, |r| {
-            &q.data[r * q.row_stride..r * q.row_stride + q.cols]
-        })
-    } else if q.row_stride == 1 {
-        scan(q.cols, parallel, isa, max_abs, |c| {
-            &q.data[c * q.col_stride..c * q.col_stride + q.rows]
-        })
-    } else {
-        true // no bulk scan for general strides: let the reference scan decide
-    };
+    // No bulk scan for general strides: the reference scan decides.
+    let bad = any_line(q, |line| over(line, max_abs, isa)).unwrap_or(true);
     if bad {
         crate::reference::check_range_ref(name, q, max_abs)
     } else {
@@ -893,51 +865,53 @@ pub(crate) fn check_range<T: QElem>(
     }
 }
 
-/// Whether every element of `q` is `>= 0` (what the unbiased k-quad kernel needs of B),
-/// scanning contiguous lines; a view with general strides counts as having negatives.
+/// Whether `bad` holds for any contiguous line of `q` (its rows, or its columns for a
+/// transposed view); `None` for a view with general strides (no bulk scan). Large operands are
+/// scanned by the pool too: a scan is bound by memory bandwidth, which two cores have more of
+/// than one.
+fn any_line<T: Copy + Sync>(q: &MatRef<'_, T>, bad: impl Fn(&[T]) -> bool + Sync) -> Option<bool> {
+    use rayon::prelude::*;
+    let (lines, len, stride) = if q.col_stride == 1 {
+        (q.rows, q.cols, q.row_stride)
+    } else if q.row_stride == 1 {
+        (q.cols, q.rows, q.col_stride)
+    } else {
+        return None;
+    };
+    let line = |i: usize| &q.data[i * stride..i * stride + len];
+    Some(if lines * len >= 1 << 22 {
+        (0..lines).into_par_iter().any(|i| bad(line(i)))
+    } else {
+        (0..lines).any(|i| bad(line(i)))
+    })
+}
+
+/// Whether every element of `q` is `>= 0` (what the unbiased k-quad kernel needs of B); a view
+/// with general strides counts as having negatives. `isa` must be supported.
 pub(crate) fn non_negative(q: &MatRef<'_, i8>, isa: Isa) -> bool {
     #[inline(always)]
-    fn body(line: &[i8]) -> bool {
+    fn negative_body(line: &[i8]) -> bool {
         // An OR of the sign bits vectorises to one `vpor` per 32 bytes; an early-exit search
         // would not.
-        line.iter().fold(0u8, |acc, &v| acc | v as u8) & 0x80 == 0
+        line.iter().fold(0u8, |acc, &v| acc | v as u8) & 0x80 != 0
     }
     /// # Safety
     ///
     /// The CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn body_avx2(line: &[i8]) -> bool {
-        body(line)
+    unsafe fn negative_avx2(line: &[i8]) -> bool {
+        negative_body(line)
     }
-    let ok = |line: &[i8]| {
+    let negative = |line: &[i8]| {
         #[cfg(target_arch = "x86_64")]
         if isa.has_avx2() {
-            // SAFETY: AVX2 is present (`isa` is supported, the callers' `or_supported`).
-            return unsafe { body_avx2(line) };
+            // SAFETY: AVX2 is present (`isa` is supported).
+            return unsafe { negative_avx2(line) };
         }
-        let _ = isa;
-        body(line)
+        negative_body(line)
     };
-    if q.rows == 0 || q.cols == 0 {
-        true
-    } else if q.col_stride == 1 {
-        (0..q.rows).all(|r| ok(&q.data[r * q.row_stride..r * q.row_stride + q.cols]))
-    } else if q.row_stride == 1 {
-        (0..q.cols).all(|c| ok(&q.data[c * q.col_stride..c * q.col_stride + q.rows]))
-    } else {
-        false
-    }
-}
-
-/// Whether an 8-bit product runs on the k-quad family of `isa` (see [`Isa::quads_take`]); B's
-/// sign is scanned only where the family needs it.
-fn quads_take(isa: Isa, a_max_abs: u32, b_max_abs: u32, b: &MatRef<'_, i8>) -> bool {
-    isa.quads_take(
-        a_max_abs,
-        b_max_abs,
-        !isa.unbiased_b() || non_negative(b, isa),
-    )
+    any_line(q, negative).is_some_and(|neg| !neg)
 }
 
 /// Quantised GEMM on the given kernel family (see [`crate::types`] for the semantics).
@@ -961,7 +935,8 @@ pub fn gemm_q<T: QElem>(
     if crate::smallseg::eligible::<T>(&chunks, a.max_abs, b.max_abs) {
         return crate::smallseg::run(isa, &a, &b, &chunks, spec.accumulate, c);
     }
-    let quads = T::as_i8(&b.mat).is_some_and(|bm| quads_take(isa, a.max_abs, b.max_abs, &bm));
+    let quads = T::as_i8(&b.mat)
+        .is_some_and(|bm| isa.quads_take(a.max_abs, b.max_abs, || non_negative(&bm, isa)));
     let ldc = c.ld;
     let out = Out::Q {
         c: SendPtr(c.data.as_mut_ptr()),
@@ -1000,7 +975,7 @@ pub fn gemm_q8_im2col_with(
     let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
     // B holds the maps' values and zeros: the maps' range and sign are B's.
     let maps = MatRef::row_major(b.src.maps, 1, b.src.maps.len())?;
-    let mut quads = quads_take(isa, a.max_abs, b.max_abs, &maps);
+    let mut quads = isa.quads_take(a.max_abs, b.max_abs, || non_negative(&maps, isa));
     if quads && isa.unbiased_b() && !b.avx2_quads_pack_whole() {
         // The AVX2 k-quad packer takes only the column matrix in whole 32-pixel strips; the
         // k-pair one from the maps beats materialising B by its definition.
@@ -1105,7 +1080,7 @@ pub fn gemm_i8_i32_with(
         ldc: c.ld,
     };
     // Full-range bytes: 128 bounds both sides.
-    let quads = quads_take(isa, 128, 128, &b);
+    let quads = isa.quads_take(128, 128, || non_negative(&b, isa));
     run_family(isa, quads, a, b, None, &[(0, 0, k)], out);
     Ok(())
 }

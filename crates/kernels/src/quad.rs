@@ -652,53 +652,48 @@ mod avx2 {
     ) {
         let src = &plan.src;
         let hw = src.h * src.w;
-        let (e, p0) = (n / hw, n % hw);
-        let per = hw / 32;
-        let len = src.maps.len() as isize;
-        let base = (e * src.channels * hw + p0) as isize;
-        assert!(e < src.examples && k1 <= plan.row_offset.len());
+        assert!(n / hw < src.examples && k1 <= plan.row_offset.len());
         assert!(seg.len() >= (k1 - k0).div_ceil(4) * 128);
-        // Every row's tap is below `k * k` (`Im2colPlan::new`), so its masks are in bounds.
-        assert!(plan.bytes32.len() == src.k * src.k * per * 32);
-        let (maps, masks) = (src.maps.as_ptr(), plan.bytes32.as_ptr().add(p0 / 32 * 32));
-        /// Row `k`'s 32 bytes, masked (0 past `k1`).
-        ///
-        /// # Safety
-        /// AVX2 is present; `k` is below the plan's rows or at least `k1`; `masks` points at
-        /// this strip's mask in tap 0's table of `per` strips; `maps` holds `len` bytes;
-        /// `base` is the strip's first pixel.
-        #[inline(always)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn row(
-            plan: &Im2colPlan<'_>,
-            maps: *const i8,
-            masks: *const i8,
-            len: isize,
-            base: isize,
-            per: usize,
-            k: usize,
-            k1: usize,
-            n: usize,
-        ) -> __m256i {
-            if k >= k1 {
-                return _mm256_setzero_si256();
-            }
-            let tap = *plan.row_tap.get_unchecked(k);
-            let mask = _mm256_loadu_si256(masks.add(tap * per * 32) as *const __m256i);
-            let at = base + *plan.row_offset.get_unchecked(k);
-            if at >= 0 && at + 32 <= len {
-                _mm256_and_si256(_mm256_loadu_si256(maps.offset(at) as *const __m256i), mask)
-            } else {
-                edge_row(plan, k, n)
-            }
-        }
+        check_masks(plan);
         for q in 0..(k1 - k0).div_ceil(4) {
             let k = k0 + 4 * q;
-            let x0 = row(plan, maps, masks, len, base, per, k, k1, n);
-            let x1 = row(plan, maps, masks, len, base, per, k + 1, k1, n);
-            let x2 = row(plan, maps, masks, len, base, per, k + 2, k1, n);
-            let x3 = row(plan, maps, masks, len, base, per, k + 3, k1, n);
-            interleave4(x0, x1, x2, x3, seg.as_mut_ptr().add(q * 128));
+            let mut x = [_mm256_setzero_si256(); 4];
+            for (h, xh) in x.iter_mut().enumerate().filter(|(h, _)| k + h < k1) {
+                // SAFETY: AVX2 is present; `k + h < k1` is a row of the plan (asserted); the
+                // masks were checked; `n .. n + 32` lie in one example (the contract).
+                *xh = masked_row(plan, n, k + h);
+            }
+            interleave4(x[0], x[1], x[2], x[3], seg.as_mut_ptr().add(q * 128));
+        }
+    }
+
+    /// Asserts that `plan.bytes32` holds every tap's masks (every row's tap is below `k * k`,
+    /// see `Im2colPlan::new`), which [`masked_row`] relies on.
+    fn check_masks(plan: &Im2colPlan<'_>) {
+        let src = &plan.src;
+        assert!(plan.bytes32.len() == src.k * src.k * (src.h * src.w / 32) * 32);
+    }
+
+    /// Row `k` of the column matrix at the 32 columns `n ..` (one example's 32-pixel strip):
+    /// one load from the tap's shifted plane ANDed with its border mask, or the definition
+    /// where the 32 bytes would reach past either end of the maps.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `k` a row of the plan; `plan.bytes32` as [`check_masks`] asserts;
+    /// `n % 32 == 0` and `n + 32` at most the matrix's columns.
+    #[inline(always)]
+    unsafe fn masked_row(plan: &Im2colPlan<'_>, n: usize, k: usize) -> __m256i {
+        let src = &plan.src;
+        let hw = src.h * src.w;
+        let (e, p0) = (n / hw, n % hw);
+        let tap = *plan.row_tap.get_unchecked(k);
+        let m = plan.bytes32.as_ptr().add((tap * (hw / 32) + p0 / 32) * 32);
+        let at = (e * src.channels * hw + p0) as isize + *plan.row_offset.get_unchecked(k);
+        if at >= 0 && at + 32 <= src.maps.len() as isize {
+            let x = _mm256_loadu_si256(src.maps.as_ptr().offset(at) as *const __m256i);
+            _mm256_and_si256(x, _mm256_loadu_si256(m as *const __m256i))
+        } else {
+            edge_row(plan, k, n)
         }
     }
 
@@ -736,31 +731,19 @@ mod avx2 {
         col: usize,
         seg: &mut [u8],
     ) {
-        let src = &plan.src;
-        let hw = src.h * src.w;
-        let per = hw / 32;
         assert!(col + 8 <= NR && r0 + 8 <= plan.row_offset.len());
-        assert!(px0.is_multiple_of(32) && px0 + 32 * blocks <= src.cols());
+        assert!(px0.is_multiple_of(32) && px0 + 32 * blocks <= plan.src.cols());
         assert!(seg.len() >= blocks * 8 * NR * 4);
-        // Every row's tap is below `k * k` (`Im2colPlan::new`), so its masks are in bounds.
-        assert!(plan.bytes32.len() == src.k * src.k * per * 32);
-        let len = src.maps.len() as isize;
-        let (maps, masks, dst) = (src.maps.as_ptr(), plan.bytes32.as_ptr(), seg.as_mut_ptr());
+        check_masks(plan);
+        let dst = seg.as_mut_ptr();
         for t in 0..blocks {
             let px = px0 + 32 * t;
-            let (e, p0) = (px / hw, px % hw);
-            let base = (e * src.channels * hw + p0) as isize;
             let mut v = [_mm256_setzero_si256(); 8];
             for (i, vi) in v.iter_mut().enumerate() {
-                let r = r0 + i;
-                let m = masks.add((plan.row_tap[r] * per + p0 / 32) * 32);
-                let at = base + plan.row_offset[r];
-                *vi = if at >= 0 && at + 32 <= len {
-                    let x = _mm256_loadu_si256(maps.offset(at) as *const __m256i);
-                    _mm256_and_si256(x, _mm256_loadu_si256(m as *const __m256i))
-                } else {
-                    edge_row(plan, r, px)
-                };
+                // SAFETY: AVX2 is present; tap `r0 + i` is a row of the plan and the block
+                // `px .. px + 32` lies in one example (asserted, `h * w % 32 == 0`); the
+                // masks were checked.
+                *vi = masked_row(plan, px, r0 + i);
             }
             for (q, o) in transpose8(v).iter().enumerate() {
                 let at = ((8 * t + q) * NR + col) * 4;

@@ -112,13 +112,18 @@ impl Isa {
         self == Isa::Avx2Quad
     }
 
-    /// Whether an 8-bit product with these bounds and B's sign runs on the k-quad family:
-    /// always where the family multiplies biased B exactly; for `Avx2Quad` only when B is
-    /// non-negative and no `vpmaddubsw` pair sum can saturate.
-    pub fn quads_take(self, a_max_abs: u32, b_max_abs: u32, b_non_negative: bool) -> bool {
+    /// Whether an 8-bit product with these bounds runs on the k-quad family: always where the
+    /// family multiplies biased B exactly; for `Avx2Quad` only when no `vpmaddubsw` pair sum
+    /// can saturate and B is non-negative (`b_non_negative` scans it, only then).
+    pub fn quads_take(
+        self,
+        a_max_abs: u32,
+        b_max_abs: u32,
+        b_non_negative: impl FnOnce() -> bool,
+    ) -> bool {
         match self {
             Isa::Avx2Quad => {
-                b_non_negative && 2 * a_max_abs as u64 * b_max_abs as u64 <= i16::MAX as u64
+                2 * a_max_abs as u64 * b_max_abs as u64 <= i16::MAX as u64 && b_non_negative()
             }
             _ => self.uses_quads(),
         }
