@@ -82,6 +82,14 @@ fn forms(isa: Isa) -> Vec<Form> {
                     kernel_of: Some(Isa::Avx2Quad),
                 },
                 Form {
+                    name: "vpsignb + vpmaddubsw + vpmaddwd(1) + vpaddd (i32 sums, signed B: sign moved onto A)",
+                    macs: 32,
+                    exact: true,
+                    units_per_iter: 8,
+                    run: x86::signb_maddubsw_widen,
+                    kernel_of: None,
+                },
+                Form {
                     name: "vfmadd231ps ymm (f32)",
                     macs: 8,
                     exact: false,
@@ -213,7 +221,8 @@ mod x86 {
                     "vpxor xmm3, xmm3, xmm3", "vpxor xmm4, xmm4, xmm4", "vpxor xmm5, xmm5, xmm5",
                     "vpxor xmm6, xmm6, xmm6", "vpxor xmm7, xmm7, xmm7", "vpxor xmm8, xmm8, xmm8",
                     "vpxor xmm9, xmm9, xmm9", "vpxor xmm10, xmm10, xmm10",
-                    "vpxor xmm11, xmm11, xmm11", "vpcmpeqw ymm13, ymm13, ymm13",
+                    "vpxor xmm11, xmm11, xmm11", "vpxor xmm12, xmm12, xmm12",
+                    "vpcmpeqw ymm13, ymm13, ymm13",
                     "vpabsw ymm13, ymm13", "vpxor xmm14, xmm14, xmm14", "vpxor xmm15, xmm15, xmm15",
                     "2:",
                     $($ins,)+
@@ -262,6 +271,19 @@ mod x86 {
         "vpmaddubsw ymm9, ymm14, ymm15", "vpmaddwd ymm9, ymm9, ymm13", "vpaddd ymm5, ymm5, ymm9",
         "vpmaddubsw ymm10, ymm14, ymm15", "vpmaddwd ymm10, ymm10, ymm13", "vpaddd ymm6, ymm6, ymm10",
         "vpmaddubsw ymm11, ymm14, ymm15", "vpmaddwd ymm11, ymm11, ymm13", "vpaddd ymm7, ymm7, ymm11",
+    ]);
+
+    ymm_loop!(
+        /// 8 x (`vpsignb` moving B's sign onto A, then the trio of [`maddubsw_widen`] on |B|).
+        signb_maddubsw_widen, "avx2", [
+        "vpsignb ymm8, ymm14, ymm15", "vpmaddubsw ymm8, ymm12, ymm8", "vpmaddwd ymm8, ymm8, ymm13", "vpaddd ymm0, ymm0, ymm8",
+        "vpsignb ymm9, ymm14, ymm15", "vpmaddubsw ymm9, ymm12, ymm9", "vpmaddwd ymm9, ymm9, ymm13", "vpaddd ymm1, ymm1, ymm9",
+        "vpsignb ymm10, ymm14, ymm15", "vpmaddubsw ymm10, ymm12, ymm10", "vpmaddwd ymm10, ymm10, ymm13", "vpaddd ymm2, ymm2, ymm10",
+        "vpsignb ymm11, ymm14, ymm15", "vpmaddubsw ymm11, ymm12, ymm11", "vpmaddwd ymm11, ymm11, ymm13", "vpaddd ymm3, ymm3, ymm11",
+        "vpsignb ymm8, ymm14, ymm15", "vpmaddubsw ymm8, ymm12, ymm8", "vpmaddwd ymm8, ymm8, ymm13", "vpaddd ymm4, ymm4, ymm8",
+        "vpsignb ymm9, ymm14, ymm15", "vpmaddubsw ymm9, ymm12, ymm9", "vpmaddwd ymm9, ymm9, ymm13", "vpaddd ymm5, ymm5, ymm9",
+        "vpsignb ymm10, ymm14, ymm15", "vpmaddubsw ymm10, ymm12, ymm10", "vpmaddwd ymm10, ymm10, ymm13", "vpaddd ymm6, ymm6, ymm10",
+        "vpsignb ymm11, ymm14, ymm15", "vpmaddubsw ymm11, ymm12, ymm11", "vpmaddwd ymm11, ymm11, ymm13", "vpaddd ymm7, ymm7, ymm11",
     ]);
 
     ymm_loop!(
