@@ -660,17 +660,14 @@ fn scale_run(sc: &Scales<'_>, s: usize, i0: usize, len: usize) -> [f32; SIDE_MAX
         let avail = sc.values.len().saturating_sub(base + i0).min(len);
         out[..avail].copy_from_slice(&sc.values[base + i0..base + i0 + avail]);
     } else {
-        // One division per run, not per element: groups are long (a feature map), so the
-        // index advances at most a few times inside a tile.
+        // One fill per group, not a step per element: groups are long (a feature map), so
+        // a tile's run crosses at most a few of them.
         let last = sc.values.len() - 1;
-        let (mut g, mut left) = (i0 / sc.group, sc.group - i0 % sc.group);
-        for v in out[..len].iter_mut() {
-            *v = sc.values[(base + g).min(last)];
-            left -= 1;
-            if left == 0 {
-                g += 1;
-                left = sc.group;
-            }
+        let (mut g, mut at, mut run) = (i0 / sc.group, 0, sc.group - i0 % sc.group);
+        while at < len {
+            let end = len.min(at + run);
+            out[at..end].fill(sc.values[(base + g).min(last)]);
+            (g, at, run) = (g + 1, end, sc.group);
         }
     }
     out
@@ -1088,6 +1085,37 @@ pub fn gemm_i8_i32_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tile's run of scales against the per-index reference `Scales::get`, for groups that
+    /// split a run anywhere (1, 2, 3, 7, 33, 1000 and one scale), every start and length.
+    #[test]
+    fn scale_runs_match_the_per_index_scales() {
+        let values: Vec<f32> = (0..600).map(|i| 1.0 + i as f32).collect();
+        for group in [1, 2, 3, 7, 33, 1000, usize::MAX] {
+            for seg_stride in [0, 1, 5] {
+                let sc = Scales {
+                    values: &values,
+                    group,
+                    seg_stride,
+                };
+                for s in [0, 3] {
+                    for i0 in [0, 1, 6, 31, 32, 97, 250] {
+                        for len in 0..=SIDE_MAX {
+                            let run = scale_run(&sc, s, i0, len);
+                            for (i, &v) in run.iter().enumerate() {
+                                let want = if i >= len && group != usize::MAX {
+                                    0.0
+                                } else {
+                                    sc.get(s, i0 + if i < len { i } else { 0 })
+                                };
+                                assert_eq!(v, want, "group {group} stride {seg_stride} s {s} i0 {i0} len {len} i {i}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn steps_cover_chunks_in_order() {
