@@ -91,7 +91,9 @@ pub(crate) trait Family<T: QElem> {
     const ROW_SUMS: bool;
     /// Offset of a piece starting at group `poff` inside an A strip.
     fn a_piece(poff: usize) -> usize;
-    /// The i32 tile (`MR x NR`, row-major) of a piece (see the families' `run`).
+    /// The i32 tile (`MR x NR`, row-major) of a piece (see the families' `run`), defined in
+    /// its first `cols` columns (those of C the tile covers); a family may leave the others
+    /// unspecified.
     ///
     /// # Safety
     /// The panels must hold the piece's `g` groups; `sums` the piece's row data if the family
@@ -106,6 +108,7 @@ pub(crate) trait Family<T: QElem> {
         b: *const Self::PB,
         tile: *mut i32,
         first: bool,
+        cols: usize,
     );
     /// A whole chunk straight into the first `rows` rows (`1..=MR`) of a tile of C whose
     /// columns are whole (see the families' `run_q`).
@@ -192,6 +195,7 @@ impl<T: QElem> Family<T> for Pairs {
         b: *const i16,
         tile: *mut i32,
         first: bool,
+        _cols: usize,
     ) {
         ukernel::run(
             isa,
@@ -288,8 +292,9 @@ impl<T: QElem> Family<T> for Quads {
         b: *const u8,
         tile: *mut i32,
         first: bool,
+        cols: usize,
     ) {
-        quad::run(isa, g, a, sums, b, tile, first)
+        quad::run(isa, g, a, sums, b, tile, first, cols)
     }
     unsafe fn tile_q(
         isa: Isa,
@@ -628,6 +633,7 @@ fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut W
                                     b_ptr,
                                     t.as_mut_ptr(),
                                     pc.first,
+                                    nvalid,
                                 );
                             }
                             if pc.last {

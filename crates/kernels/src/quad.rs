@@ -438,12 +438,15 @@ fn pad_b_cols(flip: u8, valid: usize, seg: &mut [u8]) {
 
 /// `tile = (first ? 0 : tile) + sum_{q < kq} A~[q] (x) B~[q]` for one `MR x NR` tile, exact
 /// (wrapping) i32; `sums` holds the piece's `MR` row sums of A (0 for unbiased panels, which
-/// the AVX2 kernel does not read).
+/// the AVX2 kernel does not read). Only the first `cols` columns (`1..=NR`) of the tile are
+/// defined afterwards: a kernel may skip the columns past them (the AVX2 one skips the second
+/// half of a strip with at most 16 valid columns), so their tile values are unspecified.
 ///
 /// # Safety
 /// `a` must hold `kq * MR * 4` readable bytes, `b` `kq * NR * 4`, `sums` `MR` values, and
 /// `tile` `TILE` writable values; `isa` must be supported by this CPU.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn run(
     isa: Isa,
     kq: usize,
@@ -452,13 +455,15 @@ pub unsafe fn run(
     b: *const u8,
     tile: *mut i32,
     first: bool,
+    cols: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
     match isa {
         Isa::Avx512Vnni => return avx512::kernel(kq, a, sums, b, tile, first),
-        Isa::Avx2Quad => return avx2::kernel(kq, a, b, tile, first),
+        Isa::Avx2Quad => return avx2::kernel(kq, a, b, tile, first, cols),
         _ => {}
     }
+    let _ = cols;
     generic(kq, a, sums, b, tile, first)
 }
 
@@ -786,13 +791,24 @@ mod avx2 {
     /// The pieces of the 8x32 tile, in the order [`kernel`] and [`kernel_q`] visit them.
     const PIECES: [(usize, usize); 4] = [(0, 0), (0, 1), (1, 0), (1, 1)];
 
-    /// The tile kernel of [`super::run`] for unbiased panels (no row sums).
+    /// The tile kernel of [`super::run`] for unbiased panels (no row sums); the column half
+    /// past `cols` valid columns is not computed.
     ///
     /// # Safety
     /// As [`super::run`]; AVX2 must be present.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel(kq: usize, a: *const i8, b: *const u8, tile: *mut i32, first: bool) {
+    pub unsafe fn kernel(
+        kq: usize,
+        a: *const i8,
+        b: *const u8,
+        tile: *mut i32,
+        first: bool,
+        cols: usize,
+    ) {
         for (rh, ch) in PIECES {
+            if 16 * ch >= cols {
+                continue;
+            }
             let at = |r: usize, h: usize| tile.add((4 * rh + r) * NR + 16 * ch + 8 * h);
             let acc: [__m256i; 8] = std::array::from_fn(|i| {
                 if first {
@@ -1628,6 +1644,7 @@ mod tests {
                         b.as_ptr(),
                         tile.as_mut_ptr(),
                         true,
+                        NR,
                     )
                 };
                 let want = (av as i32) * (bv as i32) * (kq as i32) * 4;
@@ -1660,6 +1677,7 @@ mod tests {
                     b.as_ptr(),
                     tile.as_mut_ptr(),
                     true,
+                    NR,
                 )
             };
             let want = (av as i32) * (bv as i32) * (kq as i32) * 4;
@@ -1669,7 +1687,8 @@ mod tests {
 
     /// The unbiased AVX2 tile kernels against the portable one on fresh random panels (A any
     /// byte, B 0..=127), for 1, 7, 33 and 130 quads: the i32 tile starting from zero and from
-    /// a previous tile, and the fused epilogue for every row count and both store modes.
+    /// a previous tile in its defined columns (all 32, or a partial strip's 17, 16, 9 or 1), and
+    /// the fused epilogue for every row count and both store modes.
     #[test]
     fn unbiased_kernels_match_portable() {
         if Isa::Avx2Quad.or_supported() != Isa::Avx2Quad {
@@ -1690,7 +1709,10 @@ mod tests {
                 .collect();
             let prev: Vec<i32> = (0..TILE).map(|i| draw(30 + t, i) as i32 >> 4).collect();
             let sums = [0i32; MR];
-            for first in [true, false] {
+            for (first, cols) in [true, false]
+                .into_iter()
+                .flat_map(|f| [NR, 17, 16, 9, 1].map(|c| (f, c)))
+            {
                 let (mut got, mut want) = (prev.clone(), prev.clone());
                 // SAFETY: panels hold kq quads; tiles hold TILE values; AVX2 is present.
                 unsafe {
@@ -1702,6 +1724,7 @@ mod tests {
                         b.as_ptr(),
                         got.as_mut_ptr(),
                         first,
+                        cols,
                     );
                     generic(
                         kq,
@@ -1712,7 +1735,15 @@ mod tests {
                         first,
                     );
                 }
-                assert_eq!(got, want, "kq {kq} first {first}");
+                // The first `cols` columns are defined (the rest may be skipped).
+                for r in 0..MR {
+                    let row = r * NR..r * NR + cols;
+                    assert_eq!(
+                        got[row.clone()],
+                        want[row],
+                        "kq {kq} first {first} cols {cols} row {r}"
+                    );
+                }
             }
             let sa: Vec<f32> = (0..MR)
                 .map(|i| 1.0 + (draw(40 + t, i) % 1000) as f32 / 997.0)
