@@ -11,8 +11,9 @@
 //!
 //! The driver is generic over a kernel [`Family`]: the k-pair i16 panels of
 //! [`crate::pack`]/[`crate::ukernel`] (6x16 tiles, AVX2 or portable) or the k-quad byte panels
-//! of [`crate::quad`] (8x32 tiles, AVX-512 VNNI, AVX2 for non-negative B, or portable). A *k-group* is the family's unit
-//! of K (2 or 4 values); each chunk is padded with zeros to whole groups.
+//! of [`crate::quad`] (8x32 tiles, AVX-512 VNNI, AVX2 for non-negative B, or portable). A
+//! *k-group* is the family's unit of K (2 or 4 values); each chunk is padded with zeros to
+//! whole groups.
 //!
 //! A *step* is the K range packed at once. Short chunks (the usual case with small segments)
 //! are grouped whole into one step, so their epilogues run while the C tile is hot. A chunk

@@ -15,9 +15,10 @@
 //! s8 x s8 needs a sign transfer per product, and exact sums need the pairs widened to i32 by a
 //! `vpmaddwd` by ones. Where B is non-negative (post-ReLU activations) no sign transfer is
 //! needed, and [`Isa::Avx2Quad`] runs those products on the k-quad panels of [`crate::quad`].
-//! On an AMD EPYC family 23 (Zen 2), `lowprec bench peak` measured `vpmaddubsw` alone at 0.98
-//! per cycle but `vpmaddubsw + vpmaddwd + vpaddd` at 0.48: 16 MACs per cycle, what
-//! `vpmaddwd + vpaddd` (1.01 per cycle) gives, so there [`Isa::detect`] keeps this family.
+//! On AMD family 23 (Zen 1/2) the widening trio issues at half `vpmaddubsw`'s rate, no more
+//! MACs per cycle than `vpmaddwd + vpaddd`, so there [`Isa::detect`] keeps this family; for
+//! signed B, moving the sign with `vpsignb` costs the trio as much as it gains (`lowprec bench
+//! peak` measures each form; the README gives the figures per processor).
 
 /// Rows of the C tile (A broadcasts per k-pair).
 pub const MR: usize = 6;
