@@ -16,6 +16,9 @@
 //! packer read it back; here the packer reads the maps (in cache) and the matrix never exists.
 //! [`Im2colRef::at`] is the plain definition the packers and tests are checked against.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
 use crate::types::{MatRef, QMatRef, Scales};
 use crate::KernelError;
 
@@ -167,28 +170,101 @@ impl QIm2colRef<'_> {
     }
 }
 
-/// What the packer needs per row and per 32-column strip, computed once per GEMM.
+/// What the packer needs per row and per 32-column strip. The tables depend on the geometry
+/// alone and a convolution makes a plan for every chunk of examples of each of its GEMMs, so
+/// they are built once per geometry and shared ([`plan_tables`]).
 pub(crate) struct Im2colPlan<'a> {
     pub src: Im2colRef<'a>,
     /// B is the column matrix's transpose.
     pub transposed: bool,
     /// Per row `(c, ky, kx)`: the offset of its source value from the output pixel's own
     /// position, `c * h * w + (ky - pad) * w + (kx - pad)`, and its tap `ky * k + kx`.
-    pub row_offset: Vec<isize>,
-    pub row_tap: Vec<usize>,
+    pub row_offset: Arc<[isize]>,
+    pub row_tap: Arc<[usize]>,
     /// Whether the strips of 32 columns lie inside one example each (`h * w % 32 == 0`, k-quad
     /// plans only), so that the masked-load packer applies.
     pub strips: bool,
     /// `masks[tap * strips_per_example + s]`: bit `i` set when column `32 s + i` of an example
     /// reads inside the plane at that tap.
-    pub masks: Vec<u32>,
+    pub masks: Arc<[u32]>,
     /// The k-pair family's strips of 16 columns (`h * w % 16 == 0`, not transposed):
     /// `bytes16[(tap * (h * w / 16) + s) * 16 + i]` is -1 (all bits) when column `16 s + i` of
     /// an example reads inside the plane at that tap, else 0: an AND mask for a 16-byte load.
-    pub bytes16: Vec<i8>,
+    pub bytes16: Arc<[i8]>,
     /// The AVX2 k-quad packer's strips of 32 pixels (`strips`): as `bytes16`,
     /// `bytes32[(tap * (h * w / 32) + s) * 32 + i]`.
-    pub bytes32: Vec<i8>,
+    pub bytes32: Arc<[i8]>,
+}
+
+/// The geometry-only part of an [`Im2colPlan`] (its fields of the same names).
+#[derive(Clone)]
+struct PlanTables {
+    row_offset: Arc<[isize]>,
+    row_tap: Arc<[usize]>,
+    masks: Arc<[u32]>,
+    bytes16: Arc<[i8]>,
+    bytes32: Arc<[i8]>,
+}
+
+/// What a plan's tables depend on: `(channels, k, h, w, transposed, quads, bytes)`.
+type PlanKey = (usize, usize, usize, usize, bool, bool, bool);
+
+/// Geometries whose tables are kept; past this the cache starts again (a network has a few
+/// dozen layers, a fuzzer or a test of random shapes more).
+const PLAN_CACHE_MAX: usize = 256;
+
+/// The tables of `key`, built on first use and shared after.
+fn plan_tables(src: &Im2colRef<'_>, key: PlanKey) -> PlanTables {
+    static CACHE: OnceLock<Mutex<HashMap<PlanKey, PlanTables>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    // A poisoned lock only means another thread panicked while holding it; the map is
+    // always whole, so keep using it.
+    if let Some(t) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return t.clone();
+    }
+    let t = build_tables(src, key);
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() >= PLAN_CACHE_MAX {
+        map.clear();
+    }
+    map.entry(key).or_insert(t).clone()
+}
+
+/// The tables of `key` by their definitions (see [`Im2colPlan`]'s fields).
+fn build_tables(src: &Im2colRef<'_>, key: PlanKey) -> PlanTables {
+    let (_, k, h, w, transposed, quads, bytes) = key;
+    let (hw, pad) = (h * w, src.pad() as isize);
+    let rows = src.rows();
+    let mut row_offset = Vec::with_capacity(rows);
+    let mut row_tap = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        row_offset.push((c * hw) as isize + (ky as isize - pad) * w as isize + kx as isize - pad);
+        row_tap.push(ky * k + kx);
+    }
+    let wide = if quads && hw % 32 == 0 {
+        strip_masks(src, 32)
+    } else {
+        Vec::new()
+    };
+    let masks: Vec<u32> = wide.iter().map(|&m| m as u32).collect();
+    let bytes32 = if bytes {
+        mask_bytes(&wide, 32)
+    } else {
+        Vec::new()
+    };
+    let bytes16 = if !quads && hw % 16 == 0 && !transposed {
+        mask_bytes(&strip_masks(src, 16), 16)
+    } else {
+        Vec::new()
+    };
+    PlanTables {
+        row_offset: row_offset.into(),
+        row_tap: row_tap.into(),
+        masks: masks.into(),
+        bytes16: bytes16.into(),
+        bytes32: bytes32.into(),
+    }
 }
 
 impl<'a> Im2colPlan<'a> {
@@ -196,43 +272,17 @@ impl<'a> Im2colPlan<'a> {
     /// with `bytes` the AVX2 k-quad packer's byte masks too; otherwise the k-pair family's
     /// 16-byte masks).
     pub fn new(src: Im2colRef<'a>, transposed: bool, quads: bool, bytes: bool) -> Self {
-        let (k, h, w) = (src.k, src.h, src.w);
-        let (hw, pad) = (h * w, src.pad() as isize);
-        let rows = src.rows();
-        let mut row_offset = Vec::with_capacity(rows);
-        let mut row_tap = Vec::with_capacity(rows);
-        for r in 0..rows {
-            let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-            row_offset
-                .push((c * hw) as isize + (ky as isize - pad) * w as isize + kx as isize - pad);
-            row_tap.push(ky * k + kx);
-        }
-        let strips = quads && hw % 32 == 0;
-        let wide = if strips {
-            strip_masks(&src, 32)
-        } else {
-            Vec::new()
-        };
-        let masks = wide.iter().map(|&m| m as u32).collect();
-        let bytes32 = if bytes {
-            mask_bytes(&wide, 32)
-        } else {
-            Vec::new()
-        };
-        let bytes16 = if !quads && hw % 16 == 0 && !transposed {
-            mask_bytes(&strip_masks(&src, 16), 16)
-        } else {
-            Vec::new()
-        };
+        let key = (src.channels, src.k, src.h, src.w, transposed, quads, bytes);
+        let t = plan_tables(&src, key);
         Im2colPlan {
             src,
             transposed,
-            row_offset,
-            row_tap,
-            strips,
-            masks,
-            bytes16,
-            bytes32,
+            row_offset: t.row_offset,
+            row_tap: t.row_tap,
+            strips: quads && (src.h * src.w).is_multiple_of(32),
+            masks: t.masks,
+            bytes16: t.bytes16,
+            bytes32: t.bytes32,
         }
     }
 }
@@ -275,4 +325,43 @@ fn strip_masks(src: &Im2colRef<'_>, width: usize) -> Vec<u64> {
         }
     }
     masks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plan's shared tables are those its geometry builds, whichever geometries came before
+    /// (each key is asked for twice, interleaved, so the second answer comes from the cache).
+    #[test]
+    fn cached_plan_tables_match_their_geometry() {
+        let geoms = [
+            (16, 3, 32, 32),
+            (3, 3, 32, 32),
+            (32, 3, 16, 16),
+            (5, 5, 7, 9),
+        ];
+        let maps = vec![0i8; 5 * 32 * 32 * 32];
+        for _ in 0..2 {
+            for &(c, k, h, w) in &geoms {
+                for (t, quads, bytes) in [
+                    (false, true, true),
+                    (true, true, false),
+                    (false, false, false),
+                    (true, false, false),
+                ] {
+                    let src = Im2colRef::new(&maps[..c * h * w], 1, c, h, w, k).unwrap();
+                    let plan = Im2colPlan::new(src, t, quads, bytes);
+                    let want = build_tables(&src, (c, k, h, w, t, quads, bytes));
+                    assert_eq!(*plan.row_offset, *want.row_offset, "{c}x{h}x{w} k{k}");
+                    assert_eq!(*plan.row_tap, *want.row_tap);
+                    assert_eq!(*plan.masks, *want.masks);
+                    assert_eq!(*plan.bytes16, *want.bytes16);
+                    assert_eq!(*plan.bytes32, *want.bytes32);
+                    assert_eq!(plan.strips, quads && (h * w) % 32 == 0);
+                    assert_eq!(plan.row_offset.len(), c * k * k);
+                }
+            }
+        }
+    }
 }
