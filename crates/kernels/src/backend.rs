@@ -7,7 +7,7 @@
 //! semantics in [`crate::types`] so that results are bit-identical across backends.
 
 use crate::im2col_b::QIm2colRef;
-use crate::types::{GemmSpec, MatMut, MatRef, QMatRef};
+use crate::types::{GemmSpec, GroupedMut, MatMut, MatRef, QMatRef};
 use crate::KernelError;
 
 pub trait GemmBackend: Send + Sync {
@@ -34,6 +34,22 @@ pub trait GemmBackend: Send + Sync {
         c: MatMut<'_, f32>,
     ) -> Result<(), KernelError> {
         b.with_materialized(|bm| self.gemm_q8(a, bm, spec, c))
+    }
+
+    /// [`GemmBackend::gemm_q8_im2col`] over the whole of K, overwriting C in column groups
+    /// ([`GroupedMut`]: a convolution's `[examples, Cout, pixels]` output). By default the
+    /// product is made row-major and copied into the groups.
+    fn gemm_q8_im2col_grouped(
+        &self,
+        a: QMatRef<'_, i8>,
+        b: QIm2colRef<'_>,
+        mut c: GroupedMut<'_>,
+    ) -> Result<(), KernelError> {
+        let mut rm = vec![0f32; c.rows * c.cols];
+        let view = MatMut::row_major(&mut rm, c.rows, c.cols)?;
+        self.gemm_q8_im2col(a, b, GemmSpec::whole_k(), view)?;
+        c.fill_from_row_major(&rm);
+        Ok(())
     }
 
     /// Whether [`GemmBackend::gemm_q8_im2col`] packs this B from the maps, faster than a
@@ -94,6 +110,14 @@ impl GemmBackend for CpuBackend {
         c: MatMut<'_, f32>,
     ) -> Result<(), KernelError> {
         crate::gemm_q8_im2col(a, b, spec, c)
+    }
+    fn gemm_q8_im2col_grouped(
+        &self,
+        a: QMatRef<'_, i8>,
+        b: QIm2colRef<'_>,
+        c: GroupedMut<'_>,
+    ) -> Result<(), KernelError> {
+        crate::gemm_q8_im2col_grouped(a, b, c)
     }
     /// On CPUs with the biased k-quad kernels (AVX-512 VNNI), for operands they pack whole
     /// ([`QIm2colRef::packs_whole`]); on AVX2 (either family), for the column matrices the

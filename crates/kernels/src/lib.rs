@@ -39,9 +39,11 @@ pub mod ukernel;
 
 pub use f32gemm::{gemm_f32_with, F32Impl};
 pub use im2col_b::{Im2colRef, QIm2colRef};
-pub use qgemm::{gemm_i8_i32_with, gemm_q, gemm_q8_im2col_with};
+pub use qgemm::{gemm_i8_i32_with, gemm_q, gemm_q8_im2col_grouped_with, gemm_q8_im2col_with};
 pub use threads::serial;
-pub use types::{k_chunks, k_safe, segment_count, GemmSpec, MatMut, MatRef, QMatRef, Scales};
+pub use types::{
+    k_chunks, k_safe, segment_count, GemmSpec, GroupedMut, MatMut, MatRef, QMatRef, Scales,
+};
 pub use ukernel::Isa;
 
 /// Errors from kernels: bad shapes or operands outside their declared range.
@@ -77,6 +79,16 @@ pub fn gemm_q8_im2col(
     c: MatMut<'_, f32>,
 ) -> Result<(), KernelError> {
     qgemm::gemm_q8_im2col_with(Isa::detect(), a, b, spec, c)
+}
+
+/// [`gemm_q8_im2col`] over the whole of K (one segment, overwriting), with C in column groups
+/// ([`GroupedMut`]: a convolution's `[examples, Cout, pixels]` output written in place).
+pub fn gemm_q8_im2col_grouped(
+    a: QMatRef<'_, i8>,
+    b: QIm2colRef<'_>,
+    c: GroupedMut<'_>,
+) -> Result<(), KernelError> {
+    qgemm::gemm_q8_im2col_grouped_with(Isa::detect(), a, b, c)
 }
 
 /// Quantised 9..16-bit GEMM (mantissas in i16); same bits as [`reference::gemm_q16_ref`].

@@ -23,11 +23,15 @@
 //! Threads split M or N (never K) and the integer sums are exact, so the result is the same bits
 //! for any thread count, any blocking and any kernel family.
 
+use std::mem::MaybeUninit;
+
 use crate::im2col_b::{Im2colPlan, QIm2colRef};
 use crate::pack::{pack_a, pack_b, QElem};
-use crate::reference::{validate_i32_shapes, validate_q_dims, validate_q_shapes};
+use crate::reference::{
+    validate_i32_shapes, validate_q_dims, validate_q_operands, validate_q_shapes,
+};
 use crate::threads::{gemm_threads, partition, Block, SendPtr};
-use crate::types::{k_chunks, k_safe, GemmSpec, MatMut, MatRef, QMatRef, Scales};
+use crate::types::{k_chunks, k_safe, GemmSpec, GroupedMut, MatMut, MatRef, QMatRef, Scales};
 use crate::ukernel::{self, Isa, Store};
 use crate::{quad, KernelError};
 
@@ -318,16 +322,40 @@ impl<T: QElem> Family<T> for Quads {
 /// Where results go.
 #[derive(Clone, Copy)]
 pub(crate) enum Out<'a> {
-    /// `C (+)= ((acc as f32) * sa) * sb`, chunk by chunk.
+    /// `C (+)= ((acc as f32) * sa) * sb`, chunk by chunk. Element `(m, n)` of C is at
+    /// [`c_offset`]`(ldc, groups, m, n)`.
     Q {
         c: SendPtr<f32>,
         ldc: usize,
+        groups: Groups,
         sa: Scales<'a>,
         sb: Scales<'a>,
         accumulate: bool,
     },
     /// `C = acc` (one chunk).
     I32 { c: SendPtr<i32>, ldc: usize },
+}
+
+/// C's column groups ([`crate::GroupedMut`]): `cols` columns per group, groups `stride`
+/// elements apart. A plain row-major C is one group of every column.
+#[derive(Clone, Copy)]
+pub(crate) struct Groups {
+    cols: usize,
+    stride: usize,
+}
+
+impl Groups {
+    const NONE: Groups = Groups {
+        cols: usize::MAX,
+        stride: 0,
+    };
+}
+
+/// Where element `(m, n)` of C is. A tile never crosses a group: the grouped route runs only
+/// where groups are whole tiles, and tiles start at multiples of the tile width.
+#[inline]
+fn c_offset(ldc: usize, g: Groups, m: usize, n: usize) -> usize {
+    (n / g.cols) * g.stride + m * ldc + n % g.cols
 }
 
 /// One chunk's share of a step.
@@ -571,6 +599,7 @@ fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut W
                             if let Out::Q {
                                 c,
                                 ldc,
+                                groups,
                                 sa,
                                 sb,
                                 accumulate,
@@ -605,7 +634,7 @@ fn run_block_in<T: QElem, F: Family<T>>(ctx: &Ctx<'_, T>, blk: Block, ws: &mut W
                                             step.groups,
                                             s_ptr,
                                             b_ptr,
-                                            c.0.add(m * ldc + n),
+                                            c.0.add(c_offset(ldc, groups, m, n)),
                                             ldc,
                                             &sav,
                                             &sbv,
@@ -706,6 +735,7 @@ unsafe fn epilogue<T>(
         Out::Q {
             c,
             ldc,
+            groups,
             sa,
             sb,
             accumulate,
@@ -715,7 +745,7 @@ unsafe fn epilogue<T>(
                 scale_run(&sa, pc.segment, m, mvalid),
                 scale_run(&sb, pc.segment, n, nvalid),
             );
-            let dst = c.0.add(m * ldc + n);
+            let dst = c.0.add(c_offset(ldc, groups, m, n));
             epilogue_rows(
                 ctx.isa, tile, nr, &sav, &sbv, dst, ldc, mvalid, nvalid, zero_init,
             );
@@ -728,7 +758,8 @@ unsafe fn epilogue<T>(
 /// of `MR`) take the same vector path row by row as long as the columns are whole.
 ///
 /// # Safety
-/// `c` must address an `mvalid x nvalid` block with leading dimension `ldc`.
+/// `c` must address an `mvalid x nvalid` block with leading dimension `ldc`, initialised
+/// unless `zero_init`.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn epilogue_rows(
@@ -743,22 +774,33 @@ unsafe fn epilogue_rows(
     nvalid: usize,
     zero_init: bool,
 ) {
-    /// `row (+)= (t * sa) * sb`, element-wise over equal-length slices.
+    /// `row (+)= (t * sa) * sb`, element-wise over `t.len()` slots of `row`: overwritten
+    /// (`zero`), which reads nothing, so the slots may be uninitialised, or added onto.
+    ///
+    /// # Safety
+    /// `row` points to `t.len()` writable floats that no one else accesses during the call,
+    /// initialised unless `zero`; `sb` is as long as `t`.
     #[inline(always)]
-    fn row_body(row: &mut [f32], t: &[i32], sa: f32, sb: &[f32], zero: bool) {
-        let it = row.iter_mut().zip(t).zip(sb);
+    unsafe fn row_body(row: *mut f32, t: &[i32], sa: f32, sb: &[f32], zero: bool) {
+        let w = t.len();
         // `0.0 + x` (not `x`) when overwriting: the semantics start from 0.0, which turns a
         // -0.0 product into +0.0.
         if zero {
-            it.for_each(|((o, &v), &b)| *o = 0.0 + ((v as f32) * sa) * b);
+            let row = std::slice::from_raw_parts_mut(row as *mut MaybeUninit<f32>, w);
+            let it = row.iter_mut().zip(t).zip(sb);
+            it.for_each(|((o, &v), &b)| {
+                o.write(0.0 + ((v as f32) * sa) * b);
+            });
         } else {
+            let row = std::slice::from_raw_parts_mut(row, w);
+            let it = row.iter_mut().zip(t).zip(sb);
             it.for_each(|((o, &v), &b)| *o += ((v as f32) * sa) * b);
         }
     }
     /// # Safety
     ///
     /// `c` points to `mvalid` rows of at least `min(nvalid, nr)` writable floats each, `ldc`
-    /// apart, that no one else accesses during the call.
+    /// apart, that no one else accesses during the call (initialised unless `zero_init`).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn body(
@@ -774,8 +816,13 @@ unsafe fn epilogue_rows(
     ) {
         let w = nvalid.min(nr);
         for r in 0..mvalid {
-            let row = std::slice::from_raw_parts_mut(c.add(r * ldc), w);
-            row_body(row, &tile[r * nr..][..w], sa[r], &sb[..w], zero_init);
+            row_body(
+                c.add(r * ldc),
+                &tile[r * nr..][..w],
+                sa[r],
+                &sb[..w],
+                zero_init,
+            );
         }
     }
     /// # Safety
@@ -941,10 +988,10 @@ pub fn gemm_q<T: QElem>(
     }
     let quads = T::as_i8(&b.mat)
         .is_some_and(|bm| isa.quads_take(a.max_abs, b.max_abs, || non_negative(&bm, isa)));
-    let ldc = c.ld;
     let out = Out::Q {
         c: SendPtr(c.data.as_mut_ptr()),
-        ldc,
+        ldc: c.ld,
+        groups: Groups::NONE,
         sa: a.scales,
         sb: b.scales,
         accumulate: spec.accumulate,
@@ -972,10 +1019,48 @@ pub fn gemm_q8_im2col_with(
     spec: GemmSpec,
     c: MatMut<'_, f32>,
 ) -> Result<(), KernelError> {
+    validate_q_dims(&a, b.shape(), None, &b.scales, &spec, &c)?;
+    q8_im2col(isa, a, b, spec, Target::Plain(c))
+}
+
+/// [`gemm_q8_im2col_with`] over the whole of K, overwriting C in column groups
+/// ([`GroupedMut`]). Where the packed route runs and the groups are whole tiles, the tiles are
+/// written in place; otherwise the product is made row-major and copied in.
+pub fn gemm_q8_im2col_grouped_with(
+    isa: Isa,
+    a: QMatRef<'_, i8>,
+    b: QIm2colRef<'_>,
+    c: GroupedMut<'_>,
+) -> Result<(), KernelError> {
+    let spec = GemmSpec::whole_k();
+    validate_q_operands(&a, b.shape(), None, &b.scales, &spec)?;
+    let (m, n) = (a.mat.rows, b.shape().1);
+    if c.rows != m || c.cols != n {
+        return Err(KernelError::Shape(format!(
+            "C is {}x{} in groups of {} but A*B is {m}x{n}",
+            c.rows, c.cols, c.group
+        )));
+    }
+    q8_im2col(isa, a, b, spec, Target::Grouped(c))
+}
+
+/// Where an im2col product goes.
+enum Target<'a> {
+    Plain(MatMut<'a, f32>),
+    Grouped(GroupedMut<'a>),
+}
+
+/// The routes of [`gemm_q8_im2col_with`] and [`gemm_q8_im2col_grouped_with`], their
+/// arguments checked.
+fn q8_im2col(
+    isa: Isa,
+    a: QMatRef<'_, i8>,
+    b: QIm2colRef<'_>,
+    spec: GemmSpec,
+    c: Target<'_>,
+) -> Result<(), KernelError> {
     let isa = isa.or_supported();
     let (m, k, n) = (a.mat.rows, a.mat.cols, b.shape().1);
-    // Before any materialising: the same checks for both routes.
-    validate_q_dims(&a, b.shape(), None, &b.scales, &spec, &c)?;
     let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
     // B holds the maps' values and zeros: the maps' range and sign are B's.
     let maps = MatRef::row_major(b.src.maps, 1, b.src.maps.len())?;
@@ -987,21 +1072,53 @@ pub fn gemm_q8_im2col_with(
     }
     // The materialised route where the family does not pack this operand from the maps (the
     // k-pair one takes the column matrix in whole 16-pixel strips) or the segments are short
-    // enough for the direct path (which reads B by element).
+    // enough for the direct path (which reads B by element); grouped C also where its groups
+    // are not whole tiles.
     let packs = quads || b.pairs_pack_whole();
-    if !packs || crate::smallseg::eligible::<i8>(&chunks, a.max_abs, b.max_abs) {
-        return b.with_materialized(|bm| gemm_q(isa, a, bm, spec, c));
-    }
+    let nr = if quads { quad::NR } else { ukernel::NR };
+    let direct = packs && !crate::smallseg::eligible::<i8>(&chunks, a.max_abs, b.max_abs);
+    let (c, groups) = match c {
+        Target::Plain(c) if !direct => {
+            return b.with_materialized(|bm| gemm_q(isa, a, bm, spec, c));
+        }
+        Target::Grouped(mut g) if !direct || !g.group.is_multiple_of(nr) => {
+            let mut rm = vec![0f32; m * n];
+            let view = MatMut::row_major(&mut rm, m, n)?;
+            if direct {
+                q8_im2col(isa, a, b, spec, Target::Plain(view))?;
+            } else {
+                b.with_materialized(|bm| gemm_q(isa, a, bm, spec, view))?;
+            }
+            g.fill_from_row_major(&rm);
+            return Ok(());
+        }
+        Target::Plain(c) => (SendPtr(c.data.as_mut_ptr()), (c.ld, Groups::NONE)),
+        Target::Grouped(g) => {
+            let groups = Groups {
+                cols: g.group,
+                stride: m * g.group,
+            };
+            (SendPtr(g.data.as_mut_ptr() as *mut f32), (g.group, groups))
+        }
+    };
     check_range("A", &a.mat, a.max_abs)?;
     check_range("B (maps)", &maps, b.max_abs)?;
     if m == 0 || n == 0 || k == 0 {
-        empty_k(c, m, n, k, spec.accumulate);
+        if k == 0 && !spec.accumulate {
+            for mm in 0..m {
+                for nn in 0..n {
+                    // SAFETY: (mm, nn) is inside C, whose slots the caller handed over.
+                    unsafe { c.0.add(c_offset(groups.0, groups.1, mm, nn)).write(0.0) };
+                }
+            }
+        }
         return Ok(());
     }
     let plan = Im2colPlan::new(b.src, b.transposed, quads, quads && isa.unbiased_b());
     let out = Out::Q {
-        c: SendPtr(c.data.as_mut_ptr()),
-        ldc: c.ld,
+        c,
+        ldc: groups.0,
+        groups: groups.1,
         sa: a.scales,
         sb: b.scales,
         accumulate: spec.accumulate,

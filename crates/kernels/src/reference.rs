@@ -43,12 +43,8 @@ pub fn validate_q_dims<T: Copy>(
     spec: &GemmSpec,
     c: &MatMut<'_, f32>,
 ) -> Result<(), KernelError> {
-    let (m, k) = (a.mat.rows, a.mat.cols);
-    if brows != k {
-        return Err(KernelError::Shape(format!(
-            "A is {m}x{k} but B is {brows}x{n}: inner dimensions differ"
-        )));
-    }
+    validate_q_operands(a, (brows, n), bmat, bscales, spec)?;
+    let m = a.mat.rows;
     if c.rows != m || c.cols != n || c.ld < n || (m > 0 && c.data.len() < (m - 1) * c.ld + n) {
         return Err(KernelError::Shape(format!(
             "C is {}x{} (ld {}, {} elements) but A*B is {m}x{n}",
@@ -56,6 +52,24 @@ pub fn validate_q_dims<T: Copy>(
             c.cols,
             c.ld,
             c.data.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The checks of [`validate_q_dims`] that do not concern C: inner dimensions, strides, segment
+/// length and the scales' counts.
+pub fn validate_q_operands<T: Copy>(
+    a: &QMatRef<'_, T>,
+    (brows, n): (usize, usize),
+    bmat: Option<&MatRef<'_, T>>,
+    bscales: &Scales<'_>,
+    spec: &GemmSpec,
+) -> Result<(), KernelError> {
+    let (m, k) = (a.mat.rows, a.mat.cols);
+    if brows != k {
+        return Err(KernelError::Shape(format!(
+            "A is {m}x{k} but B is {brows}x{n}: inner dimensions differ"
         )));
     }
     if spec.segment == 0 {

@@ -17,6 +17,8 @@
 //! share the segment's scales. The float epilogue runs in exactly the order above, in f32, so
 //! every backend that computes the integer sums exactly produces the same bits.
 
+use std::mem::MaybeUninit;
+
 use crate::KernelError;
 
 /// A read-only strided matrix view: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
@@ -108,6 +110,54 @@ impl<'a, T> MatMut<'a, T> {
             cols,
             ld: cols,
         })
+    }
+}
+
+/// A GEMM result `rows x cols` stored as `cols / group` blocks of `rows x group`, each
+/// row-major: element `(i, j)` at `(j / group) * rows * group + i * group + j % group`. A
+/// convolution's `[examples, Cout, pixels]` output is its `Cout x (examples * pixels)` GEMM in
+/// blocks of `pixels` columns. The slots need not be initialised: a GEMM writes each before it
+/// reads it, and only overwrites.
+pub struct GroupedMut<'a> {
+    pub data: &'a mut [MaybeUninit<f32>],
+    pub rows: usize,
+    pub cols: usize,
+    pub group: usize,
+}
+
+impl<'a> GroupedMut<'a> {
+    /// Checks that `data` holds exactly `rows x cols` values in whole groups.
+    pub fn new(
+        data: &'a mut [MaybeUninit<f32>],
+        rows: usize,
+        cols: usize,
+        group: usize,
+    ) -> Result<Self, KernelError> {
+        if group == 0 || !cols.is_multiple_of(group) || data.len() != rows * cols {
+            return Err(KernelError::Shape(format!(
+                "grouped {rows}x{cols} output in groups of {group} columns: {} elements given",
+                data.len()
+            )));
+        }
+        Ok(Self {
+            data,
+            rows,
+            cols,
+            group,
+        })
+    }
+
+    /// Writes the row-major `rows x cols` matrix `c` into this layout.
+    pub fn fill_from_row_major(&mut self, c: &[f32]) {
+        assert_eq!(c.len(), self.rows * self.cols, "row-major source size");
+        let (rows, g) = (self.rows, self.group);
+        for (blk, out) in self.data.chunks_mut((rows * g).max(1)).enumerate() {
+            for (i, o) in out.chunks_mut(g).enumerate() {
+                for (o, &v) in o.iter_mut().zip(&c[i * self.cols + blk * g..][..g]) {
+                    o.write(v);
+                }
+            }
+        }
     }
 }
 

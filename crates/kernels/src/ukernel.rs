@@ -246,16 +246,17 @@ pub(crate) unsafe fn store_tile(
     mode: Store,
 ) {
     for r in 0..mr {
-        let row = std::slice::from_raw_parts_mut(c.add(r * ldc), nr);
-        for (cc, v) in row.iter_mut().enumerate() {
+        for cc in 0..nr {
             let t = ((tile[r * nr + cc] as f32) * sa[r]) * sb[cc];
+            let v = c.add(r * ldc + cc);
             // `0.0 + t` (not `t`) when overwriting: the semantics start from 0.0, which turns
-            // a -0.0 product into +0.0.
-            *v = if mode == Store::Accumulate {
-                *v + t
+            // a -0.0 product into +0.0. Overwritten slots are never read: they may be
+            // uninitialised.
+            if mode == Store::Accumulate {
+                *v += t;
             } else {
-                0.0 + t
-            };
+                v.write(0.0 + t);
+            }
         }
     }
 }

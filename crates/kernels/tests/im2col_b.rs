@@ -7,9 +7,10 @@ mod common;
 use common::*;
 use lowprec_kernels::reference::gemm_q8_ref;
 use lowprec_kernels::{
-    gemm_q8_im2col_with, GemmSpec, Im2colRef, Isa, KernelError, MatMut, MatRef, QIm2colRef,
-    QMatRef, Scales,
+    gemm_q8_im2col_grouped_with, gemm_q8_im2col_with, GemmSpec, GroupedMut, Im2colRef, Isa,
+    KernelError, MatMut, MatRef, QIm2colRef, QMatRef, Scales,
 };
+use std::mem::MaybeUninit;
 
 /// The column matrix of a same-size convolution, written tap by tap (seven loops).
 fn im2col_direct(maps: &[i8], e: usize, c: usize, h: usize, w: usize, k: usize) -> Vec<i8> {
@@ -38,7 +39,7 @@ fn im2col_direct(maps: &[i8], e: usize, c: usize, h: usize, w: usize, k: usize) 
 }
 
 /// Maps of (examples, channels, h, w, k), M, and the maps' bound.
-const CASES: [(usize, usize, usize, usize, usize, usize, u32); 9] = [
+const CASES: [(usize, usize, usize, usize, usize, usize, u32); 10] = [
     (1, 1, 1, 1, 1, 1, 127),
     (1, 1, 1, 7, 3, 7, 127),
     (2, 3, 5, 7, 3, 33, 128),
@@ -48,7 +49,47 @@ const CASES: [(usize, usize, usize, usize, usize, usize, u32); 9] = [
     (4, 32, 16, 16, 3, 32, 128),
     (7, 2, 4, 8, 1, 3, 128),
     (2, 64, 8, 8, 3, 64, 128),
+    (3, 4, 4, 4, 3, 7, 128),
 ];
+
+/// `gemm_q8_im2col_grouped_with` on every kernel family at 1 and 2 threads, into column
+/// groups of `group` (a convolution's `[examples, M, pixels]`), against the row-major `want`
+/// bit for bit: every slot written (each starts as a NaN), each in its place.
+fn check_grouped_every_family(
+    qa: QMatRef<'_, i8>,
+    bq: QIm2colRef<'_>,
+    group: usize,
+    want: &[f32],
+    what: &str,
+) {
+    let (m, n) = (qa.mat.rows, bq.shape().1);
+    let mut want_g = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            want_g[(j / group) * m * group + i * group + j % group] = want[i * n + j];
+        }
+    }
+    for isa in ISAS {
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut got = vec![MaybeUninit::new(f32::NAN); m * n];
+            pool.install(|| {
+                let c = GroupedMut::new(&mut got, m, n, group).unwrap();
+                gemm_q8_im2col_grouped_with(isa, qa, bq, c).unwrap()
+            });
+            // SAFETY: every slot was initialised above.
+            let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
+            let same = got
+                .iter()
+                .zip(&want_g)
+                .all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(same, "grouped: {isa:?} {threads} threads, {what}");
+        }
+    }
+}
 
 /// `gemm_q8_im2col_with` on every kernel family at 1 and 2 threads, from `c0`, against `want`
 /// bit for bit.
@@ -143,6 +184,9 @@ fn gemm_from_the_maps_matches_the_reference_on_the_matrix() {
                 };
                 let what = format!("maps {e}x{c}x{h}x{w} k{k} M {m} acc {accumulate} relu {relu}");
                 check_every_family(qa, bq, spec, &c0, &want, &what);
+                if !accumulate {
+                    check_grouped_every_family(qa, bq, h * w, &want, &what);
+                }
             }
         }
     }
@@ -242,5 +286,54 @@ fn weight_gradient_gemm_from_the_maps_matches_the_reference() {
                 check_every_family(qa, bq, spec, &c0, &want, &what);
             }
         }
+    }
+}
+
+/// The grouped output: its shape is checked, and an empty K writes zeros into every slot.
+#[test]
+fn grouped_output_shapes_and_empty_k() {
+    let mut slots = vec![MaybeUninit::new(f32::NAN); 12];
+    let e = GroupedMut::new(&mut slots, 3, 4, 3)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("groups of 3 columns"), "{e}");
+    let e = GroupedMut::new(&mut slots[1..], 3, 4, 2)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("11 elements given"), "{e}");
+    // No input channels: K = 0.
+    let src = Im2colRef::new(&[], 2, 0, 2, 1, 1).unwrap();
+    let s = [1.0f32];
+    let qa = QMatRef {
+        mat: MatRef::row_major(&[], 3, 0).unwrap(),
+        scales: Scales::uniform(&s),
+        max_abs: 127,
+    };
+    let bq = QIm2colRef {
+        src,
+        transposed: false,
+        scales: Scales::uniform(&s),
+        max_abs: 127,
+    };
+    for isa in ISAS {
+        let mut slots = vec![MaybeUninit::new(f32::NAN); 12];
+        let c = GroupedMut::new(&mut slots, 3, 4, 2).unwrap();
+        gemm_q8_im2col_grouped_with(isa, qa, bq, c).unwrap();
+        assert!(
+            slots.iter().all(|v| {
+                // SAFETY: every slot was initialised above.
+                unsafe { v.assume_init() == 0.0 }
+            }),
+            "{isa:?}"
+        );
+        // A C of the wrong shape.
+        let mut slots = vec![MaybeUninit::new(0f32); 8];
+        let c = GroupedMut::new(&mut slots, 2, 4, 2).unwrap();
+        let e = gemm_q8_im2col_grouped_with(isa, qa, bq, c)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("but A*B is 3x4"), "{e}");
     }
 }

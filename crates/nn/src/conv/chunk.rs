@@ -3,7 +3,9 @@
 //! layers' dX through col2im, and one piece of the 8-bit weight gradient. [`super::schedule`]
 //! decides which chunks run where; [`super::layout`] holds the copies around the GEMMs.
 
-use lowprec_kernels::{GemmBackend, GemmSpec, Im2colRef, MatMut, QIm2colRef, QMatRef, Scales};
+use lowprec_kernels::{
+    GemmBackend, GemmSpec, GroupedMut, Im2colRef, MatMut, QIm2colRef, QMatRef, Scales,
+};
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
@@ -62,8 +64,6 @@ pub(super) fn forward_chunk(
             Scales::per_group(&x.scales[b0..b0 + nb], p),
             i8_operand_bound(x.max_abs),
         );
-        let mut cbuf = Scratch::<f32>::new(cout * n);
-        let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
         let cols = Columns {
             g,
             maps: xin,
@@ -72,6 +72,15 @@ pub(super) fn forward_chunk(
             scales: sb,
             bound,
         };
+        // Without a bias the product's column groups are the examples' output planes: written
+        // in place.
+        if let (None, Some(bq)) = (bias, cols.packed_by(backend, a.max_abs).map_err(kerr)?) {
+            let c = GroupedMut::new(yc, cout, n, p).map_err(kerr)?;
+            clock(&mut t.gemm, || backend.gemm_q8_im2col_grouped(a, bq, c)).map_err(kerr)?;
+            return Ok(t);
+        }
+        let mut cbuf = Scratch::<f32>::new(cout * n);
+        let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;
         gemm_on_columns(backend, a, &cols, GemmSpec::whole_k(), cm, &mut t).map_err(kerr)?;
         clock(&mut t.other, || scatter(&cbuf, cout, p, 0, bias, yc));
         return Ok(t);
@@ -122,6 +131,28 @@ pub(super) struct Columns<'a> {
     pub bound: u32,
 }
 
+impl<'a> Columns<'a> {
+    /// The columns as an operand `backend` packs from the maps, for an A bounded by
+    /// `a_max_abs`: "same" convolutions whose maps it takes whole; `None` otherwise.
+    fn packed_by(
+        &self,
+        backend: &dyn GemmBackend,
+        a_max_abs: u32,
+    ) -> Result<Option<QIm2colRef<'a>>, lowprec_kernels::KernelError> {
+        let g = self.g;
+        if !g.is_same() {
+            return Ok(None);
+        }
+        let bq = QIm2colRef {
+            src: Im2colRef::new(self.maps, self.examples, g.cin, g.h, g.w, g.k)?,
+            transposed: self.transposed,
+            scales: self.scales,
+            max_abs: self.bound,
+        };
+        Ok(backend.packs_im2col(a_max_abs, &bq).then_some(bq))
+    }
+}
+
 /// `C (+)= A B` with B the columns: packed by the backend straight from the maps
 /// ([`lowprec_kernels::im2col_b`]) for "same" convolutions it packs whole, else through this
 /// layer's im2col matrix. The maps route saves writing a matrix 9 times the maps and the
@@ -134,18 +165,10 @@ pub(super) fn gemm_on_columns(
     c: MatMut<'_, f32>,
     t: &mut ChunkTimes,
 ) -> Result<(), lowprec_kernels::KernelError> {
-    let g = b.g;
-    if g.is_same() {
-        let bq = QIm2colRef {
-            src: Im2colRef::new(b.maps, b.examples, g.cin, g.h, g.w, g.k)?,
-            transposed: b.transposed,
-            scales: b.scales,
-            max_abs: b.bound,
-        };
-        if backend.packs_im2col(a.max_abs, &bq) {
-            return clock(&mut t.gemm, || backend.gemm_q8_im2col(a, bq, spec, c));
-        }
+    if let Some(bq) = b.packed_by(backend, a.max_abs)? {
+        return clock(&mut t.gemm, || backend.gemm_q8_im2col(a, bq, spec, c));
     }
+    let g = b.g;
     let (rows, n) = (g.col_rows(), b.examples * g.out_pixels());
     let mut col = Scratch::<i8>::new(rows * n);
     clock(&mut t.im2col, || im2col(g, b.maps, b.examples, &mut col));
