@@ -144,7 +144,8 @@ impl<T: QElem> Family<T> for Pairs {
     const MR: usize = ukernel::MR;
     const NR: usize = ukernel::NR;
     const KU: usize = 2;
-    const KC: usize = 256;
+    // K = 576 in one step, as the k-quad family's `KC_QUADS`; 18 KiB of B micro-panel.
+    const KC: usize = 288;
     const MC: usize = 144;
     const NC: usize = 2048;
     const SHORT_STEP: usize = 64;

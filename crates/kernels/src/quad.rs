@@ -42,8 +42,10 @@ pub const MR: usize = 8;
 pub const NR: usize = 32;
 /// i32 elements in one tile, row-major with leading dimension `NR`.
 pub const TILE: usize = MR * NR;
-/// Quads per step: the B micro-panel (`KC_QUADS * NR * 4` bytes = 16 KiB) stays in L1.
-pub const KC_QUADS: usize = 128;
+/// Quads per step: the B micro-panel (`KC_QUADS * NR * 4` bytes = 18 KiB) stays in L1, and
+/// K = 576 (a 3x3 convolution over 64 channels) is one step, so its tiles take the fused
+/// epilogue rather than an i32 round trip.
+pub const KC_QUADS: usize = 144;
 
 /// Whether `isa` runs the AVX-512 code of this family on this CPU.
 #[inline]
