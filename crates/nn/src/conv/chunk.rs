@@ -26,6 +26,9 @@ use crate::NnError;
 /// yc            = scatter(C) + bias
 /// ```
 ///
+/// Without a bias, where the backend packs the columns from the maps, the 8-bit GEMM writes C
+/// straight into `yc` (its column groups are the examples' planes) and there is no scatter.
+///
 /// Integer GEMM when both operands are 8-bit mantissas (weights with one scale or one per row,
 /// examples with one scale each), float GEMM otherwise (`wf`: the weights as floats), in pieces
 /// of `piece_rows` output rows (the whole map when `piece_rows >= ho`, which it is unless the
@@ -74,10 +77,12 @@ pub(super) fn forward_chunk(
         };
         // Without a bias the product's column groups are the examples' output planes: written
         // in place.
-        if let (None, Some(bq)) = (bias, cols.packed_by(backend, a.max_abs).map_err(kerr)?) {
-            let c = GroupedMut::new(yc, cout, n, p).map_err(kerr)?;
-            clock(&mut t.gemm, || backend.gemm_q8_im2col_grouped(a, bq, c)).map_err(kerr)?;
-            return Ok(t);
+        if bias.is_none() {
+            if let Some(bq) = cols.packed_by(backend, a.max_abs).map_err(kerr)? {
+                let c = GroupedMut::new(yc, cout, n, p).map_err(kerr)?;
+                clock(&mut t.gemm, || backend.gemm_q8_im2col_grouped(a, bq, c)).map_err(kerr)?;
+                return Ok(t);
+            }
         }
         let mut cbuf = Scratch::<f32>::new(cout * n);
         let cm = MatMut::row_major(&mut cbuf, cout, n).map_err(kerr)?;

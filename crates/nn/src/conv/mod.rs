@@ -28,9 +28,11 @@
 //! `dcol` k*k times larger.
 //!
 //! Layout: channels first (NCHW), what the data crate produces, so the network input needs no
-//! transpose. With NCHW the GEMM output `[Cout, nb*P]` (P = output pixels) must be scattered to
-//! `[nb, Cout, P]` (one float copy of the output) and the errors gathered the other way
-//! (one byte per value in BFP8): both are memory-bound copies, small next to the GEMMs
+//! transpose. With NCHW the GEMM output `[Cout, nb*P]` (P = output pixels) is `[nb, Cout, P]`
+//! in column groups of P: the 8-bit GEMMs that pack from the maps write it in place
+//! ([`lowprec_kernels::GroupedMut`]); the other routes scatter it (one float copy of the
+//! output), and the errors are gathered the other way (one byte per value in BFP8): both
+//! memory-bound copies, small next to the GEMMs
 //! (`2*K` operations per output value, K = Cin*k*k >= 27). Channels-last would make the GEMM
 //! output directly usable but would cost a transpose of every input image and of every
 //! feature map entering a pooling or batch-norm layer written for planes.
