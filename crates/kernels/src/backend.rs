@@ -45,6 +45,7 @@ pub trait GemmBackend: Send + Sync {
         b: QIm2colRef<'_>,
         mut c: GroupedMut<'_>,
     ) -> Result<(), KernelError> {
+        c.check()?;
         let mut rm = vec![0f32; c.rows * c.cols];
         let view = MatMut::row_major(&mut rm, c.rows, c.cols)?;
         self.gemm_q8_im2col(a, b, GemmSpec::whole_k(), view)?;

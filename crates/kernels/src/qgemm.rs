@@ -1035,6 +1035,7 @@ pub fn gemm_q8_im2col_grouped_with(
 ) -> Result<(), KernelError> {
     let spec = GemmSpec::whole_k();
     validate_q_operands(&a, b.shape(), None, &b.scales, &spec)?;
+    c.check()?;
     let (m, n) = (a.mat.rows, b.shape().1);
     if c.rows != m || c.cols != n {
         return Err(KernelError::Shape(format!(

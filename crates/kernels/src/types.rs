@@ -133,18 +133,30 @@ impl<'a> GroupedMut<'a> {
         cols: usize,
         group: usize,
     ) -> Result<Self, KernelError> {
-        if group == 0 || !cols.is_multiple_of(group) || data.len() != rows * cols {
-            return Err(KernelError::Shape(format!(
-                "grouped {rows}x{cols} output in groups of {group} columns: {} elements given",
-                data.len()
-            )));
-        }
-        Ok(Self {
+        let c = Self {
             data,
             rows,
             cols,
             group,
-        })
+        };
+        c.check()?;
+        Ok(c)
+    }
+
+    /// That the slots are exactly `rows x cols` in whole groups (the fields are public, so the
+    /// GEMMs check again before writing).
+    pub fn check(&self) -> Result<(), KernelError> {
+        let (rows, cols, group) = (self.rows, self.cols, self.group);
+        if group == 0
+            || !cols.is_multiple_of(group)
+            || Some(self.data.len()) != rows.checked_mul(cols)
+        {
+            return Err(KernelError::Shape(format!(
+                "grouped {rows}x{cols} output in groups of {group} columns: {} elements given",
+                self.data.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Writes the row-major `rows x cols` matrix `c` into this layout.

@@ -69,24 +69,29 @@ fn check_grouped_every_family(
             want_g[(j / group) * m * group + i * group + j % group] = want[i * n + j];
         }
     }
+    on_every_family(|isa, threads| {
+        let mut got = vec![MaybeUninit::new(f32::NAN); m * n];
+        let c = GroupedMut::new(&mut got, m, n, group).unwrap();
+        gemm_q8_im2col_grouped_with(isa, qa, bq, c).unwrap();
+        // SAFETY: every slot was initialised above.
+        let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
+        let same = got
+            .iter()
+            .zip(&want_g)
+            .all(|(g, w)| g.to_bits() == w.to_bits());
+        assert!(same, "grouped: {isa:?} {threads} threads, {what}");
+    });
+}
+
+/// `f(isa, threads)` for every kernel family at 1 and 2 threads, inside a pool of that size.
+fn on_every_family(f: impl Fn(Isa, usize) + Sync) {
     for isa in ISAS {
         for threads in [1, 2] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let mut got = vec![MaybeUninit::new(f32::NAN); m * n];
-            pool.install(|| {
-                let c = GroupedMut::new(&mut got, m, n, group).unwrap();
-                gemm_q8_im2col_grouped_with(isa, qa, bq, c).unwrap()
-            });
-            // SAFETY: every slot was initialised above.
-            let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
-            let same = got
-                .iter()
-                .zip(&want_g)
-                .all(|(g, w)| g.to_bits() == w.to_bits());
-            assert!(same, "grouped: {isa:?} {threads} threads, {what}");
+            pool.install(|| f(isa, threads));
         }
     }
 }
@@ -102,24 +107,16 @@ fn check_every_family(
     what: &str,
 ) {
     let (m, n) = (qa.mat.rows, bq.shape().1);
-    for isa in ISAS {
-        for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let mut got = c0.to_vec();
-            pool.install(|| {
-                let cm = MatMut::row_major(&mut got, m, n).unwrap();
-                gemm_q8_im2col_with(isa, qa, bq, spec, cm).unwrap()
-            });
-            let same = got
-                .iter()
-                .zip(want)
-                .all(|(g, w)| g.to_bits() == w.to_bits());
-            assert!(same, "{isa:?} {threads} threads, {what}");
-        }
-    }
+    on_every_family(|isa, threads| {
+        let mut got = c0.to_vec();
+        let cm = MatMut::row_major(&mut got, m, n).unwrap();
+        gemm_q8_im2col_with(isa, qa, bq, spec, cm).unwrap();
+        let same = got
+            .iter()
+            .zip(want)
+            .all(|(g, w)| g.to_bits() == w.to_bits());
+        assert!(same, "{isa:?} {threads} threads, {what}");
+    });
 }
 
 #[test]
@@ -335,5 +332,17 @@ fn grouped_output_shapes_and_empty_k() {
             .unwrap_err()
             .to_string();
         assert!(e.contains("but A*B is 3x4"), "{e}");
+        // Fields set by hand to more slots than the data holds.
+        let mut slots = vec![MaybeUninit::new(0f32); 8];
+        let c = GroupedMut {
+            data: &mut slots,
+            rows: 3,
+            cols: 4,
+            group: 2,
+        };
+        let e = gemm_q8_im2col_grouped_with(isa, qa, bq, c)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("8 elements given"), "{e}");
     }
 }
