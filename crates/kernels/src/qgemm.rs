@@ -980,7 +980,15 @@ pub fn gemm_q<T: QElem>(
     check_range("B", &b.mat, b.max_abs)?;
     let (m, k, n) = (a.mat.rows, a.mat.cols, b.mat.cols);
     if m == 0 || n == 0 || k == 0 {
-        empty_k(c, m, n, k, spec.accumulate);
+        // SAFETY: `c` was checked to hold the m x n product with leading dimension `c.ld`.
+        unsafe {
+            empty_k(
+                c.data.as_mut_ptr(),
+                (c.ld, Groups::NONE),
+                (m, n, k),
+                spec.accumulate,
+            )
+        };
         return Ok(());
     }
     let chunks = k_chunks(k, spec.segment, k_safe(a.max_abs, b.max_abs));
@@ -1002,10 +1010,21 @@ pub fn gemm_q<T: QElem>(
 }
 
 /// An empty product (`m`, `n` or `k` zero): C is 0.0 unless the call accumulates.
-fn empty_k(c: MatMut<'_, f32>, m: usize, n: usize, k: usize, accumulate: bool) {
+///
+/// # Safety
+/// `c` with `ldc` and `groups` must address an `m x n` C (see [`c_offset`]) that no one else
+/// accesses during the call; its slots may be uninitialised.
+unsafe fn empty_k(
+    c: *mut f32,
+    (ldc, groups): (usize, Groups),
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) {
     if k == 0 && !accumulate {
         for r in 0..m {
-            c.data[r * c.ld..r * c.ld + n].fill(0.0);
+            for j in 0..n {
+                c.add(c_offset(ldc, groups, r, j)).write(0.0);
+            }
         }
     }
 }
@@ -1053,7 +1072,9 @@ enum Target<'a> {
 }
 
 /// The routes of [`gemm_q8_im2col_with`] and [`gemm_q8_im2col_grouped_with`], their
-/// arguments checked.
+/// arguments checked: which family and whether B is packed from the maps, decided once; a
+/// grouped C whose groups are not whole tiles of that family, or a product that is not packed
+/// from the maps, is made row-major and copied in.
 fn q8_im2col(
     isa: Isa,
     a: QMatRef<'_, i8>,
@@ -1074,67 +1095,101 @@ fn q8_im2col(
     }
     // The materialised route where the family does not pack this operand from the maps (the
     // k-pair one takes the column matrix in whole 16-pixel strips) or the segments are short
-    // enough for the direct path (which reads B by element); grouped C also where its groups
-    // are not whole tiles.
+    // enough for the direct path (which reads B by element).
     let packs = quads || b.pairs_pack_whole();
-    let nr = if quads { quad::NR } else { ukernel::NR };
     let direct = packs && !crate::smallseg::eligible::<i8>(&chunks, a.max_abs, b.max_abs);
-    let (c, groups) = match c {
-        Target::Plain(c) if !direct => {
-            return b.with_materialized(|bm| gemm_q(isa, a, bm, spec, c));
-        }
+    let nr = if quads { quad::NR } else { ukernel::NR };
+    let route = Route {
+        isa,
+        quads,
+        direct,
+        chunks: &chunks,
+        maps,
+    };
+    match c {
         Target::Grouped(mut g) if !direct || !g.group.is_multiple_of(nr) => {
             let mut rm = vec![0f32; m * n];
-            let view = MatMut::row_major(&mut rm, m, n)?;
-            if direct {
-                q8_im2col(isa, a, b, spec, Target::Plain(view))?;
-            } else {
-                b.with_materialized(|bm| gemm_q(isa, a, bm, spec, view))?;
-            }
+            route.run(a, b, spec, MatMut::row_major(&mut rm, m, n)?)?;
             g.fill_from_row_major(&rm);
-            return Ok(());
+            Ok(())
         }
-        Target::Plain(c) => (SendPtr(c.data.as_mut_ptr()), (c.ld, Groups::NONE)),
         Target::Grouped(g) => {
             let groups = Groups {
                 cols: g.group,
                 stride: m * g.group,
             };
-            (SendPtr(g.data.as_mut_ptr() as *mut f32), (g.group, groups))
+            let c = SendPtr(g.data.as_mut_ptr() as *mut f32);
+            route.packed(a, b, spec, c, (g.group, groups))
         }
-    };
-    check_range("A", &a.mat, a.max_abs)?;
-    check_range("B (maps)", &maps, b.max_abs)?;
-    if m == 0 || n == 0 || k == 0 {
-        if k == 0 && !spec.accumulate {
-            for mm in 0..m {
-                for nn in 0..n {
-                    // SAFETY: (mm, nn) is inside C, whose slots the caller handed over.
-                    unsafe { c.0.add(c_offset(groups.0, groups.1, mm, nn)).write(0.0) };
-                }
-            }
-        }
-        return Ok(());
+        Target::Plain(c) => route.run(a, b, spec, c),
     }
-    let plan = Im2colPlan::new(b.src, b.transposed, quads, quads && isa.unbiased_b());
-    let out = Out::Q {
-        c,
-        ldc: groups.0,
-        groups: groups.1,
-        sa: a.scales,
-        sb: b.scales,
-        accumulate: spec.accumulate,
-    };
-    // B's shape only: the packer reads the maps through `plan`.
-    let shape = MatRef {
-        data: &[],
-        rows: k,
-        cols: n,
-        row_stride: 0,
-        col_stride: 0,
-    };
-    run_family(isa, quads, a.mat, shape, Some(&plan), &chunks, out);
-    Ok(())
+}
+
+/// What [`q8_im2col`] decided for one product.
+struct Route<'c, 'm> {
+    isa: Isa,
+    quads: bool,
+    direct: bool,
+    chunks: &'c [(usize, usize, usize)],
+    maps: MatRef<'m, i8>,
+}
+
+impl Route<'_, '_> {
+    /// Into a row-major C: packed from the maps where decided, else materialised.
+    fn run(
+        &self,
+        a: QMatRef<'_, i8>,
+        b: QIm2colRef<'_>,
+        spec: GemmSpec,
+        c: MatMut<'_, f32>,
+    ) -> Result<(), KernelError> {
+        if !self.direct {
+            return b.with_materialized(|bm| gemm_q(self.isa, a, bm, spec, c));
+        }
+        let layout = (c.ld, Groups::NONE);
+        self.packed(a, b, spec, SendPtr(c.data.as_mut_ptr()), layout)
+    }
+
+    /// Packed from the maps into C at `c` laid out as `(ldc, groups)`, checked by the caller
+    /// to hold the product (its slots may be uninitialised: this route only overwrites them
+    /// before it reads them).
+    fn packed(
+        &self,
+        a: QMatRef<'_, i8>,
+        b: QIm2colRef<'_>,
+        spec: GemmSpec,
+        c: SendPtr<f32>,
+        (ldc, groups): (usize, Groups),
+    ) -> Result<(), KernelError> {
+        let (m, k, n) = (a.mat.rows, a.mat.cols, b.shape().1);
+        check_range("A", &a.mat, a.max_abs)?;
+        check_range("B (maps)", &self.maps, b.max_abs)?;
+        if m == 0 || n == 0 || k == 0 {
+            // SAFETY: C holds the m x n product in this layout (the caller's check).
+            unsafe { empty_k(c.0, (ldc, groups), (m, n, k), spec.accumulate) };
+            return Ok(());
+        }
+        let (isa, quads) = (self.isa, self.quads);
+        let plan = Im2colPlan::new(b.src, b.transposed, quads, quads && isa.unbiased_b());
+        let out = Out::Q {
+            c,
+            ldc,
+            groups,
+            sa: a.scales,
+            sb: b.scales,
+            accumulate: spec.accumulate,
+        };
+        // B's shape only: the packer reads the maps through `plan`.
+        let shape = MatRef {
+            data: &[],
+            rows: k,
+            cols: n,
+            row_stride: 0,
+            col_stride: 0,
+        };
+        run_family(isa, quads, a.mat, shape, Some(&plan), self.chunks, out);
+        Ok(())
+    }
 }
 
 /// Runs the chunks of `A * B` into `out` on the family `isa` selects: k-quads for 8-bit
