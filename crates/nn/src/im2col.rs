@@ -272,6 +272,61 @@ pub fn im2col_rows<T: Copy + Default + Send + Sync>(
     });
 }
 
+/// Rows of the kernel-row-shared columns of a "same" convolution ([`im2col_shift_rows`]) per
+/// input channel: one per kernel column.
+pub fn shift_rows_len(g: &ConvGeom, oy0: usize, oy1: usize) -> usize {
+    (oy1 - oy0 + g.k - 1) * g.w
+}
+
+/// The columns of output rows `oy0 .. oy1` of one example `x` of a "same" convolution
+/// ([`ConvGeom::is_same`]) shared by the kernel rows: a `cin*k x shift_rows_len` matrix whose
+/// row `(c, kj)` holds input rows `oy0 - pad .. oy1 - pad + k - 1` of channel `c` shifted by
+/// `kj - pad` columns, zero outside the input. [`im2col_rows`]'s row `(c, ki, kj)` is the
+/// window of `(oy1 - oy0) * w` values from column `ki * w` of row `(c, kj)`: the convolution
+/// becomes `k` GEMMs over the windows, summed, on a matrix a `k`-th of im2col's size.
+pub fn im2col_shift_rows<T: Copy + Default + Send + Sync>(
+    g: &ConvGeom,
+    x: &[T],
+    oy0: usize,
+    oy1: usize,
+    col: &mut [T],
+) {
+    assert!(g.is_same(), "kernel-row-shared columns of {g:?}");
+    assert!(
+        oy0 <= oy1 && oy1 <= g.ho,
+        "im2col output rows {oy0}..{oy1} of {}",
+        g.ho
+    );
+    let len = shift_rows_len(g, oy0, oy1);
+    let (k, w, hw) = (g.k, g.w, g.h * g.w);
+    assert_eq!(x.len(), g.in_len(), "im2col input length");
+    assert_eq!(col.len(), g.cin * k * len, "im2col output length");
+    if len == 0 {
+        return;
+    }
+    col.par_chunks_mut(len).enumerate().for_each(|(r, row)| {
+        let (c, kj) = (r / k, r % k);
+        let plane = &x[c * hw..][..hw];
+        // `row[q]` is plane value `q + d`, unless that is outside the plane or its column
+        // wrapped around a border.
+        let d = (oy0 as isize - g.pad as isize) * w as isize + kj as isize - g.pad as isize;
+        let a = (-d).clamp(0, len as isize) as usize;
+        let b = (hw as isize - d).clamp(a as isize, len as isize) as usize;
+        row[..a].fill(T::default());
+        if a < b {
+            let s0 = (a as isize + d) as usize;
+            row[a..b].copy_from_slice(&plane[s0..s0 + (b - a)]);
+        }
+        row[b..].fill(T::default());
+        let (ox_lo, ox_hi) = g.valid_ox(kj);
+        for ox in (0..ox_lo).chain(ox_hi..w) {
+            for v in row[ox..].iter_mut().step_by(w) {
+                *v = T::default();
+            }
+        }
+    });
+}
+
 /// The adjoint of [`im2col`]: sums `col` (`col_rows() x nb*P`) back into `nb` examples `dx`
 /// (overwritten). Each input plane is one task; within it the kernel offsets are visited in
 /// `(ki, kj)` order, so the float sums are the same at any thread count.

@@ -6,7 +6,10 @@ use lowprec_kernels::CpuBackend;
 use lowprec_nn::batchnorm::BatchNorm2d;
 use lowprec_nn::conv::Conv2d;
 use lowprec_nn::ctx::StreamKind;
-use lowprec_nn::im2col::{col2im, col2im_ref, im2col, im2col_ref, im2col_rows, ConvGeom};
+use lowprec_nn::im2col::{
+    col2im, col2im_ref, im2col, im2col_ref, im2col_rows, im2col_shift_rows, shift_rows_len,
+    ConvGeom,
+};
 use lowprec_nn::operand::{quantize_matrix, Operand, QData};
 use lowprec_nn::pool::{GlobalAvgPool, Pool2d, PoolKind};
 use lowprec_nn::residual::Add;
@@ -110,6 +113,50 @@ fn im2col_rows_are_column_pieces_of_im2col() {
             assert_eq!(piece, want, "{g:?} rows {oy0}..{oy1}");
         }
     }
+}
+
+/// The kernel-row-shared columns of "same" convolutions: every im2col row `(c, ki, kj)` of
+/// output rows `oy0 .. oy1` is the window from column `ki * w` of shared row `(c, kj)`, for
+/// kernels 1 to 9, maps from 1 to 33 wide and pieces that start or end in the padding; the
+/// values around the windows are the padding's zeros or input values (no stale slots).
+#[test]
+fn shared_kernel_row_columns_hold_every_im2col_row() {
+    let mut same = 0;
+    for (i, &(cin, h, w, k, s, p, _)) in SHAPES.iter().enumerate() {
+        let g = ConvGeom::new(cin, h, w, k, s, p).unwrap();
+        if !g.is_same() {
+            continue;
+        }
+        same += 1;
+        let xf = rand_vec(g.in_len(), 60 + i as u64);
+        let full = im2col_ref(&g, &xf, 1);
+        let (pa, ho, wo) = (g.out_pixels(), g.ho, g.wo);
+        let mut ranges = vec![(0, ho), (0, 1), (ho - 1, ho), (ho / 2, ho / 2)];
+        if ho > 2 {
+            ranges.extend([(1, ho - 1), (0, ho / 2), (ho / 2, ho)]);
+        }
+        for (oy0, oy1) in ranges {
+            let len = shift_rows_len(&g, oy0, oy1);
+            let mut shared = vec![f32::NAN; cin * k * len];
+            im2col_shift_rows(&g, &xf, oy0, oy1, &mut shared);
+            assert!(
+                shared.iter().all(|v| v.is_finite()),
+                "{g:?} rows {oy0}..{oy1}"
+            );
+            let np = (oy1 - oy0) * wo;
+            for c in 0..cin {
+                for ki in 0..k {
+                    for kj in 0..k {
+                        let r = (c * k + ki) * k + kj;
+                        let want = &full[r * pa + oy0 * wo..][..np];
+                        let got = &shared[(c * k + kj) * len + ki * g.w..][..np];
+                        assert_eq!(got, want, "{g:?} rows {oy0}..{oy1}, row ({c}, {ki}, {kj})");
+                    }
+                }
+            }
+        }
+    }
+    assert!(same >= 8, "the shapes hold {same} same convolutions");
 }
 
 #[test]
@@ -764,7 +811,9 @@ fn conv_chunking_keeps_bfp8_weight_gradients() {
 /// 16 and 48 output channels, and examples cut into pieces
 /// of output rows (86x86 maps of 4 channels: 266256 column values, three pieces; their dX
 /// convolution, of 16 channels, nine), matches the f64 reference, bias included, and the
-/// weight gradient summed over the chunks has the same bits at 1 and 2 threads.
+/// weight gradient summed over the chunks has the same bits at 1 and 2 threads. The
+/// one-example chunks of these "same" convolutions take the kernel-row-shared columns in the
+/// forward pass and in the transposed convolution of dX.
 #[test]
 fn conv_chunking_keeps_fp32_gradients() {
     let policy = Precision::fp32();

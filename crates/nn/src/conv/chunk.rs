@@ -4,7 +4,7 @@
 //! decides which chunks run where; [`super::layout`] holds the copies around the GEMMs.
 
 use lowprec_kernels::{
-    GemmBackend, GemmSpec, GroupedMut, Im2colRef, MatMut, QIm2colRef, QMatRef, Scales,
+    GemmBackend, GemmSpec, GroupedMut, Im2colRef, MatMut, MatRef, QIm2colRef, QMatRef, Scales,
 };
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
@@ -13,7 +13,7 @@ use super::layout::{
     gather_errors, gather_errors_of, gather_errors_t, gather_examples, row_major, scatter,
 };
 use super::schedule::{clock, ChunkTimes};
-use crate::im2col::{col2im, im2col, im2col_rows, ConvGeom};
+use crate::im2col::{col2im, im2col, im2col_rows, im2col_shift_rows, shift_rows_len, ConvGeom};
 use crate::operand::{I8Rows, Operand};
 use crate::scratch::Scratch;
 use crate::NnError;
@@ -32,7 +32,9 @@ use crate::NnError;
 /// Integer GEMM when both operands are 8-bit mantissas (weights with one scale or one per row,
 /// examples with one scale each), float GEMM otherwise (`wf`: the weights as floats), in pieces
 /// of `piece_rows` output rows (the whole map when `piece_rows >= ho`, which it is unless the
-/// chunk is one example), each im2col'd, multiplied and scattered in turn.
+/// chunk is one example), each im2col'd, multiplied and scattered in turn; with `wf.by_row`
+/// (one-example chunks of "same" convolutions), each piece's columns are shared by the kernel
+/// rows and it is `k` GEMMs ([`gemm_shift_rows`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward_chunk(
     backend: &dyn GemmBackend,
@@ -40,7 +42,7 @@ pub(super) fn forward_chunk(
     g: &ConvGeom,
     cout: usize,
     wq: &Operand,
-    wf: Option<&[f32]>,
+    wf: Option<FloatWeights<'_>>,
     xq: &Operand,
     bias: Option<&[f32]>,
     b0: usize,
@@ -102,27 +104,100 @@ pub(super) fn forward_chunk(
     );
     let step = piece_rows.clamp(1, g.ho.max(1));
     let xf = xq.rows_f32(b0, nb);
-    let w = row_major(wf, cout, rows);
+    let w = row_major(wf.w, cout, rows);
     let n_max = nb * step * g.wo;
+    let col_max = match wf.by_row {
+        Some(_) => g.cin * g.k * shift_rows_len(g, 0, step),
+        None => rows * n_max,
+    };
     let (mut col_buf, mut c_buf) = (
-        Scratch::<f32>::new(rows * n_max),
+        Scratch::<f32>::new(col_max),
         Scratch::<f32>::new(cout * n_max),
     );
     for oy0 in (0..g.ho).step_by(step) {
         let oy1 = (oy0 + step).min(g.ho);
         let np = nb * (oy1 - oy0) * g.wo;
-        let col = &mut col_buf[..rows * np];
-        clock(&mut t.im2col, || im2col_rows(g, &xf, nb, oy0, oy1, col));
         let cbuf = &mut c_buf[..cout * np];
         let cm = MatMut::row_major(cbuf, cout, np).map_err(kerr)?;
-        let colm = row_major(col, rows, np);
-        clock(&mut t.gemm, || backend.gemm_f32(w, colm, false, cm)).map_err(kerr)?;
+        match wf.by_row {
+            Some(taps) => {
+                assert_eq!(nb, 1, "kernel-row-shared columns of one example");
+                let col = &mut col_buf[..g.cin * g.k * shift_rows_len(g, oy0, oy1)];
+                clock(&mut t.im2col, || im2col_shift_rows(g, &xf, oy0, oy1, col));
+                clock(&mut t.gemm, || {
+                    gemm_shift_rows(backend, g, cout, taps, col, oy1 - oy0, cm)
+                })
+                .map_err(kerr)?;
+            }
+            None => {
+                let col = &mut col_buf[..rows * np];
+                clock(&mut t.im2col, || im2col_rows(g, &xf, nb, oy0, oy1, col));
+                let colm = row_major(col, rows, np);
+                clock(&mut t.gemm, || backend.gemm_f32(w, colm, false, cm)).map_err(kerr)?;
+            }
+        }
         let cbuf = &c_buf[..cout * np];
         clock(&mut t.other, || {
             scatter(cbuf, cout, p, oy0 * g.wo, bias, yc)
         });
     }
     Ok(t)
+}
+
+/// The float weights of a chunk's GEMMs: `[Cout, rows]`, and for one-example chunks of a
+/// "same" convolution with `k > 1` the same split by kernel row
+/// ([`super::layout::split_kernel_rows`]), the A operands of [`gemm_shift_rows`].
+#[derive(Clone, Copy)]
+pub(super) struct FloatWeights<'a> {
+    pub w: &'a [f32],
+    pub by_row: Option<&'a [f32]>,
+}
+
+/// Whether one-example float chunks of `g` take the kernel-row-shared columns: "same"
+/// convolutions with kernels wider than 1, whose im2col is `k` times larger.
+pub(super) fn shares_kernel_rows(g: &ConvGeom) -> bool {
+    g.is_same() && g.k > 1
+}
+
+/// `C[Cout, rows_out * w] = W col` for `rows_out` output rows of one example, from the
+/// kernel-row-shared columns `shared` ([`im2col_shift_rows`]) and the weights split by kernel
+/// row (`taps`, `[k, Cout, Cin*k]`):
+///
+/// ```text
+/// C  = W_0 window_0(shared);  C += W_ki window_ki(shared)  for ki = 1 .. k-1
+/// ```
+///
+/// `window_ki` is the `Cin*k x rows_out*w` view from column `ki * w`, read in place with the
+/// shared matrix's row stride.
+fn gemm_shift_rows(
+    backend: &dyn GemmBackend,
+    g: &ConvGeom,
+    cout: usize,
+    taps: &[f32],
+    shared: &[f32],
+    rows_out: usize,
+    c: MatMut<'_, f32>,
+) -> Result<(), lowprec_kernels::KernelError> {
+    let (k, kc) = (g.k, g.cin * g.k);
+    let len = shared.len() / kc.max(1);
+    for ki in 0..k {
+        let a = row_major(&taps[ki * cout * kc..][..cout * kc], cout, kc);
+        let b = MatRef {
+            data: &shared[(ki * g.w).min(shared.len())..],
+            rows: kc,
+            cols: rows_out * g.w,
+            row_stride: len,
+            col_stride: 1,
+        };
+        let c = MatMut {
+            data: &mut *c.data,
+            rows: c.rows,
+            cols: c.cols,
+            ld: c.ld,
+        };
+        backend.gemm_f32(a, b, ki > 0, c)?;
+    }
+    Ok(())
 }
 
 /// The 8-bit im2col columns of `examples` maps of a layer (`col`, or `col^T` with

@@ -264,3 +264,23 @@ fn flip_with<T: Copy + Default + Send + Sync>(
         });
     t
 }
+
+/// Float weights `[Cout, Cin*k*k]` (columns `(c, ki, kj)`) split by kernel row for the
+/// kernel-row-shared columns (`crate::im2col::im2col_shift_rows`): `[k, Cout, Cin*k]`, the
+/// block of kernel row `ki` holding columns `(c, kj)`.
+pub(super) fn split_kernel_rows(w: &[f32], cout: usize, cin: usize, k: usize) -> Vec<f32> {
+    assert_eq!(
+        w.len(),
+        cout * cin * k * k,
+        "weights to split by kernel row"
+    );
+    let mut out = vec![0f32; w.len()];
+    for (ki, block) in out.chunks_mut((cout * cin * k).max(1)).enumerate() {
+        for (co, row) in block.chunks_mut((cin * k).max(1)).enumerate() {
+            for (c, taps) in row.chunks_mut(k).enumerate() {
+                taps.copy_from_slice(&w[((co * cin + c) * k + ki) * k..][..k]);
+            }
+        }
+    }
+    out
+}

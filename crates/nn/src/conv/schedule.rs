@@ -11,7 +11,8 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
-use super::chunk::{forward_chunk, BackwardChunks, GroupResult};
+use super::chunk::{forward_chunk, shares_kernel_rows, BackwardChunks, FloatWeights, GroupResult};
+use super::layout::split_kernel_rows;
 use crate::ctx::Category;
 use crate::im2col::ConvGeom;
 use crate::operand::Operand;
@@ -174,22 +175,23 @@ pub(super) fn conv_gemm(
     } else {
         (even_chunk(chunk_for(g), b), g.ho)
     };
+    // One-example float chunks of "same" convolutions share their columns among the kernel
+    // rows, with the weights split by kernel row.
+    let by_row = match &wf {
+        Some(w) if chunk == 1 && shares_kernel_rows(g) => {
+            Some(ctx.timed(Category::Other, |_| split_kernel_rows(w, cout, g.cin, g.k)))
+        }
+        _ => None,
+    };
+    let wf = wf.as_deref().map(|w| FloatWeights {
+        w,
+        by_row: by_row.as_deref(),
+    });
     let t0 = Instant::now();
     let run = |(ci, yc): (usize, &mut [MaybeUninit<f32>])| {
         let (b0, nb) = (ci * chunk, yc.len() / (cout * p));
         forward_chunk(
-            backend,
-            name,
-            g,
-            cout,
-            wq,
-            wf.as_deref(),
-            xq,
-            bias,
-            b0,
-            nb,
-            piece_rows,
-            yc,
+            backend, name, g, cout, wq, wf, xq, bias, b0, nb, piece_rows, yc,
         )
     };
     let times: Vec<Result<ChunkTimes, NnError>> = if tasks_in_parallel(backend, b.div_ceil(chunk)) {
