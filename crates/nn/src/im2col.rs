@@ -72,6 +72,13 @@ impl ConvGeom {
         self.stride == 1 && (self.ho, self.wo) == (self.h, self.w)
     }
 
+    /// A 3x3, stride-2, padding-1 convolution that halves an even-sized map (ResNets'
+    /// downsampling), which im2col and col2im take row by row.
+    pub fn is_k3s2p1_halving(&self) -> bool {
+        (self.k, self.stride, self.pad) == (3, 2, 1)
+            && (self.h, self.w) == (2 * self.ho, 2 * self.wo)
+    }
+
     /// Rows of `col` (the GEMM's K): `cin * k * k`.
     pub fn col_rows(&self) -> usize {
         self.cin * self.k * self.k
@@ -208,6 +215,10 @@ pub fn im2col_rows<T: Copy + Default + Send + Sync>(
         });
         return;
     }
+    if g.is_k3s2p1_halving() {
+        im2col_k3s2p1(g, x, nb, oy0, oy1, col);
+        return;
+    }
     if g.wo <= TABLE_MAX_WIDTH {
         let tables = gather_tables(g);
         let pa = g.out_pixels();
@@ -327,6 +338,61 @@ pub fn im2col_shift_rows<T: Copy + Default + Send + Sync>(
     });
 }
 
+/// [`im2col_rows`] of a 3x3, stride-2, padding-1 convolution that halves an even-sized map
+/// ([`ConvGeom::is_k3s2p1_halving`]), one task per input channel (its nine rows of `col`): each
+/// input row read is split once into its even and odd columns, which are the rows of kernel
+/// columns 1 and 2, and the odd ones one column later that of kernel column 0 (its first
+/// column in the padding). Input row `2 * oy + ki - 1` feeds kernel row `ki` of output row
+/// `oy`; only `oy = 0, ki = 0` falls in the padding.
+fn im2col_k3s2p1<T: Copy + Default + Send + Sync>(
+    g: &ConvGeom,
+    x: &[T],
+    nb: usize,
+    oy0: usize,
+    oy1: usize,
+    col: &mut [T],
+) {
+    let (p, wo, hw) = ((oy1 - oy0) * g.wo, g.wo, g.h * g.w);
+    let n = nb * p;
+    col.par_chunks_mut(9 * n)
+        .enumerate()
+        .for_each(|(c, rows9)| {
+            let mut rows: Vec<&mut [T]> = rows9.chunks_mut(n).collect();
+            for j in 0..nb {
+                let plane = &x[(j * g.cin + c) * hw..][..hw];
+                for oy in oy0..oy1 {
+                    let at = j * p + (oy - oy0) * wo;
+                    for ki in 0..3 {
+                        let [r0, r1, r2] = &mut rows[3 * ki..3 * ki + 3] else {
+                            unreachable!("nine rows per channel")
+                        };
+                        let (d0, d1, d2) = (
+                            &mut r0[at..at + wo],
+                            &mut r1[at..at + wo],
+                            &mut r2[at..at + wo],
+                        );
+                        if oy == 0 && ki == 0 {
+                            d0.fill(T::default());
+                            d1.fill(T::default());
+                            d2.fill(T::default());
+                            continue;
+                        }
+                        let iy = 2 * oy + ki - 1;
+                        let src = &plane[iy * g.w..][..g.w];
+                        for ((e, o), pair) in
+                            d1.iter_mut().zip(d2.iter_mut()).zip(src.chunks_exact(2))
+                        {
+                            *e = pair[0];
+                            *o = pair[1];
+                        }
+                        d0[0] = T::default();
+                        d0[1..].copy_from_slice(&d2[..wo - 1]);
+                    }
+                }
+            }
+        });
+}
+
 /// The adjoint of [`im2col`]: sums `col` (`col_rows() x nb*P`) back into `nb` examples `dx`
 /// (overwritten). Each input plane is one task; within it the kernel offsets are visited in
 /// `(ki, kj)` order, so the float sums are the same at any thread count.
@@ -339,7 +405,7 @@ pub fn col2im(g: &ConvGeom, col: &[f32], nb: usize, dx: &mut [f32]) {
     if hw == 0 {
         return;
     }
-    if g.k == 3 && g.stride == 2 && g.pad == 1 && g.h == 2 * g.ho && g.w == 2 * g.wo {
+    if g.is_k3s2p1_halving() {
         col2im_k3s2p1(g, col, nb, dx);
         return;
     }

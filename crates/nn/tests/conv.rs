@@ -58,6 +58,12 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (3, 9, 9, 3, 1, 1, 33),
     (33, 5, 6, 3, 1, 1, 4),
     (2, 6, 5, 3, 2, 1, 40),
+    // 3x3 stride-2 convolutions halving an even map (im2col and col2im row by row), from a
+    // 2x2 map up.
+    (2, 8, 8, 3, 2, 1, 3),
+    (1, 2, 2, 3, 2, 1, 2),
+    (3, 4, 6, 3, 2, 1, 2),
+    (2, 32, 18, 3, 2, 1, 2),
     // 512 channels or more: the float weight gradient with Cout as M (`DW_COUT_MAJOR_MIN`),
     // stride 1 and 2.
     (2, 3, 4, 3, 1, 1, 513),
