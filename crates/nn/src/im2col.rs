@@ -283,8 +283,8 @@ pub fn im2col_rows<T: Copy + Default + Send + Sync>(
     });
 }
 
-/// Rows of the kernel-row-shared columns of a "same" convolution ([`im2col_shift_rows`]) per
-/// input channel: one per kernel column.
+/// The length of each row of the kernel-row-shared columns ([`im2col_shift_rows`]) of output
+/// rows `oy0 .. oy1`: their input rows and the `k - 1` the kernel reaches beyond them.
 pub fn shift_rows_len(g: &ConvGeom, oy0: usize, oy1: usize) -> usize {
     (oy1 - oy0 + g.k - 1) * g.w
 }
