@@ -50,6 +50,9 @@ impl Param {
 ///   gradient `acc` from another reader (a residual block's input), and returns `acc + dx`,
 ///   element by element, `acc` first. By default, `backward` then the sum; a layer whose last
 ///   pass writes `dx` adds there instead: one pass over the data less.
+/// - [`Layer::backward_shared`] borrows the gradient, when it is also another value's (a
+///   residual sum hands its output gradient to every input, [`Layer::passes_gradient`]). By
+///   default a copy for `backward`; a layer that only reads its gradient takes it as it is.
 pub trait Layer: Send {
     /// Instance name (`fc1`, `conv3`, ...).
     fn name(&self) -> &str;
@@ -96,6 +99,17 @@ pub trait Layer: Send {
                 ),
             )),
         }
+    }
+    /// The backward pass from a gradient that another value shares: one gradient per input.
+    fn backward_shared(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
+        self.backward(ctx, dy.clone())
+    }
+    /// For a layer each of whose inputs' gradient is its output's gradient itself (a residual
+    /// sum): checks and clears what the forward kept, and returns true; the model then hands
+    /// the gradient to every input without a copy. Others return false (the default), and the
+    /// model calls a backward.
+    fn passes_gradient(&mut self) -> Result<bool, NnError> {
+        Ok(false)
     }
     fn params(&self) -> Vec<&Param> {
         Vec::new()

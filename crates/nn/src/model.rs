@@ -5,6 +5,7 @@
 //! `backward` walks the layers in reverse, summing gradients where an output fed several layers.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::activation::{Dropout, Flatten, Relu};
 use crate::batchnorm::BatchNorm2d;
@@ -345,8 +346,10 @@ impl Model {
     /// Back-propagates `grad` (d loss / d output) through every layer.
     pub fn backward(&mut self, ctx: &mut Ctx<'_>, grad: Tensor) -> Result<(), NnError> {
         let n = self.nodes.len();
-        let mut grads: Vec<Option<Tensor>> = vec![None; n + 1];
-        grads[n] = Some(grad);
+        // A value's gradient may be another's too (a residual sum hands its gradient to every
+        // input): shared until one of them must change, and only then copied.
+        let mut grads: Vec<Option<Rc<Tensor>>> = vec![None; n + 1];
+        grads[n] = Some(Rc::new(grad));
         ctx.backward = true;
         for i in (0..n).rev() {
             let Some(g) = grads[i + 1].take() else {
@@ -363,17 +366,29 @@ impl Model {
                 continue; // nothing upstream learns from this gradient
             }
             ctx.layer_index = i;
+            if node.layer.passes_gradient()? {
+                for &v in &node.inputs {
+                    if self.requires_grad[v] {
+                        accumulate(&mut grads[v], Rc::clone(&g));
+                    }
+                }
+                continue;
+            }
             // A one-input layer whose input already has a gradient from another reader (a
             // residual block's input) adds its own onto it.
             if let [v] = node.inputs[..] {
                 if self.requires_grad[v] {
                     if let Some(acc) = grads[v].take() {
-                        grads[v] = Some(node.layer.backward_onto(ctx, g, acc)?);
+                        let dx = node.layer.backward_onto(ctx, owned(g), owned(acc))?;
+                        grads[v] = Some(Rc::new(dx));
                         continue;
                     }
                 }
             }
-            let dxs = node.layer.backward(ctx, g)?;
+            let dxs = match Rc::try_unwrap(g) {
+                Ok(g) => node.layer.backward(ctx, g)?,
+                Err(shared) => node.layer.backward_shared(ctx, &shared)?,
+            };
             let mut dxs = dxs.into_iter();
             for &v in &node.inputs {
                 let dx = dxs.next();
@@ -383,10 +398,7 @@ impl Model {
                 let dx = dx.ok_or_else(|| {
                     NnError::shape(node.layer.name(), "backward returned too few gradients")
                 })?;
-                match &mut grads[v] {
-                    Some(acc) => crate::tensor::add_into(&mut acc.data, &dx.data),
-                    slot => *slot = Some(dx),
-                }
+                accumulate(&mut grads[v], Rc::new(dx));
             }
         }
         ctx.backward = false;
@@ -515,5 +527,19 @@ impl Model {
             self.macs_per_example()
         );
         s
+    }
+}
+
+/// A gradient to change: itself when no other value shares it, else a copy.
+fn owned(g: Rc<Tensor>) -> Tensor {
+    Rc::try_unwrap(g).unwrap_or_else(|shared| (*shared).clone())
+}
+
+/// Adds `dx` to a value's gradient `slot` (copying it first if another value shares it), or
+/// makes `dx` that gradient (shared as it is).
+fn accumulate(slot: &mut Option<Rc<Tensor>>, dx: Rc<Tensor>) {
+    match slot {
+        Some(acc) => crate::tensor::add_into(&mut Rc::make_mut(acc).data, &dx.data),
+        None => *slot = Some(dx),
     }
 }

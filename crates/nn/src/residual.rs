@@ -96,15 +96,20 @@ impl Layer for Add {
         Tensor::new(y, inputs[0].shape.clone())
     }
     fn backward(&mut self, _ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
+        self.passes_gradient()?;
+        // Copies for all inputs but the last, which gets the gradient itself.
+        let mut out: Vec<Tensor> = (1..self.inputs).map(|_| dy.clone()).collect();
+        out.push(dy);
+        Ok(out)
+    }
+    /// The model hands the gradient to every input itself (see [`Layer::passes_gradient`]).
+    fn passes_gradient(&mut self) -> Result<bool, NnError> {
         if !std::mem::take(&mut self.trained) {
             return Err(NnError::NoForward {
                 layer: self.name.clone(),
             });
         }
-        // Copies for all inputs but the last, which gets the gradient itself.
-        let mut out: Vec<Tensor> = (1..self.inputs).map(|_| dy.clone()).collect();
-        out.push(dy);
-        Ok(out)
+        Ok(true)
     }
     fn clear_saved(&mut self) {
         self.trained = false;

@@ -607,11 +607,28 @@ fn run_net_fused(
     b: usize,
     fuse: bool,
 ) -> (Vec<u32>, Vec<u32>) {
+    run_net_with(
+        spec,
+        precision,
+        threads,
+        b,
+        lowprec_nn::model::build_layer,
+        fuse,
+    )
+}
+
+fn run_net_with(
+    spec: &str,
+    precision: &str,
+    threads: usize,
+    b: usize,
+    factory: lowprec_nn::model::LayerFactory,
+    fuse: bool,
+) -> (Vec<u32>, Vec<u32>) {
     let spec: NetworkSpec = toml::from_str(spec).unwrap();
     let policy: Precision = precision.parse().unwrap();
     pool(threads).install(|| {
-        let mut model =
-            Model::build_with_fusion(&spec, 3, lowprec_nn::model::build_layer, fuse).unwrap();
+        let mut model = Model::build_with_fusion(&spec, 3, factory, fuse).unwrap();
         let backend = CpuBackend;
         let mut ctx = Ctx::new(&backend, &policy, 5);
         let mut shape = vec![b];
@@ -720,6 +737,136 @@ p = 0.25
 type = "linear"
 out = 10
 "#;
+
+/// A layer as [`lowprec_nn::model::build_layer`] makes it, with the `Layer` defaults for a
+/// shared gradient: the model copies a residual sum's gradient for every input but the last
+/// (what it did before sharing it).
+struct Copying(Box<dyn Layer>);
+
+impl Layer for Copying {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, NnError> {
+        self.0.output_shape(inputs)
+    }
+    fn forward(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        inputs: &[&Tensor],
+        train: bool,
+    ) -> Result<Tensor, NnError> {
+        self.0.forward(ctx, inputs, train)
+    }
+    fn forward_owned(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        x: Tensor,
+        train: bool,
+    ) -> Result<Tensor, NnError> {
+        self.0.forward_owned(ctx, x, train)
+    }
+    fn backward(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
+        self.0.backward(ctx, dy)
+    }
+    fn backward_onto(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        dy: Tensor,
+        acc: Tensor,
+    ) -> Result<Tensor, NnError> {
+        self.0.backward_onto(ctx, dy, acc)
+    }
+    fn params(&self) -> Vec<&lowprec_nn::Param> {
+        self.0.params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut lowprec_nn::Param> {
+        self.0.params_mut()
+    }
+    fn clear_saved(&mut self) {
+        self.0.clear_saved()
+    }
+    fn absorb_relu(&mut self) -> bool {
+        self.0.absorb_relu()
+    }
+}
+
+fn copying_layer(
+    id: u64,
+    name: &str,
+    spec: &lowprec_nn::spec::LayerSpec,
+    in_shapes: &[&[usize]],
+    seed: u64,
+) -> Result<Box<dyn Layer>, NnError> {
+    let layer = lowprec_nn::model::build_layer(id, name, spec, in_shapes, seed)?;
+    Ok(Box::new(Copying(layer)))
+}
+
+/// Residual sums whose gradient the model shares among their inputs instead of copying it:
+/// a shortcut whose gradient batch norm adds onto, a sum of one value twice, a three-input sum
+/// reading an earlier sum (whose gradient then changes while the other reader's is shared),
+/// and the strided block of `SMALL_RESNET`. The same bits as copying, in bfp8 and fp32, at 1
+/// and 2 threads.
+#[test]
+fn shared_residual_gradients_give_the_bits_of_copies() {
+    const SUMS: &str = r#"
+input = [3, 8, 8]
+loss = "cross-entropy"
+[[layer]]
+type = "conv"
+name = "s"
+out = 4
+kernel = 3
+padding = 1
+[[layer]]
+type = "batchnorm"
+[[layer]]
+type = "relu"
+[[layer]]
+type = "conv"
+name = "c1"
+out = 4
+kernel = 3
+padding = 1
+[[layer]]
+type = "add"
+name = "a1"
+from = ["c1", "s"]
+[[layer]]
+type = "add"
+name = "a2"
+from = ["a1", "a1"]
+[[layer]]
+type = "conv"
+name = "c2"
+out = 4
+kernel = 3
+padding = 1
+[[layer]]
+type = "add"
+from = ["c2", "a2", "a1"]
+[[layer]]
+type = "global-avg-pool"
+[[layer]]
+type = "linear"
+out = 10
+"#;
+    for spec in [SUMS, SMALL_RESNET] {
+        for precision in ["bfp8", "fp32"] {
+            for threads in [1, 2] {
+                let shared = run_net_fused(spec, precision, threads, 3, true);
+                let copied = run_net_with(spec, precision, threads, 3, copying_layer, true);
+                assert!(
+                    shared == copied,
+                    "{precision} at {threads} threads: sharing changed the bits"
+                );
+            }
+        }
+    }
+}
 
 #[test]
 fn same_bits_at_one_and_two_threads() {

@@ -209,12 +209,12 @@ impl Conv2d {
         Tensor::new(y, vec![b, self.cout, g.ho, g.wo])
     }
 
-    /// The backward pass from the errors `dy` of batch shape `shape`.
+    /// The backward pass from the errors `dy` of batch shape `shape` (borrowed or handed over).
     fn backward_errors(
         &mut self,
         ctx: &mut Ctx<'_>,
         shape: &[usize],
-        dy: Vec<f32>,
+        dy: Cow<'_, [f32]>,
     ) -> Result<Vec<Tensor>, NnError> {
         let xq = self.take_saved(shape)?;
         let g = self.geom;
@@ -229,7 +229,7 @@ impl Conv2d {
             });
         }
         // dY~ = Q_e(dY), one exponent per example.
-        let dyq = self.quantize_errors(ctx, Cow::Owned(dy), b)?;
+        let dyq = self.quantize_errors(ctx, dy, b)?;
         // dW with 8-bit operands: exact integer sums per group of examples sharing a scale.
         let int_dw = dyq.i8_rows().is_some() && xq.i8_rows().is_some();
         if int_dw {
@@ -590,7 +590,12 @@ impl Layer for Conv2d {
 
     fn backward(&mut self, ctx: &mut Ctx<'_>, dy: Tensor) -> Result<Vec<Tensor>, NnError> {
         let Tensor { data, shape } = dy;
-        self.backward_errors(ctx, &shape, data)
+        self.backward_errors(ctx, &shape, Cow::Owned(data))
+    }
+
+    /// Q_e reads the errors where they are: no copy of a gradient the model shares.
+    fn backward_shared(&mut self, ctx: &mut Ctx<'_>, dy: &Tensor) -> Result<Vec<Tensor>, NnError> {
+        self.backward_errors(ctx, &dy.shape, Cow::Borrowed(&dy.data))
     }
 
     fn params(&self) -> Vec<&Param> {
