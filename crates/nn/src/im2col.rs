@@ -184,33 +184,11 @@ pub fn im2col_rows<T: Copy + Default + Send + Sync>(
         // per-example loop dominating there.
         col.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
             let (c, ki, kj) = (r / (k * k), (r / k) % k, r % k);
-            let (oy_lo, oy_hi) = g.valid_oy(ki);
-            let (oy_lo, oy_hi) = (oy_lo.clamp(oy0, oy1), oy_hi.clamp(oy0, oy1));
-            let (ox_lo, ox_hi) = g.valid_ox(kj);
+            // Pixel `q` of an example's part of the row is plane value `q0 + q + d`.
             let d = (ki as isize - g.pad as isize) * g.w as isize + kj as isize - g.pad as isize;
-            // Pixel `q` of the plane sits at `dst[q - q0]`.
-            let (lo, hi) = (oy_lo * g.wo - q0, oy_hi * g.wo - q0);
-            for j in 0..nb {
+            for (j, dst) in row.chunks_exact_mut(p).enumerate() {
                 let plane = &x[(j * g.cin + c) * hw..][..hw];
-                let dst = &mut row[j * p..][..p];
-                let a = ((oy_lo * g.wo) as isize).max(-d);
-                let b = ((oy_hi * g.wo) as isize).min(hw as isize - d);
-                if a < b {
-                    let (a, b) = (a as usize, b as usize);
-                    let s0 = (a as isize + d) as usize;
-                    dst[a - q0..b - q0].copy_from_slice(&plane[s0..s0 + (b - a)]);
-                }
-                dst[..lo].fill(T::default());
-                dst[hi..].fill(T::default());
-                // Border columns (at most `pad` on each side) one column at a time down the
-                // rows: a `fill` per row and side was a `memset` call per byte.
-                if lo < hi {
-                    for ox in (0..ox_lo).chain(ox_hi..g.wo) {
-                        for v in dst[lo + ox..hi].iter_mut().step_by(g.wo) {
-                            *v = T::default();
-                        }
-                    }
-                }
+                shifted_copy(dst, plane, q0 as isize + d, g.w, g.valid_ox(kj));
             }
         });
         return;
@@ -317,25 +295,37 @@ pub fn im2col_shift_rows<T: Copy + Default + Send + Sync>(
     }
     col.par_chunks_mut(len).enumerate().for_each(|(r, row)| {
         let (c, kj) = (r / k, r % k);
-        let plane = &x[c * hw..][..hw];
-        // `row[q]` is plane value `q + d`, unless that is outside the plane or its column
-        // wrapped around a border.
         let d = (oy0 as isize - g.pad as isize) * w as isize + kj as isize - g.pad as isize;
-        let a = (-d).clamp(0, len as isize) as usize;
-        let b = (hw as isize - d).clamp(a as isize, len as isize) as usize;
-        row[..a].fill(T::default());
-        if a < b {
-            let s0 = (a as isize + d) as usize;
-            row[a..b].copy_from_slice(&plane[s0..s0 + (b - a)]);
-        }
-        row[b..].fill(T::default());
-        let (ox_lo, ox_hi) = g.valid_ox(kj);
-        for ox in (0..ox_lo).chain(ox_hi..w) {
-            for v in row[ox..].iter_mut().step_by(w) {
-                *v = T::default();
-            }
-        }
+        shifted_copy(row, &x[c * hw..][..hw], d, w, g.valid_ox(kj));
     });
+}
+
+/// `dst[q] = plane[q + d]`, `dst` starting at a row of a plane `w` wide: zero where `q + d`
+/// falls outside the plane, and in the columns `q % w` outside `ox_lo .. ox_hi`, where the
+/// shifted copy wrapped around a border (a "same" convolution's padding). One copy, then the
+/// border columns one at a time down the rows: a `fill` per row and side was a `memset` call
+/// per byte.
+fn shifted_copy<T: Copy + Default>(
+    dst: &mut [T],
+    plane: &[T],
+    d: isize,
+    w: usize,
+    (ox_lo, ox_hi): (usize, usize),
+) {
+    let len = dst.len() as isize;
+    let a = (-d).clamp(0, len) as usize;
+    let b = (plane.len() as isize - d).clamp(a as isize, len) as usize;
+    dst[..a].fill(T::default());
+    if a < b {
+        let s0 = (a as isize + d) as usize;
+        dst[a..b].copy_from_slice(&plane[s0..s0 + (b - a)]);
+    }
+    dst[b..].fill(T::default());
+    for ox in (0..ox_lo).chain(ox_hi..w) {
+        for v in dst.iter_mut().skip(ox).step_by(w) {
+            *v = T::default();
+        }
+    }
 }
 
 /// [`im2col_rows`] of a 3x3, stride-2, padding-1 convolution that halves an even-sized map
