@@ -882,6 +882,39 @@ fn same_bits_at_one_and_two_threads() {
     }
 }
 
+/// 8x8 maps at batch 64 are one chunk of the 8-bit forward GEMM on one thread and eight
+/// parallel chunks of 8 examples on two (`schedule::int_chunk`), in the forward pass and in
+/// the second convolution's transposed dX: the same bits either way.
+#[test]
+fn bfp8_rechunked_for_two_threads_same_bits() {
+    const NET: &str = r#"
+input = [4, 8, 8]
+loss = "cross-entropy"
+[[layer]]
+type = "conv"
+out = 8
+kernel = 3
+padding = 1
+[[layer]]
+type = "relu"
+[[layer]]
+type = "conv"
+out = 8
+kernel = 3
+padding = 1
+[[layer]]
+type = "relu"
+[[layer]]
+type = "global-avg-pool"
+[[layer]]
+type = "linear"
+out = 3
+"#;
+    let one = run_net(NET, "bfp8", 1, 64);
+    let two = run_net(NET, "bfp8", 2, 64);
+    assert!(one == two, "re-chunking for two threads changed the bits");
+}
+
 /// The bfp8 weight gradient from many pieces (examples of many exponents): the same bits
 /// whether the pieces run one after another (1 thread) or in parallel into their own buffers
 /// and are added after (2 and 3 threads).

@@ -2,9 +2,10 @@
 //! im2col matrix stays within a budget, groups of chunks in the backward pass, pieces of
 //! equal-scale examples for the 8-bit weight gradient; run in parallel (each on one thread,
 //! its GEMMs kept serial) when there are enough of them, else one after another with each
-//! GEMM split across the threads. Chunks, groups and pieces depend on the shapes and the
-//! scales only, and their partial results are combined in a fixed order, so the bits never
-//! depend on the thread count.
+//! GEMM split across the threads. Groups and pieces, and the chunks of every sum across
+//! examples, depend on the shapes and the scales only, and their partial results are combined
+//! in a fixed order, so the bits never depend on the thread count; only the 8-bit forward
+//! GEMM's chunks, whose outputs are exact per example, follow it ([`int_chunk`]).
 
 use lowprec_kernels::GemmBackend;
 use rayon::prelude::*;
@@ -100,6 +101,32 @@ fn tasks_in_parallel(backend: &dyn GemmBackend, chunks: usize) -> bool {
     backend.concurrent_calls() && chunks >= PAR_CHUNKS_PER_THREAD * rayon::current_num_threads()
 }
 
+/// Smallest chunk (columns of its GEMM) [`int_chunk`] cuts to.
+const INT_CHUNK_MIN_COLS: usize = 512;
+
+/// Examples per chunk of the 8-bit forward GEMM (and transposed convolution): [`chunk_for`]'s,
+/// made smaller on more than one thread where that gives each thread [`PAR_CHUNKS_PER_THREAD`]
+/// chunks of at least [`INT_CHUNK_MIN_COLS`] columns, so that they run in parallel (each GEMM
+/// on one thread) rather than one after another with every GEMM split (PreResNet-20's
+/// 64-channel 8x8 layers at batch 128: 5 chunks of 26 examples, or 8 of 16 on two threads).
+/// The integer sums are exact and each example's outputs come from its own columns, so this
+/// chunking, unlike the float path's and the backward pass's, may follow the thread count.
+fn int_chunk(backend: &dyn GemmBackend, g: &ConvGeom, b: usize) -> usize {
+    let chunk = even_chunk(chunk_for(g), b);
+    let threads = rayon::current_num_threads();
+    let want = PAR_CHUNKS_PER_THREAD * threads;
+    if threads < 2 || !backend.concurrent_calls() || b.div_ceil(chunk) >= want {
+        return chunk;
+    }
+    let min = INT_CHUNK_MIN_COLS.div_ceil(g.out_pixels().max(1));
+    let smaller = even_chunk(b.div_ceil(want).max(min), b);
+    if smaller < chunk && b.div_ceil(smaller) >= want {
+        smaller
+    } else {
+        chunk
+    }
+}
+
 /// Busy time of one chunk's task per category (see [`Ctx::charge_parallel`]).
 #[derive(Clone, Copy, Default)]
 pub(super) struct ChunkTimes {
@@ -173,7 +200,7 @@ pub(super) fn conv_gemm(
             piece_rows_float(g, cout),
         )
     } else {
-        (even_chunk(chunk_for(g), b), g.ho)
+        (int_chunk(backend, g, b), g.ho)
     };
     // One-example float chunks of "same" convolutions share their columns among the kernel
     // rows, with the weights split by kernel row.
