@@ -887,31 +887,14 @@ fn same_bits_at_one_and_two_threads() {
 /// the second convolution's transposed dX: the same bits either way.
 #[test]
 fn bfp8_rechunked_for_two_threads_same_bits() {
-    const NET: &str = r#"
-input = [4, 8, 8]
-loss = "cross-entropy"
-[[layer]]
-type = "conv"
-out = 8
-kernel = 3
-padding = 1
-[[layer]]
-type = "relu"
-[[layer]]
-type = "conv"
-out = 8
-kernel = 3
-padding = 1
-[[layer]]
-type = "relu"
-[[layer]]
-type = "global-avg-pool"
-[[layer]]
-type = "linear"
-out = 3
-"#;
-    let one = run_net(NET, "bfp8", 1, 64);
-    let two = run_net(NET, "bfp8", 2, 64);
+    let conv_relu = "[[layer]]\ntype = \"conv\"\nout = 8\nkernel = 3\npadding = 1\n\
+                     [[layer]]\ntype = \"relu\"\n";
+    let net = format!(
+        "input = [4, 8, 8]\nloss = \"cross-entropy\"\n{conv_relu}{conv_relu}\
+         [[layer]]\ntype = \"global-avg-pool\"\n[[layer]]\ntype = \"linear\"\nout = 3\n"
+    );
+    let one = run_net(&net, "bfp8", 1, 64);
+    let two = run_net(&net, "bfp8", 2, 64);
     assert!(one == two, "re-chunking for two threads changed the bits");
 }
 
