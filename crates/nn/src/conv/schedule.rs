@@ -114,13 +114,12 @@ const INT_CHUNK_MIN_COLS: usize = 512;
 fn int_chunk(backend: &dyn GemmBackend, g: &ConvGeom, b: usize) -> usize {
     let chunk = even_chunk(chunk_for(g), b);
     let threads = rayon::current_num_threads();
-    let want = PAR_CHUNKS_PER_THREAD * threads;
-    if threads < 2 || !backend.concurrent_calls() || b.div_ceil(chunk) >= want {
+    if threads < 2 || tasks_in_parallel(backend, b.div_ceil(chunk)) {
         return chunk;
     }
     let min = INT_CHUNK_MIN_COLS.div_ceil(g.out_pixels().max(1));
-    let smaller = even_chunk(b.div_ceil(want).max(min), b);
-    if smaller < chunk && b.div_ceil(smaller) >= want {
+    let smaller = even_chunk(b.div_ceil(PAR_CHUNKS_PER_THREAD * threads).max(min), b);
+    if smaller < chunk && tasks_in_parallel(backend, b.div_ceil(smaller)) {
         smaller
     } else {
         chunk
